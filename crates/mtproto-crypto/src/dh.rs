@@ -110,6 +110,18 @@ impl DhSecret {
     }
 }
 
+impl DhSecret {
+    /// The exponent as big-endian bytes of its original length, for persisting a pending
+    /// handshake.
+    ///
+    /// # Security
+    /// Whoever has these bytes can compute the shared key.
+    pub fn to_be_bytes(&self) -> zeroize::Zeroizing<Vec<u8>> {
+        let all = zeroize::Zeroizing::new(self.exp.to_be_bytes());
+        zeroize::Zeroizing::new(all.get(256 - self.bits / 8..).unwrap_or_default().to_vec())
+    }
+}
+
 impl fmt::Debug for DhSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "DhSecret({} bits, <redacted>)", self.bits)

@@ -1,0 +1,92 @@
+//! mtproto-session: one full server-side handshake, and envelope encode/decode of 1 KiB.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use mtproto_crypto::{rand_core::OsRng, DhGroup, ServerSigningKey};
+use mtproto_session::{ClientHandshake, ClientId, ServerHandshake, ServerPin, UnixTime};
+
+fn server_share(c: &mut Criterion) {
+    // The same, timing only the server's three calls (client work done in setup).
+    let key = ServerSigningKey::generate(&mut OsRng);
+    let group = DhGroup::mtproto();
+    let server = ServerHandshake::new(&key, &group);
+    let now = UnixTime::from_secs(1_800_000_000);
+    let pin = ServerPin::Key(key.public());
+    let mut g = c.benchmark_group("session");
+    g.sample_size(30);
+    g.bench_function("server_handshake_cpu_only", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let (c1, req) = ClientHandshake::start(pin, ClientId::new("bench").unwrap(), &mut OsRng);
+                let t = std::time::Instant::now();
+                let (mut pending, res) = server.handle_req_pq(&req, now, &mut OsRng).unwrap();
+                total += t.elapsed();
+                let (c2, req2) = c1.handle_res_pq(&res).unwrap();
+                let t = std::time::Instant::now();
+                let res2 = server
+                    .handle_req_dh_params(&mut pending, &req2, now, &mut OsRng)
+                    .unwrap();
+                total += t.elapsed();
+                let (_c3, req3) = c2.handle_server_dh_params(&res2, now, &mut OsRng).unwrap();
+                let t = std::time::Instant::now();
+                black_box(
+                    server
+                        .handle_set_client_dh_params(pending, &req3, now, &mut OsRng)
+                        .unwrap(),
+                );
+                total += t.elapsed();
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+fn envelope(c: &mut Criterion) {
+    let key = ServerSigningKey::generate(&mut OsRng);
+    let group = DhGroup::mtproto();
+    let server = ServerHandshake::new(&key, &group);
+    let now = UnixTime::from_secs(1_800_000_000);
+    let (c1, req) = ClientHandshake::start(
+        ServerPin::Key(key.public()),
+        ClientId::new("b").unwrap(),
+        &mut OsRng,
+    );
+    let (mut pending, res) = server.handle_req_pq(&req, now, &mut OsRng).unwrap();
+    let (c2, req) = c1.handle_res_pq(&res).unwrap();
+    let res = server
+        .handle_req_dh_params(&mut pending, &req, now, &mut OsRng)
+        .unwrap();
+    let (c3, req) = c2.handle_server_dh_params(&res, now, &mut OsRng).unwrap();
+    let (mut est, res) = server
+        .handle_set_client_dh_params(pending, &req, now, &mut OsRng)
+        .unwrap();
+    let mut client = c3.handle_dh_gen_ok(&res).unwrap();
+    let body = vec![b'a'; 1024];
+    let mut g = c.benchmark_group("envelope_1k");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("encode_request", |b| {
+        b.iter(|| client.encode_request(black_box(&body), now, &mut OsRng).unwrap())
+    });
+    g.bench_function("encode_and_decode", |b| {
+        b.iter(|| {
+            let out = client.encode_request(black_box(&body), now, &mut OsRng).unwrap();
+            est.session
+                .decode_request(&est.auth_key, &out.packet, now)
+                .unwrap()
+        })
+    });
+    g.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3))
+}
+
+criterion_group! { name = benches; config = config(); targets = server_share, envelope }
+criterion_main!(benches);

@@ -1,0 +1,79 @@
+//! A bounded replay window of received msg_ids with their seq_nos.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{BadMsgCode, MsgId};
+
+/// How many received ids a session remembers (Telethon keeps 500).
+pub const REPLAY_WINDOW: usize = 512;
+
+/// What [`ReplayWindow::check`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Never seen: accept (then [`ReplayWindow::record`] it).
+    Fresh,
+    /// Seen before: a resend or a replay; never process it twice.
+    Duplicate,
+}
+
+/// The last [`REPLAY_WINDOW`] received msg_ids and their seq_nos. An id below every remembered
+/// one, once the window is full, is refused with code 20: it cannot be told whether it was seen.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayWindow {
+    seen: BTreeMap<u64, u32>,
+}
+
+impl ReplayWindow {
+    /// Checks `(msg_id, seq_no)` without recording it: duplicate, too old, and MTProto's seq_no
+    /// order rules (codes 32/33): a message with a higher msg_id must not have a lower seq_no, and
+    /// two content-related (odd) messages must not share one.
+    ///
+    /// # Errors
+    /// Code 20, 32 or 33.
+    pub fn check(&self, msg_id: MsgId, seq_no: u32) -> Result<Verdict, BadMsgCode> {
+        let id = msg_id.0;
+        if self.seen.contains_key(&id) {
+            return Ok(Verdict::Duplicate);
+        }
+        if self.seen.len() >= REPLAY_WINDOW && self.seen.keys().next().is_some_and(|min| id < *min) {
+            return Err(BadMsgCode::MsgTooOld);
+        }
+        let odd = seq_no & 1 == 1;
+        if let Some((_, &prev)) = self.seen.range(..id).next_back() {
+            if prev > seq_no || (prev == seq_no && odd) {
+                return Err(BadMsgCode::SeqNoTooLow);
+            }
+        }
+        if let Some((_, &next)) = self.seen.range(id..).next() {
+            if next < seq_no || (next == seq_no && odd) {
+                return Err(BadMsgCode::SeqNoTooHigh);
+            }
+        }
+        Ok(Verdict::Fresh)
+    }
+
+    /// Records an id that passed [`ReplayWindow::check`], evicting the lowest when full.
+    pub fn record(&mut self, msg_id: MsgId, seq_no: u32) {
+        self.seen.insert(msg_id.0, seq_no);
+        while self.seen.len() > REPLAY_WINDOW {
+            self.seen.pop_first();
+        }
+    }
+
+    /// Whether `msg_id` is remembered.
+    pub fn contains(&self, msg_id: MsgId) -> bool {
+        self.seen.contains_key(&msg_id.0)
+    }
+
+    /// How many ids are remembered.
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+}
