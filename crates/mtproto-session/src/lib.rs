@@ -46,7 +46,7 @@ pub use e2e::{ChatState, ChatStateData, Delivery, Received, Sealed};
 pub use error::{BadMsgCode, Error, Result};
 pub use handshake::{
     AwaitingDhGen, AwaitingDhParams, AwaitingResPq, ClientHandshake, DhGenOk, Established, PendingHandshake,
-    ReqDhParams, ReqPq, ResPq, ServerDhParams, ServerHandshake, ServerPin, SetClientDhParams,
+    ReqDhParams, ReqPq, ResPq, ServerDhParams, ServerHandshake, ServerPin, SetClientDhParams, Stage,
 };
 pub use ids::{
     ClientId, MsgId, MsgIdGen, Sender, SeqNoGen, ServerSalt, SessionId, MSG_ID_MAX_FUTURE_SECS,

@@ -1,0 +1,295 @@
+//! The in-memory engine: for tests and ephemeral runs. Nothing survives the process.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use mtproto_session::{wire::Bytes, ClientId, PendingHandshake, ServerSession, Stage, UnixTime};
+
+use super::{Engine, OUTCOME_TTL_SECS, RELAY_SENDER};
+use crate::{AuthKeyRecord, Commit, EngineError, EntryKind, MailboxEntry, Op, Outcome, Peer, SessionRecord};
+
+#[derive(Default)]
+struct Account {
+    peer: Option<Peer>,
+    next_seq: u64,
+    mailbox: BTreeMap<u64, MailboxEntry>,
+}
+
+#[derive(Default)]
+struct State {
+    pending: HashMap<[u8; 16], PendingHandshake>,
+    keys: HashMap<[u8; 8], AuthKeyRecord>,
+    owners: HashMap<ClientId, [u8; 8]>,
+    sessions: HashMap<[u8; 8], SessionRecord>,
+    outcomes: HashMap<([u8; 8], u64), (Outcome, u64)>,
+    accounts: BTreeMap<ClientId, Account>,
+}
+
+/// Everything in one mutex-guarded map set.
+#[derive(Default)]
+pub struct MemoryEngine {
+    state: Mutex<State>,
+}
+
+impl MemoryEngine {
+    /// An empty engine.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn millis(now: UnixTime) -> u64 {
+    now.as_nanos() / 1_000_000
+}
+
+#[async_trait::async_trait]
+impl Engine for MemoryEngine {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn put_pending(
+        &self,
+        pending: PendingHandshake,
+        max: usize,
+        now: UnixTime,
+    ) -> Result<(), EngineError> {
+        let mut s = self.lock();
+        if s.pending.len() >= max {
+            s.pending.retain(|_, p| !p.is_expired(now));
+            if s.pending.len() >= max {
+                return Err(EngineError::TooManyHandshakes { max });
+            }
+        }
+        s.pending.insert(pending.server_nonce, pending);
+        Ok(())
+    }
+
+    async fn get_pending(&self, server_nonce: [u8; 16]) -> Result<Option<PendingHandshake>, EngineError> {
+        Ok(self.lock().pending.get(&server_nonce).cloned())
+    }
+
+    async fn advance_pending(&self, pending: PendingHandshake) -> Result<bool, EngineError> {
+        let mut s = self.lock();
+        match s.pending.get_mut(&pending.server_nonce) {
+            Some(p) if matches!(p.stage, Stage::AwaitingDhParams) => {
+                *p = pending;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn take_pending(&self, server_nonce: [u8; 16]) -> Result<Option<PendingHandshake>, EngineError> {
+        Ok(self.lock().pending.remove(&server_nonce))
+    }
+
+    async fn create_account(
+        &self,
+        key: AuthKeyRecord,
+        session: ServerSession,
+        now: UnixTime,
+    ) -> Result<(), EngineError> {
+        let mut s = self.lock();
+        if let Some(owner) = s.owners.get(&key.client_id) {
+            if *owner != key.key_id {
+                return Err(EngineError::ClientIdTaken);
+            }
+        }
+        let id = key.key_id;
+        let client = key.client_id.clone();
+        s.owners.insert(client.clone(), id);
+        s.keys.insert(id, key);
+        s.sessions.insert(id, SessionRecord { session, version: 0 });
+        let account = s.accounts.entry(client.clone()).or_default();
+        if account.peer.is_none() {
+            account.peer = Some(Peer {
+                client_id: client,
+                identity_key: None,
+                key_version: 0,
+                registered_at: now.as_secs(),
+                last_seen: now.as_secs(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn auth_key(&self, key_id: [u8; 8]) -> Result<Option<AuthKeyRecord>, EngineError> {
+        Ok(self.lock().keys.get(&key_id).cloned())
+    }
+
+    async fn session(&self, key_id: [u8; 8]) -> Result<Option<SessionRecord>, EngineError> {
+        Ok(self.lock().sessions.get(&key_id).cloned())
+    }
+
+    async fn commit(&self, c: Commit) -> Result<Outcome, EngineError> {
+        let mut s = self.lock();
+        let version = s.sessions.get(&c.key_id).map(|r| r.version);
+        if version != Some(c.expected_version) {
+            return Err(EngineError::Conflict);
+        }
+        let now_s = c.now.as_secs();
+        let outcome = match &c.op {
+            Op::Touch => Outcome::Done,
+            Op::Send {
+                to,
+                payload,
+                cap,
+                ttl_secs,
+            } => {
+                let from = c.client.to_string();
+                let account = s
+                    .accounts
+                    .get_mut(to)
+                    .filter(|a| a.peer.is_some())
+                    .ok_or(EngineError::UnknownPeer)?;
+                if account.mailbox.len() >= *cap {
+                    return Err(EngineError::MailboxFull { cap: *cap });
+                }
+                account.next_seq += 1;
+                let seq = account.next_seq;
+                let timestamp_ms = millis(c.now);
+                account.mailbox.insert(
+                    seq,
+                    MailboxEntry {
+                        seq,
+                        from,
+                        kind: EntryKind::Message,
+                        payload: Bytes(payload.clone()),
+                        timestamp_ms,
+                        expires_at: now_s + ttl_secs,
+                    },
+                );
+                Outcome::Sent { seq, timestamp_ms }
+            }
+            Op::Ack { seqs } => {
+                let account = s.accounts.entry(c.client.clone()).or_default();
+                let removed = seqs
+                    .iter()
+                    .filter(|q| account.mailbox.remove(q).is_some())
+                    .count();
+                Outcome::Acked { removed }
+            }
+            Op::PublishKey { key } => {
+                let account = s.accounts.get_mut(&c.client).ok_or(EngineError::UnknownPeer)?;
+                let peer = account.peer.as_mut().ok_or(EngineError::UnknownPeer)?;
+                let changed = peer.identity_key != Some(*key);
+                if changed {
+                    peer.identity_key = Some(*key);
+                    peer.key_version += 1;
+                }
+                Outcome::KeyPublished {
+                    changed,
+                    key_version: peer.key_version,
+                }
+            }
+        };
+        if let Some(peer) = s.accounts.get_mut(&c.client).and_then(|a| a.peer.as_mut()) {
+            peer.last_seen = now_s;
+        }
+        s.sessions.insert(
+            c.key_id,
+            SessionRecord {
+                session: c.session,
+                version: c.expected_version + 1,
+            },
+        );
+        if c.keep_outcome {
+            s.outcomes.insert((c.key_id, c.msg_id), (outcome.clone(), now_s));
+        }
+        Ok(outcome)
+    }
+
+    async fn outcome(&self, key_id: [u8; 8], msg_id: u64) -> Result<Option<Outcome>, EngineError> {
+        Ok(self
+            .lock()
+            .outcomes
+            .get(&(key_id, msg_id))
+            .map(|(o, _)| o.clone()))
+    }
+
+    async fn fetch(
+        &self,
+        client: &ClientId,
+        limit: usize,
+        now: UnixTime,
+    ) -> Result<Vec<MailboxEntry>, EngineError> {
+        let s = self.lock();
+        let now = now.as_secs();
+        Ok(s.accounts
+            .get(client)
+            .map(|a| {
+                a.mailbox
+                    .values()
+                    .filter(|e| e.expires_at > now)
+                    .take(limit)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn peers(&self) -> Result<Vec<Peer>, EngineError> {
+        Ok(self
+            .lock()
+            .accounts
+            .values()
+            .filter_map(|a| a.peer.clone())
+            .collect())
+    }
+
+    async fn peer(&self, client: &ClientId) -> Result<Option<Peer>, EngineError> {
+        Ok(self.lock().accounts.get(client).and_then(|a| a.peer.clone()))
+    }
+
+    async fn purge_expired(&self, now: UnixTime) -> Result<Vec<ClientId>, EngineError> {
+        let mut s = self.lock();
+        let secs = now.as_secs();
+        s.pending.retain(|_, p| !p.is_expired(now));
+        s.outcomes.retain(|_, (_, at)| *at + OUTCOME_TTL_SECS > secs);
+        let mut expired = Vec::new();
+        for (to, account) in s.accounts.iter_mut() {
+            let gone: Vec<u64> = account
+                .mailbox
+                .values()
+                .filter(|e| e.expires_at <= secs)
+                .map(|e| e.seq)
+                .collect();
+            for seq in gone {
+                if let Some(e) = account.mailbox.remove(&seq) {
+                    if e.kind == EntryKind::Message {
+                        expired.push((e.from, to.clone(), seq));
+                    }
+                }
+            }
+        }
+        let mut notified = Vec::new();
+        for (from, to, seq) in expired {
+            let Ok(sender) = ClientId::new(&from) else {
+                continue;
+            };
+            let Some(account) = s.accounts.get_mut(&sender) else {
+                continue;
+            };
+            account.next_seq += 1;
+            let n = account.next_seq;
+            account.mailbox.insert(
+                n,
+                MailboxEntry {
+                    seq: n,
+                    from: RELAY_SENDER.to_owned(),
+                    kind: EntryKind::Expired { to, seq },
+                    payload: Bytes(Vec::new()),
+                    timestamp_ms: millis(now),
+                    expires_at: u64::MAX / 2,
+                },
+            );
+            notified.push(sender);
+        }
+        Ok(notified)
+    }
+}

@@ -1,0 +1,105 @@
+//! Storage engines behind one trait. Every engine passes the same conformance suite
+//! (`tests/conformance.rs`).
+//!
+//! Everything a second relay node would need lives in the engine: pending handshakes, auth keys,
+//! sessions, outcomes of committed requests, the directory and the mailboxes. Only long-poll
+//! waiters live in one node's memory; [`Engine::set_notifier`] lets an engine that spans nodes
+//! wake them.
+
+use std::sync::Arc;
+
+use mtproto_session::{ClientId, PendingHandshake, ServerSession, UnixTime};
+
+use crate::{AuthKeyRecord, Commit, EngineError, MailboxEntry, Notifier, Outcome, Peer, SessionRecord};
+
+mod memory;
+mod sqlite;
+
+pub use memory::MemoryEngine;
+pub use sqlite::SqliteEngine;
+
+/// How long outcomes of committed requests are kept for resends (longer than the 300 s msg_id
+/// window, so a resend inside the window always finds its outcome).
+pub const OUTCOME_TTL_SECS: u64 = 3600;
+
+/// A storage engine. All methods are atomic on their own.
+#[async_trait::async_trait]
+pub trait Engine: Send + Sync + 'static {
+    /// A short name for logs (`memory`, `sqlite`, `redis`).
+    fn name(&self) -> &'static str;
+
+    /// Gives the engine the node's notifier, for wake-ups that come from other nodes.
+    fn set_notifier(&self, _notifier: Arc<Notifier>) {}
+
+    /// Stores a new pending handshake, after dropping expired ones.
+    ///
+    /// # Errors
+    /// [`EngineError::TooManyHandshakes`] when `max` are pending.
+    async fn put_pending(
+        &self,
+        pending: PendingHandshake,
+        max: usize,
+        now: UnixTime,
+    ) -> Result<(), EngineError>;
+
+    /// The pending handshake stored under `server_nonce`.
+    async fn get_pending(&self, server_nonce: [u8; 16]) -> Result<Option<PendingHandshake>, EngineError>;
+
+    /// Replaces a pending handshake that is still at the first stage; returns false if it is
+    /// gone or already advanced (a concurrent duplicate request).
+    async fn advance_pending(&self, pending: PendingHandshake) -> Result<bool, EngineError>;
+
+    /// Removes and returns the pending handshake under `server_nonce`: a nonce serves once.
+    async fn take_pending(&self, server_nonce: [u8; 16]) -> Result<Option<PendingHandshake>, EngineError>;
+
+    /// Binds `key.client_id` to the key, registers the client in the directory (keeping its
+    /// mailbox if it existed) and stores the session.
+    ///
+    /// # Errors
+    /// [`EngineError::ClientIdTaken`] when another key holds the client id.
+    async fn create_account(
+        &self,
+        key: AuthKeyRecord,
+        session: ServerSession,
+        now: UnixTime,
+    ) -> Result<(), EngineError>;
+
+    /// The auth key with this id.
+    async fn auth_key(&self, key_id: [u8; 8]) -> Result<Option<AuthKeyRecord>, EngineError>;
+
+    /// The session of this key.
+    async fn session(&self, key_id: [u8; 8]) -> Result<Option<SessionRecord>, EngineError>;
+
+    /// Commits one request atomically: session compare-and-swap, the op, the outcome and
+    /// last-seen. On any error nothing is stored.
+    ///
+    /// # Errors
+    /// [`EngineError::Conflict`] when the session moved on; [`EngineError::UnknownPeer`],
+    /// [`EngineError::MailboxFull`] for a send.
+    async fn commit(&self, commit: Commit) -> Result<Outcome, EngineError>;
+
+    /// The stored outcome of a committed request.
+    async fn outcome(&self, key_id: [u8; 8], msg_id: u64) -> Result<Option<Outcome>, EngineError>;
+
+    /// Up to `limit` entries of `client`'s mailbox, oldest first, not yet expired at `now`.
+    async fn fetch(
+        &self,
+        client: &ClientId,
+        limit: usize,
+        now: UnixTime,
+    ) -> Result<Vec<MailboxEntry>, EngineError>;
+
+    /// Every registered client.
+    async fn peers(&self) -> Result<Vec<Peer>, EngineError>;
+
+    /// One registered client.
+    async fn peer(&self, client: &ClientId) -> Result<Option<Peer>, EngineError>;
+
+    /// Removes expired messages (telling each sender with an `expired` entry in its own
+    /// mailbox), expired pending handshakes and old outcomes. Returns the clients whose
+    /// mailboxes got notices.
+    async fn purge_expired(&self, now: UnixTime) -> Result<Vec<ClientId>, EngineError>;
+}
+
+/// The relay's pseudo-sender for notices.
+pub const RELAY_SENDER: &str = "relay";

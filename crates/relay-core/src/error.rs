@@ -1,0 +1,182 @@
+//! Errors of the relay domain, each with a stable code that the HTTP layer maps to a status.
+
+use mtproto_session::BadMsgCode;
+
+/// Errors a storage engine reports.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// Another request changed the session first; retry the request from the start.
+    #[error("concurrent update")]
+    Conflict,
+    /// The client id already belongs to another auth key.
+    #[error("client id already taken")]
+    ClientIdTaken,
+    /// The recipient is not registered.
+    #[error("unknown peer")]
+    UnknownPeer,
+    /// The recipient's mailbox is at its cap.
+    #[error("mailbox full ({cap} messages)")]
+    MailboxFull {
+        /// The cap.
+        cap: usize,
+    },
+    /// Too many handshakes are pending.
+    #[error("too many pending handshakes ({max})")]
+    TooManyHandshakes {
+        /// The limit.
+        max: usize,
+    },
+    /// The storage itself failed (disk, database, connection).
+    #[error("storage failure: {0}")]
+    Storage(String),
+}
+
+/// Every way a relay operation can fail. [`RelayError::code`] is stable: clients may match on it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    // --- the client's mistakes ----------------------------------------------------------------
+    /// A field is missing, of the wrong type or malformed.
+    #[error("invalid field {field}: {reason}")]
+    InvalidField {
+        /// The field.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The handshake this message continues is unknown (never started, finished or expired).
+    #[error("unknown or finished handshake")]
+    UnknownHandshake,
+    /// The handshake expired.
+    #[error("handshake expired")]
+    HandshakeExpired,
+    /// A nonce does not match.
+    #[error("{0} does not match")]
+    NonceMismatch(&'static str),
+    /// The proof of work is wrong.
+    #[error("wrong proof-of-work answer")]
+    BadProofOfWork,
+    /// A DH value is out of range.
+    #[error("Diffie-Hellman value rejected")]
+    BadDh,
+    /// The step was already done or done out of order.
+    #[error("handshake step out of order")]
+    HandshakeOutOfOrder,
+    /// The client id belongs to another key.
+    #[error("client id already taken by another key")]
+    ClientIdTaken,
+    /// No auth key with this id.
+    #[error("unknown auth key")]
+    UnknownAuthKey,
+    /// The envelope failed to decrypt or authenticate (opaque).
+    #[error("message rejected")]
+    DecryptFailed,
+    /// The envelope names another session.
+    #[error("unknown session")]
+    BadSession,
+    /// An MTProto bad-message rule (msg_id window, low bits, seq_no, salt).
+    #[error("bad message: code {}", .code.code())]
+    BadMsg {
+        /// The MTProto code.
+        code: BadMsgCode,
+        /// A sealed notice the client can authenticate (base64 packet), when one was made.
+        notice: Option<Vec<u8>>,
+    },
+    /// A clear field disagrees with the authenticated envelope.
+    #[error("clear field {0} does not match the envelope")]
+    FieldMismatch(&'static str),
+    /// The envelope's body is for another endpoint.
+    #[error("the envelope's method is not this endpoint's")]
+    MethodMismatch,
+    /// The recipient is not registered.
+    #[error("unknown peer")]
+    UnknownPeer,
+    /// The recipient's mailbox is full.
+    #[error("recipient mailbox full")]
+    MailboxFull,
+    /// A payload is larger than allowed.
+    #[error("payload of {got} bytes exceeds {max}")]
+    PayloadTooLarge {
+        /// Its size.
+        got: usize,
+        /// The limit.
+        max: usize,
+    },
+    // --- limits of the server -----------------------------------------------------------------
+    /// Too many handshakes in progress: try again shortly.
+    #[error("too many handshakes in progress")]
+    Busy,
+    // --- our fault -------------------------------------------------------------------------------
+    /// Storage or another internal failure; nothing was accepted.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl RelayError {
+    /// The stable error code sent to clients.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidField { .. } => "invalid_field",
+            Self::UnknownHandshake => "unknown_handshake",
+            Self::HandshakeExpired => "handshake_expired",
+            Self::NonceMismatch(_) => "nonce_mismatch",
+            Self::BadProofOfWork => "bad_proof_of_work",
+            Self::BadDh => "bad_dh_value",
+            Self::HandshakeOutOfOrder => "handshake_out_of_order",
+            Self::ClientIdTaken => "client_id_taken",
+            Self::UnknownAuthKey => "unknown_auth_key",
+            Self::DecryptFailed => "decrypt_failed",
+            Self::BadSession => "bad_session",
+            Self::BadMsg {
+                code: BadMsgCode::BadServerSalt,
+                ..
+            } => "bad_server_salt",
+            Self::BadMsg { .. } => "bad_msg",
+            Self::FieldMismatch(_) => "field_mismatch",
+            Self::MethodMismatch => "method_mismatch",
+            Self::UnknownPeer => "unknown_peer",
+            Self::MailboxFull => "mailbox_full",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::Busy => "busy",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<EngineError> for RelayError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::ClientIdTaken => Self::ClientIdTaken,
+            EngineError::UnknownPeer => Self::UnknownPeer,
+            EngineError::MailboxFull { .. } => Self::MailboxFull,
+            EngineError::TooManyHandshakes { .. } => Self::Busy,
+            EngineError::Conflict => Self::Internal("unresolved concurrent update".into()),
+            EngineError::Storage(s) => Self::Internal(s),
+        }
+    }
+}
+
+impl From<mtproto_session::Error> for RelayError {
+    fn from(e: mtproto_session::Error) -> Self {
+        use mtproto_session::Error as E;
+        match e {
+            E::Malformed { field, reason } => Self::InvalidField {
+                field: field.into(),
+                reason: reason.into(),
+            },
+            E::Decrypt => Self::DecryptFailed,
+            E::NonceMismatch { which } => Self::NonceMismatch(which),
+            E::BadProofOfWork => Self::BadProofOfWork,
+            E::Dh(_) => Self::BadDh,
+            E::WrongSession => Self::BadSession,
+            E::BadMsg { code, .. } => Self::BadMsg { code, notice: None },
+            E::HandshakeExpired => Self::HandshakeExpired,
+            E::Limit { .. } => Self::HandshakeOutOfOrder,
+            other => Self::InvalidField {
+                field: "message".into(),
+                reason: other.to_string(),
+            },
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! The mtproto-relay domain, without HTTP: accounts bound to auth keys, the peer directory,
+//! mailboxes with at-least-once delivery, long-poll wake-ups, and the storage engines.
+//!
+//! ```text
+//!            ┌──────────── Relay ─────────────┐
+//!  HTTP ───▶ │ handshake ▸ envelope ▸ call     │ ──▶ Engine (memory | sqlite | …)
+//!  layer     │ (mtproto-session, sans-IO)      │ ◀── Notifier (long-poll wake-ups)
+//!            └─────────────────────────────────┘
+//! ```
+//!
+//! Every authenticated request is committed atomically: the session's replay window moves, the
+//! request's effect applies (a message appended, entries acknowledged, a key published) and its
+//! outcome is stored for resends — or, on any error, nothing is stored.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod engine;
+mod error;
+mod model;
+mod notify;
+mod relay;
+
+pub use engine::{Engine, MemoryEngine, SqliteEngine};
+pub use error::{EngineError, RelayError};
+pub use model::{AuthKeyRecord, Commit, EntryKind, MailboxEntry, Op, Outcome, Peer, SessionRecord};
+pub use notify::Notifier;
+pub use relay::{Clock, Relay, RelayConfig, SystemClock, RESERVED_CLIENT_IDS, STATUS_RECEIVED};

@@ -1,0 +1,159 @@
+//! What the relay stores.
+
+use mtproto_crypto::AuthKeyId;
+use mtproto_session::{wire::Bytes, ClientId, SecretBytes, ServerSession, UnixTime};
+use serde::{Deserialize, Serialize};
+
+/// An auth key and the client id it claimed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuthKeyRecord {
+    /// `SHA1(auth_key)[12..20]`.
+    pub key_id: [u8; 8],
+    /// The key (secret).
+    pub auth_key: SecretBytes,
+    /// The client id bound to it.
+    pub client_id: ClientId,
+    /// When the handshake finished.
+    pub created_at: UnixTime,
+}
+
+impl AuthKeyRecord {
+    /// The key id as a typed value.
+    pub fn id(&self) -> AuthKeyId {
+        AuthKeyId::from_bytes(self.key_id)
+    }
+}
+
+/// A session with a version for optimistic concurrency: a commit names the version it read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// The session state.
+    pub session: ServerSession,
+    /// Incremented by every commit.
+    pub version: u64,
+}
+
+/// What a mailbox entry is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EntryKind {
+    /// An end-to-end encrypted message from a peer.
+    Message,
+    /// A notice from the relay: a message this client sent expired before it was delivered.
+    Expired {
+        /// The recipient that never acknowledged it.
+        to: ClientId,
+        /// Its sequence number in that recipient's mailbox.
+        seq: u64,
+    },
+}
+
+/// One entry of a mailbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailboxEntry {
+    /// Monotonically increasing per mailbox.
+    pub seq: u64,
+    /// The sender (`relay` for notices).
+    pub from: String,
+    /// What it is.
+    #[serde(flatten)]
+    pub kind: EntryKind,
+    /// The opaque end-to-end ciphertext.
+    pub payload: Bytes,
+    /// Server time it was stored, ms since the epoch.
+    pub timestamp_ms: u64,
+    /// When it expires, unix seconds.
+    pub expires_at: u64,
+}
+
+/// A registered client as the directory shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    /// The client id.
+    pub client_id: ClientId,
+    /// Its X25519 identity public key, once published.
+    pub identity_key: Option<[u8; 32]>,
+    /// 0 before the first publication, then +1 for every change of key.
+    pub key_version: u32,
+    /// When it registered, unix seconds.
+    pub registered_at: u64,
+    /// Its last authenticated request, unix seconds.
+    pub last_seen: u64,
+}
+
+/// The result of a committed request, kept so that a resent envelope gets the same answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Nothing beyond the session update.
+    Done,
+    /// A message was stored.
+    Sent {
+        /// Its sequence number in the recipient's mailbox.
+        seq: u64,
+        /// Server time it was stored, ms.
+        timestamp_ms: u64,
+    },
+    /// Acknowledged entries were removed.
+    Acked {
+        /// How many existed and were removed.
+        removed: usize,
+    },
+    /// The identity key was published.
+    KeyPublished {
+        /// Whether it differs from the previous key.
+        changed: bool,
+        /// The key version now.
+        key_version: u32,
+    },
+}
+
+/// The effect a request has, applied atomically with the session update.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// No effect beyond the session update and last-seen.
+    Touch,
+    /// Append a message to `to`'s mailbox.
+    Send {
+        /// The recipient.
+        to: ClientId,
+        /// The end-to-end ciphertext.
+        payload: Vec<u8>,
+        /// The mailbox cap.
+        cap: usize,
+        /// Message time to live, seconds.
+        ttl_secs: u64,
+    },
+    /// Remove these entries from the requester's own mailbox.
+    Ack {
+        /// Sequence numbers to remove.
+        seqs: Vec<u64>,
+    },
+    /// Publish (or rotate) the requester's identity key.
+    PublishKey {
+        /// The X25519 public key.
+        key: [u8; 32],
+    },
+}
+
+/// One authenticated request, committed atomically: the session moves from `expected_version`,
+/// the op applies, and (if `keep_outcome`) the outcome is stored under `(key_id, msg_id)`.
+#[derive(Debug, Clone)]
+pub struct Commit {
+    /// The requester's key.
+    pub key_id: [u8; 8],
+    /// The requester.
+    pub client: ClientId,
+    /// The session after accepting the request.
+    pub session: ServerSession,
+    /// The version the session was read at.
+    pub expected_version: u64,
+    /// The request's msg_id.
+    pub msg_id: u64,
+    /// What the request does.
+    pub op: Op,
+    /// Whether to keep the outcome for resends.
+    pub keep_outcome: bool,
+    /// The time of the request.
+    pub now: UnixTime,
+}

@@ -1,0 +1,542 @@
+//! The relay: handshakes, authenticated calls, long-poll. Brings the clock, the RNG and the
+//! storage to the sans-IO session layer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mtproto_crypto::{rand_core::OsRng, AuthKey, DhGroup, Direction, IdentityPublic, ServerSigningKey};
+use mtproto_session::{
+    session::{open_envelope, packet_key_id},
+    wire::Bytes,
+    ClientId, DhGenOk, Error as SessionError, Notice, ReqDhParams, ReqPq, ResPq, SecretBytes, ServerDhParams,
+    ServerHandshake, SetClientDhParams, UnixTime,
+};
+
+use crate::{
+    api::{
+        iso8601, Call, Endpoint, EnvelopeRequest, EnvelopeResponse, PeerInfo, PeersAnswer, PollAnswer,
+        PublishAnswer, SendAnswer,
+    },
+    AuthKeyRecord, Commit, Engine, EngineError, Notifier, Op, Outcome, RelayError,
+};
+
+/// Client ids nobody may register: the relay signs its own notices with them.
+pub const RESERVED_CLIENT_IDS: &[&str] = &["relay", "server", "admin"];
+/// `status` of a stored message, as in the original API.
+pub const STATUS_RECEIVED: &str = "Message received securely";
+
+/// Limits and timings, all configurable.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Most handshakes pending at once (a `req_pq` flood cannot exhaust the server).
+    pub max_pending_handshakes: usize,
+    /// Most entries in one mailbox.
+    pub mailbox_cap: usize,
+    /// How long an unacknowledged message is kept, seconds.
+    pub message_ttl_secs: u64,
+    /// Largest end-to-end payload, bytes.
+    pub max_payload: usize,
+    /// Default long-poll wait.
+    pub poll_default: Duration,
+    /// Longest long-poll wait a client may ask for.
+    pub poll_max: Duration,
+    /// Most entries one poll returns.
+    pub poll_limit: usize,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            max_pending_handshakes: 10_000,
+            mailbox_cap: 10_000,
+            message_ttl_secs: 7 * 24 * 3600,
+            max_payload: 64 * 1024,
+            poll_default: Duration::from_secs(25),
+            poll_max: Duration::from_secs(30),
+            poll_limit: 100,
+        }
+    }
+}
+
+/// Where the relay gets the time.
+pub trait Clock: Send + Sync + 'static {
+    /// Now.
+    fn now(&self) -> UnixTime;
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> UnixTime {
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        UnixTime::from_nanos(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    }
+}
+
+/// The relay.
+pub struct Relay {
+    engine: Arc<dyn Engine>,
+    key: ServerSigningKey,
+    group: DhGroup,
+    config: RelayConfig,
+    notifier: Arc<Notifier>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("engine", &self.engine.name())
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+fn nonce16(field: &'static str, b: &Bytes) -> Result<[u8; 16], RelayError> {
+    b.0.as_slice().try_into().map_err(|_| RelayError::InvalidField {
+        field: field.into(),
+        reason: "must be 16 bytes".into(),
+    })
+}
+
+/// How often a commit is retried when another request of the same session won the race.
+const COMMIT_ATTEMPTS: usize = 8;
+
+impl Relay {
+    /// A relay over `engine`, signing handshakes with `key`.
+    pub fn new(engine: Arc<dyn Engine>, key: ServerSigningKey, config: RelayConfig) -> Self {
+        let notifier = Arc::new(Notifier::new());
+        engine.set_notifier(notifier.clone());
+        Self {
+            engine,
+            key,
+            group: DhGroup::mtproto(),
+            config,
+            notifier,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Replaces the clock (tests).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The server's signing key.
+    pub fn server_key(&self) -> &ServerSigningKey {
+        &self.key
+    }
+
+    /// The storage engine.
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    /// The long-poll notifier.
+    pub fn notifier(&self) -> &Arc<Notifier> {
+        &self.notifier
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RelayConfig {
+        &self.config
+    }
+
+    fn handshake(&self) -> ServerHandshake<'_> {
+        ServerHandshake::new(&self.key, &self.group)
+    }
+
+    /// `POST /req_pq`.
+    ///
+    /// # Errors
+    /// [`RelayError::InvalidField`], [`RelayError::Busy`] when too many handshakes are pending.
+    pub async fn req_pq(&self, req: &ReqPq) -> Result<ResPq, RelayError> {
+        let now = self.clock.now();
+        let (pending, res) = self.handshake().handle_req_pq(req, now, &mut OsRng)?;
+        self.engine
+            .put_pending(pending, self.config.max_pending_handshakes, now)
+            .await?;
+        Ok(res)
+    }
+
+    /// `POST /req_dh_params`.
+    ///
+    /// # Errors
+    /// [`RelayError::UnknownHandshake`], [`RelayError::HandshakeExpired`],
+    /// [`RelayError::NonceMismatch`], [`RelayError::BadProofOfWork`],
+    /// [`RelayError::HandshakeOutOfOrder`].
+    pub async fn req_dh_params(&self, req: &ReqDhParams) -> Result<ServerDhParams, RelayError> {
+        let now = self.clock.now();
+        let sn = nonce16("server_nonce", &req.server_nonce)?;
+        let mut pending = self
+            .engine
+            .get_pending(sn)
+            .await?
+            .ok_or(RelayError::UnknownHandshake)?;
+        let res = self
+            .handshake()
+            .handle_req_dh_params(&mut pending, req, now, &mut OsRng)?;
+        if !self.engine.advance_pending(pending).await? {
+            return Err(RelayError::HandshakeOutOfOrder);
+        }
+        Ok(res)
+    }
+
+    /// `POST /set_client_dh_params`: completes the handshake and registers the client id.
+    ///
+    /// # Errors
+    /// As [`Relay::req_dh_params`], plus [`RelayError::BadDh`] and [`RelayError::ClientIdTaken`].
+    pub async fn set_client_dh_params(&self, req: &SetClientDhParams) -> Result<DhGenOk, RelayError> {
+        let now = self.clock.now();
+        if RESERVED_CLIENT_IDS.contains(&req.client_id.as_str()) {
+            return Err(RelayError::InvalidField {
+                field: "client_id".into(),
+                reason: "reserved".into(),
+            });
+        }
+        let sn = nonce16("server_nonce", &req.server_nonce)?;
+        let pending = self
+            .engine
+            .get_pending(sn)
+            .await?
+            .ok_or(RelayError::UnknownHandshake)?;
+        let (est, res) = self
+            .handshake()
+            .handle_set_client_dh_params(pending, req, now, &mut OsRng)?;
+        // Only now consume the nonce, so a forged request cannot kill someone else's handshake.
+        self.engine
+            .take_pending(sn)
+            .await?
+            .ok_or(RelayError::UnknownHandshake)?;
+        let record = AuthKeyRecord {
+            key_id: *est.auth_key.id().as_bytes(),
+            auth_key: SecretBytes::new(est.auth_key.expose_secret().to_vec()),
+            client_id: est.client_id.clone(),
+            created_at: now,
+        };
+        self.engine.create_account(record, est.session, now).await?;
+        tracing::info!(client_id = %est.client_id, auth_key_id = %est.auth_key.id().to_hex(), "auth key established");
+        Ok(res)
+    }
+
+    /// An authenticated call on `endpoint`.
+    ///
+    /// # Errors
+    /// Every [`RelayError`] an envelope or its call can cause; nothing is stored on error.
+    pub async fn handle(
+        &self,
+        endpoint: Endpoint,
+        req: &EnvelopeRequest,
+    ) -> Result<EnvelopeResponse, RelayError> {
+        let packet = req.packet_bytes().ok_or_else(|| RelayError::InvalidField {
+            field: "packet".into(),
+            reason: "give `packet`, or `auth_key_id`, `message_key` and `encrypted_data`".into(),
+        })?;
+        let key_id = *packet_key_id(&packet)?.as_bytes();
+        let record = self
+            .engine
+            .auth_key(key_id)
+            .await?
+            .ok_or(RelayError::UnknownAuthKey)?;
+        let key = AuthKey::from_slice(record.auth_key.expose())
+            .map_err(|_| RelayError::Internal("stored key".into()))?;
+        let env = open_envelope(&key, Direction::ClientToServer, &packet)?;
+        if req
+            .client_id
+            .as_deref()
+            .is_some_and(|c| c != record.client_id.as_str())
+        {
+            return Err(RelayError::FieldMismatch("client_id"));
+        }
+        if req.message_id.is_some_and(|m| m.0 != env.msg_id.0) {
+            return Err(RelayError::FieldMismatch("message_id"));
+        }
+        if req.seq_no.is_some_and(|s| s != env.seq_no) {
+            return Err(RelayError::FieldMismatch("seq_no"));
+        }
+        for _ in 0..COMMIT_ATTEMPTS {
+            let now = self.clock.now();
+            let stored = self
+                .engine
+                .session(key_id)
+                .await?
+                .ok_or(RelayError::UnknownAuthKey)?;
+            let mut session = stored.session.clone();
+            session.rotate_salts(now, &mut OsRng);
+            let incoming = match session.accept(env.clone(), now) {
+                Ok(incoming) => incoming,
+                Err(SessionError::Duplicate { msg_id }) => {
+                    return self
+                        .answer_duplicate(endpoint, req, &key, &record, session, msg_id, &env.body)
+                        .await;
+                }
+                Err(e @ SessionError::BadMsg { code, .. }) => {
+                    let salt = session
+                        .current_salt(now)
+                        .unwrap_or(mtproto_session::ServerSalt([0; 8]));
+                    let notice = Notice::for_error(&e, salt)
+                        .and_then(|n| session.encode_notice(&key, &n, now, &mut OsRng).ok())
+                        .map(|o| o.packet);
+                    return Err(RelayError::BadMsg { code, notice });
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let call = self.parse_call(endpoint, req, &incoming.body)?;
+            let (op, keep_outcome) = self.op_for(&call)?;
+            let commit = Commit {
+                key_id,
+                client: record.client_id.clone(),
+                session: session.clone(),
+                expected_version: stored.version,
+                msg_id: incoming.msg_id.0,
+                op,
+                keep_outcome,
+                now,
+            };
+            let outcome = match self.engine.commit(commit).await {
+                Ok(o) => o,
+                Err(EngineError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if let Call::SendMessage { target_peer, .. } = &call {
+                self.notifier.notify(target_peer.as_str());
+            }
+            return self
+                .answer(
+                    &call,
+                    outcome,
+                    &key,
+                    &record.client_id,
+                    session,
+                    incoming.msg_id.0,
+                    incoming.seq_no,
+                )
+                .await;
+        }
+        Err(RelayError::Internal("session contended".into()))
+    }
+
+    fn parse_call(&self, endpoint: Endpoint, req: &EnvelopeRequest, body: &[u8]) -> Result<Call, RelayError> {
+        let call: Call = serde_json::from_slice(body).map_err(|e| RelayError::InvalidField {
+            field: "envelope body".into(),
+            reason: e.to_string(),
+        })?;
+        if call.endpoint() != endpoint {
+            return Err(RelayError::MethodMismatch);
+        }
+        if let (Call::SendMessage { target_peer, .. }, Some(clear)) = (&call, &req.target_peer) {
+            if clear != target_peer.as_str() {
+                return Err(RelayError::FieldMismatch("target_peer"));
+            }
+        }
+        Ok(call)
+    }
+
+    fn op_for(&self, call: &Call) -> Result<(Op, bool), RelayError> {
+        Ok(match call {
+            Call::SendMessage { target_peer, payload } => {
+                if payload.0.len() > self.config.max_payload {
+                    return Err(RelayError::PayloadTooLarge {
+                        got: payload.0.len(),
+                        max: self.config.max_payload,
+                    });
+                }
+                if payload.0.is_empty() {
+                    return Err(RelayError::InvalidField {
+                        field: "payload".into(),
+                        reason: "empty".into(),
+                    });
+                }
+                let op = Op::Send {
+                    to: target_peer.clone(),
+                    payload: payload.0.clone(),
+                    cap: self.config.mailbox_cap,
+                    ttl_secs: self.config.message_ttl_secs,
+                };
+                (op, true)
+            }
+            Call::PollMessages { ack, .. } => {
+                if ack.len() > 8192 {
+                    return Err(RelayError::InvalidField {
+                        field: "ack".into(),
+                        reason: "at most 8192 ids".into(),
+                    });
+                }
+                (Op::Ack { seqs: ack.clone() }, false)
+            }
+            Call::ListPeers {} => (Op::Touch, false),
+            Call::PublishKey { identity_key } => {
+                let key: [u8; 32] =
+                    identity_key
+                        .0
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| RelayError::InvalidField {
+                            field: "identity_key".into(),
+                            reason: "must be 32 bytes".into(),
+                        })?;
+                // A low-order point would give every peer an all-zero shared secret.
+                if mtproto_crypto::hazmat::x25519(&[9; 32], &key).is_err() {
+                    return Err(RelayError::InvalidField {
+                        field: "identity_key".into(),
+                        reason: "low-order point".into(),
+                    });
+                }
+                (Op::PublishKey { key }, true)
+            }
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn answer(
+        &self,
+        call: &Call,
+        outcome: Outcome,
+        key: &AuthKey,
+        client: &ClientId,
+        mut session: mtproto_session::ServerSession,
+        msg_id: u64,
+        seq_no: u32,
+    ) -> Result<EnvelopeResponse, RelayError> {
+        let (body, clear) = match (call, outcome) {
+            (Call::SendMessage { .. }, Outcome::Sent { seq, timestamp_ms }) => {
+                let a = SendAnswer {
+                    msg_id: msg_id.to_string(),
+                    seq_no,
+                    status: STATUS_RECEIVED.to_owned(),
+                    timestamp: iso8601(timestamp_ms),
+                    last_msg_id: msg_id.to_string(),
+                    mailbox_seq: seq,
+                };
+                (to_body(&a)?, Some(a))
+            }
+            (
+                Call::PollMessages {
+                    timeout_ms, limit, ..
+                },
+                outcome,
+            ) => {
+                let acked = match outcome {
+                    Outcome::Acked { removed } => removed,
+                    _ => 0,
+                };
+                let wait = timeout_ms
+                    .map_or(self.config.poll_default, Duration::from_millis)
+                    .min(self.config.poll_max);
+                let limit = limit
+                    .unwrap_or(self.config.poll_limit)
+                    .clamp(1, self.config.poll_limit);
+                let messages = self.long_poll(client, wait, limit).await?;
+                (to_body(&PollAnswer { messages, acked })?, None)
+            }
+            (Call::ListPeers {}, _) => {
+                let peers = self
+                    .engine
+                    .peers()
+                    .await?
+                    .into_iter()
+                    .map(PeerInfo::from)
+                    .collect();
+                (to_body(&PeersAnswer { peers })?, None)
+            }
+            (Call::PublishKey { identity_key }, Outcome::KeyPublished { changed, key_version }) => {
+                let fingerprint = IdentityPublic::from_slice(&identity_key.0)
+                    .map(|k| k.short_fingerprint())
+                    .unwrap_or_default();
+                (
+                    to_body(&PublishAnswer {
+                        changed,
+                        key_version,
+                        fingerprint,
+                    })?,
+                    None,
+                )
+            }
+            _ => return Err(RelayError::Internal("outcome does not match the call".into())),
+        };
+        let out = session
+            .encode_response(key, &body, self.clock.now(), &mut OsRng)
+            .map_err(|e| RelayError::Internal(e.to_string()))?;
+        Ok(EnvelopeResponse {
+            packet: Bytes(out.packet),
+            clear,
+        })
+    }
+
+    /// A resent envelope: answer with the original outcome; never execute twice.
+    #[allow(clippy::too_many_arguments)]
+    async fn answer_duplicate(
+        &self,
+        endpoint: Endpoint,
+        req: &EnvelopeRequest,
+        key: &AuthKey,
+        record: &AuthKeyRecord,
+        session: mtproto_session::ServerSession,
+        msg_id: u64,
+        body: &[u8],
+    ) -> Result<EnvelopeResponse, RelayError> {
+        let call = self.parse_call(endpoint, req, body)?;
+        let outcome = match (&call, self.engine.outcome(record.key_id, msg_id).await?) {
+            (_, Some(o)) => o,
+            // Reads (and acks, which are idempotent) can simply be answered again.
+            (Call::PollMessages { .. }, None) => Outcome::Acked { removed: 0 },
+            (Call::ListPeers {}, None) => Outcome::Done,
+            (_, None) => {
+                return Err(RelayError::BadMsg {
+                    code: mtproto_session::BadMsgCode::MsgTooOld,
+                    notice: None,
+                });
+            }
+        };
+        tracing::debug!(client_id = %record.client_id, msg_id, "resent envelope answered from its stored outcome");
+        let seq_no = 0;
+        self.answer(&call, outcome, key, &record.client_id, session, msg_id, seq_no)
+            .await
+    }
+
+    /// Returns at once when entries wait; otherwise waits until one arrives or `wait` passes.
+    /// Subscribes before each read, so an arrival between the read and the wait is not lost.
+    async fn long_poll(
+        &self,
+        client: &ClientId,
+        wait: Duration,
+        limit: usize,
+    ) -> Result<Vec<crate::MailboxEntry>, RelayError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let notify = self.notifier.subscribe(client.as_str());
+        loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let entries = self.engine.fetch(client, limit, self.clock.now()).await?;
+            if !entries.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(entries);
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    /// Housekeeping: expired messages (their senders are told), handshakes and outcomes.
+    ///
+    /// # Errors
+    /// [`RelayError::Internal`] when the engine fails.
+    pub async fn purge(&self) -> Result<(), RelayError> {
+        let notified = self.engine.purge_expired(self.clock.now()).await?;
+        for c in notified {
+            self.notifier.notify(c.as_str());
+        }
+        Ok(())
+    }
+}
+
+fn to_body<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, RelayError> {
+    serde_json::to_vec(v).map_err(|e| RelayError::Internal(e.to_string()))
+}

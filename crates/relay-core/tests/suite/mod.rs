@@ -1,0 +1,409 @@
+//! The shared conformance suite (included by each engine's test file).
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use mtproto_session::{
+    ClientId, PendingHandshake, SecretBytes, ServerSalt, ServerSession, SessionId, Stage, UnixTime,
+};
+use relay_core::{AuthKeyRecord, Commit, Engine, EngineError, EntryKind, Op, Outcome};
+
+pub fn t0() -> UnixTime {
+    UnixTime::from_secs(1_800_000_000)
+}
+
+pub struct Account {
+    pub key_id: [u8; 8],
+    pub client: ClientId,
+}
+
+pub async fn account(e: &dyn Engine, name: &str, key_byte: u8) -> Account {
+    let key_id = [key_byte; 8];
+    let record = AuthKeyRecord {
+        key_id,
+        auth_key: SecretBytes::new(vec![key_byte; 256]),
+        client_id: ClientId::new(name).unwrap(),
+        created_at: t0(),
+    };
+    e.create_account(
+        record,
+        ServerSession::new(SessionId([key_byte; 8]), ServerSalt([1; 8]), t0()),
+        t0(),
+    )
+    .await
+    .unwrap();
+    Account {
+        key_id,
+        client: ClientId::new(name).unwrap(),
+    }
+}
+
+pub async fn two_accounts(e: &dyn Engine) -> (Account, Account) {
+    (account(e, "alice", 1).await, account(e, "bob", 2).await)
+}
+
+pub fn pending(nonce: u8, at: UnixTime) -> PendingHandshake {
+    PendingHandshake {
+        nonce: [nonce; 16],
+        server_nonce: [nonce; 16],
+        p: 3,
+        q: 5,
+        created_at: at,
+        stage: Stage::AwaitingDhParams,
+    }
+}
+
+pub async fn commit_op(
+    e: &dyn Engine,
+    from: &Account,
+    op: Op,
+    msg_id: u64,
+    keep: bool,
+    now: UnixTime,
+) -> Result<Outcome, EngineError> {
+    let rec = e.session(from.key_id).await.unwrap().unwrap();
+    e.commit(Commit {
+        key_id: from.key_id,
+        client: from.client.clone(),
+        session: rec.session,
+        expected_version: rec.version,
+        msg_id,
+        op,
+        keep_outcome: keep,
+        now,
+    })
+    .await
+}
+
+static NEXT_MSG: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(4);
+
+pub async fn send(e: &dyn Engine, from: &Account, to: &str, payload: &[u8]) -> Result<Outcome, EngineError> {
+    send_with(e, from, to, payload, 100, 3600, t0()).await
+}
+
+pub async fn send_with(
+    e: &dyn Engine,
+    from: &Account,
+    to: &str,
+    payload: &[u8],
+    cap: usize,
+    ttl: u64,
+    now: UnixTime,
+) -> Result<Outcome, EngineError> {
+    let msg_id = NEXT_MSG.fetch_add(4, std::sync::atomic::Ordering::Relaxed);
+    let op = Op::Send {
+        to: ClientId::new(to).unwrap(),
+        payload: payload.to_vec(),
+        cap,
+        ttl_secs: ttl,
+    };
+    commit_op(e, from, op, msg_id, true, now).await
+}
+
+macro_rules! for_each_test {
+    ($make:expr) => {
+        suite::case!($make, pending_handshakes_store_advance_and_serve_once);
+        suite::case!($make, pending_handshakes_are_bounded);
+        suite::case!($make, client_ids_bind_to_the_first_key);
+        suite::case!($make, send_assigns_increasing_sequence_numbers);
+        suite::case!($make, failed_commits_store_nothing);
+        suite::case!($make, session_versions_detect_concurrent_commits);
+        suite::case!($make, acks_remove_only_own_entries);
+        suite::case!($make, outcomes_are_kept_for_resends);
+        suite::case!($make, identity_keys_have_versions);
+        suite::case!($make, fetch_is_ordered_limited_and_hides_expired);
+        suite::case!($make, expiry_tells_the_sender);
+        suite::case!($make, concurrent_sends_all_land_once);
+    };
+}
+pub(crate) use for_each_test;
+
+macro_rules! case {
+    ($make:expr, $name:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let engine = ($make)().await;
+            suite::$name(&*engine).await;
+        }
+    };
+}
+pub(crate) use case;
+
+pub async fn pending_handshakes_store_advance_and_serve_once(e: &dyn Engine) {
+    e.put_pending(pending(1, t0()), 10, t0()).await.unwrap();
+    assert_eq!(e.get_pending([1; 16]).await.unwrap().unwrap().nonce, [1; 16]);
+    let mut advanced = pending(1, t0());
+    advanced.stage = Stage::AwaitingClientDh {
+        a: SecretBytes::new(vec![5; 32]),
+        g_a: vec![6; 256],
+    };
+    assert!(e.advance_pending(advanced.clone()).await.unwrap());
+    assert!(
+        !e.advance_pending(advanced).await.unwrap(),
+        "advancing twice must fail"
+    );
+    assert!(matches!(
+        e.get_pending([1; 16]).await.unwrap().unwrap().stage,
+        Stage::AwaitingClientDh { .. }
+    ));
+    assert!(e.take_pending([1; 16]).await.unwrap().is_some());
+    assert!(
+        e.take_pending([1; 16]).await.unwrap().is_none(),
+        "a server nonce serves once"
+    );
+    assert!(!e.advance_pending(pending(9, t0())).await.unwrap());
+}
+
+pub async fn pending_handshakes_are_bounded(e: &dyn Engine) {
+    for i in 0..3 {
+        e.put_pending(pending(i, t0()), 3, t0()).await.unwrap();
+    }
+    assert_eq!(
+        e.put_pending(pending(7, t0()), 3, t0()).await,
+        Err(EngineError::TooManyHandshakes { max: 3 })
+    );
+    // Once the old ones expire there is room again.
+    let later = t0().plus_secs(61);
+    e.put_pending(pending(8, later), 3, later).await.unwrap();
+    assert!(e.get_pending([0; 16]).await.unwrap().is_none());
+}
+
+pub async fn client_ids_bind_to_the_first_key(e: &dyn Engine) {
+    let a = account(e, "alice", 1).await;
+    let other = AuthKeyRecord {
+        key_id: [9; 8],
+        auth_key: SecretBytes::new(vec![9; 256]),
+        client_id: a.client.clone(),
+        created_at: t0(),
+    };
+    let s = ServerSession::new(SessionId([9; 8]), ServerSalt([1; 8]), t0());
+    assert_eq!(
+        e.create_account(other, s, t0()).await,
+        Err(EngineError::ClientIdTaken)
+    );
+    assert!(e.auth_key([9; 8]).await.unwrap().is_none(), "nothing stored");
+    assert_eq!(e.auth_key([1; 8]).await.unwrap().unwrap().client_id, a.client);
+    assert_eq!(e.peers().await.unwrap().len(), 1);
+}
+
+pub async fn send_assigns_increasing_sequence_numbers(e: &dyn Engine) {
+    let (alice, bob) = two_accounts(e).await;
+    let mut last = 0;
+    for i in 0..5u8 {
+        let Outcome::Sent { seq, .. } = send(e, &alice, "bob", &[i]).await.unwrap() else {
+            panic!()
+        };
+        assert!(seq > last);
+        last = seq;
+    }
+    let got = e.fetch(&bob.client, 100, t0()).await.unwrap();
+    assert_eq!(
+        got.iter().map(|m| m.payload.0[0]).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3, 4]
+    );
+    assert!(got
+        .iter()
+        .all(|m| m.from == "alice" && m.kind == EntryKind::Message));
+    // Sequence numbers never go back, even after acks empty the mailbox.
+    let seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
+    commit_op(e, &bob, Op::Ack { seqs }, 1000, false, t0())
+        .await
+        .unwrap();
+    let Outcome::Sent { seq, .. } = send(e, &alice, "bob", b"z").await.unwrap() else {
+        panic!()
+    };
+    assert!(seq > last);
+}
+
+pub async fn failed_commits_store_nothing(e: &dyn Engine) {
+    let (alice, bob) = two_accounts(e).await;
+    let before = e.session(alice.key_id).await.unwrap().unwrap().version;
+    assert_eq!(
+        send(e, &alice, "nobody", b"x").await,
+        Err(EngineError::UnknownPeer)
+    );
+    send_with(e, &alice, "bob", b"1", 2, 3600, t0()).await.unwrap();
+    send_with(e, &alice, "bob", b"2", 2, 3600, t0()).await.unwrap();
+    assert_eq!(
+        send_with(e, &alice, "bob", b"3", 2, 3600, t0()).await,
+        Err(EngineError::MailboxFull { cap: 2 })
+    );
+    assert_eq!(e.fetch(&bob.client, 100, t0()).await.unwrap().len(), 2);
+    assert_eq!(
+        e.session(alice.key_id).await.unwrap().unwrap().version,
+        before + 2,
+        "failed commits leave the session"
+    );
+}
+
+pub async fn session_versions_detect_concurrent_commits(e: &dyn Engine) {
+    let (alice, _bob) = two_accounts(e).await;
+    let rec = e.session(alice.key_id).await.unwrap().unwrap();
+    let c = |msg_id| Commit {
+        key_id: alice.key_id,
+        client: alice.client.clone(),
+        session: rec.session.clone(),
+        expected_version: rec.version,
+        msg_id,
+        op: Op::Send {
+            to: ClientId::new("bob").unwrap(),
+            payload: vec![1],
+            cap: 10,
+            ttl_secs: 60,
+        },
+        keep_outcome: true,
+        now: t0(),
+    };
+    e.commit(c(4)).await.unwrap();
+    assert_eq!(e.commit(c(8)).await, Err(EngineError::Conflict));
+    assert_eq!(
+        e.fetch(&ClientId::new("bob").unwrap(), 10, t0())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(e.outcome(alice.key_id, 8).await.unwrap().is_none());
+}
+
+pub async fn acks_remove_only_own_entries(e: &dyn Engine) {
+    let (alice, bob) = two_accounts(e).await;
+    send(e, &alice, "bob", b"for bob").await.unwrap();
+    send(e, &bob, "alice", b"for alice").await.unwrap();
+    let bobs = e.fetch(&bob.client, 10, t0()).await.unwrap();
+    let alices = e.fetch(&alice.client, 10, t0()).await.unwrap();
+    // Alice acks the sequence numbers of Bob's entries: nothing of Bob's goes.
+    let seqs: Vec<u64> = bobs.iter().map(|m| m.seq).collect();
+    let Outcome::Acked { removed } = commit_op(e, &alice, Op::Ack { seqs: seqs.clone() }, 4000, false, t0())
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(removed, usize::from(alices.iter().any(|a| seqs.contains(&a.seq))));
+    assert_eq!(e.fetch(&bob.client, 10, t0()).await.unwrap().len(), 1);
+    let Outcome::Acked { removed } = commit_op(e, &bob, Op::Ack { seqs }, 4004, false, t0())
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(removed, 1);
+    assert!(e.fetch(&bob.client, 10, t0()).await.unwrap().is_empty());
+}
+
+pub async fn outcomes_are_kept_for_resends(e: &dyn Engine) {
+    let (alice, _bob) = two_accounts(e).await;
+    let out = commit_op(
+        e,
+        &alice,
+        Op::Send {
+            to: ClientId::new("bob").unwrap(),
+            payload: vec![1],
+            cap: 10,
+            ttl_secs: 60,
+        },
+        4444,
+        true,
+        t0(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(e.outcome(alice.key_id, 4444).await.unwrap(), Some(out));
+    assert_eq!(e.outcome(alice.key_id, 4448).await.unwrap(), None);
+    e.purge_expired(t0().plus_secs(relay_core::engine::OUTCOME_TTL_SECS + 1))
+        .await
+        .unwrap();
+    assert_eq!(e.outcome(alice.key_id, 4444).await.unwrap(), None);
+}
+
+pub async fn identity_keys_have_versions(e: &dyn Engine) {
+    let (alice, _bob) = two_accounts(e).await;
+    let publish = |k: u8, id: u64| commit_op(e, &alice, Op::PublishKey { key: [k; 32] }, id, true, t0());
+    assert_eq!(
+        publish(7, 100).await.unwrap(),
+        Outcome::KeyPublished {
+            changed: true,
+            key_version: 1
+        }
+    );
+    assert_eq!(
+        publish(7, 104).await.unwrap(),
+        Outcome::KeyPublished {
+            changed: false,
+            key_version: 1
+        }
+    );
+    assert_eq!(
+        publish(8, 108).await.unwrap(),
+        Outcome::KeyPublished {
+            changed: true,
+            key_version: 2
+        }
+    );
+    let p = e.peer(&alice.client).await.unwrap().unwrap();
+    assert_eq!((p.identity_key, p.key_version), (Some([8; 32]), 2));
+}
+
+pub async fn fetch_is_ordered_limited_and_hides_expired(e: &dyn Engine) {
+    let (alice, bob) = two_accounts(e).await;
+    send_with(e, &alice, "bob", b"short", 100, 10, t0())
+        .await
+        .unwrap();
+    for i in 0..5u8 {
+        send_with(e, &alice, "bob", &[i], 100, 3600, t0()).await.unwrap();
+    }
+    assert_eq!(e.fetch(&bob.client, 3, t0()).await.unwrap().len(), 3);
+    let later = e.fetch(&bob.client, 100, t0().plus_secs(20)).await.unwrap();
+    assert_eq!(later.len(), 5);
+    assert!(later.windows(2).all(|w| w[0].seq < w[1].seq));
+}
+
+pub async fn expiry_tells_the_sender(e: &dyn Engine) {
+    let (alice, bob) = two_accounts(e).await;
+    let Outcome::Sent { seq, .. } = send_with(e, &alice, "bob", b"late", 100, 10, t0()).await.unwrap() else {
+        panic!()
+    };
+    let notified = e.purge_expired(t0().plus_secs(11)).await.unwrap();
+    assert_eq!(notified, vec![alice.client.clone()]);
+    assert!(e
+        .fetch(&bob.client, 10, t0().plus_secs(11))
+        .await
+        .unwrap()
+        .is_empty());
+    let notes = e.fetch(&alice.client, 10, t0().plus_secs(11)).await.unwrap();
+    assert_eq!(notes.len(), 1);
+    assert_eq!(notes[0].from, "relay");
+    assert_eq!(
+        notes[0].kind,
+        EntryKind::Expired {
+            to: bob.client.clone(),
+            seq
+        }
+    );
+}
+
+pub async fn concurrent_sends_all_land_once(e: &dyn Engine) {
+    // Many clients sending to one mailbox at once: every send lands exactly once.
+    let bob = account(e, "bob", 200).await;
+    let mut senders = Vec::new();
+    for i in 0..20u8 {
+        senders.push(account(e, &format!("s{i}"), i + 1).await);
+    }
+    let mut tasks = Vec::new();
+    for s in senders {
+        tasks.push(async move { (send(e, &s, "bob", s.client.as_str().as_bytes()).await, s) });
+    }
+    let results = futures::future::join_all(tasks).await;
+    assert!(results.iter().all(|(r, _)| r.is_ok()));
+    let got = e.fetch(&bob.client, 100, t0()).await.unwrap();
+    assert_eq!(got.len(), 20);
+    let mut seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
+    seqs.dedup();
+    assert_eq!(seqs.len(), 20);
+}
