@@ -565,7 +565,8 @@ impl ClientSession {
     }
 
     /// Opens a server envelope: crypto checks, session id, server msg_id parity and time window
-    /// (at server time), duplicates.
+    /// (at server time), duplicates (by msg_id; server seq_nos are not ordered, see
+    /// `docs/protocol.md`).
     ///
     /// # Errors
     /// [`Error::Decrypt`], [`Error::WrongSession`], [`Error::BadMsg`], [`Error::Duplicate`].
@@ -585,9 +586,11 @@ impl ClientSession {
                 now.offset_secs(self.time_offset),
             )
             .map_err(bad)?;
-        match self.seen.check(env.msg_id, env.seq_no).map_err(bad)? {
+        // Server answers are checked by msg_id only: answers to concurrent requests may be
+        // produced by different workers or nodes, so their seq_nos carry no order (0 = ids only).
+        match self.seen.check(env.msg_id, 0).map_err(bad)? {
             Verdict::Duplicate => return Err(Error::Duplicate { msg_id: env.msg_id.0 }),
-            Verdict::Fresh => self.seen.record(env.msg_id, env.seq_no),
+            Verdict::Fresh => self.seen.record(env.msg_id, 0),
         }
         Ok(Incoming {
             msg_id: env.msg_id,

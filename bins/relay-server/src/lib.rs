@@ -1,0 +1,403 @@
+//! The relay server's wiring: configuration, the server key file, engines, HTTP routes and the
+//! one place where relay errors become HTTP statuses. The binary (`main.rs`) only reads the
+//! configuration, sets up logging, binds and calls [`run`].
+#![forbid(unsafe_code)]
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{http::StatusCode, web, App, HttpResponse, HttpServer};
+use mtproto_crypto::{rand_core::OsRng, ServerSigningKey};
+use relay_core::{
+    api::Endpoint, api::EnvelopeRequest, Engine, MemoryEngine, Relay, RelayConfig, RelayError, SqliteEngine,
+};
+use serde::Serialize;
+
+mod assets;
+
+/// Which storage engine to run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineKind {
+    /// SQLite in the data directory: durable, the default.
+    Sqlite,
+    /// In memory: nothing survives a restart (tests, demos).
+    Memory,
+}
+
+/// Command-line and environment configuration.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "relay-server",
+    version,
+    about = "MTProto-style end-to-end encrypted message relay"
+)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "RELAY_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: String,
+    /// Directory for the database and the server key.
+    #[arg(long, env = "RELAY_DATA_DIR", default_value = "relay-data")]
+    pub data_dir: PathBuf,
+    /// Storage engine.
+    #[arg(long, env = "RELAY_ENGINE", value_enum, default_value = "sqlite")]
+    pub engine: EngineKind,
+    /// Server signing key file (created on first start, mode 0600). Default: DATA_DIR/server_key.
+    #[arg(long, env = "RELAY_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Most entries in one mailbox.
+    #[arg(long, env = "RELAY_MAILBOX_CAP", default_value_t = 10_000)]
+    pub mailbox_cap: usize,
+    /// Message time to live, seconds.
+    #[arg(long, env = "RELAY_MESSAGE_TTL", default_value_t = 7 * 24 * 3600)]
+    pub message_ttl_secs: u64,
+    /// Largest end-to-end payload, bytes.
+    #[arg(long, env = "RELAY_MAX_PAYLOAD", default_value_t = 64 * 1024)]
+    pub max_payload: usize,
+    /// Most handshakes pending at once.
+    #[arg(long, env = "RELAY_MAX_PENDING_HANDSHAKES", default_value_t = 10_000)]
+    pub max_pending_handshakes: usize,
+    /// Longest long-poll, seconds.
+    #[arg(long, env = "RELAY_POLL_MAX", default_value_t = 30)]
+    pub poll_max_secs: u64,
+    /// HTTP worker threads (default: one per core).
+    #[arg(long, env = "RELAY_WORKERS")]
+    pub workers: Option<usize>,
+    /// Also serve `POST /echo` (a plain JSON echo, for load-test comparisons).
+    #[arg(long, env = "RELAY_ECHO", default_value_t = false)]
+    pub echo: bool,
+}
+
+impl Config {
+    /// The relay limits from this configuration.
+    pub fn relay_config(&self) -> RelayConfig {
+        let poll_max = Duration::from_secs(self.poll_max_secs.max(1));
+        RelayConfig {
+            max_pending_handshakes: self.max_pending_handshakes,
+            mailbox_cap: self.mailbox_cap,
+            message_ttl_secs: self.message_ttl_secs,
+            max_payload: self.max_payload,
+            poll_default: poll_max.min(Duration::from_secs(25)),
+            poll_max,
+            poll_limit: 100,
+        }
+    }
+
+    /// The key file path.
+    pub fn key_path(&self) -> PathBuf {
+        self.key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("server_key"))
+    }
+}
+
+/// Errors that stop the server from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory or key file could not be used.
+    #[error("{0}")]
+    Io(String),
+    /// The storage engine failed to open.
+    #[error("storage: {0}")]
+    Engine(String),
+}
+
+/// Loads the server's signing key, creating it (owner-only permissions) on first start.
+///
+/// # Errors
+/// [`StartError::Io`] when the file cannot be read, created or holds no valid key.
+pub fn load_or_create_key(path: &Path) -> Result<ServerSigningKey, StartError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let seed = hex::decode(text.trim())
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+                .ok_or_else(|| {
+                    StartError::Io(format!("{}: not a 64-hex-digit Ed25519 seed", path.display()))
+                })?;
+            Ok(ServerSigningKey::from_seed(seed))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| StartError::Io(format!("{}: {e}", dir.display())))?;
+            }
+            let key = ServerSigningKey::generate(&mut OsRng);
+            write_private(path, &hex::encode(key.seed()))
+                .map_err(|e| StartError::Io(format!("{}: {e}", path.display())))?;
+            Ok(key)
+        }
+        Err(e) => Err(StartError::Io(format!("{}: {e}", path.display()))),
+    }
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
+}
+
+/// Opens the configured engine.
+///
+/// # Errors
+/// [`StartError`] when the data directory or database cannot be opened.
+pub fn open_engine(config: &Config) -> Result<Arc<dyn Engine>, StartError> {
+    match config.engine {
+        EngineKind::Memory => Ok(Arc::new(MemoryEngine::new())),
+        EngineKind::Sqlite => {
+            std::fs::create_dir_all(&config.data_dir)
+                .map_err(|e| StartError::Io(format!("{}: {e}", config.data_dir.display())))?;
+            let engine = SqliteEngine::open(&config.data_dir.join("relay.db"))
+                .map_err(|e| StartError::Engine(e.to_string()))?;
+            Ok(Arc::new(engine))
+        }
+    }
+}
+
+/// Builds the relay from the configuration.
+///
+/// # Errors
+/// [`StartError`] from the key file or the engine.
+pub fn build_relay(config: &Config) -> Result<Arc<Relay>, StartError> {
+    let key = load_or_create_key(&config.key_path())?;
+    let engine = open_engine(config)?;
+    Ok(Arc::new(Relay::new(engine, key, config.relay_config())))
+}
+
+// ---- HTTP -------------------------------------------------------------------------------------
+
+/// Largest request body accepted (a 64 KiB payload as a JSON byte array is about 4× that).
+pub const MAX_BODY_BYTES: usize = 512 * 1024;
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mtproto_code: Option<u32>,
+    /// A sealed `bad_server_salt`/`bad_msg_notification` the client can authenticate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    notice: Option<mtproto_session::wire::Bytes>,
+}
+
+/// The one place where relay errors become HTTP statuses.
+pub fn status_of(e: &RelayError) -> StatusCode {
+    match e {
+        RelayError::UnknownHandshake | RelayError::UnknownPeer => StatusCode::NOT_FOUND,
+        RelayError::HandshakeExpired => StatusCode::GONE,
+        RelayError::ClientIdTaken => StatusCode::CONFLICT,
+        RelayError::UnknownAuthKey => StatusCode::UNAUTHORIZED,
+        RelayError::MailboxFull => StatusCode::TOO_MANY_REQUESTS,
+        RelayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        RelayError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+        RelayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+/// The JSON error response for `e`.
+pub fn error_response(e: &RelayError) -> HttpResponse {
+    let status = status_of(e);
+    if status.is_server_error() {
+        tracing::error!(error = %e, "request failed");
+    } else {
+        tracing::debug!(code = e.code(), "request refused");
+    }
+    let (mtproto_code, notice) = match e {
+        RelayError::BadMsg { code, notice } => (
+            Some(code.code()),
+            notice.clone().map(mtproto_session::wire::Bytes),
+        ),
+        _ => (None, None),
+    };
+    let message = match e {
+        RelayError::Internal(_) => "internal error; nothing was stored".to_owned(),
+        other => other.to_string(),
+    };
+    HttpResponse::build(status).json(ErrorBody {
+        error: e.code(),
+        message,
+        mtproto_code,
+        notice,
+    })
+}
+
+fn client_error(code: &'static str, status: StatusCode, message: String) -> HttpResponse {
+    HttpResponse::build(status).json(ErrorBody {
+        error: code,
+        message,
+        mtproto_code: None,
+        notice: None,
+    })
+}
+
+/// Reads a JSON body, answering malformed or oversized input with a JSON error.
+#[allow(clippy::result_large_err)] // the error is the response itself, built once per request
+fn parse<T: serde::de::DeserializeOwned>(
+    body: Result<web::Bytes, actix_web::Error>,
+) -> Result<T, HttpResponse> {
+    let body = body.map_err(|e| {
+        let too_large = e.as_response_error().status_code() == StatusCode::PAYLOAD_TOO_LARGE;
+        if too_large {
+            client_error(
+                "payload_too_large",
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body over {MAX_BODY_BYTES} bytes"),
+            )
+        } else {
+            client_error("bad_request", StatusCode::BAD_REQUEST, e.to_string())
+        }
+    })?;
+    serde_json::from_slice(&body).map_err(|e| {
+        let code = if e.is_data() {
+            "invalid_field"
+        } else {
+            "malformed_json"
+        };
+        client_error(code, StatusCode::BAD_REQUEST, e.to_string())
+    })
+}
+
+fn respond<T: Serialize>(r: Result<T, RelayError>) -> HttpResponse {
+    match r {
+        Ok(v) => HttpResponse::Ok().json(v),
+        Err(e) => error_response(&e),
+    }
+}
+
+type Body = Result<web::Bytes, actix_web::Error>;
+
+async fn req_pq(relay: web::Data<Relay>, body: Body) -> HttpResponse {
+    match parse(body) {
+        Ok(req) => respond(relay.req_pq(&req).await),
+        Err(resp) => resp,
+    }
+}
+
+async fn req_dh_params(relay: web::Data<Relay>, body: Body) -> HttpResponse {
+    match parse(body) {
+        Ok(req) => respond(relay.req_dh_params(&req).await),
+        Err(resp) => resp,
+    }
+}
+
+async fn set_client_dh_params(relay: web::Data<Relay>, body: Body) -> HttpResponse {
+    match parse(body) {
+        Ok(req) => respond(relay.set_client_dh_params(&req).await),
+        Err(resp) => resp,
+    }
+}
+
+async fn envelope(relay: web::Data<Relay>, endpoint: Endpoint, body: Body) -> HttpResponse {
+    match parse::<EnvelopeRequest>(body) {
+        Ok(req) => respond(relay.handle(endpoint, &req).await),
+        Err(resp) => resp,
+    }
+}
+
+async fn healthz(relay: web::Data<Relay>) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({
+        "status": "ok",
+        "engine": relay.engine().name(),
+        "fingerprint": relay.server_key().public().fingerprint().to_string(),
+    }))
+}
+
+async fn server_key(relay: web::Data<Relay>) -> HttpResponse {
+    let pk = relay.server_key().public();
+    HttpResponse::Ok().json(serde_json::json!({
+        "fingerprint": pk.fingerprint().to_string(),
+        "public_key": mtproto_session::wire::b64(pk.as_bytes()),
+    }))
+}
+
+async fn echo(body: Body) -> HttpResponse {
+    match parse::<serde_json::Value>(body) {
+        Ok(v) => HttpResponse::Ok().json(v),
+        Err(resp) => resp,
+    }
+}
+
+/// Every route. `echo` adds the plain `/echo` endpoint used as the load-test baseline.
+pub fn routes(cfg: &mut web::ServiceConfig, echo_route: bool) {
+    cfg.route("/req_pq", web::post().to(req_pq))
+        .route("/req_dh_params", web::post().to(req_dh_params))
+        .route("/set_client_dh_params", web::post().to(set_client_dh_params))
+        .route(
+            "/secure_message",
+            web::post().to(|r, b| envelope(r, Endpoint::SecureMessage, b)),
+        )
+        .route(
+            "/poll_messages",
+            web::post().to(|r, b| envelope(r, Endpoint::PollMessages, b)),
+        )
+        .route("/peers", web::post().to(|r, b| envelope(r, Endpoint::Peers, b)))
+        .route(
+            "/publish_key",
+            web::post().to(|r, b| envelope(r, Endpoint::PublishKey, b)),
+        )
+        .route("/healthz", web::get().to(healthz))
+        .route("/server_key", web::get().to(server_key));
+    assets::routes(cfg);
+    if echo_route {
+        cfg.route("/echo", web::post().to(echo));
+    }
+}
+
+/// Serves `relay` on `listener` until `shutdown` completes (or SIGINT/SIGTERM): then stops
+/// accepting, lets in-flight requests finish (up to 10 s), and returns.
+///
+/// # Errors
+/// I/O errors from the listener.
+pub async fn run(
+    relay: Arc<Relay>,
+    listener: TcpListener,
+    workers: Option<usize>,
+    echo_route: bool,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let data = web::Data::from(relay.clone());
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
+            .configure(|cfg| routes(cfg, echo_route))
+            .default_service(web::to(|| async {
+                client_error("not_found", StatusCode::NOT_FOUND, "no such endpoint".to_owned())
+            }))
+    })
+    .shutdown_timeout(10)
+    .backlog(4096)
+    .max_connections(50_000);
+    if let Some(w) = workers {
+        server = server.workers(w.max(1));
+    }
+    let server = server.listen(listener)?.run();
+    let handle = server.handle();
+    let purge_relay = relay.clone();
+    let purger = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            if let Err(e) = purge_relay.purge().await {
+                tracing::warn!(error = %e, "purge failed");
+            }
+        }
+    });
+    tokio::spawn(async move {
+        shutdown.await;
+        handle.stop(true).await;
+    });
+    let result = server.await;
+    purger.abort();
+    result
+}

@@ -1,0 +1,68 @@
+//! `relay-server`: reads the configuration, sets up logging, binds, prints where it listens, where
+//! its data lives and its key fingerprint, and runs until SIGINT/SIGTERM.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use relay_server::{build_relay, run, Config, EngineKind};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,actix_server=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = Config::parse();
+    let relay = match build_relay(&config) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("relay-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let listener = match std::net::TcpListener::bind(&config.bind) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("relay-server: cannot listen on {}: {e}", config.bind);
+            return ExitCode::from(2);
+        }
+    };
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| config.bind.clone());
+    let store = match config.engine {
+        EngineKind::Sqlite => format!("sqlite at {}", config.data_dir.join("relay.db").display()),
+        EngineKind::Memory => "memory (nothing is kept after exit)".to_owned(),
+    };
+    println!("relay-server listening on http://{addr}");
+    println!("  storage:     {store}");
+    println!(
+        "  server key:  {} (fingerprint {})",
+        config.key_path().display(),
+        relay.server_key().public().fingerprint()
+    );
+    println!("  web clients: http://{addr}/client_ui.html  http://{addr}/chat_ui_multiuser.html");
+    match run(
+        relay,
+        listener,
+        config.workers,
+        config.echo,
+        std::future::pending(),
+    )
+    .await
+    {
+        Ok(()) => {
+            println!("relay-server stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("relay-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Test harness: a real relay-server on an ephemeral loopback port, and a raw protocol client.
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::sync::Arc;
+
+use clap::Parser;
+use mtproto_crypto::{rand_core::OsRng, ServerPublicKey};
+use mtproto_session::{wire::Bytes, ClientHandshake, ClientId, ClientSession, ServerPin, UnixTime};
+use relay_core::{api::Call, Relay};
+use serde_json::Value;
+
+pub struct Server {
+    pub url: String,
+    pub relay: Arc<Relay>,
+    pub dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Server {
+    pub async fn start(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, extra).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
+        let mut args = vec![
+            "relay-server",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--workers",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        let config = relay_server::Config::parse_from(args);
+        let relay = relay_server::build_relay(&config).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        // actix's server future is not `Send`: it runs on its own thread and runtime.
+        let r = relay.clone();
+        let task = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(relay_server::run(r, listener, Some(2), true, async move {
+                let _ = rx.await;
+            }))
+        });
+        Self {
+            url,
+            relay,
+            dir,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn server_key(&self) -> ServerPublicKey {
+        self.relay.server_key().public()
+    }
+
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        // Let the engine's writer thread see the last handle go.
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+}
+
+pub fn now() -> UnixTime {
+    relay_core::Clock::now(&relay_core::SystemClock)
+}
+
+/// A client speaking the protocol directly: handshake through mtproto-session, calls sealed by
+/// hand, so tests can replay, tamper and send what a real client never would.
+pub struct Raw {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub session: ClientSession,
+}
+
+pub async fn post(http: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
+    let r = http.post(url).json(body).send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+impl Raw {
+    pub async fn connect(base: &str, name: &str, key: ServerPublicKey) -> Self {
+        let http = reqwest::Client::new();
+        let (c, req) = ClientHandshake::start(ServerPin::Key(key), ClientId::new(name).unwrap(), &mut OsRng);
+        let (s, res) = post(
+            &http,
+            &format!("{base}/req_pq"),
+            &serde_json::to_value(&req).unwrap(),
+        )
+        .await;
+        assert_eq!(s, 200, "{res}");
+        let (c, req) = c.handle_res_pq(&serde_json::from_value(res).unwrap()).unwrap();
+        let (s, res) = post(
+            &http,
+            &format!("{base}/req_dh_params"),
+            &serde_json::to_value(&req).unwrap(),
+        )
+        .await;
+        assert_eq!(s, 200, "{res}");
+        let (c, req) = c
+            .handle_server_dh_params(&serde_json::from_value(res).unwrap(), now(), &mut OsRng)
+            .unwrap();
+        let (s, res) = post(
+            &http,
+            &format!("{base}/set_client_dh_params"),
+            &serde_json::to_value(&req).unwrap(),
+        )
+        .await;
+        assert_eq!(s, 200, "{res}");
+        assert!(res.get("auth_key").is_none(), "the auth key must never be sent");
+        let session = c.handle_dh_gen_ok(&serde_json::from_value(res).unwrap()).unwrap();
+        Self {
+            http,
+            base: base.to_owned(),
+            session,
+        }
+    }
+
+    pub fn seal(&mut self, call: &Call) -> Vec<u8> {
+        self.session
+            .encode_request(&serde_json::to_vec(call).unwrap(), now(), &mut OsRng)
+            .unwrap()
+            .packet
+    }
+
+    pub async fn post_packet(&mut self, path: &str, packet: &[u8]) -> (u16, Value, Option<Value>) {
+        self.post_with(path, serde_json::json!({ "packet": Bytes(packet.to_vec()) }))
+            .await
+    }
+
+    /// Posts and, on success, opens the sealed answer.
+    pub async fn post_with(&mut self, path: &str, body: Value) -> (u16, Value, Option<Value>) {
+        let (status, json) = post(&self.http, &format!("{}{}", self.base, path), &body).await;
+        let inner = if status == 200 {
+            let packet: Bytes = serde_json::from_value(json["packet"].clone()).unwrap();
+            let incoming = self.session.decode_response(&packet.0, now()).unwrap();
+            Some(serde_json::from_slice(&incoming.body).unwrap())
+        } else {
+            None
+        };
+        (status, json, inner)
+    }
+
+    pub async fn call(&mut self, path: &str, call: &Call) -> (u16, Value, Option<Value>) {
+        let packet = self.seal(call);
+        self.post_packet(path, &packet).await
+    }
+
+    pub async fn send(&mut self, to: &str, payload: &[u8]) -> (u16, Value, Option<Value>) {
+        let call = Call::SendMessage {
+            target_peer: ClientId::new(to).unwrap(),
+            payload: Bytes(payload.to_vec()),
+        };
+        self.call("/secure_message", &call).await
+    }
+
+    pub async fn poll(&mut self, ack: Vec<u64>, timeout_ms: u64) -> Value {
+        let (s, json, inner) = self
+            .call(
+                "/poll_messages",
+                &Call::PollMessages {
+                    ack,
+                    timeout_ms: Some(timeout_ms),
+                    limit: None,
+                },
+            )
+            .await;
+        assert_eq!(s, 200, "{json}");
+        inner.unwrap()
+    }
+}
+
+pub fn payloads(poll: &Value) -> Vec<Vec<u8>> {
+    poll["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| serde_json::from_value::<Bytes>(m["payload"].clone()).unwrap().0)
+        .collect()
+}
+
+pub fn seqs(poll: &Value) -> Vec<u64> {
+    poll["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect()
+}

@@ -1,0 +1,192 @@
+//! The real binary as a process: durability across SIGKILL, and no plaintext in its files or logs.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    missing_docs
+)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{payloads, seqs, Raw};
+use mtproto_crypto::ServerPublicKey;
+use mtproto_session::wire::Bytes;
+
+struct Proc {
+    child: Child,
+    url: String,
+}
+
+fn spawn(data: &Path, log: Option<&Path>) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_relay-server"));
+    cmd.args([
+        "--bind",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--workers",
+        "2",
+    ])
+    .stdout(Stdio::piped())
+    .env("RUST_LOG", "debug");
+    match log {
+        Some(p) => cmd.stderr(std::fs::File::create(p).unwrap()),
+        None => cmd.stderr(Stdio::null()),
+    };
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let url = first.split_whitespace().last().unwrap().to_owned();
+    assert!(url.starts_with("http://127.0.0.1:"), "{first}");
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Proc { child, url }
+}
+
+async fn server_key(url: &str) -> ServerPublicKey {
+    let v: serde_json::Value = reqwest::get(format!("{url}/server_key"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let b: Bytes = serde_json::from_value(v["public_key"].clone()).unwrap();
+    ServerPublicKey::from_slice(&b.0).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answered_send_survives_sigkill_and_is_delivered_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = spawn(dir.path(), None);
+    let key = server_key(&p.url).await;
+    let mut alice = Raw::connect(&p.url, "alice", key).await;
+    let mut bob = Raw::connect(&p.url, "bob", key).await;
+    // Send until 40 are answered, then kill -9 while more are in flight.
+    let mut answered = Vec::new();
+    let mut i = 0u32;
+    let sender = loop {
+        let payload = format!("m{i}").into_bytes();
+        let (s, _, _) = alice.send("bob", &payload).await;
+        assert_eq!(s, 200);
+        answered.push(payload);
+        i += 1;
+        if answered.len() == 40 {
+            // Fire a few without waiting for their answers, then kill.
+            let url = p.url.clone();
+            let packets: Vec<Vec<u8>> = (0..5)
+                .map(|k| {
+                    let call = relay_core::api::Call::SendMessage {
+                        target_peer: mtproto_session::ClientId::new("bob").unwrap(),
+                        payload: Bytes(format!("inflight{k}").into_bytes()),
+                    };
+                    alice.seal(&call)
+                })
+                .collect();
+            break tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                for pk in packets {
+                    let _ = http
+                        .post(format!("{url}/secure_message"))
+                        .json(&serde_json::json!({"packet": Bytes(pk)}))
+                        .send()
+                        .await;
+                }
+            });
+        }
+    };
+    p.child.kill().unwrap(); // SIGKILL
+    p.child.wait().unwrap();
+    let _ = sender.await;
+    // Restart on the same data directory.
+    let mut p = spawn(dir.path(), None);
+    assert_eq!(server_key(&p.url).await, key, "the server key survives too");
+    bob.base = p.url.clone();
+    let got = bob.poll(vec![], 0).await;
+    let delivered = payloads(&got);
+    for a in &answered {
+        assert_eq!(
+            delivered.iter().filter(|d| *d == a).count(),
+            1,
+            "{} lost or duplicated",
+            String::from_utf8_lossy(a)
+        );
+    }
+    // Acknowledged: exactly once, never again.
+    let after = bob.poll(seqs(&got), 0).await;
+    assert!(payloads(&after).is_empty());
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+    let p = spawn(dir.path(), None);
+    bob.base = p.url.clone();
+    assert!(
+        payloads(&bob.poll(vec![], 0).await).is_empty(),
+        "acks are durable too"
+    );
+    let mut p = p;
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_never_sees_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let data = dir.path().join("data");
+    let mut p = spawn(&data, Some(&log));
+    let pin = relay_client::Pin::Key(server_key(&p.url).await);
+    let alice = relay_client::Client::connect(relay_client::ClientConfig::new(&p.url, "alice", pin))
+        .await
+        .unwrap();
+    let bob = relay_client::Client::connect(relay_client::ClientConfig::new(&p.url, "bob", pin))
+        .await
+        .unwrap();
+    let canary_a = b"CANARY-plaintext-from-alice-7f3a9";
+    let canary_b = b"CANARY-plaintext-from-bob-51c2e";
+    alice.send("bob", canary_a).await.unwrap();
+    bob.send("alice", canary_b).await.unwrap();
+    // Leave them undelivered, then also deliver a second copy, so both states are on disk.
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        for ev in bob.poll(Duration::from_millis(500)).await.unwrap() {
+            if let relay_client::Event::Message { body, .. } = ev {
+                got.push(body);
+            }
+        }
+        if !got.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(got, vec![canary_a.to_vec()]);
+    // Graceful stop (SIGTERM) so logs are flushed.
+    Command::new("kill")
+        .args(["-TERM", &p.child.id().to_string()])
+        .status()
+        .unwrap();
+    p.child.wait().unwrap();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(
+            !contains(&bytes, canary_a) && !contains(&bytes, canary_b),
+            "plaintext on disk"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 2, "database and key files were checked");
+    let logs = std::fs::read(&log).unwrap();
+    assert!(contains(&logs, b"auth key established"), "the log was captured");
+    assert!(
+        !contains(&logs, canary_a) && !contains(&logs, canary_b),
+        "plaintext in the logs"
+    );
+}

@@ -1,0 +1,223 @@
+//! relay-client against a real relay-server on a loopback port.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    missing_docs
+)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use relay_client::{Client, ClientConfig, ClientError, Event, KeyStatus, Pin};
+
+struct Server {
+    url: String,
+    relay: Arc<relay_core::Relay>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Server {
+    fn start(dir: &std::path::Path, bind: &str) -> Self {
+        let config = relay_server::Config::parse_from(["relay-server", "--data-dir", dir.to_str().unwrap()]);
+        let relay = relay_server::build_relay(&config).unwrap();
+        let listener = std::net::TcpListener::bind(bind).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let r = relay.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(relay_server::run(r, listener, Some(1), false, async move {
+                let _ = rx.await;
+            }))
+        });
+        Self {
+            url,
+            relay,
+            stop: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn pin(&self) -> Pin {
+        Pin::Fingerprint(self.relay.server_key().public().fingerprint())
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            tokio::task::spawn_blocking(move || t.join())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+async fn next_message(c: &Client) -> (String, Vec<u8>) {
+    for _ in 0..20 {
+        for ev in c.poll(Duration::from_secs(2)).await.unwrap() {
+            if let Event::Message { from, body, .. } = ev {
+                return (from, body);
+            }
+        }
+    }
+    panic!("no message arrived");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_chat_with_matching_fingerprints() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "127.0.0.1:0");
+    let alice = Client::connect(ClientConfig::new(&server.url, "alice", server.pin()))
+        .await
+        .unwrap();
+    let bob = Client::connect(ClientConfig::new(&server.url, "bob", server.pin()))
+        .await
+        .unwrap();
+    let peers = alice.peers().await.unwrap();
+    assert!(peers
+        .iter()
+        .any(|p| p.client_id == "bob" && p.key_status == KeyStatus::New));
+    assert_eq!(
+        alice.fingerprint("bob").await.unwrap().to_string(),
+        bob.fingerprint("alice").await.unwrap().to_string()
+    );
+    alice.send("bob", b"hi bob").await.unwrap();
+    assert_eq!(next_message(&bob).await, ("alice".to_owned(), b"hi bob".to_vec()));
+    bob.send("alice", b"hi alice").await.unwrap();
+    assert_eq!(
+        next_message(&alice).await,
+        ("bob".to_owned(), b"hi alice".to_vec())
+    );
+    // Acknowledged on the next poll: nothing comes back.
+    bob.ack().await.unwrap();
+    assert!(bob.poll(Duration::ZERO).await.unwrap().is_empty());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resumes_from_its_profile_and_the_server_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let profiles = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "127.0.0.1:0");
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    let a_cfg = ClientConfig::new(&server.url, "alice", Pin::TrustOnFirstUse)
+        .with_profile(profiles.path().join("alice.json"));
+    let b_cfg = ClientConfig::new(&server.url, "bob", Pin::TrustOnFirstUse)
+        .with_profile(profiles.path().join("bob.json"));
+    let alice = Client::connect(a_cfg.clone()).await.unwrap();
+    let bob = Client::connect(b_cfg.clone()).await.unwrap();
+    let bob_key = bob.identity_key().await;
+    alice.send("bob", b"before restart").await.unwrap();
+    drop(bob);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(profiles.path().join("alice.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the profile holds secrets");
+    }
+    // The server restarts on the same data directory and port.
+    server.stop().await;
+    let server = Server::start(dir.path(), &addr);
+    // Bob resumes: same identity, no new handshake needed, the message is still there.
+    let bob = Client::connect(b_cfg).await.unwrap();
+    assert_eq!(bob.identity_key().await, bob_key);
+    assert_eq!(
+        next_message(&bob).await,
+        ("alice".to_owned(), b"before restart".to_vec())
+    );
+    // Alice's old client object keeps working across the restart.
+    alice.send("bob", b"after restart").await.unwrap();
+    assert_eq!(
+        next_message(&bob).await,
+        ("alice".to_owned(), b"after restart".to_vec())
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_key_change_is_reported_never_silent() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "127.0.0.1:0");
+    let alice = Client::connect(ClientConfig::new(&server.url, "alice", server.pin()))
+        .await
+        .unwrap();
+    let bob = Client::connect(ClientConfig::new(&server.url, "bob", server.pin()))
+        .await
+        .unwrap();
+    alice.send("bob", b"1").await.unwrap();
+    assert_eq!(next_message(&bob).await.1, b"1");
+    let answer = bob.rotate_identity().await.unwrap();
+    assert!(answer.changed);
+    let err = alice.send("bob", b"2").await.err();
+    // The existing chat is under the old key, so the directory check happens on the next lookup.
+    let peers = alice.peers().await.unwrap();
+    assert!(peers
+        .iter()
+        .any(|p| p.client_id == "bob" && p.key_status == KeyStatus::Changed));
+    // Bob (new key) writes to alice: alice cannot open it and is told why.
+    bob.send("alice", b"from new key").await.unwrap();
+    let mut saw_warning = false;
+    for _ in 0..5 {
+        for ev in alice.poll(Duration::from_millis(500)).await.unwrap() {
+            if ev == (Event::PeerKeyChanged { from: "bob".into() }) {
+                saw_warning = true;
+            }
+            assert!(
+                !matches!(ev, Event::Message { .. }),
+                "never decrypted under a silently accepted key"
+            );
+        }
+        if saw_warning {
+            break;
+        }
+    }
+    assert!(saw_warning);
+    let _ = err;
+    alice.accept_peer_key("bob").await.unwrap();
+    assert_eq!(
+        next_message(&alice).await,
+        ("bob".to_owned(), b"from new key".to_vec())
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_client_refuses_another_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let other_dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "127.0.0.1:0");
+    let impostor = Server::start(other_dir.path(), "127.0.0.1:0");
+    let err = Client::connect(ClientConfig::new(&impostor.url, "alice", server.pin()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::UntrustedServer { .. }), "{err}");
+    // A TOFU profile pins the first server and then refuses the impostor.
+    let profiles = tempfile::tempdir().unwrap();
+    let cfg = ClientConfig::new(&server.url, "carol", Pin::TrustOnFirstUse)
+        .with_profile(profiles.path().join("c.json"));
+    drop(Client::connect(cfg.clone()).await.unwrap());
+    let mut p = relay_client::Profile::load(&profiles.path().join("c.json"))
+        .unwrap()
+        .unwrap();
+    p.session = None; // force a new handshake, against the impostor
+    p.save(&profiles.path().join("c.json")).unwrap();
+    let mut to_impostor = cfg;
+    to_impostor.server = impostor.url.clone();
+    let err = Client::connect(to_impostor).await.unwrap_err();
+    assert!(matches!(err, ClientError::UntrustedServer { .. }), "{err}");
+    impostor.stop().await;
+    server.stop().await;
+}
