@@ -209,7 +209,7 @@ pub fn status_of(e: &RelayError) -> StatusCode {
 pub fn error_response(e: &RelayError) -> HttpResponse {
     let status = status_of(e);
     if status.is_server_error() {
-        tracing::error!(error = %e, "request failed");
+        tracing::error!(error = ?e, "request failed");
     } else {
         tracing::debug!(code = e.code(), "request refused");
     }

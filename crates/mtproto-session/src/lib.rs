@@ -55,5 +55,7 @@ pub use ids::{
 pub use replay::{ReplayWindow, Verdict, REPLAY_WINDOW};
 pub use salt::{FutureSalt, SaltSchedule, SALT_GRACE_SECS, SALT_PERIOD_SECS};
 pub use secret::SecretBytes;
-pub use session::{ClientSession, ClientSessionState, Envelope, Incoming, Notice, Outgoing, ServerSession};
+pub use session::{
+    ClientSession, ClientSessionState, Envelope, Incoming, Notice, Outgoing, Responder, ServerSession,
+};
 pub use time::UnixTime;

@@ -6,8 +6,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::{BadMsgCode, MsgId};
 
-/// How many received ids a session remembers (Telethon keeps 500).
-pub const REPLAY_WINDOW: usize = 512;
+/// How many received ids a session remembers. Telethon keeps 500; a relay client has only a few
+/// requests in flight, so 128 covers any reordering it causes, and an id below the window is
+/// refused (code 20) rather than risk accepting a duplicate. Small, because the relay stores the
+/// window with every request it accepts.
+pub const REPLAY_WINDOW: usize = 128;
 
 /// What [`ReplayWindow::check`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,9 +23,39 @@ pub enum Verdict {
 
 /// The last [`REPLAY_WINDOW`] received msg_ids and their seq_nos. An id below every remembered
 /// one, once the window is full, is refused with code 20: it cannot be told whether it was seen.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReplayWindow {
     seen: BTreeMap<u64, u32>,
+}
+
+/// Stored compactly: base64 of `(msg_id u64 LE ‖ seq_no u32 LE)*`, 12 bytes an entry.
+impl Serialize for ReplayWindow {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut raw = Vec::with_capacity(self.seen.len() * 12);
+        for (id, seq) in &self.seen {
+            raw.extend_from_slice(&id.to_le_bytes());
+            raw.extend_from_slice(&seq.to_le_bytes());
+        }
+        s.serialize_str(&crate::wire::b64(&raw))
+    }
+}
+
+impl<'de> Deserialize<'de> for ReplayWindow {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        let raw = crate::wire::from_b64(&text).ok_or_else(|| serde::de::Error::custom("invalid base64"))?;
+        if raw.len() % 12 != 0 || raw.len() / 12 > REPLAY_WINDOW {
+            return Err(serde::de::Error::custom("replay window: bad length"));
+        }
+        let mut seen = BTreeMap::new();
+        for e in raw.chunks_exact(12) {
+            let (id, seq) = e.split_at(8);
+            let id = u64::from_le_bytes(id.try_into().map_err(serde::de::Error::custom)?);
+            let seq = u32::from_le_bytes(seq.try_into().map_err(serde::de::Error::custom)?);
+            seen.insert(id, seq);
+        }
+        Ok(Self { seen })
+    }
 }
 
 impl ReplayWindow {

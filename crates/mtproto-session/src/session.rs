@@ -359,6 +359,17 @@ impl ServerSession {
         })
     }
 
+    /// What answering needs (id, salts, counters) without the replay window: cheap to copy out
+    /// of the session before the session is handed to storage.
+    pub fn responder(&self) -> Responder {
+        Responder {
+            session_id: self.session_id,
+            salts: self.salts.clone(),
+            msg_ids: self.msg_ids.clone(),
+            seq: self.seq.clone(),
+        }
+    }
+
     /// Seals an answer to a request (msg_id ≡ 1 mod 4, content-related seq_no).
     ///
     /// # Errors
@@ -389,6 +400,45 @@ impl ServerSession {
             reason: "unserializable",
         })?;
         self.encode(key, &body, false, now, rng)
+    }
+}
+
+/// Seals answers for a session: see [`ServerSession::responder`].
+#[derive(Debug, Clone)]
+pub struct Responder {
+    session_id: SessionId,
+    salts: SaltSchedule,
+    msg_ids: MsgIdGen,
+    seq: SeqNoGen,
+}
+
+impl Responder {
+    /// As [`ServerSession::encode_response`].
+    ///
+    /// # Errors
+    /// [`Error::Limit`] for a body over [`MAX_BODY`].
+    pub fn encode_response(
+        &mut self,
+        key: &AuthKey,
+        body: &[u8],
+        now: UnixTime,
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Result<Outgoing> {
+        let salt = self.salts.current(now).unwrap_or(ServerSalt([0; 8]));
+        let msg_id = self.msg_ids.next(Sender::Server { response: true }, now);
+        let seq_no = self.seq.next(true);
+        let h = Header {
+            salt,
+            session_id: self.session_id,
+            msg_id,
+            seq_no,
+        };
+        let packet = seal(key, Direction::ServerToClient, h, body, rng)?;
+        Ok(Outgoing {
+            msg_id,
+            seq_no,
+            packet,
+        })
     }
 }
 

@@ -33,7 +33,7 @@ use mtproto_crypto::{
     rand_core::OsRng, Fingerprint, IdentityPublic, IdentitySecret, ServerKeyFingerprint, ServerPublicKey,
 };
 use mtproto_session::{
-    wire::Bytes, ChatState, ClientHandshake, ClientId, ClientSession, Delivery, DhGenOk, ResPq, SecretBytes,
+    wire::Bytes, ChatState, ClientHandshake, ClientId, ClientSession, DhGenOk, ResPq, SecretBytes,
     ServerDhParams, ServerPin, UnixTime,
 };
 use relay_core::{
@@ -43,6 +43,8 @@ use relay_core::{
 use serde::Deserialize;
 
 mod profile;
+pub use mtproto_session::Delivery;
+
 pub use profile::{KnownPeer, Profile};
 
 /// Errors of the client. Nothing the server sends makes it panic.

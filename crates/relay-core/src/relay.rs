@@ -4,7 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mtproto_crypto::{rand_core::OsRng, AuthKey, DhGroup, Direction, IdentityPublic, ServerSigningKey};
+use mtproto_crypto::{
+    rand_core::{OsRng, RngCore},
+    AuthKey, DhGroup, Direction, IdentityPublic, ServerSigningKey,
+};
 use mtproto_session::{
     session::{open_envelope, packet_key_id},
     wire::Bytes,
@@ -77,8 +80,43 @@ impl Clock for SystemClock {
     }
 }
 
+/// An auth key as the relay uses it on every request: parsed once, cached (auth keys never
+/// change once created, so a cache is safe on every node).
+struct CachedKey {
+    key: AuthKey,
+    client_id: ClientId,
+}
+
+/// Most auth keys kept parsed in memory (the cache is cleared past this).
+const KEY_CACHE_MAX: usize = 200_000;
+
+/// Per-key locks: one key's requests go through read → accept → commit one at a time on this
+/// node, so a busy client never starves its own long-poll. Across nodes the session version's
+/// compare-and-swap (with retries) keeps them consistent.
+#[derive(Default)]
+struct KeyLocks {
+    map: std::sync::Mutex<std::collections::HashMap<[u8; 8], std::sync::Weak<tokio::sync::Mutex<()>>>>,
+}
+
+impl KeyLocks {
+    fn get(&self, key_id: [u8; 8]) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = map.get(&key_id).and_then(std::sync::Weak::upgrade) {
+            return l;
+        }
+        if map.len() > 4096 && map.len().is_power_of_two() {
+            map.retain(|_, w| w.strong_count() > 0);
+        }
+        let l = Arc::new(tokio::sync::Mutex::new(()));
+        map.insert(key_id, Arc::downgrade(&l));
+        l
+    }
+}
+
 /// The relay.
 pub struct Relay {
+    locks: KeyLocks,
+    keys: std::sync::RwLock<std::collections::HashMap<[u8; 8], Arc<CachedKey>>>,
     engine: Arc<dyn Engine>,
     key: ServerSigningKey,
     group: DhGroup,
@@ -104,7 +142,7 @@ fn nonce16(field: &'static str, b: &Bytes) -> Result<[u8; 16], RelayError> {
 }
 
 /// How often a commit is retried when another request of the same session won the race.
-const COMMIT_ATTEMPTS: usize = 8;
+const COMMIT_ATTEMPTS: usize = 16;
 
 impl Relay {
     /// A relay over `engine`, signing handshakes with `key`.
@@ -112,6 +150,8 @@ impl Relay {
         let notifier = Arc::new(Notifier::new());
         engine.set_notifier(notifier.clone());
         Self {
+            locks: KeyLocks::default(),
+            keys: std::sync::RwLock::new(std::collections::HashMap::new()),
             engine,
             key,
             group: DhGroup::mtproto(),
@@ -145,6 +185,29 @@ impl Relay {
     /// The configuration.
     pub fn config(&self) -> &RelayConfig {
         &self.config
+    }
+
+    async fn auth_key(&self, key_id: [u8; 8]) -> Result<Arc<CachedKey>, RelayError> {
+        if let Some(k) = self.keys.read().unwrap_or_else(|p| p.into_inner()).get(&key_id) {
+            return Ok(k.clone());
+        }
+        let record = self
+            .engine
+            .auth_key(key_id)
+            .await?
+            .ok_or(RelayError::UnknownAuthKey)?;
+        let key = AuthKey::from_slice(record.auth_key.expose())
+            .map_err(|_| RelayError::Internal("stored key".into()))?;
+        let cached = Arc::new(CachedKey {
+            key,
+            client_id: record.client_id,
+        });
+        let mut map = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= KEY_CACHE_MAX {
+            map.clear();
+        }
+        map.insert(key_id, cached.clone());
+        Ok(cached)
     }
 
     fn handshake(&self) -> ServerHandshake<'_> {
@@ -238,19 +301,10 @@ impl Relay {
             reason: "give `packet`, or `auth_key_id`, `message_key` and `encrypted_data`".into(),
         })?;
         let key_id = *packet_key_id(&packet)?.as_bytes();
-        let record = self
-            .engine
-            .auth_key(key_id)
-            .await?
-            .ok_or(RelayError::UnknownAuthKey)?;
-        let key = AuthKey::from_slice(record.auth_key.expose())
-            .map_err(|_| RelayError::Internal("stored key".into()))?;
-        let env = open_envelope(&key, Direction::ClientToServer, &packet)?;
-        if req
-            .client_id
-            .as_deref()
-            .is_some_and(|c| c != record.client_id.as_str())
-        {
+        let cached = self.auth_key(key_id).await?;
+        let (key, client_id) = (&cached.key, &cached.client_id);
+        let env = open_envelope(key, Direction::ClientToServer, &packet)?;
+        if req.client_id.as_deref().is_some_and(|c| c != client_id.as_str()) {
             return Err(RelayError::FieldMismatch("client_id"));
         }
         if req.message_id.is_some_and(|m| m.0 != env.msg_id.0) {
@@ -259,20 +313,30 @@ impl Relay {
         if req.seq_no.is_some_and(|s| s != env.seq_no) {
             return Err(RelayError::FieldMismatch("seq_no"));
         }
-        for _ in 0..COMMIT_ATTEMPTS {
+        let lock = self.locks.get(key_id);
+        for attempt in 0..COMMIT_ATTEMPTS {
+            if attempt > 0 {
+                // Another node won the race: back off a little before reading again.
+                tokio::time::sleep(Duration::from_millis(1 + u64::from(OsRng.next_u32() % 10))).await;
+            }
+            let guard = lock.lock().await;
             let now = self.clock.now();
             let stored = self
                 .engine
                 .session(key_id)
                 .await?
                 .ok_or(RelayError::UnknownAuthKey)?;
-            let mut session = stored.session.clone();
+            let version = stored.version;
+            let mut session = stored.session;
             session.rotate_salts(now, &mut OsRng);
             let incoming = match session.accept(env.clone(), now) {
                 Ok(incoming) => incoming,
                 Err(SessionError::Duplicate { msg_id }) => {
+                    let responder = session.responder();
                     return self
-                        .answer_duplicate(endpoint, req, &key, &record, session, msg_id, &env.body)
+                        .answer_duplicate(
+                            endpoint, req, key, key_id, client_id, responder, msg_id, &env.body,
+                        )
                         .await;
                 }
                 Err(e @ SessionError::BadMsg { code, .. }) => {
@@ -280,7 +344,7 @@ impl Relay {
                         .current_salt(now)
                         .unwrap_or(mtproto_session::ServerSalt([0; 8]));
                     let notice = Notice::for_error(&e, salt)
-                        .and_then(|n| session.encode_notice(&key, &n, now, &mut OsRng).ok())
+                        .and_then(|n| session.encode_notice(key, &n, now, &mut OsRng).ok())
                         .map(|o| o.packet);
                     return Err(RelayError::BadMsg { code, notice });
                 }
@@ -288,17 +352,36 @@ impl Relay {
             };
             let call = self.parse_call(endpoint, req, &incoming.body)?;
             let (op, keep_outcome) = self.op_for(&call)?;
+            let responder = session.responder();
+            if matches!(&op, Op::Ack { seqs } if seqs.is_empty()) {
+                // A poll that acknowledges nothing changes nothing: it is checked like every
+                // request but not committed (docs/protocol.md, "Reads are not committed").
+                drop(guard);
+                return self
+                    .answer(
+                        &call,
+                        Outcome::Acked { removed: 0 },
+                        key,
+                        client_id,
+                        responder,
+                        incoming.msg_id.0,
+                        incoming.seq_no,
+                    )
+                    .await;
+            }
             let commit = Commit {
                 key_id,
-                client: record.client_id.clone(),
-                session: session.clone(),
-                expected_version: stored.version,
+                client: client_id.clone(),
+                session,
+                expected_version: version,
                 msg_id: incoming.msg_id.0,
                 op,
                 keep_outcome,
                 now,
             };
-            let outcome = match self.engine.commit(commit).await {
+            let committed = self.engine.commit(commit).await;
+            drop(guard);
+            let outcome = match committed {
                 Ok(o) => o,
                 Err(EngineError::Conflict) => continue,
                 Err(e) => return Err(e.into()),
@@ -310,9 +393,9 @@ impl Relay {
                 .answer(
                     &call,
                     outcome,
-                    &key,
-                    &record.client_id,
-                    session,
+                    key,
+                    client_id,
+                    responder,
                     incoming.msg_id.0,
                     incoming.seq_no,
                 )
@@ -399,7 +482,7 @@ impl Relay {
         outcome: Outcome,
         key: &AuthKey,
         client: &ClientId,
-        mut session: mtproto_session::ServerSession,
+        mut responder: mtproto_session::Responder,
         msg_id: u64,
         seq_no: u32,
     ) -> Result<EnvelopeResponse, RelayError> {
@@ -459,7 +542,7 @@ impl Relay {
             }
             _ => return Err(RelayError::Internal("outcome does not match the call".into())),
         };
-        let out = session
+        let out = responder
             .encode_response(key, &body, self.clock.now(), &mut OsRng)
             .map_err(|e| RelayError::Internal(e.to_string()))?;
         Ok(EnvelopeResponse {
@@ -475,13 +558,14 @@ impl Relay {
         endpoint: Endpoint,
         req: &EnvelopeRequest,
         key: &AuthKey,
-        record: &AuthKeyRecord,
-        session: mtproto_session::ServerSession,
+        key_id: [u8; 8],
+        client_id: &ClientId,
+        responder: mtproto_session::Responder,
         msg_id: u64,
         body: &[u8],
     ) -> Result<EnvelopeResponse, RelayError> {
         let call = self.parse_call(endpoint, req, body)?;
-        let outcome = match (&call, self.engine.outcome(record.key_id, msg_id).await?) {
+        let outcome = match (&call, self.engine.outcome(key_id, msg_id).await?) {
             (_, Some(o)) => o,
             // Reads (and acks, which are idempotent) can simply be answered again.
             (Call::PollMessages { .. }, None) => Outcome::Acked { removed: 0 },
@@ -493,9 +577,9 @@ impl Relay {
                 });
             }
         };
-        tracing::debug!(client_id = %record.client_id, msg_id, "resent envelope answered from its stored outcome");
+        tracing::debug!(client_id = %client_id, msg_id, "resent envelope answered from its stored outcome");
         let seq_no = 0;
-        self.answer(&call, outcome, key, &record.client_id, session, msg_id, seq_no)
+        self.answer(&call, outcome, key, client_id, responder, msg_id, seq_no)
             .await
     }
 

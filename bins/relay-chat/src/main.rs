@@ -1,0 +1,176 @@
+//! `relay-chat --server URL --name alice`: a terminal chat over mtproto-relay.
+//!
+//! Commands: `/peers`, `/open NAME`, `/fp [NAME]`, `/verify NAME`, `/accept NAME`, `/help`,
+//! `/quit`; any other line is sent to the open conversation. Incoming messages are printed as
+//! they arrive.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use mtproto_crypto::ServerKeyFingerprint;
+use relay_client::{Client, ClientConfig, ClientError, Event, KeyStatus, Pin};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+#[derive(Parser)]
+#[command(name = "relay-chat", about = "Terminal chat over mtproto-relay")]
+struct Args {
+    /// The relay, e.g. http://127.0.0.1:8080.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// Your name (client id).
+    #[arg(long)]
+    name: String,
+    /// Pin the server key by its fingerprint (printed by the server); default: trust on first use.
+    #[arg(long)]
+    pin: Option<String>,
+    /// Profile file (default: NAME.profile.json).
+    #[arg(long)]
+    profile: Option<PathBuf>,
+}
+
+fn say(line: &str) {
+    println!("{line}");
+}
+
+async fn run(args: Args) -> Result<(), ClientError> {
+    let pin = match &args.pin {
+        Some(fp) => Pin::Fingerprint(
+            ServerKeyFingerprint::from_hex(fp).map_err(|e| ClientError::Invalid(e.to_string()))?,
+        ),
+        None => Pin::TrustOnFirstUse,
+    };
+    let profile = args
+        .profile
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{}.profile.json", args.name)));
+    let client = Arc::new(
+        Client::connect(ClientConfig::new(&args.server, &args.name, pin).with_profile(profile)).await?,
+    );
+    if let Some(k) = client.server_key().await {
+        say(&format!(
+            "connected as {} (server key {})",
+            args.name,
+            k.fingerprint()
+        ));
+    }
+    say("type /help for commands");
+    let receiver = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            loop {
+                match client.poll(Duration::from_secs(25)).await {
+                    Ok(events) => {
+                        for ev in events {
+                            match ev {
+                                Event::Message { from, body, delivery, .. } => {
+                                    let note = match delivery {
+                                        relay_client::Delivery::InOrder => String::new(),
+                                        other => format!("  ({other:?})"),
+                                    };
+                                    say(&format!("[{from}] {}{note}", String::from_utf8_lossy(&body)));
+                                }
+                                Event::PeerKeyChanged { from } => say(&format!(
+                                    "!! WARNING: {from}'s identity key CHANGED. Compare fingerprints (/fp {from}) and /accept {from} only if they match."
+                                )),
+                                Event::Rejected { from, reason } => say(&format!("!! dropped a message claiming to be from {from}: {reason}")),
+                                Event::Expired { to, seq } => say(&format!("!! your message #{seq} to {to} expired undelivered")),
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        say(&format!("!! receive error: {e} (retrying)"));
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        })
+    };
+    let mut open: Option<String> = None;
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let line = line.trim().to_owned();
+        if line.is_empty() {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let result = match (words.next(), words.next()) {
+            (Some("/quit"), _) => break,
+            (Some("/help"), _) => {
+                say(
+                    "/peers  /open NAME  /fp [NAME]  /verify NAME  /accept NAME  /quit; other lines are sent",
+                );
+                Ok(())
+            }
+            (Some("/peers"), _) => client.peers().await.map(|peers| {
+                for p in peers {
+                    let status = match p.key_status {
+                        KeyStatus::NoKey => "no key",
+                        KeyStatus::New => "new",
+                        KeyStatus::Known => "known",
+                        KeyStatus::Changed => "KEY CHANGED",
+                    };
+                    let fp = p.identity_key.map(|k| k.short_fingerprint()).unwrap_or_default();
+                    say(&format!(
+                        "peer {} key={} {} v{} last_seen={}",
+                        p.client_id, fp, status, p.key_version, p.last_seen
+                    ));
+                }
+            }),
+            (Some("/open"), Some(name)) => {
+                open = Some(name.to_owned());
+                say(&format!("conversation with {name}"));
+                Ok(())
+            }
+            (Some("/fp"), name) => match name.map(str::to_owned).or_else(|| open.clone()) {
+                Some(peer) => client.fingerprint(&peer).await.map(|fp| {
+                    say(&format!("fingerprint with {peer} (compare it with theirs):"));
+                    for l in fp.to_string().lines() {
+                        say(&format!("  {l}"));
+                    }
+                }),
+                None => Err(ClientError::Invalid("no conversation open".into())),
+            },
+            (Some("/verify"), Some(name)) => client
+                .mark_verified(name)
+                .await
+                .map(|()| say(&format!("{name} marked verified"))),
+            (Some("/accept"), Some(name)) => client
+                .accept_peer_key(name)
+                .await
+                .map(|()| say(&format!("accepted {name}'s new key"))),
+            (Some(cmd), _) if cmd.starts_with('/') => {
+                Err(ClientError::Invalid(format!("unknown command {cmd}")))
+            }
+            _ => match &open {
+                Some(peer) => client
+                    .send(peer, line.as_bytes())
+                    .await
+                    .map(|r| say(&format!("sent #{}", r.mailbox_seq))),
+                None => Err(ClientError::Invalid(
+                    "open a conversation first: /open NAME".into(),
+                )),
+            },
+        };
+        if let Err(e) = result {
+            say(&format!("!! {e}"));
+        }
+    }
+    receiver.abort();
+    let _ = client.ack().await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run(Args::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("relay-chat: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

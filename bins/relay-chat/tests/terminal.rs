@@ -1,0 +1,126 @@
+//! Drives two `relay-chat` processes through their stdin and stdout against a real relay.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    missing_docs
+)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use clap::Parser;
+
+struct Chat {
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Chat {
+    fn start(url: &str, name: &str, pin: &str, dir: &std::path::Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_relay-chat"))
+            .args(["--server", url, "--name", name, "--pin", pin, "--profile"])
+            .arg(dir.join(format!("{name}.json")))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            stdin,
+            lines: rx,
+        }
+    }
+
+    fn type_line(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// Reads lines until one contains `needle` (bounded: gives up after 30 s).
+    fn expect(&self, needle: &str) -> String {
+        let mut seen = Vec::new();
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(line) => seen.push(line),
+                Err(_) => panic!("no line containing {needle:?}; saw {seen:#?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn two_people_chat_in_the_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        relay_server::Config::parse_from(["relay-server", "--data-dir", dir.path().to_str().unwrap()]);
+    let relay = relay_server::build_relay(&config).unwrap();
+    let pin = relay.server_key().public().fingerprint().to_string();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(relay_server::run(relay, listener, Some(1), false, async move {
+            let _ = stop_rx.await;
+        }))
+    });
+
+    let mut alice = Chat::start(&url, "alice", &pin, dir.path());
+    alice.expect("connected as alice");
+    let mut bob = Chat::start(&url, "bob", &pin, dir.path());
+    bob.expect("connected as bob");
+
+    alice.type_line("/peers");
+    alice.expect("peer bob");
+    alice.type_line("hello before opening");
+    alice.expect("open a conversation first");
+    alice.type_line("/open bob");
+    alice.type_line("hello bob, from the terminal");
+    alice.expect("sent #");
+    bob.expect("[alice] hello bob, from the terminal");
+
+    bob.type_line("/open alice");
+    bob.type_line("hi alice");
+    alice.expect("[bob] hi alice");
+
+    // Both see the same fingerprint.
+    alice.type_line("/fp bob");
+    alice.expect("fingerprint with bob");
+    let a = alice.expect("  ");
+    bob.type_line("/fp alice");
+    bob.expect("fingerprint with alice");
+    let b = bob.expect("  ");
+    assert_eq!(a, b);
+    bob.type_line("/verify alice");
+    bob.expect("alice marked verified");
+    bob.type_line("/nonsense");
+    bob.expect("unknown command");
+
+    for c in [&mut alice, &mut bob] {
+        c.type_line("/quit");
+        assert!(c.child.wait().unwrap().success());
+    }
+    let _ = stop_tx.send(());
+    server.join().unwrap().unwrap();
+}

@@ -1,0 +1,428 @@
+//! `relay-load`: drives N simulated users through the relay's real HTTP API.
+//!
+//! - `--mode relay`: every user handshakes once, then sends to the next user in a ring (one send
+//!   in flight per user) while long-polling its own mailbox with acks. Reports sends/s,
+//!   deliveries/s and send → delivery latency percentiles.
+//! - `--mode echo`: the same number of concurrent users POST a JSON body of the same size to the
+//!   server's plain `/echo` endpoint (start the server with `--echo`): the framework's own limit.
+//! - `--mode idle`: every user handshakes and then keeps one long-poll waiting, for measuring the
+//!   server's memory per waiting client.
+//!
+//! All loops are bounded by `--duration-secs`; the tool stops by itself.
+#![forbid(unsafe_code)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use mtproto_crypto::{rand_core::OsRng, ServerPublicKey};
+use mtproto_session::{wire::Bytes, ClientHandshake, ClientId, ClientSession, ServerPin, UnixTime};
+use relay_core::api::Call;
+use tokio::sync::Mutex;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Mode {
+    Relay,
+    Echo,
+    Idle,
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "relay-load")]
+struct Args {
+    /// The relay.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// Simulated users.
+    #[arg(long, default_value_t = 64)]
+    users: usize,
+    /// How long to run after setup.
+    #[arg(long, default_value_t = 10)]
+    duration_secs: u64,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 256)]
+    payload: usize,
+    /// What to drive.
+    #[arg(long, value_enum, default_value = "relay")]
+    mode: Mode,
+    /// A prefix for user names, so runs against one server do not collide.
+    #[arg(long, default_value = "load")]
+    prefix: String,
+}
+
+fn now() -> UnixTime {
+    relay_core::Clock::now(&relay_core::SystemClock)
+}
+
+fn fail(msg: impl std::fmt::Display) -> String {
+    msg.to_string()
+}
+
+struct User {
+    name: String,
+    session: Mutex<ClientSession>,
+}
+
+async fn post(http: &reqwest::Client, url: &str, body: &serde_json::Value) -> Result<(u16, Vec<u8>), String> {
+    let r = http.post(url).json(body).send().await.map_err(fail)?;
+    let s = r.status().as_u16();
+    Ok((s, r.bytes().await.map_err(fail)?.to_vec()))
+}
+
+async fn handshake(
+    http: &reqwest::Client,
+    base: &str,
+    name: &str,
+    key: ServerPublicKey,
+) -> Result<User, String> {
+    let (c, req) = ClientHandshake::start(
+        ServerPin::Key(key),
+        ClientId::new(name).map_err(fail)?,
+        &mut OsRng,
+    );
+    let (_, res) = post(
+        http,
+        &format!("{base}/req_pq"),
+        &serde_json::to_value(&req).map_err(fail)?,
+    )
+    .await?;
+    let (c, req) = c
+        .handle_res_pq(&serde_json::from_slice(&res).map_err(fail)?)
+        .map_err(fail)?;
+    let (_, res) = post(
+        http,
+        &format!("{base}/req_dh_params"),
+        &serde_json::to_value(&req).map_err(fail)?,
+    )
+    .await?;
+    let (c, req) = c
+        .handle_server_dh_params(&serde_json::from_slice(&res).map_err(fail)?, now(), &mut OsRng)
+        .map_err(fail)?;
+    let (s, res) = post(
+        http,
+        &format!("{base}/set_client_dh_params"),
+        &serde_json::to_value(&req).map_err(fail)?,
+    )
+    .await?;
+    if s != 200 {
+        return Err(format!(
+            "handshake for {name}: {s} {}",
+            String::from_utf8_lossy(&res)
+        ));
+    }
+    let session = c
+        .handle_dh_gen_ok(&serde_json::from_slice(&res).map_err(fail)?)
+        .map_err(fail)?;
+    Ok(User {
+        name: name.to_owned(),
+        session: Mutex::new(session),
+    })
+}
+
+/// One call; returns the decoded inner JSON.
+async fn call(
+    http: &reqwest::Client,
+    base: &str,
+    user: &User,
+    path: &str,
+    c: &Call,
+) -> Result<serde_json::Value, String> {
+    let body = serde_json::to_vec(c).map_err(fail)?;
+    let packet = user
+        .session
+        .lock()
+        .await
+        .encode_request(&body, now(), &mut OsRng)
+        .map_err(fail)?
+        .packet;
+    let (s, res) = post(
+        http,
+        &format!("{base}{path}"),
+        &serde_json::json!({ "packet": Bytes(packet) }),
+    )
+    .await?;
+    if s != 200 {
+        return Err(format!("{path}: {s} {}", String::from_utf8_lossy(&res)));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&res).map_err(fail)?;
+    let packet: Bytes = serde_json::from_value(v["packet"].clone()).map_err(fail)?;
+    let incoming = user
+        .session
+        .lock()
+        .await
+        .decode_response(&packet.0, now())
+        .map_err(fail)?;
+    serde_json::from_slice(&incoming.body).map_err(fail)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted.get(i).copied().unwrap_or(0) as f64 / 1000.0
+}
+
+fn unix_micros() -> u64 {
+    now().as_nanos() / 1000
+}
+
+async fn setup(http: &reqwest::Client, args: &Args) -> Result<Vec<Arc<User>>, String> {
+    let v: serde_json::Value = http
+        .get(format!("{}/server_key", args.server))
+        .send()
+        .await
+        .map_err(fail)?
+        .json()
+        .await
+        .map_err(fail)?;
+    let pk: Bytes = serde_json::from_value(v["public_key"].clone()).map_err(fail)?;
+    let key = ServerPublicKey::from_slice(&pk.0).map_err(fail)?;
+    let run = std::process::id();
+    let sem = Arc::new(tokio::sync::Semaphore::new(16));
+    let mut tasks = Vec::new();
+    for i in 0..args.users {
+        let (http, base, sem) = (http.clone(), args.server.clone(), sem.clone());
+        let name = format!("{}{run}u{i}", args.prefix);
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire().await.map_err(fail)?;
+            handshake(&http, &base, &name, key).await
+        }));
+    }
+    let mut users = Vec::new();
+    for t in tasks {
+        users.push(Arc::new(t.await.map_err(fail)??));
+    }
+    Ok(users)
+}
+
+async fn relay_mode(http: reqwest::Client, args: Args) -> Result<(), String> {
+    let t = Instant::now();
+    let users = setup(&http, &args).await?;
+    println!(
+        "setup: {} handshakes in {:.2} s",
+        users.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let sent = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+    let deadline = Instant::now() + Duration::from_secs(args.duration_secs);
+    let mut tasks = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        let target = users
+            .get((i + 1) % users.len())
+            .map(|u| u.name.clone())
+            .unwrap_or_default();
+        let (h, base, u, sent, errs) = (
+            http.clone(),
+            args.server.clone(),
+            user.clone(),
+            sent.clone(),
+            errors.clone(),
+        );
+        let size = args.payload.max(8);
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let mut payload = vec![0x5a; size];
+                payload[..8].copy_from_slice(&unix_micros().to_le_bytes());
+                let c = Call::SendMessage {
+                    target_peer: ClientId::new(&target).map_err(fail)?,
+                    payload: Bytes(payload),
+                };
+                match call(&h, &base, &u, "/secure_message", &c).await {
+                    Ok(_) => sent.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        if errs.fetch_add(1, Ordering::Relaxed) < 3 {
+                            eprintln!("relay-load: send failed: {e}");
+                        }
+                        0
+                    }
+                };
+            }
+            Ok::<(), String>(())
+        }));
+        let (http, base, user, latencies, errors) = (
+            http.clone(),
+            args.server.clone(),
+            user.clone(),
+            latencies.clone(),
+            errors.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut ack = Vec::new();
+            // Keep draining a little past the deadline so messages sent at the end are counted.
+            while Instant::now() < deadline + Duration::from_millis(500) {
+                let c = Call::PollMessages {
+                    ack: std::mem::take(&mut ack),
+                    timeout_ms: Some(500),
+                    limit: None,
+                };
+                match call(&http, &base, &user, "/poll_messages", &c).await {
+                    Ok(v) => {
+                        let now = unix_micros();
+                        let mut lat = Vec::new();
+                        for m in v["messages"].as_array().into_iter().flatten() {
+                            ack.push(m["seq"].as_u64().unwrap_or(0));
+                            let p: Bytes = serde_json::from_value(m["payload"].clone()).map_err(fail)?;
+                            let ts =
+                                p.0.get(..8)
+                                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                                    .map(u64::from_le_bytes)
+                                    .unwrap_or(now);
+                            lat.push(now.saturating_sub(ts));
+                        }
+                        latencies.lock().map_err(fail)?.extend(lat);
+                    }
+                    Err(e) => {
+                        if errors.fetch_add(1, Ordering::Relaxed) < 3 {
+                            eprintln!("relay-load: poll failed: {e}");
+                        }
+                    }
+                }
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(fail)??;
+    }
+    let secs = args.duration_secs as f64;
+    let mut lat = latencies.lock().map_err(fail)?.clone();
+    lat.sort_unstable();
+    let sends = sent.load(Ordering::Relaxed);
+    println!(
+        "relay: users={} payload={}B sends={} ({:.0}/s) deliveries={} ({:.0}/s) errors={} latency_ms p50={:.2} p90={:.2} p99={:.2} max={:.2}",
+        args.users,
+        args.payload,
+        sends,
+        sends as f64 / secs,
+        lat.len(),
+        lat.len() as f64 / secs,
+        errors.load(Ordering::Relaxed),
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.9),
+        percentile(&lat, 0.99),
+        percentile(&lat, 1.0),
+    );
+    Ok(())
+}
+
+async fn echo_mode(http: reqwest::Client, args: Args) -> Result<(), String> {
+    let done = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+    let deadline = Instant::now() + Duration::from_secs(args.duration_secs);
+    // The same shape as an envelope request: one base64 field of the packet's size.
+    let body = serde_json::json!({ "packet": Bytes(vec![0x5a; args.payload + 120]) });
+    let mut tasks = Vec::new();
+    for _ in 0..args.users {
+        let (http, url, done, latencies, body) = (
+            http.clone(),
+            format!("{}/echo", args.server),
+            done.clone(),
+            latencies.clone(),
+            body.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let (s, _) = post(&http, &url, &body).await?;
+                if s != 200 {
+                    return Err(format!("echo answered {s}: start the server with --echo"));
+                }
+                lat.push(t.elapsed().as_micros() as u64);
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            latencies.lock().map_err(fail)?.extend(lat);
+            Ok::<(), String>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(fail)??;
+    }
+    let mut lat = latencies.lock().map_err(fail)?.clone();
+    lat.sort_unstable();
+    let n = done.load(Ordering::Relaxed);
+    println!(
+        "echo: users={} body={}B requests={} ({:.0}/s) latency_ms p50={:.2} p99={:.2}",
+        args.users,
+        args.payload + 120,
+        n,
+        n as f64 / args.duration_secs as f64,
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99)
+    );
+    Ok(())
+}
+
+async fn idle_mode(http: reqwest::Client, args: Args) -> Result<(), String> {
+    let users = setup(&http, &args).await?;
+    let waiting = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(args.duration_secs);
+    let mut tasks = Vec::new();
+    for user in users {
+        let (http, base, waiting) = (http.clone(), args.server.clone(), waiting.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                waiting.fetch_add(1, Ordering::Relaxed);
+                let left = deadline.saturating_duration_since(Instant::now()).as_millis() as u64;
+                let c = Call::PollMessages {
+                    ack: vec![],
+                    timeout_ms: Some(left.min(30_000)),
+                    limit: None,
+                };
+                let r = call(&http, &base, &user, "/poll_messages", &c).await;
+                waiting.fetch_sub(1, Ordering::Relaxed);
+                r?;
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    let report = waiting.clone();
+    let n = args.users as u64;
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let w = report.load(Ordering::Relaxed);
+            println!("idle: {w}/{n} long-polls waiting");
+            if w >= n {
+                println!("idle: ALL WAITING");
+                break;
+            }
+        }
+    });
+    for t in tasks {
+        t.await.map_err(fail)??;
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let http = match reqwest::Client::builder()
+        .pool_max_idle_per_host(args.users * 2 + 8)
+        .timeout(Duration::from_secs(60))
+        .build()
+    {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("relay-load: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let r = match args.mode {
+        Mode::Relay => relay_mode(http, args).await,
+        Mode::Echo => echo_mode(http, args).await,
+        Mode::Idle => idle_mode(http, args).await,
+    };
+    match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("relay-load: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
