@@ -1,6 +1,6 @@
 //! `relay-chat --server URL --name alice`: a terminal chat over mtproto-relay.
 //!
-//! Commands: `/peers`, `/open NAME`, `/fp [NAME]`, `/verify NAME`, `/accept NAME`, `/help`,
+//! Commands: `/peers`, `/open NAME`, `/fp [NAME]`, `/verify NAME`, `/accept NAME`, `/rotate`, `/help`,
 //! `/quit`; any other line is sent to the open conversation. Incoming messages are printed as
 //! they arrive.
 #![forbid(unsafe_code)]
@@ -78,6 +78,7 @@ async fn run(args: Args) -> Result<(), ClientError> {
                                 )),
                                 Event::Rejected { from, reason } => say(&format!("!! dropped a message claiming to be from {from}: {reason}")),
                                 Event::Expired { to, seq } => say(&format!("!! your message #{seq} to {to} expired undelivered")),
+                                Event::Delivered { from, seqs } => say(&format!("(delivered to {from}: {seqs:?})")),
                             }
                         }
                     }

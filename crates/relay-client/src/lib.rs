@@ -168,6 +168,14 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// `from` received your messages with these conversation sequence numbers (a receipt).
+    Delivered {
+        /// The peer.
+        from: String,
+        /// The sequence numbers ([`Receipt`]s do not carry them; [`Client::send`] returns the
+        /// conversation seq in [`Receipt::seq`]).
+        seqs: Vec<u32>,
+    },
     /// A message you sent expired on the relay before `to` received it.
     Expired {
         /// The recipient.
@@ -208,6 +216,8 @@ pub enum KeyStatus {
 /// The receipt of a stored message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
+    /// The message's sequence number in the conversation (what a peer's receipt names).
+    pub seq: u32,
     /// The envelope's msg_id.
     pub msg_id: u64,
     /// The message's sequence number in the recipient's mailbox.
@@ -709,6 +719,7 @@ impl Client {
             )
             .await?;
         Ok(Receipt {
+            seq: sealed.seq,
             msg_id: answer.msg_id.parse().unwrap_or(0),
             mailbox_seq: answer.mailbox_seq,
             timestamp: answer.timestamp,

@@ -1,0 +1,82 @@
+// chat_ui_multiuser.html: several users side by side, each with its own keys and session (kept in
+// memory only), showing every handshake step and, for every request and answer, what crosses the
+// wire (msg_id, seq_no, msg_key, ciphertext) beside what it means (plaintext).
+import { RelayClient } from './mtproto.js';
+
+const pin = document.querySelector('meta[name=relay-fingerprint]').content;
+document.getElementById('pin').textContent = `pinned server key ${pin}`;
+const users = new Map();
+const STEPS = { req_pq: 'req_pq sent', pq_factored: 'pq factored (proof of work)', dh_params_verified: 'DH params: signature and g_a verified', key_confirmed: 'auth key confirmed (never sent)' };
+
+function short(h) { return h.length > 96 ? `${h.slice(0, 96)}… (${h.length / 2} B)` : h; }
+
+async function addUser(name) {
+  if (!name || users.has(name)) return;
+  const node = document.getElementById('user-tpl').content.firstElementChild.cloneNode(true);
+  node.dataset.user = name;
+  node.querySelector('.name').textContent = name;
+  document.getElementById('users').append(node);
+  const steps = node.querySelector('.steps');
+  const state = node.querySelector('.state');
+  const log = node.querySelector('.log');
+  const inbox = node.querySelector('.inbox-box');
+  let client;
+  try {
+    client = await RelayClient.connect({
+      name, pin, persist: false,
+      trace: (step, detail) => {
+        const li = document.createElement('li');
+        li.className = 'ok'; li.dataset.step = step;
+        li.textContent = `${STEPS[step] || step} ${JSON.stringify(detail)}`;
+        steps.append(li);
+      },
+    });
+  } catch (e) { state.textContent = `failed: ${e.message}`; return; }
+  users.set(name, client);
+  state.textContent = 'connected'; node.dataset.connected = 'true';
+  node.querySelector('.fp').textContent = `key ${await client.ownFingerprint()}`;
+  client.addEventListener('wire', ({ detail: w }) => {
+    const d = document.createElement('div');
+    d.className = 'wire'; d.dataset.dir = w.dir; d.dataset.path = w.path;
+    const meta = document.createElement('div'); meta.className = 'meta';
+    meta.textContent = `${w.dir === 'out' ? '→' : '←'} ${w.path} msg_id=${w.msgId} seq_no=${w.seqNo} msg_key=${w.msgKey}`;
+    const ct = document.createElement('div'); ct.className = 'ct'; ct.textContent = short(w.ciphertext);
+    const pt = document.createElement('div'); pt.className = 'pt';
+    const shown = { ...w.plaintext };
+    if (shown.payload) shown.payload = `<end-to-end packet, ${Math.round(shown.payload.length * 3 / 4)} B>`;
+    if (shown.messages) shown.messages = shown.messages.map((m) => ({ ...m, payload: '<e2e>' }));
+    if (shown.peers) shown.peers = shown.peers.map((p) => p.client_id);
+    pt.textContent = JSON.stringify(shown);
+    d.append(meta, ct, pt);
+    log.prepend(d);
+  });
+  client.addEventListener('message', ({ detail: m }) => {
+    const p = document.createElement('div'); p.className = 'inbox'; p.dataset.from = m.from;
+    p.textContent = `[${m.from}] ${m.text}`;
+    inbox.append(p);
+  });
+  const select = node.querySelector('.peer');
+  const refresh = async () => {
+    const peers = await client.listPeers();
+    select.replaceChildren(...peers.filter((p) => p.client_id !== name).map((p) => new Option(p.client_id, p.client_id)));
+  };
+  node.querySelector('.refresh').addEventListener('click', refresh);
+  node.querySelector('.verify').addEventListener('click', async () => {
+    const fp = await client.fingerprint(select.value);
+    const p = document.createElement('pre'); p.className = 'safety'; p.textContent = `${name}↔${select.value}\n${fp}`;
+    inbox.append(p);
+  });
+  node.querySelector('.send').addEventListener('click', async () => {
+    const input = node.querySelector('.text');
+    const text = input.value; input.value = '';
+    try { await client.send(select.value, text); } catch (e) { state.textContent = `error: ${e.message}`; }
+  });
+  await refresh();
+  client.run();
+}
+
+document.getElementById('add-user').addEventListener('click', () => {
+  const input = document.getElementById('new-name');
+  addUser(input.value.trim()); input.value = '';
+});
+for (const n of new URLSearchParams(location.search).getAll('user')) addUser(n);

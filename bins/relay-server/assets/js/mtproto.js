@@ -1,0 +1,573 @@
+// mtproto-relay in the browser: the same protocol as the Rust crates (mtproto-crypto,
+// mtproto-session, relay-client), with every cryptographic operation done by the Web Crypto API.
+// No other crypto library. Byte layouts: docs/protocol.md. Interop vectors: tests/browser.
+//
+// Web Crypto has AES-CBC only with PKCS#7 padding; raw CBC is built on it (docs/crypto.md and
+// ../shared/mtproto-notes.md §14):
+//   raw encrypt = encrypt(...)[0:len]            (drop the padding block)
+//   raw decrypt = decrypt(C ‖ E(0x10^16 ⊕ C_last)) where E(..) is the first block of
+//                 encrypt(iv = C_last, 0x10^16): the appended block decrypts to a full padding block.
+//
+// BigInt arithmetic (DH, pq) is not constant-time in JavaScript. The browser's DH exponent is
+// fresh for every handshake and used for one exponentiation pair, which limits what a timing
+// observer in the same browser could learn; docs/crypto.md says so.
+
+const subtle = globalThis.crypto.subtle;
+const te = new TextEncoder();
+const td = new TextDecoder();
+
+// ---- bytes ---------------------------------------------------------------------------------
+
+export function concat(...parts) {
+  const n = parts.reduce((a, p) => a + p.length, 0);
+  const out = new Uint8Array(n);
+  let o = 0;
+  for (const p of parts) { out.set(p, o); o += p.length; }
+  return out;
+}
+export const utf8 = (s) => te.encode(s);
+export const fromUtf8 = (b) => td.decode(b);
+export function hex(b) { return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join(''); }
+export function fromHex(s) {
+  if (s.length % 2 || /[^0-9a-fA-F]/.test(s)) throw new Error('bad hex');
+  const out = new Uint8Array(s.length / 2);
+  for (let i = 0; i < out.length; i++) out[i] = parseInt(s.substr(2 * i, 2), 16);
+  return out;
+}
+export function b64(b) { let s = ''; for (const x of b) s += String.fromCharCode(x); return btoa(s); }
+export function fromB64(s) { const bin = atob(s); return Uint8Array.from(bin, (c) => c.charCodeAt(0)); }
+export function u32le(n) { const b = new Uint8Array(4); new DataView(b.buffer).setUint32(0, n >>> 0, true); return b; }
+export function u64le(n) { const b = new Uint8Array(8); new DataView(b.buffer).setBigUint64(0, BigInt(n), true); return b; }
+export const readU32 = (b, o) => new DataView(b.buffer, b.byteOffset).getUint32(o, true);
+export const readU64 = (b, o) => new DataView(b.buffer, b.byteOffset).getBigUint64(o, true);
+export function randomBytes(n) { return globalThis.crypto.getRandomValues(new Uint8Array(n)); }
+export function equalBytes(a, b) {
+  if (a.length !== b.length) return false;
+  let d = 0;
+  for (let i = 0; i < a.length; i++) d |= a[i] ^ b[i];
+  return d === 0;
+}
+function compareBytes(a, b) {
+  for (let i = 0; i < Math.min(a.length, b.length); i++) if (a[i] !== b[i]) return a[i] - b[i];
+  return a.length - b.length;
+}
+
+// ---- hashes and AES ------------------------------------------------------------------------
+
+export async function sha256(...parts) { return new Uint8Array(await subtle.digest('SHA-256', concat(...parts))); }
+export async function sha1(...parts) { return new Uint8Array(await subtle.digest('SHA-1', concat(...parts))); }
+
+async function aesKey(raw) { return subtle.importKey('raw', raw, 'AES-CBC', false, ['encrypt', 'decrypt']); }
+
+/** Raw AES-256-CBC encryption (no padding): `data.length` must be a multiple of 16. */
+export async function cbcEncrypt(key32, iv16, data) {
+  if (data.length % 16) throw new Error('not block aligned');
+  const k = await aesKey(key32);
+  const out = new Uint8Array(await subtle.encrypt({ name: 'AES-CBC', iv: iv16 }, k, data));
+  return out.slice(0, data.length);
+}
+
+/** Raw AES-256-CBC decryption (no padding). */
+export async function cbcDecrypt(key32, iv16, data) {
+  if (data.length % 16 || data.length === 0) throw new Error('not block aligned');
+  const k = await aesKey(key32);
+  const last = data.slice(data.length - 16);
+  const pad = new Uint8Array(16).fill(16);
+  const extra = new Uint8Array(await subtle.encrypt({ name: 'AES-CBC', iv: last }, k, pad)).slice(0, 16);
+  return new Uint8Array(await subtle.decrypt({ name: 'AES-CBC', iv: iv16 }, k, concat(data, extra)));
+}
+
+// ---- MTProto 2.0 KDF and framing -----------------------------------------------------------
+
+/** msg_key = SHA256(key[88+x..120+x] ‖ plaintext ‖ padding)[8..24]. */
+export async function msgKey(key, x, plain) { return (await sha256(key.slice(88 + x, 120 + x), plain)).slice(8, 24); }
+
+/** aes_key / aes_iv from the key and msg_key; the CBC IV is the first 16 bytes of aes_iv. */
+export async function deriveAes(key, mk, x) {
+  const a = await sha256(mk, key.slice(x, x + 36));
+  const b = await sha256(key.slice(40 + x, 76 + x), mk);
+  return {
+    key: concat(a.slice(0, 8), b.slice(8, 24), a.slice(24, 32)),
+    iv: concat(b.slice(0, 8), a.slice(8, 24), b.slice(24, 32)),
+  };
+}
+
+export async function keyId(key) { return (await sha1(key)).slice(12, 20); }
+
+export const LAYOUT_ENVELOPE = { lengthOffset: 28, dataOffset: 32 };
+export const LAYOUT_E2E = { lengthOffset: 0, dataOffset: 4 };
+
+/** Seals `payload` (its length field already written): key_id ‖ msg_key ‖ CBC(payload ‖ padding). */
+export async function seal(key, x, payload, padding) {
+  if (!padding) {
+    const min = 12 + ((16 - ((payload.length + 12) % 16)) % 16);
+    padding = randomBytes(min + 16 * (randomBytes(1)[0] % 4));
+  }
+  if (padding.length < 12 || padding.length > 1024 || (payload.length + padding.length) % 16) throw new Error('bad padding');
+  const plain = concat(payload, padding);
+  const mk = await msgKey(key, x, plain);
+  const aes = await deriveAes(key, mk, x);
+  return concat(await keyId(key), mk, await cbcEncrypt(aes.key, aes.iv.slice(0, 16), plain));
+}
+
+/** Opens a packet; returns the payload (header and data) or throws the one error 'decrypt'. */
+export async function open(key, x, packet, layout) {
+  const fail = () => { throw new Error('decrypt'); };
+  if (packet.length < 40 || (packet.length - 24) % 16) fail();
+  const idOk = equalBytes(packet.slice(0, 8), await keyId(key));
+  const mk = packet.slice(8, 24);
+  const aes = await deriveAes(key, mk, x);
+  let plain;
+  try { plain = await cbcDecrypt(aes.key, aes.iv.slice(0, 16), packet.slice(24)); } catch { fail(); }
+  const macOk = equalBytes(await msgKey(key, x, plain), mk);
+  if (!(idOk && macOk) || plain.length < layout.lengthOffset + 4) fail();
+  const len = readU32(plain, layout.lengthOffset);
+  const pad = plain.length - layout.dataOffset - len;
+  if (len > plain.length || pad < 12 || pad > 1024) fail();
+  return plain.slice(0, layout.dataOffset + len);
+}
+
+// ---- DH and the proof of work ----------------------------------------------------------------
+
+export const DH_PRIME_HEX =
+  'c71caeb9c6b1c9048e6c522f70f13f73980d40238e3e21c14934d037563d930f48198a0aa7c14058229493d22530f4dbfa336f6e0ac925139543aed44cce7c3720fd51f69458705ac68cd4fe6b6b13abdc9746512969328454f18faf8c595f642477fe96bb2a941d5bcd1d4ac8cc49880708fa9b378e3c4f3a9060bee67cf9a4a4a695811051907e162753b56b0f6b410dba74d8a84b2a14b3144e0ef1284754fd17ed950d5965b4b9dd46582db1178d169c6bc465b0d6ff9ca3928fef5b9ae4e418fc15e83ebea0f87fa9ff5eed70050ded2849f47bf959d956850ce929851f0d8115f635b105ee2e4e15d04b2454bf6f4fadf034b10403119cd8e3b92fcc5b';
+const P = BigInt('0x' + DH_PRIME_HEX);
+const MARGIN = 1n << 1984n;
+
+export function bigFromBytes(b) { return b.length ? BigInt('0x' + hex(b)) : 0n; }
+export function bigToBytes(n, len) { return fromHex(n.toString(16).padStart(len * 2, '0')); }
+export function modPow(base, exp, mod) {
+  let r = 1n; base %= mod;
+  while (exp > 0n) { if (exp & 1n) r = (r * base) % mod; base = (base * base) % mod; exp >>= 1n; }
+  return r;
+}
+/** 2^(2048-64) < x < p - 2^(2048-64), which implies 1 < x < p-1. */
+export function checkDhPublic(x) { if (!(x > MARGIN && x < P - MARGIN)) throw new Error('DH value out of range'); }
+
+function gcd(a, b) { while (b) [a, b] = [b, a % b]; return a; }
+function absDiff(a, b) { return a > b ? a - b : b - a; }
+/** Pollard–Brent on a 64-bit pq; bounded, like the Rust client. */
+export function factorPq(pq) {
+  for (let c = 1n; c <= 16n; c++) {
+    const f = (x) => (x * x + c) % pq;
+    let y = 2n, r = 1n, q = 1n, g = 1n, x = 0n, ys = 0n, spent = 0;
+    while (g === 1n && spent < 1 << 22) {
+      x = y;
+      for (let i = 0n; i < r; i++) y = f(y);
+      for (let k = 0n; k < r && g === 1n; k += 128n) {
+        ys = y;
+        const m = r - k < 128n ? r - k : 128n;
+        for (let i = 0n; i < m; i++) { y = f(y); q = (q * absDiff(x, y)) % pq; }
+        g = gcd(q, pq); spent += 128;
+      }
+      r *= 2n;
+    }
+    if (g === pq) { for (let i = 0; i < 129; i++) { ys = f(ys); g = gcd(absDiff(x, ys), pq); if (g > 1n) break; } }
+    if (g !== 1n && g !== pq) { const o = pq / g; return g < o ? [g, o] : [o, g]; }
+  }
+  throw new Error('cannot factor pq');
+}
+function minimalBe(n) { let h = n.toString(16); if (h.length % 2) h = '0' + h; return h; }
+
+// ---- Server identity, X25519, HKDF, fingerprints ---------------------------------------------
+
+export async function serverFingerprint(pk) { return hex((await sha256(pk)).slice(24, 32)); }
+
+async function ed25519Verify(pk, sig, msg) {
+  const k = await subtle.importKey('raw', pk, { name: 'Ed25519' }, false, ['verify']);
+  return subtle.verify({ name: 'Ed25519' }, k, sig, msg);
+}
+
+/** A new X25519 identity: the private key is non-extractable (it can still be stored in IndexedDB). */
+export async function generateIdentity() {
+  const pair = await subtle.generateKey({ name: 'X25519' }, false, ['deriveBits']);
+  const pub = new Uint8Array(await subtle.exportKey('raw', pair.publicKey));
+  return { privateKey: pair.privateKey, pub };
+}
+
+export async function identityShortFingerprint(pub) { return hex((await sha256(utf8('mtproto-relay/identity/v1'), pub)).slice(0, 8)); }
+
+/** The 256-byte chat key: HKDF-SHA256 over X25519(own, peer), both public keys bound in order. */
+export async function chatKey(identity, peerPub) {
+  const peerKey = await subtle.importKey('raw', peerPub, { name: 'X25519' }, false, []);
+  let shared;
+  try {
+    shared = new Uint8Array(await subtle.deriveBits({ name: 'X25519', public: peerKey }, identity.privateKey, 256));
+  } catch { throw new Error('peer identity key is a low-order point'); }
+  if (shared.every((b) => b === 0)) throw new Error('peer identity key is a low-order point');
+  const [lo, hi] = compareBytes(identity.pub, peerPub) <= 0 ? [identity.pub, peerPub] : [peerPub, identity.pub];
+  const ikm = await subtle.importKey('raw', shared, 'HKDF', false, ['deriveBits']);
+  const bits = await subtle.deriveBits(
+    { name: 'HKDF', hash: 'SHA-256', salt: utf8('mtproto-relay/chat-key/v1'), info: concat(lo, hi) }, ikm, 2048);
+  return new Uint8Array(bits);
+}
+
+/** 12 groups of 5 digits from SHA-256("mtproto-relay/fingerprint/v1" ‖ chat_key). */
+export async function safetyNumber(chatKeyBytes) {
+  const d = await sha256(utf8('mtproto-relay/fingerprint/v1'), chatKeyBytes);
+  const groups = [];
+  for (let i = 0; i < 6; i++) {
+    const v = bigFromBytes(d.slice(5 * i, 5 * i + 5)) % 10000000000n;
+    groups.push(String(v / 100000n).padStart(5, '0'), String(v % 100000n).padStart(5, '0'));
+  }
+  return [groups.slice(0, 4).join(' '), groups.slice(4, 8).join(' '), groups.slice(8).join(' ')].join('\n');
+}
+
+// ---- The end-to-end chat -----------------------------------------------------------------------
+
+/** One side of a conversation: data = random_id ‖ out_seq ‖ in_seq ‖ sent_at_ms ‖ body. */
+export class Chat {
+  constructor(state) { Object.assign(this, state); this.recvAbove = new Set(state.recvAbove || []); }
+  static async create(identity, peerPub) {
+    return new Chat({ key: await chatKey(identity, peerPub), own: identity.pub, peer: peerPub, sent: 0, recvLow: 0, recvAbove: [] });
+  }
+  toJSON() { return { key: this.key, own: this.own, peer: this.peer, sent: this.sent, recvLow: this.recvLow, recvAbove: [...this.recvAbove] }; }
+  get sendX() { return compareBytes(this.own, this.peer) <= 0 ? 0 : 8; }
+  async fingerprint() { return safetyNumber(this.key); }
+  async seal(body, padding) {
+    const randomId = randomBytes(8);
+    const data = concat(randomId, u32le(this.sent), u32le(this.recvLow), u64le(Date.now()), body);
+    const packet = await seal(this.key, this.sendX, concat(u32le(data.length), data), padding);
+    this.sent += 1;
+    return { packet, randomId, seq: this.sent - 1 };
+  }
+  async open(packet) {
+    const payload = await open(this.key, 8 - this.sendX, packet, LAYOUT_E2E);
+    const d = payload.slice(4);
+    if (d.length < 24) throw new Error('decrypt');
+    const seq = readU32(d, 8), inSeq = readU32(d, 12);
+    if (seq < this.recvLow || this.recvAbove.has(seq)) { const e = new Error('replay'); e.replay = true; throw e; }
+    if (inSeq > this.sent) throw new Error('peer acknowledges messages never sent');
+    const top = this.recvAbove.size ? Math.max(...this.recvAbove) + 1 : this.recvLow;
+    if (seq - this.recvLow > 1024) throw new Error('too many missing messages');
+    const delivery = seq === top ? 'in_order' : seq > top ? `after_gap:${top}-${seq - 1}` : 'late';
+    this.recvAbove.add(seq);
+    while (this.recvAbove.has(this.recvLow)) { this.recvAbove.delete(this.recvLow); this.recvLow += 1; }
+    return { body: d.slice(24), seq, delivery, randomId: d.slice(0, 8), sentAtMs: Number(readU64(d, 16)) };
+  }
+}
+
+// ---- The session with the relay -----------------------------------------------------------------
+
+export class RelayError extends Error {
+  constructor(status, body) { super(`${body.error || status}: ${body.message || ''}`); this.status = status; this.code = body.error; this.body = body; }
+}
+
+async function postJson(base, path, body) {
+  let r;
+  try {
+    r = await fetch(base + path, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  } catch (e) { const err = new Error(`relay unreachable: ${e.message}`); err.transport = true; throw err; }
+  const text = await r.text();
+  let json; try { json = JSON.parse(text); } catch { json = { error: 'http', message: text.slice(0, 200) }; }
+  if (!r.ok) throw new RelayError(r.status, json);
+  return json;
+}
+
+/**
+ * The handshake (docs/protocol.md §1). `trace(step, detail)` reports each step; `pin` is the
+ * server fingerprint (hex) the page was served with.
+ */
+export async function handshake(base, clientId, pin, trace = () => {}) {
+  const nonce = randomBytes(16);
+  trace('req_pq', { nonce: hex(nonce) });
+  const res = await postJson(base, '/req_pq', { nonce: b64(nonce) });
+  if (!equalBytes(fromB64(res.nonce), nonce)) throw new Error('nonce mismatch');
+  if (pin && res.fingerprint !== pin) throw new Error(`untrusted server: ${res.fingerprint} is not the pinned ${pin}`);
+  const pq = BigInt('0x' + res.pq);
+  const [p, q] = factorPq(pq);
+  trace('pq_factored', { pq: pq.toString(), p: p.toString(), q: q.toString() });
+  const sn = fromB64(res.server_nonce);
+  const dh = await postJson(base, '/req_dh_params', { nonce: b64(nonce), server_nonce: b64(sn), p: minimalBe(p), q: minimalBe(q) });
+  if (!equalBytes(fromB64(dh.nonce), nonce) || !equalBytes(fromB64(dh.server_nonce), sn)) throw new Error('nonce mismatch');
+  const pk = fromB64(dh.server_public_key);
+  if ((await serverFingerprint(pk)) !== res.fingerprint) throw new Error('server key does not match its fingerprint');
+  const gBytes = u32le(dh.g), prime = fromHex(dh.dh_prime), gA = fromHex(dh.g_a);
+  const transcript = concat(utf8('mtproto-relay/server-dh-params/v1'), nonce, sn, bigToBytes(pq, 8), gBytes, prime, gA,
+    u64le(dh.server_time), pk);
+  if (!(await ed25519Verify(pk, fromB64(dh.signature), transcript))) throw new Error('server signature over the handshake is invalid');
+  if (dh.g !== 3 || dh.dh_prime.toLowerCase() !== DH_PRIME_HEX) throw new Error('unknown DH group');
+  const ga = bigFromBytes(gA);
+  checkDhPublic(ga);
+  trace('dh_params_verified', { g: dh.g, g_a: hex(gA.slice(0, 16)) + '…', signature: 'ok' });
+  const exp = bigFromBytes(randomBytes(32)) | (1n << 255n);
+  const gb = modPow(3n, exp, P);
+  checkDhPublic(gb);
+  const authKey = bigToBytes(modPow(ga, exp, P), 256);
+  const gbBytes = bigToBytes(gb, 256);
+  const done = await postJson(base, '/set_client_dh_params', { nonce: b64(nonce), server_nonce: b64(sn), g_b: hex(gbBytes), client_id: clientId });
+  const sessionId = fromB64(done.session_id), salt = fromB64(done.salt);
+  const id = utf8(clientId);
+  const newNonce = await sha256(utf8('mtproto-relay/key-confirmation/v1'), nonce, sn, gA, gbBytes, Uint8Array.of(id.length), id, sessionId, salt);
+  const digest = await sha1(authKey);
+  const aux = digest.slice(0, 8);
+  const expected = (await sha1(newNonce, Uint8Array.of(1), aux)).slice(4, 20);
+  const idOk = equalBytes(fromHex(done.auth_key_id), digest.slice(12, 20));
+  if (!(equalBytes(expected, fromHex(done.key_confirmation)) && idOk)) throw new Error('key confirmation failed');
+  trace('key_confirmed', { auth_key_id: done.auth_key_id, session_id: hex(sessionId) });
+  return new Session({
+    base, clientId, authKey, sessionId, salt, serverKey: pk,
+    timeOffset: dh.server_time - Math.floor(Date.now() / 1000), lastMsgId: 0n, contentSent: 0, seen: [], sent: [],
+  });
+}
+
+export class Session {
+  constructor(s) { Object.assign(this, s); this.lastMsgId = BigInt(s.lastMsgId || 0); }
+  toJSON() {
+    return { clientId: this.clientId, authKey: this.authKey, sessionId: this.sessionId, salt: this.salt, serverKey: this.serverKey,
+      timeOffset: this.timeOffset, lastMsgId: this.lastMsgId.toString(), contentSent: this.contentSent, seen: this.seen, sent: [] };
+  }
+  nextMsgId() {
+    const ms = Date.now() + this.timeOffset * 1000;
+    const secs = BigInt(Math.floor(ms / 1000));
+    const nanos = BigInt((ms % 1000) * 1000000 + Math.floor(Math.random() * 1000000));
+    let id = (secs << 32n) | ((nanos << 2n) & 0xfffffffcn);
+    if ((id & 0xffffffffn) === 0n) id |= 4n;
+    if (id <= this.lastMsgId) id = (this.lastMsgId | 3n) + 1n;
+    this.lastMsgId = id;
+    return id;
+  }
+  /** Seals a request body; returns {packet, msgId, seqNo}. */
+  async encode(bodyBytes) {
+    const msgId = this.nextMsgId();
+    const seqNo = 2 * this.contentSent + 1;
+    this.contentSent += 1;
+    const payload = concat(this.salt, this.sessionId, u64le(msgId), u32le(seqNo), u32le(bodyBytes.length), bodyBytes);
+    this.sent.push(msgId.toString()); if (this.sent.length > 256) this.sent.shift();
+    return { packet: await seal(this.authKey, 0, payload), msgId, seqNo };
+  }
+  /** Opens a server envelope: session id, msg_id parity and duplicates. */
+  async decode(packet) {
+    const p = await open(this.authKey, 8, packet, LAYOUT_ENVELOPE);
+    if (!equalBytes(p.slice(8, 16), this.sessionId)) throw new Error('wrong session');
+    const msgId = readU64(p, 16);
+    if (msgId % 4n !== 1n && msgId % 4n !== 3n) throw new Error('bad server msg_id');
+    const key = msgId.toString();
+    if (this.seen.includes(key)) throw new Error('duplicate server message');
+    this.seen.push(key); if (this.seen.length > 128) this.seen.shift();
+    return { msgId, seqNo: readU32(p, 24), body: p.slice(32) };
+  }
+  /** Applies a sealed bad_server_salt / bad_msg_notification; true if the request may be resent. */
+  async applyNotice(noticeB64) {
+    let inc; try { inc = await this.decode(fromB64(noticeB64)); } catch { return false; }
+    const n = JSON.parse(fromUtf8(inc.body));
+    if (!this.sent.includes(String(n.bad_msg_id))) return false;
+    if (n._ === 'bad_server_salt') { this.salt = fromB64(n.new_server_salt); return true; }
+    if (n.error_code === 16 || n.error_code === 17) {
+      this.timeOffset = Number(inc.msgId >> 32n) - Math.floor(Date.now() / 1000); return true;
+    }
+    return false;
+  }
+  /**
+   * One authenticated call. `onWire(info)` sees what crosses the wire and what it means.
+   * Resends with a fresh msg_id after an authenticated salt/clock notice.
+   */
+  async call(path, call, onWire = () => {}) {
+    const body = utf8(JSON.stringify(call));
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const { packet, msgId, seqNo } = await this.encode(body);
+      // Persist the counters before the request leaves, so a reload never reuses a seq_no.
+      if (this.beforeSend) await this.beforeSend();
+      onWire({ dir: 'out', path, msgId: msgId.toString(), seqNo, msgKey: hex(packet.slice(8, 24)), ciphertext: hex(packet.slice(24)), plaintext: call });
+      let res;
+      try { res = await postJson(this.base, path, { packet: b64(packet) }); } catch (e) {
+        if (e instanceof RelayError && e.body.notice && (await this.applyNotice(e.body.notice))) continue;
+        throw e;
+      }
+      const packetIn = fromB64(res.packet);
+      const inc = await this.decode(packetIn);
+      const answer = JSON.parse(fromUtf8(inc.body));
+      onWire({ dir: 'in', path, msgId: inc.msgId.toString(), seqNo: inc.seqNo, msgKey: hex(packetIn.slice(8, 24)), ciphertext: hex(packetIn.slice(24)), plaintext: answer });
+      return answer;
+    }
+    throw new Error('refused repeatedly');
+  }
+}
+
+// ---- Persistence (IndexedDB) --------------------------------------------------------------------
+
+function idb() {
+  return new Promise((resolve, reject) => {
+    const r = indexedDB.open('mtproto-relay', 1);
+    r.onupgradeneeded = () => r.result.createObjectStore('profiles');
+    r.onsuccess = () => resolve(r.result);
+    r.onerror = () => reject(r.error);
+  });
+}
+export async function loadProfile(name) {
+  const db = await idb();
+  return new Promise((resolve, reject) => {
+    const r = db.transaction('profiles').objectStore('profiles').get(name);
+    r.onsuccess = () => resolve(r.result || null);
+    r.onerror = () => reject(r.error);
+  });
+}
+export async function saveProfile(name, profile) {
+  const db = await idb();
+  return new Promise((resolve, reject) => {
+    const tx = db.transaction('profiles', 'readwrite');
+    tx.objectStore('profiles').put(profile, name);
+    tx.oncomplete = () => resolve();
+    tx.onerror = () => reject(tx.error);
+  });
+}
+
+// ---- The client: what both pages use ---------------------------------------------------------------
+
+/**
+ * A relay client in the page. Events: 'message' {from, text, seq, delivery}, 'key_changed' {peer},
+ * 'rejected' {from, reason}, 'expired' {to, seq}, 'wire' (see Session.call), 'status' {state, detail}.
+ */
+export class RelayClient extends EventTarget {
+  constructor(base, name, pin, persist) {
+    super(); this.base = base; this.name = name; this.pin = pin; this.persist = persist;
+    this.chats = new Map(); this.peers = new Map(); this.toAck = []; this.held = new Set(); this.stopped = false;
+  }
+  emit(type, detail) { this.dispatchEvent(new CustomEvent(type, { detail })); }
+  async save() {
+    if (!this.persist) return;
+    const chats = {}; for (const [k, c] of this.chats) chats[k] = c.toJSON();
+    await saveProfile(this.name, { identity: this.identity, session: this.session.toJSON(), chats, peers: Object.fromEntries(this.peers) });
+  }
+  static async connect({ base = '', name, pin, persist = true, trace = () => {} }) {
+    const c = new RelayClient(base, name, pin, persist);
+    const saved = persist ? await loadProfile(name) : null;
+    if (saved) {
+      c.identity = saved.identity;
+      c.session = new Session({ ...saved.session, base });
+      for (const [k, v] of Object.entries(saved.chats || {})) c.chats.set(k, new Chat(v));
+      for (const [k, v] of Object.entries(saved.peers || {})) c.peers.set(k, v);
+      trace('resumed', { auth_key_id: hex((await sha1(c.session.authKey)).slice(12, 20)) });
+    } else {
+      c.identity = await generateIdentity();
+      c.session = await handshake(base, name, pin, trace);
+    }
+    await c.call('/publish_key', { method: 'publish_key', identity_key: b64(c.identity.pub) });
+    await c.save();
+    return c;
+  }
+  async call(path, call) {
+    this.session.beforeSend = () => this.save();
+    try { return await this.session.call(path, call, (w) => this.emit('wire', w)); } catch (e) {
+      if (e instanceof RelayError && e.code === 'unknown_auth_key') {
+        this.session = await handshake(this.base, this.name, this.pin);
+        this.session.beforeSend = () => this.save();
+        await this.save();
+        return this.session.call(path, call, (w) => this.emit('wire', w));
+      }
+      throw e;
+    }
+  }
+  async ownFingerprint() { return identityShortFingerprint(this.identity.pub); }
+  async listPeers() {
+    const { peers } = await this.call('/peers', { method: 'list_peers' });
+    return peers.map((p) => {
+      const known = this.peers.get(p.client_id);
+      const key = p.identity_key ? b64(fromB64(p.identity_key)) : null;
+      const status = !key ? 'no_key' : !known ? 'new' : known.key === key ? 'known' : 'changed';
+      return { ...p, status };
+    });
+  }
+  async chatWith(peer) {
+    if (this.chats.has(peer)) return this.chats.get(peer);
+    const p = (await this.listPeers()).find((x) => x.client_id === peer);
+    if (!p || !p.identity_key) throw new Error(`${peer} has no identity key`);
+    const known = this.peers.get(peer);
+    if (known && known.key !== p.identity_key) {
+      this.emit('key_changed', { peer });
+      const e = new Error(`${peer}'s identity key CHANGED`); e.keyChanged = true; throw e;
+    }
+    if (!known) this.peers.set(peer, { key: p.identity_key, version: p.key_version, verified: false });
+    const chat = await Chat.create(this.identity, fromB64(p.identity_key));
+    this.chats.set(peer, chat);
+    await this.save();
+    return chat;
+  }
+  async acceptPeerKey(peer) {
+    const p = (await this.listPeers()).find((x) => x.client_id === peer);
+    if (!p || !p.identity_key) throw new Error(`${peer} has no identity key`);
+    this.peers.set(peer, { key: p.identity_key, version: p.key_version, verified: false });
+    this.chats.set(peer, await Chat.create(this.identity, fromB64(p.identity_key)));
+    this.held.clear();
+    await this.save();
+  }
+  async rotateIdentity() {
+    this.identity = await generateIdentity();
+    this.chats.clear();
+    await this.call('/publish_key', { method: 'publish_key', identity_key: b64(this.identity.pub) });
+    await this.save();
+  }
+  async fingerprint(peer) { return (await this.chatWith(peer)).fingerprint(); }
+  async send(peer, text) {
+    const chat = await this.chatWith(peer);
+    const sealed = await chat.seal(utf8(text));
+    await this.save();
+    return this.call('/secure_message', { method: 'send_message', target_peer: peer, payload: b64(sealed.packet) });
+  }
+  async poll(waitMs) {
+    const ack = this.toAck; this.toAck = [];
+    let answer;
+    try { answer = await this.call('/poll_messages', { method: 'poll_messages', ack, timeout_ms: waitMs }); } catch (e) { this.toAck.push(...ack); throw e; }
+    const receipts = new Map();
+    for (const m of answer.messages) {
+      if (m.kind === 'expired') { this.emit('expired', { to: m.to, seq: m.seq }); this.toAck.push(m.seq); continue; }
+      const seq = await this.openEntry(m);
+      if (seq !== null) { if (!receipts.has(m.from)) receipts.set(m.from, []); receipts.get(m.from).push(seq); }
+    }
+    await this.save();
+    for (const [peer, seqs] of receipts) {
+      try { await this.sendControl(peer, { receipt: seqs }); } catch { /* a lost receipt only delays "delivered" */ }
+    }
+    return answer.messages.length;
+  }
+  /** A control message inside the end-to-end layer: 0x00 ‖ JSON (docs/protocol.md §3). */
+  async sendControl(peer, obj) {
+    const chat = await this.chatWith(peer);
+    const sealed = await chat.seal(concat(Uint8Array.of(0), utf8(JSON.stringify(obj))));
+    await this.save();
+    return this.call('/secure_message', { method: 'send_message', target_peer: peer, payload: b64(sealed.packet) });
+  }
+  /** Opens one mailbox entry; returns the conversation seq of a message to acknowledge with a receipt. */
+  async openEntry(m) {
+    let chat;
+    try { chat = await this.chatWith(m.from); } catch (e) {
+      if (e.keyChanged && !this.held.has(m.seq)) { this.held.add(m.seq); }
+      return null;
+    }
+    try {
+      const r = await chat.open(fromB64(m.payload));
+      this.toAck.push(m.seq);
+      if (r.body[0] === 0) {
+        let ctl = {}; try { ctl = JSON.parse(fromUtf8(r.body.slice(1))); } catch { /* unknown control: ignored */ }
+        if (Array.isArray(ctl.receipt)) this.emit('delivered', { from: m.from, seqs: ctl.receipt });
+        return null;
+      }
+      this.emit('message', { from: m.from, text: fromUtf8(r.body), seq: r.seq, delivery: r.delivery, at: m.timestamp_ms });
+      return r.seq;
+    } catch (e) {
+      if (e.replay) { this.toAck.push(m.seq); return null; }
+      const changed = (await this.listPeers()).some((p) => p.client_id === m.from && p.status === 'changed');
+      if (changed) { if (!this.held.has(m.seq)) { this.held.add(m.seq); this.emit('key_changed', { peer: m.from }); } return null; }
+      this.toAck.push(m.seq);
+      this.emit('rejected', { from: m.from, reason: e.message });
+      return null;
+    }
+  }
+  /** Long-polls until stop(); reports 'status' changes and reconnects with backoff. */
+  async run() {
+    let backoff = 500;
+    while (!this.stopped) {
+      try {
+        const n = await this.poll(20000);
+        if (backoff !== 500) this.emit('status', { state: 'online' });
+        backoff = 500;
+        if (n && this.held.size >= n) await new Promise((r) => setTimeout(r, 1000));
+      } catch (e) {
+        this.emit('status', { state: 'offline', detail: e.message });
+        await new Promise((r) => setTimeout(r, backoff));
+        backoff = Math.min(backoff * 2, 8000);
+      }
+    }
+  }
+  stop() { this.stopped = true; }
+}

@@ -1,0 +1,56 @@
+// Shared harness: a real relay-server process per test file, Debian's Chromium, artifacts.
+import { spawn } from 'node:child_process';
+import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createInterface } from 'node:readline';
+import { chromium } from 'playwright-core';
+
+const here = dirname(fileURLToPath(import.meta.url));
+export const root = resolve(here, '../..');
+export const binDir = process.env.RELAY_BIN_DIR || join(root, 'target', 'debug');
+export const artifacts = join(root, 'test-artifacts');
+mkdirSync(artifacts, { recursive: true });
+
+export const CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+
+export async function launchBrowser() {
+  return chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', args: CHROMIUM_FLAGS });
+}
+
+/** Starts relay-server on an ephemeral loopback port; resolves when it prints where it listens. */
+export async function startServer(extra = []) {
+  const dir = mkdtempSync(join(tmpdir(), 'relay-browser-'));
+  const proc = spawn(join(binDir, 'relay-server'), ['--bind', '127.0.0.1:0', '--data-dir', dir, ...extra],
+    { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, RUST_LOG: 'warn' } });
+  const lines = createInterface({ input: proc.stdout });
+  const info = await new Promise((res, rej) => {
+    const t = setTimeout(() => rej(new Error('relay-server did not start')), 20000);
+    const got = {};
+    lines.on('line', (l) => {
+      const m = l.match(/listening on (http:\/\/\S+)/); if (m) got.url = m[1];
+      const f = l.match(/fingerprint ([0-9a-f]{16})/); if (f) got.fingerprint = f[1];
+      if (got.url && got.fingerprint) { clearTimeout(t); res(got); }
+    });
+    proc.on('exit', (c) => rej(new Error(`relay-server exited ${c}`)));
+  });
+  return { ...info, dir, proc, async stop() { proc.kill('SIGTERM'); await new Promise((r) => proc.once('exit', r)); rmSync(dir, { recursive: true, force: true }); } };
+}
+
+/** Records every request body a page sends, to check that no plaintext crosses the wire. */
+export function recordTraffic(page, sink) {
+  page.on('request', (r) => { const b = r.postData(); if (b) sink.push(b); sink.push(r.url()); });
+}
+
+/** Polls `fn` until it returns truthy (bounded). */
+export async function until(fn, what, ms = 20000) {
+  const end = Date.now() + ms;
+  let last;
+  while (Date.now() < end) {
+    try { last = await fn(); if (last) return last; } catch (e) { last = e; }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`timed out waiting for ${what} (last: ${last})`);
+}

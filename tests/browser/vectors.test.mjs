@@ -1,0 +1,93 @@
+// The browser module against the Rust crates' bytes: published KDF/CBC vectors and the interop
+// vectors the Rust tests commit (tests/browser/interop_vectors.json).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { launchBrowser, startServer, root } from './helpers.mjs';
+
+let server, browser, page;
+before(async () => {
+  server = await startServer(['--engine', 'memory']);
+  browser = await launchBrowser();
+  page = await browser.newPage();
+  await page.goto(server.url + '/');
+});
+after(async () => { await browser?.close(); await server?.stop(); });
+
+const interop = JSON.parse(readFileSync(join(root, 'tests/browser/interop_vectors.json'), 'utf8'));
+const published = JSON.parse(readFileSync(join(root, 'crates/mtproto-crypto/tests/data/mtproto_vectors.json'), 'utf8')).vectors;
+
+test('KDF and AES-256-CBC match the published vectors', async () => {
+  const kdf = published.filter((v) => v.category === 'kdf');
+  const cbc = published.filter((v) => v.name === 'nist_sp800_38a_f25_cbc_aes256' || v.name.startsWith('tdlib_aes256_cbc_len') && v.inputs.key);
+  const out = await page.evaluate(async ({ kdf, cbc }) => {
+    const m = await import('/js/mtproto.js');
+    const r = { kdf: [], cbc: [] };
+    for (const v of kdf) {
+      const a = await m.deriveAes(m.fromHex(v.inputs.auth_key), m.fromHex(v.inputs.msg_key), v.inputs.x);
+      r.kdf.push([m.hex(a.key), m.hex(a.iv)]);
+    }
+    for (const v of cbc) {
+      const ct = await m.cbcEncrypt(m.fromHex(v.inputs.key), m.fromHex(v.inputs.iv), m.fromHex(v.inputs.plaintext));
+      const pt = await m.cbcDecrypt(m.fromHex(v.inputs.key), m.fromHex(v.inputs.iv), ct);
+      r.cbc.push([m.hex(ct), m.hex(pt)]);
+    }
+    return r;
+  }, { kdf, cbc });
+  assert.equal(out.kdf.length, kdf.length);
+  kdf.forEach((v, i) => assert.deepEqual(out.kdf[i], [v.outputs.aes_key, v.outputs.aes_iv], v.name));
+  assert.ok(cbc.length >= 2);
+  cbc.forEach((v, i) => assert.deepEqual(out.cbc[i], [v.outputs.ciphertext, v.inputs.plaintext.toLowerCase()], v.name));
+});
+
+test('envelopes, end-to-end packets, key confirmation and fingerprints are byte-identical to Rust', async () => {
+  const out = await page.evaluate(async (v) => {
+    const m = await import('/js/mtproto.js');
+    const key = m.fromHex(v.auth_key), chat = m.fromHex(v.chat_key);
+    const r = {};
+    r.auth_key_id = m.hex(await m.keyId(key));
+    r.x0 = m.hex(await m.seal(key, 0, m.fromHex(v.envelope_payload), m.fromHex(v.envelope_padding)));
+    r.x8 = m.hex(await m.seal(key, 8, m.fromHex(v.envelope_payload), m.fromHex(v.envelope_padding)));
+    r.opened = m.hex(await m.open(key, 0, m.fromHex(v.envelope_packet_x0), m.LAYOUT_ENVELOPE));
+    r.e2e = m.hex(await m.seal(chat, 8, m.fromHex(v.e2e_payload), m.fromHex(v.e2e_padding)));
+    r.e2e_opened = m.hex(await m.open(chat, 8, m.fromHex(v.e2e_packet_x8), m.LAYOUT_E2E));
+    r.fingerprint = await m.safetyNumber(chat);
+    const c = v.confirmation_inputs, id = m.utf8(c.client_id);
+    const nn = await m.sha256(m.utf8('mtproto-relay/key-confirmation/v1'), m.fromHex(c.nonce), m.fromHex(c.server_nonce),
+      m.fromHex(c.g_a), m.fromHex(c.g_b), Uint8Array.of(id.length), id, m.fromHex(c.session_id), m.fromHex(c.salt));
+    const aux = (await m.sha1(key)).slice(0, 8);
+    r.confirmation = m.hex((await m.sha1(nn, Uint8Array.of(1), aux)).slice(4, 20));
+    // Every single-bit flip of a packet is refused with the one opaque error.
+    const pk = m.fromHex(v.envelope_packet_x0);
+    r.flips = [];
+    for (let bit = 0; bit < pk.length * 8; bit += 13) {
+      const bad = pk.slice(); bad[bit >> 3] ^= 1 << (bit & 7);
+      try { await m.open(key, 0, bad, m.LAYOUT_ENVELOPE); r.flips.push('accepted'); } catch (e) { r.flips.push(e.message); }
+    }
+    return r;
+  }, interop);
+  assert.equal(out.auth_key_id, interop.auth_key_id);
+  assert.equal(out.x0, interop.envelope_packet_x0);
+  assert.equal(out.x8, interop.envelope_packet_x8);
+  assert.equal(out.opened, interop.envelope_payload);
+  assert.equal(out.e2e, interop.e2e_packet_x8);
+  assert.equal(out.e2e_opened, interop.e2e_payload);
+  assert.equal(out.fingerprint, interop.fingerprint);
+  assert.equal(out.confirmation, interop.key_confirmation);
+  assert.ok(out.flips.length > 50);
+  assert.ok(out.flips.every((f) => f === 'decrypt'), `a flipped packet was not refused opaquely: ${[...new Set(out.flips)]}`);
+});
+
+test('X25519 chat keys agree, low-order keys are refused, pq is factored', async () => {
+  const out = await page.evaluate(async () => {
+    const m = await import('/js/mtproto.js');
+    const a = await m.generateIdentity(), b = await m.generateIdentity();
+    const k1 = await m.chatKey(a, b.pub), k2 = await m.chatKey(b, a.pub);
+    let lowOrder = 'accepted';
+    try { await m.chatKey(a, new Uint8Array(32)); } catch (e) { lowOrder = e.message; }
+    const [p, q] = m.factorPq(1468428376148703121n);
+    return { same: m.hex(k1) === m.hex(k2), len: k1.length, lowOrder, p: p.toString(), q: q.toString() };
+  });
+  assert.deepEqual(out, { same: true, len: 256, lowOrder: 'peer identity key is a low-order point', p: '1008949199', q: '1455403679' });
+});
