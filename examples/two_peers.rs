@@ -49,7 +49,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "--data-dir",
                 dir.path().to_str().unwrap_or("."),
             ]);
-            let relay = relay_server::build_relay(&config)?;
+            let relay = relay_server::build_relay(&config).await?;
             let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
             let url = format!("http://{}", listener.local_addr()?);
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: formatting, lints, unit, integration, property and
-# known-answer tests, and a short fuzz run. Installs what a fresh Debian machine lacks when run as
+# known-answer tests (the Redis ones start private redis-server processes on loopback ports),
+# the example, the browser tests in Debian's Chromium, and a short fuzz run. Installs what a fresh Debian machine lacks when run as
 # root; otherwise names the command to run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,7 @@ command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 [ -x /usr/bin/chromium ] || need+=(chromium)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v node >/dev/null 2>&1 || need+=(nodejs npm)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then

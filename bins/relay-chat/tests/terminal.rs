@@ -71,7 +71,10 @@ fn two_people_chat_in_the_terminal() {
     let dir = tempfile::tempdir().unwrap();
     let config =
         relay_server::Config::parse_from(["relay-server", "--data-dir", dir.path().to_str().unwrap()]);
-    let relay = relay_server::build_relay(&config).unwrap();
+    let relay = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(relay_server::build_relay(&config))
+        .unwrap();
     let pin = relay.server_key().public().fingerprint().to_string();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

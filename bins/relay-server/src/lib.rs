@@ -25,6 +25,8 @@ pub enum EngineKind {
     Sqlite,
     /// In memory: nothing survives a restart (tests, demos).
     Memory,
+    /// Redis: several relay nodes share one user base (`--redis-url`).
+    Redis,
 }
 
 /// Command-line and environment configuration.
@@ -62,6 +64,12 @@ pub struct Config {
     /// Longest long-poll, seconds.
     #[arg(long, env = "RELAY_POLL_MAX", default_value_t = 30)]
     pub poll_max_secs: u64,
+    /// Redis URL for `--engine redis`.
+    #[arg(long, env = "RELAY_REDIS_URL", default_value = "redis://127.0.0.1:6379/0")]
+    pub redis_url: String,
+    /// Key prefix in Redis (several deployments can share one Redis).
+    #[arg(long, env = "RELAY_REDIS_PREFIX", default_value = "mr")]
+    pub redis_prefix: String,
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "RELAY_WORKERS")]
     pub workers: Option<usize>,
@@ -151,9 +159,15 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 ///
 /// # Errors
 /// [`StartError`] when the data directory or database cannot be opened.
-pub fn open_engine(config: &Config) -> Result<Arc<dyn Engine>, StartError> {
+pub async fn open_engine(config: &Config) -> Result<Arc<dyn Engine>, StartError> {
     match config.engine {
         EngineKind::Memory => Ok(Arc::new(MemoryEngine::new())),
+        EngineKind::Redis => {
+            let engine = relay_core::RedisEngine::connect(&config.redis_url, &config.redis_prefix)
+                .await
+                .map_err(|e| StartError::Engine(format!("{}: {e}", config.redis_url)))?;
+            Ok(Arc::new(engine))
+        }
         EngineKind::Sqlite => {
             std::fs::create_dir_all(&config.data_dir)
                 .map_err(|e| StartError::Io(format!("{}: {e}", config.data_dir.display())))?;
@@ -168,9 +182,9 @@ pub fn open_engine(config: &Config) -> Result<Arc<dyn Engine>, StartError> {
 ///
 /// # Errors
 /// [`StartError`] from the key file or the engine.
-pub fn build_relay(config: &Config) -> Result<Arc<Relay>, StartError> {
+pub async fn build_relay(config: &Config) -> Result<Arc<Relay>, StartError> {
     let key = load_or_create_key(&config.key_path())?;
-    let engine = open_engine(config)?;
+    let engine = open_engine(config).await?;
     Ok(Arc::new(Relay::new(engine, key, config.relay_config())))
 }
 
@@ -310,6 +324,7 @@ async fn healthz(relay: web::Data<Relay>) -> HttpResponse {
         "status": "ok",
         "engine": relay.engine().name(),
         "fingerprint": relay.server_key().public().fingerprint().to_string(),
+        "stats": relay.engine().stats(),
     }))
 }
 

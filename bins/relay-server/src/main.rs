@@ -17,7 +17,7 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let config = Config::parse();
-    let relay = match build_relay(&config) {
+    let relay = match build_relay(&config).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("relay-server: {e}");
@@ -38,6 +38,7 @@ async fn main() -> ExitCode {
     let store = match config.engine {
         EngineKind::Sqlite => format!("sqlite at {}", config.data_dir.join("relay.db").display()),
         EngineKind::Memory => "memory (nothing is kept after exit)".to_owned(),
+        EngineKind::Redis => format!("redis at {} (prefix {})", config.redis_url, config.redis_prefix),
     };
     println!("relay-server listening on http://{addr}");
     println!("  storage:     {store}");

@@ -121,6 +121,10 @@ async fn mailbox_cap_and_ttl_are_reported_never_silent() {
         .collect();
     assert_eq!(kinds, vec!["expired", "expired"]);
     assert_eq!(notes["messages"][0]["to"], "bob");
+    // The notice names the expired message and has its own mailbox seq: no duplicate keys.
+    assert!(notes["messages"][0]["message_seq"].is_u64());
+    let raw = serde_json::to_string(&notes["messages"][0]).unwrap();
+    assert_eq!(raw.matches("\"seq\"").count(), 1, "{raw}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -748,10 +748,10 @@ impl Client {
         let mut events = Vec::new();
         for entry in answer.messages {
             match &entry.kind {
-                EntryKind::Expired { to, seq } => {
+                EntryKind::Expired { to, message_seq } => {
                     events.push(Event::Expired {
                         to: to.to_string(),
-                        seq: *seq,
+                        seq: *message_seq,
                     });
                     self.state.lock().await.to_ack.push(entry.seq);
                 }

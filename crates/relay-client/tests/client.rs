@@ -21,9 +21,9 @@ struct Server {
 }
 
 impl Server {
-    fn start(dir: &std::path::Path, bind: &str) -> Self {
+    async fn start(dir: &std::path::Path, bind: &str) -> Self {
         let config = relay_server::Config::parse_from(["relay-server", "--data-dir", dir.to_str().unwrap()]);
-        let relay = relay_server::build_relay(&config).unwrap();
+        let relay = relay_server::build_relay(&config).await.unwrap();
         let listener = std::net::TcpListener::bind(bind).unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -76,7 +76,7 @@ async fn next_message(c: &Client) -> (String, Vec<u8>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clients_chat_with_matching_fingerprints() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), "127.0.0.1:0");
+    let server = Server::start(dir.path(), "127.0.0.1:0").await;
     let alice = Client::connect(ClientConfig::new(&server.url, "alice", server.pin()))
         .await
         .unwrap();
@@ -108,7 +108,7 @@ async fn two_clients_chat_with_matching_fingerprints() {
 async fn a_client_resumes_from_its_profile_and_the_server_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let profiles = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), "127.0.0.1:0");
+    let server = Server::start(dir.path(), "127.0.0.1:0").await;
     let addr = server.url.trim_start_matches("http://").to_owned();
     let a_cfg = ClientConfig::new(&server.url, "alice", Pin::TrustOnFirstUse)
         .with_profile(profiles.path().join("alice.json"));
@@ -130,7 +130,7 @@ async fn a_client_resumes_from_its_profile_and_the_server_restarts() {
     }
     // The server restarts on the same data directory and port.
     server.stop().await;
-    let server = Server::start(dir.path(), &addr);
+    let server = Server::start(dir.path(), &addr).await;
     // Bob resumes: same identity, no new handshake needed, the message is still there.
     let bob = Client::connect(b_cfg).await.unwrap();
     assert_eq!(bob.identity_key().await, bob_key);
@@ -150,7 +150,7 @@ async fn a_client_resumes_from_its_profile_and_the_server_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_key_change_is_reported_never_silent() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), "127.0.0.1:0");
+    let server = Server::start(dir.path(), "127.0.0.1:0").await;
     let alice = Client::connect(ClientConfig::new(&server.url, "alice", server.pin()))
         .await
         .unwrap();
@@ -198,8 +198,8 @@ async fn a_peer_key_change_is_reported_never_silent() {
 async fn a_pinned_client_refuses_another_server() {
     let dir = tempfile::tempdir().unwrap();
     let other_dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), "127.0.0.1:0");
-    let impostor = Server::start(other_dir.path(), "127.0.0.1:0");
+    let server = Server::start(dir.path(), "127.0.0.1:0").await;
+    let impostor = Server::start(other_dir.path(), "127.0.0.1:0").await;
     let err = Client::connect(ClientConfig::new(&impostor.url, "alice", server.pin()))
         .await
         .unwrap_err();

@@ -20,7 +20,7 @@ mod model;
 mod notify;
 mod relay;
 
-pub use engine::{Engine, MemoryEngine, SqliteEngine};
+pub use engine::{Engine, MemoryEngine, RedisEngine, SqliteEngine};
 pub use error::{EngineError, RelayError};
 pub use model::{AuthKeyRecord, Commit, EntryKind, MailboxEntry, Op, Outcome, Peer, SessionRecord};
 pub use notify::Notifier;

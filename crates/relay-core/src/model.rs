@@ -43,8 +43,8 @@ pub enum EntryKind {
     Expired {
         /// The recipient that never acknowledged it.
         to: ClientId,
-        /// Its sequence number in that recipient's mailbox.
-        seq: u64,
+        /// Its sequence number in that recipient's mailbox (not `seq`: the entry has its own).
+        message_seq: u64,
     },
 }
 

@@ -115,6 +115,9 @@ impl KeyLocks {
 
 /// The relay.
 pub struct Relay {
+    /// Sessions as this node last committed them. A stale entry (another node committed since)
+    /// fails the commit's compare-and-swap and is re-read, so the cache only saves reads.
+    sessions: std::sync::Mutex<std::collections::HashMap<[u8; 8], crate::SessionRecord>>,
     locks: KeyLocks,
     keys: std::sync::RwLock<std::collections::HashMap<[u8; 8], Arc<CachedKey>>>,
     engine: Arc<dyn Engine>,
@@ -150,6 +153,7 @@ impl Relay {
         let notifier = Arc::new(Notifier::new());
         engine.set_notifier(notifier.clone());
         Self {
+            sessions: std::sync::Mutex::new(std::collections::HashMap::new()),
             locks: KeyLocks::default(),
             keys: std::sync::RwLock::new(std::collections::HashMap::new()),
             engine,
@@ -208,6 +212,29 @@ impl Relay {
         }
         map.insert(key_id, cached.clone());
         Ok(cached)
+    }
+
+    fn cached_session(&self, key_id: [u8; 8]) -> Option<crate::SessionRecord> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key_id)
+            .cloned()
+    }
+
+    fn cache_session(&self, key_id: [u8; 8], record: crate::SessionRecord) {
+        let mut map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= KEY_CACHE_MAX {
+            map.clear();
+        }
+        map.insert(key_id, record);
+    }
+
+    fn forget_session(&self, key_id: [u8; 8]) {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key_id);
     }
 
     fn handshake(&self) -> ServerHandshake<'_> {
@@ -321,11 +348,19 @@ impl Relay {
             }
             let guard = lock.lock().await;
             let now = self.clock.now();
-            let stored = self
-                .engine
-                .session(key_id)
-                .await?
-                .ok_or(RelayError::UnknownAuthKey)?;
+            let cached = if attempt == 0 {
+                self.cached_session(key_id)
+            } else {
+                None
+            };
+            let stored = match cached {
+                Some(s) => s,
+                None => self
+                    .engine
+                    .session(key_id)
+                    .await?
+                    .ok_or(RelayError::UnknownAuthKey)?,
+            };
             let version = stored.version;
             let mut session = stored.session;
             session.rotate_salts(now, &mut OsRng);
@@ -361,6 +396,7 @@ impl Relay {
                     .answer(
                         &call,
                         Outcome::Acked { removed: 0 },
+                        None,
                         key,
                         client_id,
                         responder,
@@ -379,13 +415,41 @@ impl Relay {
                 keep_outcome,
                 now,
             };
-            let committed = self.engine.commit(commit).await;
-            drop(guard);
-            let outcome = match committed {
-                Ok(o) => o,
-                Err(EngineError::Conflict) => continue,
+            let after = commit.session.clone();
+            let poll_limit = match &call {
+                Call::PollMessages { limit, .. } => Some(
+                    limit
+                        .unwrap_or(self.config.poll_limit)
+                        .clamp(1, self.config.poll_limit),
+                ),
+                _ => None,
+            };
+            let committed = match poll_limit {
+                Some(limit) => self
+                    .engine
+                    .commit_and_fetch(commit, limit)
+                    .await
+                    .map(|(o, e)| (o, Some(e))),
+                None => self.engine.commit(commit).await.map(|o| (o, None)),
+            };
+            let (outcome, fetched) = match committed {
+                Ok(o) => {
+                    self.cache_session(
+                        key_id,
+                        crate::SessionRecord {
+                            session: after,
+                            version: version + 1,
+                        },
+                    );
+                    o
+                }
+                Err(EngineError::Conflict) => {
+                    self.forget_session(key_id);
+                    continue;
+                }
                 Err(e) => return Err(e.into()),
             };
+            drop(guard);
             if let Call::SendMessage { target_peer, .. } = &call {
                 self.notifier.notify(target_peer.as_str());
             }
@@ -393,6 +457,7 @@ impl Relay {
                 .answer(
                     &call,
                     outcome,
+                    fetched,
                     key,
                     client_id,
                     responder,
@@ -480,6 +545,7 @@ impl Relay {
         &self,
         call: &Call,
         outcome: Outcome,
+        fetched: Option<Vec<crate::MailboxEntry>>,
         key: &AuthKey,
         client: &ClientId,
         mut responder: mtproto_session::Responder,
@@ -514,7 +580,10 @@ impl Relay {
                 let limit = limit
                     .unwrap_or(self.config.poll_limit)
                     .clamp(1, self.config.poll_limit);
-                let messages = self.long_poll(client, wait, limit).await?;
+                let messages = match fetched {
+                    Some(entries) if !entries.is_empty() => entries,
+                    _ => self.long_poll(client, wait, limit).await?,
+                };
                 (to_body(&PollAnswer { messages, acked })?, None)
             }
             (Call::ListPeers {}, _) => {
@@ -579,7 +648,7 @@ impl Relay {
         };
         tracing::debug!(client_id = %client_id, msg_id, "resent envelope answered from its stored outcome");
         let seq_no = 0;
-        self.answer(&call, outcome, key, client_id, responder, msg_id, seq_no)
+        self.answer(&call, outcome, None, key, client_id, responder, msg_id, seq_no)
             .await
     }
 

@@ -1,7 +1,7 @@
 //! The storage conformance suite: every engine must pass every test here.
 //!
 //! Each test is written once against `&dyn Engine`; `engine_tests!` instantiates it for each
-//! engine (the Redis engine joins when its server is available: see `tests/redis.rs`).
+//! engine. The Redis instance starts a private `redis-server` per test (Debian's package).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -22,15 +22,29 @@ macro_rules! engine_tests {
     };
 }
 
+type Made = (
+    std::sync::Arc<dyn relay_core::Engine>,
+    Box<dyn std::any::Any + Send>,
+);
+
 engine_tests!(memory, || async {
-    std::sync::Arc::new(relay_core::MemoryEngine::new()) as std::sync::Arc<dyn relay_core::Engine>
+    let engine: std::sync::Arc<dyn relay_core::Engine> = std::sync::Arc::new(relay_core::MemoryEngine::new());
+    (engine, Box::new(()) as Box<dyn std::any::Any + Send>) as super::Made
 });
 engine_tests!(sqlite, || async {
     let dir = tempfile::tempdir().unwrap();
-    let engine = relay_core::SqliteEngine::open(&dir.path().join("relay.db")).unwrap();
-    // Keep the directory alive for the test's duration.
-    std::mem::forget(dir);
-    std::sync::Arc::new(engine) as std::sync::Arc<dyn relay_core::Engine>
+    let engine: std::sync::Arc<dyn relay_core::Engine> =
+        std::sync::Arc::new(relay_core::SqliteEngine::open(&dir.path().join("relay.db")).unwrap());
+    (engine, Box::new(dir) as Box<dyn std::any::Any + Send>) as super::Made
+});
+engine_tests!(redis, || async {
+    let server = suite::RedisProcess::start();
+    let engine: std::sync::Arc<dyn relay_core::Engine> = std::sync::Arc::new(
+        relay_core::RedisEngine::connect(&server.url, "test")
+            .await
+            .unwrap(),
+    );
+    (engine, Box::new(server) as Box<dyn std::any::Any + Send>) as super::Made
 });
 
 #[tokio::test]

@@ -510,7 +510,7 @@ export class RelayClient extends EventTarget {
     try { answer = await this.call('/poll_messages', { method: 'poll_messages', ack, timeout_ms: waitMs }); } catch (e) { this.toAck.push(...ack); throw e; }
     const receipts = new Map();
     for (const m of answer.messages) {
-      if (m.kind === 'expired') { this.emit('expired', { to: m.to, seq: m.seq }); this.toAck.push(m.seq); continue; }
+      if (m.kind === 'expired') { this.emit('expired', { to: m.to, seq: m.message_seq }); this.toAck.push(m.seq); continue; }
       const seq = await this.openEntry(m);
       if (seq !== null) { if (!receipts.has(m.from)) receipts.set(m.from, []); receipts.get(m.from).push(seq); }
     }

@@ -40,7 +40,7 @@ impl Server {
         ];
         args.extend_from_slice(extra);
         let config = relay_server::Config::parse_from(args);
-        let relay = relay_server::build_relay(&config).unwrap();
+        let relay = relay_server::build_relay(&config).await.unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -282,7 +282,7 @@ impl Engine for MemoryEngine {
                 MailboxEntry {
                     seq: n,
                     from: RELAY_SENDER.to_owned(),
-                    kind: EntryKind::Expired { to, seq },
+                    kind: EntryKind::Expired { to, message_seq: seq },
                     payload: Bytes(Vec::new()),
                     timestamp_ms: millis(now),
                     expires_at: u64::MAX / 2,

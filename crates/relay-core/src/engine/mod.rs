@@ -13,9 +13,11 @@ use mtproto_session::{ClientId, PendingHandshake, ServerSession, UnixTime};
 use crate::{AuthKeyRecord, Commit, EngineError, MailboxEntry, Notifier, Outcome, Peer, SessionRecord};
 
 mod memory;
+mod redis_engine;
 mod sqlite;
 
 pub use memory::MemoryEngine;
+pub use redis_engine::RedisEngine;
 pub use sqlite::SqliteEngine;
 
 /// How long outcomes of committed requests are kept for resends (longer than the 300 s msg_id
@@ -77,6 +79,28 @@ pub trait Engine: Send + Sync + 'static {
     /// [`EngineError::Conflict`] when the session moved on; [`EngineError::UnknownPeer`],
     /// [`EngineError::MailboxFull`] for a send.
     async fn commit(&self, commit: Commit) -> Result<Outcome, EngineError>;
+
+    /// Commits a poll's acknowledgements and reads the mailbox in one step (one round trip for
+    /// engines that can). The default runs [`Engine::commit`] then [`Engine::fetch`].
+    ///
+    /// # Errors
+    /// As [`Engine::commit`].
+    async fn commit_and_fetch(
+        &self,
+        commit: Commit,
+        limit: usize,
+    ) -> Result<(Outcome, Vec<MailboxEntry>), EngineError> {
+        let client = commit.client.clone();
+        let now = commit.now;
+        let outcome = self.commit(commit).await?;
+        let entries = self.fetch(&client, limit, now).await?;
+        Ok((outcome, entries))
+    }
+
+    /// Engine counters for `/healthz` (e.g. Redis round trips), if the engine keeps any.
+    fn stats(&self) -> Option<serde_json::Value> {
+        None
+    }
 
     /// The stored outcome of a committed request.
     async fn outcome(&self, key_id: [u8; 8], msg_id: u64) -> Result<Option<Outcome>, EngineError>;

@@ -582,7 +582,10 @@ impl Engine for SqliteEngine {
                 let (Ok(sender), Ok(to)) = (ClientId::new(&from), ClientId::new(&to)) else {
                     continue;
                 };
-                let notice = EntryKind::Expired { to, seq: as_u64(seq) };
+                let notice = EntryKind::Expired {
+                    to,
+                    message_seq: as_u64(seq),
+                };
                 append(
                     c,
                     sender.as_str(),

@@ -127,10 +127,70 @@ macro_rules! case {
     ($make:expr, $name:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
-            let engine = ($make)().await;
+            // The guard (a temporary directory, a Redis process) lives as long as the test.
+            let (engine, _guard) = ($make)().await;
             suite::$name(&*engine).await;
         }
     };
+}
+
+/// A private `redis-server` on a free loopback port, with AOF `appendfsync always` (the setting
+/// the no-loss promise needs), killed when dropped.
+pub struct RedisProcess {
+    child: std::process::Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisProcess {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let bin = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let child = std::process::Command::new(&bin)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+            ])
+            .args(["--appendfsync", "always", "--dir", dir.path().to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {bin} ({e}): install Debian's redis-server (scripts/test.sh does)")
+            });
+        let url = format!("redis://127.0.0.1:{port}/0");
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Self {
+                    child,
+                    url,
+                    _dir: dir,
+                };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("redis-server did not start on port {port}");
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 pub(crate) use case;
 
@@ -383,7 +443,7 @@ pub async fn expiry_tells_the_sender(e: &dyn Engine) {
         notes[0].kind,
         EntryKind::Expired {
             to: bob.client.clone(),
-            seq
+            message_seq: seq
         }
     );
 }

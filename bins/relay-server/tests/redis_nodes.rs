@@ -1,0 +1,210 @@
+//! Two relay-server processes sharing one Redis: alice on node 1, bob on node 2, long-polls on
+//! opposite nodes, then node 1 is killed mid-conversation and alice carries on through node 2.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    missing_docs
+)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{payloads, seqs, Raw};
+use mtproto_crypto::ServerPublicKey;
+use mtproto_session::wire::Bytes;
+
+struct Redis {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into()))
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .args(["--dir", dir.path().to_str().unwrap()])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package) is needed; scripts/test.sh installs it");
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Self {
+                    child,
+                    url: format!("redis://127.0.0.1:{port}/0"),
+                    _dir: dir,
+                };
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("redis did not start");
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Node {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Both nodes share the server key file, as a deployment behind one name would.
+fn node(redis: &str, key_file: &std::path::Path, data: &std::path::Path) -> Node {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_relay-server"))
+        .args([
+            "--bind",
+            "127.0.0.1:0",
+            "--engine",
+            "redis",
+            "--redis-url",
+            redis,
+            "--workers",
+            "1",
+        ])
+        .arg("--key-file")
+        .arg(key_file)
+        .arg("--data-dir")
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    std::thread::spawn(move || for _ in lines {});
+    Node {
+        child,
+        url: first.split_whitespace().last().unwrap().to_owned(),
+    }
+}
+
+async fn key_of(url: &str) -> ServerPublicKey {
+    let v: serde_json::Value = reqwest::get(format!("{url}/server_key"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    ServerPublicKey::from_slice(
+        &serde_json::from_value::<Bytes>(v["public_key"].clone())
+            .unwrap()
+            .0,
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_one_redis_and_a_node_dies() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("server_key");
+    let n1 = node(&redis.url, &key_file, &dir.path().join("n1"));
+    let n2 = node(&redis.url, &key_file, &dir.path().join("n2"));
+    let key = key_of(&n1.url).await;
+    assert_eq!(key, key_of(&n2.url).await);
+
+    let mut alice = Raw::connect(&n1.url, "alice", key).await;
+    let mut bob = Raw::connect(&n2.url, "bob", key).await;
+
+    // Bob long-polls on node 2; alice sends on node 1: the wake-up crosses nodes.
+    let wait = Duration::from_secs(20);
+    let poller = tokio::spawn(async move {
+        let t = Instant::now();
+        let got = bob.poll(vec![], wait.as_millis() as u64).await;
+        (bob, got, t.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(alice.send("bob", b"across nodes").await.0, 200);
+    let (mut bob, got, elapsed) = poller.await.unwrap();
+    assert_eq!(payloads(&got), vec![b"across nodes".to_vec()]);
+    assert!(
+        elapsed < wait / 2,
+        "the cross-node wake-up did not arrive ({elapsed:?})"
+    );
+
+    // And back: alice long-polls on node 1, bob sends on node 2.
+    let poller = tokio::spawn(async move {
+        let got = alice.poll(vec![], 20_000).await;
+        (alice, got)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(bob.send("alice", b"and back").await.0, 200);
+    let (mut alice, got) = poller.await.unwrap();
+    assert_eq!(payloads(&got), vec![b"and back".to_vec()]);
+    let alice_acks = seqs(&got);
+    // Bob acknowledges what he has read so far ("across nodes").
+    let seen = bob.poll(vec![], 0).await;
+    bob.poll(seqs(&seen), 0).await;
+
+    // Node 1 dies mid-conversation. Alice's session lives in Redis: she continues on node 2.
+    for i in 0..3 {
+        assert_eq!(
+            alice.send("bob", format!("before crash {i}").as_bytes()).await.0,
+            200
+        );
+    }
+    drop(n1);
+    alice.base = n2.url.clone();
+    assert_eq!(alice.send("bob", b"after crash").await.0, 200);
+    let after = alice.poll(alice_acks, 0).await;
+    assert!(payloads(&after).is_empty(), "acks made on node 1 hold on node 2");
+    let got = bob.poll(vec![], 0).await;
+    let texts: Vec<String> = payloads(&got)
+        .into_iter()
+        .map(|p| String::from_utf8(p).unwrap())
+        .collect();
+    assert_eq!(
+        texts,
+        vec![
+            "before crash 0",
+            "before crash 1",
+            "before crash 2",
+            "after crash"
+        ]
+    );
+    let health: serde_json::Value = reqwest::get(format!("{}/healthz", n2.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["engine"], "redis");
+    assert!(health["stats"]["redis_round_trips"].as_u64().unwrap() > 0);
+}
