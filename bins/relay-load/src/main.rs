@@ -52,6 +52,10 @@ struct Args {
     /// A prefix for user names, so runs against one server do not collide.
     #[arg(long, default_value = "load")]
     prefix: String,
+    /// Send to the users of another generator (its `--prefix`), e.g. one on another node; by
+    /// default users send around a ring of this generator's own users.
+    #[arg(long)]
+    peer_prefix: Option<String>,
 }
 
 fn now() -> UnixTime {
@@ -182,12 +186,11 @@ async fn setup(http: &reqwest::Client, args: &Args) -> Result<Vec<Arc<User>>, St
         .map_err(fail)?;
     let pk: Bytes = serde_json::from_value(v["public_key"].clone()).map_err(fail)?;
     let key = ServerPublicKey::from_slice(&pk.0).map_err(fail)?;
-    let run = std::process::id();
     let sem = Arc::new(tokio::sync::Semaphore::new(16));
     let mut tasks = Vec::new();
     for i in 0..args.users {
         let (http, base, sem) = (http.clone(), args.server.clone(), sem.clone());
-        let name = format!("{}{run}u{i}", args.prefix);
+        let name = format!("{}u{i}", args.prefix);
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire().await.map_err(fail)?;
             handshake(&http, &base, &name, key).await
@@ -211,13 +214,33 @@ async fn relay_mode(http: reqwest::Client, args: Args) -> Result<(), String> {
     let sent = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
-    let deadline = Instant::now() + Duration::from_secs(args.duration_secs);
     let mut tasks = Vec::new();
+    let targets: Vec<String> = match &args.peer_prefix {
+        Some(p) => (0..users.len()).map(|i| format!("{p}u{i}")).collect(),
+        None => (0..users.len())
+            .map(|i| users.get((i + 1) % users.len()).map(|u| u.name.clone()).unwrap_or_default())
+            .collect(),
+    };
+    if args.peer_prefix.is_some() {
+        // Wait (bounded) until the other generator's users exist.
+        let probe = users.first().cloned().ok_or("no users")?;
+        let want = targets.last().cloned().unwrap_or_default();
+        let mut found = false;
+        for _ in 0..300 {
+            let v = call(&http, &args.server, &probe, "/peers", &Call::ListPeers {}).await?;
+            if v["peers"].as_array().into_iter().flatten().any(|p| p["client_id"] == want.as_str()) {
+                found = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if !found {
+            return Err(format!("peer users ({want}) never appeared"));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(args.duration_secs);
     for (i, user) in users.iter().enumerate() {
-        let target = users
-            .get((i + 1) % users.len())
-            .map(|u| u.name.clone())
-            .unwrap_or_default();
+        let target = targets.get(i).cloned().unwrap_or_default();
         let (h, base, u, sent, errs) = (
             http.clone(),
             args.server.clone(),

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The relay on Redis: redis-benchmark for reference, then the load generator against one node
+# and against two nodes (two generators, each sending to the other's users through the other
+# node), with Redis round trips per delivered message counted by the engine (/healthz).
+# Redis runs with appendfsync always, the setting the no-loss promise needs.
+# Usage: scripts/bench-redis.sh [USERS] [SECONDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+users="${1:-64}"; secs="${2:-10}"
+cargo build --release -q -p relay-server -p relay-load
+bin=target/release
+tmp="$(mktemp -d)"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$tmp"; }
+trap cleanup EXIT
+redis-server --port 18379 --bind 127.0.0.1 --save "" --appendonly yes --appendfsync always --dir "$tmp" >/dev/null &
+pids+=($!)
+for _ in $(seq 100); do redis-cli -p 18379 ping >/dev/null 2>&1 && break; sleep 0.1; done
+echo "redis-benchmark (50 clients, appendfsync always):"
+redis-benchmark -p 18379 -q -n 100000 -c 50 -t set,get,incr,zadd | tr "\r" "\n" | grep "requests per second"
+node() { # port
+  RUST_LOG=warn "$bin/relay-server" --engine redis --redis-url redis://127.0.0.1:18379/0 --bind "127.0.0.1:$1" \
+    --key-file "$tmp/server_key" --data-dir "$tmp/n$1" --mailbox-cap 1000000 >/dev/null 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do curl -fs "http://127.0.0.1:$1/healthz" >/dev/null 2>&1 && return; sleep 0.1; done
+  echo "node $1 did not start" >&2; exit 1
+}
+trips() { curl -fs "http://127.0.0.1:$1/healthz" | sed -E 's/.*"redis_round_trips":([0-9]+).*/\1/'; }
+node 18281
+node 18282
+echo "one node:"
+t0=$(trips 18281)
+out=$("$bin/relay-load" --server http://127.0.0.1:18281 --mode relay --users "$users" --duration-secs "$secs" --prefix one)
+echo "$out" | tail -1
+t1=$(trips 18281)
+deliv=$(echo "$out" | tail -1 | sed -E 's/.*deliveries=([0-9]+).*/\1/')
+setup=$((users * 8))  # handshake, key publication and directory reads before the timed run
+echo "redis round trips: $((t1 - t0)) total, $(( (t1 - t0 - setup) * 100 / deliv ))/100 per delivered message (setup excluded: ~$setup)"
+echo "two nodes (generator a on node 1 sends to generator b's users on node 2 and back):"
+a0=$(trips 18281); b0=$(trips 18282)
+"$bin/relay-load" --server http://127.0.0.1:18281 --mode relay --users "$users" --duration-secs "$secs" --prefix a --peer-prefix b > "$tmp/a.out" &
+la=$!
+"$bin/relay-load" --server http://127.0.0.1:18282 --mode relay --users "$users" --duration-secs "$secs" --prefix b --peer-prefix a > "$tmp/b.out"
+wait $la
+tail -1 "$tmp/a.out"; tail -1 "$tmp/b.out"
+a1=$(trips 18281); b1=$(trips 18282)
+da=$(tail -1 "$tmp/a.out" | sed -E 's/.*deliveries=([0-9]+).*/\1/'); db=$(tail -1 "$tmp/b.out" | sed -E 's/.*deliveries=([0-9]+).*/\1/')
+echo "redis round trips: $(( (a1 - a0) + (b1 - b0) )) total for $((da + db)) deliveries"
