@@ -218,7 +218,12 @@ async fn relay_mode(http: reqwest::Client, args: Args) -> Result<(), String> {
     let targets: Vec<String> = match &args.peer_prefix {
         Some(p) => (0..users.len()).map(|i| format!("{p}u{i}")).collect(),
         None => (0..users.len())
-            .map(|i| users.get((i + 1) % users.len()).map(|u| u.name.clone()).unwrap_or_default())
+            .map(|i| {
+                users
+                    .get((i + 1) % users.len())
+                    .map(|u| u.name.clone())
+                    .unwrap_or_default()
+            })
             .collect(),
     };
     if args.peer_prefix.is_some() {
@@ -228,7 +233,12 @@ async fn relay_mode(http: reqwest::Client, args: Args) -> Result<(), String> {
         let mut found = false;
         for _ in 0..300 {
             let v = call(&http, &args.server, &probe, "/peers", &Call::ListPeers {}).await?;
-            if v["peers"].as_array().into_iter().flatten().any(|p| p["client_id"] == want.as_str()) {
+            if v["peers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["client_id"] == want.as_str())
+            {
                 found = true;
                 break;
             }
