@@ -342,21 +342,12 @@ impl ServerSession {
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Result<Outgoing> {
         self.rotate_salts(now, rng);
-        let salt = self.salts.current(now).unwrap_or(ServerSalt([0; 8]));
-        let msg_id = self.msg_ids.next(Sender::Server { response }, now);
-        let seq_no = self.seq.next(response);
-        let h = Header {
-            salt,
-            session_id: self.session_id,
-            msg_id,
-            seq_no,
-        };
-        let packet = seal(key, Direction::ServerToClient, h, body, rng)?;
-        Ok(Outgoing {
-            msg_id,
-            seq_no,
-            packet,
-        })
+        let mut r = self.responder();
+        let out = r.encode(key, body, response, now, rng)?;
+        // Keep the counters the responder advanced.
+        self.msg_ids = r.msg_ids;
+        self.seq = r.seq;
+        Ok(out)
     }
 
     /// What answering needs (id, salts, counters) without the replay window: cheap to copy out
@@ -424,9 +415,21 @@ impl Responder {
         now: UnixTime,
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Result<Outgoing> {
+        self.encode(key, body, true, now, rng)
+    }
+
+    /// Seals a body: msg_id ≡ 1 mod 4 and an odd seq_no for a response, ≡ 3 and even otherwise.
+    fn encode(
+        &mut self,
+        key: &AuthKey,
+        body: &[u8],
+        response: bool,
+        now: UnixTime,
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Result<Outgoing> {
         let salt = self.salts.current(now).unwrap_or(ServerSalt([0; 8]));
-        let msg_id = self.msg_ids.next(Sender::Server { response: true }, now);
-        let seq_no = self.seq.next(true);
+        let msg_id = self.msg_ids.next(Sender::Server { response }, now);
+        let seq_no = self.seq.next(response);
         let h = Header {
             salt,
             session_id: self.session_id,

@@ -600,22 +600,14 @@ impl Client {
                 return Ok(());
             }
         }
-        let view = self
-            .peers()
-            .await?
-            .into_iter()
-            .find(|p| p.client_id == peer)
-            .ok_or_else(|| ClientError::NoPeerKey(peer.into()))?;
-        let key = view
-            .identity_key
-            .ok_or_else(|| ClientError::NoPeerKey(peer.into()))?;
+        let (key, key_version) = self.directory_key(peer).await?;
         let mut st = self.state.lock().await;
         match st.peers.get(peer) {
             Some(known) if known.identity_key != *key.as_bytes() => {
                 return Err(ClientError::PeerKeyChanged {
                     peer: peer.into(),
                     old_version: known.key_version,
-                    new_version: view.key_version,
+                    new_version: key_version,
                 });
             }
             Some(_) => {}
@@ -624,7 +616,7 @@ impl Client {
                     peer.to_owned(),
                     KnownPeer {
                         identity_key: *key.as_bytes(),
-                        key_version: view.key_version,
+                        key_version,
                         verified: false,
                     },
                 );
@@ -640,6 +632,24 @@ impl Client {
     /// # Errors
     /// [`ClientError::NoPeerKey`], transport and server errors.
     pub async fn accept_peer_key(&self, peer: &str) -> Result<(), ClientError> {
+        let (key, key_version) = self.directory_key(peer).await?;
+        let mut st = self.state.lock().await;
+        st.peers.insert(
+            peer.to_owned(),
+            KnownPeer {
+                identity_key: *key.as_bytes(),
+                key_version,
+                verified: false,
+            },
+        );
+        let chat = ChatState::new(&st.identity, key)?;
+        st.chats.insert(peer.to_owned(), chat);
+        st.held.clear();
+        self.save(&st)
+    }
+
+    /// `peer`'s identity key and its version as the directory shows them now.
+    async fn directory_key(&self, peer: &str) -> Result<(IdentityPublic, u32), ClientError> {
         let view = self
             .peers()
             .await?
@@ -649,19 +659,7 @@ impl Client {
         let key = view
             .identity_key
             .ok_or_else(|| ClientError::NoPeerKey(peer.into()))?;
-        let mut st = self.state.lock().await;
-        st.peers.insert(
-            peer.to_owned(),
-            KnownPeer {
-                identity_key: *key.as_bytes(),
-                key_version: view.key_version,
-                verified: false,
-            },
-        );
-        let chat = ChatState::new(&st.identity, key)?;
-        st.chats.insert(peer.to_owned(), chat);
-        st.held.clear();
-        self.save(&st)
+        Ok((key, view.key_version))
     }
 
     /// The safety number to compare with `peer` (identical on both sides).
