@@ -26,3 +26,5 @@ start sqlite 18082
 "$bin/relay-load" --server http://127.0.0.1:18081 --mode echo --users "$users" --duration-secs "$secs" --payload "$payload"
 "$bin/relay-load" --server http://127.0.0.1:18081 --mode relay --users "$users" --duration-secs "$secs" --payload "$payload" --prefix mem
 "$bin/relay-load" --server http://127.0.0.1:18082 --mode relay --users "$users" --duration-secs "$secs" --payload "$payload" --prefix sql
+"$bin/relay-load" --server http://127.0.0.1:18081 --mode send --users "$users" --duration-secs "$secs" --payload "$payload" --prefix memsend
+"$bin/relay-load" --server http://127.0.0.1:18082 --mode send --users "$users" --duration-secs "$secs" --payload "$payload" --prefix sqlsend

@@ -3,6 +3,8 @@
 //! - `--mode relay`: every user handshakes once, then sends to the next user in a ring (one send
 //!   in flight per user) while long-polling its own mailbox with acks. Reports sends/s,
 //!   deliveries/s and send → delivery latency percentiles.
+//! - `--mode send`: the send path alone — the same sends, with nobody polling (start the server
+//!   with a large `--mailbox-cap`). Reports sends/s.
 //! - `--mode echo`: the same number of concurrent users POST a JSON body of the same size to the
 //!   server's plain `/echo` endpoint (start the server with `--echo`): the framework's own limit.
 //! - `--mode idle`: every user handshakes and then keeps one long-poll waiting, for measuring the
@@ -27,6 +29,7 @@ use tokio::sync::Mutex;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Mode {
     Relay,
+    Send,
     Echo,
     Idle,
 }
@@ -203,7 +206,7 @@ async fn setup(http: &reqwest::Client, args: &Args) -> Result<Vec<Arc<User>>, St
     Ok(users)
 }
 
-async fn relay_mode(http: reqwest::Client, args: Args) -> Result<(), String> {
+async fn relay_mode(http: reqwest::Client, args: Args, poll: bool) -> Result<(), String> {
     let t = Instant::now();
     let users = setup(&http, &args).await?;
     println!(
@@ -279,6 +282,9 @@ async fn relay_mode(http: reqwest::Client, args: Args) -> Result<(), String> {
             }
             Ok::<(), String>(())
         }));
+        if !poll {
+            continue;
+        }
         let (http, base, user, latencies, errors) = (
             http.clone(),
             args.server.clone(),
@@ -329,7 +335,8 @@ async fn relay_mode(http: reqwest::Client, args: Args) -> Result<(), String> {
     lat.sort_unstable();
     let sends = sent.load(Ordering::Relaxed);
     println!(
-        "relay: users={} payload={}B sends={} ({:.0}/s) deliveries={} ({:.0}/s) errors={} latency_ms p50={:.2} p90={:.2} p99={:.2} max={:.2}",
+        "{}: users={} payload={}B sends={} ({:.0}/s) deliveries={} ({:.0}/s) errors={} latency_ms p50={:.2} p90={:.2} p99={:.2} max={:.2}",
+        if poll { "relay" } else { "send-only" },
         args.users,
         args.payload,
         sends,
@@ -450,7 +457,8 @@ async fn main() -> std::process::ExitCode {
         }
     };
     let r = match args.mode {
-        Mode::Relay => relay_mode(http, args).await,
+        Mode::Relay => relay_mode(http, args, true).await,
+        Mode::Send => relay_mode(http, args, false).await,
         Mode::Echo => echo_mode(http, args).await,
         Mode::Idle => idle_mode(http, args).await,
     };

@@ -250,6 +250,123 @@ fn remove_entry(conn: &Connection, recipient: &str, seq: i64) -> Result<bool, En
     Ok(n > 0)
 }
 
+/// One request's commit (see [`Engine::commit`]), inside the writer's transaction.
+fn commit_in(c: &Connection, cm: &Commit) -> Result<Outcome, EngineError> {
+    let key = cm.key_id.to_vec();
+    let updated = c
+        .prepare_cached(
+            "UPDATE sessions SET data = ?2, version = version + 1 WHERE key_id = ?1 AND version = ?3",
+        )
+        .map_err(storage)?
+        .execute(params![key, to_json(&cm.session)?, as_i64(cm.expected_version)])
+        .map_err(storage)?;
+    if updated != 1 {
+        return Err(EngineError::Conflict);
+    }
+    let now_s = cm.now.as_secs();
+    let me = cm.client.as_str();
+    let outcome = match &cm.op {
+        Op::Touch => Outcome::Done,
+        Op::Send {
+            to,
+            payload,
+            cap,
+            ttl_secs,
+        } => {
+            let seq = append(
+                c,
+                to.as_str(),
+                me,
+                &EntryKind::Message,
+                payload,
+                cm.now,
+                now_s + ttl_secs,
+                Some(*cap),
+            )?;
+            Outcome::Sent {
+                seq,
+                timestamp_ms: cm.now.as_nanos() / 1_000_000,
+            }
+        }
+        Op::Ack { seqs } => {
+            let mut removed = 0;
+            for s in seqs {
+                removed += usize::from(remove_entry(c, me, as_i64(*s))?);
+            }
+            Outcome::Acked { removed }
+        }
+        Op::PublishKey { key } => {
+            let (peer, _) = get_peer(c, me)?.ok_or(EngineError::UnknownPeer)?;
+            let changed = peer.identity_key != Some(*key);
+            let version = peer.key_version + u32::from(changed);
+            c.execute(
+                "UPDATE peers SET identity_key = ?2, key_version = ?3 WHERE client_id = ?1",
+                params![me, key.to_vec(), i64::from(version)],
+            )
+            .map_err(storage)?;
+            Outcome::KeyPublished {
+                changed,
+                key_version: version,
+            }
+        }
+    };
+    c.prepare_cached("UPDATE peers SET last_seen = ?2 WHERE client_id = ?1 AND last_seen <> ?2")
+        .map_err(storage)?
+        .execute(params![me, as_i64(now_s)])
+        .map_err(storage)?;
+    if cm.keep_outcome {
+        c.prepare_cached(
+            "INSERT OR REPLACE INTO outcomes (key_id, msg_id, data, created_at) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .map_err(storage)?
+        .execute(params![key, as_i64(cm.msg_id), to_json(&outcome)?, as_i64(now_s)])
+        .map_err(storage)?;
+    }
+    Ok(outcome)
+}
+
+/// Up to `limit` unexpired entries of `client`'s mailbox, oldest first.
+fn fetch_in(
+    c: &Connection,
+    client: &str,
+    limit: usize,
+    now: UnixTime,
+) -> Result<Vec<MailboxEntry>, EngineError> {
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT seq, sender, kind, payload, ts, expires_at FROM mailbox WHERE recipient = ?1 AND expires_at > ?2 ORDER BY seq LIMIT ?3",
+        )
+        .map_err(storage)?;
+    let rows = stmt
+        .query_map(
+            params![client, as_i64(now.as_secs()), as_i64(limit as u64)],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                ))
+            },
+        )
+        .map_err(storage)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, from, kind, payload, ts, exp) = row.map_err(storage)?;
+        out.push(MailboxEntry {
+            seq: as_u64(seq),
+            from,
+            kind: from_json(&kind)?,
+            payload: Bytes(payload),
+            timestamp_ms: as_u64(ts),
+            expires_at: as_u64(exp),
+        });
+    }
+    Ok(out)
+}
+
 #[async_trait::async_trait]
 impl Engine for SqliteEngine {
     fn name(&self) -> &'static str {
@@ -422,54 +539,18 @@ impl Engine for SqliteEngine {
     }
 
     async fn commit(&self, cm: Commit) -> Result<Outcome, EngineError> {
+        self.call(move |c| commit_in(c, &cm)).await
+    }
+
+    async fn commit_and_fetch(
+        &self,
+        cm: Commit,
+        limit: usize,
+    ) -> Result<(Outcome, Vec<MailboxEntry>), EngineError> {
+        // One trip through the writer: the acks and the read share a transaction.
         self.call(move |c| {
-            let key = cm.key_id.to_vec();
-            let updated = c
-                .prepare_cached("UPDATE sessions SET data = ?2, version = version + 1 WHERE key_id = ?1 AND version = ?3")
-                .map_err(storage)?
-                .execute(params![key, to_json(&cm.session)?, as_i64(cm.expected_version)])
-                .map_err(storage)?;
-            if updated != 1 {
-                return Err(EngineError::Conflict);
-            }
-            let now_s = cm.now.as_secs();
-            let me = cm.client.as_str();
-            let outcome = match &cm.op {
-                Op::Touch => Outcome::Done,
-                Op::Send { to, payload, cap, ttl_secs } => {
-                    let seq = append(c, to.as_str(), me, &EntryKind::Message, payload, cm.now, now_s + ttl_secs, Some(*cap))?;
-                    Outcome::Sent { seq, timestamp_ms: cm.now.as_nanos() / 1_000_000 }
-                }
-                Op::Ack { seqs } => {
-                    let mut removed = 0;
-                    for s in seqs {
-                        removed += usize::from(remove_entry(c, me, as_i64(*s))?);
-                    }
-                    Outcome::Acked { removed }
-                }
-                Op::PublishKey { key } => {
-                    let (peer, _) = get_peer(c, me)?.ok_or(EngineError::UnknownPeer)?;
-                    let changed = peer.identity_key != Some(*key);
-                    let version = peer.key_version + u32::from(changed);
-                    c.execute(
-                        "UPDATE peers SET identity_key = ?2, key_version = ?3 WHERE client_id = ?1",
-                        params![me, key.to_vec(), i64::from(version)],
-                    )
-                    .map_err(storage)?;
-                    Outcome::KeyPublished { changed, key_version: version }
-                }
-            };
-            c.prepare_cached("UPDATE peers SET last_seen = ?2 WHERE client_id = ?1 AND last_seen <> ?2")
-                .map_err(storage)?
-                .execute(params![me, as_i64(now_s)])
-                .map_err(storage)?;
-            if cm.keep_outcome {
-                c.prepare_cached("INSERT OR REPLACE INTO outcomes (key_id, msg_id, data, created_at) VALUES (?1, ?2, ?3, ?4)")
-                    .map_err(storage)?
-                    .execute(params![key, as_i64(cm.msg_id), to_json(&outcome)?, as_i64(now_s)])
-                    .map_err(storage)?;
-            }
-            Ok(outcome)
+            let outcome = commit_in(c, &cm)?;
+            Ok((outcome, fetch_in(c, cm.client.as_str(), limit, cm.now)?))
         })
         .await
     }
@@ -496,32 +577,7 @@ impl Engine for SqliteEngine {
         now: UnixTime,
     ) -> Result<Vec<MailboxEntry>, EngineError> {
         let client = client.as_str().to_owned();
-        self.call(move |c| {
-            let mut stmt = c
-                .prepare_cached(
-                    "SELECT seq, sender, kind, payload, ts, expires_at FROM mailbox WHERE recipient = ?1 AND expires_at > ?2 ORDER BY seq LIMIT ?3",
-                )
-                .map_err(storage)?;
-            let rows = stmt
-                .query_map(params![client, as_i64(now.as_secs()), as_i64(limit as u64)], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, Vec<u8>>(3)?, r.get::<_, i64>(4)?, r.get::<_, i64>(5)?))
-                })
-                .map_err(storage)?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (seq, from, kind, payload, ts, exp) = row.map_err(storage)?;
-                out.push(MailboxEntry {
-                    seq: as_u64(seq),
-                    from,
-                    kind: from_json(&kind)?,
-                    payload: Bytes(payload),
-                    timestamp_ms: as_u64(ts),
-                    expires_at: as_u64(exp),
-                });
-            }
-            Ok(out)
-        })
-        .await
+        self.call(move |c| fetch_in(c, &client, limit, now)).await
     }
 
     async fn peers(&self) -> Result<Vec<Peer>, EngineError> {
