@@ -20,7 +20,11 @@ mod model;
 mod notify;
 mod relay;
 
-pub use engine::{Engine, MemoryEngine, RedisEngine, SqliteEngine};
+#[cfg(feature = "redis")]
+pub use engine::RedisEngine;
+#[cfg(feature = "sqlite")]
+pub use engine::SqliteEngine;
+pub use engine::{Engine, MemoryEngine};
 pub use error::{EngineError, RelayError};
 pub use model::{AuthKeyRecord, Commit, EntryKind, MailboxEntry, Op, Outcome, Peer, SessionRecord};
 pub use notify::Notifier;

@@ -13,11 +13,15 @@ use mtproto_session::{ClientId, PendingHandshake, ServerSession, UnixTime};
 use crate::{AuthKeyRecord, Commit, EngineError, MailboxEntry, Notifier, Outcome, Peer, SessionRecord};
 
 mod memory;
+#[cfg(feature = "redis")]
 mod redis_engine;
+#[cfg(feature = "sqlite")]
 mod sqlite;
 
 pub use memory::MemoryEngine;
+#[cfg(feature = "redis")]
 pub use redis_engine::RedisEngine;
+#[cfg(feature = "sqlite")]
 pub use sqlite::SqliteEngine;
 
 /// How long outcomes of committed requests are kept for resends (longer than the 300 s msg_id
