@@ -346,3 +346,38 @@ async fn the_directory_is_for_authenticated_clients_and_shows_key_versions() {
     let r = reqwest::get(format!("{}/healthz", server.url)).await.unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_long_poll_does_not_block_the_clients_other_requests() {
+    let server = Server::start(&["--engine", "memory"]).await;
+    let (mut alice, _bob) = pair(&server).await;
+    // A poll envelope, sent once (answered at once), then resent with a long wait: the resend
+    // waits in the relay for up to 20 s.
+    // It carries an ack, so it is committed and its resend is a duplicate.
+    let packet = alice.seal(&Call::PollMessages {
+        ack: vec![999_999],
+        timeout_ms: Some(20_000),
+        limit: None,
+    });
+    let http = reqwest::Client::new();
+    let url = format!("{}/poll_messages", server.url);
+    let body = json!({ "packet": Bytes(packet) });
+    let first = {
+        let (http, url, body) = (http.clone(), url.clone(), body.clone());
+        tokio::spawn(async move { post(&http, &url, &body).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let resent = tokio::spawn(async move { post(&http, &url, &body).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Meanwhile the same client sends: it must not wait for the parked polls.
+    let t = Instant::now();
+    let (s, _, _) = alice.send("bob", b"not blocked").await;
+    assert_eq!(s, 200);
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "a send waited behind a parked poll ({:?})",
+        t.elapsed()
+    );
+    first.abort();
+    resent.abort();
+}

@@ -368,6 +368,8 @@ impl Relay {
                 Ok(incoming) => incoming,
                 Err(SessionError::Duplicate { msg_id }) => {
                     let responder = session.responder();
+                    // The answer may long-poll: never hold the key's lock while it waits.
+                    drop(guard);
                     return self
                         .answer_duplicate(
                             endpoint, req, key, key_id, client_id, responder, msg_id, &env.body,
