@@ -472,6 +472,34 @@ impl Client {
     /// a clock notice (resends with a fresh msg_id), a lost auth key (new handshake), and
     /// transport failures (resends the same envelope, which the relay answers only once).
     async fn call<T: serde::de::DeserializeOwned>(&self, path: &str, call: &Call) -> Result<T, ClientError> {
+        match self.call_inner(path, call).await {
+            Err(ClientError::Server { code, .. }) if code == "unknown_auth_key" => {
+                // The server lost our key (and with it, perhaps, all it knew of us): a new
+                // handshake, the identity key published again, then the call once more.
+                {
+                    let mut st = self.state.lock().await;
+                    st.session = None;
+                    self.handshake(&mut st).await?;
+                    self.save(&st)?;
+                }
+                if !matches!(call, Call::PublishKey { .. }) {
+                    let key = self.state.lock().await.identity.public();
+                    let publish = Call::PublishKey {
+                        identity_key: Bytes(key.as_bytes().to_vec()),
+                    };
+                    let _: PublishAnswer = self.call_inner("/publish_key", &publish).await?;
+                }
+                self.call_inner(path, call).await
+            }
+            other => other,
+        }
+    }
+
+    async fn call_inner<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        call: &Call,
+    ) -> Result<T, ClientError> {
         let body = serde_json::to_vec(call).map_err(|e| ClientError::Invalid(e.to_string()))?;
         for _ in 0..3 {
             let packet = {
@@ -487,13 +515,6 @@ impl Client {
             let req = serde_json::json!({ "packet": Bytes(packet) });
             let raw = match self.post_raw(path, &req).await? {
                 Ok(raw) => raw,
-                Err(r) if r.body.error == "unknown_auth_key" => {
-                    let mut st = self.state.lock().await;
-                    st.session = None;
-                    self.handshake(&mut st).await?;
-                    self.save(&st)?;
-                    continue;
-                }
                 Err(r) => {
                     // A stale salt or clock: the refusal carries a sealed notice; it is applied
                     // only if it authenticates and names a message this session sent.

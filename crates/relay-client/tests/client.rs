@@ -22,7 +22,11 @@ struct Server {
 
 impl Server {
     async fn start(dir: &std::path::Path, bind: &str) -> Self {
-        let config = relay_server::Config::parse_from(["relay-server", "--data-dir", dir.to_str().unwrap()]);
+        Self::start_with(&["relay-server", "--data-dir", dir.to_str().unwrap()], bind).await
+    }
+
+    async fn start_with(args: &[&str], bind: &str) -> Self {
+        let config = relay_server::Config::parse_from(args);
         let relay = relay_server::build_relay(&config).await.unwrap();
         let listener = std::net::TcpListener::bind(bind).unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -219,5 +223,56 @@ async fn a_pinned_client_refuses_another_server() {
     let err = Client::connect(to_impostor).await.unwrap_err();
     assert!(matches!(err, ClientError::UntrustedServer { .. }), "{err}");
     impostor.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_shakes_hands_again_when_the_server_lost_its_key() {
+    // The same server key, but the server's data (auth keys, directory, mailboxes) is gone.
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("server_key");
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let args = |d: &std::path::Path| -> Vec<String> {
+        vec![
+            "relay-server".into(),
+            "--data-dir".into(),
+            d.to_str().unwrap().into(),
+            "--key-file".into(),
+            key_file.to_str().unwrap().into(),
+        ]
+    };
+    let a1 = args(d1.path());
+    let server = Server::start_with(&a1.iter().map(String::as_str).collect::<Vec<_>>(), "127.0.0.1:0").await;
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    let alice = Client::connect(ClientConfig::new(&server.url, "alice", server.pin()))
+        .await
+        .unwrap();
+    let bob = Client::connect(ClientConfig::new(&server.url, "bob", server.pin()))
+        .await
+        .unwrap();
+    alice.send("bob", b"before").await.unwrap();
+    assert_eq!(next_message(&bob).await.1, b"before");
+    server.stop().await;
+    let a2 = args(d2.path());
+    let server = Server::start_with(&a2.iter().map(String::as_str).collect::<Vec<_>>(), &addr).await;
+    // Both clients' next calls meet unknown_auth_key: they shake hands again, republish their
+    // identity keys, and the conversation goes on under the same chat key.
+    bob.ack().await.unwrap();
+    alice
+        .send("bob", b"after the server lost everything")
+        .await
+        .unwrap();
+    assert_eq!(
+        next_message(&bob).await,
+        ("alice".to_owned(), b"after the server lost everything".to_vec())
+    );
+    // The new server's directory has bob's identity key again, the one alice accepted before.
+    let peers = alice.peers().await.unwrap();
+    assert!(
+        peers
+            .iter()
+            .any(|p| p.client_id == "bob" && p.key_status == KeyStatus::Known),
+        "{peers:?}"
+    );
     server.stop().await;
 }
