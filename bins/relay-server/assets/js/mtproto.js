@@ -450,10 +450,16 @@ export class RelayClient extends EventTarget {
     this.session.beforeSend = () => this.save();
     try { return await this.session.call(path, call, (w) => this.emit('wire', w)); } catch (e) {
       if (e instanceof RelayError && e.code === 'unknown_auth_key') {
+        // The server lost our key (and perhaps all it knew of us): shake hands again and
+        // publish the identity key again before retrying, as the Rust client does.
         this.session = await handshake(this.base, this.name, this.pin);
         this.session.beforeSend = () => this.save();
         await this.save();
-        return this.session.call(path, call, (w) => this.emit('wire', w));
+        const onWire = (w) => this.emit('wire', w);
+        if (call.method !== 'publish_key') {
+          await this.session.call('/publish_key', { method: 'publish_key', identity_key: b64(this.identity.pub) }, onWire);
+        }
+        return this.session.call(path, call, onWire);
       }
       throw e;
     }
