@@ -276,3 +276,48 @@ async fn a_client_shakes_hands_again_when_the_server_lost_its_key() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_arrive_as_a_stream_and_are_acknowledged_after_hand_off() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "127.0.0.1:0").await;
+    let alice = Client::connect(ClientConfig::new(&server.url, "alice", server.pin()))
+        .await
+        .unwrap();
+    let bob = Client::connect(ClientConfig::new(&server.url, "bob", server.pin()))
+        .await
+        .unwrap();
+    for i in 0..3 {
+        alice.send("bob", format!("stream {i}").as_bytes()).await.unwrap();
+    }
+    let got: Vec<Event> = {
+        let stream = bob.events();
+        futures::pin_mut!(stream);
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            let ev = tokio::time::timeout(Duration::from_secs(20), stream.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            got.push(ev);
+        }
+        got
+    };
+    let bodies: Vec<Vec<u8>> = got
+        .into_iter()
+        .map(|e| match e {
+            Event::Message { body, .. } => body,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        bodies,
+        vec![b"stream 0".to_vec(), b"stream 1".to_vec(), b"stream 2".to_vec()]
+    );
+    // Handed out, so acknowledged with the next poll: nothing comes back.
+    bob.ack().await.unwrap();
+    assert!(bob.poll(Duration::ZERO).await.unwrap().is_empty());
+    server.stop().await;
+}
