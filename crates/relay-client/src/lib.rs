@@ -268,6 +268,21 @@ struct State {
     held: BTreeSet<u64>,
 }
 
+/// Records `key` as `peer`'s accepted identity key and starts a new chat under it.
+fn accept_key(st: &mut State, peer: &str, key: IdentityPublic, key_version: u32) -> Result<(), ClientError> {
+    st.peers.insert(
+        peer.to_owned(),
+        KnownPeer {
+            identity_key: *key.as_bytes(),
+            key_version,
+            verified: false,
+        },
+    );
+    let chat = ChatState::new(&st.identity, key)?;
+    st.chats.insert(peer.to_owned(), chat);
+    Ok(())
+}
+
 /// A connected client. Cheap to share behind an `Arc`; methods take `&self`.
 pub struct Client {
     http: reqwest::Client,
@@ -632,19 +647,12 @@ impl Client {
                 });
             }
             Some(_) => {}
-            None => {
-                st.peers.insert(
-                    peer.to_owned(),
-                    KnownPeer {
-                        identity_key: *key.as_bytes(),
-                        key_version,
-                        verified: false,
-                    },
-                );
-            }
+            None => accept_key(&mut st, peer, key, key_version)?,
         }
-        let chat = ChatState::new(&st.identity, key)?;
-        st.chats.insert(peer.to_owned(), chat);
+        if !st.chats.contains_key(peer) {
+            let chat = ChatState::new(&st.identity, key)?;
+            st.chats.insert(peer.to_owned(), chat);
+        }
         self.save(&st)
     }
 
@@ -655,16 +663,7 @@ impl Client {
     pub async fn accept_peer_key(&self, peer: &str) -> Result<(), ClientError> {
         let (key, key_version) = self.directory_key(peer).await?;
         let mut st = self.state.lock().await;
-        st.peers.insert(
-            peer.to_owned(),
-            KnownPeer {
-                identity_key: *key.as_bytes(),
-                key_version,
-                verified: false,
-            },
-        );
-        let chat = ChatState::new(&st.identity, key)?;
-        st.chats.insert(peer.to_owned(), chat);
+        accept_key(&mut st, peer, key, key_version)?;
         st.held.clear();
         self.save(&st)
     }

@@ -41,6 +41,21 @@ fn from_json<T: DeserializeOwned>(s: &str) -> Result<T, EngineError> {
     serde_json::from_str(s).map_err(storage)
 }
 
+/// One JSON column of at most one row, parsed.
+fn json_row<T: DeserializeOwned>(
+    c: &Connection,
+    sql: &str,
+    args: impl rusqlite::Params,
+) -> Result<Option<T>, EngineError> {
+    let data: Option<String> = c
+        .prepare_cached(sql)
+        .map_err(storage)?
+        .query_row(args, |r| r.get(0))
+        .optional()
+        .map_err(storage)?;
+    data.map(|d| from_json(&d)).transpose()
+}
+
 fn as_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -415,30 +430,23 @@ impl Engine for SqliteEngine {
 
     async fn get_pending(&self, server_nonce: [u8; 16]) -> Result<Option<PendingHandshake>, EngineError> {
         self.call(move |c| {
-            let data: Option<String> = c
-                .query_row(
-                    "SELECT data FROM pending WHERE server_nonce = ?1",
-                    params![server_nonce.to_vec()],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(storage)?;
-            data.map(|d| from_json(&d)).transpose()
+            json_row(
+                c,
+                "SELECT data FROM pending WHERE server_nonce = ?1",
+                params![server_nonce.to_vec()],
+            )
         })
         .await
     }
 
     async fn advance_pending(&self, pending: PendingHandshake) -> Result<bool, EngineError> {
         self.call(move |c| {
-            let data: Option<String> = c
-                .query_row(
-                    "SELECT data FROM pending WHERE server_nonce = ?1",
-                    params![pending.server_nonce.to_vec()],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(storage)?;
-            let Some(old) = data.map(|d| from_json::<PendingHandshake>(&d)).transpose()? else {
+            let old: Option<PendingHandshake> = json_row(
+                c,
+                "SELECT data FROM pending WHERE server_nonce = ?1",
+                params![pending.server_nonce.to_vec()],
+            )?;
+            let Some(old) = old else {
                 return Ok(false);
             };
             if !matches!(old.stage, Stage::AwaitingDhParams) {
@@ -456,15 +464,11 @@ impl Engine for SqliteEngine {
 
     async fn take_pending(&self, server_nonce: [u8; 16]) -> Result<Option<PendingHandshake>, EngineError> {
         self.call(move |c| {
-            let data: Option<String> = c
-                .query_row(
-                    "DELETE FROM pending WHERE server_nonce = ?1 RETURNING data",
-                    params![server_nonce.to_vec()],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(storage)?;
-            data.map(|d| from_json(&d)).transpose()
+            json_row(
+                c,
+                "DELETE FROM pending WHERE server_nonce = ?1 RETURNING data",
+                params![server_nonce.to_vec()],
+            )
         })
         .await
     }
@@ -506,15 +510,11 @@ impl Engine for SqliteEngine {
 
     async fn auth_key(&self, key_id: [u8; 8]) -> Result<Option<AuthKeyRecord>, EngineError> {
         self.call(move |c| {
-            let data: Option<String> = c
-                .query_row(
-                    "SELECT data FROM auth_keys WHERE key_id = ?1",
-                    params![key_id.to_vec()],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(storage)?;
-            data.map(|d| from_json(&d)).transpose()
+            json_row(
+                c,
+                "SELECT data FROM auth_keys WHERE key_id = ?1",
+                params![key_id.to_vec()],
+            )
         })
         .await
     }
@@ -557,15 +557,11 @@ impl Engine for SqliteEngine {
 
     async fn outcome(&self, key_id: [u8; 8], msg_id: u64) -> Result<Option<Outcome>, EngineError> {
         self.call(move |c| {
-            let data: Option<String> = c
-                .query_row(
-                    "SELECT data FROM outcomes WHERE key_id = ?1 AND msg_id = ?2",
-                    params![key_id.to_vec(), as_i64(msg_id)],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(storage)?;
-            data.map(|d| from_json(&d)).transpose()
+            json_row(
+                c,
+                "SELECT data FROM outcomes WHERE key_id = ?1 AND msg_id = ?2",
+                params![key_id.to_vec(), as_i64(msg_id)],
+            )
         })
         .await
     }
