@@ -106,6 +106,11 @@ impl MsgIdGen {
         MsgId(id)
     }
 
+    /// A generator that continues after `last` (a stored session's).
+    pub const fn resume(last: u64) -> Self {
+        Self { last }
+    }
+
     /// The last id issued.
     pub const fn last(&self) -> MsgId {
         MsgId(self.last)
@@ -120,6 +125,16 @@ pub struct SeqNoGen {
 }
 
 impl SeqNoGen {
+    /// A counter that continues after `content_sent` content-related messages.
+    pub const fn resume(content_sent: u32) -> Self {
+        Self { content_sent }
+    }
+
+    /// How many content-related messages were numbered.
+    pub const fn content_sent(&self) -> u32 {
+        self.content_sent
+    }
+
     /// The seq_no for the next message.
     #[must_use]
     pub fn next(&mut self, content_related: bool) -> u32 {

@@ -39,6 +39,7 @@ mod replay;
 mod salt;
 mod secret;
 pub mod session;
+mod state;
 mod time;
 pub mod wire;
 

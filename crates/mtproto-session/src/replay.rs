@@ -107,6 +107,22 @@ impl ReplayWindow {
         }
     }
 
+    /// The remembered `(msg_id, seq_no)` pairs, lowest msg_id first.
+    pub fn entries(&self) -> &[(u64, u32)] {
+        &self.seen
+    }
+
+    /// A window holding `entries`, or `None` unless they are at most [`REPLAY_WINDOW`], with
+    /// strictly increasing msg_ids and seq_nos that never decrease (as [`ReplayWindow::check`]
+    /// would have let them in).
+    pub fn from_entries(entries: Vec<(u64, u32)>) -> Option<Self> {
+        let ordered = entries.windows(2).all(|w| match w {
+            [a, b] => a.0 < b.0 && a.1 <= b.1,
+            _ => true,
+        });
+        (ordered && entries.len() <= REPLAY_WINDOW).then_some(Self { seen: entries })
+    }
+
     /// Whether `msg_id` is remembered.
     pub fn contains(&self, msg_id: MsgId) -> bool {
         self.seen.binary_search_by_key(&msg_id.0, |e| e.0).is_ok()

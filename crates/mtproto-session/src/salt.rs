@@ -87,6 +87,17 @@ impl SaltSchedule {
             .any(|s| s.salt == salt && s.valid_since <= now && now < s.valid_until)
     }
 
+    /// A schedule of stored salts, or `None` unless they are ordered by `valid_since` and each
+    /// ends after it starts.
+    pub fn from_salts(salts: Vec<FutureSalt>) -> Option<Self> {
+        let each = salts.iter().all(|s| s.valid_since < s.valid_until);
+        let ordered = salts.windows(2).all(|w| match w {
+            [a, b] => a.valid_since <= b.valid_since,
+            _ => true,
+        });
+        (each && ordered).then_some(Self { salts })
+    }
+
     /// All salts, for `get_future_salts`-style answers.
     pub fn salts(&self) -> &[FutureSalt] {
         &self.salts

@@ -239,11 +239,11 @@ impl Notice {
 /// The server's state of one client session. It holds no secret, so a store can keep it as is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerSession {
-    session_id: SessionId,
-    salts: SaltSchedule,
-    seen: ReplayWindow,
-    msg_ids: MsgIdGen,
-    seq: SeqNoGen,
+    pub(crate) session_id: SessionId,
+    pub(crate) salts: SaltSchedule,
+    pub(crate) seen: ReplayWindow,
+    pub(crate) msg_ids: MsgIdGen,
+    pub(crate) seq: SeqNoGen,
 }
 
 impl ServerSession {

@@ -61,3 +61,191 @@ async fn sqlite_data_survives_reopening() {
     assert_eq!(got[0].payload.0, b"durable");
     use relay_core::Engine;
 }
+
+/// The first release's schema (version 1), as it wrote it: the upgrade test builds such a
+/// database by hand.
+const SCHEMA_V1: &str = "
+CREATE TABLE pending (server_nonce BLOB PRIMARY KEY, data TEXT NOT NULL, created_at INTEGER NOT NULL);
+CREATE TABLE auth_keys (key_id BLOB PRIMARY KEY, client_id TEXT NOT NULL UNIQUE, data TEXT NOT NULL);
+CREATE TABLE sessions (key_id BLOB PRIMARY KEY, data TEXT NOT NULL, version INTEGER NOT NULL);
+CREATE TABLE outcomes (key_id BLOB NOT NULL, msg_id INTEGER NOT NULL, data TEXT NOT NULL,
+    created_at INTEGER NOT NULL, PRIMARY KEY (key_id, msg_id));
+CREATE TABLE peers (client_id TEXT PRIMARY KEY, identity_key BLOB, key_version INTEGER NOT NULL,
+    registered_at INTEGER NOT NULL, last_seen INTEGER NOT NULL, next_seq INTEGER NOT NULL,
+    mailbox_count INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE mailbox (recipient TEXT NOT NULL, seq INTEGER NOT NULL, sender TEXT NOT NULL,
+    kind TEXT NOT NULL, payload BLOB NOT NULL, ts INTEGER NOT NULL, expires_at INTEGER NOT NULL,
+    PRIMARY KEY (recipient, seq));
+CREATE INDEX mailbox_expiry ON mailbox (expires_at);
+";
+
+#[tokio::test]
+async fn sqlite_upgrades_a_first_release_database() {
+    use mtproto_session::{ServerSalt, ServerSession, SessionId};
+    use relay_core::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.db");
+    let session = ServerSession::new(SessionId([1; 8]), ServerSalt([1; 8]), suite::t0());
+    let record = relay_core::AuthKeyRecord {
+        key_id: [1; 8],
+        auth_key: mtproto_session::SecretBytes::new(vec![1; 256]),
+        client_id: mtproto_session::ClientId::new("alice").unwrap(),
+        created_at: suite::t0(),
+    };
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.pragma_update(None, "journal_mode", "WAL").unwrap();
+        c.execute_batch(SCHEMA_V1).unwrap();
+        c.execute(
+            "INSERT INTO auth_keys VALUES (?1, 'alice', ?2)",
+            rusqlite::params![vec![1u8; 8], serde_json::to_string(&record).unwrap()],
+        )
+        .unwrap();
+        c.execute(
+            "INSERT INTO sessions VALUES (?1, ?2, 5)",
+            rusqlite::params![vec![1u8; 8], serde_json::to_string(&session).unwrap()],
+        )
+        .unwrap();
+        for who in ["alice", "bob"] {
+            c.execute(
+                "INSERT INTO peers VALUES (?1, NULL, 0, 1800000000, 1800000000, 1, ?2)",
+                rusqlite::params![who, i64::from(who == "bob")],
+            )
+            .unwrap();
+        }
+        c.execute(
+            "INSERT INTO mailbox VALUES ('bob', 1, 'alice', '{\"kind\":\"message\"}', x'0102', 1800000000000, 1800003600)",
+            [],
+        )
+        .unwrap();
+        c.execute(
+            "INSERT INTO outcomes VALUES (?1, 4, '{}', 1800000000)",
+            rusqlite::params![vec![1u8; 8]],
+        )
+        .unwrap();
+    }
+    let e = relay_core::SqliteEngine::open(&path).unwrap();
+    // The waiting message, the session (still JSON) and the account come through.
+    let got = e
+        .fetch(&mtproto_session::ClientId::new("bob").unwrap(), 10, suite::t0())
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].payload.0, [1, 2]);
+    let stored = e.session([1; 8]).await.unwrap().unwrap();
+    assert_eq!((stored.session, stored.version), (session, 5));
+    assert_eq!(
+        e.auth_key([1; 8]).await.unwrap().unwrap().client_id.as_str(),
+        "alice"
+    );
+    // The next commit works and rewrites the session in the compact form.
+    let alice = suite::Account {
+        key_id: [1; 8],
+        client: mtproto_session::ClientId::new("alice").unwrap(),
+    };
+    let out = suite::send(&e, &alice, "bob", b"after the upgrade")
+        .await
+        .unwrap();
+    assert!(matches!(out, relay_core::Outcome::Sent { seq: 2, .. }), "{out:?}");
+    assert_eq!(e.session([1; 8]).await.unwrap().unwrap().version, 6);
+    drop(e);
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, 2);
+    let kind: String = c
+        .query_row("SELECT typeof(data) FROM sessions", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(kind, "blob");
+    // And a database from a newer relay is refused, not misread.
+    c.pragma_update(None, "user_version", 99).unwrap();
+    drop(c);
+    let err = relay_core::SqliteEngine::open(&path).err().unwrap();
+    assert!(err.to_string().contains("99"), "{err}");
+}
+
+#[tokio::test]
+async fn sqlite_answers_only_what_an_fsync_covered() {
+    use relay_core::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let e = std::sync::Arc::new(relay_core::SqliteEngine::open(&dir.path().join("relay.db")).unwrap());
+    let (alice, bob) = suite::two_accounts(e.as_ref()).await;
+    let stats = |e: &relay_core::SqliteEngine| {
+        let s = e.stats().unwrap();
+        (
+            s["commits"].as_u64().unwrap(),
+            s["durable_commits"].as_u64().unwrap(),
+        )
+    };
+    // One at a time: when a send is answered, its commit is durable.
+    for i in 0..20u8 {
+        suite::send(e.as_ref(), &alice, "bob", &[i]).await.unwrap();
+        let (commits, durable) = stats(&e);
+        assert_eq!(durable, commits, "answered before its fsync");
+    }
+    // Many at once, from concurrent tasks: each answer saw its own commit made durable.
+    let mut tasks = Vec::new();
+    for i in 0..64u8 {
+        let e = e.clone();
+        let who = if i % 2 == 0 { "alice" } else { "bob" };
+        let (key, to) = if who == "alice" { (1, "bob") } else { (2, "alice") };
+        tasks.push(tokio::spawn(async move {
+            let from = suite::Account {
+                key_id: [key; 8],
+                client: mtproto_session::ClientId::new(who).unwrap(),
+            };
+            // Sends of one account race for its session: retry a conflict as the relay does.
+            loop {
+                // Its batch is committed after this count was read, so its number is higher.
+                let before = e.stats().unwrap()["commits"].as_u64().unwrap();
+                match suite::send(e.as_ref(), &from, to, &[i]).await {
+                    Err(relay_core::EngineError::Conflict) => continue,
+                    other => {
+                        other.unwrap();
+                        let durable = e.stats().unwrap()["durable_commits"].as_u64().unwrap();
+                        assert!(
+                            durable > before,
+                            "answered before its fsync: {durable} <= {before}"
+                        );
+                        break;
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (commits, durable) = stats(&e);
+    assert_eq!(durable, commits);
+    let s = e.stats().unwrap();
+    assert!(s["fsyncs"].as_u64().unwrap() <= commits, "{s}");
+    assert_eq!(
+        e.fetch(&bob.client, 100, suite::t0()).await.unwrap().len(),
+        20 + 32
+    );
+    let _ = alice;
+}
+
+#[tokio::test]
+async fn sqlite_a_failing_statement_rolls_back_only_its_batch() {
+    use relay_core::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let e = relay_core::SqliteEngine::open(&dir.path().join("relay.db")).unwrap();
+    let (alice, bob) = suite::two_accounts(&e).await;
+    e.put_pending(suite::pending(7, suite::t0()), 100, suite::t0())
+        .await
+        .unwrap();
+    // The same server_nonce again breaks the primary key: SQLite itself fails under the request.
+    let err = e
+        .put_pending(suite::pending(7, suite::t0()), 100, suite::t0())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, relay_core::EngineError::Storage(m) if m.contains("UNIQUE")),
+        "{err:?}"
+    );
+    // The engine goes on: the first handshake is intact and new requests commit.
+    assert!(e.get_pending([7; 16]).await.unwrap().is_some());
+    suite::send(&e, &alice, "bob", b"after").await.unwrap();
+    assert_eq!(e.fetch(&bob.client, 10, suite::t0()).await.unwrap().len(), 1);
+}

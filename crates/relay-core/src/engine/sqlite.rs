@@ -1,14 +1,25 @@
-//! The embedded durable engine: SQLite (bundled) in WAL mode with `synchronous = FULL`.
+//! The embedded durable engine: SQLite (bundled) in WAL mode.
 //!
 //! One thread owns the connection and runs every request, reads included (measured: faster than
 //! a pool of WAL reader connections behind `spawn_blocking`, because reads ride along in the
-//! writer's batches). Requests queue on a channel; the thread runs every
-//! queued request in one transaction (each in its own savepoint, so one failure rolls back only
-//! itself), commits once, and only then answers them all: **group commit** — a send is answered
-//! only after it is on disk, and N queued sends cost one fsync, not N.
-
-use std::path::Path;
-use std::sync::mpsc;
+//! writer's batches). Requests queue on a channel; the writer runs every queued request in one
+//! transaction and commits once: **group commit**. Each request checks everything that can refuse
+//! it (a session conflict, an unknown peer, a full mailbox) before it writes, so a refusal leaves
+//! nothing behind and needs no savepoint; a failure of SQLite itself rolls back the whole batch
+//! and every request in it is answered with that error (none of them was committed).
+//!
+//! **Pipelined durability.** SQLite runs with `synchronous = NORMAL`, so `COMMIT` writes the
+//! transaction's frames to the WAL file without waiting for the disk. The writer then hands the
+//! batch's answers to a second thread, the syncer, and goes on with the next batch; the syncer
+//! `fsync`s the WAL file and only then answers the batch. Every request (a read too) is answered
+//! only after everything committed up to and including its own batch is on disk, so nothing a
+//! client is told survives less than `synchronous = FULL` would keep; the disk's flush time
+//! overlaps the next batch's work instead of stalling the writer. One fsync covers every batch
+//! committed since the previous one. If an fsync ever fails the engine refuses all further
+//! requests (the state of the file is then unknown; restarting recovers from the WAL).
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 
 use mtproto_session::{wire::Bytes, ClientId, PendingHandshake, ServerSession, Stage, UnixTime};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -19,7 +30,15 @@ use super::{Engine, OUTCOME_TTL_SECS, RELAY_SENDER};
 use crate::{AuthKeyRecord, Commit, EngineError, EntryKind, MailboxEntry, Op, Outcome, Peer, SessionRecord};
 
 type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
-type Job = Box<dyn FnOnce(&Connection) -> Reply + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> Ran + Send>;
+
+/// One request, run.
+struct Ran {
+    /// Answers the request once its batch is committed (or failed).
+    reply: Reply,
+    /// SQLite failed under it: the batch's transaction must be rolled back.
+    broke: bool,
+}
 
 /// Most requests folded into one transaction.
 const MAX_BATCH: usize = 512;
@@ -27,6 +46,29 @@ const MAX_BATCH: usize = 512;
 /// The SQLite engine.
 pub struct SqliteEngine {
     jobs: mpsc::Sender<Job>,
+    counters: Arc<Counters>,
+}
+
+/// What the writer and the syncer have done, for `/healthz` and tests.
+#[derive(Default)]
+struct Counters {
+    /// Transactions committed (to the WAL, not yet necessarily on disk).
+    commits: AtomicU64,
+    /// Requests run.
+    jobs: AtomicU64,
+    /// Committed transactions known to be on disk (the syncer's fsync covered them).
+    durable: AtomicU64,
+    /// fsync calls.
+    fsyncs: AtomicU64,
+    /// Set when an fsync failed: nothing is accepted any more.
+    failed: AtomicBool,
+}
+
+/// One committed batch waiting for its fsync.
+struct Committed {
+    /// The batch's commit number.
+    number: u64,
+    replies: Vec<Reply>,
 }
 
 fn storage<E: std::fmt::Display>(e: E) -> EngineError {
@@ -64,20 +106,70 @@ fn as_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
+/// The schema this code writes, kept in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 2;
+
+/// Version 2. Laid out so that one request dirties few pages, because every dirty page is
+/// written to the WAL at commit (and copied again by the checkpoint). Mailbox rows (a few
+/// hundred bytes) are appended to a rowid table and found through the small `(recipient, seq)`
+/// index; outcomes (small rows) are a `WITHOUT ROWID` table keyed by msg_id first — msg_ids
+/// follow the clock (the session refuses ids outside its time window), so new outcomes of all
+/// clients land on the same few pages and old ones go by a key range; sessions are stored in
+/// `ServerSession::to_bytes`'s compact form (about 0.8 KB, several to a page).
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS pending (server_nonce BLOB PRIMARY KEY, data TEXT NOT NULL, created_at INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS auth_keys (key_id BLOB PRIMARY KEY, client_id TEXT NOT NULL UNIQUE, data TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS sessions (key_id BLOB PRIMARY KEY, data TEXT NOT NULL, version INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS outcomes (key_id BLOB NOT NULL, msg_id INTEGER NOT NULL, data TEXT NOT NULL,
-    created_at INTEGER NOT NULL, PRIMARY KEY (key_id, msg_id));
-CREATE TABLE IF NOT EXISTS peers (client_id TEXT PRIMARY KEY, identity_key BLOB, key_version INTEGER NOT NULL,
-    registered_at INTEGER NOT NULL, last_seen INTEGER NOT NULL, next_seq INTEGER NOT NULL,
-    mailbox_count INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS mailbox (recipient TEXT NOT NULL, seq INTEGER NOT NULL, sender TEXT NOT NULL,
     kind TEXT NOT NULL, payload BLOB NOT NULL, ts INTEGER NOT NULL, expires_at INTEGER NOT NULL,
     PRIMARY KEY (recipient, seq));
 CREATE INDEX IF NOT EXISTS mailbox_expiry ON mailbox (expires_at);
+CREATE TABLE IF NOT EXISTS pending (server_nonce BLOB PRIMARY KEY, data TEXT NOT NULL, created_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS auth_keys (key_id BLOB PRIMARY KEY, client_id TEXT NOT NULL UNIQUE, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (key_id BLOB PRIMARY KEY, data BLOB NOT NULL, version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS peers (client_id TEXT PRIMARY KEY, identity_key BLOB, key_version INTEGER NOT NULL,
+    registered_at INTEGER NOT NULL, last_seen INTEGER NOT NULL, next_seq INTEGER NOT NULL,
+    mailbox_count INTEGER NOT NULL DEFAULT 0);
 ";
+
+/// The version-2 table that replaced version 1's (created with [`SCHEMA`] on a new database, by
+/// [`upgrade_from_v1`] on an old one).
+const SCHEMA_V2_TABLES: &str = "
+CREATE TABLE outcomes (msg_id INTEGER NOT NULL, key_id BLOB NOT NULL, data TEXT NOT NULL,
+    PRIMARY KEY (msg_id, key_id)) WITHOUT ROWID;
+";
+
+/// Creates the schema, or upgrades a version-1 database (the first release's layout) in one
+/// transaction: outcomes are dropped (they only answer resends inside the replay window, and a
+/// resend without one is refused, never run twice); sessions stay as they are (JSON rows are
+/// still read, and rewritten compactly on their next commit); the rest is unchanged.
+fn migrate(conn: &Connection) -> Result<(), EngineError> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(storage)?;
+    let has_mailbox: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'mailbox')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(storage)?;
+    let script = match (version, has_mailbox) {
+        (SCHEMA_VERSION, true) => return Ok(()),
+        (_, false) => format!("{SCHEMA}{SCHEMA_V2_TABLES}"),
+        (0, true) => upgrade_from_v1(),
+        (v, true) => {
+            return Err(EngineError::Storage(format!(
+                "database schema version {v} is not one this relay knows (it writes {SCHEMA_VERSION})"
+            )))
+        }
+    };
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE; {script}; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+    ))
+    .map_err(storage)
+}
+
+fn upgrade_from_v1() -> String {
+    format!("DROP TABLE outcomes; {SCHEMA_V2_TABLES}")
+}
 
 impl SqliteEngine {
     /// Opens (creating if needed) the database at `path`.
@@ -86,21 +178,54 @@ impl SqliteEngine {
     /// [`EngineError::Storage`] when the file cannot be opened or the schema created.
     pub fn open(path: &Path) -> Result<Self, EngineError> {
         let conn = Connection::open(path).map_err(storage)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(storage)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(storage)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(storage)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(EngineError::Storage(format!(
+                "SQLite could not use WAL mode for {} (got {mode})",
+                path.display()
+            )));
+        }
+        // The syncer makes each commit durable before it is answered (see the module docs).
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(storage)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(storage)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(storage)?;
-        conn.execute_batch(SCHEMA).map_err(storage)?;
+        migrate(&conn)?;
+        // Make sure the WAL file exists and is durable before the syncer opens it.
+        let wal = wal_path(path);
+        conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+            .map_err(storage)?;
+        let wal_file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&wal)
+            .map_err(|e| EngineError::Storage(format!("{}: {e}", wal.display())))?;
+        wal_file.sync_all().map_err(storage)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            sync_dir(dir)?;
+        }
+        let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::channel::<Job>();
+        let (sync_tx, sync_rx) = mpsc::channel::<Committed>();
+        let c = counters.clone();
+        std::thread::Builder::new()
+            .name("sqlite-syncer".into())
+            .spawn(move || syncer(wal_file, sync_rx, &c))
+            .map_err(storage)?;
+        let c = counters.clone();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer(conn, rx))
+            .spawn(move || writer(conn, rx, sync_tx, &c))
             .map_err(storage)?;
-        Ok(Self { jobs: tx })
+        Ok(Self { jobs: tx, counters })
     }
 
     /// Runs `f` inside the next batch's transaction and answers after its commit.
+    ///
+    /// `f` must return any refusal other than [`EngineError::Storage`] before it writes
+    /// anything; a `Storage` error rolls back the whole batch.
     async fn call<T, F>(&self, f: F) -> Result<T, EngineError>
     where
         T: Send + 'static,
@@ -108,28 +233,13 @@ impl SqliteEngine {
     {
         let (tx, rx) = oneshot::channel::<Result<T, EngineError>>();
         let job: Job = Box::new(move |conn: &Connection| {
-            let exec = |sql: &str| {
-                conn.prepare_cached(sql)
-                    .and_then(|mut st| st.execute([]).map(|_| ()))
-            };
-            let result = match exec("SAVEPOINT job") {
-                Ok(()) => {
-                    let r = f(conn);
-                    let end = if r.is_ok() {
-                        Ok(())
-                    } else {
-                        exec("ROLLBACK TO job")
-                    };
-                    match end.and_then(|()| exec("RELEASE job")) {
-                        Ok(()) => r,
-                        Err(e) => Err(storage(e)),
-                    }
-                }
-                Err(e) => Err(storage(e)),
-            };
-            Box::new(move |committed: Result<(), String>| {
-                let _ = tx.send(committed.map_err(EngineError::Storage).and(result));
-            })
+            let result = f(conn);
+            Ran {
+                broke: matches!(result, Err(EngineError::Storage(_))),
+                reply: Box::new(move |committed: Result<(), String>| {
+                    let _ = tx.send(committed.map_err(EngineError::Storage).and(result));
+                }),
+            }
         });
         self.jobs
             .send(job)
@@ -139,32 +249,127 @@ impl SqliteEngine {
     }
 }
 
-fn writer(conn: Connection, jobs: mpsc::Receiver<Job>) {
-    while let Ok(first) = jobs.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
+/// `relay.db` → `relay.db-wal`.
+fn wal_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-wal");
+    PathBuf::from(name)
+}
+
+/// Makes a directory's entries (a newly created file) durable.
+fn sync_dir(dir: &Path) -> Result<(), EngineError> {
+    #[cfg(unix)]
+    {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| EngineError::Storage(format!("{}: {e}", dir.display())))?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// Runs one statement without parameters through the statement cache.
+fn exec_cached(conn: &Connection, sql: &str) -> Result<(), String> {
+    conn.prepare_cached(sql)
+        .and_then(|mut st| st.execute([]).map(|_| ()))
+        .map_err(|e| e.to_string())
+}
+
+fn writer(conn: Connection, jobs: mpsc::Receiver<Job>, synced: mpsc::Sender<Committed>, counters: &Counters) {
+    let mut number = 0u64;
+    let mut queue = std::collections::VecDeque::<Job>::new();
+    loop {
+        if queue.is_empty() {
+            match jobs.recv() {
+                Ok(j) => queue.push_back(j),
+                Err(_) => return,
             }
         }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            let msg = e.to_string();
-            // Run nothing; answer every job with the failure.
-            for job in batch {
-                let _ = conn.execute_batch("ROLLBACK");
-                let reply = job(&conn);
-                reply(Err(msg.clone()));
+        while let Ok(j) = jobs.try_recv() {
+            queue.push_back(j);
+        }
+        let refused = if counters.failed.load(Ordering::Acquire) {
+            Some("an earlier fsync failed; restart the relay".to_owned())
+        } else {
+            exec_cached(&conn, "BEGIN IMMEDIATE").err()
+        };
+        if let Some(msg) = refused {
+            // Run nothing; answer every queued job with the failure.
+            let _ = exec_cached(&conn, "ROLLBACK");
+            for job in queue.drain(..) {
+                let _ = exec_cached(&conn, "ROLLBACK");
+                (job(&conn).reply)(Err(msg.clone()));
             }
             continue;
         }
-        let replies: Vec<Reply> = batch.into_iter().map(|job| job(&conn)).collect();
-        let committed = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
-        if committed.is_err() {
-            let _ = conn.execute_batch("ROLLBACK");
+        let mut replies: Vec<Reply> = Vec::with_capacity(queue.len().min(MAX_BATCH));
+        let mut broke = false;
+        while replies.len() < MAX_BATCH && !broke {
+            let Some(job) = queue.pop_front() else { break };
+            let ran = job(&conn);
+            broke = ran.broke;
+            replies.push(ran.reply);
         }
-        for reply in replies {
-            reply(committed.clone());
+        counters.jobs.fetch_add(replies.len() as u64, Ordering::Relaxed);
+        let committed = if broke {
+            // The request that broke answers with its own error (`Ok` passes its result
+            // through); the others with the rollback.
+            let _ = exec_cached(&conn, "ROLLBACK");
+            if let Some(own) = replies.pop() {
+                own(Ok(()));
+            }
+            Err("storage failed under another request in the same batch; nothing was committed".to_owned())
+        } else {
+            exec_cached(&conn, "COMMIT")
+        };
+        match committed {
+            Ok(()) => {
+                number += 1;
+                counters.commits.store(number, Ordering::Release);
+                let batch = Committed { number, replies };
+                if let Err(mpsc::SendError(batch)) = synced.send(batch) {
+                    for reply in batch.replies {
+                        reply(Err("syncer thread stopped".into()));
+                    }
+                }
+            }
+            Err(msg) => {
+                let _ = exec_cached(&conn, "ROLLBACK");
+                for reply in replies {
+                    reply(Err(msg.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Answers committed batches once an fsync of the WAL file covers them.
+fn syncer(wal: std::fs::File, batches: mpsc::Receiver<Committed>, counters: &Counters) {
+    while let Ok(first) = batches.recv() {
+        let mut ready = vec![first];
+        while let Ok(b) = batches.try_recv() {
+            ready.push(b);
+        }
+        let synced = if counters.failed.load(Ordering::Acquire) {
+            Err("an earlier fsync failed; restart the relay".to_owned())
+        } else {
+            counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+            wal.sync_data().map_err(|e| {
+                counters.failed.store(true, Ordering::Release);
+                tracing::error!(error = %e, "fsync of the SQLite WAL failed; refusing further requests");
+                format!("fsync failed: {e}")
+            })
+        };
+        if synced.is_ok() {
+            if let Some(last) = ready.last() {
+                counters.durable.store(last.number, Ordering::Release);
+            }
+        }
+        for batch in ready {
+            for reply in batch.replies {
+                reply(synced.clone());
+            }
         }
     }
 }
@@ -232,13 +437,11 @@ fn append(
         .optional()
         .map_err(storage)?;
     let Some(seq) = seq else {
-        // Tell the two refusals apart (the rare path).
-        return Err(match get_peer(conn, to)? {
-            None => EngineError::UnknownPeer,
-            Some(_) => EngineError::MailboxFull {
-                cap: usize::try_from(cap).unwrap_or(usize::MAX),
-            },
-        });
+        // Callers check the recipient and its cap before they write anything; getting here
+        // means the rows changed under us, which only a broken store can do.
+        return Err(EngineError::Storage(format!(
+            "mailbox of {to} refused an append after its checks"
+        )));
     };
     conn.prepare_cached(
         "INSERT INTO mailbox (recipient, seq, sender, kind, payload, ts, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -268,12 +471,32 @@ fn remove_entry(conn: &Connection, recipient: &str, seq: i64) -> Result<bool, En
 /// One request's commit (see [`Engine::commit`]), inside the writer's transaction.
 fn commit_in(c: &Connection, cm: &Commit) -> Result<Outcome, EngineError> {
     let key = cm.key_id.to_vec();
+    // Refusals first, while nothing is written (see `SqliteEngine::call`).
+    match &cm.op {
+        Op::Send { to, cap, .. } => {
+            let count: Option<i64> = c
+                .prepare_cached("SELECT mailbox_count FROM peers WHERE client_id = ?1")
+                .map_err(storage)?
+                .query_row(params![to.as_str()], |r| r.get(0))
+                .optional()
+                .map_err(storage)?;
+            match count {
+                None => return Err(EngineError::UnknownPeer),
+                Some(n) if as_u64(n) >= *cap as u64 => return Err(EngineError::MailboxFull { cap: *cap }),
+                Some(_) => {}
+            }
+        }
+        Op::PublishKey { .. } if get_peer(c, cm.client.as_str())?.is_none() => {
+            return Err(EngineError::UnknownPeer)
+        }
+        _ => {}
+    }
     let updated = c
         .prepare_cached(
             "UPDATE sessions SET data = ?2, version = version + 1 WHERE key_id = ?1 AND version = ?3",
         )
         .map_err(storage)?
-        .execute(params![key, to_json(&cm.session)?, as_i64(cm.expected_version)])
+        .execute(params![key, cm.session.to_bytes(), as_i64(cm.expected_version)])
         .map_err(storage)?;
     if updated != 1 {
         return Err(EngineError::Conflict);
@@ -311,7 +534,8 @@ fn commit_in(c: &Connection, cm: &Commit) -> Result<Outcome, EngineError> {
             Outcome::Acked { removed }
         }
         Op::PublishKey { key } => {
-            let (peer, _) = get_peer(c, me)?.ok_or(EngineError::UnknownPeer)?;
+            let (peer, _) = get_peer(c, me)?
+                .ok_or_else(|| EngineError::Storage("peer vanished during its commit".into()))?;
             let changed = peer.identity_key != Some(*key);
             let version = peer.key_version + u32::from(changed);
             c.execute(
@@ -330,12 +554,10 @@ fn commit_in(c: &Connection, cm: &Commit) -> Result<Outcome, EngineError> {
         .execute(params![me, as_i64(now_s)])
         .map_err(storage)?;
     if cm.keep_outcome {
-        c.prepare_cached(
-            "INSERT OR REPLACE INTO outcomes (key_id, msg_id, data, created_at) VALUES (?1, ?2, ?3, ?4)",
-        )
-        .map_err(storage)?
-        .execute(params![key, as_i64(cm.msg_id), to_json(&outcome)?, as_i64(now_s)])
-        .map_err(storage)?;
+        c.prepare_cached("INSERT OR REPLACE INTO outcomes (msg_id, key_id, data) VALUES (?1, ?2, ?3)")
+            .map_err(storage)?
+            .execute(params![as_i64(cm.msg_id), key, to_json(&outcome)?])
+            .map_err(storage)?;
     }
     Ok(outcome)
 }
@@ -386,6 +608,17 @@ fn fetch_in(
 impl Engine for SqliteEngine {
     fn name(&self) -> &'static str {
         "sqlite"
+    }
+
+    fn stats(&self) -> Option<serde_json::Value> {
+        let c = &self.counters;
+        Some(serde_json::json!({
+            "requests": c.jobs.load(Ordering::Relaxed),
+            "commits": c.commits.load(Ordering::Acquire),
+            "durable_commits": c.durable.load(Ordering::Acquire),
+            "fsyncs": c.fsyncs.load(Ordering::Relaxed),
+            "failed": c.failed.load(Ordering::Acquire),
+        }))
     }
 
     async fn put_pending(
@@ -494,7 +727,7 @@ impl Engine for SqliteEngine {
             .map_err(storage)?;
             c.execute(
                 "INSERT OR REPLACE INTO sessions (key_id, data, version) VALUES (?1, ?2, 0)",
-                params![key.key_id.to_vec(), to_json(&session)?],
+                params![key.key_id.to_vec(), session.to_bytes()],
             )
             .map_err(storage)?;
             let t = as_i64(now.as_secs());
@@ -521,15 +754,21 @@ impl Engine for SqliteEngine {
 
     async fn session(&self, key_id: [u8; 8]) -> Result<Option<SessionRecord>, EngineError> {
         self.call(move |c| {
-            let row: Option<(String, i64)> = c
+            let row: Option<(rusqlite::types::Value, i64)> = c
                 .prepare_cached("SELECT data, version FROM sessions WHERE key_id = ?1")
                 .map_err(storage)?
                 .query_row(params![key_id.to_vec()], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()
                 .map_err(storage)?;
-            row.map(|(d, v)| {
+            row.map(|(data, v)| {
+                let session = match data {
+                    rusqlite::types::Value::Blob(b) => ServerSession::from_bytes(&b).map_err(storage)?,
+                    // A row a version-1 database wrote; the next commit rewrites it compactly.
+                    rusqlite::types::Value::Text(t) => from_json(&t)?,
+                    _ => return Err(EngineError::Storage("session row of an unknown type".into())),
+                };
                 Ok(SessionRecord {
-                    session: from_json(&d)?,
+                    session,
                     version: as_u64(v),
                 })
             })
@@ -559,8 +798,8 @@ impl Engine for SqliteEngine {
         self.call(move |c| {
             json_row(
                 c,
-                "SELECT data FROM outcomes WHERE key_id = ?1 AND msg_id = ?2",
-                params![key_id.to_vec(), as_i64(msg_id)],
+                "SELECT data FROM outcomes WHERE msg_id = ?1 AND key_id = ?2",
+                params![as_i64(msg_id), key_id.to_vec()],
             )
         })
         .await
@@ -610,11 +849,10 @@ impl Engine for SqliteEngine {
                 params![as_i64(cutoff)],
             )
             .map_err(storage)?;
-            c.execute(
-                "DELETE FROM outcomes WHERE created_at + ?2 <= ?1",
-                params![secs, as_i64(OUTCOME_TTL_SECS)],
-            )
-            .map_err(storage)?;
+            // msg_ids carry the client's clock, which the session holds within minutes of ours.
+            let oldest = now.as_secs().saturating_sub(OUTCOME_TTL_SECS) << 32;
+            c.execute("DELETE FROM outcomes WHERE msg_id < ?1", params![as_i64(oldest)])
+                .map_err(storage)?;
             let mut stmt = c
                 .prepare("DELETE FROM mailbox WHERE expires_at <= ?1 RETURNING recipient, seq, sender, kind")
                 .map_err(storage)?;
@@ -628,12 +866,15 @@ impl Engine for SqliteEngine {
             drop(stmt);
             let mut notified = Vec::new();
             for (to, seq, from, kind) in rows {
-                if from_json::<EntryKind>(&kind)? != EntryKind::Message {
+                if !matches!(from_json::<EntryKind>(&kind), Ok(EntryKind::Message)) {
                     continue;
                 }
                 let (Ok(sender), Ok(to)) = (ClientId::new(&from), ClientId::new(&to)) else {
                     continue;
                 };
+                if get_peer(c, sender.as_str())?.is_none() {
+                    continue;
+                }
                 let notice = EntryKind::Expired {
                     to,
                     message_seq: as_u64(seq),

@@ -359,6 +359,8 @@ pub async fn acks_remove_only_own_entries(e: &dyn Engine) {
 
 pub async fn outcomes_are_kept_for_resends(e: &dyn Engine) {
     let (alice, _bob) = two_accounts(e).await;
+    // A client msg_id as the session accepts it: the client's clock in the high 32 bits.
+    let msg_id = (t0().as_secs() << 32) | 4444;
     let out = commit_op(
         e,
         &alice,
@@ -368,18 +370,21 @@ pub async fn outcomes_are_kept_for_resends(e: &dyn Engine) {
             cap: 10,
             ttl_secs: 60,
         },
-        4444,
+        msg_id,
         true,
         t0(),
     )
     .await
     .unwrap();
-    assert_eq!(e.outcome(alice.key_id, 4444).await.unwrap(), Some(out));
-    assert_eq!(e.outcome(alice.key_id, 4448).await.unwrap(), None);
+    assert_eq!(e.outcome(alice.key_id, msg_id).await.unwrap(), Some(out.clone()));
+    assert_eq!(e.outcome(alice.key_id, msg_id + 4).await.unwrap(), None);
+    // Housekeeping well inside the outcome's lifetime keeps it.
+    e.purge_expired(t0().plus_secs(600)).await.unwrap();
+    assert_eq!(e.outcome(alice.key_id, msg_id).await.unwrap(), Some(out));
     e.purge_expired(t0().plus_secs(relay_core::engine::OUTCOME_TTL_SECS + 1))
         .await
         .unwrap();
-    assert_eq!(e.outcome(alice.key_id, 4444).await.unwrap(), None);
+    assert_eq!(e.outcome(alice.key_id, msg_id).await.unwrap(), None);
 }
 
 pub async fn identity_keys_have_versions(e: &dyn Engine) {
