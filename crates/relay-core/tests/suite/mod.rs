@@ -329,6 +329,13 @@ pub async fn session_versions_detect_concurrent_commits(e: &dyn Engine) {
         1
     );
     assert!(e.outcome(alice.key_id, 8).await.unwrap().is_none());
+    // The refused commit took no sequence number and no room in bob's mailbox.
+    let out = send_with(e, &alice, "bob", b"next", 2, 60, t0()).await.unwrap();
+    assert!(matches!(out, Outcome::Sent { seq: 2, .. }), "{out:?}");
+    assert_eq!(
+        send_with(e, &alice, "bob", b"full", 2, 60, t0()).await,
+        Err(EngineError::MailboxFull { cap: 2 })
+    );
 }
 
 pub async fn acks_remove_only_own_entries(e: &dyn Engine) {
