@@ -244,6 +244,32 @@ mod tests {
         assert!(ServerSession::from_bytes(&b).is_ok());
     }
 
+    proptest::proptest! {
+        /// Any window the session could have built, and any bytes at all, read back safely.
+        #[test]
+        fn windows_round_trip(
+            steps in proptest::collection::vec((1u64..1 << 40, 0u32..5), 0..300),
+            content in proptest::prelude::any::<u32>(),
+        ) {
+            let now = UnixTime::from_secs(1_800_000_000);
+            let mut s = ServerSession::new(SessionId([5; 8]), ServerSalt([6; 8]), now);
+            let (mut id, mut seq) = (1_700_000_000u64 << 32, 0u32);
+            for (d_id, d_seq) in steps {
+                id += d_id;
+                seq += d_seq;
+                s.seen.record(MsgId(id), seq);
+            }
+            s.seq = SeqNoGen::resume(content);
+            let back = ServerSession::from_bytes(&s.to_bytes()).unwrap();
+            proptest::prop_assert_eq!(back, s);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
+            let _ = ServerSession::from_bytes(&bytes);
+        }
+    }
+
     #[test]
     fn varints_round_trip_at_the_edges() {
         for v in [
