@@ -64,9 +64,13 @@ pub struct Config {
     /// Longest long-poll, seconds.
     #[arg(long, env = "RELAY_POLL_MAX", default_value_t = 30)]
     pub poll_max_secs: u64,
-    /// Redis URL for `--engine redis`.
+    /// Redis URL for `--engine redis`; with `--redis-cluster`, a comma-separated list of
+    /// cluster nodes to start from (one is enough, more survive one being down).
     #[arg(long, env = "RELAY_REDIS_URL", default_value = "redis://127.0.0.1:6379/0")]
     pub redis_url: String,
+    /// The Redis at `--redis-url` is a Redis Cluster.
+    #[arg(long, env = "RELAY_REDIS_CLUSTER", default_value_t = false)]
+    pub redis_cluster: bool,
     /// Key prefix in Redis (several deployments can share one Redis).
     #[arg(long, env = "RELAY_REDIS_PREFIX", default_value = "mr")]
     pub redis_prefix: String,
@@ -163,9 +167,18 @@ pub async fn open_engine(config: &Config) -> Result<Arc<dyn Engine>, StartError>
     match config.engine {
         EngineKind::Memory => Ok(Arc::new(MemoryEngine::new())),
         EngineKind::Redis => {
-            let engine = relay_core::RedisEngine::connect(&config.redis_url, &config.redis_prefix)
-                .await
-                .map_err(|e| StartError::Engine(format!("{}: {e}", config.redis_url)))?;
+            let engine = if config.redis_cluster {
+                let nodes: Vec<String> = config
+                    .redis_url
+                    .split(',')
+                    .map(|u| u.trim().to_owned())
+                    .filter(|u| !u.is_empty())
+                    .collect();
+                relay_core::RedisEngine::connect_cluster(&nodes, &config.redis_prefix).await
+            } else {
+                relay_core::RedisEngine::connect(&config.redis_url, &config.redis_prefix).await
+            }
+            .map_err(|e| StartError::Engine(format!("{}: {e}", config.redis_url)))?;
             Ok(Arc::new(engine))
         }
         EngineKind::Sqlite => {

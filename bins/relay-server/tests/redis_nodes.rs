@@ -1,5 +1,6 @@
-//! Two relay-server processes sharing one Redis: alice on node 1, bob on node 2, long-polls on
-//! opposite nodes, then node 1 is killed mid-conversation and alice carries on through node 2.
+//! Two relay-server processes sharing one Redis (and, second test, one Redis Cluster of three
+//! primaries): alice on node 1, bob on node 2, long-polls on opposite nodes, then node 1 is
+//! killed mid-conversation and alice carries on through node 2.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -18,61 +19,6 @@ use common::{payloads, seqs, Raw};
 use mtproto_crypto::ServerPublicKey;
 use mtproto_session::wire::Bytes;
 
-struct Redis {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Redis {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into()))
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .args(["--dir", dir.path().to_str().unwrap()])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian package) is needed; scripts/test.sh installs it");
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Self {
-                    child,
-                    url: format!("redis://127.0.0.1:{port}/0"),
-                    _dir: dir,
-                };
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        let mut child = child;
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("redis did not start");
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 struct Node {
     child: Child,
     url: String,
@@ -86,18 +32,10 @@ impl Drop for Node {
 }
 
 /// Both nodes share the server key file, as a deployment behind one name would.
-fn node(redis: &str, key_file: &std::path::Path, data: &std::path::Path) -> Node {
+fn node(redis: &[&str], key_file: &std::path::Path, data: &std::path::Path) -> Node {
     let mut child = Command::new(env!("CARGO_BIN_EXE_relay-server"))
-        .args([
-            "--bind",
-            "127.0.0.1:0",
-            "--engine",
-            "redis",
-            "--redis-url",
-            redis,
-            "--workers",
-            "1",
-        ])
+        .args(["--bind", "127.0.0.1:0", "--engine", "redis", "--workers", "1"])
+        .args(redis)
         .arg("--key-file")
         .arg(key_file)
         .arg("--data-dir")
@@ -132,11 +70,26 @@ async fn key_of(url: &str) -> ServerPublicKey {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_one_redis_and_a_node_dies() {
-    let redis = Redis::start();
+    let redis = relay_test_support::RedisServer::start();
+    conversation(&["--redis-url", &redis.url], "redis").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_one_redis_cluster_and_a_node_dies() {
+    let cluster = relay_test_support::RedisCluster::start();
+    // One seed is enough; the client learns the other two primaries from it.
+    conversation(
+        &["--redis-cluster", "--redis-url", &cluster.urls[1]],
+        "redis-cluster",
+    )
+    .await;
+}
+
+async fn conversation(redis: &[&str], engine: &str) {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("server_key");
-    let n1 = node(&redis.url, &key_file, &dir.path().join("n1"));
-    let n2 = node(&redis.url, &key_file, &dir.path().join("n2"));
+    let n1 = node(redis, &key_file, &dir.path().join("n1"));
+    let n2 = node(redis, &key_file, &dir.path().join("n2"));
     let key = key_of(&n1.url).await;
     assert_eq!(key, key_of(&n2.url).await);
 
@@ -205,6 +158,6 @@ async fn two_nodes_one_redis_and_a_node_dies() {
         .json()
         .await
         .unwrap();
-    assert_eq!(health["engine"], "redis");
+    assert_eq!(health["engine"], engine);
     assert!(health["stats"]["redis_round_trips"].as_u64().unwrap() > 0);
 }

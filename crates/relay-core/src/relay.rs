@@ -357,7 +357,7 @@ impl Relay {
                 Some(s) => s,
                 None => self
                     .engine
-                    .session(key_id)
+                    .session(key_id, client_id)
                     .await?
                     .ok_or(RelayError::UnknownAuthKey)?,
             };
@@ -636,7 +636,7 @@ impl Relay {
         body: &[u8],
     ) -> Result<EnvelopeResponse, RelayError> {
         let call = self.parse_call(endpoint, req, body)?;
-        let outcome = match (&call, self.engine.outcome(key_id, msg_id).await?) {
+        let outcome = match (&call, self.engine.outcome(key_id, client_id, msg_id).await?) {
             (_, Some(o)) => o,
             // Reads (and acks, which are idempotent) can simply be answered again.
             (Call::PollMessages { .. }, None) => Outcome::Acked { removed: 0 },

@@ -38,7 +38,7 @@ engine_tests!(sqlite, || async {
     (engine, Box::new(dir) as Box<dyn std::any::Any + Send>) as super::Made
 });
 engine_tests!(redis, || async {
-    let server = suite::RedisProcess::start();
+    let server = suite::RedisServer::start();
     let engine: std::sync::Arc<dyn relay_core::Engine> = std::sync::Arc::new(
         relay_core::RedisEngine::connect(&server.url, "test")
             .await
@@ -46,6 +46,39 @@ engine_tests!(redis, || async {
     );
     (engine, Box::new(server) as Box<dyn std::any::Any + Send>) as super::Made
 });
+
+/// Redis Cluster: one cluster for the whole suite (forming one takes a second or two), each case
+/// on a fresh engine with its own key prefix, one after the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_passes_the_suite() {
+    let cluster = suite::RedisCluster::start();
+    let mut ran = Vec::new();
+    macro_rules! on_cluster {
+        ($cluster:expr, $name:ident) => {
+            let engine = relay_core::RedisEngine::connect_cluster(&$cluster.urls, stringify!($name))
+                .await
+                .unwrap();
+            assert!(engine.is_cluster());
+            suite::$name(&engine).await;
+            ran.push(stringify!($name));
+        };
+    }
+    suite::for_each_case!(on_cluster, cluster);
+    assert_eq!(ran.len(), 12, "{ran:?}");
+    // The harness is a real cluster: a script over two users' slots is refused, which is why
+    // the engine splits a send in two there.
+    let client = ::redis::cluster::ClusterClient::new(cluster.urls.clone()).unwrap();
+    let mut conn = client.get_async_connection().await.unwrap();
+    let crossed: ::redis::RedisResult<i64> = ::redis::cmd("EVAL")
+        .arg("return 1")
+        .arg(2)
+        .arg("x:{u:alice}:peer")
+        .arg("x:{u:bob}:peer")
+        .query_async(&mut conn)
+        .await;
+    let err = crossed.unwrap_err().to_string();
+    assert!(err.to_lowercase().contains("crossslot"), "{err}");
+}
 
 #[tokio::test]
 async fn sqlite_data_survives_reopening() {
@@ -125,6 +158,7 @@ async fn sqlite_upgrades_a_first_release_database() {
         .unwrap();
     }
     let e = relay_core::SqliteEngine::open(&path).unwrap();
+    let alice_id = mtproto_session::ClientId::new("alice").unwrap();
     // The waiting message, the session (still JSON) and the account come through.
     let got = e
         .fetch(&mtproto_session::ClientId::new("bob").unwrap(), 10, suite::t0())
@@ -132,7 +166,7 @@ async fn sqlite_upgrades_a_first_release_database() {
         .unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].payload.0, [1, 2]);
-    let stored = e.session([1; 8]).await.unwrap().unwrap();
+    let stored = e.session([1; 8], &alice_id).await.unwrap().unwrap();
     assert_eq!((stored.session, stored.version), (session, 5));
     assert_eq!(
         e.auth_key([1; 8]).await.unwrap().unwrap().client_id.as_str(),
@@ -147,7 +181,7 @@ async fn sqlite_upgrades_a_first_release_database() {
         .await
         .unwrap();
     assert!(matches!(out, relay_core::Outcome::Sent { seq: 2, .. }), "{out:?}");
-    assert_eq!(e.session([1; 8]).await.unwrap().unwrap().version, 6);
+    assert_eq!(e.session([1; 8], &alice_id).await.unwrap().unwrap().version, 6);
     drop(e);
     let c = rusqlite::Connection::open(&path).unwrap();
     let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();

@@ -122,7 +122,11 @@ impl Engine for MemoryEngine {
         Ok(self.lock().keys.get(&key_id).cloned())
     }
 
-    async fn session(&self, key_id: [u8; 8]) -> Result<Option<SessionRecord>, EngineError> {
+    async fn session(
+        &self,
+        key_id: [u8; 8],
+        _client: &ClientId,
+    ) -> Result<Option<SessionRecord>, EngineError> {
         Ok(self.lock().sessions.get(&key_id).cloned())
     }
 
@@ -204,7 +208,12 @@ impl Engine for MemoryEngine {
         Ok(outcome)
     }
 
-    async fn outcome(&self, key_id: [u8; 8], msg_id: u64) -> Result<Option<Outcome>, EngineError> {
+    async fn outcome(
+        &self,
+        key_id: [u8; 8],
+        _client: &ClientId,
+        msg_id: u64,
+    ) -> Result<Option<Outcome>, EngineError> {
         Ok(self
             .lock()
             .outcomes

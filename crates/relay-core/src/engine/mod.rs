@@ -73,8 +73,10 @@ pub trait Engine: Send + Sync + 'static {
     /// The auth key with this id.
     async fn auth_key(&self, key_id: [u8; 8]) -> Result<Option<AuthKeyRecord>, EngineError>;
 
-    /// The session of this key.
-    async fn session(&self, key_id: [u8; 8]) -> Result<Option<SessionRecord>, EngineError>;
+    /// The session of this key, which belongs to `client` (the key's record names it; engines
+    /// that place data by user, such as Redis Cluster, need it to find the session).
+    async fn session(&self, key_id: [u8; 8], client: &ClientId)
+        -> Result<Option<SessionRecord>, EngineError>;
 
     /// Commits one request atomically: session compare-and-swap, the op, the outcome and
     /// last-seen. On any error nothing is stored.
@@ -106,8 +108,13 @@ pub trait Engine: Send + Sync + 'static {
         None
     }
 
-    /// The stored outcome of a committed request.
-    async fn outcome(&self, key_id: [u8; 8], msg_id: u64) -> Result<Option<Outcome>, EngineError>;
+    /// The stored outcome of a request of `client`'s key `key_id` that was committed.
+    async fn outcome(
+        &self,
+        key_id: [u8; 8],
+        client: &ClientId,
+        msg_id: u64,
+    ) -> Result<Option<Outcome>, EngineError>;
 
     /// Up to `limit` entries of `client`'s mailbox, oldest first, not yet expired at `now`.
     async fn fetch(

@@ -778,7 +778,11 @@ impl Engine for SqliteEngine {
         .await
     }
 
-    async fn session(&self, key_id: [u8; 8]) -> Result<Option<SessionRecord>, EngineError> {
+    async fn session(
+        &self,
+        key_id: [u8; 8],
+        _client: &ClientId,
+    ) -> Result<Option<SessionRecord>, EngineError> {
         self.call(move |c| {
             let row: Option<(rusqlite::types::Value, i64)> = c
                 .prepare_cached("SELECT data, version FROM sessions WHERE key_id = ?1")
@@ -820,7 +824,12 @@ impl Engine for SqliteEngine {
         .await
     }
 
-    async fn outcome(&self, key_id: [u8; 8], msg_id: u64) -> Result<Option<Outcome>, EngineError> {
+    async fn outcome(
+        &self,
+        key_id: [u8; 8],
+        _client: &ClientId,
+        msg_id: u64,
+    ) -> Result<Option<Outcome>, EngineError> {
         self.call(move |c| {
             json_row(
                 c,

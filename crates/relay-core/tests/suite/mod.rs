@@ -66,7 +66,7 @@ pub async fn commit_op(
     keep: bool,
     now: UnixTime,
 ) -> Result<Outcome, EngineError> {
-    let rec = e.session(from.key_id).await.unwrap().unwrap();
+    let rec = e.session(from.key_id, &from.client).await.unwrap().unwrap();
     e.commit(Commit {
         key_id: from.key_id,
         client: from.client.clone(),
@@ -105,20 +105,30 @@ pub async fn send_with(
     commit_op(e, from, op, msg_id, true, now).await
 }
 
+/// Calls `$callback!($($args,)* name)` for every case of the suite: the one list of cases.
+macro_rules! for_each_case {
+    ($callback:ident $(, $args:expr)*) => {
+        $callback!($($args,)* pending_handshakes_store_advance_and_serve_once);
+        $callback!($($args,)* pending_handshakes_are_bounded);
+        $callback!($($args,)* client_ids_bind_to_the_first_key);
+        $callback!($($args,)* send_assigns_increasing_sequence_numbers);
+        $callback!($($args,)* failed_commits_store_nothing);
+        $callback!($($args,)* session_versions_detect_concurrent_commits);
+        $callback!($($args,)* acks_remove_only_own_entries);
+        $callback!($($args,)* outcomes_are_kept_for_resends);
+        $callback!($($args,)* identity_keys_have_versions);
+        $callback!($($args,)* fetch_is_ordered_limited_and_hides_expired);
+        $callback!($($args,)* expiry_tells_the_sender);
+        $callback!($($args,)* concurrent_sends_all_land_once);
+    };
+}
+pub(crate) use for_each_case;
+
+/// One test function per case, each with a fresh engine from `$make`.
 macro_rules! for_each_test {
     ($make:expr) => {
-        suite::case!($make, pending_handshakes_store_advance_and_serve_once);
-        suite::case!($make, pending_handshakes_are_bounded);
-        suite::case!($make, client_ids_bind_to_the_first_key);
-        suite::case!($make, send_assigns_increasing_sequence_numbers);
-        suite::case!($make, failed_commits_store_nothing);
-        suite::case!($make, session_versions_detect_concurrent_commits);
-        suite::case!($make, acks_remove_only_own_entries);
-        suite::case!($make, outcomes_are_kept_for_resends);
-        suite::case!($make, identity_keys_have_versions);
-        suite::case!($make, fetch_is_ordered_limited_and_hides_expired);
-        suite::case!($make, expiry_tells_the_sender);
-        suite::case!($make, concurrent_sends_all_land_once);
+        use suite::case;
+        suite::for_each_case!(case, $make);
     };
 }
 pub(crate) use for_each_test;
@@ -134,65 +144,8 @@ macro_rules! case {
     };
 }
 
-/// A private `redis-server` on a free loopback port, with AOF `appendfsync always` (the setting
-/// the no-loss promise needs), killed when dropped.
-pub struct RedisProcess {
-    child: std::process::Child,
-    pub url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl RedisProcess {
-    pub fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let bin = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-        let child = std::process::Command::new(&bin)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-            ])
-            .args(["--appendfsync", "always", "--dir", dir.path().to_str().unwrap()])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start {bin} ({e}): install Debian's redis-server (scripts/test.sh does)")
-            });
-        let url = format!("redis://127.0.0.1:{port}/0");
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Self {
-                    child,
-                    url,
-                    _dir: dir,
-                };
-            }
-            std::thread::sleep(std::time::Duration::from_millis(25));
-        }
-        let mut child = child;
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("redis-server did not start on port {port}");
-    }
-}
-
-impl Drop for RedisProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 pub(crate) use case;
+pub use relay_test_support::{RedisCluster, RedisServer};
 
 pub async fn pending_handshakes_store_advance_and_serve_once(e: &dyn Engine) {
     e.put_pending(pending(1, t0()), 10, t0()).await.unwrap();
@@ -282,7 +235,12 @@ pub async fn send_assigns_increasing_sequence_numbers(e: &dyn Engine) {
 
 pub async fn failed_commits_store_nothing(e: &dyn Engine) {
     let (alice, bob) = two_accounts(e).await;
-    let before = e.session(alice.key_id).await.unwrap().unwrap().version;
+    let before = e
+        .session(alice.key_id, &alice.client)
+        .await
+        .unwrap()
+        .unwrap()
+        .version;
     assert_eq!(
         send(e, &alice, "nobody", b"x").await,
         Err(EngineError::UnknownPeer)
@@ -295,7 +253,11 @@ pub async fn failed_commits_store_nothing(e: &dyn Engine) {
     );
     assert_eq!(e.fetch(&bob.client, 100, t0()).await.unwrap().len(), 2);
     assert_eq!(
-        e.session(alice.key_id).await.unwrap().unwrap().version,
+        e.session(alice.key_id, &alice.client)
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
         before + 2,
         "failed commits leave the session"
     );
@@ -303,7 +265,7 @@ pub async fn failed_commits_store_nothing(e: &dyn Engine) {
 
 pub async fn session_versions_detect_concurrent_commits(e: &dyn Engine) {
     let (alice, _bob) = two_accounts(e).await;
-    let rec = e.session(alice.key_id).await.unwrap().unwrap();
+    let rec = e.session(alice.key_id, &alice.client).await.unwrap().unwrap();
     let c = |msg_id| Commit {
         key_id: alice.key_id,
         client: alice.client.clone(),
@@ -328,7 +290,7 @@ pub async fn session_versions_detect_concurrent_commits(e: &dyn Engine) {
             .len(),
         1
     );
-    assert!(e.outcome(alice.key_id, 8).await.unwrap().is_none());
+    assert!(e.outcome(alice.key_id, &alice.client, 8).await.unwrap().is_none());
     // The refused commit took no sequence number and no room in bob's mailbox.
     let out = send_with(e, &alice, "bob", b"next", 2, 60, t0()).await.unwrap();
     assert!(matches!(out, Outcome::Sent { seq: 2, .. }), "{out:?}");
@@ -383,15 +345,27 @@ pub async fn outcomes_are_kept_for_resends(e: &dyn Engine) {
     )
     .await
     .unwrap();
-    assert_eq!(e.outcome(alice.key_id, msg_id).await.unwrap(), Some(out.clone()));
-    assert_eq!(e.outcome(alice.key_id, msg_id + 4).await.unwrap(), None);
+    assert_eq!(
+        e.outcome(alice.key_id, &alice.client, msg_id).await.unwrap(),
+        Some(out.clone())
+    );
+    assert_eq!(
+        e.outcome(alice.key_id, &alice.client, msg_id + 4).await.unwrap(),
+        None
+    );
     // Housekeeping well inside the outcome's lifetime keeps it.
     e.purge_expired(t0().plus_secs(600)).await.unwrap();
-    assert_eq!(e.outcome(alice.key_id, msg_id).await.unwrap(), Some(out));
+    assert_eq!(
+        e.outcome(alice.key_id, &alice.client, msg_id).await.unwrap(),
+        Some(out)
+    );
     e.purge_expired(t0().plus_secs(relay_core::engine::OUTCOME_TTL_SECS + 1))
         .await
         .unwrap();
-    assert_eq!(e.outcome(alice.key_id, msg_id).await.unwrap(), None);
+    assert_eq!(
+        e.outcome(alice.key_id, &alice.client, msg_id).await.unwrap(),
+        None
+    );
 }
 
 pub async fn identity_keys_have_versions(e: &dyn Engine) {
