@@ -283,3 +283,93 @@ async fn sqlite_a_failing_statement_rolls_back_only_its_batch() {
     suite::send(&e, &alice, "bob", b"after").await.unwrap();
     assert_eq!(e.fetch(&bob.client, 10, suite::t0()).await.unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_upgrades_a_first_release_layout() {
+    use ::redis::AsyncCommands;
+    use mtproto_session::{ClientId, ServerSalt, ServerSession, SessionId};
+    use relay_core::Engine;
+    let server = suite::RedisServer::start();
+    let session = ServerSession::new(SessionId([1; 8]), ServerSalt([1; 8]), suite::t0());
+    let record = relay_core::AuthKeyRecord {
+        key_id: [1; 8],
+        auth_key: mtproto_session::SecretBytes::new(vec![1; 256]),
+        client_id: ClientId::new("alice").unwrap(),
+        created_at: suite::t0(),
+    };
+    let kid = "0101010101010101";
+    let expires = suite::t0().as_secs() + 60;
+    {
+        // What the first release wrote (prefix "old").
+        let mut c = ::redis::Client::open(server.url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let _: () = c.sadd("old:peers", &["alice", "bob"]).await.unwrap();
+        let _: () = c.set("old:{u:alice}:owner", kid).await.unwrap();
+        let _: () = c
+            .set(
+                format!("old:{{k:{kid}}}:key"),
+                serde_json::to_string(&record).unwrap(),
+            )
+            .await
+            .unwrap();
+        let _: () = c
+            .hset_multiple(
+                format!("old:{{k:{kid}}}:sess"),
+                &[
+                    ("data", serde_json::to_string(&session).unwrap()),
+                    ("version", "5".into()),
+                ],
+            )
+            .await
+            .unwrap();
+        for (who, next) in [("alice", 0), ("bob", 1)] {
+            let _: () = c
+                .hset_multiple(
+                    format!("old:{{u:{who}}}:peer"),
+                    &[
+                        ("key", String::new()),
+                        ("kv", "0".into()),
+                        ("reg", "1800000000".into()),
+                        ("seen", "1800000000".into()),
+                        ("next", next.to_string()),
+                    ],
+                )
+                .await
+                .unwrap();
+        }
+        let entry = format!(
+            r#"{{"seq":1,"from":"alice","kind":"message","payload":"AQI=","timestamp_ms":1800000000000,"expires_at":{expires}}}"#
+        );
+        let _: () = c.zadd("old:{u:bob}:mbox", entry, 1).await.unwrap();
+        let _: () = c.zadd("old:expiry", "bob|1|alice", expires).await.unwrap();
+    }
+    let e = relay_core::RedisEngine::connect(&server.url, "old")
+        .await
+        .unwrap();
+    let alice = suite::Account {
+        key_id: [1; 8],
+        client: ClientId::new("alice").unwrap(),
+    };
+    let stored = e.session([1; 8], &alice.client).await.unwrap().unwrap();
+    assert_eq!((stored.session, stored.version), (session, 5));
+    let bob = ClientId::new("bob").unwrap();
+    assert_eq!(e.fetch(&bob, 10, suite::t0()).await.unwrap()[0].payload.0, [1, 2]);
+    // Commits go on from the moved session.
+    let out = suite::send(&e, &alice, "bob", b"after").await.unwrap();
+    assert!(matches!(out, relay_core::Outcome::Sent { seq: 2, .. }), "{out:?}");
+    // The moved expiry index still tells alice when her first message expires.
+    let told = e.purge_expired(suite::t0().plus_secs(61)).await.unwrap();
+    assert_eq!(told, vec![alice.client.clone()]);
+    drop(e);
+    // Connecting again finds the layout done and changes nothing.
+    let e = relay_core::RedisEngine::connect(&server.url, "old")
+        .await
+        .unwrap();
+    assert_eq!(
+        e.session([1; 8], &alice.client).await.unwrap().unwrap().version,
+        6
+    );
+}

@@ -316,12 +316,9 @@ impl RedisEngine {
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, EngineError> {
         let client = redis::Client::open(url).map_err(storage)?;
         let conn = ConnectionManager::new(client).await.map_err(storage)?;
-        Ok(Self::build(
-            Conn::Single(conn),
-            false,
-            vec![url.to_owned()],
-            prefix,
-        ))
+        let engine = Self::build(Conn::Single(conn), false, vec![url.to_owned()], prefix);
+        engine.upgrade_layout().await?;
+        Ok(engine)
     }
 
     /// Connects to a Redis Cluster through any of its `nodes` (e.g. `redis://10.0.0.5:7000`);
@@ -332,7 +329,9 @@ impl RedisEngine {
     pub async fn connect_cluster(nodes: &[String], prefix: &str) -> Result<Self, EngineError> {
         let client = redis::cluster::ClusterClient::new(nodes.to_vec()).map_err(storage)?;
         let conn = client.get_async_connection().await.map_err(storage)?;
-        Ok(Self::build(Conn::Cluster(conn), true, nodes.to_vec(), prefix))
+        let engine = Self::build(Conn::Cluster(conn), true, nodes.to_vec(), prefix);
+        engine.upgrade_layout().await?;
+        Ok(engine)
     }
 
     fn build(conn: Conn, cluster: bool, urls: Vec<String>, prefix: &str) -> Self {
@@ -406,6 +405,95 @@ impl RedisEngine {
     /// Whether this engine talks to a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
         self.cluster
+    }
+}
+
+/// The key layout this code writes, kept in `PREFIX:layout`.
+const LAYOUT: &str = "2";
+
+/// Copies a version-1 session (JSON under the key's tag) to its version-2 place (binary, under
+/// the user's tag) unless a session is there already. KEYS: new session. ARGV: data, version.
+const MOVE_SESSION: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'data', ARGV[1], 'version', ARGV[2])
+return 1";
+
+impl RedisEngine {
+    /// Brings data written by the first release (layout 1) to this layout, once: sessions
+    /// move from `{k:<key_id>}:sess` (JSON) to `{u:<client>}:sess:<key_id>` (binary) and the
+    /// global `expiry` index is split per user. Mailboxes, peers, owners and key records keep
+    /// their keys; outcomes of layout 1 are left to expire (a resend without one is refused,
+    /// never run twice). Every step is idempotent and never overwrites layout-2 data, so nodes
+    /// starting together may all run it.
+    async fn upgrade_layout(&self) -> Result<(), EngineError> {
+        let layout_key = format!("{}:layout", self.prefix);
+        let mut conn = self.trip();
+        let layout: Option<String> = conn.get(&layout_key).await.map_err(storage)?;
+        if layout.as_deref() == Some(LAYOUT) {
+            return Ok(());
+        }
+        if let Some(other) = layout {
+            return Err(storage(format!(
+                "Redis holds key layout {other} under prefix {}; this relay writes layout {LAYOUT}",
+                self.prefix
+            )));
+        }
+        let mut conn = self.trip();
+        let users: Vec<String> = conn.smembers(self.directory()).await.map_err(storage)?;
+        let mover = Script::new(MOVE_SESSION);
+        for user in &users {
+            let mut conn = self.trip();
+            let owner: Option<String> = conn.get(self.u(user, "owner")).await.map_err(storage)?;
+            let Some(kid_hex) = owner else { continue };
+            let old = format!("{}:{{k:{kid_hex}}}:sess", self.prefix);
+            let mut conn = self.trip();
+            let (data, version): (Option<String>, Option<u64>) = redis::cmd("HMGET")
+                .arg(&old)
+                .arg("data")
+                .arg("version")
+                .query_async(&mut conn)
+                .await
+                .map_err(storage)?;
+            let (Some(data), Some(version)) = (data, version) else {
+                continue;
+            };
+            let session: ServerSession = serde_json::from_str(&data).map_err(storage)?;
+            let new = self.u(user, &format!("sess:{kid_hex}"));
+            let mut conn = self.trip();
+            let _: i64 = mover
+                .key(&new)
+                .arg(session.to_bytes())
+                .arg(version)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(storage)?;
+            let mut conn = self.trip();
+            let _: i64 = conn.del(&old).await.map_err(storage)?;
+        }
+        let old_expiry = format!("{}:expiry", self.prefix);
+        let mut conn = self.trip();
+        let due: Vec<(String, u64)> = conn
+            .zrange_withscores(&old_expiry, 0, -1)
+            .await
+            .map_err(storage)?;
+        for (member, expires) in due {
+            let mut parts = member.splitn(3, '|');
+            if let (Some(to), Some(seq)) = (parts.next(), parts.next()) {
+                let mut conn = self.trip();
+                let _: i64 = conn
+                    .zadd(self.u(to, "expiry"), seq, expires)
+                    .await
+                    .map_err(storage)?;
+            }
+        }
+        let mut conn = self.trip();
+        let _: i64 = conn.del(&old_expiry).await.map_err(storage)?;
+        let mut conn = self.trip();
+        let _: () = conn.set(&layout_key, LAYOUT).await.map_err(storage)?;
+        if !users.is_empty() {
+            tracing::info!(users = users.len(), "Redis data upgraded to key layout {LAYOUT}");
+        }
+        Ok(())
     }
 }
 
