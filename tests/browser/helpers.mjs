@@ -20,10 +20,23 @@ export async function launchBrowser() {
   return chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', args: CHROMIUM_FLAGS });
 }
 
-/** Starts relay-server on an ephemeral loopback port; resolves when it prints where it listens. */
-export async function startServer(extra = []) {
+/** A loopback port that was free a moment ago (to restart a server on the same origin). */
+export async function freePort() {
+  const { createServer } = await import('node:net');
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.once('error', rej);
+    s.listen(0, '127.0.0.1', () => { const { port } = s.address(); s.close(() => res(port)); });
+  });
+}
+
+/**
+ * Starts relay-server (by default on an ephemeral loopback port, in a new data directory);
+ * resolves when it prints where it listens.
+ */
+export async function startServer(extra = [], { bind = '127.0.0.1:0' } = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'relay-browser-'));
-  const proc = spawn(join(binDir, 'relay-server'), ['--bind', '127.0.0.1:0', '--data-dir', dir, ...extra],
+  const proc = spawn(join(binDir, 'relay-server'), ['--bind', bind, '--data-dir', dir, ...extra],
     { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, RUST_LOG: 'warn' } });
   const lines = createInterface({ input: proc.stdout });
   const info = await new Promise((res, rej) => {

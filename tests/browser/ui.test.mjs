@@ -1,6 +1,7 @@
 // The two pages in real Chromium against a real relay-server: chat both ways, offline delivery,
 // reload keeps identity and keys, Rust client interop, key-change warning, the multi-user bench,
-// and no plaintext in what the pages send. Screenshots go to test-artifacts/.
+// a server that lost its data, and no plaintext in what the pages send. Screenshots go to
+// test-artifacts/.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -8,7 +9,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { launchBrowser, startServer, recordTraffic, until, artifacts, binDir } from './helpers.mjs';
+import { launchBrowser, startServer, recordTraffic, until, artifacts, binDir, freePort } from './helpers.mjs';
 
 let server, browser;
 const traffic = [];
@@ -165,10 +166,67 @@ test('the multi-user bench completes three handshakes and shows ciphertext besid
   await ctx.close();
 });
 
+test('after the server loses its data, open pages shake hands again, republish keys and chat on', async () => {
+  // Same origin and same server key file, new empty data directory: what a restore from an old
+  // backup or a lost disk looks like to the pages.
+  const port = await freePort();
+  const keyDir = mkdtempSync(join(tmpdir(), 'relay-key-'));
+  const keyArgs = ['--key-file', join(keyDir, 'server_key')];
+  let lost = await startServer(keyArgs, { bind: `127.0.0.1:${port}` });
+  const ctxA = await browser.newContext(), ctxB = await browser.newContext(), ctxC = await browser.newContext();
+  try {
+    const open = async (ctx, name) => {
+      const page = await ctx.newPage();
+      recordTraffic(page, traffic);
+      await page.goto(`${lost.url}/client_ui.html`);
+      await page.fill('#name', name);
+      await page.click('#connect');
+      await page.waitForSelector('#main-view.on', { timeout: 20000 });
+      return page;
+    };
+    const frank = await open(ctxA, 'frank');
+    const grace = await open(ctxB, 'grace');
+    await frank.reload(); await frank.fill('#name', 'frank'); await frank.click('#connect'); await frank.waitForSelector('#main-view.on');
+    await openPeer(frank, 'grace');
+    await say(frank, 'before the loss');
+    await openPeer(grace, 'frank');
+    await inbound(grace, 'before the loss');
+    const fpBefore = await grace.textContent('#own-fp');
+
+    await lost.stop();
+    for (const page of [frank, grace]) {
+      await until(async () => (await page.textContent('#status')).includes('reconnecting'), 'the page to notice the server is gone');
+    }
+    lost = await startServer(keyArgs, { bind: `127.0.0.1:${port}` });
+    // Each page's poll meets unknown_auth_key, shakes hands again and publishes its key again.
+    for (const [page, name] of [[frank, 'frank'], [grace, 'grace']]) {
+      await until(async () => (await page.textContent('#status')) === `connected as ${name}`, `${name} to reconnect`, 30000);
+    }
+    await say(frank, 'after the loss plaintext-canary-seven');
+    await inbound(grace, 'after the loss plaintext-canary-seven');
+    await say(grace, 'still here');
+    await inbound(frank, 'still here');
+    // A newcomer can write to frank: frank's identity key is in the new server's directory again
+    // (the newcomer has no other way to learn it).
+    const henry = await open(ctxC, 'henry');
+    await openPeer(henry, 'frank');
+    await say(henry, 'hello frank, I am new');
+    await openPeer(frank, 'henry');
+    await inbound(frank, 'hello frank, I am new');
+    // Same identity, same conversation key, and no key-change warning on either side.
+    assert.equal(await grace.textContent('#own-fp'), fpBefore);
+    assert.equal(await frank.locator('#keychange-dialog[open]').count(), 0);
+    assert.equal(await grace.locator('#keychange-dialog[open]').count(), 0);
+  } finally {
+    await ctxA.close(); await ctxB.close(); await ctxC.close();
+    await lost.stop();
+  }
+});
+
 test('no plaintext crossed the wire', () => {
   assert.ok(traffic.length > 20, 'traffic was recorded');
   const all = traffic.join('\n');
-  for (const n of ['one', 'two', 'three', 'four', 'five', 'six']) {
+  for (const n of ['one', 'two', 'three', 'four', 'five', 'six', 'seven']) {
     assert.ok(!all.includes(`plaintext-canary-${n}`), `plaintext-canary-${n} was sent in clear`);
   }
   assert.ok(!all.includes('first contact') && !all.includes('from my new key'));
