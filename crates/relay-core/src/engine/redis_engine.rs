@@ -34,6 +34,7 @@ use std::sync::{Arc, OnceLock};
 use futures::StreamExt;
 use mtproto_session::{ClientId, PendingHandshake, ServerSession, UnixTime};
 use redis::{aio::ConnectionManager, AsyncCommands, Script};
+use zeroize::Zeroizing;
 
 use super::{Engine, OUTCOME_TTL_SECS, RELAY_SENDER};
 use crate::{AuthKeyRecord, Commit, EngineError, MailboxEntry, Notifier, Op, Outcome, Peer, SessionRecord};
@@ -497,6 +498,15 @@ impl RedisEngine {
     }
 }
 
+/// Parses a stored record that holds secrets, wiping the JSON text afterwards.
+fn secret_json<T: serde::de::DeserializeOwned>(v: Option<String>) -> Result<Option<T>, EngineError> {
+    v.map(|s| {
+        let s = Zeroizing::new(s);
+        serde_json::from_str(&s).map_err(storage)
+    })
+    .transpose()
+}
+
 fn script_error(e: redis::RedisError) -> EngineError {
     let text = e.to_string();
     if text.contains("CONFLICT") {
@@ -838,7 +848,7 @@ impl Engine for RedisEngine {
     async fn put_pending(&self, p: PendingHandshake, max: usize, now: UnixTime) -> Result<(), EngineError> {
         let ttl = mtproto_session::handshake::HANDSHAKE_TTL_SECS;
         let sn = hex(&p.server_nonce);
-        let data = serde_json::to_string(&p).map_err(storage)?;
+        let data = Zeroizing::new(serde_json::to_string(&p).map_err(storage)?);
         let mut conn = self.trip();
         let r: Result<i64, _> = self
             .scripts
@@ -849,7 +859,7 @@ impl Engine for RedisEngine {
             .arg(now.as_secs().saturating_sub(ttl))
             .arg(max)
             .arg(&sn)
-            .arg(data)
+            .arg(data.as_str())
             .arg(ttl * 2000)
             .arg(self.hs(""))
             .invoke_async(&mut conn)
@@ -864,17 +874,17 @@ impl Engine for RedisEngine {
     async fn get_pending(&self, server_nonce: [u8; 16]) -> Result<Option<PendingHandshake>, EngineError> {
         let mut conn = self.trip();
         let v: Option<String> = conn.get(self.hs(&hex(&server_nonce))).await.map_err(storage)?;
-        v.map(|s| serde_json::from_str(&s).map_err(storage)).transpose()
+        secret_json(v)
     }
 
     async fn advance_pending(&self, p: PendingHandshake) -> Result<bool, EngineError> {
-        let data = serde_json::to_string(&p).map_err(storage)?;
+        let data = Zeroizing::new(serde_json::to_string(&p).map_err(storage)?);
         let mut conn = self.trip();
         let done: i64 = self
             .scripts
             .advance_pending
             .key(self.hs(&hex(&p.server_nonce)))
-            .arg(data)
+            .arg(data.as_str())
             .invoke_async(&mut conn)
             .await
             .map_err(storage)?;
@@ -893,7 +903,7 @@ impl Engine for RedisEngine {
             .invoke_async(&mut conn)
             .await
             .map_err(storage)?;
-        v.map(|s| serde_json::from_str(&s).map_err(storage)).transpose()
+        secret_json(v)
     }
 
     /// Three steps, each in one slot, ordered so that a crash between them leaves nothing
@@ -911,9 +921,9 @@ impl Engine for RedisEngine {
         let mut conn = self.trip();
         let _: i64 = conn.sadd(self.directory(), &client).await.map_err(storage)?;
         let mut conn = self.trip();
-        let record = serde_json::to_string(&key).map_err(storage)?;
+        let record = Zeroizing::new(serde_json::to_string(&key).map_err(storage)?);
         let _: () = conn
-            .set(self.key_record(&key.key_id), record)
+            .set(self.key_record(&key.key_id), record.as_str())
             .await
             .map_err(storage)?;
         let mut conn = self.trip();
@@ -942,7 +952,7 @@ impl Engine for RedisEngine {
     async fn auth_key(&self, key_id: [u8; 8]) -> Result<Option<AuthKeyRecord>, EngineError> {
         let mut conn = self.trip();
         let v: Option<String> = conn.get(self.key_record(&key_id)).await.map_err(storage)?;
-        v.map(|s| serde_json::from_str(&s).map_err(storage)).transpose()
+        secret_json(v)
     }
 
     async fn session(

@@ -25,6 +25,7 @@ use mtproto_session::{wire::Bytes, ClientId, PendingHandshake, ServerSession, St
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::oneshot;
+use zeroize::Zeroizing;
 
 use super::{Engine, OUTCOME_TTL_SECS, RELAY_SENDER};
 use crate::{AuthKeyRecord, Commit, EngineError, EntryKind, MailboxEntry, Op, Outcome, Peer, SessionRecord};
@@ -76,8 +77,9 @@ fn storage<E: std::fmt::Display>(e: E) -> EngineError {
     EngineError::Storage(e.to_string())
 }
 
-fn to_json<T: Serialize>(v: &T) -> Result<String, EngineError> {
-    serde_json::to_string(v).map_err(storage)
+/// JSON of a record; wiped when dropped, because auth keys and handshake secrets pass through.
+fn to_json<T: Serialize>(v: &T) -> Result<Zeroizing<String>, EngineError> {
+    serde_json::to_string(v).map(Zeroizing::new).map_err(storage)
 }
 
 fn from_json<T: DeserializeOwned>(s: &str) -> Result<T, EngineError> {
@@ -90,10 +92,10 @@ fn json_row<T: DeserializeOwned>(
     sql: &str,
     args: impl rusqlite::Params,
 ) -> Result<Option<T>, EngineError> {
-    let data: Option<String> = c
+    let data: Option<Zeroizing<String>> = c
         .prepare_cached(sql)
         .map_err(storage)?
-        .query_row(args, |r| r.get(0))
+        .query_row(args, |r| r.get::<_, String>(0).map(Zeroizing::new))
         .optional()
         .map_err(storage)?;
     data.map(|d| from_json(&d)).transpose()
@@ -486,7 +488,7 @@ fn insert_entry(
         "INSERT INTO mailbox (recipient, seq, sender, kind, payload, ts, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )
     .map_err(storage)?
-    .execute(params![to, seq, from, to_json(kind)?, payload, as_i64(now.as_nanos() / 1_000_000), as_i64(expires_at)])
+    .execute(params![to, seq, from, to_json(kind)?.as_str(), payload, as_i64(now.as_nanos() / 1_000_000), as_i64(expires_at)])
     .map_err(storage)?;
     Ok(())
 }
@@ -582,7 +584,7 @@ fn commit_in(c: &Connection, cm: &Commit) -> Result<Outcome, EngineError> {
     if cm.keep_outcome {
         c.prepare_cached("INSERT OR REPLACE INTO outcomes (msg_id, key_id, data) VALUES (?1, ?2, ?3)")
             .map_err(storage)?
-            .execute(params![as_i64(cm.msg_id), key, to_json(&outcome)?])
+            .execute(params![as_i64(cm.msg_id), key, to_json(&outcome)?.as_str()])
             .map_err(storage)?;
     }
     Ok(outcome)
@@ -677,7 +679,7 @@ impl Engine for SqliteEngine {
                 "INSERT INTO pending (server_nonce, data, created_at) VALUES (?1, ?2, ?3)",
                 params![
                     pending.server_nonce.to_vec(),
-                    to_json(&pending)?,
+                    to_json(&pending)?.as_str(),
                     as_i64(pending.created_at.as_secs())
                 ],
             )
@@ -713,7 +715,7 @@ impl Engine for SqliteEngine {
             }
             c.execute(
                 "UPDATE pending SET data = ?2 WHERE server_nonce = ?1",
-                params![pending.server_nonce.to_vec(), to_json(&pending)?],
+                params![pending.server_nonce.to_vec(), to_json(&pending)?.as_str()],
             )
             .map_err(storage)?;
             Ok(true)
@@ -748,7 +750,7 @@ impl Engine for SqliteEngine {
             }
             c.execute(
                 "INSERT OR REPLACE INTO auth_keys (key_id, client_id, data) VALUES (?1, ?2, ?3)",
-                params![key.key_id.to_vec(), key.client_id.as_str(), to_json(&key)?],
+                params![key.key_id.to_vec(), key.client_id.as_str(), to_json(&key)?.as_str()],
             )
             .map_err(storage)?;
             c.execute(
