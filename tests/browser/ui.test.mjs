@@ -16,10 +16,10 @@ const traffic = [];
 before(async () => { server = await startServer(); browser = await launchBrowser(); });
 after(async () => { await browser?.close(); await server?.stop(); });
 
-async function connect(context, name) {
+async function connect(context, name, base = server.url) {
   const page = await context.newPage();
   recordTraffic(page, traffic);
-  await page.goto(`${server.url}/client_ui.html`);
+  await page.goto(`${base}/client_ui.html`);
   await page.fill('#name', name);
   await page.click('#connect');
   await page.waitForSelector('#main-view.on', { timeout: 20000 });
@@ -175,15 +175,7 @@ test('after the server loses its data, open pages shake hands again, republish k
   let lost = await startServer(keyArgs, { bind: `127.0.0.1:${port}` });
   const ctxA = await browser.newContext(), ctxB = await browser.newContext(), ctxC = await browser.newContext();
   try {
-    const open = async (ctx, name) => {
-      const page = await ctx.newPage();
-      recordTraffic(page, traffic);
-      await page.goto(`${lost.url}/client_ui.html`);
-      await page.fill('#name', name);
-      await page.click('#connect');
-      await page.waitForSelector('#main-view.on', { timeout: 20000 });
-      return page;
-    };
+    const open = (ctx, name) => connect(ctx, name, lost.url);
     const frank = await open(ctxA, 'frank');
     const grace = await open(ctxB, 'grace');
     await frank.reload(); await frank.fill('#name', 'frank'); await frank.click('#connect'); await frank.waitForSelector('#main-view.on');
