@@ -1,4 +1,5 @@
-//! mtproto-session: one full server-side handshake, and envelope encode/decode of 1 KiB.
+//! mtproto-session: one full server-side handshake, envelope encode/decode of 1 KiB, and the
+//! stored session record (binary and JSON) with a full replay window.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
@@ -78,6 +79,36 @@ fn envelope(c: &mut Criterion) {
                 .decode_request(&est.auth_key, &out.packet, now)
                 .unwrap()
         })
+    });
+    g.finish();
+
+    // A full replay window, as a busy client's session holds: what a store writes with every
+    // request it accepts, in the binary form and as JSON.
+    // Requests 5 ms apart, so msg_ids are spaced as a real client's are.
+    for i in 0..mtproto_session::REPLAY_WINDOW as u64 * 2 {
+        let t = UnixTime::from_nanos(now.as_nanos() + 1_000_000_000 + i * 5_000_000);
+        let out = client.encode_request(b"x", t, &mut OsRng).unwrap();
+        est.session.decode_request(&est.auth_key, &out.packet, t).unwrap();
+    }
+    let session = est.session.clone();
+    let bytes = session.to_bytes();
+    let json = serde_json::to_string(&session).unwrap();
+    eprintln!(
+        "session record: {} bytes binary, {} bytes JSON",
+        bytes.len(),
+        json.len()
+    );
+    let mut g = c.benchmark_group("session_record");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("to_bytes", |b| b.iter(|| black_box(&session).to_bytes()));
+    g.bench_function("from_bytes", |b| {
+        b.iter(|| mtproto_session::ServerSession::from_bytes(black_box(&bytes)).unwrap())
+    });
+    g.bench_function("to_json", |b| {
+        b.iter(|| serde_json::to_string(black_box(&session)).unwrap())
+    });
+    g.bench_function("from_json", |b| {
+        b.iter(|| serde_json::from_str::<mtproto_session::ServerSession>(black_box(&json)).unwrap())
     });
     g.finish();
 }

@@ -1,7 +1,8 @@
 //! A compact, versioned binary form of [`ServerSession`] for storage engines that write the
 //! session with every request they accept (the relay's SQLite and Redis engines).
 //!
-//! JSON of a session with a full replay window is about 1.7 KB; this form is about 0.8 KB,
+//! JSON of a session with a full replay window is about 2.2 KB; this form is about 0.7 KB
+//! (2,258 and 676 bytes measured with requests 5 ms apart, `cargo bench --bench session`),
 //! because the window's msg_ids are sorted and close together: they are stored as varint
 //! deltas, and so are their seq_nos (which never decrease along the window).
 //!
@@ -59,18 +60,22 @@ impl<'a> Reader<'a> {
 
     pub(crate) fn varint(&mut self) -> Result<u64, Error> {
         let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let [b] = self.bytes::<1>()?;
+        for (i, &b) in self.rest.iter().enumerate().take(10) {
             let part = u64::from(b & 0x7f);
-            if shift == 63 && part > 1 {
+            if i == 9 && part > 1 {
                 return Err(malformed("varint overflows 64 bits"));
             }
-            v |= part << shift;
+            v |= part << (7 * i);
             if b & 0x80 == 0 {
+                self.rest = self.rest.get(i + 1..).unwrap_or_default();
                 return Ok(v);
             }
         }
-        Err(malformed("varint overflows 64 bits"))
+        Err(malformed(if self.rest.len() < 10 {
+            "truncated"
+        } else {
+            "varint overflows 64 bits"
+        }))
     }
 
     pub(crate) fn finish(self) -> Result<(), Error> {
@@ -83,7 +88,7 @@ impl<'a> Reader<'a> {
 }
 
 impl super::ServerSession {
-    /// The session in the compact binary form described in this module (about 0.8 KB with a
+    /// The session in the compact binary form described in this module (about 0.7 KB with a
     /// full replay window).
     ///
     /// ```
@@ -152,7 +157,7 @@ impl super::ServerSession {
         if n > REPLAY_WINDOW as u64 {
             return Err(malformed("replay window too long"));
         }
-        let mut window = Vec::new();
+        let mut window = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
         let (mut id, mut seq) = (0u64, 0u32);
         for i in 0..n {
             let d_id = r.varint()?;

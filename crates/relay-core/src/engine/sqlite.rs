@@ -118,7 +118,7 @@ const SCHEMA_VERSION: i64 = 2;
 /// index; outcomes (small rows) are a `WITHOUT ROWID` table keyed by msg_id first — msg_ids
 /// follow the clock (the session refuses ids outside its time window), so new outcomes of all
 /// clients land on the same few pages and old ones go by a key range; sessions are stored in
-/// `ServerSession::to_bytes`'s compact form (about 0.8 KB, several to a page).
+/// `ServerSession::to_bytes`'s compact form (about 0.7 KB, five to a page).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS mailbox (recipient TEXT NOT NULL, seq INTEGER NOT NULL, sender TEXT NOT NULL,
     kind TEXT NOT NULL, payload BLOB NOT NULL, ts INTEGER NOT NULL, expires_at INTEGER NOT NULL,
