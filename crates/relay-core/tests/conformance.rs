@@ -80,6 +80,58 @@ async fn redis_cluster_passes_the_suite() {
     assert!(err.to_lowercase().contains("crossslot"), "{err}");
 }
 
+/// A primary of the cluster (three primaries, one replica each) dies; its replica takes over;
+/// the engine carries on (after the cluster client learns the new primary, bounded retries) with
+/// nothing that was replicated lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_carries_on_after_a_primary_fails_over() {
+    use relay_core::Engine;
+    let mut cluster = suite::RedisCluster::start_with(1);
+    let e = relay_core::RedisEngine::connect_cluster(&cluster.urls, "fo")
+        .await
+        .unwrap();
+    let (alice, bob) = suite::two_accounts(&e).await;
+    for i in 0..5u8 {
+        suite::send(&e, &alice, "bob", &[i]).await.unwrap();
+    }
+    let port = cluster.primary_of("fo:{u:bob}:mbox");
+    cluster.wait_replicated(port);
+    cluster.kill_port(port);
+    cluster.wait_promoted(port, "fo:{u:bob}:mbox");
+    let mut after = None;
+    for _ in 0..100 {
+        match suite::send(&e, &alice, "bob", b"after the failover").await {
+            Ok(o) => {
+                after = Some(o);
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    }
+    assert!(
+        matches!(after, Some(relay_core::Outcome::Sent { seq: 6, .. })),
+        "{after:?}"
+    );
+    let got = e.fetch(&bob.client, 100, suite::t0()).await.unwrap();
+    let payloads: Vec<Vec<u8>> = got.into_iter().map(|m| m.payload.0).collect();
+    assert_eq!(
+        payloads,
+        vec![
+            vec![0],
+            vec![1],
+            vec![2],
+            vec![3],
+            vec![4],
+            b"after the failover".to_vec()
+        ]
+    );
+    assert_ne!(
+        cluster.primary_of("fo:{u:bob}:mbox"),
+        port,
+        "a replica was promoted"
+    );
+}
+
 #[tokio::test]
 async fn sqlite_data_survives_reopening() {
     let dir = tempfile::tempdir().unwrap();

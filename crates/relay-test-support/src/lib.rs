@@ -86,21 +86,48 @@ impl Drop for RedisServer {
     }
 }
 
-/// A private Redis Cluster of three primaries (slots split in thirds). Formed with
-/// `CLUSTER ADDSLOTSRANGE` and `CLUSTER MEET` (no `redis-cli` needed); [`RedisCluster::start`]
-/// returns once every node reports `cluster_state:ok`.
+/// A private Redis Cluster of three primaries (slots split in thirds), optionally with replicas.
+/// Formed with `CLUSTER ADDSLOTSRANGE`, `CLUSTER MEET` and `CLUSTER REPLICATE` (no `redis-cli`
+/// needed); the constructors return once every node reports `cluster_state:ok` and every replica
+/// is linked to its primary.
 pub struct RedisCluster {
     nodes: Vec<Child>,
-    /// One `redis://127.0.0.1:PORT` per node, to seed a cluster client.
+    /// One `redis://127.0.0.1:PORT` per node, primaries first, to seed a cluster client.
     pub urls: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
+/// Waits (at most 20 s) until `INFO`-style text from every connection satisfies `ok`.
+fn wait_all(conns: &mut [redis::Connection], section: (&str, &str), ok: impl Fn(&str) -> bool) {
+    for _ in 0..400 {
+        let all = conns.iter_mut().all(|c| {
+            redis::cmd(section.0)
+                .arg(section.1)
+                .query::<String>(c)
+                .is_ok_and(|text| ok(&text))
+        });
+        if all {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "the Redis Cluster did not settle within 20 s ({} {})",
+        section.0, section.1
+    );
+}
+
 impl RedisCluster {
-    /// Starts three nodes and joins them into one cluster.
+    /// Three primaries, no replicas.
     pub fn start() -> Self {
+        Self::start_with(0)
+    }
+
+    /// Three primaries with `replicas` replicas each.
+    pub fn start_with(replicas: usize) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let total = 3 * (1 + replicas);
+        let ports: Vec<u16> = (0..total).map(|_| free_port()).collect();
         let mut cluster = Self {
             nodes: Vec::new(),
             urls: ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect(),
@@ -117,7 +144,7 @@ impl RedisCluster {
             cluster.nodes.push(child);
         }
         let mut conns: Vec<redis::Connection> = ports.iter().map(|p| connect(*p)).collect();
-        for (i, c) in conns.iter_mut().enumerate() {
+        for (i, c) in conns.iter_mut().enumerate().take(3) {
             let (from, to) = (i * 16384 / 3, (i + 1) * 16384 / 3 - 1);
             let _: () = redis::cmd("CLUSTER")
                 .arg("ADDSLOTSRANGE")
@@ -134,21 +161,116 @@ impl RedisCluster {
                 .query(&mut conns[0])
                 .expect("CLUSTER MEET");
         }
+        let known = format!("cluster_known_nodes:{total}");
+        wait_all(&mut conns, ("CLUSTER", "INFO"), |i| i.contains(&known));
+        let ids: Vec<String> = conns
+            .iter_mut()
+            .take(3)
+            .map(|c| redis::cmd("CLUSTER").arg("MYID").query(c).expect("CLUSTER MYID"))
+            .collect();
+        for (i, c) in conns.iter_mut().enumerate().skip(3) {
+            let _: () = redis::cmd("CLUSTER")
+                .arg("REPLICATE")
+                .arg(&ids[i % 3])
+                .query(c)
+                .expect("CLUSTER REPLICATE");
+        }
+        wait_all(&mut conns, ("CLUSTER", "INFO"), |i| {
+            i.contains("cluster_state:ok")
+        });
+        wait_all(&mut conns[3..], ("INFO", "replication"), |i| {
+            i.contains("master_link_status:up")
+        });
+        cluster
+    }
+
+    /// The port of the primary that serves `key`'s slot now, as the first node that answers
+    /// sees it.
+    pub fn primary_of(&self, key: &str) -> u16 {
+        for url in &self.urls {
+            let Ok(mut c) = redis::Client::open(url.as_str()).and_then(|c| c.get_connection()) else {
+                continue;
+            };
+            let Ok(slot) = redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).query::<i64>(&mut c) else {
+                continue;
+            };
+            let Ok(redis::Value::Array(ranges)) = redis::cmd("CLUSTER").arg("SLOTS").query(&mut c) else {
+                continue;
+            };
+            for range in ranges {
+                let redis::Value::Array(r) = range else { continue };
+                if let (
+                    Some(redis::Value::Int(from)),
+                    Some(redis::Value::Int(to)),
+                    Some(redis::Value::Array(primary)),
+                ) = (r.first(), r.get(1), r.get(2))
+                {
+                    if (*from..=*to).contains(&slot) {
+                        if let Some(redis::Value::Int(port)) = primary.get(1) {
+                            return u16::try_from(*port).expect("a port");
+                        }
+                    }
+                }
+            }
+        }
+        panic!("no node knows which primary serves {key}");
+    }
+
+    /// Waits (at most 20 s) until the replicas of the primary on `port` have all it wrote.
+    pub fn wait_replicated(&self, port: u16) {
+        let mut c = connect(port);
         for _ in 0..400 {
-            let formed = conns.iter_mut().all(|c| {
-                redis::cmd("CLUSTER")
-                    .arg("INFO")
-                    .query::<String>(c)
-                    .is_ok_and(|info| {
-                        info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3")
-                    })
+            let info: String = redis::cmd("INFO").arg("replication").query(&mut c).expect("INFO");
+            let field = |name: &str| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().to_owned())
+            };
+            let primary = field("master_repl_offset:");
+            let replica = field("slave0:").and_then(|v| {
+                v.split(',')
+                    .find_map(|kv| kv.strip_prefix("offset="))
+                    .map(str::to_owned)
             });
-            if formed {
-                return cluster;
+            if primary.is_some() && primary == replica {
+                return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("the Redis Cluster did not form within 20 s");
+        panic!("the replica of the primary on port {port} did not catch up within 20 s");
+    }
+
+    /// Kills the node on `port` (SIGKILL) and waits for it to exit.
+    pub fn kill_port(&mut self, port: u16) {
+        let i = self
+            .urls
+            .iter()
+            .position(|u| u.ends_with(&format!(":{port}")))
+            .expect("a node of this cluster");
+        stop(&mut self.nodes[i]);
+    }
+
+    /// Waits (at most 30 s) until a replica has taken over `key`'s slot from the dead primary
+    /// on `dead` and every live node reports `cluster_state:ok`.
+    pub fn wait_promoted(&self, dead: u16, key: &str) {
+        let live: Vec<&String> = self
+            .urls
+            .iter()
+            .filter(|u| !u.ends_with(&format!(":{dead}")))
+            .collect();
+        for _ in 0..600 {
+            let ok = live.iter().all(|u| {
+                redis::Client::open(u.as_str())
+                    .and_then(|c| c.get_connection())
+                    .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query::<String>(&mut c))
+                    .is_ok_and(|i| i.contains("cluster_state:ok"))
+            });
+            if ok && self.primary_of(key) != dead {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("no replica took over {key} within 30 s");
     }
 }
 
