@@ -31,7 +31,9 @@ use super::{Engine, OUTCOME_TTL_SECS, RELAY_SENDER};
 use crate::{AuthKeyRecord, Commit, EngineError, EntryKind, MailboxEntry, Op, Outcome, Peer, SessionRecord};
 
 type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
-type Job = Box<dyn FnOnce(&Connection) -> Ran + Send>;
+/// A request: run on the connection inside the batch's transaction, or (given `None`) not run at
+/// all and only answered, when the batch cannot start.
+type Job = Box<dyn FnOnce(Option<&Connection>) -> Ran + Send>;
 
 /// One request, run.
 struct Ran {
@@ -238,8 +240,11 @@ impl SqliteEngine {
         F: FnOnce(&Connection) -> Result<T, EngineError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel::<Result<T, EngineError>>();
-        let job: Job = Box::new(move |conn: &Connection| {
-            let result = f(conn);
+        let job: Job = Box::new(move |conn: Option<&Connection>| {
+            let result = match conn {
+                Some(conn) => f(conn),
+                None => Err(EngineError::Storage("not run".into())),
+            };
             Ran {
                 broke: matches!(result, Err(EngineError::Storage(_))),
                 reply: Box::new(move |committed: Result<(), String>| {
@@ -302,10 +307,8 @@ fn writer(conn: Connection, jobs: mpsc::Receiver<Job>, synced: mpsc::Sender<Comm
         };
         if let Some(msg) = refused {
             // Run nothing; answer every queued job with the failure.
-            let _ = exec_cached(&conn, "ROLLBACK");
             for job in queue.drain(..) {
-                let _ = exec_cached(&conn, "ROLLBACK");
-                (job(&conn).reply)(Err(msg.clone()));
+                (job(None).reply)(Err(msg.clone()));
             }
             continue;
         }
@@ -314,7 +317,7 @@ fn writer(conn: Connection, jobs: mpsc::Receiver<Job>, synced: mpsc::Sender<Comm
         let mut broke = false;
         while replies.len() < MAX_BATCH && !broke {
             let Some(job) = queue.pop_front() else { break };
-            let ran = job(&conn);
+            let ran = job(Some(&conn));
             broke = ran.broke;
             replies.push(ran.reply);
         }
@@ -933,5 +936,41 @@ impl Engine for SqliteEngine {
             Ok(notified)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn after_a_failed_fsync_nothing_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = SqliteEngine::open(&dir.path().join("relay.db")).unwrap();
+        engine.counters.failed.store(true, Ordering::Release);
+        let refused = engine
+            .call(|c| {
+                c.execute("CREATE TABLE canary (x)", []).map_err(storage)?;
+                Ok(())
+            })
+            .await;
+        assert!(
+            matches!(&refused, Err(EngineError::Storage(m)) if m.contains("fsync")),
+            "{refused:?}"
+        );
+        engine.counters.failed.store(false, Ordering::Release);
+        let exists: bool = engine
+            .call(|c| {
+                c.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'canary')",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(storage)
+            })
+            .await
+            .unwrap();
+        assert!(!exists, "a refused request ran");
     }
 }
