@@ -38,16 +38,23 @@ async function say(page, text) {
 
 const inbound = (page, text) => page.waitForSelector(`#messages li.msg.in:has-text("${text}")`, { timeout: 20000 });
 
+/** Users `a` and `b` connect on `base`, and `a` writes `text` to `b`, who reads it. */
+async function meet(ctxA, a, ctxB, b, text, base = server.url) {
+  const pageA = await connect(ctxA, a, base);
+  const pageB = await connect(ctxB, b, base);
+  // Peer lists refresh every 10 s; reload a's list by reconnecting after b registered.
+  await pageA.reload(); await pageA.fill('#name', a); await pageA.click('#connect'); await pageA.waitForSelector('#main-view.on');
+  await openPeer(pageA, b);
+  await say(pageA, text);
+  await openPeer(pageB, a);
+  await inbound(pageB, text);
+  return [pageA, pageB];
+}
+
 test('two browser users chat both ways; offline delivery; reload keeps identity and keys', async () => {
   const ctxA = await browser.newContext(), ctxB = await browser.newContext();
-  const alice = await connect(ctxA, 'alice');
-  let bob = await connect(ctxB, 'bob');
-  // Peer lists refresh every 10 s; reload the list by reopening after bob registered.
-  await alice.reload(); await alice.fill('#name', 'alice'); await alice.click('#connect'); await alice.waitForSelector('#main-view.on');
-  await openPeer(alice, 'bob');
-  await say(alice, 'Hello Bob, plaintext-canary-one');
-  await openPeer(bob, 'alice');
-  await inbound(bob, 'plaintext-canary-one');
+  const [alice, firstBob] = await meet(ctxA, 'alice', ctxB, 'bob', 'Hello Bob, plaintext-canary-one');
+  let bob = firstBob; // reconnected below
   await say(bob, 'Hi Alice, plaintext-canary-two');
   await inbound(alice, 'plaintext-canary-two');
   // Sent, then delivered (a receipt from bob's client, end to end).
@@ -113,13 +120,7 @@ test('a browser user and a Rust relay-client user chat both ways', async () => {
 
 test('a changed peer key raises a blocking warning', async () => {
   const ctxA = await browser.newContext(), ctxB = await browser.newContext();
-  const dave = await connect(ctxA, 'dave');
-  const erin = await connect(ctxB, 'erin');
-  await dave.reload(); await dave.fill('#name', 'dave'); await dave.click('#connect'); await dave.waitForSelector('#main-view.on');
-  await openPeer(dave, 'erin');
-  await say(dave, 'first contact');
-  await openPeer(erin, 'dave');
-  await inbound(erin, 'first contact');
+  const [dave, erin] = await meet(ctxA, 'dave', ctxB, 'erin', 'first contact');
   // Erin resets her identity key and writes again.
   const before = await erin.textContent('#own-fp');
   await erin.click('#rotate');
@@ -175,14 +176,7 @@ test('after the server loses its data, open pages shake hands again, republish k
   let lost = await startServer(keyArgs, { bind: `127.0.0.1:${port}` });
   const ctxA = await browser.newContext(), ctxB = await browser.newContext(), ctxC = await browser.newContext();
   try {
-    const open = (ctx, name) => connect(ctx, name, lost.url);
-    const frank = await open(ctxA, 'frank');
-    const grace = await open(ctxB, 'grace');
-    await frank.reload(); await frank.fill('#name', 'frank'); await frank.click('#connect'); await frank.waitForSelector('#main-view.on');
-    await openPeer(frank, 'grace');
-    await say(frank, 'before the loss');
-    await openPeer(grace, 'frank');
-    await inbound(grace, 'before the loss');
+    const [frank, grace] = await meet(ctxA, 'frank', ctxB, 'grace', 'before the loss', lost.url);
     const fpBefore = await grace.textContent('#own-fp');
 
     await lost.stop();
@@ -200,7 +194,7 @@ test('after the server loses its data, open pages shake hands again, republish k
     await inbound(frank, 'still here');
     // A newcomer can write to frank: frank's identity key is in the new server's directory again
     // (the newcomer has no other way to learn it).
-    const henry = await open(ctxC, 'henry');
+    const henry = await connect(ctxC, 'henry', lost.url);
     await openPeer(henry, 'frank');
     await say(henry, 'hello frank, I am new');
     await openPeer(frank, 'henry');
