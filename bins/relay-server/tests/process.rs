@@ -9,21 +9,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{payloads, seqs, Raw};
-use mtproto_crypto::ServerPublicKey;
+use common::{fetch_server_key, payloads, seqs, Raw, ServerProcess};
 use mtproto_session::wire::Bytes;
 
-struct Proc {
-    child: Child,
-    url: String,
-}
-
-fn spawn(data: &Path, log: Option<&Path>) -> Proc {
+fn spawn(data: &Path, log: Option<&Path>) -> ServerProcess {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_relay-server"));
     cmd.args([
         "--bind",
@@ -33,38 +26,19 @@ fn spawn(data: &Path, log: Option<&Path>) -> Proc {
         "--workers",
         "2",
     ])
-    .stdout(Stdio::piped())
     .env("RUST_LOG", "debug");
     match log {
         Some(p) => cmd.stderr(std::fs::File::create(p).unwrap()),
         None => cmd.stderr(Stdio::null()),
     };
-    let mut child = cmd.spawn().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    let url = first.split_whitespace().last().unwrap().to_owned();
-    assert!(url.starts_with("http://127.0.0.1:"), "{first}");
-    // Keep draining stdout so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Proc { child, url }
-}
-
-async fn server_key(url: &str) -> ServerPublicKey {
-    let v: serde_json::Value = reqwest::get(format!("{url}/server_key"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let b: Bytes = serde_json::from_value(v["public_key"].clone()).unwrap();
-    ServerPublicKey::from_slice(&b.0).unwrap()
+    ServerProcess::spawn(cmd)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_answered_send_survives_sigkill_and_is_delivered_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut p = spawn(dir.path(), None);
-    let key = server_key(&p.url).await;
+    let key = fetch_server_key(&p.url).await;
     let mut alice = Raw::connect(&p.url, "alice", key).await;
     let mut bob = Raw::connect(&p.url, "bob", key).await;
     // Send until 40 are answered, then kill -9 while more are in flight.
@@ -105,7 +79,7 @@ async fn every_answered_send_survives_sigkill_and_is_delivered_once() {
     let _ = sender.await;
     // Restart on the same data directory.
     let mut p = spawn(dir.path(), None);
-    assert_eq!(server_key(&p.url).await, key, "the server key survives too");
+    assert_eq!(fetch_server_key(&p.url).await, key, "the server key survives too");
     bob.base = p.url.clone();
     let got = bob.poll(vec![], 0).await;
     let delivered = payloads(&got);
@@ -143,7 +117,7 @@ async fn the_server_never_sees_plaintext() {
     let log = dir.path().join("server.log");
     let data = dir.path().join("data");
     let mut p = spawn(&data, Some(&log));
-    let pin = relay_client::Pin::Key(server_key(&p.url).await);
+    let pin = relay_client::Pin::Key(fetch_server_key(&p.url).await);
     let alice = relay_client::Client::connect(relay_client::ClientConfig::new(&p.url, "alice", pin))
         .await
         .unwrap();

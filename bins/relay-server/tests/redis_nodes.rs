@@ -11,61 +11,22 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{payloads, seqs, Raw};
-use mtproto_crypto::ServerPublicKey;
-use mtproto_session::wire::Bytes;
-
-struct Node {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{fetch_server_key, payloads, seqs, Raw, ServerProcess};
 
 /// Both nodes share the server key file, as a deployment behind one name would.
-fn node(redis: &[&str], key_file: &std::path::Path, data: &std::path::Path) -> Node {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_relay-server"))
-        .args(["--bind", "127.0.0.1:0", "--engine", "redis", "--workers", "1"])
+fn node(redis: &[&str], key_file: &std::path::Path, data: &std::path::Path) -> ServerProcess {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_relay-server"));
+    cmd.args(["--bind", "127.0.0.1:0", "--engine", "redis", "--workers", "1"])
         .args(redis)
         .arg("--key-file")
         .arg(key_file)
         .arg("--data-dir")
         .arg(data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    std::thread::spawn(move || for _ in lines {});
-    Node {
-        child,
-        url: first.split_whitespace().last().unwrap().to_owned(),
-    }
-}
-
-async fn key_of(url: &str) -> ServerPublicKey {
-    let v: serde_json::Value = reqwest::get(format!("{url}/server_key"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    ServerPublicKey::from_slice(
-        &serde_json::from_value::<Bytes>(v["public_key"].clone())
-            .unwrap()
-            .0,
-    )
-    .unwrap()
+        .stderr(Stdio::null());
+    ServerProcess::spawn(cmd)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,8 +51,8 @@ async fn conversation(redis: &[&str], engine: &str) {
     let key_file = dir.path().join("server_key");
     let n1 = node(redis, &key_file, &dir.path().join("n1"));
     let n2 = node(redis, &key_file, &dir.path().join("n2"));
-    let key = key_of(&n1.url).await;
-    assert_eq!(key, key_of(&n2.url).await);
+    let key = fetch_server_key(&n1.url).await;
+    assert_eq!(key, fetch_server_key(&n2.url).await);
 
     let mut alice = Raw::connect(&n1.url, "alice", key).await;
     let mut bob = Raw::connect(&n2.url, "bob", key).await;

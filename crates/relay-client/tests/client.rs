@@ -52,6 +52,13 @@ impl Server {
         Pin::Fingerprint(self.relay.server_key().public().fingerprint())
     }
 
+    /// A client named `name` with a fresh in-memory profile, pinned to this server.
+    async fn connect(&self, name: &str) -> Client {
+        Client::connect(ClientConfig::new(&self.url, name, self.pin()))
+            .await
+            .unwrap()
+    }
+
     async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
@@ -81,12 +88,8 @@ async fn next_message(c: &Client) -> (String, Vec<u8>) {
 async fn two_clients_chat_with_matching_fingerprints() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), "127.0.0.1:0").await;
-    let alice = Client::connect(ClientConfig::new(&server.url, "alice", server.pin()))
-        .await
-        .unwrap();
-    let bob = Client::connect(ClientConfig::new(&server.url, "bob", server.pin()))
-        .await
-        .unwrap();
+    let alice = server.connect("alice").await;
+    let bob = server.connect("bob").await;
     let peers = alice.peers().await.unwrap();
     assert!(peers
         .iter()
@@ -155,12 +158,8 @@ async fn a_client_resumes_from_its_profile_and_the_server_restarts() {
 async fn a_peer_key_change_is_reported_never_silent() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), "127.0.0.1:0").await;
-    let alice = Client::connect(ClientConfig::new(&server.url, "alice", server.pin()))
-        .await
-        .unwrap();
-    let bob = Client::connect(ClientConfig::new(&server.url, "bob", server.pin()))
-        .await
-        .unwrap();
+    let alice = server.connect("alice").await;
+    let bob = server.connect("bob").await;
     alice.send("bob", b"1").await.unwrap();
     assert_eq!(next_message(&bob).await.1, b"1");
     let answer = bob.rotate_identity().await.unwrap();
@@ -244,12 +243,8 @@ async fn a_client_shakes_hands_again_when_the_server_lost_its_key() {
     let a1 = args(d1.path());
     let server = Server::start_with(&a1.iter().map(String::as_str).collect::<Vec<_>>(), "127.0.0.1:0").await;
     let addr = server.url.trim_start_matches("http://").to_owned();
-    let alice = Client::connect(ClientConfig::new(&server.url, "alice", server.pin()))
-        .await
-        .unwrap();
-    let bob = Client::connect(ClientConfig::new(&server.url, "bob", server.pin()))
-        .await
-        .unwrap();
+    let alice = server.connect("alice").await;
+    let bob = server.connect("bob").await;
     alice.send("bob", b"before").await.unwrap();
     assert_eq!(next_message(&bob).await.1, b"before");
     server.stop().await;
@@ -282,12 +277,8 @@ async fn messages_arrive_as_a_stream_and_are_acknowledged_after_hand_off() {
     use futures::StreamExt;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), "127.0.0.1:0").await;
-    let alice = Client::connect(ClientConfig::new(&server.url, "alice", server.pin()))
-        .await
-        .unwrap();
-    let bob = Client::connect(ClientConfig::new(&server.url, "bob", server.pin()))
-        .await
-        .unwrap();
+    let alice = server.connect("alice").await;
+    let bob = server.connect("bob").await;
     for i in 0..3 {
         alice.send("bob", format!("stream {i}").as_bytes()).await.unwrap();
     }

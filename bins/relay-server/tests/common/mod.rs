@@ -80,6 +80,46 @@ impl Server {
     }
 }
 
+/// The relay-server binary as a child process (killed when dropped).
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub url: String,
+}
+
+impl ServerProcess {
+    /// Starts `cmd` (the binary and its arguments) with stdout piped, reads where it listens
+    /// from its first line, and keeps draining stdout so the server never blocks on the pipe.
+    pub fn spawn(mut cmd: std::process::Command) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        let url = first.split_whitespace().last().unwrap().to_owned();
+        assert!(url.starts_with("http://127.0.0.1:"), "{first}");
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, url }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The server's public key as `/server_key` publishes it.
+pub async fn fetch_server_key(url: &str) -> ServerPublicKey {
+    let v: Value = reqwest::get(format!("{url}/server_key"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let b: Bytes = serde_json::from_value(v["public_key"].clone()).unwrap();
+    ServerPublicKey::from_slice(&b.0).unwrap()
+}
+
 pub fn now() -> UnixTime {
     relay_core::Clock::now(&relay_core::SystemClock)
 }
