@@ -201,7 +201,7 @@ for _, s in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT'
 end
 return out";
 
-/// One user's slot. KEYS: expiry, mailbox, peer. ARGV: sequence numbers.
+/// One user's slot. KEYS: expiry, mailbox. ARGV: sequence numbers.
 const REMOVE_EXPIRED: &str = r"
 for _, s in ipairs(ARGV) do
   redis.call('ZREM', KEYS[1], s)
@@ -583,8 +583,8 @@ impl RedisEngine {
     ) -> Result<CommitReply, EngineError> {
         let me = c.client.as_str();
         let ts = (c.now.as_nanos() / 1_000_000).to_string();
-        let (target, args): (&str, Vec<String>) = match op {
-            ScriptOp::Whole(Op::Touch) => (me, vec!["touch".into()]),
+        let (target, name, args): (&str, &str, Vec<String>) = match op {
+            ScriptOp::Whole(Op::Touch) => (me, "touch", vec![]),
             ScriptOp::Whole(Op::Send {
                 to,
                 payload,
@@ -592,8 +592,8 @@ impl RedisEngine {
                 ttl_secs,
             }) => (
                 to.as_str(),
+                "send",
                 vec![
-                    "send".into(),
                     to.as_str().into(),
                     me.into(),
                     mtproto_session::wire::b64(payload),
@@ -603,16 +603,16 @@ impl RedisEngine {
                     self.channel(),
                 ],
             ),
-            ScriptOp::Sending { to } => (me, vec!["sending".into(), to.into(), ts]),
+            ScriptOp::Sending { to } => (me, "sending", vec![to.into(), ts]),
             ScriptOp::Whole(Op::Ack { seqs }) => (
                 me,
+                "ack",
                 vec![
-                    "ack".into(),
                     seqs.iter().map(u64::to_string).collect::<Vec<_>>().join(","),
                     fetch_limit.to_string(),
                 ],
             ),
-            ScriptOp::Whole(Op::PublishKey { key }) => (me, vec!["publish".into(), hex(key)]),
+            ScriptOp::Whole(Op::PublishKey { key }) => (me, "publish", vec![hex(key)]),
         };
         let mut inv = self.scripts.commit.prepare_invoke();
         inv.key(self.sess(me, &c.key_id))
@@ -625,15 +625,22 @@ impl RedisEngine {
             .key(self.u(target, "expiry"))
             .arg(c.expected_version.to_string())
             .arg(c.session.to_bytes())
-            .arg(args.first().cloned().unwrap_or_default())
+            .arg(name)
             .arg(c.now.as_secs().to_string())
             .arg(if c.keep_outcome { "1" } else { "0" })
             .arg(OUTCOME_TTL_SECS.to_string());
-        for a in args.iter().skip(1) {
+        for a in &args {
             inv.arg(a);
         }
         let mut conn = self.trip();
-        let reply: redis::Value = inv.invoke_async(&mut conn).await.map_err(script_error)?;
+        let cap = match op {
+            ScriptOp::Whole(Op::Send { cap, .. }) => *cap,
+            _ => 0,
+        };
+        let reply: redis::Value = inv
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| send_error(e, cap))?;
         let redis::Value::Array(items) = reply else {
             return Err(storage("unexpected commit reply"));
         };
@@ -782,7 +789,6 @@ impl RedisEngine {
             .remove_expired
             .key(self.u(user, "expiry"))
             .key(self.u(user, "mbox"))
-            .key(self.u(user, "peer"))
             .arg(seqs)
             .invoke_async(&mut conn)
             .await
@@ -981,15 +987,7 @@ impl Engine for RedisEngine {
         if let (true, Op::Send { .. }) = (self.cluster, &c.op) {
             return self.cluster_send(&c).await;
         }
-        let cap = if let Op::Send { cap, .. } = &c.op { *cap } else { 0 };
-        let reply = self
-            .run_commit(&c, ScriptOp::Whole(&c.op), 0)
-            .await
-            .map_err(|e| match e {
-                EngineError::Storage(s) if s.contains("MAILBOX_FULL") => EngineError::MailboxFull { cap },
-                other => other,
-            })?;
-        to_outcome(&reply)
+        to_outcome(&self.run_commit(&c, ScriptOp::Whole(&c.op), 0).await?)
     }
 
     async fn commit_and_fetch(
