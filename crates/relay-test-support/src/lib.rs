@@ -97,9 +97,10 @@ pub struct RedisCluster {
     _dir: tempfile::TempDir,
 }
 
-/// Waits (at most 20 s) until `INFO`-style text from every connection satisfies `ok`.
+/// Waits (at most 40 s: the whole test suite shares two cores) until `INFO`-style text from
+/// every connection satisfies `ok`.
 fn wait_all(conns: &mut [redis::Connection], section: (&str, &str), ok: impl Fn(&str) -> bool) {
-    for _ in 0..400 {
+    for _ in 0..800 {
         let all = conns.iter_mut().all(|c| {
             redis::cmd(section.0)
                 .arg(section.1)
@@ -112,7 +113,7 @@ fn wait_all(conns: &mut [redis::Connection], section: (&str, &str), ok: impl Fn(
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!(
-        "the Redis Cluster did not settle within 20 s ({} {})",
+        "the Redis Cluster did not settle within 40 s ({} {})",
         section.0, section.1
     );
 }
@@ -139,7 +140,15 @@ impl RedisCluster {
             let child = spawn(
                 *port,
                 &node_dir,
-                &["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"],
+                // Replicas sync at once (Redis waits 5 s by default for more to join).
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--repl-diskless-sync-delay",
+                    "0",
+                ],
             );
             cluster.nodes.push(child);
         }
@@ -168,10 +177,11 @@ impl RedisCluster {
             .take(3)
             .map(|c| redis::cmd("CLUSTER").arg("MYID").query(c).expect("CLUSTER MYID"))
             .collect();
-        for (i, c) in conns.iter_mut().enumerate().skip(3) {
+        // Node 3 + k replicates primary k % 3.
+        for (c, primary) in conns[3..].iter_mut().zip(ids.iter().cycle()) {
             let _: () = redis::cmd("CLUSTER")
                 .arg("REPLICATE")
-                .arg(&ids[i % 3])
+                .arg(primary)
                 .query(c)
                 .expect("CLUSTER REPLICATE");
         }
