@@ -150,19 +150,25 @@ test('the multi-user bench completes three handshakes and shows ciphertext besid
     assert.ok(await page.locator(`.user[data-user="${u}"] .steps li[data-step="key_confirmed"]`).count());
   }
   const u1 = page.locator('.user[data-user="u1"]');
+  const peers = u1.locator('.peer');
+  await until(async () => (await peers.locator('option').count()) >= 2, 'u1 peers');
+  // u3 is never the first in the list (u2 sorts before it): a refresh must not change the choice,
+  // or the message would go to someone else.
+  await peers.selectOption('u3');
+  const refreshes = Number(await peers.getAttribute('data-refreshes'));
   await u1.locator('.refresh').click();
-  await until(async () => (await u1.locator('.peer option').count()) >= 2, 'u1 peers');
-  await u1.locator('.peer').selectOption('u2');
+  await until(async () => Number(await peers.getAttribute('data-refreshes')) > refreshes, 'the peer list to refresh');
+  assert.equal(await peers.inputValue(), 'u3');
   await u1.locator('.text').fill('bench plaintext-canary-six');
   await u1.locator('.send').click();
-  await page.waitForSelector('.user[data-user="u2"] .inbox:has-text("plaintext-canary-six")', { timeout: 20000 });
+  await page.waitForSelector('.user[data-user="u3"] .inbox:has-text("plaintext-canary-six")', { timeout: 20000 });
   const out = u1.locator('.wire[data-dir="out"][data-path="/secure_message"]').first();
   const ct = await out.locator('.ct').textContent();
   const pt = await out.locator('.pt').textContent();
   const meta = await out.locator('.meta').textContent();
   assert.match(ct, /^[0-9a-f]{64,}/);
   assert.match(meta, /msg_id=\d+ seq_no=\d+ msg_key=[0-9a-f]{32}/);
-  assert.match(pt, /"target_peer":"u2"/);
+  assert.match(pt, /"target_peer":"u3"/);
   await page.screenshot({ path: join(artifacts, 'chat_ui_multiuser.png'), fullPage: true });
   await ctx.close();
 });

@@ -56,9 +56,13 @@ async function addUser(name) {
     inbox.append(p);
   });
   const select = node.querySelector('.peer');
+  // A refresh never changes who the next message goes to: the chosen peer stays chosen.
   const refresh = async () => {
     const peers = await client.listPeers();
+    const chosen = select.value;
     select.replaceChildren(...peers.filter((p) => p.client_id !== name).map((p) => new Option(p.client_id, p.client_id)));
+    if (peers.some((p) => p.client_id === chosen)) select.value = chosen;
+    select.dataset.refreshes = String(Number(select.dataset.refreshes || 0) + 1);
   };
   node.querySelector('.refresh').addEventListener('click', refresh);
   node.querySelector('.verify').addEventListener('click', async () => {
