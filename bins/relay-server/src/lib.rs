@@ -338,6 +338,7 @@ async fn healthz(relay: web::Data<Relay>) -> HttpResponse {
         "engine": relay.engine().name(),
         "fingerprint": relay.server_key().public().fingerprint().to_string(),
         "stats": relay.engine().stats(),
+        "long_polls": relay.notifier().live(),
     }))
 }
 
@@ -353,6 +354,34 @@ async fn echo(body: Body) -> HttpResponse {
     match parse::<serde_json::Value>(body) {
         Ok(v) => HttpResponse::Ok().json(v),
         Err(resp) => resp,
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM; never, if they cannot be watched (a warning says so).
+async fn termination_signal() {
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    let int = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot watch SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = term => {}
+        () = int => {}
     }
 }
 
@@ -383,7 +412,8 @@ pub fn routes(cfg: &mut web::ServiceConfig, echo_route: bool) {
 }
 
 /// Serves `relay` on `listener` until `shutdown` completes (or SIGINT/SIGTERM): then stops
-/// accepting, lets in-flight requests finish (up to 10 s), and returns.
+/// accepting, answers every waiting long-poll at once ([`Relay::end_long_polls`]), lets
+/// in-flight requests finish (up to 10 s), and returns.
 ///
 /// # Errors
 /// I/O errors from the listener.
@@ -405,6 +435,7 @@ pub async fn run(
             }))
     })
     .shutdown_timeout(10)
+    .disable_signals()
     .backlog(4096)
     .max_connections(50_000);
     if let Some(w) = workers {
@@ -421,8 +452,14 @@ pub async fn run(
             }
         }
     });
+    let stopping = relay.clone();
     tokio::spawn(async move {
-        shutdown.await;
+        tokio::select! {
+            () = shutdown => {}
+            () = termination_signal() => {}
+        }
+        tracing::info!("stopping: no new connections, long-polls answered now, in-flight requests finish");
+        stopping.end_long_polls();
         handle.stop(true).await;
     });
     let result = server.await;

@@ -107,6 +107,61 @@ async fn every_answered_send_survives_sigkill_and_is_delivered_once() {
     p.child.wait().unwrap();
 }
 
+/// The number of long-polls the server holds, from `/healthz`.
+async fn long_polls(url: &str) -> u64 {
+    let v: serde_json::Value = reqwest::get(format!("{url}/healthz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["long_polls"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_waiting_long_polls_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = spawn(dir.path(), None);
+    let key = fetch_server_key(&p.url).await;
+    let mut alice = Raw::connect(&p.url, "alice", key).await;
+    let mut bob = Raw::connect(&p.url, "bob", key).await;
+    let mut carol = Raw::connect(&p.url, "carol", key).await;
+    // bob waits far longer than the server's 10 s shutdown grace.
+    let waiting = tokio::spawn(async move {
+        let answer = bob.poll(vec![], 30_000).await;
+        (bob, answer)
+    });
+    let mut held = false;
+    for _ in 0..200 {
+        if long_polls(&p.url).await == 1 {
+            held = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(held, "the server never held bob's long-poll");
+    // Accepted just before the stop: it must not be lost.
+    let (s, _, _) = alice.send("carol", b"sent before the stop").await;
+    assert_eq!(s, 200);
+    Command::new("kill")
+        .args(["-TERM", &p.child.id().to_string()])
+        .status()
+        .unwrap();
+    // An answer, not a connection cut when the grace runs out.
+    let (_, answer) = waiting.await.expect("bob's long-poll got an answer");
+    assert_eq!(answer["messages"], serde_json::json!([]));
+    assert!(p.child.wait().unwrap().success(), "a clean exit");
+    let p = spawn(dir.path(), None);
+    carol.base = p.url.clone();
+    assert_eq!(
+        payloads(&carol.poll(vec![], 0).await),
+        vec![b"sent before the stop".to_vec()]
+    );
+    let mut p = p;
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }

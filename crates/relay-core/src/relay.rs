@@ -125,6 +125,8 @@ pub struct Relay {
     group: DhGroup,
     config: RelayConfig,
     notifier: Arc<Notifier>,
+    /// Set once the node stops: long-polls answer at once instead of waiting.
+    closing: tokio::sync::watch::Sender<bool>,
     clock: Arc<dyn Clock>,
 }
 
@@ -161,6 +163,7 @@ impl Relay {
             group: DhGroup::mtproto(),
             config,
             notifier,
+            closing: tokio::sync::watch::Sender::new(false),
             clock: Arc::new(SystemClock),
         }
     }
@@ -184,6 +187,28 @@ impl Relay {
     /// The long-poll notifier.
     pub fn notifier(&self) -> &Arc<Notifier> {
         &self.notifier
+    }
+
+    /// Ends every long-poll now, and every later one at once: each answers with what its
+    /// mailbox holds (often nothing), as if its wait had run out. Call it when the node stops, so
+    /// that a graceful shutdown need not wait out the polls and clients re-poll elsewhere.
+    /// Everything else goes on working.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use relay_core::{MemoryEngine, Relay, RelayConfig};
+    /// # use mtproto_crypto::{rand_core::OsRng, ServerSigningKey};
+    /// let relay = Relay::new(Arc::new(MemoryEngine::new()), ServerSigningKey::generate(&mut OsRng), RelayConfig::default());
+    /// relay.end_long_polls();
+    /// assert!(relay.long_polls_ended());
+    /// ```
+    pub fn end_long_polls(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Whether [`Relay::end_long_polls`] was called.
+    pub fn long_polls_ended(&self) -> bool {
+        *self.closing.borrow()
     }
 
     /// The configuration.
@@ -664,17 +689,20 @@ impl Relay {
     ) -> Result<Vec<crate::MailboxEntry>, RelayError> {
         let deadline = tokio::time::Instant::now() + wait;
         let notify = self.notifier.subscribe(client.as_str());
+        let mut closing = self.closing.subscribe();
         loop {
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let entries = self.engine.fetch(client, limit, self.clock.now()).await?;
-            if !entries.is_empty() || tokio::time::Instant::now() >= deadline {
+            if !entries.is_empty() || tokio::time::Instant::now() >= deadline || *closing.borrow_and_update()
+            {
                 return Ok(entries);
             }
             tokio::select! {
                 () = &mut notified => {}
                 () = tokio::time::sleep_until(deadline) => {}
+                _ = closing.changed() => {}
             }
         }
     }
