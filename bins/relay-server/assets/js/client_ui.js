@@ -142,6 +142,8 @@ $('connect-view').addEventListener('submit', async (ev) => {
   client.addEventListener('message', ({ detail: d }) => {
     const note = d.delivery === 'in_order' ? '' : d.delivery.startsWith('after_gap') ? 'earlier messages missing' : 'arrived late';
     push(d.from, { dir: 'in', text: d.text, note });
+    // Someone new wrote first: list them now rather than at the next periodic refresh.
+    if (!peerList.some((p) => p.client_id === d.from)) refreshPeers();
   });
   client.addEventListener('delivered', ({ detail: d }) => {
     for (const m of convs.get(d.from) || []) if (m.dir === 'out' && d.seqs.includes(m.seq)) m.state = 'delivered ✓✓';

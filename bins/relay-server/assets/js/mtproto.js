@@ -561,14 +561,17 @@ export class RelayClient extends EventTarget {
   }
   /** Long-polls until stop(); reports 'status' changes and reconnects with backoff. */
   async run() {
-    let backoff = 500;
+    let backoff = 500, offline = false;
     while (!this.stopped) {
       try {
-        const n = await this.poll(20000);
-        if (backoff !== 500) this.emit('status', { state: 'online' });
+        // After a failure the first poll does not wait: the page says it is back as soon as the
+        // relay answers, not when a long-poll ends.
+        const n = await this.poll(offline ? 0 : 20000);
+        if (offline) { offline = false; this.emit('status', { state: 'online' }); }
         backoff = 500;
         if (n && this.held.size >= n) await new Promise((r) => setTimeout(r, 1000));
       } catch (e) {
+        offline = true;
         this.emit('status', { state: 'offline', detail: e.message });
         await new Promise((r) => setTimeout(r, backoff));
         backoff = Math.min(backoff * 2, 8000);
