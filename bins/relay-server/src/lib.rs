@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -226,7 +227,7 @@ pub fn status_of(e: &RelayError) -> StatusCode {
         RelayError::UnknownAuthKey => StatusCode::UNAUTHORIZED,
         RelayError::MailboxFull => StatusCode::TOO_MANY_REQUESTS,
         RelayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        RelayError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+        RelayError::Busy | RelayError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         RelayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_REQUEST,
     }
@@ -247,11 +248,19 @@ pub fn error_response(e: &RelayError) -> HttpResponse {
         ),
         _ => (None, None),
     };
+    // Internal details go to the log above, never to the client.
     let message = match e {
         RelayError::Internal(_) => "internal error; nothing was stored".to_owned(),
         other => other.to_string(),
     };
-    HttpResponse::build(status).json(ErrorBody {
+    let mut answer = HttpResponse::build(status);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        answer.insert_header((actix_web::http::header::RETRY_AFTER, "1"));
+        if matches!(e, RelayError::Unavailable(_)) {
+            UNAVAILABLE_ANSWERS.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    answer.json(ErrorBody {
         error: e.code(),
         message,
         mtproto_code,
@@ -332,13 +341,26 @@ async fn envelope(relay: web::Data<Relay>, endpoint: Endpoint, body: Body) -> Ht
     }
 }
 
+/// Answers refused with 503 `storage_unavailable` since start-up (for `/healthz`).
+static UNAVAILABLE_ANSWERS: AtomicU64 = AtomicU64::new(0);
+
+/// 200 with `"status": "ok"` while the engine can serve; 503 with `"status": "unavailable"`
+/// otherwise (the details go to the log, not to the public answer).
 async fn healthz(relay: web::Data<Relay>) -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({
-        "status": "ok",
+    let (status, state) = match relay.engine().health().await {
+        Ok(()) => (StatusCode::OK, "ok"),
+        Err(e) => {
+            tracing::warn!(error = %e, "health check: storage unavailable");
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        }
+    };
+    HttpResponse::build(status).json(serde_json::json!({
+        "status": state,
         "engine": relay.engine().name(),
         "fingerprint": relay.server_key().public().fingerprint().to_string(),
         "stats": relay.engine().stats(),
         "long_polls": relay.notifier().live(),
+        "unavailable_answers": UNAVAILABLE_ANSWERS.load(Ordering::Relaxed),
     }))
 }
 

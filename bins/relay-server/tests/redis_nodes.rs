@@ -1,6 +1,7 @@
 //! Two relay-server processes sharing one Redis (and, second test, one Redis Cluster of three
 //! primaries): alice on node 1, bob on node 2, long-polls on opposite nodes, then node 1 is
-//! killed mid-conversation and alice carries on through node 2.
+//! killed mid-conversation and alice carries on through node 2. Last, Redis itself goes away
+//! for a while: the relay answers 503 and its clients carry on once it is back.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -121,4 +122,85 @@ async fn conversation(redis: &[&str], engine: &str) {
         .unwrap();
     assert_eq!(health["engine"], engine);
     assert!(health["stats"]["redis_round_trips"].as_u64().unwrap() > 0);
+}
+
+async fn health(url: &str) -> (u16, serde_json::Value) {
+    let r = reqwest::get(format!("{url}/healthz")).await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_answers_503_and_clients_carry_on() {
+    let mut redis = relay_test_support::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let n = node(&["--redis-url", &redis.url], &dir.path().join("key"), dir.path());
+    let pin = relay_client::Pin::Key(fetch_server_key(&n.url).await);
+    let connect =
+        |name: &str| relay_client::Client::connect(relay_client::ClientConfig::new(&n.url, name, pin));
+    let alice = connect("alice").await.unwrap();
+    let bob = connect("bob").await.unwrap();
+    let mut raw = Raw::connect(&n.url, "carol", fetch_server_key(&n.url).await).await;
+    alice.send("bob", b"before the outage").await.unwrap();
+    assert_eq!(health(&n.url).await.0, 200);
+
+    redis.kill();
+    let (status, h) = health(&n.url).await;
+    assert_eq!((status, h["status"].as_str()), (503, Some("unavailable")), "{h}");
+    // A request meets a clear, retryable refusal: 503, a stable code, Retry-After.
+    let packet = raw.seal(&relay_core::api::Call::SendMessage {
+        target_peer: mtproto_session::ClientId::new("bob").unwrap(),
+        payload: mtproto_session::wire::Bytes(b"refused".to_vec()),
+    });
+    let r = reqwest::Client::new()
+        .post(format!("{}/secure_message", n.url))
+        .json(&serde_json::json!({ "packet": mtproto_session::wire::Bytes(packet) }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert_eq!(r.headers().get("retry-after").unwrap(), "1");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "storage_unavailable", "{body}");
+    let refused = health(&n.url).await.1["unavailable_answers"].as_u64().unwrap();
+
+    // alice's client keeps retrying the same envelope; Redis comes back once it has been
+    // refused at least once more.
+    let sending = tokio::spawn(async move {
+        let r = alice.send("bob", b"during the outage").await;
+        (alice, r)
+    });
+    let mut retried = false;
+    for _ in 0..200 {
+        if health(&n.url).await.1["unavailable_answers"].as_u64().unwrap() > refused {
+            retried = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(retried, "alice's send never reached the relay during the outage");
+    redis.restart();
+    let (_alice, sent) = sending.await.unwrap();
+    sent.expect("the send went through once Redis was back");
+    assert_eq!(health(&n.url).await.0, 200);
+
+    // Both messages, once each (the AOF kept the first; the second was stored once).
+    let mut got = Vec::new();
+    for _ in 0..20 {
+        for ev in bob.poll(Duration::from_millis(500)).await.unwrap() {
+            if let relay_client::Event::Message { body, .. } = ev {
+                got.push(body);
+            }
+        }
+        if got.len() >= 2 {
+            break;
+        }
+    }
+    let again = bob.poll(Duration::from_millis(200)).await.unwrap();
+    assert!(!again
+        .iter()
+        .any(|e| matches!(e, relay_client::Event::Message { .. })));
+    assert_eq!(
+        got,
+        vec![b"before the outage".to_vec(), b"during the outage".to_vec()]
+    );
 }

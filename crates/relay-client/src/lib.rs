@@ -8,8 +8,9 @@
 //!   owner-only file, so a restarted client resumes without a new handshake or identity;
 //! - the directory, per-peer chat keys and fingerprints, and a loud [`ClientError::PeerKeyChanged`]
 //!   when a peer's identity key changed (never re-keyed silently);
-//! - send with safe retries (a retry resends the same envelope: the relay answers with the
-//!   original result, so nothing is delivered twice); receive as a stream, acknowledging only
+//! - send with safe retries, for about 5 s when the relay is unreachable or answers 503 (a
+//!   retry resends the same envelope: the relay answers with the original result, so nothing
+//!   is delivered twice); receive as a stream, acknowledging only
 //!   after the message was handed to the caller.
 //!
 //! ```no_run
@@ -304,7 +305,14 @@ fn now() -> UnixTime {
     relay_core::Clock::now(&relay_core::SystemClock)
 }
 
-const RETRIES: usize = 3;
+/// Attempts per request when the relay is unreachable or answers 503 (storage unavailable,
+/// too busy): waits 0.2, 0.4, 0.8, 1.6 and 2 s between them, about 5 s in all — long enough
+/// for a Redis restart or failover.
+const RETRIES: usize = 6;
+
+fn backoff(attempt: usize) -> Duration {
+    Duration::from_millis((200u64 << attempt.saturating_sub(1).min(4)).min(2000))
+}
 
 impl Client {
     /// Loads the profile (or creates an identity), then resumes the saved session or performs a
@@ -410,8 +418,9 @@ impl Client {
         serde_json::from_slice(&resp).map_err(|e| ClientError::Transport(format!("{path}: bad answer: {e}")))
     }
 
-    /// POSTs JSON; retries transport failures (the same bytes each time). The outer error is the
-    /// transport's, the inner one the server's refusal.
+    /// POSTs JSON; retries transport failures and 503 answers (the same bytes each time: the
+    /// relay answers a resent envelope from its stored outcome, never running it twice). The
+    /// outer error is the transport's, the inner one the server's refusal.
     async fn post_raw(
         &self,
         path: &str,
@@ -421,7 +430,7 @@ impl Client {
         let mut last = String::new();
         for attempt in 0..RETRIES {
             if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
+                tokio::time::sleep(backoff(attempt)).await;
             }
             let resp = match self.http.post(&url).json(body).send().await {
                 Ok(r) => r,
@@ -441,11 +450,15 @@ impl Client {
             if status.is_success() {
                 return Ok(Ok(bytes));
             }
-            let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
+            let body: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
                 error: "http".into(),
                 message: status.to_string(),
                 notice: None,
             });
+            if status == reqwest::StatusCode::SERVICE_UNAVAILABLE && attempt + 1 < RETRIES {
+                tracing::debug!(path, code = %body.error, "relay unavailable; retrying");
+                continue;
+            }
             return Ok(Err(Refusal {
                 status: status.as_u16(),
                 body,

@@ -107,8 +107,12 @@ pub enum RelayError {
     /// Too many handshakes in progress: try again shortly.
     #[error("too many handshakes in progress")]
     Busy,
+    /// The storage is unreachable or failing, or the session stayed contended: retry the same
+    /// request shortly (a resent envelope is answered from its stored outcome, never run twice).
+    #[error("storage unavailable; retry the same request shortly")]
+    Unavailable(String),
     // --- our fault -------------------------------------------------------------------------------
-    /// Storage or another internal failure; nothing was accepted.
+    /// An internal failure; nothing was accepted.
     #[error("internal error")]
     Internal(String),
 }
@@ -139,6 +143,7 @@ impl RelayError {
             Self::MailboxFull => "mailbox_full",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::Busy => "busy",
+            Self::Unavailable(_) => "storage_unavailable",
             Self::Internal(_) => "internal",
         }
     }
@@ -151,8 +156,8 @@ impl From<EngineError> for RelayError {
             EngineError::UnknownPeer => Self::UnknownPeer,
             EngineError::MailboxFull { .. } => Self::MailboxFull,
             EngineError::TooManyHandshakes { .. } => Self::Busy,
-            EngineError::Conflict => Self::Internal("unresolved concurrent update".into()),
-            EngineError::Storage(s) => Self::Internal(s),
+            EngineError::Conflict => Self::Unavailable("unresolved concurrent update".into()),
+            EngineError::Storage(s) => Self::Unavailable(s),
         }
     }
 }

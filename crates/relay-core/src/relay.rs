@@ -493,7 +493,7 @@ impl Relay {
                 )
                 .await;
         }
-        Err(RelayError::Internal("session contended".into()))
+        Err(RelayError::Unavailable("session contended".into()))
     }
 
     fn parse_call(&self, endpoint: Endpoint, req: &EnvelopeRequest, body: &[u8]) -> Result<Call, RelayError> {
@@ -710,7 +710,7 @@ impl Relay {
     /// Housekeeping: expired messages (their senders are told), handshakes and outcomes.
     ///
     /// # Errors
-    /// [`RelayError::Internal`] when the engine fails.
+    /// [`RelayError::Unavailable`] when the engine fails.
     pub async fn purge(&self) -> Result<(), RelayError> {
         let notified = self.engine.purge_expired(self.clock.now()).await?;
         for c in notified {

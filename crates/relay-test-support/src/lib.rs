@@ -56,9 +56,20 @@ fn stop(child: &mut Child) {
 /// One private `redis-server`.
 pub struct RedisServer {
     child: Child,
+    port: u16,
     /// `redis://127.0.0.1:PORT/0`.
     pub url: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+}
+
+fn answering(port: u16, dir: &std::path::Path) -> Child {
+    let mut child = spawn(port, dir, &[]);
+    let mut conn = connect(port);
+    if redis::cmd("PING").query::<String>(&mut conn).is_err() {
+        stop(&mut child);
+        panic!("redis-server on port {port} does not answer");
+    }
+    child
 }
 
 impl RedisServer {
@@ -66,17 +77,24 @@ impl RedisServer {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let port = free_port();
-        let mut child = spawn(port, dir.path(), &[]);
-        let mut conn = connect(port);
-        if redis::cmd("PING").query::<String>(&mut conn).is_err() {
-            stop(&mut child);
-            panic!("redis-server on port {port} does not answer");
-        }
         Self {
-            child,
+            child: answering(port, dir.path()),
+            port,
             url: format!("redis://127.0.0.1:{port}/0"),
-            _dir: dir,
+            dir,
         }
+    }
+
+    /// Kills it, as a crash would (its AOF stays for [`RedisServer::restart`]).
+    pub fn kill(&mut self) {
+        stop(&mut self.child);
+    }
+
+    /// Starts it again on the same port and directory (replaying the AOF) and waits until it
+    /// answers.
+    pub fn restart(&mut self) {
+        stop(&mut self.child);
+        self.child = answering(self.port, self.dir.path());
     }
 }
 

@@ -108,6 +108,15 @@ pub trait Engine: Send + Sync + 'static {
         None
     }
 
+    /// Whether the engine can serve requests now (Redis answers a `PING`; SQLite has had no
+    /// failed fsync). `/healthz` reports it, so a load balancer can take a failing node out.
+    ///
+    /// # Errors
+    /// [`EngineError::Storage`] saying what is wrong.
+    async fn health(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
+
     /// The stored outcome of a request of `client`'s key `key_id` that was committed.
     async fn outcome(
         &self,

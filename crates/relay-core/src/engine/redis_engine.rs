@@ -307,6 +307,11 @@ async fn subscribe(urls: Vec<String>, channel: String, notifier: Arc<OnceLock<Ar
     }
 }
 
+/// How long to wait for a connection to Redis before the request is refused (503).
+const REDIS_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long to wait for Redis to answer a command or script before the request is refused.
+const REDIS_RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl RedisEngine {
     /// Connects to one Redis at `url` (e.g. `redis://127.0.0.1:6379/0`); `prefix` namespaces
     /// the keys. Subscribes to the wake-up channel so long-polls on this node wake for sends on
@@ -316,7 +321,16 @@ impl RedisEngine {
     /// [`EngineError::Storage`] when Redis cannot be reached.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, EngineError> {
         let client = redis::Client::open(url).map_err(storage)?;
-        let conn = ConnectionManager::new(client).await.map_err(storage)?;
+        // The crate's defaults wait minutes between reconnection attempts, and forever for an
+        // answer: while Redis is away, requests would hang instead of being refused.
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_number_of_retries(1)
+            .set_max_delay(1000)
+            .set_connection_timeout(REDIS_CONNECT_TIMEOUT)
+            .set_response_timeout(REDIS_RESPONSE_TIMEOUT);
+        let conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(storage)?;
         let engine = Self::build(Conn::Single(conn), false, vec![url.to_owned()], prefix);
         engine.upgrade_layout().await?;
         Ok(engine)
@@ -328,7 +342,13 @@ impl RedisEngine {
     /// # Errors
     /// [`EngineError::Storage`] when no node can be reached.
     pub async fn connect_cluster(nodes: &[String], prefix: &str) -> Result<Self, EngineError> {
-        let client = redis::cluster::ClusterClient::new(nodes.to_vec()).map_err(storage)?;
+        // Slot moves and failovers are retried (the crate's defaults, about 4 s to ride out a
+        // promotion); a node that does not answer at all is given up on after the timeouts.
+        let client = redis::cluster::ClusterClient::builder(nodes.to_vec())
+            .connection_timeout(REDIS_CONNECT_TIMEOUT)
+            .response_timeout(REDIS_RESPONSE_TIMEOUT)
+            .build()
+            .map_err(storage)?;
         let conn = client.get_async_connection().await.map_err(storage)?;
         let engine = Self::build(Conn::Cluster(conn), true, nodes.to_vec(), prefix);
         engine.upgrade_layout().await?;
@@ -849,6 +869,16 @@ impl Engine for RedisEngine {
 
     fn stats(&self) -> Option<serde_json::Value> {
         Some(serde_json::json!({ "redis_round_trips": self.round_trips(), "cluster": self.cluster }))
+    }
+
+    async fn health(&self) -> Result<(), EngineError> {
+        // Not counted as a round trip: the counter measures the message path.
+        let mut conn = self.conn.clone();
+        let pong: String = redis::cmd("PING").query_async(&mut conn).await.map_err(storage)?;
+        if pong != "PONG" {
+            return Err(EngineError::Storage(format!("PING answered {pong:?}")));
+        }
+        Ok(())
     }
 
     async fn put_pending(&self, p: PendingHandshake, max: usize, now: UnixTime) -> Result<(), EngineError> {

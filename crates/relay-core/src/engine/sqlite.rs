@@ -652,6 +652,15 @@ impl Engine for SqliteEngine {
         }))
     }
 
+    async fn health(&self) -> Result<(), EngineError> {
+        if self.counters.failed.load(Ordering::Acquire) {
+            return Err(EngineError::Storage(
+                "an fsync of the WAL failed; restart the relay".into(),
+            ));
+        }
+        Ok(())
+    }
+
     async fn put_pending(
         &self,
         pending: PendingHandshake,
