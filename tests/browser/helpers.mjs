@@ -52,6 +52,33 @@ export async function startServer(extra = [], { bind = '127.0.0.1:0' } = {}) {
   return { ...info, dir, proc, async stop() { proc.kill('SIGTERM'); await new Promise((r) => proc.once('exit', r)); rmSync(dir, { recursive: true, force: true }); } };
 }
 
+/**
+ * A private redis-server on a free loopback port (AOF, fsync always, as the relay needs), in a
+ * temporary directory. `kill()` stops it as a crash would; `restart()` brings it back on the same
+ * port and data; `stop()` ends it and removes the directory.
+ */
+export async function startRedis() {
+  const dir = mkdtempSync(join(tmpdir(), 'relay-redis-'));
+  const port = await freePort();
+  let proc;
+  const launch = () => new Promise((res, rej) => {
+    proc = spawn(process.env.REDIS_SERVER || 'redis-server',
+      ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'yes', '--appendfsync', 'always', '--dir', dir],
+      { stdio: ['ignore', 'pipe', 'inherit'] });
+    const t = setTimeout(() => rej(new Error('redis-server did not start')), 20000);
+    createInterface({ input: proc.stdout }).on('line', (l) => { if (l.includes('Ready to accept connections')) { clearTimeout(t); res(); } });
+    proc.once('error', (e) => { clearTimeout(t); rej(e); });
+  });
+  const kill = async () => { if (proc.exitCode === null && proc.signalCode === null) { proc.kill('SIGKILL'); await new Promise((r) => proc.once('exit', r)); } };
+  await launch();
+  return {
+    url: `redis://127.0.0.1:${port}/0`,
+    kill,
+    async restart() { await kill(); await launch(); },
+    async stop() { await kill(); rmSync(dir, { recursive: true, force: true }); },
+  };
+}
+
 /** Records every request body a page sends, to check that no plaintext crosses the wire. */
 export function recordTraffic(page, sink) {
   page.on('request', (r) => { const b = r.postData(); if (b) sink.push(b); sink.push(r.url()); });

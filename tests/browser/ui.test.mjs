@@ -9,7 +9,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { launchBrowser, startServer, recordTraffic, until, artifacts, binDir, freePort } from './helpers.mjs';
+import { launchBrowser, startServer, startRedis, recordTraffic, until, artifacts, binDir, freePort } from './helpers.mjs';
 
 let server, browser;
 const traffic = [];
@@ -215,10 +215,37 @@ test('after the server loses its data, open pages shake hands again, republish k
   }
 });
 
+async function unavailableAnswers(url) {
+  return (await (await fetch(`${url}/healthz`)).json()).unavailable_answers;
+}
+
+test('while Redis is away a page retries its send, which arrives once Redis is back', async () => {
+  const redis = await startRedis();
+  const relay = await startServer(['--engine', 'redis', '--redis-url', redis.url]);
+  const ctxA = await browser.newContext(), ctxB = await browser.newContext();
+  try {
+    const [ivy, jack] = await meet(ctxA, 'ivy', ctxB, 'jack', 'before the outage', relay.url);
+    await redis.kill();
+    const refused = await unavailableAnswers(relay.url);
+    await say(ivy, 'during the outage plaintext-canary-eight');
+    // The relay answered the send 503 storage_unavailable at least once; the page resends the
+    // same envelope, and Redis comes back meanwhile.
+    await until(async () => (await unavailableAnswers(relay.url)) > refused, 'the relay to refuse the send');
+    await redis.restart();
+    await inbound(jack, 'plaintext-canary-eight');
+    const mine = ivy.locator('#messages li.msg.out:has-text("plaintext-canary-eight")');
+    await until(async () => /^(sent|delivered)/.test(await mine.locator('small').textContent()), 'the send to be answered');
+    assert.equal(await jack.locator('#messages li.msg.in:has-text("plaintext-canary-eight")').count(), 1);
+  } finally {
+    await ctxA.close(); await ctxB.close();
+    await relay.stop(); await redis.stop();
+  }
+});
+
 test('no plaintext crossed the wire', () => {
   assert.ok(traffic.length > 20, 'traffic was recorded');
   const all = traffic.join('\n');
-  for (const n of ['one', 'two', 'three', 'four', 'five', 'six', 'seven']) {
+  for (const n of ['one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight']) {
     assert.ok(!all.includes(`plaintext-canary-${n}`), `plaintext-canary-${n} was sent in clear`);
   }
   assert.ok(!all.includes('first contact') && !all.includes('from my new key'));

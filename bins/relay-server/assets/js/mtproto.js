@@ -265,6 +265,20 @@ async function postJson(base, path, body) {
 }
 
 /**
+ * postJson, resending the same body while the relay answers 503 (its storage is away, or it is
+ * busy): 0.25, 0.5, 1, 2 and 2 s apart, about 6 s in all. Resending an envelope is safe: the
+ * relay answers a resent one from its stored outcome and never runs it twice.
+ */
+async function postRetrying(base, path, body) {
+  for (let attempt = 0; ; attempt++) {
+    try { return await postJson(base, path, body); } catch (e) {
+      if (!(e instanceof RelayError && e.status === 503) || attempt >= 5) throw e;
+      await new Promise((r) => setTimeout(r, Math.min(250 * 2 ** attempt, 2000)));
+    }
+  }
+}
+
+/**
  * The handshake (docs/protocol.md §1). `trace(step, detail)` reports each step; `pin` is the
  * server fingerprint (hex) the page was served with.
  */
@@ -370,7 +384,7 @@ export class Session {
       if (this.beforeSend) await this.beforeSend();
       onWire({ dir: 'out', path, msgId: msgId.toString(), seqNo, msgKey: hex(packet.slice(8, 24)), ciphertext: hex(packet.slice(24)), plaintext: call });
       let res;
-      try { res = await postJson(this.base, path, { packet: b64(packet) }); } catch (e) {
+      try { res = await postRetrying(this.base, path, { packet: b64(packet) }); } catch (e) {
         if (e instanceof RelayError && e.body.notice && (await this.applyNotice(e.body.notice))) continue;
         throw e;
       }
