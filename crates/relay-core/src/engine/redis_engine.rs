@@ -22,11 +22,12 @@
 //! ```
 //!
 //! A commit touches only its client's slot, except a send, which also touches the recipient's.
-//! On a single Redis a send is one script over both. On Cluster it is three steps: a read-only
-//! check of the recipient (refusals store nothing), the sender's script (session
-//! compare-and-swap, outcome `sending`), then the recipient's script, which appends the entry
-//! and a marker keyed by the sender's key and msg_id — run twice, it appends once. A resend is
-//! answered from the outcome, whose sequence number the marker gives. See `docs/deployment.md`.
+//! On a single Redis a send is one script over both. On Cluster it is two: first the
+//! recipient's script, which refuses without writing (unknown recipient, full mailbox) or
+//! appends the entry with a marker keyed by the sender's key and msg_id — run twice, it appends
+//! once and returns the first sequence number; then the sender's script (session
+//! compare-and-swap, outcome `sent` with that number). A send interrupted between the two is
+//! completed by its resend, which finds the marker. See `docs/deployment.md`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -91,7 +92,8 @@ return 1";
 /// 7 target mailbox, 8 target expiry (the client's own for every op but a one-script send).
 /// ARGV: 1 version, 2 session, 3 op, 4 now_s, 5 keep outcome, 6 outcome TTL, then per op —
 /// send: 7 to, 8 from, 9 payload, 10 ts_ms, 11 expires, 12 cap, 13 channel; ack: 7 seqs
-/// (comma-separated), 8 fetch limit; publish: 7 key hex; sending (Cluster): 7 to, 8 ts_ms.
+/// (comma-separated), 8 fetch limit; publish: 7 key hex; delivered (Cluster, the sender's half
+/// of a send whose entry `DELIVER` stored): 7 seq, 8 ts_ms.
 const COMMIT: &str = r#"
 local v = redis.call('HGET', KEYS[1], 'version')
 if not v or v ~= ARGV[1] then return redis.error_reply('CONFLICT') end
@@ -109,9 +111,9 @@ if op == 'send' then
   redis.call('PUBLISH', ARGV[13], ARGV[7])
   result = {'sent', seq, ARGV[10]}
   stored = 'sent|' .. seq .. '|' .. ARGV[10]
-elseif op == 'sending' then
-  result = {'sending', 0, ARGV[8]}
-  stored = 'sending|' .. ARGV[7] .. '|' .. ARGV[8]
+elseif op == 'delivered' then
+  result = {'sent', tonumber(ARGV[7]), ARGV[8]}
+  stored = 'sent|' .. ARGV[7] .. '|' .. ARGV[8]
 elseif op == 'ack' then
   local removed = 0
   for s in string.gmatch(ARGV[7], '%d+') do
@@ -146,12 +148,6 @@ if ARGV[5] == '1' then
   redis.call('ZADD', KEYS[5], ARGV[4], KEYS[2])
 end
 return result"#;
-
-/// Recipient's slot, read only. KEYS: peer, mailbox. ARGV: cap.
-const CHECK_RECIPIENT: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('UNKNOWN_PEER') end
-if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[1]) then return redis.error_reply('MAILBOX_FULL') end
-return 1";
 
 /// Recipient's slot: appends once per marker. KEYS: 1 peer, 2 mailbox, 3 expiry, 4 marker.
 /// ARGV: 1 from, 2 payload (base64), 3 ts_ms, 4 expires, 5 cap, 6 channel, 7 recipient,
@@ -264,7 +260,6 @@ struct Scripts {
     purge_handshakes: Script,
     create_account: Script,
     commit: Script,
-    check_recipient: Script,
     deliver: Script,
     scan_expired: Script,
     remove_expired: Script,
@@ -371,7 +366,6 @@ impl RedisEngine {
                 purge_handshakes: Script::new(PURGE_HANDSHAKES),
                 create_account: Script::new(CREATE_ACCOUNT),
                 commit: Script::new(COMMIT),
-                check_recipient: Script::new(CHECK_RECIPIENT),
                 deliver: Script::new(DELIVER),
                 scan_expired: Script::new(SCAN_EXPIRED),
                 remove_expired: Script::new(REMOVE_EXPIRED),
@@ -590,8 +584,8 @@ type CommitReply = (String, u64, redis::Value);
 enum ScriptOp<'a> {
     /// The op itself (a send only on a single Redis, where one script spans both users).
     Whole(&'a Op),
-    /// Cluster send, first step: the sender's side only.
-    Sending { to: &'a str },
+    /// Cluster send, second step: the sender's side of a send `DELIVER` stored as `seq`.
+    Delivered { seq: u64 },
 }
 
 impl RedisEngine {
@@ -623,7 +617,7 @@ impl RedisEngine {
                     self.channel(),
                 ],
             ),
-            ScriptOp::Sending { to } => (me, "sending", vec![to.into(), ts]),
+            ScriptOp::Delivered { seq } => (me, "delivered", vec![seq.to_string(), ts]),
             ScriptOp::Whole(Op::Ack { seqs }) => (
                 me,
                 "ack",
@@ -712,7 +706,9 @@ impl RedisEngine {
             .map_err(|e| send_error(e, cap))
     }
 
-    /// A send on Redis Cluster (see the module docs): check, sender's commit, delivery.
+    /// A send on Redis Cluster (see the module docs): delivery (or refusal), then the sender's
+    /// commit. If that commit loses its compare-and-swap, the relay re-reads the session and
+    /// runs this again: the delivery then finds its marker and appends nothing.
     async fn cluster_send(&self, c: &Commit) -> Result<Outcome, EngineError> {
         let Op::Send {
             to,
@@ -724,17 +720,6 @@ impl RedisEngine {
             return Err(storage("cluster_send without a send"));
         };
         let to = to.as_str();
-        let mut conn = self.trip();
-        let _: i64 = self
-            .scripts
-            .check_recipient
-            .key(self.u(to, "peer"))
-            .key(self.u(to, "mbox"))
-            .arg(*cap)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| send_error(e, *cap))?;
-        self.run_commit(c, ScriptOp::Sending { to }, 0).await?;
         let marker = self.marker(to, &c.key_id, c.msg_id);
         let seq = self
             .deliver(
@@ -748,10 +733,7 @@ impl RedisEngine {
                 None,
             )
             .await?;
-        Ok(Outcome::Sent {
-            seq,
-            timestamp_ms: c.now.as_nanos() / 1_000_000,
-        })
+        to_outcome(&self.run_commit(c, ScriptOp::Delivered { seq }, 0).await?)
     }
 
     /// Expired messages of one user: their senders are told, then they are removed.
@@ -1053,7 +1035,9 @@ impl Engine for RedisEngine {
         let Some(rest) = v.strip_prefix("sending|") else {
             return parse_outcome(&v).map(Some);
         };
-        // A Cluster send: its sequence number is in the recipient's marker, if it got there.
+        // Written only by earlier relays (their Cluster send committed the sender first, as
+        // `sending`), and kept for an hour: a rolling upgrade may meet it. The sequence number is
+        // in the recipient's marker, if the delivery got there.
         let (to, ts) = rest
             .rsplit_once('|')
             .ok_or_else(|| storage("bad sending outcome"))?;

@@ -266,11 +266,11 @@ pub async fn failed_commits_store_nothing(e: &dyn Engine) {
 pub async fn session_versions_detect_concurrent_commits(e: &dyn Engine) {
     let (alice, _bob) = two_accounts(e).await;
     let rec = e.session(alice.key_id, &alice.client).await.unwrap().unwrap();
-    let c = |msg_id| Commit {
+    let c = |msg_id, expected_version| Commit {
         key_id: alice.key_id,
         client: alice.client.clone(),
         session: rec.session.clone(),
-        expected_version: rec.version,
+        expected_version,
         msg_id,
         op: Op::Send {
             to: ClientId::new("bob").unwrap(),
@@ -281,19 +281,34 @@ pub async fn session_versions_detect_concurrent_commits(e: &dyn Engine) {
         keep_outcome: true,
         now: t0(),
     };
-    e.commit(c(4)).await.unwrap();
-    assert_eq!(e.commit(c(8)).await, Err(EngineError::Conflict));
-    assert_eq!(
-        e.fetch(&ClientId::new("bob").unwrap(), 10, t0())
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
-    assert!(e.outcome(alice.key_id, &alice.client, 8).await.unwrap().is_none());
-    // The refused commit took no sequence number and no room in bob's mailbox.
-    let out = send_with(e, &alice, "bob", b"next", 2, 60, t0()).await.unwrap();
+    let bob = ClientId::new("bob").unwrap();
+    e.commit(c(4, rec.version)).await.unwrap();
+    assert_eq!(e.commit(c(8, rec.version)).await, Err(EngineError::Conflict));
+    let held = e.fetch(&bob, 10, t0()).await.unwrap().len();
+    if e.name() == "redis-cluster" {
+        // The one documented difference: a Cluster send delivers (under a marker keyed by the
+        // sender's key and msg_id) before the sender's compare-and-swap, so the losing
+        // request's entry is there already; the retry below finds the marker.
+        assert_eq!(held, 2);
+    } else {
+        assert_eq!(held, 1, "a lost compare-and-swap stores nothing");
+        assert!(e.outcome(alice.key_id, &alice.client, 8).await.unwrap().is_none());
+    }
+    // What the relay does after a conflict: read the session again and commit again. Every
+    // engine then holds the message once, under the sequence number the first send left free.
+    let fresh = e
+        .session(alice.key_id, &alice.client)
+        .await
+        .unwrap()
+        .unwrap()
+        .version;
+    let out = e.commit(c(8, fresh)).await.unwrap();
     assert!(matches!(out, Outcome::Sent { seq: 2, .. }), "{out:?}");
+    assert_eq!(e.fetch(&bob, 10, t0()).await.unwrap().len(), 2);
+    assert_eq!(
+        e.outcome(alice.key_id, &alice.client, 8).await.unwrap(),
+        Some(out)
+    );
     assert_eq!(
         send_with(e, &alice, "bob", b"full", 2, 60, t0()).await,
         Err(EngineError::MailboxFull { cap: 2 })
