@@ -146,6 +146,9 @@ fn nonce16(field: &'static str, b: &Bytes) -> Result<[u8; 16], RelayError> {
     })
 }
 
+/// A long-poll's wake-up, armed (enabled) before the mailbox read it guards.
+type Armed = std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>;
+
 /// How often a commit is retried when another request of the same session won the race.
 const COMMIT_ATTEMPTS: usize = 16;
 
@@ -424,6 +427,7 @@ impl Relay {
                         &call,
                         Outcome::Acked { removed: 0 },
                         None,
+                        None,
                         key,
                         client_id,
                         responder,
@@ -451,6 +455,13 @@ impl Relay {
                 ),
                 _ => None,
             };
+            // A poll's wake-up is armed before its read: if the read finds nothing, the wait
+            // starts at once, with no second read (one storage round trip less per wait).
+            let armed = poll_limit.map(|_| {
+                let mut n = Box::pin(self.notifier.subscribe(client_id.as_str()).notified_owned());
+                n.as_mut().enable();
+                n
+            });
             let committed = match poll_limit {
                 Some(limit) => self
                     .engine
@@ -485,6 +496,7 @@ impl Relay {
                     &call,
                     outcome,
                     fetched,
+                    armed,
                     key,
                     client_id,
                     responder,
@@ -573,6 +585,7 @@ impl Relay {
         call: &Call,
         outcome: Outcome,
         fetched: Option<Vec<crate::MailboxEntry>>,
+        armed: Option<Armed>,
         key: &AuthKey,
         client: &ClientId,
         mut responder: mtproto_session::Responder,
@@ -609,7 +622,8 @@ impl Relay {
                     .clamp(1, self.config.poll_limit);
                 let messages = match fetched {
                     Some(entries) if !entries.is_empty() => entries,
-                    _ => self.long_poll(client, wait, limit).await?,
+                    Some(_) => self.long_poll(client, wait, limit, armed).await?,
+                    None => self.long_poll(client, wait, limit, None).await?,
                 };
                 (to_body(&PollAnswer { messages, acked })?, None)
             }
@@ -675,29 +689,41 @@ impl Relay {
         };
         tracing::debug!(client_id = %client_id, msg_id, "resent envelope answered from its stored outcome");
         let seq_no = 0;
-        self.answer(&call, outcome, None, key, client_id, responder, msg_id, seq_no)
-            .await
+        self.answer(
+            &call, outcome, None, None, key, client_id, responder, msg_id, seq_no,
+        )
+        .await
     }
 
     /// Returns at once when entries wait; otherwise waits until one arrives or `wait` passes.
-    /// Subscribes before each read, so an arrival between the read and the wait is not lost.
+    /// Arms the wake-up before each read, so an arrival between the read and the wait is not
+    /// lost. `armed`: a wake-up armed before a read that already found nothing — the first wait
+    /// starts without reading again.
     async fn long_poll(
         &self,
         client: &ClientId,
         wait: Duration,
         limit: usize,
+        mut armed: Option<Armed>,
     ) -> Result<Vec<crate::MailboxEntry>, RelayError> {
         let deadline = tokio::time::Instant::now() + wait;
         let notify = self.notifier.subscribe(client.as_str());
         let mut closing = self.closing.subscribe();
         loop {
-            let notified = notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let entries = self.engine.fetch(client, limit, self.clock.now()).await?;
-            if !entries.is_empty() || tokio::time::Instant::now() >= deadline || *closing.borrow_and_update()
-            {
-                return Ok(entries);
+            let mut notified = match armed.take() {
+                Some(n) => n,
+                None => {
+                    let mut n = Box::pin(notify.clone().notified_owned());
+                    n.as_mut().enable();
+                    let entries = self.engine.fetch(client, limit, self.clock.now()).await?;
+                    if !entries.is_empty() {
+                        return Ok(entries);
+                    }
+                    n
+                }
+            };
+            if tokio::time::Instant::now() >= deadline || *closing.borrow_and_update() {
+                return Ok(Vec::new());
             }
             tokio::select! {
                 () = &mut notified => {}
