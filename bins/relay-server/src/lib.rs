@@ -236,7 +236,16 @@ pub fn status_of(e: &RelayError) -> StatusCode {
 /// The JSON error response for `e`.
 pub fn error_response(e: &RelayError) -> HttpResponse {
     let status = status_of(e);
-    if status.is_server_error() {
+    if let RelayError::Unavailable(why) = e {
+        // During an outage every request fails the same way: one line a second, with a count.
+        let refused = UNAVAILABLE_ANSWERS.fetch_add(1, Ordering::Relaxed) + 1;
+        let second = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if UNAVAILABLE_LOGGED.swap(second, Ordering::Relaxed) != second {
+            tracing::error!(error = %why, refused_since_start = refused, "storage unavailable; answering 503");
+        }
+    } else if status.is_server_error() {
         tracing::error!(error = ?e, "request failed");
     } else {
         tracing::debug!(code = e.code(), "request refused");
@@ -256,9 +265,6 @@ pub fn error_response(e: &RelayError) -> HttpResponse {
     let mut answer = HttpResponse::build(status);
     if status == StatusCode::SERVICE_UNAVAILABLE {
         answer.insert_header((actix_web::http::header::RETRY_AFTER, "1"));
-        if matches!(e, RelayError::Unavailable(_)) {
-            UNAVAILABLE_ANSWERS.fetch_add(1, Ordering::Relaxed);
-        }
     }
     answer.json(ErrorBody {
         error: e.code(),
@@ -343,6 +349,8 @@ async fn envelope(relay: web::Data<Relay>, endpoint: Endpoint, body: Body) -> Ht
 
 /// Answers refused with 503 `storage_unavailable` since start-up (for `/healthz`).
 static UNAVAILABLE_ANSWERS: AtomicU64 = AtomicU64::new(0);
+/// The Unix second in which the last such refusal was logged.
+static UNAVAILABLE_LOGGED: AtomicU64 = AtomicU64::new(0);
 
 /// 200 with `"status": "ok"` while the engine can serve; 503 with `"status": "unavailable"`
 /// otherwise (the details go to the log, not to the public answer).
