@@ -50,6 +50,14 @@ async function addUser(name) {
     d.append(meta, ct, pt);
     log.prepend(d);
   });
+  client.addEventListener('status', ({ detail: d }) => {
+    state.textContent = d.state === 'offline' ? `reconnecting… (${d.detail})` : 'connected';
+  });
+  client.addEventListener('rejected', ({ detail: d }) => {
+    const p = document.createElement('div'); p.className = 'inbox rejected'; p.dataset.from = d.from;
+    p.textContent = `[${d.from}] rejected: ${d.reason}`;
+    inbox.append(p);
+  });
   client.addEventListener('message', ({ detail: m }) => {
     const p = document.createElement('div'); p.className = 'inbox'; p.dataset.from = m.from;
     p.textContent = `[${m.from}] ${m.text}`;
