@@ -12,7 +12,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{payloads, post, seqs, Raw, Server};
+use common::{healthz, payloads, post, seqs, Raw, Server};
 use mtproto_session::{wire::Bytes, ClientId};
 use relay_core::api::Call;
 use serde_json::json;
@@ -343,8 +343,7 @@ async fn the_directory_is_for_authenticated_clients_and_shows_key_versions() {
     )
     .await;
     assert_eq!((s, body["error"].as_str()), (400, Some("invalid_field")));
-    let r = reqwest::get(format!("{}/healthz", server.url)).await.unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(healthz(&server.url).await.0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

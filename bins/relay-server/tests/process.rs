@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{fetch_server_key, payloads, seqs, Raw, ServerProcess};
+use common::{fetch_server_key, healthz, payloads, seqs, Raw, ServerProcess};
 use mtproto_session::wire::Bytes;
 
 fn spawn(data: &Path, log: Option<&Path>) -> ServerProcess {
@@ -107,17 +107,6 @@ async fn every_answered_send_survives_sigkill_and_is_delivered_once() {
     p.child.wait().unwrap();
 }
 
-/// The number of long-polls the server holds, from `/healthz`.
-async fn long_polls(url: &str) -> u64 {
-    let v: serde_json::Value = reqwest::get(format!("{url}/healthz"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["long_polls"].as_u64().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_answers_waiting_long_polls_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
@@ -133,7 +122,7 @@ async fn sigterm_answers_waiting_long_polls_and_exits_cleanly() {
     });
     let mut held = false;
     for _ in 0..200 {
-        if long_polls(&p.url).await == 1 {
+        if healthz(&p.url).await.1["long_polls"] == 1 {
             held = true;
             break;
         }

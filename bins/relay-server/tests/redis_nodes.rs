@@ -15,7 +15,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{fetch_server_key, payloads, seqs, Raw, ServerProcess};
+use common::{fetch_server_key, healthz, payloads, seqs, Raw, ServerProcess};
 
 /// Both nodes share the server key file, as a deployment behind one name would.
 fn node(redis: &[&str], key_file: &std::path::Path, data: &std::path::Path) -> ServerProcess {
@@ -114,19 +114,9 @@ async fn conversation(redis: &[&str], engine: &str) {
             "after crash"
         ]
     );
-    let health: serde_json::Value = reqwest::get(format!("{}/healthz", n2.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, health) = healthz(&n2.url).await;
     assert_eq!(health["engine"], engine);
     assert!(health["stats"]["redis_round_trips"].as_u64().unwrap() > 0);
-}
-
-async fn health(url: &str) -> (u16, serde_json::Value) {
-    let r = reqwest::get(format!("{url}/healthz")).await.unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,17 +124,18 @@ async fn a_redis_outage_answers_503_and_clients_carry_on() {
     let mut redis = relay_test_support::RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let n = node(&["--redis-url", &redis.url], &dir.path().join("key"), dir.path());
-    let pin = relay_client::Pin::Key(fetch_server_key(&n.url).await);
+    let server_key = fetch_server_key(&n.url).await;
+    let pin = relay_client::Pin::Key(server_key);
     let connect =
         |name: &str| relay_client::Client::connect(relay_client::ClientConfig::new(&n.url, name, pin));
     let alice = connect("alice").await.unwrap();
     let bob = connect("bob").await.unwrap();
-    let mut raw = Raw::connect(&n.url, "carol", fetch_server_key(&n.url).await).await;
+    let mut raw = Raw::connect(&n.url, "carol", server_key).await;
     alice.send("bob", b"before the outage").await.unwrap();
-    assert_eq!(health(&n.url).await.0, 200);
+    assert_eq!(healthz(&n.url).await.0, 200);
 
     redis.kill();
-    let (status, h) = health(&n.url).await;
+    let (status, h) = healthz(&n.url).await;
     assert_eq!((status, h["status"].as_str()), (503, Some("unavailable")), "{h}");
     // A request meets a clear, retryable refusal: 503, a stable code, Retry-After.
     let packet = raw.seal(&relay_core::api::Call::SendMessage {
@@ -161,7 +152,7 @@ async fn a_redis_outage_answers_503_and_clients_carry_on() {
     assert_eq!(r.headers().get("retry-after").unwrap(), "1");
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"], "storage_unavailable", "{body}");
-    let refused = health(&n.url).await.1["unavailable_answers"].as_u64().unwrap();
+    let refused = healthz(&n.url).await.1["unavailable_answers"].as_u64().unwrap();
 
     // alice's client keeps retrying the same envelope; Redis comes back once it has been
     // refused at least once more.
@@ -171,7 +162,7 @@ async fn a_redis_outage_answers_503_and_clients_carry_on() {
     });
     let mut retried = false;
     for _ in 0..200 {
-        if health(&n.url).await.1["unavailable_answers"].as_u64().unwrap() > refused {
+        if healthz(&n.url).await.1["unavailable_answers"].as_u64().unwrap() > refused {
             retried = true;
             break;
         }
@@ -181,7 +172,7 @@ async fn a_redis_outage_answers_503_and_clients_carry_on() {
     redis.restart();
     let (_alice, sent) = sending.await.unwrap();
     sent.expect("the send went through once Redis was back");
-    assert_eq!(health(&n.url).await.0, 200);
+    assert_eq!(healthz(&n.url).await.0, 200);
 
     // Both messages, once each (the AOF kept the first; the second was stored once).
     let mut got = Vec::new();

@@ -149,6 +149,13 @@ fn nonce16(field: &'static str, b: &Bytes) -> Result<[u8; 16], RelayError> {
 /// A long-poll's wake-up, armed (enabled) before the mailbox read it guards.
 type Armed = std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>;
 
+/// Arms a wake-up on `notify`: from now on a notification is not missed, polled or not.
+fn arm(notify: Arc<tokio::sync::Notify>) -> Armed {
+    let mut n = Box::pin(notify.notified_owned());
+    n.as_mut().enable();
+    n
+}
+
 /// How often a commit is retried when another request of the same session won the race.
 const COMMIT_ATTEMPTS: usize = 16;
 
@@ -427,7 +434,6 @@ impl Relay {
                         &call,
                         Outcome::Acked { removed: 0 },
                         None,
-                        None,
                         key,
                         client_id,
                         responder,
@@ -455,19 +461,16 @@ impl Relay {
                 ),
                 _ => None,
             };
-            // A poll's wake-up is armed before its read: if the read finds nothing, the wait
-            // starts at once, with no second read (one storage round trip less per wait).
-            let armed = poll_limit.map(|_| {
-                let mut n = Box::pin(self.notifier.subscribe(client_id.as_str()).notified_owned());
-                n.as_mut().enable();
-                n
-            });
             let committed = match poll_limit {
-                Some(limit) => self
-                    .engine
-                    .commit_and_fetch(commit, limit)
-                    .await
-                    .map(|(o, e)| (o, Some(e))),
+                Some(limit) => {
+                    // A poll's wake-up is armed before its read: if the read finds nothing, the
+                    // wait starts at once, with no second read (one storage round trip less).
+                    let armed = arm(self.notifier.subscribe(client_id.as_str()));
+                    self.engine
+                        .commit_and_fetch(commit, limit)
+                        .await
+                        .map(|(o, e)| (o, Some((e, armed))))
+                }
                 None => self.engine.commit(commit).await.map(|o| (o, None)),
             };
             let (outcome, fetched) = match committed {
@@ -496,7 +499,6 @@ impl Relay {
                     &call,
                     outcome,
                     fetched,
-                    armed,
                     key,
                     client_id,
                     responder,
@@ -584,8 +586,7 @@ impl Relay {
         &self,
         call: &Call,
         outcome: Outcome,
-        fetched: Option<Vec<crate::MailboxEntry>>,
-        armed: Option<Armed>,
+        fetched: Option<(Vec<crate::MailboxEntry>, Armed)>,
         key: &AuthKey,
         client: &ClientId,
         mut responder: mtproto_session::Responder,
@@ -621,8 +622,8 @@ impl Relay {
                     .unwrap_or(self.config.poll_limit)
                     .clamp(1, self.config.poll_limit);
                 let messages = match fetched {
-                    Some(entries) if !entries.is_empty() => entries,
-                    Some(_) => self.long_poll(client, wait, limit, armed).await?,
+                    Some((entries, _)) if !entries.is_empty() => entries,
+                    Some((_, armed)) => self.long_poll(client, wait, limit, Some(armed)).await?,
                     None => self.long_poll(client, wait, limit, None).await?,
                 };
                 (to_body(&PollAnswer { messages, acked })?, None)
@@ -689,10 +690,8 @@ impl Relay {
         };
         tracing::debug!(client_id = %client_id, msg_id, "resent envelope answered from its stored outcome");
         let seq_no = 0;
-        self.answer(
-            &call, outcome, None, None, key, client_id, responder, msg_id, seq_no,
-        )
-        .await
+        self.answer(&call, outcome, None, key, client_id, responder, msg_id, seq_no)
+            .await
     }
 
     /// Returns at once when entries wait; otherwise waits until one arrives or `wait` passes.
@@ -713,8 +712,7 @@ impl Relay {
             let mut notified = match armed.take() {
                 Some(n) => n,
                 None => {
-                    let mut n = Box::pin(notify.clone().notified_owned());
-                    n.as_mut().enable();
+                    let n = arm(notify.clone());
                     let entries = self.engine.fetch(client, limit, self.clock.now()).await?;
                     if !entries.is_empty() {
                         return Ok(entries);

@@ -120,6 +120,12 @@ pub async fn fetch_server_key(url: &str) -> ServerPublicKey {
     ServerPublicKey::from_slice(&b.0).unwrap()
 }
 
+/// `GET /healthz`: its status and body.
+pub async fn healthz(url: &str) -> (u16, Value) {
+    let r = reqwest::get(format!("{url}/healthz")).await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
 pub fn now() -> UnixTime {
     relay_core::Clock::now(&relay_core::SystemClock)
 }

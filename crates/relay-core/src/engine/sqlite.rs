@@ -202,7 +202,8 @@ impl SqliteEngine {
         // than we use, and re-parsing the evicted ones cost ~5% of the writer's time).
         conn.set_prepared_statement_cache_capacity(64);
         migrate(&conn)?;
-        // Make sure the WAL file exists and is durable before the syncer opens it.
+        // One write (the version again: `migrate` may have had nothing to do) creates the WAL
+        // file, which must exist and be durable before the syncer opens it.
         let wal = wal_path(path);
         conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
             .map_err(storage)?;
