@@ -58,6 +58,14 @@ pub struct ResPq {
     pub pq: Hex,
     /// The 64-bit fingerprint of the server's Ed25519 key, hex.
     pub fingerprint: Hex,
+    /// Leading zero bits of work asked before `req_dh_params` ([`crate::work`]); 0 or absent:
+    /// none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pow_bits: u8,
+}
+
+fn is_zero(v: &u8) -> bool {
+    *v == 0
 }
 
 /// `POST /req_dh_params`: the proof-of-work answer.
@@ -72,6 +80,9 @@ pub struct ReqDhParams {
     pub p: Hex,
     /// The larger factor, minimal big-endian bytes, hex.
     pub q: Hex,
+    /// The proof of work's answer, 8 bytes hex, when `resPQ` asked for `pow_bits`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pow_nonce: Option<Hex>,
 }
 
 /// The answer to `req_dh_params`, signed by the server's key.
@@ -257,6 +268,9 @@ pub struct PendingHandshake {
     pub created_at: UnixTime,
     /// Where the handshake stands.
     pub stage: Stage,
+    /// The work asked for in `resPQ` (records stored before it existed ask none).
+    #[serde(default)]
+    pub pow_bits: u8,
 }
 
 impl PendingHandshake {
@@ -301,12 +315,24 @@ pub struct Established {
 pub struct ServerHandshake<'a> {
     key: &'a ServerSigningKey,
     group: &'a DhGroup,
+    pow_bits: u8,
 }
 
 impl<'a> ServerHandshake<'a> {
-    /// A server handshake driver.
+    /// A server handshake driver that asks for no hashcash work.
     pub fn new(key: &'a ServerSigningKey, group: &'a DhGroup) -> Self {
-        Self { key, group }
+        Self {
+            key,
+            group,
+            pow_bits: 0,
+        }
+    }
+
+    /// Asks new handshakes for `bits` of proof of work ([`crate::work`]) before the DH step.
+    #[must_use]
+    pub fn with_pow_bits(mut self, bits: u8) -> Self {
+        self.pow_bits = bits;
+        self
     }
 
     /// Step 1: a fresh `server_nonce` and proof-of-work challenge. The caller stores the
@@ -332,12 +358,14 @@ impl<'a> ServerHandshake<'a> {
             q,
             created_at: now,
             stage: Stage::AwaitingDhParams,
+            pow_bits: self.pow_bits,
         };
         let res = ResPq {
             nonce: req.nonce.clone(),
             server_nonce: Bytes(server_nonce.to_vec()),
             pq: Hex(challenge.pq().to_be_bytes().to_vec()),
             fingerprint: Hex(self.key.public().fingerprint().as_bytes().to_vec()),
+            pow_bits: self.pow_bits,
         };
         Ok((pending, res))
     }
@@ -361,6 +389,13 @@ impl<'a> ServerHandshake<'a> {
                 what: "req_dh_params per handshake",
                 max: 1,
             });
+        }
+        if pending.pow_bits > 0 {
+            let answer = req.pow_nonce.as_ref().ok_or(Error::BadProofOfWork)?;
+            let answer: [u8; 8] = fixed("pow_nonce", &answer.0)?;
+            if !crate::work::check(&pending.nonce, &pending.server_nonce, pending.pow_bits, &answer) {
+                return Err(Error::BadProofOfWork);
+            }
         }
         let challenge = PqChallenge::from_factors(pending.p, pending.q).map_err(|_| Error::BadProofOfWork)?;
         if !challenge.verify(parse_factor("p", &req.p)?, parse_factor("q", &req.q)?) {
@@ -561,11 +596,21 @@ impl AwaitingResPq {
         }
         let pq = u64::from_be_bytes(fixed("pq", &res.pq.0)?);
         let (p, q) = factor_pq(pq)?;
+        let pow_nonce = match res.pow_bits {
+            0 => None,
+            bits => Some(Hex(crate::work::solve(
+                self.nonce.as_bytes(),
+                server_nonce.as_bytes(),
+                bits,
+            )?
+            .to_vec())),
+        };
         let req = ReqDhParams {
             nonce: res.nonce.clone(),
             server_nonce: res.server_nonce.clone(),
             p: Hex(minimal_be(p)),
             q: Hex(minimal_be(q)),
+            pow_nonce,
         };
         Ok((
             AwaitingDhParams {

@@ -180,6 +180,9 @@ id8!(
 
 /// The name a user registers under (`client_id` in the API): 1 to 64 characters from
 /// `[A-Za-z0-9_.-]`, so that it is safe in keys, logs and URLs.
+///
+/// Names are case-insensitive: `Bob`, `BOB` and `bob` are one name, kept in lower case (so no
+/// one can register a look-alike of someone else's name by changing case).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct ClientId(String);
 
@@ -193,6 +196,9 @@ impl ClientId {
     /// use mtproto_session::ClientId;
     /// assert!(ClientId::new("user123").is_ok());
     /// assert!(ClientId::new("no spaces").is_err());
+    /// assert_eq!(ClientId::new("Bob")?, ClientId::new("bob")?);
+    /// assert_eq!(ClientId::new("BOB")?.as_str(), "bob");
+    /// # Ok::<(), mtproto_session::Error>(())
     /// ```
     ///
     /// # Errors
@@ -204,7 +210,7 @@ impl ClientId {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
         if ok {
-            Ok(Self(id.to_owned()))
+            Ok(Self(id.to_ascii_lowercase()))
         } else {
             Err(Error::Malformed {
                 field: "client_id",
@@ -278,5 +284,7 @@ mod tests {
         assert!(ClientId::new(&"a".repeat(65)).is_err());
         assert!(ClientId::new("ünï").is_err());
         assert!(serde_json::from_str::<ClientId>("\"a/b\"").is_err());
+        let upper: ClientId = serde_json::from_str("\"Relay\"").unwrap();
+        assert_eq!(upper.as_str(), "relay");
     }
 }

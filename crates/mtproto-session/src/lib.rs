@@ -42,6 +42,7 @@ pub mod session;
 mod state;
 mod time;
 pub mod wire;
+pub mod work;
 
 pub use e2e::{ChatState, ChatStateData, Delivery, Received, Sealed};
 pub use error::{BadMsgCode, Error, Result};
@@ -53,7 +54,7 @@ pub use ids::{
     ClientId, MsgId, MsgIdGen, Sender, SeqNoGen, ServerSalt, SessionId, MSG_ID_MAX_FUTURE_SECS,
     MSG_ID_MAX_PAST_SECS,
 };
-pub use replay::{ReplayWindow, Verdict, REPLAY_WINDOW};
+pub use replay::{ReplayWindow, Verdict, MAX_SEQ_NO_STEP, REPLAY_WINDOW};
 pub use salt::{FutureSalt, SaltSchedule, SALT_GRACE_SECS, SALT_PERIOD_SECS};
 pub use secret::SecretBytes;
 pub use session::{

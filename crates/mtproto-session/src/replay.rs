@@ -10,6 +10,12 @@ use crate::{BadMsgCode, MsgId};
 /// window with every request it accepts.
 pub const REPLAY_WINDOW: usize = 128;
 
+/// The furthest a request's seq_no may run ahead of the highest one accepted before (of a new
+/// session: ahead of 0). A client counts 2 per request, so this allows 2,048 requests lost in
+/// flight; without it one request with seq_no 2^32-1 would leave no seq_no for the next one
+/// and make the session (and the name bound to it) unusable forever.
+pub const MAX_SEQ_NO_STEP: u32 = 4096;
+
 /// What [`ReplayWindow::check`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -64,7 +70,8 @@ impl<'de> Deserialize<'de> for ReplayWindow {
 impl ReplayWindow {
     /// Checks `(msg_id, seq_no)` without recording it: duplicate, too old, and MTProto's seq_no
     /// order rules (codes 32/33): a message with a higher msg_id must not have a lower seq_no, and
-    /// two content-related (odd) messages must not share one.
+    /// two content-related (odd) messages must not share one; a seq_no more than
+    /// [`MAX_SEQ_NO_STEP`] above every accepted one is refused (33) and not recorded.
     ///
     /// # Errors
     /// Code 20, 32 or 33.
@@ -78,6 +85,11 @@ impl ReplayWindow {
             return Err(BadMsgCode::MsgTooOld);
         }
         let odd = seq_no & 1 == 1;
+        // Entries are ordered by msg_id with seq_nos that never decrease: the last is the highest.
+        let highest = self.seen.last().map_or(0, |e| e.1);
+        if seq_no > highest.saturating_add(MAX_SEQ_NO_STEP) {
+            return Err(BadMsgCode::SeqNoTooHigh);
+        }
         if let Some(&(_, prev)) = pos.checked_sub(1).and_then(|p| self.seen.get(p)) {
             if prev > seq_no || (prev == seq_no && odd) {
                 return Err(BadMsgCode::SeqNoTooLow);
@@ -136,5 +148,25 @@ impl ReplayWindow {
     /// Whether nothing is remembered.
     pub fn is_empty(&self) -> bool {
         self.seen.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seq_no_that_leaves_no_room_is_refused_and_not_recorded() {
+        let mut w = ReplayWindow::default();
+        let id = |n: u64| MsgId((1_800_000_000u64 << 32) | (n << 2));
+        assert_eq!(w.check(id(1), u32::MAX), Err(BadMsgCode::SeqNoTooHigh));
+        assert_eq!(w.check(id(1), MAX_SEQ_NO_STEP + 1), Err(BadMsgCode::SeqNoTooHigh));
+        assert_eq!(w.check(id(1), MAX_SEQ_NO_STEP - 1), Ok(Verdict::Fresh));
+        w.record(id(1), 1);
+        // The refused request left nothing behind: the next ordinary one goes through.
+        assert_eq!(w.check(id(2), u32::MAX - 2), Err(BadMsgCode::SeqNoTooHigh));
+        assert_eq!(w.check(id(2), 3), Ok(Verdict::Fresh));
+        w.record(id(2), 3);
+        assert_eq!(w.check(id(3), 3 + MAX_SEQ_NO_STEP), Ok(Verdict::Fresh));
     }
 }

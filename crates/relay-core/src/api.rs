@@ -94,8 +94,25 @@ pub enum Call {
         /// Most entries to return (default and max 100).
         limit: Option<usize>,
     },
-    /// `/peers`: the directory.
-    ListPeers {},
+    /// `/peers`: the directory, a bounded page at a time. With `names`: those clients (exact,
+    /// at most [`MAX_LOOKUP_NAMES`]; unknown ones are left out). Otherwise the clients that
+    /// published a key whose names start with `prefix` (empty: all), in name order, after
+    /// `after`, at most `limit` (default and max [`MAX_PEERS_PAGE`]); the answer's `next`
+    /// continues the listing.
+    ListPeers {
+        /// Exact names to look up.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        names: Vec<ClientId>,
+        /// A name prefix to search for (case-insensitive).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prefix: Option<String>,
+        /// Continue after this name (the previous answer's `next`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<ClientId>,
+        /// Most entries in the answer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<usize>,
+    },
     /// `/publish_key`: publish or rotate the X25519 identity key.
     PublishKey {
         /// 32 bytes.
@@ -104,12 +121,37 @@ pub enum Call {
 }
 
 impl Call {
+    /// `/peers`: the first page of the whole directory.
+    pub fn list_peers() -> Self {
+        Self::search_peers("", None)
+    }
+
+    /// `/peers`: a page of the clients whose names start with `prefix`, after `after`.
+    pub fn search_peers(prefix: &str, after: Option<ClientId>) -> Self {
+        Self::ListPeers {
+            names: Vec::new(),
+            prefix: (!prefix.is_empty()).then(|| prefix.to_owned()),
+            after,
+            limit: None,
+        }
+    }
+
+    /// `/peers`: these exact names.
+    pub fn lookup_peers(names: Vec<ClientId>) -> Self {
+        Self::ListPeers {
+            names,
+            prefix: None,
+            after: None,
+            limit: None,
+        }
+    }
+
     /// The endpoint this call belongs to.
     pub fn endpoint(&self) -> Endpoint {
         match self {
             Self::SendMessage { .. } => Endpoint::SecureMessage,
             Self::PollMessages { .. } => Endpoint::PollMessages,
-            Self::ListPeers {} => Endpoint::Peers,
+            Self::ListPeers { .. } => Endpoint::Peers,
             Self::PublishKey { .. } => Endpoint::PublishKey,
         }
     }
@@ -190,11 +232,19 @@ impl From<Peer> for PeerInfo {
     }
 }
 
+/// Most names one `/peers` lookup may ask for.
+pub const MAX_LOOKUP_NAMES: usize = 100;
+/// Most entries in one `/peers` answer.
+pub const MAX_PEERS_PAGE: usize = 50;
+
 /// The answer to `/peers`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeersAnswer {
-    /// Every registered client.
+    /// The clients found, in name order.
     pub peers: Vec<PeerInfo>,
+    /// When more may follow: pass it as `after` to get the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<ClientId>,
 }
 
 /// The answer to `/publish_key`.

@@ -21,6 +21,9 @@ pub enum EngineError {
         /// The cap.
         cap: usize,
     },
+    /// The sender has as much waiting in the recipient's mailbox as one sender may.
+    #[error("sender's quota in this mailbox reached")]
+    SenderQuota,
     /// Too many handshakes are pending.
     #[error("too many pending handshakes ({max})")]
     TooManyHandshakes {
@@ -92,9 +95,17 @@ pub enum RelayError {
     /// The recipient is not registered.
     #[error("unknown peer")]
     UnknownPeer,
-    /// The recipient's mailbox is full.
-    #[error("recipient mailbox full")]
+    /// The recipient's mailbox is full (entries or bytes): the recipient must read first.
+    #[error("the recipient's mailbox is full; it must be read before more can be sent")]
     MailboxFull,
+    /// The sender already has as many messages (or bytes) waiting in this recipient's mailbox
+    /// as one sender may: wait until the recipient reads them.
+    #[error("too many of your messages are waiting for this recipient; wait until they read them")]
+    SenderQuota,
+    /// The msg_id was already used by a request to another endpoint (a client bug: msg_ids
+    /// must be unique per session).
+    #[error("msg_id already used by another request")]
+    MsgIdReused,
     /// A payload is larger than allowed.
     #[error("payload of {got} bytes exceeds {max}")]
     PayloadTooLarge {
@@ -104,6 +115,12 @@ pub enum RelayError {
         max: usize,
     },
     // --- limits of the server -----------------------------------------------------------------
+    /// This source sent too many requests of this kind: retry after `retry_after_secs`.
+    #[error("too many requests; retry in {retry_after_secs} s")]
+    RateLimited {
+        /// Seconds until a retry can succeed.
+        retry_after_secs: u64,
+    },
     /// Too many handshakes in progress: try again shortly.
     #[error("too many handshakes in progress")]
     Busy,
@@ -141,6 +158,9 @@ impl RelayError {
             Self::MethodMismatch => "method_mismatch",
             Self::UnknownPeer => "unknown_peer",
             Self::MailboxFull => "mailbox_full",
+            Self::SenderQuota => "sender_quota",
+            Self::MsgIdReused => "msg_id_reused",
+            Self::RateLimited { .. } => "rate_limited",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::Busy => "busy",
             Self::Unavailable(_) => "storage_unavailable",
@@ -155,6 +175,7 @@ impl From<EngineError> for RelayError {
             EngineError::ClientIdTaken => Self::ClientIdTaken,
             EngineError::UnknownPeer => Self::UnknownPeer,
             EngineError::MailboxFull { .. } => Self::MailboxFull,
+            EngineError::SenderQuota => Self::SenderQuota,
             EngineError::TooManyHandshakes { .. } => Self::Busy,
             EngineError::Conflict => Self::Unavailable("unresolved concurrent update".into()),
             EngineError::Storage(s) => Self::Unavailable(s),

@@ -16,9 +16,11 @@
 pub mod api;
 pub mod engine;
 mod error;
+pub mod limits;
 mod model;
 mod notify;
 mod relay;
+pub mod seal;
 
 #[cfg(feature = "redis")]
 pub use engine::RedisEngine;
@@ -26,6 +28,8 @@ pub use engine::RedisEngine;
 pub use engine::SqliteEngine;
 pub use engine::{Engine, MemoryEngine};
 pub use error::{EngineError, RelayError};
-pub use model::{AuthKeyRecord, Commit, EntryKind, MailboxEntry, Op, Outcome, Peer, SessionRecord};
+pub use model::{
+    AccountExpiry, AuthKeyRecord, Commit, EntryKind, MailboxEntry, Op, Outcome, Peer, SendQuota, SessionRecord,
+};
 pub use notify::Notifier;
 pub use relay::{Clock, Relay, RelayConfig, SystemClock, RESERVED_CLIENT_IDS, STATUS_RECEIVED};

@@ -4,6 +4,8 @@ use mtproto_crypto::AuthKeyId;
 use mtproto_session::{wire::Bytes, ClientId, SecretBytes, ServerSession, UnixTime};
 use serde::{Deserialize, Serialize};
 
+use crate::EngineError;
+
 /// An auth key and the client id it claimed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuthKeyRecord {
@@ -113,14 +115,14 @@ pub enum Outcome {
 pub enum Op {
     /// No effect beyond the session update and last-seen.
     Touch,
-    /// Append a message to `to`'s mailbox.
+    /// Append a message to `to`'s mailbox, within `quota`.
     Send {
         /// The recipient.
         to: ClientId,
         /// The end-to-end ciphertext.
         payload: Vec<u8>,
-        /// The mailbox cap.
-        cap: usize,
+        /// What the recipient's mailbox may hold, checked with the append.
+        quota: SendQuota,
         /// Message time to live, seconds.
         ttl_secs: u64,
     },
@@ -134,6 +136,63 @@ pub enum Op {
         /// The X25519 public key.
         key: [u8; 32],
     },
+}
+
+/// The limits a send must fit, checked by the engine atomically with the append. Payload bytes
+/// are counted (not the entry's metadata); relay notices count against nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendQuota {
+    /// Most entries in one mailbox.
+    pub mailbox_entries: usize,
+    /// Most payload bytes in one mailbox.
+    pub mailbox_bytes: u64,
+    /// Most entries one sender may have waiting in one mailbox.
+    pub sender_entries: usize,
+    /// Most payload bytes one sender may have waiting in one mailbox.
+    pub sender_bytes: u64,
+}
+
+impl SendQuota {
+    /// Quotas that never refuse (tests and tools).
+    pub const UNLIMITED: Self = Self {
+        mailbox_entries: usize::MAX,
+        mailbox_bytes: u64::MAX,
+        sender_entries: usize::MAX,
+        sender_bytes: u64::MAX,
+    };
+
+    /// Which quota, if any, one more payload of `len` bytes would break, given what the
+    /// mailbox holds (`entries`, `bytes`) and what this sender has in it.
+    ///
+    /// # Errors
+    /// [`EngineError::MailboxFull`] or [`EngineError::SenderQuota`].
+    pub fn admit(
+        &self,
+        (entries, bytes): (usize, u64),
+        (sender_entries, sender_bytes): (usize, u64),
+        len: usize,
+    ) -> Result<(), EngineError> {
+        let len = len as u64;
+        if entries >= self.mailbox_entries || bytes.saturating_add(len) > self.mailbox_bytes {
+            return Err(EngineError::MailboxFull {
+                cap: self.mailbox_entries,
+            });
+        }
+        if sender_entries >= self.sender_entries || sender_bytes.saturating_add(len) > self.sender_bytes {
+            return Err(EngineError::SenderQuota);
+        }
+        Ok(())
+    }
+}
+
+/// When the directory forgets an account (its keys, session, directory entry; a mailbox with
+/// mail waiting keeps the account alive) and releases its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccountExpiry {
+    /// An account that never published an identity key is removed this long after it registered.
+    pub unpublished_secs: u64,
+    /// Any account is removed after this long without an authenticated request.
+    pub idle_secs: u64,
 }
 
 /// One authenticated request, committed atomically: the session moves from `expected_version`,

@@ -18,9 +18,11 @@ use mtproto_session::{
 use crate::{
     api::{
         iso8601, Call, Endpoint, EnvelopeRequest, EnvelopeResponse, PeerInfo, PeersAnswer, PollAnswer,
-        PublishAnswer, SendAnswer,
+        PublishAnswer, SendAnswer, MAX_LOOKUP_NAMES, MAX_PEERS_PAGE,
     },
-    AuthKeyRecord, Commit, Engine, EngineError, Notifier, Op, Outcome, RelayError,
+    limits::{WorkMeter, WorkPolicy},
+    seal::StorageSeal,
+    AccountExpiry, AuthKeyRecord, Commit, Engine, EngineError, Notifier, Op, Outcome, RelayError, SendQuota,
 };
 
 /// Client ids nobody may register: the relay signs its own notices with them.
@@ -33,8 +35,16 @@ pub const STATUS_RECEIVED: &str = "Message received securely";
 pub struct RelayConfig {
     /// Most handshakes pending at once (a `req_pq` flood cannot exhaust the server).
     pub max_pending_handshakes: usize,
-    /// Most entries in one mailbox.
-    pub mailbox_cap: usize,
+    /// What one mailbox may hold, in all and from one sender.
+    pub quota: SendQuota,
+    /// Most payload bytes one poll answer carries (it always carries at least one entry when
+    /// one is waiting; the rest comes with the next poll). Keeps every answer far below the
+    /// envelope's 1 MiB limit, whatever others put in the mailbox.
+    pub poll_bytes: usize,
+    /// When unused accounts are removed and their names released.
+    pub accounts: AccountExpiry,
+    /// The proof of work asked of new handshakes.
+    pub work: WorkPolicy,
     /// How long an unacknowledged message is kept, seconds.
     pub message_ttl_secs: u64,
     /// Largest end-to-end payload, bytes.
@@ -47,11 +57,51 @@ pub struct RelayConfig {
     pub poll_limit: usize,
 }
 
+impl RelayConfig {
+    /// The largest payload this relay can accept: one entry must always fit in a poll answer
+    /// (base64 inside JSON inside a 1 MiB envelope).
+    pub const MAX_PAYLOAD_LIMIT: usize = 512 << 10;
+
+    /// Checks that the limits fit together.
+    ///
+    /// # Errors
+    /// A sentence naming the limit that does not fit.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_payload == 0 || self.max_payload > Self::MAX_PAYLOAD_LIMIT {
+            return Err(format!(
+                "the largest payload must be 1..={} bytes (one must fit in a poll answer)",
+                Self::MAX_PAYLOAD_LIMIT
+            ));
+        }
+        if self.poll_bytes > Self::MAX_PAYLOAD_LIMIT {
+            return Err(format!("a poll answer may carry at most {} bytes", Self::MAX_PAYLOAD_LIMIT));
+        }
+        if self.work.max_bits > mtproto_session::work::MAX_CLIENT_BITS {
+            return Err(format!(
+                "clients refuse more than {} bits of proof of work",
+                mtproto_session::work::MAX_CLIENT_BITS
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for RelayConfig {
     fn default() -> Self {
         Self {
             max_pending_handshakes: 10_000,
-            mailbox_cap: 10_000,
+            quota: SendQuota {
+                mailbox_entries: 10_000,
+                mailbox_bytes: 64 << 20,
+                sender_entries: 1_000,
+                sender_bytes: 16 << 20,
+            },
+            poll_bytes: 256 << 10,
+            accounts: AccountExpiry {
+                unpublished_secs: 3600,
+                idle_secs: 180 * 24 * 3600,
+            },
+            work: WorkPolicy::default(),
             message_ttl_secs: 7 * 24 * 3600,
             max_payload: 64 * 1024,
             poll_default: Duration::from_secs(25),
@@ -128,7 +178,15 @@ pub struct Relay {
     /// Set once the node stops: long-polls answer at once instead of waiting.
     closing: tokio::sync::watch::Sender<bool>,
     clock: Arc<dyn Clock>,
+    seal: StorageSeal,
+    work: WorkMeter,
 }
+
+/// Labels of the sealed records (the associated data of [`StorageSeal`]).
+const SEAL_AUTH_KEY: &[u8] = b"auth_key";
+const SEAL_DH_SECRET: &[u8] = b"dh_secret";
+/// A 2048-bit auth key stored before keys were sealed.
+const LEGACY_AUTH_KEY_LEN: usize = 256;
 
 impl std::fmt::Debug for Relay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -164,7 +222,11 @@ impl Relay {
     pub fn new(engine: Arc<dyn Engine>, key: ServerSigningKey, config: RelayConfig) -> Self {
         let notifier = Arc::new(Notifier::new());
         engine.set_notifier(notifier.clone());
+        let seal = StorageSeal::derive(&key);
+        let work = WorkMeter::new(config.work);
         Self {
+            seal,
+            work,
             sessions: std::sync::Mutex::new(std::collections::HashMap::new()),
             locks: KeyLocks::default(),
             keys: std::sync::RwLock::new(std::collections::HashMap::new()),
@@ -235,8 +297,18 @@ impl Relay {
             .auth_key(key_id)
             .await?
             .ok_or(RelayError::UnknownAuthKey)?;
-        let key = AuthKey::from_slice(record.auth_key.expose())
-            .map_err(|_| RelayError::Internal("stored key".into()))?;
+        let stored = record.auth_key.expose();
+        let key = if stored.len() == LEGACY_AUTH_KEY_LEN {
+            // Written before keys were sealed: still served (docs/security.md, "Data at rest").
+            AuthKey::from_slice(stored)
+        } else {
+            let plain = self
+                .seal
+                .open(SEAL_AUTH_KEY, &key_id, stored)
+                .map_err(|_| RelayError::Unavailable("a stored auth key does not open under this server key".into()))?;
+            AuthKey::from_slice(&plain)
+        }
+        .map_err(|_| RelayError::Internal("stored key".into()))?;
         let cached = Arc::new(CachedKey {
             key,
             client_id: record.client_id,
@@ -282,7 +354,11 @@ impl Relay {
     /// [`RelayError::InvalidField`], [`RelayError::Busy`] when too many handshakes are pending.
     pub async fn req_pq(&self, req: &ReqPq) -> Result<ResPq, RelayError> {
         let now = self.clock.now();
-        let (pending, res) = self.handshake().handle_req_pq(req, now, &mut OsRng)?;
+        let bits = self.work.start(std::time::Instant::now());
+        let (pending, res) = self
+            .handshake()
+            .with_pow_bits(bits)
+            .handle_req_pq(req, now, &mut OsRng)?;
         self.engine
             .put_pending(pending, self.config.max_pending_handshakes, now)
             .await?;
@@ -306,6 +382,13 @@ impl Relay {
         let res = self
             .handshake()
             .handle_req_dh_params(&mut pending, req, now, &mut OsRng)?;
+        if let mtproto_session::Stage::AwaitingClientDh { a, .. } = &mut pending.stage {
+            let sealed = self
+                .seal
+                .seal(SEAL_DH_SECRET, &sn, a.expose())
+                .map_err(|_| RelayError::Internal("sealing the DH secret".into()))?;
+            *a = SecretBytes::new(sealed);
+        }
         if !self.engine.advance_pending(pending).await? {
             return Err(RelayError::HandshakeOutOfOrder);
         }
@@ -318,6 +401,7 @@ impl Relay {
     /// As [`Relay::req_dh_params`], plus [`RelayError::BadDh`] and [`RelayError::ClientIdTaken`].
     pub async fn set_client_dh_params(&self, req: &SetClientDhParams) -> Result<DhGenOk, RelayError> {
         let now = self.clock.now();
+        // Names are lower case (ClientId), so "Relay" and "ADMIN" are caught here too.
         if RESERVED_CLIENT_IDS.contains(&req.client_id.as_str()) {
             return Err(RelayError::InvalidField {
                 field: "client_id".into(),
@@ -325,11 +409,20 @@ impl Relay {
             });
         }
         let sn = nonce16("server_nonce", &req.server_nonce)?;
-        let pending = self
+        let mut pending = self
             .engine
             .get_pending(sn)
             .await?
             .ok_or(RelayError::UnknownHandshake)?;
+        if let mtproto_session::Stage::AwaitingClientDh { a, .. } = &mut pending.stage {
+            // Opaque on failure: a record from before sealing, or under another server key, is
+            // as good as no record.
+            let plain = self
+                .seal
+                .open(SEAL_DH_SECRET, &sn, a.expose())
+                .map_err(|_| RelayError::UnknownHandshake)?;
+            *a = SecretBytes::new(plain.to_vec());
+        }
         let (est, res) = self
             .handshake()
             .handle_set_client_dh_params(pending, req, now, &mut OsRng)?;
@@ -338,9 +431,14 @@ impl Relay {
             .take_pending(sn)
             .await?
             .ok_or(RelayError::UnknownHandshake)?;
+        let key_id = *est.auth_key.id().as_bytes();
+        let sealed = self
+            .seal
+            .seal(SEAL_AUTH_KEY, &key_id, est.auth_key.expose_secret())
+            .map_err(|_| RelayError::Internal("sealing the auth key".into()))?;
         let record = AuthKeyRecord {
-            key_id: *est.auth_key.id().as_bytes(),
-            auth_key: SecretBytes::new(est.auth_key.expose_secret().to_vec()),
+            key_id,
+            auth_key: SecretBytes::new(sealed),
             client_id: est.client_id.clone(),
             created_at: now,
         };
@@ -544,7 +642,7 @@ impl Relay {
                 let op = Op::Send {
                     to: target_peer.clone(),
                     payload: payload.0.clone(),
-                    cap: self.config.mailbox_cap,
+                    quota: self.config.quota,
                     ttl_secs: self.config.message_ttl_secs,
                 };
                 (op, true)
@@ -558,7 +656,32 @@ impl Relay {
                 }
                 (Op::Ack { seqs: ack.clone() }, false)
             }
-            Call::ListPeers {} => (Op::Touch, false),
+            Call::ListPeers {
+                names,
+                prefix,
+                limit,
+                ..
+            } => {
+                if names.len() > MAX_LOOKUP_NAMES {
+                    return Err(RelayError::InvalidField {
+                        field: "names".into(),
+                        reason: format!("at most {MAX_LOOKUP_NAMES} names"),
+                    });
+                }
+                if let Some(p) = prefix.as_deref().filter(|p| !p.is_empty()) {
+                    mtproto_session::ClientId::new(p).map_err(|_| RelayError::InvalidField {
+                        field: "prefix".into(),
+                        reason: "the start of a name: 1-64 of A-Z a-z 0-9 _ - .".into(),
+                    })?;
+                }
+                if limit == &Some(0) {
+                    return Err(RelayError::InvalidField {
+                        field: "limit".into(),
+                        reason: "at least 1".into(),
+                    });
+                }
+                (Op::Touch, false)
+            }
             Call::PublishKey { identity_key } => {
                 let key: [u8; 32] =
                     identity_key
@@ -626,18 +749,10 @@ impl Relay {
                     Some((_, armed)) => self.long_poll(client, wait, limit, Some(armed)).await?,
                     None => self.long_poll(client, wait, limit, None).await?,
                 };
+                let messages = fit_in_answer(messages, self.config.poll_bytes);
                 (to_body(&PollAnswer { messages, acked })?, None)
             }
-            (Call::ListPeers {}, _) => {
-                let peers = self
-                    .engine
-                    .peers()
-                    .await?
-                    .into_iter()
-                    .map(PeerInfo::from)
-                    .collect();
-                (to_body(&PeersAnswer { peers })?, None)
-            }
+            (Call::ListPeers { .. }, _) => (to_body(&self.peers_answer(call).await?)?, None),
             (Call::PublishKey { identity_key }, Outcome::KeyPublished { changed, key_version }) => {
                 let fingerprint = IdentityPublic::from_slice(&identity_key.0)
                     .map(|k| k.short_fingerprint())
@@ -677,10 +792,19 @@ impl Relay {
     ) -> Result<EnvelopeResponse, RelayError> {
         let call = self.parse_call(endpoint, req, body)?;
         let outcome = match (&call, self.engine.outcome(key_id, client_id, msg_id).await?) {
+            // The msg_id's stored outcome belongs to another kind of request: a client bug
+            // (msg_ids are unique per session), answered as one, never as our failure.
+            (Call::SendMessage { .. }, Some(o)) if !matches!(o, Outcome::Sent { .. }) => {
+                return Err(RelayError::MsgIdReused)
+            }
+            (Call::PublishKey { .. }, Some(o)) if !matches!(o, Outcome::KeyPublished { .. }) => {
+                return Err(RelayError::MsgIdReused)
+            }
+            (Call::PollMessages { .. } | Call::ListPeers { .. }, Some(_)) => return Err(RelayError::MsgIdReused),
             (_, Some(o)) => o,
             // Reads (and acks, which are idempotent) can simply be answered again.
             (Call::PollMessages { .. }, None) => Outcome::Acked { removed: 0 },
-            (Call::ListPeers {}, None) => Outcome::Done,
+            (Call::ListPeers { .. }, None) => Outcome::Done,
             (_, None) => {
                 return Err(RelayError::BadMsg {
                     code: mtproto_session::BadMsgCode::MsgTooOld,
@@ -731,6 +855,44 @@ impl Relay {
         }
     }
 
+    async fn peers_answer(&self, call: &Call) -> Result<PeersAnswer, RelayError> {
+        let Call::ListPeers {
+            names,
+            prefix,
+            after,
+            limit,
+        } = call
+        else {
+            return Err(RelayError::Internal("not a directory call".into()));
+        };
+        if !names.is_empty() {
+            let mut peers = Vec::with_capacity(names.len());
+            let mut asked: Vec<&mtproto_session::ClientId> = names.iter().collect();
+            asked.sort();
+            asked.dedup();
+            for name in asked {
+                if let Some(p) = self.engine.peer(name).await? {
+                    peers.push(PeerInfo::from(p));
+                }
+            }
+            return Ok(PeersAnswer { peers, next: None });
+        }
+        let limit = limit.unwrap_or(MAX_PEERS_PAGE).clamp(1, MAX_PEERS_PAGE);
+        let prefix = prefix.as_deref().unwrap_or("").to_ascii_lowercase();
+        // One more than asked tells whether a next page exists.
+        let mut page = self.engine.peers_page(&prefix, after.as_ref(), limit + 1).await?;
+        let next = if page.len() > limit {
+            page.truncate(limit);
+            page.last().map(|p| p.client_id.clone())
+        } else {
+            None
+        };
+        Ok(PeersAnswer {
+            peers: page.into_iter().map(PeerInfo::from).collect(),
+            next,
+        })
+    }
+
     /// Housekeeping: expired messages (their senders are told), handshakes and outcomes.
     ///
     /// # Errors
@@ -742,6 +904,45 @@ impl Relay {
         }
         Ok(())
     }
+
+    /// Removes unused accounts ([`RelayConfig::accounts`]; never one with mail waiting), at
+    /// most `max` in one call, and forgets their keys on this node. Returns how many.
+    ///
+    /// # Errors
+    /// [`RelayError::Unavailable`] when the engine fails.
+    pub async fn purge_accounts(&self, max: usize) -> Result<usize, RelayError> {
+        let keys = self
+            .engine
+            .purge_accounts(self.clock.now(), self.config.accounts, max)
+            .await?;
+        if !keys.is_empty() {
+            let mut cache = self.keys.write().unwrap_or_else(|p| p.into_inner());
+            for k in &keys {
+                cache.remove(k);
+            }
+            drop(cache);
+            for k in &keys {
+                self.forget_session(*k);
+            }
+            tracing::info!(removed = keys.len(), "unused accounts removed; their names are free again");
+        }
+        Ok(keys.len())
+    }
+}
+
+/// Keeps the oldest entries whose payloads fit in `budget` bytes, and always the first one.
+fn fit_in_answer(mut entries: Vec<crate::MailboxEntry>, budget: usize) -> Vec<crate::MailboxEntry> {
+    let mut used = 0usize;
+    let keep = entries
+        .iter()
+        .take_while(|e| {
+            used = used.saturating_add(e.payload.0.len());
+            used <= budget
+        })
+        .count()
+        .max(1);
+    entries.truncate(keep);
+    entries
 }
 
 fn to_body<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, RelayError> {

@@ -237,7 +237,21 @@ async fn sqlite_upgrades_a_first_release_database() {
     drop(e);
     let c = rusqlite::Connection::open(&path).unwrap();
     let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
+    // The upgrade counted what was waiting (alice's 2-byte message), and the send after it
+    // (17 bytes) added to that.
+    let (count, bytes): (i64, i64) = c
+        .query_row("SELECT mailbox_count, mailbox_bytes FROM peers WHERE client_id = 'bob'", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!((count, bytes), (2, 19));
+    let sender: (String, i64, i64) = c
+        .query_row("SELECT sender, count, bytes FROM senders WHERE recipient = 'bob'", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    assert_eq!(sender, ("alice".to_owned(), 2, 19));
     let kind: String = c
         .query_row("SELECT typeof(data) FROM sessions", [], |r| r.get(0))
         .unwrap();

@@ -102,8 +102,22 @@ impl Engine for Slow {
         self.pause().await;
         r
     }
-    async fn peers(&self) -> Result<Vec<Peer>, EngineError> {
-        self.inner.peers().await
+    async fn peers_page(
+        &self,
+        prefix: &str,
+        after: Option<&ClientId>,
+        limit: usize,
+    ) -> Result<Vec<Peer>, EngineError> {
+        self.inner.peers_page(prefix, after, limit).await
+    }
+
+    async fn purge_accounts(
+        &self,
+        now: UnixTime,
+        policy: relay_core::AccountExpiry,
+        max: usize,
+    ) -> Result<Vec<[u8; 8]>, EngineError> {
+        self.inner.purge_accounts(now, policy, max).await
     }
     async fn peer(&self, c: &ClientId) -> Result<Option<Peer>, EngineError> {
         self.inner.peer(c).await

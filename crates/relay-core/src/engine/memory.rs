@@ -6,13 +6,48 @@ use std::sync::Mutex;
 use mtproto_session::{wire::Bytes, ClientId, PendingHandshake, ServerSession, Stage, UnixTime};
 
 use super::{Engine, OUTCOME_TTL_SECS, RELAY_SENDER};
-use crate::{AuthKeyRecord, Commit, EngineError, EntryKind, MailboxEntry, Op, Outcome, Peer, SessionRecord};
+use crate::{
+    AccountExpiry, AuthKeyRecord, Commit, EngineError, EntryKind, MailboxEntry, Op, Outcome, Peer, SessionRecord,
+};
 
 #[derive(Default)]
 struct Account {
     peer: Option<Peer>,
     next_seq: u64,
     mailbox: BTreeMap<u64, MailboxEntry>,
+    /// Payload bytes in `mailbox`.
+    bytes: u64,
+    /// Messages (entries, payload bytes) waiting per sender.
+    senders: HashMap<String, (usize, u64)>,
+}
+
+impl Account {
+    fn insert(&mut self, entry: MailboxEntry) {
+        let len = entry.payload.0.len() as u64;
+        if entry.kind == EntryKind::Message {
+            let s = self.senders.entry(entry.from.clone()).or_default();
+            s.0 += 1;
+            s.1 += len;
+        }
+        self.bytes += len;
+        self.mailbox.insert(entry.seq, entry);
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<MailboxEntry> {
+        let entry = self.mailbox.remove(&seq)?;
+        let len = entry.payload.0.len() as u64;
+        self.bytes = self.bytes.saturating_sub(len);
+        if entry.kind == EntryKind::Message {
+            if let Some(s) = self.senders.get_mut(&entry.from) {
+                s.0 = s.0.saturating_sub(1);
+                s.1 = s.1.saturating_sub(len);
+                if s.0 == 0 {
+                    self.senders.remove(&entry.from);
+                }
+            }
+        }
+        Some(entry)
+    }
 }
 
 #[derive(Default)]
@@ -142,7 +177,7 @@ impl Engine for MemoryEngine {
             Op::Send {
                 to,
                 payload,
-                cap,
+                quota,
                 ttl_secs,
             } => {
                 let from = c.client.to_string();
@@ -151,30 +186,26 @@ impl Engine for MemoryEngine {
                     .get_mut(to)
                     .filter(|a| a.peer.is_some())
                     .ok_or(EngineError::UnknownPeer)?;
-                if account.mailbox.len() >= *cap {
-                    return Err(EngineError::MailboxFull { cap: *cap });
-                }
+                let mine = account.senders.get(&from).copied().unwrap_or_default();
+                quota.admit((account.mailbox.len(), account.bytes), mine, payload.len())?;
                 account.next_seq += 1;
                 let seq = account.next_seq;
                 let timestamp_ms = millis(c.now);
-                account.mailbox.insert(
-                    seq,
-                    MailboxEntry {
+                account.insert(MailboxEntry {
                         seq,
                         from,
                         kind: EntryKind::Message,
                         payload: Bytes(payload.clone()),
                         timestamp_ms,
-                        expires_at: now_s + ttl_secs,
-                    },
-                );
+                        expires_at: now_s.saturating_add(*ttl_secs),
+                });
                 Outcome::Sent { seq, timestamp_ms }
             }
             Op::Ack { seqs } => {
                 let account = s.accounts.entry(c.client.clone()).or_default();
                 let removed = seqs
                     .iter()
-                    .filter(|q| account.mailbox.remove(q).is_some())
+                    .filter(|q| account.remove(**q).is_some())
                     .count();
                 Outcome::Acked { removed }
             }
@@ -242,13 +273,59 @@ impl Engine for MemoryEngine {
             .unwrap_or_default())
     }
 
-    async fn peers(&self) -> Result<Vec<Peer>, EngineError> {
-        Ok(self
-            .lock()
-            .accounts
-            .values()
-            .filter_map(|a| a.peer.clone())
+    async fn peers_page(
+        &self,
+        prefix: &str,
+        after: Option<&ClientId>,
+        limit: usize,
+    ) -> Result<Vec<Peer>, EngineError> {
+        let s = self.lock();
+        let start = match after {
+            Some(a) => std::ops::Bound::Excluded(a.clone()),
+            None => std::ops::Bound::Unbounded,
+        };
+        Ok(s.accounts
+            .range((start, std::ops::Bound::Unbounded))
+            .skip_while(|(id, _)| id.as_str() < prefix)
+            .take_while(|(id, _)| id.as_str().starts_with(prefix))
+            .filter_map(|(_, a)| a.peer.clone().filter(|p| p.identity_key.is_some()))
+            .take(limit)
             .collect())
+    }
+
+    async fn purge_accounts(
+        &self,
+        now: UnixTime,
+        policy: AccountExpiry,
+        max: usize,
+    ) -> Result<Vec<[u8; 8]>, EngineError> {
+        let mut s = self.lock();
+        let secs = now.as_secs();
+        let gone: Vec<ClientId> = s
+            .accounts
+            .iter()
+            .filter(|(_, a)| {
+                a.mailbox.is_empty()
+                    && a.peer.as_ref().is_some_and(|p| {
+                        (p.identity_key.is_none()
+                            && secs.saturating_sub(p.registered_at) >= policy.unpublished_secs)
+                            || secs.saturating_sub(p.last_seen) >= policy.idle_secs
+                    })
+            })
+            .map(|(id, _)| id.clone())
+            .take(max)
+            .collect();
+        let mut keys = Vec::new();
+        for id in gone {
+            s.accounts.remove(&id);
+            if let Some(key_id) = s.owners.remove(&id) {
+                s.keys.remove(&key_id);
+                s.sessions.remove(&key_id);
+                s.outcomes.retain(|(k, _), _| *k != key_id);
+                keys.push(key_id);
+            }
+        }
+        Ok(keys)
     }
 
     async fn peer(&self, client: &ClientId) -> Result<Option<Peer>, EngineError> {
@@ -269,7 +346,7 @@ impl Engine for MemoryEngine {
                 .map(|e| e.seq)
                 .collect();
             for seq in gone {
-                if let Some(e) = account.mailbox.remove(&seq) {
+                if let Some(e) = account.remove(seq) {
                     if e.kind == EntryKind::Message {
                         expired.push((e.from, to.clone(), seq));
                     }
@@ -286,17 +363,14 @@ impl Engine for MemoryEngine {
             };
             account.next_seq += 1;
             let n = account.next_seq;
-            account.mailbox.insert(
-                n,
-                MailboxEntry {
-                    seq: n,
-                    from: RELAY_SENDER.to_owned(),
-                    kind: EntryKind::Expired { to, message_seq: seq },
-                    payload: Bytes(Vec::new()),
-                    timestamp_ms: millis(now),
-                    expires_at: u64::MAX / 2,
-                },
-            );
+            account.insert(MailboxEntry {
+                seq: n,
+                from: RELAY_SENDER.to_owned(),
+                kind: EntryKind::Expired { to, message_seq: seq },
+                payload: Bytes(Vec::new()),
+                timestamp_ms: millis(now),
+                expires_at: u64::MAX / 2,
+            });
             notified.push(sender);
         }
         Ok(notified)

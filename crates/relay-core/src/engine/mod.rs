@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use mtproto_session::{ClientId, PendingHandshake, ServerSession, UnixTime};
 
-use crate::{AuthKeyRecord, Commit, EngineError, MailboxEntry, Notifier, Outcome, Peer, SessionRecord};
+use crate::{
+    AccountExpiry, AuthKeyRecord, Commit, EngineError, MailboxEntry, Notifier, Outcome, Peer, SessionRecord,
+};
 
 mod memory;
 #[cfg(feature = "redis")]
@@ -133,11 +135,29 @@ pub trait Engine: Send + Sync + 'static {
         now: UnixTime,
     ) -> Result<Vec<MailboxEntry>, EngineError>;
 
-    /// Every registered client.
-    async fn peers(&self) -> Result<Vec<Peer>, EngineError>;
+    /// A page of the directory: up to `limit` clients that published an identity key, whose
+    /// names start with `prefix` (lower case, as every name), after `after` (exclusive) in
+    /// name order.
+    async fn peers_page(
+        &self,
+        prefix: &str,
+        after: Option<&ClientId>,
+        limit: usize,
+    ) -> Result<Vec<Peer>, EngineError>;
 
     /// One registered client.
     async fn peer(&self, client: &ClientId) -> Result<Option<Peer>, EngineError>;
+
+    /// Removes accounts that `policy` says are unused and whose mailboxes are empty: their auth
+    /// keys, sessions, outcomes and directory entries, so that their names can be registered
+    /// again. Removes at most `max` accounts a call; returns the removed auth key ids (a node
+    /// drops them from its caches).
+    async fn purge_accounts(
+        &self,
+        now: UnixTime,
+        policy: AccountExpiry,
+        max: usize,
+    ) -> Result<Vec<[u8; 8]>, EngineError>;
 
     /// Removes expired messages (telling each sender with an `expired` entry in its own
     /// mailbox), expired pending handshakes and old outcomes. Returns the clients whose

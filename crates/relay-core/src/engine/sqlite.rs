@@ -28,7 +28,10 @@ use tokio::sync::oneshot;
 use zeroize::Zeroizing;
 
 use super::{Engine, OUTCOME_TTL_SECS, RELAY_SENDER};
-use crate::{AuthKeyRecord, Commit, EngineError, EntryKind, MailboxEntry, Op, Outcome, Peer, SessionRecord};
+use crate::{
+    AccountExpiry, AuthKeyRecord, Commit, EngineError, EntryKind, MailboxEntry, Op, Outcome, Peer, SendQuota,
+    SessionRecord,
+};
 
 type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
 /// A request: run on the connection inside the batch's transaction, or (given `None`) not run at
@@ -112,7 +115,7 @@ fn as_u64(v: i64) -> u64 {
 }
 
 /// The schema this code writes, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Version 2. Laid out so that one request dirties few pages, because every dirty page is
 /// written to the WAL at commit (and copied again by the checkpoint). Mailbox rows (a few
@@ -131,7 +134,7 @@ CREATE TABLE IF NOT EXISTS auth_keys (key_id BLOB PRIMARY KEY, client_id TEXT NO
 CREATE TABLE IF NOT EXISTS sessions (key_id BLOB PRIMARY KEY, data BLOB NOT NULL, version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS peers (client_id TEXT PRIMARY KEY, identity_key BLOB, key_version INTEGER NOT NULL,
     registered_at INTEGER NOT NULL, last_seen INTEGER NOT NULL, next_seq INTEGER NOT NULL,
-    mailbox_count INTEGER NOT NULL DEFAULT 0);
+    mailbox_count INTEGER NOT NULL DEFAULT 0, mailbox_bytes INTEGER NOT NULL DEFAULT 0);
 ";
 
 /// The version-2 table that replaced version 1's (created with [`SCHEMA`] on a new database, by
@@ -139,6 +142,26 @@ CREATE TABLE IF NOT EXISTS peers (client_id TEXT PRIMARY KEY, identity_key BLOB,
 const SCHEMA_V2_TABLES: &str = "
 CREATE TABLE outcomes (msg_id INTEGER NOT NULL, key_id BLOB NOT NULL, data TEXT NOT NULL,
     PRIMARY KEY (msg_id, key_id)) WITHOUT ROWID;
+";
+
+/// Version 3: what each sender has waiting in each mailbox (the per-sender quota), kept with
+/// every append and removal.
+const SCHEMA_V3_TABLES: &str = "
+CREATE TABLE senders (recipient TEXT NOT NULL, sender TEXT NOT NULL, count INTEGER NOT NULL,
+    bytes INTEGER NOT NULL, PRIMARY KEY (recipient, sender)) WITHOUT ROWID;
+";
+
+/// From version 2: the byte count beside the entry count, the per-sender table filled from the
+/// mailboxes, and the entry counts recomputed (version 2 did not lower them when messages
+/// expired).
+const UPGRADE_FROM_V2: &str = "
+ALTER TABLE peers ADD COLUMN mailbox_bytes INTEGER NOT NULL DEFAULT 0;
+UPDATE peers SET
+    mailbox_count = (SELECT COUNT(*) FROM mailbox WHERE recipient = peers.client_id),
+    mailbox_bytes = (SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM mailbox WHERE recipient = peers.client_id);
+INSERT INTO senders (recipient, sender, count, bytes)
+    SELECT recipient, sender, COUNT(*), SUM(LENGTH(payload)) FROM mailbox
+    WHERE sender <> 'relay' GROUP BY recipient, sender;
 ";
 
 /// Creates the schema, or upgrades a version-1 database (the first release's layout) in one
@@ -158,8 +181,9 @@ fn migrate(conn: &Connection) -> Result<(), EngineError> {
         .map_err(storage)?;
     let script = match (version, has_mailbox) {
         (SCHEMA_VERSION, true) => return Ok(()),
-        (_, false) => format!("{SCHEMA}{SCHEMA_V2_TABLES}"),
-        (0, true) => upgrade_from_v1(),
+        (_, false) => format!("{SCHEMA}{SCHEMA_V2_TABLES}{SCHEMA_V3_TABLES}"),
+        (0, true) => format!("{}{SCHEMA_V3_TABLES}{UPGRADE_FROM_V2}", upgrade_from_v1()),
+        (2, true) => format!("{SCHEMA_V3_TABLES}{UPGRADE_FROM_V2}"),
         (v, true) => {
             return Err(EngineError::Storage(format!(
                 "database schema version {v} is not one this relay knows (it writes {SCHEMA_VERSION})"
@@ -446,35 +470,111 @@ fn row_to_peer((id, key, version, registered, seen, next): PeerRow) -> Result<(P
     ))
 }
 
-/// Takes the next sequence number of `to`'s mailbox, counting the entry, unless the mailbox is
-/// full or `to` unknown — then nothing is written and the refusal is returned.
-fn reserve(conn: &Connection, to: &str, cap: Option<usize>) -> Result<i64, EngineError> {
-    let limit = as_i64(cap.map_or(u64::MAX / 2, |c| c as u64));
+/// Takes the next sequence number of `to`'s mailbox for an entry of `len` payload bytes from
+/// `from`, counting it, unless a quota refuses it or `to` is unknown — then nothing is written
+/// and the refusal is returned. `quota: None` (relay notices) counts against nothing.
+fn reserve(
+    conn: &Connection,
+    to: &str,
+    from: &str,
+    len: usize,
+    quota: Option<&SendQuota>,
+) -> Result<i64, EngineError> {
+    if let Some(q) = quota {
+        let (count, bytes): (i64, i64) = conn
+            .prepare_cached("SELECT count, bytes FROM senders WHERE recipient = ?1 AND sender = ?2")
+            .map_err(storage)?
+            .query_row(params![to, from], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(storage)?
+            .unwrap_or((0, 0));
+        if as_u64(count) >= q.sender_entries as u64 || as_u64(bytes).saturating_add(len as u64) > q.sender_bytes {
+            return if get_peer(conn, to)?.is_some() {
+                Err(EngineError::SenderQuota)
+            } else {
+                Err(EngineError::UnknownPeer)
+            };
+        }
+    }
+    let (max_entries, max_bytes) = quota.map_or((u64::MAX / 2, u64::MAX / 2), |q| {
+        (q.mailbox_entries as u64, q.mailbox_bytes)
+    });
+    let len = as_i64(len as u64);
     let seq: Option<i64> = conn
         .prepare_cached(
-            "UPDATE peers SET next_seq = next_seq + 1, mailbox_count = mailbox_count + 1 \
-             WHERE client_id = ?1 AND mailbox_count < ?2 RETURNING next_seq",
+            "UPDATE peers SET next_seq = next_seq + 1, mailbox_count = mailbox_count + 1, \
+             mailbox_bytes = mailbox_bytes + ?3 \
+             WHERE client_id = ?1 AND mailbox_count < ?2 AND mailbox_bytes + ?3 <= ?4 RETURNING next_seq",
         )
         .map_err(storage)?
-        .query_row(params![to, limit], |r| r.get(0))
+        .query_row(params![to, as_i64(max_entries), len, as_i64(max_bytes)], |r| r.get(0))
         .optional()
         .map_err(storage)?;
-    match (seq, cap) {
+    match (seq, quota) {
         (Some(seq), _) => Ok(seq),
         // Tell the two refusals apart (the rare path).
-        (None, Some(cap)) if get_peer(conn, to)?.is_some() => Err(EngineError::MailboxFull { cap }),
+        (None, Some(q)) if get_peer(conn, to)?.is_some() => Err(EngineError::MailboxFull {
+            cap: q.mailbox_entries,
+        }),
         (None, _) => Err(EngineError::UnknownPeer),
     }
 }
 
 /// Gives back what [`reserve`] took (the same request then failed before anything else).
-fn unreserve(conn: &Connection, to: &str) -> Result<(), EngineError> {
+fn unreserve(conn: &Connection, to: &str, len: usize) -> Result<(), EngineError> {
     conn.prepare_cached(
-        "UPDATE peers SET next_seq = next_seq - 1, mailbox_count = mailbox_count - 1 WHERE client_id = ?1",
+        "UPDATE peers SET next_seq = next_seq - 1, mailbox_count = mailbox_count - 1, \
+         mailbox_bytes = mailbox_bytes - ?2 WHERE client_id = ?1",
     )
     .map_err(storage)?
-    .execute(params![to])
+    .execute(params![to, as_i64(len as u64)])
     .map_err(storage)?;
+    Ok(())
+}
+
+/// Counts a stored message against its sender's quota in `to`'s mailbox.
+fn count_sender(conn: &Connection, to: &str, from: &str, len: usize) -> Result<(), EngineError> {
+    conn.prepare_cached(
+        "INSERT INTO senders (recipient, sender, count, bytes) VALUES (?1, ?2, 1, ?3) \
+         ON CONFLICT (recipient, sender) DO UPDATE SET count = count + 1, bytes = bytes + ?3",
+    )
+    .map_err(storage)?
+    .execute(params![to, from, as_i64(len as u64)])
+    .map_err(storage)?;
+    Ok(())
+}
+
+/// Takes removed entries (`sender`, payload length, whether a message) off `recipient`'s counts.
+fn uncount(conn: &Connection, recipient: &str, removed: &[(String, i64, bool)]) -> Result<(), EngineError> {
+    if removed.is_empty() {
+        return Ok(());
+    }
+    let bytes: i64 = removed.iter().map(|r| r.1).sum();
+    conn.prepare_cached(
+        "UPDATE peers SET mailbox_count = MAX(mailbox_count - ?2, 0), mailbox_bytes = MAX(mailbox_bytes - ?3, 0) \
+         WHERE client_id = ?1",
+    )
+    .map_err(storage)?
+    .execute(params![recipient, as_i64(removed.len() as u64), bytes])
+    .map_err(storage)?;
+    let mut per_sender: std::collections::BTreeMap<&str, (i64, i64)> = std::collections::BTreeMap::new();
+    for (sender, len, _) in removed.iter().filter(|r| r.2) {
+        let e = per_sender.entry(sender.as_str()).or_default();
+        e.0 += 1;
+        e.1 += len;
+    }
+    for (sender, (count, bytes)) in per_sender {
+        conn.prepare_cached(
+            "UPDATE senders SET count = count - ?3, bytes = bytes - ?4 WHERE recipient = ?1 AND sender = ?2",
+        )
+        .map_err(storage)?
+        .execute(params![recipient, sender, count, bytes])
+        .map_err(storage)?;
+        conn.prepare_cached("DELETE FROM senders WHERE recipient = ?1 AND sender = ?2 AND count <= 0")
+            .map_err(storage)?
+            .execute(params![recipient, sender])
+            .map_err(storage)?;
+    }
     Ok(())
 }
 
@@ -506,7 +606,10 @@ fn commit_in(c: &Connection, cm: &Commit) -> Result<Outcome, EngineError> {
     let key = cm.key_id.to_vec();
     let me = cm.client.as_str();
     let reserved = match &cm.op {
-        Op::Send { to, cap, .. } => Some((to.as_str(), reserve(c, to.as_str(), Some(*cap))?)),
+        Op::Send { to, quota, payload, .. } => Some((
+            to.as_str(),
+            reserve(c, to.as_str(), me, payload.len(), Some(quota))?,
+        )),
         Op::PublishKey { .. } if get_peer(c, me)?.is_none() => return Err(EngineError::UnknownPeer),
         _ => None,
     };
@@ -518,13 +621,12 @@ fn commit_in(c: &Connection, cm: &Commit) -> Result<Outcome, EngineError> {
         .execute(params![key, cm.session.to_bytes(), as_i64(cm.expected_version)])
         .map_err(storage)?;
     if updated != 1 {
-        if let Some((to, _)) = reserved {
-            unreserve(c, to)?;
+        if let (Some((to, _)), Op::Send { payload, .. }) = (reserved, &cm.op) {
+            unreserve(c, to, payload.len())?;
         }
         return Err(EngineError::Conflict);
     }
     let now_s = as_i64(cm.now.as_secs());
-    let mut seen_written = false;
     let outcome = match (&cm.op, reserved) {
         (
             Op::Send {
@@ -532,8 +634,9 @@ fn commit_in(c: &Connection, cm: &Commit) -> Result<Outcome, EngineError> {
             },
             Some((to, seq)),
         ) => {
-            let expires_at = cm.now.as_secs() + ttl_secs;
+            let expires_at = cm.now.as_secs().saturating_add(*ttl_secs);
             insert_entry(c, to, seq, me, &EntryKind::Message, payload, (cm.now, expires_at))?;
+            count_sender(c, to, me, payload.len())?;
             Outcome::Sent {
                 seq: as_u64(seq),
                 timestamp_ms: cm.now.as_nanos() / 1_000_000,
@@ -541,23 +644,24 @@ fn commit_in(c: &Connection, cm: &Commit) -> Result<Outcome, EngineError> {
         }
         (Op::Ack { seqs }, _) => {
             let mut delete = c
-                .prepare_cached("DELETE FROM mailbox WHERE recipient = ?1 AND seq = ?2")
-                .map_err(storage)?;
-            let mut removed = 0;
-            for s in seqs {
-                removed += delete.execute(params![me, as_i64(*s)]).map_err(storage)?;
-            }
-            if removed > 0 {
-                // The count and last-seen share the row: one statement.
-                c.prepare_cached(
-                    "UPDATE peers SET mailbox_count = mailbox_count - ?2, last_seen = ?3 WHERE client_id = ?1",
+                .prepare_cached(
+                    "DELETE FROM mailbox WHERE recipient = ?1 AND seq = ?2 RETURNING sender, LENGTH(payload), kind = ?3",
                 )
-                .map_err(storage)?
-                .execute(params![me, as_i64(removed as u64), now_s])
                 .map_err(storage)?;
-                seen_written = true;
+            let message_kind = to_json(&EntryKind::Message)?;
+            let mut gone = Vec::new();
+            for s in seqs {
+                let row: Option<(String, i64, bool)> = delete
+                    .query_row(params![me, as_i64(*s), message_kind.as_str()], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
+                    .optional()
+                    .map_err(storage)?;
+                gone.extend(row);
             }
-            Outcome::Acked { removed }
+            drop(delete);
+            uncount(c, me, &gone)?;
+            Outcome::Acked { removed: gone.len() }
         }
         (Op::PublishKey { key }, _) => {
             let (peer, _) = get_peer(c, me)?
@@ -579,12 +683,10 @@ fn commit_in(c: &Connection, cm: &Commit) -> Result<Outcome, EngineError> {
             return Err(EngineError::Storage("send without a reserved slot".into()));
         }
     };
-    if !seen_written {
-        c.prepare_cached("UPDATE peers SET last_seen = ?2 WHERE client_id = ?1 AND last_seen <> ?2")
-            .map_err(storage)?
-            .execute(params![me, now_s])
-            .map_err(storage)?;
-    }
+    c.prepare_cached("UPDATE peers SET last_seen = ?2 WHERE client_id = ?1 AND last_seen <> ?2")
+        .map_err(storage)?
+        .execute(params![me, now_s])
+        .map_err(storage)?;
     if cm.keep_outcome {
         c.prepare_cached("INSERT OR REPLACE INTO outcomes (msg_id, key_id, data) VALUES (?1, ?2, ?3)")
             .map_err(storage)?
@@ -865,13 +967,30 @@ impl Engine for SqliteEngine {
         self.call(move |c| fetch_in(c, &client, limit, now)).await
     }
 
-    async fn peers(&self) -> Result<Vec<Peer>, EngineError> {
-        self.call(|c| {
+    async fn peers_page(
+        &self,
+        prefix: &str,
+        after: Option<&ClientId>,
+        limit: usize,
+    ) -> Result<Vec<Peer>, EngineError> {
+        // Names are lower-case [a-z0-9_.-]: every name with this prefix sorts below prefix‖'~'.
+        let low = match after {
+            Some(a) if a.as_str() >= prefix => a.as_str().to_owned(),
+            _ => String::new(),
+        };
+        let (prefix, limit) = (prefix.to_owned(), as_i64(limit as u64));
+        self.call(move |c| {
             let mut stmt = c
-                .prepare_cached("SELECT client_id, identity_key, key_version, registered_at, last_seen, next_seq FROM peers ORDER BY client_id")
+                .prepare_cached(
+                    "SELECT client_id, identity_key, key_version, registered_at, last_seen, next_seq FROM peers \
+                     WHERE client_id >= ?1 AND client_id < ?1 || '~' AND client_id > ?2 AND identity_key IS NOT NULL \
+                     ORDER BY client_id LIMIT ?3",
+                )
                 .map_err(storage)?;
             let rows = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
+                .query_map(params![prefix, low, limit], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                })
                 .map_err(storage)?;
             let mut out = Vec::new();
             for row in rows {
@@ -886,6 +1005,52 @@ impl Engine for SqliteEngine {
         let client = client.as_str().to_owned();
         self.call(move |c| Ok(get_peer(c, &client)?.map(|(p, _)| p)))
             .await
+    }
+
+    async fn purge_accounts(
+        &self,
+        now: UnixTime,
+        policy: AccountExpiry,
+        max: usize,
+    ) -> Result<Vec<[u8; 8]>, EngineError> {
+        self.call(move |c| {
+            let secs = now.as_secs();
+            let unpublished = as_i64(secs.saturating_sub(policy.unpublished_secs));
+            let idle = as_i64(secs.saturating_sub(policy.idle_secs));
+            let names: Vec<String> = c
+                .prepare_cached(
+                    "SELECT client_id FROM peers WHERE mailbox_count = 0 AND \
+                     ((identity_key IS NULL AND registered_at <= ?1) OR last_seen <= ?2) LIMIT ?3",
+                )
+                .map_err(storage)?
+                .query_map(params![unpublished, idle, as_i64(max as u64)], |r| r.get(0))
+                .map_err(storage)?
+                .collect::<Result<_, _>>()
+                .map_err(storage)?;
+            let mut keys = Vec::new();
+            for name in names {
+                let key: Option<Vec<u8>> = c
+                    .query_row(
+                        "DELETE FROM auth_keys WHERE client_id = ?1 RETURNING key_id",
+                        params![name],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(storage)?;
+                c.execute("DELETE FROM peers WHERE client_id = ?1", params![name])
+                    .map_err(storage)?;
+                c.execute("DELETE FROM senders WHERE recipient = ?1", params![name])
+                    .map_err(storage)?;
+                if let Some(key) = key {
+                    c.execute("DELETE FROM sessions WHERE key_id = ?1", params![key])
+                        .map_err(storage)?;
+                    // Its outcomes go with the hourly purge: no one holds the key to ask for them.
+                    keys.extend(<[u8; 8]>::try_from(key.as_slice()).ok());
+                }
+            }
+            Ok(keys)
+        })
+        .await
     }
 
     async fn purge_expired(&self, now: UnixTime) -> Result<Vec<ClientId>, EngineError> {
@@ -904,18 +1069,32 @@ impl Engine for SqliteEngine {
             c.execute("DELETE FROM outcomes WHERE msg_id < ?1", params![as_i64(oldest)])
                 .map_err(storage)?;
             let mut stmt = c
-                .prepare("DELETE FROM mailbox WHERE expires_at <= ?1 RETURNING recipient, seq, sender, kind")
+                .prepare(
+                    "DELETE FROM mailbox WHERE expires_at <= ?1 RETURNING recipient, seq, sender, kind, LENGTH(payload)",
+                )
                 .map_err(storage)?;
-            let rows: Vec<(String, i64, String, String)> = stmt
+            let rows: Vec<(String, i64, String, String, i64)> = stmt
                 .query_map(params![secs], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
                 })
                 .map_err(storage)?
                 .collect::<Result<_, _>>()
                 .map_err(storage)?;
             drop(stmt);
+            let mut per_recipient: std::collections::BTreeMap<&str, Vec<(String, i64, bool)>> =
+                std::collections::BTreeMap::new();
+            for (to, _, from, kind, len) in &rows {
+                let message = matches!(from_json::<EntryKind>(kind), Ok(EntryKind::Message));
+                per_recipient
+                    .entry(to.as_str())
+                    .or_default()
+                    .push((from.clone(), *len, message));
+            }
+            for (to, removed) in &per_recipient {
+                uncount(c, to, removed)?;
+            }
             let mut notified = Vec::new();
-            for (to, seq, from, kind) in rows {
+            for (to, seq, from, kind, _) in rows {
                 if !matches!(from_json::<EntryKind>(&kind), Ok(EntryKind::Message)) {
                     continue;
                 }
@@ -927,7 +1106,7 @@ impl Engine for SqliteEngine {
                     message_seq: as_u64(seq),
                 };
                 // A sender that is not (or no longer) registered has no mailbox to tell.
-                let seq = match reserve(c, sender.as_str(), None) {
+                let seq = match reserve(c, sender.as_str(), RELAY_SENDER, 0, None) {
                     Ok(seq) => seq,
                     Err(EngineError::UnknownPeer) => continue,
                     Err(e) => return Err(e),

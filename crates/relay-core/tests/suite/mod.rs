@@ -11,7 +11,7 @@
 use mtproto_session::{
     ClientId, PendingHandshake, SecretBytes, ServerSalt, ServerSession, SessionId, Stage, UnixTime,
 };
-use relay_core::{AuthKeyRecord, Commit, Engine, EngineError, EntryKind, Op, Outcome};
+use relay_core::{AccountExpiry, AuthKeyRecord, Commit, Engine, EngineError, EntryKind, Op, Outcome, SendQuota};
 
 pub fn t0() -> UnixTime {
     UnixTime::from_secs(1_800_000_000)
@@ -55,6 +55,7 @@ pub fn pending(nonce: u8, at: UnixTime) -> PendingHandshake {
         q: 5,
         created_at: at,
         stage: Stage::AwaitingDhParams,
+        pow_bits: 0,
     }
 }
 
@@ -96,10 +97,31 @@ pub async fn send_with(
     now: UnixTime,
 ) -> Result<Outcome, EngineError> {
     let msg_id = NEXT_MSG.fetch_add(4, std::sync::atomic::Ordering::Relaxed);
+    send_quota(e, from, to, payload, entries(cap), ttl, now).await
+}
+
+/// A quota of `cap` entries in the mailbox, nothing else limited.
+pub fn entries(cap: usize) -> SendQuota {
+    SendQuota {
+        mailbox_entries: cap,
+        ..SendQuota::UNLIMITED
+    }
+}
+
+pub async fn send_quota(
+    e: &dyn Engine,
+    from: &Account,
+    to: &str,
+    payload: &[u8],
+    quota: SendQuota,
+    ttl: u64,
+    now: UnixTime,
+) -> Result<Outcome, EngineError> {
+    let msg_id = NEXT_MSG.fetch_add(4, std::sync::atomic::Ordering::Relaxed);
     let op = Op::Send {
         to: ClientId::new(to).unwrap(),
         payload: payload.to_vec(),
-        cap,
+        quota,
         ttl_secs: ttl,
     };
     commit_op(e, from, op, msg_id, true, now).await
@@ -120,6 +142,9 @@ macro_rules! for_each_case {
         $callback!($($args,)* fetch_is_ordered_limited_and_hides_expired);
         $callback!($($args,)* expiry_tells_the_sender);
         $callback!($($args,)* concurrent_sends_all_land_once);
+        $callback!($($args,)* quotas_count_entries_and_bytes_per_mailbox_and_sender);
+        $callback!($($args,)* the_directory_is_paged_and_searched_by_prefix);
+        $callback!($($args,)* unused_accounts_are_removed_and_their_names_freed);
     };
 }
 pub(crate) use for_each_case;
@@ -201,7 +226,8 @@ pub async fn client_ids_bind_to_the_first_key(e: &dyn Engine) {
     );
     assert!(e.auth_key([9; 8]).await.unwrap().is_none(), "nothing stored");
     assert_eq!(e.auth_key([1; 8]).await.unwrap().unwrap().client_id, a.client);
-    assert_eq!(e.peers().await.unwrap().len(), 1);
+    assert!(e.peer(&a.client).await.unwrap().is_some());
+    assert!(e.peer(&ClientId::new("nobody").unwrap()).await.unwrap().is_none());
 }
 
 pub async fn send_assigns_increasing_sequence_numbers(e: &dyn Engine) {
@@ -275,7 +301,7 @@ pub async fn session_versions_detect_concurrent_commits(e: &dyn Engine) {
         op: Op::Send {
             to: ClientId::new("bob").unwrap(),
             payload: vec![1],
-            cap: 10,
+            quota: entries(10),
             ttl_secs: 60,
         },
         keep_outcome: true,
@@ -351,7 +377,7 @@ pub async fn outcomes_are_kept_for_resends(e: &dyn Engine) {
         Op::Send {
             to: ClientId::new("bob").unwrap(),
             payload: vec![1],
-            cap: 10,
+            quota: entries(10),
             ttl_secs: 60,
         },
         msg_id,
@@ -467,4 +493,128 @@ pub async fn concurrent_sends_all_land_once(e: &dyn Engine) {
     let mut seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
     seqs.dedup();
     assert_eq!(seqs.len(), 20);
+}
+
+pub async fn quotas_count_entries_and_bytes_per_mailbox_and_sender(e: &dyn Engine) {
+    let (alice, bob) = two_accounts(e).await;
+    let carol = account(e, "carol", 3).await;
+    let q = SendQuota {
+        mailbox_entries: 4,
+        mailbox_bytes: 100,
+        sender_entries: 2,
+        sender_bytes: 60,
+    };
+    let stored = |r: Result<Outcome, EngineError>| match r {
+        Ok(Outcome::Sent { seq, .. }) => seq,
+        other => panic!("not stored: {other:?}"),
+    };
+    let a1 = stored(send_quota(e, &alice, "bob", &[1; 30], q, 3600, t0()).await);
+    // One sender: 30 + 31 bytes is over its 60.
+    assert_eq!(
+        send_quota(e, &alice, "bob", &[2; 31], q, 3600, t0()).await,
+        Err(EngineError::SenderQuota)
+    );
+    stored(send_quota(e, &alice, "bob", &[2; 30], q, 3600, t0()).await);
+    // Two entries from alice: her third is refused, carol's is not.
+    assert_eq!(
+        send_quota(e, &alice, "bob", &[3; 1], q, 3600, t0()).await,
+        Err(EngineError::SenderQuota)
+    );
+    stored(send_quota(e, &carol, "bob", &[4; 30], q, 3600, t0()).await);
+    // The mailbox: 90 bytes + 11 is over its 100.
+    assert!(matches!(
+        send_quota(e, &carol, "bob", &[5; 11], q, 3600, t0()).await,
+        Err(EngineError::MailboxFull { .. })
+    ));
+    stored(send_quota(e, &carol, "bob", &[5; 10], q, 3600, t0()).await);
+    // Four entries: full, whoever sends.
+    assert!(matches!(
+        send_quota(e, &carol, "alice", &[6; 1], q, 3600, t0()).await,
+        Ok(Outcome::Sent { .. })
+    ));
+    assert!(matches!(
+        send_quota(e, &alice, "bob", &[6; 1], q, 3600, t0()).await,
+        Err(EngineError::MailboxFull { .. }) | Err(EngineError::SenderQuota)
+    ));
+    assert_eq!(e.fetch(&bob.client, 100, t0()).await.unwrap().len(), 4);
+    // Reading frees the quota of whoever's entries were acknowledged.
+    commit_op(e, &bob, Op::Ack { seqs: vec![a1] }, 5000, false, t0())
+        .await
+        .unwrap();
+    stored(send_quota(e, &alice, "bob", &[7; 30], q, 3600, t0()).await);
+    // Expired messages stop counting too.
+    let ttl = SendQuota::UNLIMITED;
+    let dave = account(e, "dave", 4).await;
+    for _ in 0..2 {
+        stored(send_quota(e, &alice, "dave", &[8; 10], entries(2), 10, t0()).await);
+    }
+    assert!(send_quota(e, &alice, "dave", &[8; 10], entries(2), 10, t0()).await.is_err());
+    e.purge_expired(t0().plus_secs(11)).await.unwrap();
+    stored(send_quota(e, &alice, "dave", &[8; 10], entries(2), 10, t0().plus_secs(11)).await);
+    stored(send_quota(e, &alice, "dave", &[8; 10], ttl, 10, t0().plus_secs(11)).await);
+    assert_eq!(e.fetch(&dave.client, 100, t0().plus_secs(11)).await.unwrap().len(), 2);
+}
+
+pub async fn the_directory_is_paged_and_searched_by_prefix(e: &dyn Engine) {
+    let names = ["amy", "ann", "anna", "annie", "bob", "zed"];
+    for (i, n) in names.iter().enumerate() {
+        let a = account(e, n, 10 + i as u8).await;
+        if *n != "annie" {
+            commit_op(e, &a, Op::PublishKey { key: [i as u8 + 1; 32] }, 100, true, t0())
+                .await
+                .unwrap();
+        }
+    }
+    let ids = |v: Vec<relay_core::Peer>| v.into_iter().map(|p| p.client_id.to_string()).collect::<Vec<_>>();
+    // Only published keys are listed; in name order; bounded.
+    assert_eq!(ids(e.peers_page("", None, 100).await.unwrap()), ["amy", "ann", "anna", "bob", "zed"]);
+    assert_eq!(ids(e.peers_page("", None, 2).await.unwrap()), ["amy", "ann"]);
+    let ann = ClientId::new("ann").unwrap();
+    assert_eq!(ids(e.peers_page("", Some(&ann), 2).await.unwrap()), ["anna", "bob"]);
+    assert_eq!(ids(e.peers_page("an", None, 10).await.unwrap()), ["ann", "anna"]);
+    assert_eq!(ids(e.peers_page("an", Some(&ann), 10).await.unwrap()), ["anna"]);
+    let amy = ClientId::new("amy").unwrap();
+    assert_eq!(ids(e.peers_page("ann", Some(&amy), 10).await.unwrap()), ["ann", "anna"]);
+    assert!(e.peers_page("c", None, 10).await.unwrap().is_empty());
+    assert_eq!(ids(e.peers_page("zed", None, 10).await.unwrap()), ["zed"]);
+    // The unpublished account still exists for exact lookups.
+    assert!(e.peer(&ClientId::new("annie").unwrap()).await.unwrap().is_some());
+}
+
+pub async fn unused_accounts_are_removed_and_their_names_freed(e: &dyn Engine) {
+    let policy = AccountExpiry {
+        unpublished_secs: 100,
+        idle_secs: 1000,
+    };
+    let silent = account(e, "silent", 1).await; // never publishes a key
+    let idle = account(e, "idle", 2).await; // publishes, then stays away
+    let busy = account(e, "busy", 3).await; // publishes and keeps coming back
+    let waiting = account(e, "waiting", 4).await; // never publishes, but has mail waiting
+    for (a, id) in [(&idle, 10), (&busy, 11)] {
+        commit_op(e, a, Op::PublishKey { key: [id as u8; 32] }, id, true, t0())
+            .await
+            .unwrap();
+    }
+    send(e, &busy, "waiting", b"hi").await.unwrap();
+    assert!(e.purge_accounts(t0().plus_secs(99), policy, 100).await.unwrap().is_empty());
+    let gone = e.purge_accounts(t0().plus_secs(100), policy, 100).await.unwrap();
+    assert_eq!(gone, vec![silent.key_id]);
+    assert!(e.auth_key(silent.key_id).await.unwrap().is_none());
+    assert!(e.session(silent.key_id, &silent.client).await.unwrap().is_none());
+    assert!(e.peer(&silent.client).await.unwrap().is_none());
+    // The name is free for a new key.
+    let again = account(e, "silent", 9).await;
+    assert_eq!(e.auth_key(again.key_id).await.unwrap().unwrap().client_id, again.client);
+    commit_op(e, &again, Op::PublishKey { key: [12; 32] }, 21, true, t0()).await.unwrap();
+    // Idle time counts from the last request.
+    commit_op(e, &busy, Op::Touch, 20, false, t0().plus_secs(900)).await.unwrap();
+    commit_op(e, &again, Op::Touch, 22, false, t0().plus_secs(900)).await.unwrap();
+    let gone = e.purge_accounts(t0().plus_secs(1000), policy, 100).await.unwrap();
+    assert_eq!(gone, vec![idle.key_id]);
+    assert!(e.peer(&idle.client).await.unwrap().is_none());
+    assert!(e.peer(&busy.client).await.unwrap().is_some());
+    assert!(e.peer(&waiting.client).await.unwrap().is_some(), "mail waiting keeps an account");
+    // Bounded per call.
+    let many = e.purge_accounts(t0().plus_secs(1_000_000), policy, 1).await.unwrap();
+    assert_eq!(many.len(), 1);
 }
