@@ -6,7 +6,11 @@ use rand_core::{CryptoRng, RngCore};
 use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 use zeroize::Zeroizing;
 
-use crate::{kdf::sha256, types::hex, Error, Result};
+use crate::{
+    kdf::sha256,
+    types::{hex, hex_digit},
+    Error, Result,
+};
 
 /// The server's signing key (ring's Ed25519). Stored as its 32-byte seed.
 pub struct ServerSigningKey {
@@ -128,25 +132,31 @@ impl ServerKeyFingerprint {
         Self(bytes)
     }
 
-    /// Parses 16 hex digits.
+    /// Parses exactly 16 hex digits (`0-9`, `a-f`, `A-F`), as [`fmt::Display`] writes them.
+    ///
+    /// Strict, as a pin must be: no sign, no `0x` prefix, no whitespace, no separators.
     ///
     /// # Errors
-    /// [`Error::InvalidLength`] unless `s` is 16 hex digits.
+    /// [`Error::InvalidLength`] unless `s` is 16 bytes long; [`Error::InvalidHexDigit`] for any
+    /// byte that is not a hex digit.
     pub fn from_hex(s: &str) -> Result<Self> {
-        let bad = Error::InvalidLength {
+        let digits: &[u8; 16] = s.as_bytes().try_into().map_err(|_| Error::InvalidLength {
             what: "fingerprint (hex digits)",
             got: s.len(),
             expected: 16,
-        };
-        if s.len() != 16 || !s.is_ascii() {
-            return Err(bad);
-        }
+        })?;
         let mut fp = [0u8; 8];
-        for (i, b) in fp.iter_mut().enumerate() {
-            *b = s
-                .get(2 * i..2 * i + 2)
-                .and_then(|d| u8::from_str_radix(d, 16).ok())
-                .ok_or(bad.clone())?;
+        for (i, (byte, pair)) in fp.iter_mut().zip(digits.chunks_exact(2)).enumerate() {
+            let digit = |at: usize| {
+                pair.get(at)
+                    .copied()
+                    .and_then(hex_digit)
+                    .ok_or(Error::InvalidHexDigit {
+                        what: "fingerprint",
+                        position: 2 * i + at,
+                    })
+            };
+            *byte = (digit(0)? << 4) | digit(1)?;
         }
         Ok(Self(fp))
     }
@@ -182,9 +192,51 @@ mod tests {
         let fp = k.public().fingerprint();
         assert_eq!(ServerKeyFingerprint::from_hex(&fp.to_string()).unwrap(), fp);
         assert!(ServerKeyFingerprint::from_hex("zz").is_err());
-        assert!(ServerKeyFingerprint::from_hex("0123456789abcdeg").is_err());
         let again = ServerSigningKey::from_seed(*k.seed());
         assert_eq!(again.public(), k.public());
         assert!(!format!("{k:?}").contains(&hex(k.seed())));
+    }
+
+    #[test]
+    fn fingerprint_pins_are_strict_hex() {
+        let fp = ServerKeyFingerprint::from_hex("0123456789abcdef").unwrap();
+        assert_eq!(fp.as_bytes(), &[0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef]);
+        assert_eq!(ServerKeyFingerprint::from_hex("0123456789ABCDEF").unwrap(), fp);
+        for bad in [
+            "+1+2+3+4+5+6+7+8", // u8::from_str_radix("+1", 16) == Ok(1)
+            "-1-2-3-4-5-6-7-8",
+            " 123456789abcdef",
+            "123456789abcdef ",
+            "0x23456789abcdef",
+            "0123456789abcdeg",
+            "01234567_9abcdef",
+            "0123456789abcdé", // 16 bytes, not 16 digits
+        ] {
+            assert_eq!(bad.len(), 16, "{bad:?}");
+            assert!(
+                matches!(
+                    ServerKeyFingerprint::from_hex(bad),
+                    Err(Error::InvalidHexDigit { .. })
+                ),
+                "{bad:?} parsed"
+            );
+        }
+        assert_eq!(
+            ServerKeyFingerprint::from_hex("+123456789abcdef"),
+            Err(Error::InvalidHexDigit {
+                what: "fingerprint",
+                position: 0
+            })
+        );
+        for (bad, len) in [("0123456789abcde", 15), ("0123456789abcdef0", 17), ("", 0)] {
+            assert_eq!(
+                ServerKeyFingerprint::from_hex(bad),
+                Err(Error::InvalidLength {
+                    what: "fingerprint (hex digits)",
+                    got: len,
+                    expected: 16
+                })
+            );
+        }
     }
 }
