@@ -2,8 +2,8 @@
 
 use core::fmt;
 
+use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
 use rand_core::{CryptoRng, RngCore};
-use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 use zeroize::Zeroizing;
 
 use crate::{
@@ -12,10 +12,14 @@ use crate::{
     Error, Result,
 };
 
-/// The server's signing key (ring's Ed25519). Stored as its 32-byte seed.
+/// The server's signing key (Ed25519, RFC 8032).
+///
+/// # Security
+/// Held as `ed25519-dalek`'s `SigningKey`, in a box so that moving the key moves a pointer.
+/// It wipes its seed on drop, and the expanded secret (the scalar and the nonce prefix) that
+/// each signature derives from it is wiped as soon as the signature is made.
 pub struct ServerSigningKey {
-    seed: Zeroizing<[u8; 32]>,
-    pair: Ed25519KeyPair,
+    key: Box<SigningKey>,
 }
 
 /// The server's public key, which clients pin by [`ServerKeyFingerprint`].
@@ -32,19 +36,19 @@ impl ServerSigningKey {
     pub fn generate(rng: &mut (impl RngCore + CryptoRng)) -> Self {
         let mut seed = Zeroizing::new([0u8; 32]);
         rng.fill_bytes(&mut seed[..]);
-        Self::from_seed(*seed)
+        Self::from_seed_ref(&seed)
     }
 
     /// Restores a key from its stored 32-byte seed.
     pub fn from_seed(seed: [u8; 32]) -> Self {
         let seed = Zeroizing::new(seed);
-        // `from_seed_unchecked` only fails on a wrong length, which the array type rules out;
-        // ring derives the public key itself, so there is nothing else to check.
-        let pair = match Ed25519KeyPair::from_seed_unchecked(&seed[..]) {
-            Ok(pair) => pair,
-            Err(_) => unreachable_seed(),
-        };
-        Self { seed, pair }
+        Self::from_seed_ref(&seed)
+    }
+
+    fn from_seed_ref(seed: &[u8; 32]) -> Self {
+        Self {
+            key: Box::new(SigningKey::from_bytes(seed)),
+        }
     }
 
     /// The seed, for storage.
@@ -52,28 +56,19 @@ impl ServerSigningKey {
     /// # Security
     /// Whoever has it can impersonate the server to every client.
     pub fn seed(&self) -> &[u8; 32] {
-        &self.seed
+        self.key.as_bytes()
     }
 
     /// The public key.
     pub fn public(&self) -> ServerPublicKey {
-        let mut pk = [0u8; 32];
-        pk.copy_from_slice(self.pair.public_key().as_ref());
-        ServerPublicKey(pk)
+        ServerPublicKey(self.key.verifying_key().to_bytes())
     }
 
-    /// Signs `msg`.
+    /// Signs `msg` (RFC 8032 Ed25519: deterministic, so the same key and message always give
+    /// the same signature).
     pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
-        let mut sig = [0u8; 64];
-        sig.copy_from_slice(self.pair.sign(msg).as_ref());
-        sig
+        self.key.sign(msg).to_bytes()
     }
-}
-
-#[allow(clippy::panic)] // a 32-byte seed is the only input ring checks; the type guarantees it
-#[cold]
-fn unreachable_seed() -> ! {
-    panic!("ring rejected a 32-byte Ed25519 seed")
 }
 
 impl fmt::Debug for ServerSigningKey {
@@ -109,14 +104,16 @@ impl ServerPublicKey {
         ServerKeyFingerprint(fp)
     }
 
-    /// Verifies an Ed25519 signature (ring: strict, rejects non-canonical `S`).
+    /// Verifies an Ed25519 signature: RFC 8032 §5.1.7 without the cofactor, refusing a
+    /// non-canonical `S` (`S ≥ L`) and a public key or `R` that does not decode to a point;
+    /// the same rules as ring's verifier, which this crate used before.
     ///
     /// # Errors
     /// [`Error::BadSignature`], whatever the cause.
     pub fn verify(&self, msg: &[u8], sig: &[u8]) -> Result<()> {
-        UnparsedPublicKey::new(&ED25519, &self.0)
-            .verify(msg, sig)
-            .map_err(|_| Error::BadSignature)
+        let key = VerifyingKey::from_bytes(&self.0).map_err(|_| Error::BadSignature)?;
+        let sig = ed25519_dalek::Signature::from_slice(sig).map_err(|_| Error::BadSignature)?;
+        key.verify(msg, &sig).map_err(|_| Error::BadSignature)
     }
 }
 
@@ -195,6 +192,36 @@ mod tests {
         let again = ServerSigningKey::from_seed(*k.seed());
         assert_eq!(again.public(), k.public());
         assert!(!format!("{k:?}").contains(&hex(k.seed())));
+    }
+
+    /// RFC 8032 §7.1 TEST 1 (empty message), from the crate's vector file: the answer ring gave
+    /// before the switch to ed25519-dalek, so the same seed must still give the same public key
+    /// and the same signature. `tests/vectors.rs` runs all three RFC vectors with flipped bits.
+    #[test]
+    fn rfc8032_test1_signature_is_unchanged() {
+        let file: serde_json::Value =
+            serde_json::from_str(include_str!("../tests/data/rfc_vectors.json")).unwrap();
+        let t = &file["ed25519"][0];
+        assert_eq!(t["source"], "RFC 8032 §7.1 TEST 1");
+        let h = |k: &str| hex::decode(t[k].as_str().unwrap()).unwrap();
+        assert!(h("msg").is_empty());
+        let k = ServerSigningKey::from_seed(h("seed").try_into().unwrap());
+        assert_eq!(k.public().as_bytes().to_vec(), h("public"));
+        assert_eq!(k.sign(b"").to_vec(), h("sig"));
+        k.public().verify(b"", &h("sig")).unwrap();
+        assert_eq!(k.public().verify(b"", &h("sig")[..63]), Err(Error::BadSignature));
+    }
+
+    /// Moving the key moves a pointer; the secret stays in one heap allocation that
+    /// `SigningKey` wipes on drop.
+    #[test]
+    fn signing_key_is_boxed_and_wipes_itself() {
+        fn wipes_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        wipes_on_drop::<SigningKey>();
+        assert_eq!(
+            core::mem::size_of::<ServerSigningKey>(),
+            core::mem::size_of::<usize>()
+        );
     }
 
     #[test]
