@@ -14,7 +14,7 @@ use aes::cipher::{
     KeyInit, KeyIvInit,
 };
 use aes::{Aes256Dec, Aes256Enc};
-use zeroize::{Zeroize, ZeroizeOnDrop};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::{Error, Result};
 
@@ -160,11 +160,22 @@ pub fn aes256_ige_decrypt(key: &[u8; 32], iv: &[u8; 32], buf: &mut [u8]) -> Resu
 ///
 /// # Errors
 /// [`Error::LowOrderPoint`] when the shared secret is all zero.
-pub fn x25519(scalar: &[u8; 32], u: &[u8; 32]) -> Result<[u8; 32]> {
-    let secret = x25519_dalek::StaticSecret::from(*scalar);
+///
+/// # Security
+/// The shared secret comes back in a buffer that is wiped on drop.
+pub fn x25519(scalar: &[u8; 32], u: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>> {
+    x25519_static(&x25519_dalek::StaticSecret::from(*scalar), u)
+}
+
+/// [`x25519`] with a secret already held as a `StaticSecret` (an identity key), without copying
+/// its bytes out.
+pub(crate) fn x25519_static(
+    secret: &x25519_dalek::StaticSecret,
+    u: &[u8; 32],
+) -> Result<Zeroizing<[u8; 32]>> {
     let shared = secret.diffie_hellman(&x25519_dalek::PublicKey::from(*u));
     if shared.was_contributory() {
-        Ok(*shared.as_bytes())
+        Ok(Zeroizing::new(shared.to_bytes()))
     } else {
         Err(Error::LowOrderPoint)
     }
@@ -256,6 +267,14 @@ mod tests {
         assert_eq!(scratch.prev_p, [0; 16]);
         assert_eq!(scratch.held, [0; 16]);
         assert_eq!(scratch.block, [0; 16]);
+    }
+
+    #[test]
+    fn x25519_shared_secret_wipes_itself() {
+        fn wipes_on_drop<T: ZeroizeOnDrop>(_: &T) {}
+        let shared = x25519(&[1; 32], &[9; 32]).unwrap();
+        wipes_on_drop(&shared);
+        assert_eq!(x25519(&[1; 32], &[0; 32]), Err(Error::LowOrderPoint));
     }
 
     #[test]

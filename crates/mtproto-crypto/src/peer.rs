@@ -76,7 +76,7 @@ impl IdentitySecret {
     /// # Errors
     /// [`Error::LowOrderPoint`] when `peer` is a low-order point (the shared secret is all zero).
     pub fn chat_key(&self, peer: &IdentityPublic) -> Result<ChatKey> {
-        let shared = Zeroizing::new(crate::hazmat::x25519(&self.to_bytes(), peer.as_bytes())?);
+        let shared = crate::hazmat::x25519_static(&self.0, peer.as_bytes())?;
         let own = self.public();
         let (lo, hi) = if own.0 <= peer.0 {
             (own.0, peer.0)
