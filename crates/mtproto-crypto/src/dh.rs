@@ -63,25 +63,32 @@ fn left_pad(bytes: &[u8]) -> [u8; 256] {
     buf
 }
 
-/// A secret DH exponent. Zeroized on drop, never printed.
+/// A secret DH exponent. Zeroized on drop, never printed; boxed, so that moving it moves a
+/// pointer and leaves no copy of the exponent behind.
 #[derive(Zeroize, ZeroizeOnDrop)]
 pub struct DhSecret {
-    exp: U2048,
+    exp: Box<U2048>,
     #[zeroize(skip)]
     bits: usize,
 }
 
 impl DhSecret {
+    /// `bytes` (256, big-endian) as a boxed exponent, read from the slice rather than copied by value.
+    fn boxed(bytes: &[u8; 256]) -> Box<U2048> {
+        let mut exp = Box::new(U2048::ZERO);
+        *exp = U2048::from_be_slice(bytes);
+        exp
+    }
+
     /// A fresh [`EXPONENT_BITS`]-bit exponent from `rng`.
     pub fn generate(rng: &mut (impl RngCore + CryptoRng)) -> Self {
-        let mut bytes = [0u8; 256];
+        let mut wiped = zeroize::Zeroizing::new([0u8; 256]);
+        let bytes: &mut [u8; 256] = &mut wiped;
         rng.fill_bytes(&mut bytes[256 - EXPONENT_BITS / 8..]);
         // Fix the top bit so every exponent has the same length: 2^255 <= a < 2^256.
         bytes[256 - EXPONENT_BITS / 8] |= 0x80;
-        let exp = U2048::from_be_bytes(bytes);
-        bytes.zeroize();
         Self {
-            exp,
+            exp: Self::boxed(bytes),
             bits: EXPONENT_BITS,
         }
     }
@@ -99,12 +106,9 @@ impl DhSecret {
                 expected: 256,
             });
         }
-        let buf = left_pad(bytes);
-        let mut buf = buf;
-        let exp = U2048::from_be_bytes(buf);
-        buf.zeroize();
+        let buf = zeroize::Zeroizing::new(left_pad(bytes));
         Ok(Self {
-            exp,
+            exp: Self::boxed(&buf),
             bits: bytes.len() * 8,
         })
     }
@@ -282,9 +286,11 @@ impl DhGroup {
     }
 
     fn pow(&self, base: &U2048, secret: &DhSecret) -> U2048 {
-        DynResidue::new(base, self.params)
-            .pow_bounded_exp(&secret.exp, secret.bits)
-            .retrieve()
+        // The result (in Montgomery form) is the shared secret in `agree`: wipe it.
+        let mut power = DynResidue::new(base, self.params).pow_bounded_exp(&secret.exp, secret.bits);
+        let out = power.retrieve();
+        power.zeroize();
+        out
     }
 
     /// `g^secret mod p`, checked like a received value.
@@ -379,5 +385,20 @@ mod tests {
         let (b, gb) = g.generate(&mut rand_core::OsRng).unwrap();
         assert_eq!(g.agree(&a, &gb), g.agree(&b, &ga));
         assert!(format!("{a:?}").contains("redacted"));
+    }
+
+    /// The exponent lives in one heap allocation that is wiped on drop; the struct that moves is
+    /// a pointer and a bit length.
+    #[test]
+    fn secret_is_boxed_and_wipes_itself() {
+        fn wipes_on_drop<T: ZeroizeOnDrop>() {}
+        wipes_on_drop::<DhSecret>();
+        assert_eq!(
+            core::mem::size_of::<DhSecret>(),
+            2 * core::mem::size_of::<usize>()
+        );
+        let s = DhSecret::from_be_bytes(&[1, 2, 3]).unwrap();
+        assert_eq!(&s.to_be_bytes()[..], &[1, 2, 3]);
+        assert_eq!(s.exp.as_words()[0], 0x01_02_03);
     }
 }

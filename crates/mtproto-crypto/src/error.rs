@@ -18,6 +18,15 @@ pub enum Error {
         /// The length required.
         expected: usize,
     },
+    /// A text value that must be hex held something other than a hex digit (`0-9`, `a-f`,
+    /// `A-F`): a sign, a `0x` prefix, whitespace, a separator.
+    #[error("{what} must be hex digits only; byte {position} is not one")]
+    InvalidHexDigit {
+        /// The value being parsed.
+        what: &'static str,
+        /// Byte offset of the first offending byte.
+        position: usize,
+    },
     /// A buffer handed to a block cipher was not a whole number of 16-byte blocks.
     #[error("buffer of {got} bytes is not a multiple of the 16-byte AES block")]
     NotBlockAligned {

@@ -158,7 +158,7 @@ impl Framing {
         out.extend_from_slice(&[0u8; 16]);
         out.extend_from_slice(payload);
         out.extend_from_slice(pad_bytes.get(..pad).unwrap_or_default());
-        self.encrypt_tail(key, direction, &mut out)?;
+        self.encrypt_tail_or_wipe(key, direction, &mut out)?;
         Ok(out)
     }
 
@@ -189,8 +189,19 @@ impl Framing {
         out.extend_from_slice(&[0u8; 16]);
         out.extend_from_slice(payload);
         out.extend_from_slice(padding);
-        self.encrypt_tail(key, direction, &mut out)?;
+        self.encrypt_tail_or_wipe(key, direction, &mut out)?;
         Ok(out)
+    }
+
+    /// Encrypts in place; should that fail, wipes the plaintext before the buffer is dropped.
+    fn encrypt_tail_or_wipe<K: FramingKey>(
+        &self,
+        key: &K,
+        direction: Direction,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        self.encrypt_tail(key, direction, out)
+            .inspect_err(|_| out.zeroize())
     }
 
     fn encrypt_tail<K: FramingKey>(&self, key: &K, direction: Direction, out: &mut [u8]) -> Result<()> {

@@ -5,11 +5,16 @@
 //! check, unless you are implementing another MTProto construction (the handshake's temporary
 //! key encryption uses IGE directly).
 
+//! The ciphers built here from secret keys are dropped before each function returns; `aes` and
+//! `cbc` are built with their `zeroize` feature, so that drop wipes the AES round keys and the
+//! CBC chaining block.
+
 use aes::cipher::{
-    block_padding::NoPadding, generic_array::GenericArray, BlockCipher, BlockDecrypt, BlockDecryptMut,
-    BlockEncrypt, BlockEncryptMut, KeyInit, KeyIvInit,
+    block_padding::NoPadding, BlockCipher, BlockDecrypt, BlockDecryptMut, BlockEncrypt, BlockEncryptMut,
+    KeyInit, KeyIvInit,
 };
 use aes::{Aes256Dec, Aes256Enc};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::{Error, Result};
 
@@ -47,7 +52,7 @@ pub fn aes256_cbc_decrypt(key: &[u8; 32], iv: &[u8; 16], buf: &mut [u8]) -> Resu
         .map_err(|_| Error::NotBlockAligned { got: len })
 }
 
-fn xor16(a: &mut [u8; 16], b: &[u8]) {
+fn xor16(a: &mut [u8; 16], b: &[u8; 16]) {
     for (x, y) in a.iter_mut().zip(b) {
         *x ^= y;
     }
@@ -55,26 +60,51 @@ fn xor16(a: &mut [u8; 16], b: &[u8]) {
 
 type U16 = aes::cipher::consts::U16;
 
+/// The IGE chain and the block being worked on. Every field can hold plaintext or a value from
+/// which the plaintext follows, so it is wiped when the loop ends and again on drop.
+#[derive(Default, Zeroize, ZeroizeOnDrop)]
+pub(crate) struct IgeScratch {
+    prev_c: [u8; 16],
+    prev_p: [u8; 16],
+    held: [u8; 16],
+    block: [u8; 16],
+}
+
+impl IgeScratch {
+    fn start(&mut self, iv: &[u8; 32]) {
+        let (c, p) = iv.split_at(16);
+        self.prev_c.copy_from_slice(c);
+        self.prev_p.copy_from_slice(p);
+    }
+}
+
 /// IGE encryption with any 128-bit block cipher: `c_i = E(p_i ^ c_{i-1}) ^ p_{i-1}`, with
 /// `c_0 = iv[0..16]` and `p_0 = iv[16..32]` (the convention of OpenSSL, tdlib and Telegram).
 pub(crate) fn ige_encrypt_with<C>(cipher: &C, iv: &[u8; 32], buf: &mut [u8]) -> Result<()>
 where
     C: BlockEncrypt + BlockCipher<BlockSize = U16>,
 {
+    ige_encrypt_in(cipher, iv, buf, &mut IgeScratch::default())
+}
+
+/// [`ige_encrypt_with`] on caller-owned scratch, which is all zero again when this returns.
+fn ige_encrypt_in<C>(cipher: &C, iv: &[u8; 32], buf: &mut [u8], s: &mut IgeScratch) -> Result<()>
+where
+    C: BlockEncrypt + BlockCipher<BlockSize = U16>,
+{
     check_blocks(buf)?;
-    let (mut prev_c, mut prev_p) = split_iv(iv);
+    s.start(iv);
     for chunk in buf.chunks_exact_mut(16) {
-        let mut p = [0u8; 16];
-        p.copy_from_slice(chunk);
-        let mut block = GenericArray::from(p);
-        xor16(block.as_mut(), &prev_c);
-        cipher.encrypt_block(&mut block);
-        xor16(block.as_mut(), &prev_p);
-        chunk.copy_from_slice(&block);
-        prev_c.copy_from_slice(&block);
-        prev_p = p;
+        s.held.copy_from_slice(chunk);
+        s.block = s.held;
+        xor16(&mut s.block, &s.prev_c);
+        cipher.encrypt_block((&mut s.block).into());
+        xor16(&mut s.block, &s.prev_p);
+        chunk.copy_from_slice(&s.block);
+        s.prev_c = s.block;
+        s.prev_p = s.held;
     }
-    zeroize::Zeroize::zeroize(&mut prev_p);
+    s.zeroize();
     Ok(())
 }
 
@@ -83,29 +113,28 @@ pub(crate) fn ige_decrypt_with<C>(cipher: &C, iv: &[u8; 32], buf: &mut [u8]) -> 
 where
     C: BlockDecrypt + BlockCipher<BlockSize = U16>,
 {
-    check_blocks(buf)?;
-    let (mut prev_c, mut prev_p) = split_iv(iv);
-    for chunk in buf.chunks_exact_mut(16) {
-        let mut c = [0u8; 16];
-        c.copy_from_slice(chunk);
-        let mut block = GenericArray::from(c);
-        xor16(block.as_mut(), &prev_p);
-        cipher.decrypt_block(&mut block);
-        xor16(block.as_mut(), &prev_c);
-        chunk.copy_from_slice(&block);
-        prev_p.copy_from_slice(&block);
-        prev_c = c;
-    }
-    zeroize::Zeroize::zeroize(&mut prev_p);
-    Ok(())
+    ige_decrypt_in(cipher, iv, buf, &mut IgeScratch::default())
 }
 
-fn split_iv(iv: &[u8; 32]) -> ([u8; 16], [u8; 16]) {
-    let mut c = [0u8; 16];
-    let mut p = [0u8; 16];
-    c.copy_from_slice(&iv[..16]);
-    p.copy_from_slice(&iv[16..]);
-    (c, p)
+/// [`ige_decrypt_with`] on caller-owned scratch, which is all zero again when this returns.
+fn ige_decrypt_in<C>(cipher: &C, iv: &[u8; 32], buf: &mut [u8], s: &mut IgeScratch) -> Result<()>
+where
+    C: BlockDecrypt + BlockCipher<BlockSize = U16>,
+{
+    check_blocks(buf)?;
+    s.start(iv);
+    for chunk in buf.chunks_exact_mut(16) {
+        s.held.copy_from_slice(chunk);
+        s.block = s.held;
+        xor16(&mut s.block, &s.prev_p);
+        cipher.decrypt_block((&mut s.block).into());
+        xor16(&mut s.block, &s.prev_c);
+        chunk.copy_from_slice(&s.block);
+        s.prev_p = s.block;
+        s.prev_c = s.held;
+    }
+    s.zeroize();
+    Ok(())
 }
 
 /// AES-256-IGE encryption in place (MTProto's mode). `buf.len()` must be a multiple of 16.
@@ -131,11 +160,22 @@ pub fn aes256_ige_decrypt(key: &[u8; 32], iv: &[u8; 32], buf: &mut [u8]) -> Resu
 ///
 /// # Errors
 /// [`Error::LowOrderPoint`] when the shared secret is all zero.
-pub fn x25519(scalar: &[u8; 32], u: &[u8; 32]) -> Result<[u8; 32]> {
-    let secret = x25519_dalek::StaticSecret::from(*scalar);
+///
+/// # Security
+/// The shared secret comes back in a buffer that is wiped on drop.
+pub fn x25519(scalar: &[u8; 32], u: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>> {
+    x25519_static(&x25519_dalek::StaticSecret::from(*scalar), u)
+}
+
+/// [`x25519`] with a secret already held as a `StaticSecret` (an identity key), without copying
+/// its bytes out.
+pub(crate) fn x25519_static(
+    secret: &x25519_dalek::StaticSecret,
+    u: &[u8; 32],
+) -> Result<Zeroizing<[u8; 32]>> {
     let shared = secret.diffie_hellman(&x25519_dalek::PublicKey::from(*u));
     if shared.was_contributory() {
-        Ok(*shared.as_bytes())
+        Ok(Zeroizing::new(shared.to_bytes()))
     } else {
         Err(Error::LowOrderPoint)
     }
@@ -192,6 +232,49 @@ mod tests {
             seen += 1;
         }
         assert_eq!(seen, 2);
+    }
+
+    /// Fails to compile unless `aes` and `cbc` are built with their `zeroize` feature.
+    #[test]
+    fn ciphers_built_from_secret_keys_wipe_themselves_on_drop() {
+        fn wipes_on_drop<T: ZeroizeOnDrop>() {}
+        wipes_on_drop::<Aes256Enc>();
+        wipes_on_drop::<Aes256Dec>();
+        wipes_on_drop::<cbc::Encryptor<Aes256Enc>>();
+        wipes_on_drop::<cbc::Decryptor<Aes256Dec>>();
+        wipes_on_drop::<IgeScratch>();
+    }
+
+    #[test]
+    fn ige_leaves_no_plaintext_in_its_scratch() {
+        let key = [7u8; 32];
+        let iv: [u8; 32] = core::array::from_fn(|i| i as u8);
+        let plaintext: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(37) | 1).collect();
+        let mut buf = plaintext.clone();
+        let mut scratch = IgeScratch::default();
+        ige_encrypt_in(&Aes256Enc::new(&key.into()), &iv, &mut buf, &mut scratch).unwrap();
+        assert_eq!(scratch.prev_c, [0; 16]);
+        assert_eq!(scratch.prev_p, [0; 16]);
+        assert_eq!(scratch.held, [0; 16]);
+        assert_eq!(scratch.block, [0; 16]);
+        let mut expected = plaintext.clone();
+        aes256_ige_encrypt(&key, &iv, &mut expected).unwrap();
+        assert_eq!(buf, expected);
+
+        ige_decrypt_in(&Aes256Dec::new(&key.into()), &iv, &mut buf, &mut scratch).unwrap();
+        assert_eq!(buf, plaintext);
+        assert_eq!(scratch.prev_c, [0; 16]);
+        assert_eq!(scratch.prev_p, [0; 16]);
+        assert_eq!(scratch.held, [0; 16]);
+        assert_eq!(scratch.block, [0; 16]);
+    }
+
+    #[test]
+    fn x25519_shared_secret_wipes_itself() {
+        fn wipes_on_drop<T: ZeroizeOnDrop>(_: &T) {}
+        let shared = x25519(&[1; 32], &[9; 32]).unwrap();
+        wipes_on_drop(&shared);
+        assert_eq!(x25519(&[1; 32], &[0; 32]), Err(Error::LowOrderPoint));
     }
 
     #[test]

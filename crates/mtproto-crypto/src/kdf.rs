@@ -2,7 +2,7 @@
 //! Description", section "Defining AES Key and Initialization Vector").
 
 use sha2::{Digest, Sha256};
-use zeroize::{Zeroize, ZeroizeOnDrop};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::MsgKey;
 
@@ -51,8 +51,8 @@ impl AesKeyIv {
     /// Those are the bytes IGE uses as its initial "previous ciphertext" block, which is exactly
     /// the role a CBC IV plays. Every client of this system (including the browser) must use the
     /// same rule.
-    pub fn cbc_iv(&self) -> [u8; 16] {
-        let mut iv = [0u8; 16];
+    pub fn cbc_iv(&self) -> Zeroizing<[u8; 16]> {
+        let mut iv = Zeroizing::new([0u8; 16]);
         iv.copy_from_slice(&self.iv[..16]);
         iv
     }
@@ -70,10 +70,12 @@ impl AesKeyIv {
 #[allow(clippy::indexing_slicing)]
 pub fn msg_key(key: &[u8; 256], direction: Direction, plaintext_with_padding: &[u8]) -> MsgKey {
     let x = direction.x();
-    let mut h = Sha256::new();
-    h.update(&key[88 + x..120 + x]);
-    h.update(plaintext_with_padding);
-    let large: [u8; 32] = h.finalize().into();
+    // The whole digest is wiped: only its middle 16 bytes are sent.
+    let mut large = Zeroizing::new([0u8; 32]);
+    Sha256::new()
+        .chain_update(&key[88 + x..120 + x])
+        .chain_update(plaintext_with_padding)
+        .finalize_into((&mut *large).into());
     let mut out = [0u8; 16];
     out.copy_from_slice(&large[8..24]);
     MsgKey::from_bytes(out)
@@ -90,16 +92,17 @@ pub fn msg_key(key: &[u8; 256], direction: Direction, plaintext_with_padding: &[
 #[allow(clippy::indexing_slicing)] // x ∈ {0, 8}: at most 76 + 8 = 84 < 256
 pub fn derive_aes(key: &[u8; 256], msg_key: &MsgKey, direction: Direction) -> AesKeyIv {
     let x = direction.x();
-    let mut a: [u8; 32] = Sha256::new()
+    // Both digests are key material: they are written into, and wiped from, buffers of ours.
+    let mut a = Zeroizing::new([0u8; 32]);
+    let mut b = Zeroizing::new([0u8; 32]);
+    Sha256::new()
         .chain_update(msg_key.as_bytes())
         .chain_update(&key[x..x + 36])
-        .finalize()
-        .into();
-    let mut b: [u8; 32] = Sha256::new()
+        .finalize_into((&mut *a).into());
+    Sha256::new()
         .chain_update(&key[40 + x..76 + x])
         .chain_update(msg_key.as_bytes())
-        .finalize()
-        .into();
+        .finalize_into((&mut *b).into());
     let mut out = AesKeyIv {
         key: [0; 32],
         iv: [0; 32],
@@ -110,8 +113,6 @@ pub fn derive_aes(key: &[u8; 256], msg_key: &MsgKey, direction: Direction) -> Ae
     out.iv[..8].copy_from_slice(&b[..8]);
     out.iv[8..24].copy_from_slice(&a[8..24]);
     out.iv[24..].copy_from_slice(&b[24..]);
-    a.zeroize();
-    b.zeroize();
     out
 }
 
@@ -126,6 +127,11 @@ pub fn sha256(parts: &[&[u8]]) -> [u8; 32] {
 
 /// HKDF-SHA256 (RFC 5869): extract with `salt`, expand with `info` into `out`.
 ///
+/// # Security
+/// The output goes only into `out`, which the caller owns and should wipe. The HMAC state that
+/// holds the pseudorandom key inside `hkdf` is not wiped on drop: the RustCrypto hash crates
+/// (`digest` 0.10) have no way to zeroize their state.
+///
 /// # Errors
 /// [`crate::Error::LengthOutOfRange`] when `out` is longer than 255 · 32 bytes.
 pub fn hkdf_sha256(salt: &[u8], ikm: &[u8], info: &[u8], out: &mut [u8]) -> crate::Result<()> {
@@ -137,4 +143,21 @@ pub fn hkdf_sha256(salt: &[u8], ikm: &[u8], info: &[u8], out: &mut [u8]) -> crat
             min: 0,
             max: 255 * 32,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the KDF hands out wipes itself (this fails to compile if a plain array comes back).
+    #[test]
+    fn derived_key_and_ivs_wipe_themselves() {
+        fn wipes_on_drop<T: ZeroizeOnDrop>(_: &T) {}
+        let key = core::array::from_fn(|i| i as u8);
+        let aes = derive_aes(&key, &MsgKey::from_bytes([3; 16]), Direction::ServerToClient);
+        wipes_on_drop(&aes);
+        let cbc_iv = aes.cbc_iv();
+        wipes_on_drop(&cbc_iv);
+        assert_eq!(cbc_iv[..], aes.iv[..16]);
+    }
 }

@@ -5,7 +5,7 @@ use core::fmt;
 use subtle::{Choice, ConstantTimeEq};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use crate::{legacy::sha1, types::array_from_slice, AuthKeyId, Result};
+use crate::{legacy::sha1, AuthKeyId, Result};
 
 /// The key material and its two SHA-1-derived values, boxed so that moves do not copy the secret.
 #[derive(Zeroize, ZeroizeOnDrop)]
@@ -67,8 +67,16 @@ macro_rules! key_type {
             /// # Errors
             /// [`crate::Error::InvalidLength`] unless the slice is exactly 256 bytes.
             pub fn from_slice(bytes: &[u8]) -> Result<Self> {
+                if bytes.len() != 256 {
+                    return Err(crate::Error::InvalidLength {
+                        what: stringify!($name),
+                        got: bytes.len(),
+                        expected: 256,
+                    });
+                }
+                // Straight from the slice into the box: no array on the stack to wipe.
                 let mut boxed = Box::new([0u8; 256]);
-                *boxed = array_from_slice(stringify!($name), bytes)?;
+                boxed.copy_from_slice(bytes);
                 Ok(Self(Key256::new(boxed)))
             }
 

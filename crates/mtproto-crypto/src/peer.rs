@@ -14,8 +14,9 @@ const CHAT_KEY_SALT: &[u8] = b"mtproto-relay/chat-key/v1";
 const FINGERPRINT_LABEL: &[u8] = b"mtproto-relay/fingerprint/v1";
 
 /// A long-lived X25519 identity secret. It can be stored ([`IdentitySecret::to_bytes`]) and
-/// reused, unlike ring's ephemeral-only agreement keys. Zeroized on drop, never printed.
-pub struct IdentitySecret(StaticSecret);
+/// reused, unlike ring's ephemeral-only agreement keys. Zeroized on drop, never printed; boxed,
+/// so that moving it moves a pointer and leaves no copy of the secret behind.
+pub struct IdentitySecret(Box<StaticSecret>);
 
 /// The public half of an identity key, published through the relay's directory.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -26,12 +27,16 @@ impl IdentitySecret {
     pub fn generate(rng: &mut (impl RngCore + CryptoRng)) -> Self {
         let mut bytes = Zeroizing::new([0u8; 32]);
         rng.fill_bytes(&mut bytes[..]);
-        Self(StaticSecret::from(*bytes))
+        Self::boxed(&bytes)
     }
 
     /// Restores a stored identity key.
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        Self(StaticSecret::from(bytes))
+        Self::boxed(&Zeroizing::new(bytes))
+    }
+
+    fn boxed(bytes: &[u8; 32]) -> Self {
+        Self(Box::new(StaticSecret::from(*bytes)))
     }
 
     /// The secret bytes, for storage.
@@ -44,7 +49,7 @@ impl IdentitySecret {
 
     /// The public half.
     pub fn public(&self) -> IdentityPublic {
-        IdentityPublic(PublicKey::from(&self.0).to_bytes())
+        IdentityPublic(PublicKey::from(&*self.0).to_bytes())
     }
 
     /// The 256-byte chat key shared with `peer`:
@@ -71,7 +76,7 @@ impl IdentitySecret {
     /// # Errors
     /// [`Error::LowOrderPoint`] when `peer` is a low-order point (the shared secret is all zero).
     pub fn chat_key(&self, peer: &IdentityPublic) -> Result<ChatKey> {
-        let shared = Zeroizing::new(crate::hazmat::x25519(&self.to_bytes(), peer.as_bytes())?);
+        let shared = crate::hazmat::x25519_static(&self.0, peer.as_bytes())?;
         let own = self.public();
         let (lo, hi) = if own.0 <= peer.0 {
             (own.0, peer.0)
@@ -212,6 +217,21 @@ mod tests {
             a.chat_key(&IdentityPublic::from_bytes([0; 32])).unwrap_err(),
             Error::LowOrderPoint
         );
+    }
+
+    /// The secret lives in one heap allocation that `StaticSecret` wipes on drop (x25519-dalek's
+    /// `zeroize` feature: `#[zeroize(drop)]`, which implements `Drop` but not the
+    /// `ZeroizeOnDrop` marker); the struct that moves is a pointer.
+    #[test]
+    fn secret_is_boxed_and_wipes_itself() {
+        fn zeroizable<T: Zeroize>() {}
+        zeroizable::<StaticSecret>();
+        assert_eq!(
+            core::mem::size_of::<IdentitySecret>(),
+            core::mem::size_of::<usize>()
+        );
+        let s = IdentitySecret::from_bytes([5; 32]);
+        assert_eq!(*s.to_bytes(), [5; 32]);
     }
 
     #[test]

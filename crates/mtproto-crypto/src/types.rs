@@ -16,6 +16,17 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// The value of one ASCII hex digit (`0-9`, `a-f`, `A-F`); `None` for anything else, signs and
+/// whitespace included (unlike `u8::from_str_radix`, which accepts a leading `+`).
+pub(crate) fn hex_digit(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
 pub(crate) fn array_from_slice<const N: usize>(what: &'static str, bytes: &[u8]) -> Result<[u8; N]> {
     bytes.try_into().map_err(|_| Error::InvalidLength {
         what,
