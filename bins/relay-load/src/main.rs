@@ -235,7 +235,7 @@ async fn relay_mode(http: reqwest::Client, args: Args, poll: bool) -> Result<(),
         let want = targets.last().cloned().unwrap_or_default();
         let mut found = false;
         for _ in 0..300 {
-            let v = call(&http, &args.server, &probe, "/peers", &Call::ListPeers {}).await?;
+            let v = call(&http, &args.server, &probe, "/peers", &Call::list_peers()).await?;
             if v["peers"]
                 .as_array()
                 .into_iter()

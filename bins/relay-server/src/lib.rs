@@ -13,7 +13,10 @@ use std::time::Duration;
 use actix_web::{http::StatusCode, web, App, HttpResponse, HttpServer};
 use mtproto_crypto::{rand_core::OsRng, ServerSigningKey};
 use relay_core::{
-    api::Endpoint, api::EnvelopeRequest, Engine, MemoryEngine, Relay, RelayConfig, RelayError, SqliteEngine,
+    api::Endpoint,
+    api::EnvelopeRequest,
+    limits::{Rate, SourceLimitsConfig, Step, WorkPolicy},
+    AccountExpiry, Engine, MemoryEngine, Relay, RelayConfig, RelayError, SendQuota, SqliteEngine,
 };
 use serde::Serialize;
 
@@ -53,6 +56,56 @@ pub struct Config {
     /// Most entries in one mailbox.
     #[arg(long, env = "RELAY_MAILBOX_CAP", default_value_t = 10_000)]
     pub mailbox_cap: usize,
+    /// Most payload bytes in one mailbox.
+    #[arg(long, env = "RELAY_MAILBOX_BYTES", default_value_t = 64 << 20)]
+    pub mailbox_bytes: u64,
+    /// Most messages one sender may have waiting in one mailbox.
+    #[arg(long, env = "RELAY_SENDER_CAP", default_value_t = 1_000)]
+    pub sender_cap: usize,
+    /// Most payload bytes one sender may have waiting in one mailbox.
+    #[arg(long, env = "RELAY_SENDER_BYTES", default_value_t = 16 << 20)]
+    pub sender_bytes: u64,
+    /// Most payload bytes in one poll answer (at least one message is always sent).
+    #[arg(long, env = "RELAY_POLL_BYTES", default_value_t = 256 << 10)]
+    pub poll_bytes: usize,
+    /// An account that publishes no identity key is removed (and its name freed) after this
+    /// many seconds.
+    #[arg(long, env = "RELAY_UNPUBLISHED_ACCOUNT_TTL", default_value_t = 3600)]
+    pub unpublished_account_ttl_secs: u64,
+    /// An account with no request for this many seconds and no mail waiting is removed (and its
+    /// name freed).
+    #[arg(long, env = "RELAY_IDLE_ACCOUNT_TTL", default_value_t = 180 * 24 * 3600)]
+    pub idle_account_ttl_secs: u64,
+    /// Proof-of-work bits asked of every new handshake (0: none; each bit doubles the
+    /// client's expected work).
+    #[arg(long, env = "RELAY_POW_BITS", default_value_t = 12)]
+    pub pow_bits: u8,
+    /// The most proof-of-work bits asked under load (at most 24).
+    #[arg(long, env = "RELAY_POW_MAX_BITS", default_value_t = 22)]
+    pub pow_max_bits: u8,
+    /// Handshakes per second on this node above which the proof of work grows (one bit per
+    /// doubling of the rate).
+    #[arg(long, env = "RELAY_POW_CALM_RATE", default_value_t = 50)]
+    pub pow_calm_rate: u32,
+    /// Handshake steps one source may make at once (a handshake is three).
+    #[arg(long, env = "RELAY_HANDSHAKE_BURST", default_value_t = 30)]
+    pub handshake_burst: u32,
+    /// Handshake steps per second one source may make in the long run.
+    #[arg(long, env = "RELAY_HANDSHAKE_RATE", default_value_t = 2.0)]
+    pub handshake_rate: f64,
+    /// Registrations (completed handshakes) one source may make at once.
+    #[arg(long, env = "RELAY_REGISTER_BURST", default_value_t = 10)]
+    pub register_burst: u32,
+    /// Registrations per hour one source may make in the long run.
+    #[arg(long, env = "RELAY_REGISTER_PER_HOUR", default_value_t = 120.0)]
+    pub register_per_hour: f64,
+    /// Handshakes one source may have pending at once.
+    #[arg(long, env = "RELAY_PENDING_PER_SOURCE", default_value_t = 16)]
+    pub pending_per_source: usize,
+    /// Address for the operator-only counters (`GET /stats`); off unless given. Keep it off the
+    /// public network.
+    #[arg(long, env = "RELAY_METRICS_BIND")]
+    pub metrics_bind: Option<String>,
     /// Message time to live, seconds.
     #[arg(long, env = "RELAY_MESSAGE_TTL", default_value_t = 7 * 24 * 3600)]
     pub message_ttl_secs: u64,
@@ -89,7 +142,34 @@ impl Config {
         let poll_max = Duration::from_secs(self.poll_max_secs.max(1));
         RelayConfig {
             max_pending_handshakes: self.max_pending_handshakes,
-            mailbox_cap: self.mailbox_cap,
+            quota: SendQuota {
+                mailbox_entries: self.mailbox_cap,
+                mailbox_bytes: self.mailbox_bytes,
+                sender_entries: self.sender_cap,
+                sender_bytes: self.sender_bytes,
+            },
+            poll_bytes: self.poll_bytes,
+            accounts: AccountExpiry {
+                unpublished_secs: self.unpublished_account_ttl_secs,
+                idle_secs: self.idle_account_ttl_secs,
+            },
+            work: WorkPolicy {
+                base_bits: self.pow_bits,
+                max_bits: self.pow_max_bits,
+                calm_rate: self.pow_calm_rate,
+            },
+            sources: SourceLimitsConfig {
+                handshake: Rate {
+                    burst: self.handshake_burst,
+                    per_sec: self.handshake_rate,
+                },
+                register: Rate {
+                    burst: self.register_burst,
+                    per_sec: self.register_per_hour / 3600.0,
+                },
+                pending_per_source: self.pending_per_source,
+                ..SourceLimitsConfig::default()
+            },
             message_ttl_secs: self.message_ttl_secs,
             max_payload: self.max_payload,
             poll_default: poll_max.min(Duration::from_secs(25)),
@@ -115,6 +195,46 @@ pub enum StartError {
     /// The storage engine failed to open.
     #[error("storage: {0}")]
     Engine(String),
+    /// The limits given do not fit together.
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// Makes `dir` (created if missing) and the files in it readable by the owner only: 0700 for
+/// the directory, 0600 for its files. Existing ones with wider permissions are narrowed, with a
+/// warning (they may have been read already).
+///
+/// # Errors
+/// [`StartError::Io`] when the directory cannot be created or its permissions set.
+pub fn secure_data_dir(dir: &Path) -> Result<(), StartError> {
+    let io = |p: &Path, e: std::io::Error| StartError::Io(format!("{}: {e}", p.display()));
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let narrow = |p: &Path, mode: u32| -> Result<(), StartError> {
+            let meta = std::fs::metadata(p).map_err(|e| io(p, e))?;
+            let now = meta.permissions().mode() & 0o777;
+            if now & !mode != 0 {
+                tracing::warn!(
+                    path = %p.display(),
+                    was = format!("{now:o}"),
+                    now = format!("{mode:o}"),
+                    "data file was readable by others; narrowed to owner-only"
+                );
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).map_err(|e| io(p, e))?;
+            }
+            Ok(())
+        };
+        narrow(dir, 0o700)?;
+        for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
+            let path = entry.map_err(|e| io(dir, e))?.path();
+            if path.is_file() {
+                narrow(&path, 0o600)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Loads the server's signing key, creating it (owner-only permissions) on first start.
@@ -133,9 +253,8 @@ pub fn load_or_create_key(path: &Path) -> Result<ServerSigningKey, StartError> {
             Ok(ServerSigningKey::from_seed(seed))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| StartError::Io(format!("{}: {e}", dir.display())))?;
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                secure_data_dir(dir)?;
             }
             let key = ServerSigningKey::generate(&mut OsRng);
             write_private(path, &hex::encode(key.seed()))
@@ -183,10 +302,23 @@ pub async fn open_engine(config: &Config) -> Result<Arc<dyn Engine>, StartError>
             Ok(Arc::new(engine))
         }
         EngineKind::Sqlite => {
-            std::fs::create_dir_all(&config.data_dir)
-                .map_err(|e| StartError::Io(format!("{}: {e}", config.data_dir.display())))?;
-            let engine = SqliteEngine::open(&config.data_dir.join("relay.db"))
-                .map_err(|e| StartError::Engine(e.to_string()))?;
+            secure_data_dir(&config.data_dir)?;
+            let db = config.data_dir.join("relay.db");
+            // Created owner-only before SQLite opens it; SQLite gives its -wal and -shm files
+            // the database file's permissions.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .mode(0o600)
+                    .open(&db)
+                    .map_err(|e| StartError::Io(format!("{}: {e}", db.display())))?;
+            }
+            let engine = SqliteEngine::open(&db).map_err(|e| StartError::Engine(e.to_string()))?;
+            secure_data_dir(&config.data_dir)?;
             Ok(Arc::new(engine))
         }
     }
@@ -197,6 +329,7 @@ pub async fn open_engine(config: &Config) -> Result<Arc<dyn Engine>, StartError>
 /// # Errors
 /// [`StartError`] from the key file or the engine.
 pub async fn build_relay(config: &Config) -> Result<Arc<Relay>, StartError> {
+    config.relay_config().validate().map_err(StartError::Config)?;
     let key = load_or_create_key(&config.key_path())?;
     let engine = open_engine(config).await?;
     Ok(Arc::new(Relay::new(engine, key, config.relay_config())))
@@ -225,7 +358,10 @@ pub fn status_of(e: &RelayError) -> StatusCode {
         RelayError::HandshakeExpired => StatusCode::GONE,
         RelayError::ClientIdTaken => StatusCode::CONFLICT,
         RelayError::UnknownAuthKey => StatusCode::UNAUTHORIZED,
-        RelayError::MailboxFull => StatusCode::TOO_MANY_REQUESTS,
+        RelayError::MailboxFull | RelayError::SenderQuota | RelayError::RateLimited { .. } => {
+            StatusCode::TOO_MANY_REQUESTS
+        }
+        RelayError::MsgIdReused => StatusCode::CONFLICT,
         RelayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         RelayError::Busy | RelayError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         RelayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -265,6 +401,10 @@ pub fn error_response(e: &RelayError) -> HttpResponse {
     let mut answer = HttpResponse::build(status);
     if status == StatusCode::SERVICE_UNAVAILABLE {
         answer.insert_header((actix_web::http::header::RETRY_AFTER, "1"));
+    }
+    if let RelayError::RateLimited { retry_after_secs } = e {
+        RATE_LIMITED_ANSWERS.fetch_add(1, Ordering::Relaxed);
+        answer.insert_header((actix_web::http::header::RETRY_AFTER, retry_after_secs.to_string()));
     }
     answer.json(ErrorBody {
         error: e.code(),
@@ -319,23 +459,56 @@ fn respond<T: Serialize>(r: Result<T, RelayError>) -> HttpResponse {
 
 type Body = Result<web::Bytes, actix_web::Error>;
 
-async fn req_pq(relay: web::Data<Relay>, body: Body) -> HttpResponse {
+/// The address limits count a request against.
+fn source_of(req: &actix_web::HttpRequest) -> std::net::IpAddr {
+    req.peer_addr()
+        .map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |a| a.ip())
+}
+
+/// Admits an unauthenticated step from the request's source before any work is done on it.
+fn admit(relay: &Relay, req: &actix_web::HttpRequest, step: Step) -> Result<(), HttpResponse> {
+    relay
+        .sources()
+        .admit(source_of(req), step, std::time::Instant::now())
+        .map_err(|e| error_response(&e))
+}
+
+async fn req_pq(relay: web::Data<Relay>, http: actix_web::HttpRequest, body: Body) -> HttpResponse {
+    if let Err(refused) = admit(&relay, &http, Step::ReqPq) {
+        return refused;
+    }
     match parse(body) {
         Ok(req) => respond(relay.req_pq(&req).await),
         Err(resp) => resp,
     }
 }
 
-async fn req_dh_params(relay: web::Data<Relay>, body: Body) -> HttpResponse {
+async fn req_dh_params(relay: web::Data<Relay>, http: actix_web::HttpRequest, body: Body) -> HttpResponse {
+    if let Err(refused) = admit(&relay, &http, Step::ReqDhParams) {
+        return refused;
+    }
     match parse(body) {
         Ok(req) => respond(relay.req_dh_params(&req).await),
         Err(resp) => resp,
     }
 }
 
-async fn set_client_dh_params(relay: web::Data<Relay>, body: Body) -> HttpResponse {
+async fn set_client_dh_params(
+    relay: web::Data<Relay>,
+    http: actix_web::HttpRequest,
+    body: Body,
+) -> HttpResponse {
+    if let Err(refused) = admit(&relay, &http, Step::SetClientDhParams) {
+        return refused;
+    }
     match parse(body) {
-        Ok(req) => respond(relay.set_client_dh_params(&req).await),
+        Ok(req) => {
+            let done = relay.set_client_dh_params(&req).await;
+            if done.is_ok() {
+                relay.sources().finished(source_of(&http));
+            }
+            respond(done)
+        }
         Err(resp) => resp,
     }
 }
@@ -347,13 +520,16 @@ async fn envelope(relay: web::Data<Relay>, endpoint: Endpoint, body: Body) -> Ht
     }
 }
 
-/// Answers refused with 503 `storage_unavailable` since start-up (for `/healthz`).
+/// Answers refused with 503 `storage_unavailable` since start-up (for `/stats`).
 static UNAVAILABLE_ANSWERS: AtomicU64 = AtomicU64::new(0);
+/// Answers refused with 429 `rate_limited` since start-up (for `/stats`).
+static RATE_LIMITED_ANSWERS: AtomicU64 = AtomicU64::new(0);
 /// The Unix second in which the last such refusal was logged.
 static UNAVAILABLE_LOGGED: AtomicU64 = AtomicU64::new(0);
 
-/// 200 with `"status": "ok"` while the engine can serve; 503 with `"status": "unavailable"`
-/// otherwise (the details go to the log, not to the public answer).
+/// 200 `{"status": "ok", "storage": "ok"}` while the engine can serve; 503 with
+/// `"unavailable"` otherwise. Public: it says up or down and nothing else (the details go to
+/// the log; counters to the operator-only `/stats`).
 async fn healthz(relay: web::Data<Relay>) -> HttpResponse {
     let (status, state) = match relay.engine().health().await {
         Ok(()) => (StatusCode::OK, "ok"),
@@ -362,14 +538,38 @@ async fn healthz(relay: web::Data<Relay>) -> HttpResponse {
             (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
         }
     };
-    HttpResponse::build(status).json(serde_json::json!({
-        "status": state,
+    HttpResponse::build(status).json(serde_json::json!({ "status": state, "storage": state }))
+}
+
+/// The operator-only counters, served on `--metrics-bind` only.
+async fn stats(relay: web::Data<Relay>) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({
         "engine": relay.engine().name(),
         "fingerprint": relay.server_key().public().fingerprint().to_string(),
         "stats": relay.engine().stats(),
         "long_polls": relay.notifier().live(),
         "unavailable_answers": UNAVAILABLE_ANSWERS.load(Ordering::Relaxed),
+        "rate_limited_answers": RATE_LIMITED_ANSWERS.load(Ordering::Relaxed),
+        "tracked_sources": relay.sources().tracked_sources(),
     }))
+}
+
+/// Serves the operator-only counters (`GET /stats`) on `listener` until the process ends.
+///
+/// # Errors
+/// I/O errors from the listener.
+pub async fn serve_stats(relay: Arc<Relay>, listener: TcpListener) -> std::io::Result<()> {
+    let data = web::Data::from(relay);
+    HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .route("/stats", web::get().to(stats))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)?
+    .run()
+    .await
 }
 
 async fn server_key(relay: web::Data<Relay>) -> HttpResponse {
@@ -475,10 +675,16 @@ pub async fn run(
     let handle = server.handle();
     let purge_relay = relay.clone();
     let purger = tokio::spawn(async move {
-        loop {
+        for round in 0u64.. {
             tokio::time::sleep(Duration::from_secs(30)).await;
             if let Err(e) = purge_relay.purge().await {
                 tracing::warn!(error = %e, "purge failed");
+            }
+            // Unused accounts: every 5 minutes, a bounded batch.
+            if round % 10 == 0 {
+                if let Err(e) = purge_relay.purge_accounts(1_000).await {
+                    tracing::warn!(error = %e, "account purge failed");
+                }
             }
         }
     });

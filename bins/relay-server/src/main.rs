@@ -47,6 +47,30 @@ async fn main() -> ExitCode {
         config.key_path().display(),
         relay.server_key().public().fingerprint()
     );
+    if let Some(bind) = &config.metrics_bind {
+        let metrics = match std::net::TcpListener::bind(bind) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("relay-server: cannot listen on {bind} (--metrics-bind): {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let at = metrics
+            .local_addr()
+            .map_or_else(|_| bind.clone(), |a| a.to_string());
+        println!("  metrics:     http://{at}/stats (operator only)");
+        let r = relay.clone();
+        // actix's server future is not `Send`: it runs on a thread and runtime of its own.
+        std::thread::spawn(move || {
+            let served = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .and_then(|rt| rt.block_on(relay_server::serve_stats(r, metrics)));
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the metrics listener stopped");
+            }
+        });
+    }
     println!("  web clients: http://{addr}/client_ui.html  http://{addr}/chat_ui_multiuser.html");
     match run(
         relay,

@@ -222,7 +222,7 @@ async fn bad_inputs_get_json_errors_and_store_nothing() {
         .await;
     assert_eq!(s, 200, "{body}");
     // An envelope for another endpoint.
-    let packet = alice.seal(&Call::ListPeers {});
+    let packet = alice.seal(&Call::list_peers());
     let (s, body, _) = alice.post_packet("/secure_message", &packet).await;
     assert_eq!((s, body["error"].as_str()), (400, Some("method_mismatch")));
     // Unknown peer; oversized payload; low-order identity key.
@@ -282,7 +282,7 @@ async fn msg_id_window_session_and_salt_errors() {
     let mut state = alice.session.state();
     state.time_offset -= 400;
     alice.session = mtproto_session::ClientSession::restore(state.clone()).unwrap();
-    let (s, body, _) = alice.call("/peers", &Call::ListPeers {}).await;
+    let (s, body, _) = alice.call("/peers", &Call::list_peers()).await;
     assert_eq!(
         (s, body["error"].as_str(), body["mtproto_code"].as_u64()),
         (400, Some("bad_msg"), Some(16))
@@ -291,13 +291,13 @@ async fn msg_id_window_session_and_salt_errors() {
     // 60 s fast: too high (17).
     state.time_offset += 460;
     alice.session = mtproto_session::ClientSession::restore(state.clone()).unwrap();
-    let (_, body, _) = alice.call("/peers", &Call::ListPeers {}).await;
+    let (_, body, _) = alice.call("/peers", &Call::list_peers()).await;
     assert_eq!(body["mtproto_code"], 17);
     // A stale salt: bad_server_salt with the current salt in an authenticated notice.
     state.time_offset -= 60;
     state.salt = mtproto_session::ServerSalt([0xAB; 8]);
     alice.session = mtproto_session::ClientSession::restore(state.clone()).unwrap();
-    let (s, body, _) = alice.call("/peers", &Call::ListPeers {}).await;
+    let (s, body, _) = alice.call("/peers", &Call::list_peers()).await;
     assert_eq!(
         (s, body["error"].as_str(), body["mtproto_code"].as_u64()),
         (400, Some("bad_server_salt"), Some(48))
@@ -305,13 +305,13 @@ async fn msg_id_window_session_and_salt_errors() {
     let notice: Bytes = serde_json::from_value(body["notice"].clone()).unwrap();
     let incoming = alice.session.decode_response(&notice.0, common::now()).unwrap();
     assert!(alice.session.handle_notice(&incoming, common::now()).is_some());
-    let (s, _, _) = alice.call("/peers", &Call::ListPeers {}).await;
+    let (s, _, _) = alice.call("/peers", &Call::list_peers()).await;
     assert_eq!(s, 200, "resent with the new salt");
     // Wrong session id.
     let mut st = alice.session.state();
     st.session_id = mtproto_session::SessionId([1; 8]);
     alice.session = mtproto_session::ClientSession::restore(st).unwrap();
-    let (s, body, _) = alice.call("/peers", &Call::ListPeers {}).await;
+    let (s, body, _) = alice.call("/peers", &Call::list_peers()).await;
     assert_eq!((s, body["error"].as_str()), (400, Some("bad_session")));
 }
 
@@ -330,7 +330,7 @@ async fn the_directory_is_for_authenticated_clients_and_shows_key_versions() {
         .await;
     assert_eq!(s, 200);
     assert_eq!(inner.unwrap()["key_version"], 1);
-    let (_, _, inner) = alice.call("/peers", &Call::ListPeers {}).await;
+    let (_, _, inner) = alice.call("/peers", &Call::list_peers()).await;
     let peers = inner.unwrap()["peers"].as_array().unwrap().clone();
     let b = peers.iter().find(|p| p["client_id"] == "bob").unwrap();
     assert_eq!(b["key_version"], 1);

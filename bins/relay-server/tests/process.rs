@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{fetch_server_key, healthz, payloads, seqs, Raw, ServerProcess};
+use common::{fetch_server_key, healthz, payloads, seqs, stats, Raw, ServerProcess};
 use mtproto_session::wire::Bytes;
 
 fn spawn(data: &Path, log: Option<&Path>) -> ServerProcess {
@@ -25,6 +25,8 @@ fn spawn(data: &Path, log: Option<&Path>) -> ServerProcess {
         data.to_str().unwrap(),
         "--workers",
         "2",
+        "--metrics-bind",
+        "127.0.0.1:0",
     ])
     .env("RUST_LOG", "debug");
     match log {
@@ -122,7 +124,7 @@ async fn sigterm_answers_waiting_long_polls_and_exits_cleanly() {
     });
     let mut held = false;
     for _ in 0..200 {
-        if healthz(&p.url).await.1["long_polls"] == 1 {
+        if stats(&p).await["long_polls"] == 1 {
             held = true;
             break;
         }

@@ -15,18 +15,27 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{fetch_server_key, healthz, payloads, seqs, Raw, ServerProcess};
+use common::{fetch_server_key, healthz, payloads, seqs, stats, Raw, ServerProcess};
 
 /// Both nodes share the server key file, as a deployment behind one name would.
 fn node(redis: &[&str], key_file: &std::path::Path, data: &std::path::Path) -> ServerProcess {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_relay-server"));
-    cmd.args(["--bind", "127.0.0.1:0", "--engine", "redis", "--workers", "1"])
-        .args(redis)
-        .arg("--key-file")
-        .arg(key_file)
-        .arg("--data-dir")
-        .arg(data)
-        .stderr(Stdio::null());
+    cmd.args([
+        "--bind",
+        "127.0.0.1:0",
+        "--engine",
+        "redis",
+        "--workers",
+        "1",
+        "--metrics-bind",
+        "127.0.0.1:0",
+    ])
+    .args(redis)
+    .arg("--key-file")
+    .arg(key_file)
+    .arg("--data-dir")
+    .arg(data)
+    .stderr(Stdio::null());
     ServerProcess::spawn(cmd)
 }
 
@@ -114,7 +123,7 @@ async fn conversation(redis: &[&str], engine: &str) {
             "after crash"
         ]
     );
-    let (_, health) = healthz(&n2.url).await;
+    let health = stats(&n2).await;
     assert_eq!(health["engine"], engine);
     assert!(health["stats"]["redis_round_trips"].as_u64().unwrap() > 0);
 }
@@ -152,7 +161,7 @@ async fn a_redis_outage_answers_503_and_clients_carry_on() {
     assert_eq!(r.headers().get("retry-after").unwrap(), "1");
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"], "storage_unavailable", "{body}");
-    let refused = healthz(&n.url).await.1["unavailable_answers"].as_u64().unwrap();
+    let refused = stats(&n).await["unavailable_answers"].as_u64().unwrap();
 
     // alice's client keeps retrying the same envelope; Redis comes back once it has been
     // refused at least once more.
@@ -162,7 +171,7 @@ async fn a_redis_outage_answers_503_and_clients_carry_on() {
     });
     let mut retried = false;
     for _ in 0..200 {
-        if healthz(&n.url).await.1["unavailable_answers"].as_u64().unwrap() > refused {
+        if stats(&n).await["unavailable_answers"].as_u64().unwrap() > refused {
             retried = true;
             break;
         }

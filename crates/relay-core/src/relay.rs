@@ -20,7 +20,7 @@ use crate::{
         iso8601, Call, Endpoint, EnvelopeRequest, EnvelopeResponse, PeerInfo, PeersAnswer, PollAnswer,
         PublishAnswer, SendAnswer, MAX_LOOKUP_NAMES, MAX_PEERS_PAGE,
     },
-    limits::{WorkMeter, WorkPolicy},
+    limits::{SourceLimits, SourceLimitsConfig, WorkMeter, WorkPolicy},
     seal::StorageSeal,
     AccountExpiry, AuthKeyRecord, Commit, Engine, EngineError, Notifier, Op, Outcome, RelayError, SendQuota,
 };
@@ -45,6 +45,9 @@ pub struct RelayConfig {
     pub accounts: AccountExpiry,
     /// The proof of work asked of new handshakes.
     pub work: WorkPolicy,
+    /// Per-source limits on unauthenticated work ([`Relay::sources`]; the HTTP layer applies
+    /// them).
+    pub sources: SourceLimitsConfig,
     /// How long an unacknowledged message is kept, seconds.
     pub message_ttl_secs: u64,
     /// Largest end-to-end payload, bytes.
@@ -74,7 +77,10 @@ impl RelayConfig {
             ));
         }
         if self.poll_bytes > Self::MAX_PAYLOAD_LIMIT {
-            return Err(format!("a poll answer may carry at most {} bytes", Self::MAX_PAYLOAD_LIMIT));
+            return Err(format!(
+                "a poll answer may carry at most {} bytes",
+                Self::MAX_PAYLOAD_LIMIT
+            ));
         }
         if self.work.max_bits > mtproto_session::work::MAX_CLIENT_BITS {
             return Err(format!(
@@ -102,6 +108,7 @@ impl Default for RelayConfig {
                 idle_secs: 180 * 24 * 3600,
             },
             work: WorkPolicy::default(),
+            sources: SourceLimitsConfig::default(),
             message_ttl_secs: 7 * 24 * 3600,
             max_payload: 64 * 1024,
             poll_default: Duration::from_secs(25),
@@ -180,6 +187,7 @@ pub struct Relay {
     clock: Arc<dyn Clock>,
     seal: StorageSeal,
     work: WorkMeter,
+    sources: SourceLimits,
 }
 
 /// Labels of the sealed records (the associated data of [`StorageSeal`]).
@@ -224,9 +232,11 @@ impl Relay {
         engine.set_notifier(notifier.clone());
         let seal = StorageSeal::derive(&key);
         let work = WorkMeter::new(config.work);
+        let sources = SourceLimits::new(config.sources.clone());
         Self {
             seal,
             work,
+            sources,
             sessions: std::sync::Mutex::new(std::collections::HashMap::new()),
             locks: KeyLocks::default(),
             keys: std::sync::RwLock::new(std::collections::HashMap::new()),
@@ -283,6 +293,12 @@ impl Relay {
         *self.closing.borrow()
     }
 
+    /// The per-source admission state of this node: the HTTP layer calls
+    /// [`SourceLimits::admit`] before each unauthenticated step.
+    pub fn sources(&self) -> &SourceLimits {
+        &self.sources
+    }
+
     /// The configuration.
     pub fn config(&self) -> &RelayConfig {
         &self.config
@@ -302,10 +318,9 @@ impl Relay {
             // Written before keys were sealed: still served (docs/security.md, "Data at rest").
             AuthKey::from_slice(stored)
         } else {
-            let plain = self
-                .seal
-                .open(SEAL_AUTH_KEY, &key_id, stored)
-                .map_err(|_| RelayError::Unavailable("a stored auth key does not open under this server key".into()))?;
+            let plain = self.seal.open(SEAL_AUTH_KEY, &key_id, stored).map_err(|_| {
+                RelayError::Unavailable("a stored auth key does not open under this server key".into())
+            })?;
             AuthKey::from_slice(&plain)
         }
         .map_err(|_| RelayError::Internal("stored key".into()))?;
@@ -657,10 +672,7 @@ impl Relay {
                 (Op::Ack { seqs: ack.clone() }, false)
             }
             Call::ListPeers {
-                names,
-                prefix,
-                limit,
-                ..
+                names, prefix, limit, ..
             } => {
                 if names.len() > MAX_LOOKUP_NAMES {
                     return Err(RelayError::InvalidField {
@@ -800,7 +812,9 @@ impl Relay {
             (Call::PublishKey { .. }, Some(o)) if !matches!(o, Outcome::KeyPublished { .. }) => {
                 return Err(RelayError::MsgIdReused)
             }
-            (Call::PollMessages { .. } | Call::ListPeers { .. }, Some(_)) => return Err(RelayError::MsgIdReused),
+            (Call::PollMessages { .. } | Call::ListPeers { .. }, Some(_)) => {
+                return Err(RelayError::MsgIdReused)
+            }
             (_, Some(o)) => o,
             // Reads (and acks, which are idempotent) can simply be answered again.
             (Call::PollMessages { .. }, None) => Outcome::Acked { removed: 0 },
@@ -924,7 +938,10 @@ impl Relay {
             for k in &keys {
                 self.forget_session(*k);
             }
-            tracing::info!(removed = keys.len(), "unused accounts removed; their names are free again");
+            tracing::info!(
+                removed = keys.len(),
+                "unused accounts removed; their names are free again"
+            );
         }
         Ok(keys.len())
     }

@@ -84,6 +84,8 @@ impl Server {
 pub struct ServerProcess {
     pub child: std::process::Child,
     pub url: String,
+    /// The operator-only `/stats` URL, when started with `--metrics-bind`.
+    pub metrics: Option<String>,
 }
 
 impl ServerProcess {
@@ -96,8 +98,19 @@ impl ServerProcess {
         let first = lines.next().unwrap().unwrap();
         let url = first.split_whitespace().last().unwrap().to_owned();
         assert!(url.starts_with("http://127.0.0.1:"), "{first}");
+        // The banner ends with the web clients' line; the metrics line comes before it.
+        let mut metrics = None;
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(rest) = line.trim().strip_prefix("metrics:") {
+                metrics = rest.split_whitespace().next().map(str::to_owned);
+            }
+            if line.trim().starts_with("web clients:") {
+                break;
+            }
+        }
         std::thread::spawn(move || for _ in lines {});
-        Self { child, url }
+        Self { child, url, metrics }
     }
 }
 
@@ -118,6 +131,15 @@ pub async fn fetch_server_key(url: &str) -> ServerPublicKey {
         .unwrap();
     let b: Bytes = serde_json::from_value(v["public_key"].clone()).unwrap();
     ServerPublicKey::from_slice(&b.0).unwrap()
+}
+
+/// The operator-only counters of a server process started with `--metrics-bind`.
+pub async fn stats(p: &ServerProcess) -> Value {
+    let url = p
+        .metrics
+        .as_ref()
+        .expect("started with --metrics-bind 127.0.0.1:0");
+    reqwest::get(url).await.unwrap().json().await.unwrap()
 }
 
 /// `GET /healthz`: its status and body.

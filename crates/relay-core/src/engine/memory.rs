@@ -7,7 +7,8 @@ use mtproto_session::{wire::Bytes, ClientId, PendingHandshake, ServerSession, St
 
 use super::{Engine, OUTCOME_TTL_SECS, RELAY_SENDER};
 use crate::{
-    AccountExpiry, AuthKeyRecord, Commit, EngineError, EntryKind, MailboxEntry, Op, Outcome, Peer, SessionRecord,
+    AccountExpiry, AuthKeyRecord, Commit, EngineError, EntryKind, MailboxEntry, Op, Outcome, Peer,
+    SessionRecord,
 };
 
 #[derive(Default)]
@@ -192,21 +193,18 @@ impl Engine for MemoryEngine {
                 let seq = account.next_seq;
                 let timestamp_ms = millis(c.now);
                 account.insert(MailboxEntry {
-                        seq,
-                        from,
-                        kind: EntryKind::Message,
-                        payload: Bytes(payload.clone()),
-                        timestamp_ms,
-                        expires_at: now_s.saturating_add(*ttl_secs),
+                    seq,
+                    from,
+                    kind: EntryKind::Message,
+                    payload: Bytes(payload.clone()),
+                    timestamp_ms,
+                    expires_at: now_s.saturating_add(*ttl_secs),
                 });
                 Outcome::Sent { seq, timestamp_ms }
             }
             Op::Ack { seqs } => {
                 let account = s.accounts.entry(c.client.clone()).or_default();
-                let removed = seqs
-                    .iter()
-                    .filter(|q| account.remove(**q).is_some())
-                    .count();
+                let removed = seqs.iter().filter(|q| account.remove(**q).is_some()).count();
                 Outcome::Acked { removed }
             }
             Op::PublishKey { key } => {

@@ -488,7 +488,9 @@ fn reserve(
             .optional()
             .map_err(storage)?
             .unwrap_or((0, 0));
-        if as_u64(count) >= q.sender_entries as u64 || as_u64(bytes).saturating_add(len as u64) > q.sender_bytes {
+        if as_u64(count) >= q.sender_entries as u64
+            || as_u64(bytes).saturating_add(len as u64) > q.sender_bytes
+        {
             return if get_peer(conn, to)?.is_some() {
                 Err(EngineError::SenderQuota)
             } else {
@@ -507,7 +509,9 @@ fn reserve(
              WHERE client_id = ?1 AND mailbox_count < ?2 AND mailbox_bytes + ?3 <= ?4 RETURNING next_seq",
         )
         .map_err(storage)?
-        .query_row(params![to, as_i64(max_entries), len, as_i64(max_bytes)], |r| r.get(0))
+        .query_row(params![to, as_i64(max_entries), len, as_i64(max_bytes)], |r| {
+            r.get(0)
+        })
         .optional()
         .map_err(storage)?;
     match (seq, quota) {
@@ -606,7 +610,9 @@ fn commit_in(c: &Connection, cm: &Commit) -> Result<Outcome, EngineError> {
     let key = cm.key_id.to_vec();
     let me = cm.client.as_str();
     let reserved = match &cm.op {
-        Op::Send { to, quota, payload, .. } => Some((
+        Op::Send {
+            to, quota, payload, ..
+        } => Some((
             to.as_str(),
             reserve(c, to.as_str(), me, payload.len(), Some(quota))?,
         )),
