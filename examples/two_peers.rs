@@ -83,8 +83,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let seen: Vec<String> = alice
-        .peers()
+        .search("", None)
         .await?
+        .0
         .into_iter()
         .map(|p| format!("{} (key v{})", p.client_id, p.key_version))
         .collect();

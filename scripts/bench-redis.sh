@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The relay on Redis: redis-benchmark for reference, then the load generator against one node
 # and against two nodes (two generators, each sending to the other's users through the other
-# node), with Redis round trips per delivered message counted by the engine (/healthz).
+# node), with Redis round trips per delivered message counted by the engine (/stats on the operator-only metrics listener).
 # Redis runs with appendfsync always, the setting the no-loss promise needs. Then the same on a
 # Redis Cluster of three primaries on this machine (relay nodes with --redis-cluster).
 # Usage: scripts/bench-redis.sh [USERS] [SECONDS]
@@ -22,12 +22,13 @@ redis-benchmark -p 18379 -q -n 100000 -c 50 -t set,get,incr,zadd | tr "\r" "\n" 
 redis_args=(--redis-url redis://127.0.0.1:18379/0)
 node() { # port
   RUST_LOG=warn "$bin/relay-server" --engine redis "${redis_args[@]}" --bind "127.0.0.1:$1" \
-    --key-file "$tmp/server_key" --data-dir "$tmp/n$1" --mailbox-cap 1000000 >/dev/null 2>&1 &
+    --key-file "$tmp/server_key" --data-dir "$tmp/n$1" --mailbox-cap 1000000 \
+    --metrics-bind "127.0.0.1:$(($1 + 1000))" --register-burst 1000000 --handshake-burst 1000000 --pending-per-source 1000000 --sender-cap 1000000000 --sender-bytes 1000000000000 --mailbox-bytes 1000000000000 >/dev/null 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do curl -fs "http://127.0.0.1:$1/healthz" >/dev/null 2>&1 && return; sleep 0.1; done
   echo "node $1 did not start" >&2; exit 1
 }
-trips() { curl -fs "http://127.0.0.1:$1/healthz" | sed -E 's/.*"redis_round_trips":([0-9]+).*/\1/'; }
+trips() { curl -fs "http://127.0.0.1:$(($1 + 1000))/stats" | sed -E 's/.*"redis_round_trips":([0-9]+).*/\1/'; }
 runs() { # port1 port2 label
 echo "$3, one node:"
 t0=$(trips "$1")

@@ -102,11 +102,14 @@ async fn run(args: Args) -> Result<(), ClientError> {
             (Some("/quit"), _) => break,
             (Some("/help"), _) => {
                 say(
-                    "/peers  /open NAME  /fp [NAME]  /verify NAME  /accept NAME  /quit; other lines are sent",
+                    "/peers (contacts)  /search PREFIX  /open NAME  /fp [NAME]  /verify NAME  /accept NAME  /quit; other lines are sent",
                 );
                 Ok(())
             }
-            (Some("/peers"), _) => client.peers().await.map(|peers| {
+            (Some("/peers"), _) => client.contacts().await.map(|peers| {
+                if peers.is_empty() {
+                    say("no contacts yet: /search PREFIX finds people, /open NAME talks to one");
+                }
                 for p in peers {
                     let status = match p.key_status {
                         KeyStatus::NoKey => "no key",
@@ -121,6 +124,21 @@ async fn run(args: Args) -> Result<(), ClientError> {
                     ));
                 }
             }),
+            (Some("/search"), prefix) => client
+                .search(prefix.unwrap_or(""), None)
+                .await
+                .map(|(found, next)| {
+                    for p in &found {
+                        let fp = p.identity_key.map(|k| k.short_fingerprint()).unwrap_or_default();
+                        say(&format!("found {} key={fp} last_seen={}", p.client_id, p.last_seen));
+                    }
+                    if found.is_empty() {
+                        say("nobody found");
+                    }
+                    if next.is_some() {
+                        say("more match: type more of the name");
+                    }
+                }),
             (Some("/open"), Some(name)) => {
                 open = Some(name.to_owned());
                 say(&format!("conversation with {name}"));

@@ -314,6 +314,17 @@ fn backoff(attempt: usize) -> Duration {
     Duration::from_millis((200u64 << attempt.saturating_sub(1).min(4)).min(2000))
 }
 
+/// The longest the client waits in all for a rate limit (429 `rate_limited`, `Retry-After`)
+/// before it reports the refusal.
+const RATE_LIMIT_PATIENCE: Duration = Duration::from_secs(60);
+
+/// A peer name as the relay keeps it (lower case), or [`ClientError::Invalid`].
+fn peer_name(peer: &str) -> Result<String, ClientError> {
+    ClientId::new(peer)
+        .map(|id| id.to_string())
+        .map_err(|e| ClientError::Invalid(e.to_string()))
+}
+
 impl Client {
     /// Loads the profile (or creates an identity), then resumes the saved session or performs a
     /// handshake, and publishes the identity key.
@@ -428,10 +439,13 @@ impl Client {
     ) -> Result<Result<Vec<u8>, Refusal>, ClientError> {
         let url = format!("{}{}", self.base, path);
         let mut last = String::new();
-        for attempt in 0..RETRIES {
+        let mut rate_limited = Duration::ZERO;
+        let mut attempt = 0;
+        while attempt < RETRIES {
             if attempt > 0 {
                 tokio::time::sleep(backoff(attempt)).await;
             }
+            attempt += 1;
             let resp = match self.http.post(&url).json(body).send().await {
                 Ok(r) => r,
                 Err(e) => {
@@ -440,6 +454,11 @@ impl Client {
                 }
             };
             let status = resp.status();
+            let retry_after = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
             let bytes = match resp.bytes().await {
                 Ok(b) => b.to_vec(),
                 Err(e) => {
@@ -455,9 +474,20 @@ impl Client {
                 message: status.to_string(),
                 notice: None,
             });
-            if status == reqwest::StatusCode::SERVICE_UNAVAILABLE && attempt + 1 < RETRIES {
+            if status == reqwest::StatusCode::SERVICE_UNAVAILABLE && attempt < RETRIES {
                 tracing::debug!(path, code = %body.error, "relay unavailable; retrying");
                 continue;
+            }
+            if status == reqwest::StatusCode::TOO_MANY_REQUESTS && body.error == "rate_limited" {
+                // The relay says when a retry can pass: wait that long, within our patience.
+                let wait = Duration::from_secs(retry_after.unwrap_or(1).clamp(1, 30));
+                if rate_limited + wait <= RATE_LIMIT_PATIENCE {
+                    tracing::info!(path, wait_secs = wait.as_secs(), "relay rate limit; waiting");
+                    rate_limited += wait;
+                    tokio::time::sleep(wait).await;
+                    attempt = 0;
+                    continue;
+                }
             }
             return Ok(Err(Refusal {
                 status: status.as_u16(),
@@ -611,14 +641,59 @@ impl Client {
         self.publish_key().await
     }
 
-    /// The directory, with each peer's key compared to the accepted one.
+    /// These peers as the directory shows them now (exact names; unknown ones are left out),
+    /// each key compared to the accepted one. Asks in batches of
+    /// [`relay_core::api::MAX_LOOKUP_NAMES`].
+    ///
+    /// # Errors
+    /// [`ClientError::Invalid`] for a malformed name; transport, protocol and server errors.
+    pub async fn lookup(&self, names: &[&str]) -> Result<Vec<PeerView>, ClientError> {
+        let ids = names
+            .iter()
+            .map(|n| ClientId::new(n).map_err(|e| ClientError::Invalid(e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = Vec::new();
+        for batch in ids.chunks(relay_core::api::MAX_LOOKUP_NAMES) {
+            let answer: PeersAnswer = self.call("/peers", &Call::lookup_peers(batch.to_vec())).await?;
+            out.extend(self.views(answer).await);
+        }
+        Ok(out)
+    }
+
+    /// One page of the directory: peers that published a key whose names start with `prefix`
+    /// (empty: everyone), in name order, after `after`. The second value, when there is one, is
+    /// the `after` of the next page.
     ///
     /// # Errors
     /// Transport, protocol and server errors.
-    pub async fn peers(&self) -> Result<Vec<PeerView>, ClientError> {
-        let answer: PeersAnswer = self.call("/peers", &Call::ListPeers {}).await?;
+    pub async fn search(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+    ) -> Result<(Vec<PeerView>, Option<String>), ClientError> {
+        let after = after
+            .map(|a| ClientId::new(a).map_err(|e| ClientError::Invalid(e.to_string())))
+            .transpose()?;
+        let answer: PeersAnswer = self
+            .call("/peers", &Call::search_peers(&prefix.to_ascii_lowercase(), after))
+            .await?;
+        let next = answer.next.as_ref().map(ToString::to_string);
+        Ok((self.views(answer).await, next))
+    }
+
+    /// The contacts: every peer whose key this client accepted, as the directory shows them now.
+    ///
+    /// # Errors
+    /// Transport, protocol and server errors.
+    pub async fn contacts(&self) -> Result<Vec<PeerView>, ClientError> {
+        let names: Vec<String> = self.state.lock().await.peers.keys().cloned().collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        self.lookup(&names).await
+    }
+
+    async fn views(&self, answer: PeersAnswer) -> Vec<PeerView> {
         let st = self.state.lock().await;
-        Ok(answer
+        answer
             .peers
             .into_iter()
             .map(|p| {
@@ -637,7 +712,7 @@ impl Client {
                     key_status: status,
                 }
             })
-            .collect())
+            .collect()
     }
 
     /// Makes sure a chat with `peer` exists under its accepted key. A first contact accepts the
@@ -674,6 +749,7 @@ impl Client {
     /// # Errors
     /// [`ClientError::NoPeerKey`], transport and server errors.
     pub async fn accept_peer_key(&self, peer: &str) -> Result<(), ClientError> {
+        let peer = &peer_name(peer)?;
         let (key, key_version) = self.directory_key(peer).await?;
         let mut st = self.state.lock().await;
         accept_key(&mut st, peer, key, key_version)?;
@@ -684,7 +760,7 @@ impl Client {
     /// `peer`'s identity key and its version as the directory shows them now.
     async fn directory_key(&self, peer: &str) -> Result<(IdentityPublic, u32), ClientError> {
         let view = self
-            .peers()
+            .lookup(&[peer])
             .await?
             .into_iter()
             .find(|p| p.client_id == peer)
@@ -700,6 +776,7 @@ impl Client {
     /// # Errors
     /// As [`Client::send`] for a first contact.
     pub async fn fingerprint(&self, peer: &str) -> Result<Fingerprint, ClientError> {
+        let peer = &peer_name(peer)?;
         self.ensure_chat(peer).await?;
         let st = self.state.lock().await;
         st.chats
@@ -713,6 +790,7 @@ impl Client {
     /// # Errors
     /// [`ClientError::NoPeerKey`] for an unknown peer.
     pub async fn mark_verified(&self, peer: &str) -> Result<(), ClientError> {
+        let peer = &peer_name(peer)?;
         let mut st = self.state.lock().await;
         let known = st
             .peers
@@ -729,6 +807,7 @@ impl Client {
     /// `mailbox_full`, transport and protocol errors.
     pub async fn send(&self, peer: &str, body: &[u8]) -> Result<Receipt, ClientError> {
         let target = ClientId::new(peer).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let peer = target.as_str();
         self.ensure_chat(peer).await?;
         let sealed = {
             let mut st = self.state.lock().await;
@@ -821,7 +900,7 @@ impl Client {
                 // Under another key: perhaps the peer rotated. Hold it and say so once.
                 drop(st);
                 let changed = self
-                    .peers()
+                    .lookup(&[from])
                     .await?
                     .iter()
                     .any(|p| p.client_id == from && p.key_status == KeyStatus::Changed);

@@ -90,10 +90,15 @@ async fn two_clients_chat_with_matching_fingerprints() {
     let server = Server::start(dir.path(), "127.0.0.1:0").await;
     let alice = server.connect("alice").await;
     let bob = server.connect("bob").await;
-    let peers = alice.peers().await.unwrap();
-    assert!(peers
+    // Discovery: a prefix search finds bob; an exact lookup too; neither lists unknown names.
+    let (found, next) = alice.search("B", None).await.unwrap();
+    assert_eq!(next, None);
+    assert!(found
         .iter()
         .any(|p| p.client_id == "bob" && p.key_status == KeyStatus::New));
+    assert!(found.iter().all(|p| p.client_id.starts_with('b')));
+    let peers = alice.lookup(&["bob", "nobody"]).await.unwrap();
+    assert_eq!(peers.len(), 1);
     assert_eq!(
         alice.fingerprint("bob").await.unwrap().to_string(),
         bob.fingerprint("alice").await.unwrap().to_string()
@@ -166,7 +171,7 @@ async fn a_peer_key_change_is_reported_never_silent() {
     assert!(answer.changed);
     let err = alice.send("bob", b"2").await.err();
     // The existing chat is under the old key, so the directory check happens on the next lookup.
-    let peers = alice.peers().await.unwrap();
+    let peers = alice.contacts().await.unwrap();
     assert!(peers
         .iter()
         .any(|p| p.client_id == "bob" && p.key_status == KeyStatus::Changed));
@@ -262,7 +267,7 @@ async fn a_client_shakes_hands_again_when_the_server_lost_its_key() {
         ("alice".to_owned(), b"after the server lost everything".to_vec())
     );
     // The new server's directory has bob's identity key again, the one alice accepted before.
-    let peers = alice.peers().await.unwrap();
+    let peers = alice.lookup(&["Bob"]).await.unwrap();
     assert!(
         peers
             .iter()
