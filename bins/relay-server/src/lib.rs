@@ -102,6 +102,9 @@ pub struct Config {
     /// Handshakes one source may have pending at once.
     #[arg(long, env = "RELAY_PENDING_PER_SOURCE", default_value_t = 16)]
     pub pending_per_source: usize,
+    /// Seconds between housekeeping runs (expired messages; every tenth run, unused accounts).
+    #[arg(long, env = "RELAY_PURGE_INTERVAL", default_value_t = 30)]
+    pub purge_interval_secs: u64,
     /// Address for the operator-only counters (`GET /stats`); off unless given. Keep it off the
     /// public network.
     #[arg(long, env = "RELAY_METRICS_BIND")]
@@ -170,6 +173,7 @@ impl Config {
                 pending_per_source: self.pending_per_source,
                 ..SourceLimitsConfig::default()
             },
+            purge_interval: Duration::from_secs(self.purge_interval_secs.max(1)),
             message_ttl_secs: self.message_ttl_secs,
             max_payload: self.max_payload,
             poll_default: poll_max.min(Duration::from_secs(25)),
@@ -465,16 +469,18 @@ fn source_of(req: &actix_web::HttpRequest) -> std::net::IpAddr {
         .map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |a| a.ip())
 }
 
-/// Admits an unauthenticated step from the request's source before any work is done on it.
-fn admit(relay: &Relay, req: &actix_web::HttpRequest, step: Step) -> Result<(), HttpResponse> {
+/// Admits an unauthenticated step from the request's source before any work is done on it;
+/// the refusal to answer with when it is not admitted.
+fn refuse(relay: &Relay, req: &actix_web::HttpRequest, step: Step) -> Option<HttpResponse> {
     relay
         .sources()
         .admit(source_of(req), step, std::time::Instant::now())
-        .map_err(|e| error_response(&e))
+        .err()
+        .map(|e| error_response(&e))
 }
 
 async fn req_pq(relay: web::Data<Relay>, http: actix_web::HttpRequest, body: Body) -> HttpResponse {
-    if let Err(refused) = admit(&relay, &http, Step::ReqPq) {
+    if let Some(refused) = refuse(&relay, &http, Step::ReqPq) {
         return refused;
     }
     match parse(body) {
@@ -484,7 +490,7 @@ async fn req_pq(relay: web::Data<Relay>, http: actix_web::HttpRequest, body: Bod
 }
 
 async fn req_dh_params(relay: web::Data<Relay>, http: actix_web::HttpRequest, body: Body) -> HttpResponse {
-    if let Err(refused) = admit(&relay, &http, Step::ReqDhParams) {
+    if let Some(refused) = refuse(&relay, &http, Step::ReqDhParams) {
         return refused;
     }
     match parse(body) {
@@ -498,7 +504,7 @@ async fn set_client_dh_params(
     http: actix_web::HttpRequest,
     body: Body,
 ) -> HttpResponse {
-    if let Err(refused) = admit(&relay, &http, Step::SetClientDhParams) {
+    if let Some(refused) = refuse(&relay, &http, Step::SetClientDhParams) {
         return refused;
     }
     match parse(body) {
@@ -676,11 +682,11 @@ pub async fn run(
     let purge_relay = relay.clone();
     let purger = tokio::spawn(async move {
         for round in 0u64.. {
-            tokio::time::sleep(Duration::from_secs(30)).await;
+            tokio::time::sleep(purge_relay.config().purge_interval).await;
             if let Err(e) = purge_relay.purge().await {
                 tracing::warn!(error = %e, "purge failed");
             }
-            // Unused accounts: every 5 minutes, a bounded batch.
+            // Unused accounts: every tenth run (5 minutes by default), a bounded batch.
             if round % 10 == 0 {
                 if let Err(e) = purge_relay.purge_accounts(1_000).await {
                     tracing::warn!(error = %e, "account purge failed");

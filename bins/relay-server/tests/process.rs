@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{fetch_server_key, healthz, payloads, seqs, stats, Raw, ServerProcess};
+use common::{fetch_server_key, payloads, seqs, stats, Raw, ServerProcess};
 use mtproto_session::wire::Bytes;
 
 fn spawn(data: &Path, log: Option<&Path>) -> ServerProcess {

@@ -29,7 +29,8 @@ pub use engine::SqliteEngine;
 pub use engine::{Engine, MemoryEngine};
 pub use error::{EngineError, RelayError};
 pub use model::{
-    AccountExpiry, AuthKeyRecord, Commit, EntryKind, MailboxEntry, Op, Outcome, Peer, SendQuota, SessionRecord,
+    AccountExpiry, AuthKeyRecord, Commit, EntryKind, MailboxEntry, Op, Outcome, Peer, SendQuota,
+    SessionRecord,
 };
 pub use notify::Notifier;
 pub use relay::{Clock, Relay, RelayConfig, SystemClock, RESERVED_CLIENT_IDS, STATUS_RECEIVED};

@@ -187,7 +187,8 @@ impl SourceLimits {
         let key = SourceKey::of(ip);
         if !map.contains_key(&key) && map.len() >= cfg.max_sources {
             map.retain(|_, s| {
-                s.pending.retain(|t| now.saturating_duration_since(*t) < PENDING_LIFETIME);
+                s.pending
+                    .retain(|t| now.saturating_duration_since(*t) < PENDING_LIFETIME);
                 !(s.pending.is_empty()
                     && s.handshake.is_full(cfg.handshake, now)
                     && s.register.is_full(cfg.register, now))
@@ -326,7 +327,10 @@ mod tests {
     #[test]
     fn buckets_refill_and_say_when() {
         let l = SourceLimits::new(SourceLimitsConfig {
-            handshake: Rate { burst: 2, per_sec: 0.5 },
+            handshake: Rate {
+                burst: 2,
+                per_sec: 0.5,
+            },
             ..SourceLimitsConfig::default()
         });
         let t = Instant::now();
@@ -345,7 +349,10 @@ mod tests {
     #[test]
     fn pending_handshakes_are_bounded_per_source() {
         let l = SourceLimits::new(SourceLimitsConfig {
-            handshake: Rate { burst: 100, per_sec: 100.0 },
+            handshake: Rate {
+                burst: 100,
+                per_sec: 100.0,
+            },
             pending_per_source: 3,
             ..SourceLimitsConfig::default()
         });
@@ -358,13 +365,17 @@ mod tests {
         l.admit(ip("10.0.0.1"), Step::ReqPq, t).unwrap();
         // Unfinished ones stop counting when the handshake would have expired.
         assert!(l.admit(ip("10.0.0.1"), Step::ReqPq, t).is_err());
-        l.admit(ip("10.0.0.1"), Step::ReqPq, t + PENDING_LIFETIME).unwrap();
+        l.admit(ip("10.0.0.1"), Step::ReqPq, t + PENDING_LIFETIME)
+            .unwrap();
     }
 
     #[test]
     fn registrations_have_their_own_bucket() {
         let l = SourceLimits::new(SourceLimitsConfig {
-            register: Rate { burst: 1, per_sec: 0.01 },
+            register: Rate {
+                burst: 1,
+                per_sec: 0.01,
+            },
             ..SourceLimitsConfig::default()
         });
         let t = Instant::now();
@@ -380,9 +391,18 @@ mod tests {
 
     #[test]
     fn ipv6_counts_by_slash_64_and_mapped_v4_as_v4() {
-        assert_eq!(SourceKey::of(ip("2001:db8::1")), SourceKey::of(ip("2001:db8::ffff:2")));
-        assert_ne!(SourceKey::of(ip("2001:db8::1")), SourceKey::of(ip("2001:db8:0:1::1")));
-        assert_eq!(SourceKey::of(ip("::ffff:192.0.2.1")), SourceKey::of(ip("192.0.2.1")));
+        assert_eq!(
+            SourceKey::of(ip("2001:db8::1")),
+            SourceKey::of(ip("2001:db8::ffff:2"))
+        );
+        assert_ne!(
+            SourceKey::of(ip("2001:db8::1")),
+            SourceKey::of(ip("2001:db8:0:1::1"))
+        );
+        assert_eq!(
+            SourceKey::of(ip("::ffff:192.0.2.1")),
+            SourceKey::of(ip("192.0.2.1"))
+        );
         assert_ne!(SourceKey::of(ip("::c000:201")), SourceKey::of(ip("192.0.2.1")));
     }
 

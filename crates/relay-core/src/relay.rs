@@ -48,6 +48,9 @@ pub struct RelayConfig {
     /// Per-source limits on unauthenticated work ([`Relay::sources`]; the HTTP layer applies
     /// them).
     pub sources: SourceLimitsConfig,
+    /// How often the node runs [`Relay::purge`] (and, every tenth time,
+    /// [`Relay::purge_accounts`]).
+    pub purge_interval: Duration,
     /// How long an unacknowledged message is kept, seconds.
     pub message_ttl_secs: u64,
     /// Largest end-to-end payload, bytes.
@@ -109,6 +112,7 @@ impl Default for RelayConfig {
             },
             work: WorkPolicy::default(),
             sources: SourceLimitsConfig::default(),
+            purge_interval: Duration::from_secs(30),
             message_ttl_secs: 7 * 24 * 3600,
             max_payload: 64 * 1024,
             poll_default: Duration::from_secs(25),

@@ -96,7 +96,12 @@ impl StorageSeal {
         let (body, tag) = body.split_at(body.len() - TAG_LEN);
         let mut plain = Zeroizing::new(body.to_vec());
         self.cipher
-            .decrypt_in_place_detached(Nonce::from_slice(nonce), &aad(label, id), &mut plain, Tag::from_slice(tag))
+            .decrypt_in_place_detached(
+                Nonce::from_slice(nonce),
+                &aad(label, id),
+                &mut plain,
+                Tag::from_slice(tag),
+            )
             .map_err(|_| SealError)?;
         Ok(plain)
     }

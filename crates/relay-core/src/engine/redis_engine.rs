@@ -10,14 +10,17 @@
 //! P:{hs}:<server_nonce>         STRING pending handshake (JSON), PX 2·TTL
 //! P:{k:<key_id>}:key            STRING auth key record (JSON, names its client): key id → user
 //! P:{u:<client>}:owner          STRING key id (hex) that owns the client id
-//! P:{u:<client>}:peer           HASH   key, kv, reg, seen, next
+//! P:{u:<client>}:peer           HASH   key, kv, reg, seen, next, bytes (payload bytes waiting)
 //! P:{u:<client>}:mbox           ZSET   mailbox entries (JSON) scored by sequence number
 //! P:{u:<client>}:expiry         ZSET   sequence numbers of the mailbox's messages by expiry time
 //! P:{u:<client>}:sess:<key_id>  HASH   data (`ServerSession::to_bytes`), version
 //! P:{u:<client>}:out:<key_id>:<msg_id>  STRING outcome of a committed request, EX 3600
 //! P:{u:<client>}:outidx         ZSET   those outcome keys by creation time (relay clock)
 //! P:{u:<to>}:dup:<key_id>:<msg_id>      STRING sequence number a send got (Cluster), EX 3600
-//! P:peers                       SET    the directory
+//! P:{u:<client>}:senders        HASH   n:<sender>, b:<sender>: messages, payload bytes waiting
+//! P:{u:<client>}:gone           STRING key id (hex) of a removed account until its key record goes
+//! P:peers                       SET    the directory: every registered client
+//! P:names                       ZSET   clients that published an identity key, score 0 (by name)
 //! P:wake                        pub/sub channel: recipient ids, a hint for long-polls on any node
 //! ```
 //!
@@ -28,6 +31,12 @@
 //! once and returns the first sequence number; then the sender's script (session
 //! compare-and-swap, outcome `sent` with that number). A send interrupted between the two is
 //! completed by its resend, which finds the marker. See `docs/deployment.md`.
+//!
+//! Quotas ([`crate::SendQuota`]) are checked inside the script that appends, against counters
+//! kept in the recipient's slot (`bytes` in its peer hash, its `senders` hash) and updated by
+//! every script that appends or removes an entry, so a refused send writes nothing and a check
+//! costs no round trip. The directory is paged from `P:names` (`ZRANGEBYLEX`), which a publish
+//! updates with its own command (on Cluster it lives in another slot than the user).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -38,7 +47,10 @@ use redis::{aio::ConnectionManager, AsyncCommands, Script};
 use zeroize::Zeroizing;
 
 use super::{Engine, OUTCOME_TTL_SECS, RELAY_SENDER};
-use crate::{AuthKeyRecord, Commit, EngineError, MailboxEntry, Notifier, Op, Outcome, Peer, SessionRecord};
+use crate::{
+    AccountExpiry, AuthKeyRecord, Commit, EngineError, MailboxEntry, Notifier, Op, Outcome, Peer, SendQuota,
+    SessionRecord,
+};
 
 fn storage<E: std::fmt::Display>(e: E) -> EngineError {
     EngineError::Storage(e.to_string())
@@ -53,157 +65,58 @@ const NEVER: u64 = 4_611_686_018_427_387_903;
 /// Most users one purge visits (the next purge goes on from there).
 const PURGE_USERS_PER_CALL: usize = 5_000;
 
-const PUT_PENDING: &str = r"
-for _, sn in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])) do redis.call('DEL', ARGV[7] .. sn) end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return redis.error_reply('TOO_MANY') end
-redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
-redis.call('SET', KEYS[2], ARGV[5], 'PX', ARGV[6])
-return 1";
+/// KEYS: handshake index, handshake. ARGV: 1 created_at, 2 expiry cutoff, 3 max, 4 server
+/// nonce (hex), 5 handshake, 6 TTL ms, 7 key prefix of handshakes (same slot).
+const PUT_PENDING: &str = include_str!("redis/put_pending.lua");
 
-const ADVANCE_PENDING: &str = r#"
-local v = redis.call('GET', KEYS[1])
-if not v or not string.find(v, '"stage":"AwaitingDhParams"', 1, true) then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
-return 1"#;
+/// KEYS: handshake. ARGV: the advanced handshake. Returns 1 if it was at the first stage.
+const ADVANCE_PENDING: &str = include_str!("redis/advance_pending.lua");
 
-const TAKE_PENDING: &str = r"
-local v = redis.call('GET', KEYS[1])
-if v then redis.call('DEL', KEYS[1]); redis.call('ZREM', KEYS[2], ARGV[1]) end
-return v";
+/// KEYS: handshake, handshake index. ARGV: server nonce (hex).
+const TAKE_PENDING: &str = include_str!("redis/take_pending.lua");
 
 /// KEYS: handshake index. ARGV: cutoff, key prefix of handshakes (same slot).
-const PURGE_HANDSHAKES: &str = r"
-for _, sn in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])) do redis.call('DEL', ARGV[2] .. sn) end
-return redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])";
+const PURGE_HANDSHAKES: &str = include_str!("redis/purge_handshakes.lua");
 
 /// One user's slot. KEYS: owner, session, peer. ARGV: key id (hex), session, now.
-const CREATE_ACCOUNT: &str = r"
-local o = redis.call('GET', KEYS[1])
-if o and o ~= ARGV[1] then return redis.error_reply('TAKEN') end
-redis.call('SET', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[2], 'data', ARGV[2], 'version', 0)
-if redis.call('EXISTS', KEYS[3]) == 0 then
-  redis.call('HSET', KEYS[3], 'key', '', 'kv', 0, 'reg', ARGV[3], 'seen', ARGV[3], 'next', 0)
-end
-return 1";
+const CREATE_ACCOUNT: &str = include_str!("redis/create_account.lua");
 
 /// KEYS: 1 session, 2 outcome, 3 my peer, 4 my mailbox, 5 my outcome index, 6 target peer,
-/// 7 target mailbox, 8 target expiry (the client's own for every op but a one-script send).
-/// ARGV: 1 version, 2 session, 3 op, 4 now_s, 5 keep outcome, 6 outcome TTL, then per op —
-/// send: 7 to, 8 from, 9 payload, 10 ts_ms, 11 expires, 12 cap, 13 channel; ack: 7 seqs
-/// (comma-separated), 8 fetch limit; publish: 7 key hex; delivered (Cluster, the sender's half
-/// of a send whose entry `DELIVER` stored): 7 seq, 8 ts_ms.
-const COMMIT: &str = r#"
-local v = redis.call('HGET', KEYS[1], 'version')
-if not v or v ~= ARGV[1] then return redis.error_reply('CONFLICT') end
-local op = ARGV[3]
-local result
-local stored
-if op == 'send' then
-  if redis.call('EXISTS', KEYS[6]) == 0 then return redis.error_reply('UNKNOWN_PEER') end
-  if redis.call('ZCARD', KEYS[7]) >= tonumber(ARGV[12]) then return redis.error_reply('MAILBOX_FULL') end
-  local seq = redis.call('HINCRBY', KEYS[6], 'next', 1)
-  local entry = '{"seq":' .. seq .. ',"from":' .. cjson.encode(ARGV[8]) .. ',"kind":"message","payload":"' .. ARGV[9] ..
-    '","timestamp_ms":' .. ARGV[10] .. ',"expires_at":' .. ARGV[11] .. '}'
-  redis.call('ZADD', KEYS[7], seq, entry)
-  redis.call('ZADD', KEYS[8], ARGV[11], seq)
-  redis.call('PUBLISH', ARGV[13], ARGV[7])
-  result = {'sent', seq, ARGV[10]}
-  stored = 'sent|' .. seq .. '|' .. ARGV[10]
-elseif op == 'delivered' then
-  result = {'sent', tonumber(ARGV[7]), ARGV[8]}
-  stored = 'sent|' .. ARGV[7] .. '|' .. ARGV[8]
-elseif op == 'ack' then
-  local removed = 0
-  for s in string.gmatch(ARGV[7], '%d+') do
-    removed = removed + redis.call('ZREMRANGEBYSCORE', KEYS[4], s, s)
-    redis.call('ZREM', KEYS[8], s)
-  end
-  local limit = tonumber(ARGV[8])
-  local entries = {}
-  if limit > 0 then entries = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '+inf', 'LIMIT', 0, limit) end
-  result = {'acked', removed, entries}
-  stored = 'acked|' .. removed .. '|0'
-elseif op == 'publish' then
-  local cur = redis.call('HGET', KEYS[3], 'key')
-  if not cur then return redis.error_reply('UNKNOWN_PEER') end
-  local kv = tonumber(redis.call('HGET', KEYS[3], 'kv'))
-  local changed = 0
-  if cur ~= ARGV[7] then
-    changed = 1
-    kv = kv + 1
-    redis.call('HSET', KEYS[3], 'key', ARGV[7], 'kv', kv)
-  end
-  result = {'published', changed, kv}
-  stored = 'published|' .. changed .. '|' .. kv
-else
-  result = {'done', 0, 0}
-  stored = 'done|0|0'
-end
-if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('HSET', KEYS[3], 'seen', ARGV[4]) end
-redis.call('HSET', KEYS[1], 'data', ARGV[2], 'version', tonumber(ARGV[1]) + 1)
-if ARGV[5] == '1' then
-  redis.call('SET', KEYS[2], stored, 'EX', ARGV[6])
-  redis.call('ZADD', KEYS[5], ARGV[4], KEYS[2])
-end
-return result"#;
+/// 7 target mailbox, 8 target expiry, 9 target senders (the client's own for every op but a
+/// one-script send). ARGV: 1 version, 2 session, 3 op, 4 now_s, 5 keep outcome, 6 outcome TTL,
+/// then per op — send: 7 to, 8 from, 9 payload, 10 ts_ms, 11 expires, 12-15 the quota
+/// (mailbox entries, mailbox bytes, sender entries, sender bytes), 16 payload length,
+/// 17 channel; ack: 7 seqs (comma-separated), 8 fetch limit; publish: 7 key hex; delivered
+/// (Cluster, the sender's half of a send whose entry `DELIVER` stored): 7 seq, 8 ts_ms.
+const COMMIT: &str = concat!(include_str!("redis/quota.lua"), include_str!("redis/commit.lua"));
 
-/// Recipient's slot: appends once per marker. KEYS: 1 peer, 2 mailbox, 3 expiry, 4 marker.
-/// ARGV: 1 from, 2 payload (base64), 3 ts_ms, 4 expires, 5 cap, 6 channel, 7 recipient,
-/// 8 marker TTL, 9 kind (`message` or `expired`), 10 expired: to, 11 expired: message_seq.
-/// Returns the entry's sequence number (the first one, when the marker exists).
-const DELIVER: &str = r#"
-local done = redis.call('GET', KEYS[4])
-if done then return tonumber(done) end
-if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('UNKNOWN_PEER') end
-if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then return redis.error_reply('MAILBOX_FULL') end
-local seq = redis.call('HINCRBY', KEYS[1], 'next', 1)
-local entry
-if ARGV[9] == 'message' then
-  entry = '{"seq":' .. seq .. ',"from":' .. cjson.encode(ARGV[1]) .. ',"kind":"message","payload":"' .. ARGV[2] ..
-    '","timestamp_ms":' .. ARGV[3] .. ',"expires_at":' .. ARGV[4] .. '}'
-  redis.call('ZADD', KEYS[3], ARGV[4], seq)
-else
-  entry = '{"seq":' .. seq .. ',"from":' .. cjson.encode(ARGV[1]) .. ',"kind":"expired","to":' .. cjson.encode(ARGV[10]) ..
-    ',"message_seq":' .. ARGV[11] .. ',"payload":"","timestamp_ms":' .. ARGV[3] .. ',"expires_at":' .. ARGV[4] .. '}'
-end
-redis.call('ZADD', KEYS[2], seq, entry)
-redis.call('SET', KEYS[4], seq, 'EX', ARGV[8])
-redis.call('PUBLISH', ARGV[6], ARGV[7])
-return seq"#;
+/// Recipient's slot: appends once per marker. KEYS: 1 peer, 2 mailbox, 3 expiry, 4 marker,
+/// 5 senders. ARGV: 1 from, 2 payload (base64), 3 ts_ms, 4 expires, 5 channel, 6 recipient,
+/// 7 marker TTL, 8 kind (`message` or `expired`), 9 expired: to, 10 expired: message_seq,
+/// 11-14 message: the quota (as `COMMIT`), 15 message: payload length. Only messages count
+/// against the quota. Returns the entry's sequence number (the first one, when the marker
+/// exists).
+const DELIVER: &str = concat!(include_str!("redis/quota.lua"), include_str!("redis/deliver.lua"));
 
 /// One user's slot. KEYS: expiry, mailbox, outcome index. ARGV: now, outcome cutoff.
 /// Drops old outcomes and the expiry entries of messages already acknowledged; returns the
 /// expired messages still waiting as `seq, sender` pairs (removed by `REMOVE_EXPIRED` once their
 /// senders are told, so a crash in between tells twice at worst, never not at all).
-const SCAN_EXPIRED: &str = r"
-for _, k in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[2])) do redis.call('DEL', k) end
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[2])
-local out = {}
-for _, s in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1000)) do
-  local e = redis.call('ZRANGEBYSCORE', KEYS[2], s, s)
-  if #e == 0 then
-    redis.call('ZREM', KEYS[1], s)
-  else
-    local ok, m = pcall(cjson.decode, e[1])
-    if ok and m.kind == 'message' then
-      table.insert(out, s)
-      table.insert(out, m.from)
-    else
-      redis.call('ZREM', KEYS[1], s)
-    end
-  end
-end
-return out";
+const SCAN_EXPIRED: &str = include_str!("redis/scan_expired.lua");
 
-/// One user's slot. KEYS: expiry, mailbox. ARGV: sequence numbers.
-const REMOVE_EXPIRED: &str = r"
-for _, s in ipairs(ARGV) do
-  redis.call('ZREM', KEYS[1], s)
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], s, s)
-end
-return #ARGV";
+/// One user's slot. KEYS: expiry, mailbox, peer, senders. ARGV: sequence numbers.
+const REMOVE_EXPIRED: &str = concat!(
+    include_str!("redis/quota.lua"),
+    include_str!("redis/remove_expired.lua")
+);
+
+/// One user's slot: removes the account if it is unused (`purge_accounts`). KEYS: 1 peer,
+/// 2 mailbox, 3 owner, 4 senders, 5 expiry, 6 outcome index, 7 tomb. ARGV: 1 now,
+/// 2 unpublished_secs, 3 idle_secs, 4 the user's key prefix (its session and outcomes are
+/// found from there, in the same slot). Returns `{status, removed key id, stale key id}`:
+/// status 1 removed, 0 kept, 2 no account (a directory entry left behind); the stale key id
+/// (hex, or empty) is a removal's tomb whose key record is still to be deleted.
+const PURGE_ACCOUNT: &str = include_str!("redis/purge_account.lua");
 
 /// A connection to a single Redis or to a Redis Cluster.
 #[derive(Clone)]
@@ -251,6 +164,8 @@ pub struct RedisEngine {
     subscriber: tokio::task::JoinHandle<()>,
     /// Where the directory scan of the purge goes on (`SSCAN` cursor).
     sweep: tokio::sync::Mutex<u64>,
+    /// Where the directory scan of the account purge goes on (`SSCAN` cursor).
+    account_sweep: tokio::sync::Mutex<u64>,
 }
 
 struct Scripts {
@@ -263,6 +178,7 @@ struct Scripts {
     deliver: Script,
     scan_expired: Script,
     remove_expired: Script,
+    purge_account: Script,
 }
 
 impl Drop for RedisEngine {
@@ -369,9 +285,11 @@ impl RedisEngine {
                 deliver: Script::new(DELIVER),
                 scan_expired: Script::new(SCAN_EXPIRED),
                 remove_expired: Script::new(REMOVE_EXPIRED),
+                purge_account: Script::new(PURGE_ACCOUNT),
             },
             subscriber,
             sweep: tokio::sync::Mutex::new(0),
+            account_sweep: tokio::sync::Mutex::new(0),
         }
     }
 
@@ -404,8 +322,17 @@ impl RedisEngine {
         self.u(to, &format!("dup:{}:{msg_id}", hex(key_id)))
     }
 
+    fn key_record_hex(&self, key_id_hex: &str) -> String {
+        format!("{}:{{k:{key_id_hex}}}:key", self.prefix)
+    }
+
     fn directory(&self) -> String {
         format!("{}:peers", self.prefix)
+    }
+
+    /// The directory's index of clients that published an identity key.
+    fn names(&self) -> String {
+        format!("{}:names", self.prefix)
     }
 
     fn channel(&self) -> String {
@@ -424,35 +351,84 @@ impl RedisEngine {
 }
 
 /// The key layout this code writes, kept in `PREFIX:layout`.
-const LAYOUT: &str = "2";
+const LAYOUT: &str = "3";
 
 /// Copies a version-1 session (JSON under the key's tag) to its version-2 place (binary, under
 /// the user's tag) unless a session is there already. KEYS: new session. ARGV: data, version.
-const MOVE_SESSION: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'data', ARGV[1], 'version', ARGV[2])
-return 1";
+const MOVE_SESSION: &str = include_str!("redis/move_session.lua");
 
 impl RedisEngine {
-    /// Brings data written by the first release (layout 1) to this layout, once: sessions
-    /// move from `{k:<key_id>}:sess` (JSON) to `{u:<client>}:sess:<key_id>` (binary) and the
-    /// global `expiry` index is split per user. Mailboxes, peers, owners and key records keep
-    /// their keys; outcomes of layout 1 are left to expire (a resend without one is refused,
-    /// never run twice). Every step is idempotent and never overwrites layout-2 data, so nodes
-    /// starting together may all run it.
+    /// Brings data written by earlier releases to this layout, once. Every step is idempotent
+    /// and never overwrites newer data, so nodes starting together may all run it.
+    ///
+    /// - Layout 1 (the first release) to 2: see [`RedisEngine::upgrade_from_1`].
+    /// - Layout 2 to 3: the directory's name index `P:names` is built from the directory set
+    ///   and the peer records. The quota counters need no upgrade: missing counters read as 0,
+    ///   so a mailbox holding mail from before is undercounted until it empties once.
+    ///
+    /// A node of an older release refuses to start on a newer layout. One still running during
+    /// a rolling upgrade keeps no quota counters (they heal when a mailbox empties) and does not
+    /// list a publish in `P:names` (the client is listed at its next publish).
     async fn upgrade_layout(&self) -> Result<(), EngineError> {
         let layout_key = format!("{}:layout", self.prefix);
         let mut conn = self.trip();
         let layout: Option<String> = conn.get(&layout_key).await.map_err(storage)?;
-        if layout.as_deref() == Some(LAYOUT) {
-            return Ok(());
+        match layout.as_deref() {
+            Some(LAYOUT) => return Ok(()),
+            None => self.upgrade_from_1().await?,
+            Some("2") => {}
+            Some(other) => {
+                return Err(storage(format!(
+                    "Redis holds key layout {other} under prefix {}; this relay writes layout {LAYOUT}",
+                    self.prefix
+                )))
+            }
         }
-        if let Some(other) = layout {
-            return Err(storage(format!(
-                "Redis holds key layout {other} under prefix {}; this relay writes layout {LAYOUT}",
-                self.prefix
-            )));
+        let listed = self.index_names().await?;
+        let mut conn = self.trip();
+        let _: () = conn.set(&layout_key, LAYOUT).await.map_err(storage)?;
+        if listed > 0 {
+            tracing::info!(listed, "Redis data upgraded to key layout {LAYOUT}");
         }
+        Ok(())
+    }
+
+    /// Lists every client that published an identity key in `P:names`; returns how many.
+    async fn index_names(&self) -> Result<usize, EngineError> {
+        let mut listed = 0;
+        let mut cursor = 0u64;
+        loop {
+            let mut conn = self.trip();
+            let (next, users): (u64, Vec<String>) = redis::cmd("SSCAN")
+                .arg(self.directory())
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut conn)
+                .await
+                .map_err(storage)?;
+            for peer in self.read_peers(&users).await?.into_iter().flatten() {
+                if peer.identity_key.is_some() {
+                    let mut conn = self.trip();
+                    let _: i64 = conn
+                        .zadd(self.names(), peer.client_id.as_str(), 0)
+                        .await
+                        .map_err(storage)?;
+                    listed += 1;
+                }
+            }
+            cursor = next;
+            if cursor == 0 {
+                return Ok(listed);
+            }
+        }
+    }
+
+    /// Layout 1 to 2: sessions move from `{k:<key_id>}:sess` (JSON) to
+    /// `{u:<client>}:sess:<key_id>` (binary) and the global `expiry` index is split per user.
+    /// Mailboxes, peers, owners and key records keep their keys; outcomes of layout 1 are left
+    /// to expire (a resend without one is refused, never run twice).
+    async fn upgrade_from_1(&self) -> Result<(), EngineError> {
         let mut conn = self.trip();
         let users: Vec<String> = conn.smembers(self.directory()).await.map_err(storage)?;
         let mover = Script::new(MOVE_SESSION);
@@ -503,10 +479,8 @@ impl RedisEngine {
         }
         let mut conn = self.trip();
         let _: i64 = conn.del(&old_expiry).await.map_err(storage)?;
-        let mut conn = self.trip();
-        let _: () = conn.set(&layout_key, LAYOUT).await.map_err(storage)?;
         if !users.is_empty() {
-            tracing::info!(users = users.len(), "Redis data upgraded to key layout {LAYOUT}");
+            tracing::info!(users = users.len(), "Redis data upgraded from key layout 1");
         }
         Ok(())
     }
@@ -534,12 +508,24 @@ fn script_error(e: redis::RedisError) -> EngineError {
     }
 }
 
-/// Like [`script_error`], and a full mailbox becomes [`EngineError::MailboxFull`].
+/// Like [`script_error`], and a refusal by the quota becomes [`EngineError::MailboxFull`]
+/// (`cap`: the quota's mailbox entries) or [`EngineError::SenderQuota`].
 fn send_error(e: redis::RedisError, cap: usize) -> EngineError {
     match script_error(e) {
         EngineError::Storage(s) if s.contains("MAILBOX_FULL") => EngineError::MailboxFull { cap },
+        EngineError::Storage(s) if s.contains("SENDER_QUOTA") => EngineError::SenderQuota,
         other => other,
     }
+}
+
+/// The quota as script arguments: mailbox entries, mailbox bytes, sender entries, sender bytes.
+fn quota_args(q: &SendQuota) -> [String; 4] {
+    [
+        q.mailbox_entries.to_string(),
+        q.mailbox_bytes.to_string(),
+        q.sender_entries.to_string(),
+        q.sender_bytes.to_string(),
+    ]
 }
 
 fn parse_outcome(s: &str) -> Result<Outcome, EngineError> {
@@ -580,6 +566,19 @@ fn parse_entries(raw: Vec<String>, now: UnixTime) -> Result<Vec<MailboxEntry>, E
 
 type CommitReply = (String, u64, redis::Value);
 
+/// What `DELIVER` appends.
+enum Delivery<'a> {
+    /// A message, within the quota.
+    Message(&'a SendQuota),
+    /// A relay notice: a message to `to` expired.
+    Expired {
+        /// The recipient of the message.
+        to: &'a str,
+        /// Its sequence number there.
+        message_seq: &'a str,
+    },
+}
+
 /// What the commit script is asked to do.
 enum ScriptOp<'a> {
     /// The op itself (a send only on a single Redis, where one script spans both users).
@@ -602,21 +601,21 @@ impl RedisEngine {
             ScriptOp::Whole(Op::Send {
                 to,
                 payload,
-                cap,
+                quota,
                 ttl_secs,
-            }) => (
-                to.as_str(),
-                "send",
-                vec![
+            }) => {
+                let mut args = vec![
                     to.as_str().into(),
                     me.into(),
                     mtproto_session::wire::b64(payload),
                     ts,
                     (c.now.as_secs() + ttl_secs).to_string(),
-                    cap.to_string(),
-                    self.channel(),
-                ],
-            ),
+                ];
+                args.extend(quota_args(quota));
+                args.push(payload.len().to_string());
+                args.push(self.channel());
+                (to.as_str(), "send", args)
+            }
             ScriptOp::Delivered { seq } => (me, "delivered", vec![seq.to_string(), ts]),
             ScriptOp::Whole(Op::Ack { seqs }) => (
                 me,
@@ -637,6 +636,7 @@ impl RedisEngine {
             .key(self.u(target, "peer"))
             .key(self.u(target, "mbox"))
             .key(self.u(target, "expiry"))
+            .key(self.u(target, "senders"))
             .arg(c.expected_version.to_string())
             .arg(c.session.to_bytes())
             .arg(name)
@@ -648,7 +648,7 @@ impl RedisEngine {
         }
         let mut conn = self.trip();
         let cap = match op {
-            ScriptOp::Whole(Op::Send { cap, .. }) => *cap,
+            ScriptOp::Whole(Op::Send { quota, .. }) => quota.mailbox_entries,
             _ => 0,
         };
         let reply: redis::Value = inv
@@ -676,13 +676,13 @@ impl RedisEngine {
         payload: &[u8],
         now: UnixTime,
         expires: u64,
-        cap: usize,
-        expired: Option<(&str, &str)>,
+        kind: Delivery<'_>,
     ) -> Result<u64, EngineError> {
         let mut conn = self.trip();
-        let (kind, notice_to, message_seq) = match expired {
-            None => ("message", "", ""),
-            Some((t, s)) => ("expired", t, s),
+        let (name, notice_to, message_seq, quota) = match kind {
+            Delivery::Message(q) => ("message", "", "", *q),
+            // Notices count against nothing.
+            Delivery::Expired { to, message_seq } => ("expired", to, message_seq, SendQuota::UNLIMITED),
         };
         self.scripts
             .deliver
@@ -690,20 +690,22 @@ impl RedisEngine {
             .key(self.u(to, "mbox"))
             .key(self.u(to, "expiry"))
             .key(marker)
+            .key(self.u(to, "senders"))
             .arg(from)
             .arg(mtproto_session::wire::b64(payload))
             .arg(now.as_nanos() / 1_000_000)
             .arg(expires)
-            .arg(cap)
             .arg(self.channel())
             .arg(to)
             .arg(OUTCOME_TTL_SECS)
-            .arg(kind)
+            .arg(name)
             .arg(notice_to)
             .arg(message_seq)
+            .arg(&quota_args(&quota)[..])
+            .arg(payload.len())
             .invoke_async(&mut conn)
             .await
-            .map_err(|e| send_error(e, cap))
+            .map_err(|e| send_error(e, quota.mailbox_entries))
     }
 
     /// A send on Redis Cluster (see the module docs): delivery (or refusal), then the sender's
@@ -713,7 +715,7 @@ impl RedisEngine {
         let Op::Send {
             to,
             payload,
-            cap,
+            quota,
             ttl_secs,
         } = &c.op
         else {
@@ -729,8 +731,7 @@ impl RedisEngine {
                 payload,
                 c.now,
                 c.now.as_secs() + ttl_secs,
-                *cap,
-                None,
+                Delivery::Message(quota),
             )
             .await?;
         to_outcome(&self.run_commit(c, ScriptOp::Delivered { seq }, 0).await?)
@@ -774,8 +775,10 @@ impl RedisEngine {
                     &[],
                     now,
                     NEVER,
-                    usize::MAX / 2,
-                    Some((user, seq)),
+                    Delivery::Expired {
+                        to: user,
+                        message_seq: seq,
+                    },
                 )
                 .await
             {
@@ -791,6 +794,8 @@ impl RedisEngine {
             .remove_expired
             .key(self.u(user, "expiry"))
             .key(self.u(user, "mbox"))
+            .key(self.u(user, "peer"))
+            .key(self.u(user, "senders"))
             .arg(seqs)
             .invoke_async(&mut conn)
             .await
@@ -924,11 +929,12 @@ impl Engine for RedisEngine {
         secret_json(v)
     }
 
-    /// Three steps, each in one slot, ordered so that a crash between them leaves nothing
-    /// harmful: the directory entry first (a listed client without a peer record is skipped),
-    /// then the key record (a key without a session is refused, and the client shakes hands
-    /// again), then the user's script (owner, session, peer record) — the account exists only
-    /// once that ran.
+    /// Steps each in one slot, ordered so that a crash between them leaves nothing harmful:
+    /// the directory entry first (a listed client without a peer record is skipped), then the
+    /// key record (a key without a session is refused, and the client shakes hands again), then
+    /// the user's script (owner, session, peer record) — the account exists only once that ran.
+    /// The directory entry is added again after the script: an account purge of the name's
+    /// previous holder may have taken it out in between (see `purge_account`).
     async fn create_account(
         &self,
         key: AuthKeyRecord,
@@ -957,7 +963,11 @@ impl Engine for RedisEngine {
             .invoke_async(&mut conn)
             .await;
         match created.map_err(script_error) {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                let mut conn = self.trip();
+                let _: i64 = conn.sadd(self.directory(), &client).await.map_err(storage)?;
+                Ok(())
+            }
             Err(e) => {
                 // The key cannot be used without its account: take its record back.
                 let mut conn = self.trip();
@@ -995,7 +1005,17 @@ impl Engine for RedisEngine {
         }
     }
 
+    /// A publish first lists the client in the directory's name index (idempotent; a listed
+    /// client without a key is skipped when read), so that no crash leaves a published key
+    /// unlisted.
     async fn commit(&self, c: Commit) -> Result<Outcome, EngineError> {
+        if let Op::PublishKey { .. } = &c.op {
+            let mut conn = self.trip();
+            let _: i64 = conn
+                .zadd(self.names(), c.client.as_str(), 0)
+                .await
+                .map_err(storage)?;
+        }
         if let (true, Op::Send { .. }) = (self.cluster, &c.op) {
             return self.cluster_send(&c).await;
         }
@@ -1072,31 +1092,103 @@ impl Engine for RedisEngine {
         parse_entries(raw, now)
     }
 
-    async fn peers(&self) -> Result<Vec<Peer>, EngineError> {
-        let mut conn = self.trip();
-        let mut ids: Vec<String> = conn.smembers(self.directory()).await.map_err(storage)?;
-        ids.sort();
-        let rows: Vec<Option<Peer>> = if self.cluster {
-            // One user's record per slot: ask each where it lives, all at once.
-            futures::future::try_join_all(ids.iter().map(|id| self.read_peer(id))).await?
+    /// Names from `P:names` (`ZRANGEBYLEX`, a batch at a time), then their records: one
+    /// pipelined read on a single Redis, one read per user on Cluster.
+    async fn peers_page(
+        &self,
+        prefix: &str,
+        after: Option<&ClientId>,
+        limit: usize,
+    ) -> Result<Vec<Peer>, EngineError> {
+        let mut page = Vec::new();
+        if limit == 0 {
+            return Ok(page);
+        }
+        // Names are ASCII, so every name that starts with `prefix` sorts before `prefix` + 0xff.
+        let max: Vec<u8> = if prefix.is_empty() {
+            b"+".to_vec()
         } else {
-            let mut pipe = redis::pipe();
-            for id in &ids {
-                pipe.cmd("HMGET")
-                    .arg(self.u(id, "peer"))
-                    .arg("key")
-                    .arg("kv")
-                    .arg("reg")
-                    .arg("seen");
-            }
-            let mut conn = self.trip();
-            let rows: Vec<PeerRow> = pipe.query_async(&mut conn).await.map_err(storage)?;
-            ids.iter()
-                .zip(rows)
-                .map(|(id, row)| to_peer(id, row))
-                .collect::<Result<_, _>>()?
+            [&b"["[..], prefix.as_bytes(), b"\xff"].concat()
         };
-        Ok(rows.into_iter().flatten().collect())
+        let mut min: Vec<u8> = match after {
+            Some(a) if a.as_str() >= prefix => [&b"("[..], a.as_str().as_bytes()].concat(),
+            _ if prefix.is_empty() => b"-".to_vec(),
+            _ => [&b"["[..], prefix.as_bytes()].concat(),
+        };
+        loop {
+            let want = limit - page.len();
+            let mut conn = self.trip();
+            let names: Vec<String> = redis::cmd("ZRANGEBYLEX")
+                .arg(self.names())
+                .arg(&min)
+                .arg(&max)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(want)
+                .query_async(&mut conn)
+                .await
+                .map_err(storage)?;
+            let last = names.last().cloned();
+            let exhausted = names.len() < want;
+            // Names whose account is gone, or whose key is not published yet (a publish in
+            // progress, a purge that raced a new account), are skipped.
+            page.extend(
+                self.read_peers(&names)
+                    .await?
+                    .into_iter()
+                    .flatten()
+                    .filter(|p| p.identity_key.is_some()),
+            );
+            match last {
+                Some(last) if !exhausted && page.len() < limit => {
+                    min = [&b"("[..], last.as_bytes()].concat();
+                }
+                _ => return Ok(page),
+            }
+        }
+    }
+
+    /// Visits the directory a `SSCAN` page at a time (at most [`PURGE_USERS_PER_CALL`] users
+    /// a call, the next call going on where this one stopped); see `purge_account`.
+    async fn purge_accounts(
+        &self,
+        now: UnixTime,
+        policy: AccountExpiry,
+        max: usize,
+    ) -> Result<Vec<[u8; 8]>, EngineError> {
+        let mut removed = Vec::new();
+        if max == 0 {
+            return Ok(removed);
+        }
+        let mut cursor = self.account_sweep.lock().await;
+        let mut accounts = 0;
+        let mut visited = 0;
+        loop {
+            let mut conn = self.trip();
+            let (next, users): (u64, Vec<String>) = redis::cmd("SSCAN")
+                .arg(self.directory())
+                .arg(*cursor)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut conn)
+                .await
+                .map_err(storage)?;
+            for user in &users {
+                if let Some(key) = self.purge_account(user, now, policy).await? {
+                    accounts += 1;
+                    removed.extend(key);
+                    if accounts >= max {
+                        // The cursor stays: the next call scans the rest of this page again.
+                        return Ok(removed);
+                    }
+                }
+            }
+            visited += users.len();
+            *cursor = next;
+            if next == 0 || visited >= PURGE_USERS_PER_CALL {
+                return Ok(removed);
+            }
+        }
     }
 
     async fn peer(&self, client: &ClientId) -> Result<Option<Peer>, EngineError> {
@@ -1107,6 +1199,109 @@ impl Engine for RedisEngine {
     /// [`PURGE_USERS_PER_CALL`] per call, the next call going on where this one stopped): each
     /// user's old outcomes and expired messages, whose senders get an `expired` notice first.
     async fn purge_expired(&self, now: UnixTime) -> Result<Vec<ClientId>, EngineError> {
+        self.purge_expired_inner(now).await
+    }
+}
+
+impl RedisEngine {
+    /// The records of `ids`, in order (`None` for a client without one).
+    async fn read_peers(&self, ids: &[String]) -> Result<Vec<Option<Peer>>, EngineError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.cluster {
+            // One user's record per slot: ask each where it lives, all at once.
+            return futures::future::try_join_all(ids.iter().map(|id| self.read_peer(id))).await;
+        }
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("HMGET")
+                .arg(self.u(id, "peer"))
+                .arg("key")
+                .arg("kv")
+                .arg("reg")
+                .arg("seen");
+        }
+        let mut conn = self.trip();
+        let rows: Vec<PeerRow> = pipe.query_async(&mut conn).await.map_err(storage)?;
+        ids.iter().zip(rows).map(|(id, row)| to_peer(id, row)).collect()
+    }
+
+    /// Removes one user's account if `policy` says it is unused and its mailbox is empty; the
+    /// `Some` of its key id (if it had one) when it did. The user's keys go atomically in one
+    /// script in their slot (a commit racing it finds no session: a conflict, then no session,
+    /// so the relay answers "unknown auth key"); then, each idempotently, the key record (the
+    /// script left its id in a tomb, so a crash here is finished by the next purge), the
+    /// directory entries, and the tomb. A new account of the same name created meanwhile is
+    /// listed again (`create_account` lists its client after its script, too).
+    async fn purge_account(
+        &self,
+        user: &str,
+        now: UnixTime,
+        policy: AccountExpiry,
+    ) -> Result<Option<Option<[u8; 8]>>, EngineError> {
+        let mut conn = self.trip();
+        let (status, key, stale): (i64, String, String) = self
+            .scripts
+            .purge_account
+            .key(self.u(user, "peer"))
+            .key(self.u(user, "mbox"))
+            .key(self.u(user, "owner"))
+            .key(self.u(user, "senders"))
+            .key(self.u(user, "expiry"))
+            .key(self.u(user, "outidx"))
+            .key(self.u(user, "gone"))
+            .arg(now.as_secs())
+            .arg(policy.unpublished_secs)
+            .arg(policy.idle_secs)
+            .arg(self.u(user, ""))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(storage)?;
+        for kid in [&stale, &key] {
+            if !kid.is_empty() {
+                let mut conn = self.trip();
+                let _: i64 = conn.del(self.key_record_hex(kid)).await.map_err(storage)?;
+            }
+        }
+        if status != 0 {
+            // Removed, or a directory entry without an account (a registration that crashed
+            // before its script, or a removal that crashed after it).
+            let mut conn = self.trip();
+            let _: i64 = conn.srem(self.directory(), user).await.map_err(storage)?;
+            let mut conn = self.trip();
+            let _: i64 = conn.zrem(self.names(), user).await.map_err(storage)?;
+            let mut conn = self.trip();
+            let again: bool = conn.exists(self.u(user, "peer")).await.map_err(storage)?;
+            if again {
+                let mut conn = self.trip();
+                let _: i64 = conn.sadd(self.directory(), user).await.map_err(storage)?;
+                let mut conn = self.trip();
+                let _: i64 = conn.zadd(self.names(), user, 0).await.map_err(storage)?;
+            }
+        }
+        if status == 1 || !stale.is_empty() {
+            let mut conn = self.trip();
+            let _: i64 = conn.del(self.u(user, "gone")).await.map_err(storage)?;
+        }
+        if status != 1 {
+            return Ok(None);
+        }
+        let key_id = (key.len() == 16)
+            .then(|| {
+                let bytes: Vec<u8> = (0..8)
+                    .filter_map(|i| {
+                        key.get(2 * i..2 * i + 2)
+                            .and_then(|d| u8::from_str_radix(d, 16).ok())
+                    })
+                    .collect();
+                <[u8; 8]>::try_from(bytes.as_slice()).ok()
+            })
+            .flatten();
+        Ok(Some(key_id))
+    }
+
+    async fn purge_expired_inner(&self, now: UnixTime) -> Result<Vec<ClientId>, EngineError> {
         let mut conn = self.trip();
         let _: i64 = self
             .scripts

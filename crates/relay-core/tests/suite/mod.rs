@@ -11,7 +11,9 @@
 use mtproto_session::{
     ClientId, PendingHandshake, SecretBytes, ServerSalt, ServerSession, SessionId, Stage, UnixTime,
 };
-use relay_core::{AccountExpiry, AuthKeyRecord, Commit, Engine, EngineError, EntryKind, Op, Outcome, SendQuota};
+use relay_core::{
+    AccountExpiry, AuthKeyRecord, Commit, Engine, EngineError, EntryKind, Op, Outcome, SendQuota,
+};
 
 pub fn t0() -> UnixTime {
     UnixTime::from_secs(1_800_000_000)
@@ -96,7 +98,6 @@ pub async fn send_with(
     ttl: u64,
     now: UnixTime,
 ) -> Result<Outcome, EngineError> {
-    let msg_id = NEXT_MSG.fetch_add(4, std::sync::atomic::Ordering::Relaxed);
     send_quota(e, from, to, payload, entries(cap), ttl, now).await
 }
 
@@ -548,11 +549,19 @@ pub async fn quotas_count_entries_and_bytes_per_mailbox_and_sender(e: &dyn Engin
     for _ in 0..2 {
         stored(send_quota(e, &alice, "dave", &[8; 10], entries(2), 10, t0()).await);
     }
-    assert!(send_quota(e, &alice, "dave", &[8; 10], entries(2), 10, t0()).await.is_err());
+    assert!(send_quota(e, &alice, "dave", &[8; 10], entries(2), 10, t0())
+        .await
+        .is_err());
     e.purge_expired(t0().plus_secs(11)).await.unwrap();
     stored(send_quota(e, &alice, "dave", &[8; 10], entries(2), 10, t0().plus_secs(11)).await);
     stored(send_quota(e, &alice, "dave", &[8; 10], ttl, 10, t0().plus_secs(11)).await);
-    assert_eq!(e.fetch(&dave.client, 100, t0().plus_secs(11)).await.unwrap().len(), 2);
+    assert_eq!(
+        e.fetch(&dave.client, 100, t0().plus_secs(11))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
 }
 
 pub async fn the_directory_is_paged_and_searched_by_prefix(e: &dyn Engine) {
@@ -560,21 +569,39 @@ pub async fn the_directory_is_paged_and_searched_by_prefix(e: &dyn Engine) {
     for (i, n) in names.iter().enumerate() {
         let a = account(e, n, 10 + i as u8).await;
         if *n != "annie" {
-            commit_op(e, &a, Op::PublishKey { key: [i as u8 + 1; 32] }, 100, true, t0())
-                .await
-                .unwrap();
+            commit_op(
+                e,
+                &a,
+                Op::PublishKey {
+                    key: [i as u8 + 1; 32],
+                },
+                100,
+                true,
+                t0(),
+            )
+            .await
+            .unwrap();
         }
     }
     let ids = |v: Vec<relay_core::Peer>| v.into_iter().map(|p| p.client_id.to_string()).collect::<Vec<_>>();
     // Only published keys are listed; in name order; bounded.
-    assert_eq!(ids(e.peers_page("", None, 100).await.unwrap()), ["amy", "ann", "anna", "bob", "zed"]);
+    assert_eq!(
+        ids(e.peers_page("", None, 100).await.unwrap()),
+        ["amy", "ann", "anna", "bob", "zed"]
+    );
     assert_eq!(ids(e.peers_page("", None, 2).await.unwrap()), ["amy", "ann"]);
     let ann = ClientId::new("ann").unwrap();
-    assert_eq!(ids(e.peers_page("", Some(&ann), 2).await.unwrap()), ["anna", "bob"]);
+    assert_eq!(
+        ids(e.peers_page("", Some(&ann), 2).await.unwrap()),
+        ["anna", "bob"]
+    );
     assert_eq!(ids(e.peers_page("an", None, 10).await.unwrap()), ["ann", "anna"]);
     assert_eq!(ids(e.peers_page("an", Some(&ann), 10).await.unwrap()), ["anna"]);
     let amy = ClientId::new("amy").unwrap();
-    assert_eq!(ids(e.peers_page("ann", Some(&amy), 10).await.unwrap()), ["ann", "anna"]);
+    assert_eq!(
+        ids(e.peers_page("ann", Some(&amy), 10).await.unwrap()),
+        ["ann", "anna"]
+    );
     assert!(e.peers_page("c", None, 10).await.unwrap().is_empty());
     assert_eq!(ids(e.peers_page("zed", None, 10).await.unwrap()), ["zed"]);
     // The unpublished account still exists for exact lookups.
@@ -596,7 +623,11 @@ pub async fn unused_accounts_are_removed_and_their_names_freed(e: &dyn Engine) {
             .unwrap();
     }
     send(e, &busy, "waiting", b"hi").await.unwrap();
-    assert!(e.purge_accounts(t0().plus_secs(99), policy, 100).await.unwrap().is_empty());
+    assert!(e
+        .purge_accounts(t0().plus_secs(99), policy, 100)
+        .await
+        .unwrap()
+        .is_empty());
     let gone = e.purge_accounts(t0().plus_secs(100), policy, 100).await.unwrap();
     assert_eq!(gone, vec![silent.key_id]);
     assert!(e.auth_key(silent.key_id).await.unwrap().is_none());
@@ -604,17 +635,32 @@ pub async fn unused_accounts_are_removed_and_their_names_freed(e: &dyn Engine) {
     assert!(e.peer(&silent.client).await.unwrap().is_none());
     // The name is free for a new key.
     let again = account(e, "silent", 9).await;
-    assert_eq!(e.auth_key(again.key_id).await.unwrap().unwrap().client_id, again.client);
-    commit_op(e, &again, Op::PublishKey { key: [12; 32] }, 21, true, t0()).await.unwrap();
+    assert_eq!(
+        e.auth_key(again.key_id).await.unwrap().unwrap().client_id,
+        again.client
+    );
+    commit_op(e, &again, Op::PublishKey { key: [12; 32] }, 21, true, t0())
+        .await
+        .unwrap();
     // Idle time counts from the last request.
-    commit_op(e, &busy, Op::Touch, 20, false, t0().plus_secs(900)).await.unwrap();
-    commit_op(e, &again, Op::Touch, 22, false, t0().plus_secs(900)).await.unwrap();
+    commit_op(e, &busy, Op::Touch, 20, false, t0().plus_secs(900))
+        .await
+        .unwrap();
+    commit_op(e, &again, Op::Touch, 22, false, t0().plus_secs(900))
+        .await
+        .unwrap();
     let gone = e.purge_accounts(t0().plus_secs(1000), policy, 100).await.unwrap();
     assert_eq!(gone, vec![idle.key_id]);
     assert!(e.peer(&idle.client).await.unwrap().is_none());
     assert!(e.peer(&busy.client).await.unwrap().is_some());
-    assert!(e.peer(&waiting.client).await.unwrap().is_some(), "mail waiting keeps an account");
+    assert!(
+        e.peer(&waiting.client).await.unwrap().is_some(),
+        "mail waiting keeps an account"
+    );
     // Bounded per call.
-    let many = e.purge_accounts(t0().plus_secs(1_000_000), policy, 1).await.unwrap();
+    let many = e
+        .purge_accounts(t0().plus_secs(1_000_000), policy, 1)
+        .await
+        .unwrap();
     assert_eq!(many.len(), 1);
 }

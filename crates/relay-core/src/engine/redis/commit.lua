@@ -1,0 +1,56 @@
+local v = redis.call('HGET', KEYS[1], 'version')
+if not v or v ~= ARGV[1] then return redis.error_reply('CONFLICT') end
+local op = ARGV[3]
+local result
+local stored
+if op == 'send' then
+  if redis.call('EXISTS', KEYS[6]) == 0 then return redis.error_reply('UNKNOWN_PEER') end
+  local len = tonumber(ARGV[16])
+  local refused, empty = admit(KEYS[6], KEYS[7], KEYS[9], ARGV[8], len, {ARGV[12], ARGV[13], ARGV[14], ARGV[15]})
+  if refused then return redis.error_reply(refused) end
+  local seq = redis.call('HINCRBY', KEYS[6], 'next', 1)
+  local entry = '{"seq":' .. seq .. ',"from":' .. cjson.encode(ARGV[8]) .. ',"kind":"message","payload":"' .. ARGV[9] ..
+    '","timestamp_ms":' .. ARGV[10] .. ',"expires_at":' .. ARGV[11] .. '}'
+  redis.call('ZADD', KEYS[7], seq, entry)
+  redis.call('ZADD', KEYS[8], ARGV[11], seq)
+  count_in(KEYS[6], KEYS[9], ARGV[8], len, empty)
+  redis.call('PUBLISH', ARGV[17], ARGV[7])
+  result = {'sent', seq, ARGV[10]}
+  stored = 'sent|' .. seq .. '|' .. ARGV[10]
+elseif op == 'delivered' then
+  result = {'sent', tonumber(ARGV[7]), ARGV[8]}
+  stored = 'sent|' .. ARGV[7] .. '|' .. ARGV[8]
+elseif op == 'ack' then
+  local removed = 0
+  for s in string.gmatch(ARGV[7], '%d+') do
+    removed = removed + remove_entry(KEYS[3], KEYS[4], KEYS[9], s)
+    redis.call('ZREM', KEYS[8], s)
+  end
+  local limit = tonumber(ARGV[8])
+  local entries = {}
+  if limit > 0 then entries = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '+inf', 'LIMIT', 0, limit) end
+  result = {'acked', removed, entries}
+  stored = 'acked|' .. removed .. '|0'
+elseif op == 'publish' then
+  local cur = redis.call('HGET', KEYS[3], 'key')
+  if not cur then return redis.error_reply('UNKNOWN_PEER') end
+  local kv = tonumber(redis.call('HGET', KEYS[3], 'kv'))
+  local changed = 0
+  if cur ~= ARGV[7] then
+    changed = 1
+    kv = kv + 1
+    redis.call('HSET', KEYS[3], 'key', ARGV[7], 'kv', kv)
+  end
+  result = {'published', changed, kv}
+  stored = 'published|' .. changed .. '|' .. kv
+else
+  result = {'done', 0, 0}
+  stored = 'done|0|0'
+end
+if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('HSET', KEYS[3], 'seen', ARGV[4]) end
+redis.call('HSET', KEYS[1], 'data', ARGV[2], 'version', tonumber(ARGV[1]) + 1)
+if ARGV[5] == '1' then
+  redis.call('SET', KEYS[2], stored, 'EX', ARGV[6])
+  redis.call('ZADD', KEYS[5], ARGV[4], KEYS[2])
+end
+return result
