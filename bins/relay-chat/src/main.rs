@@ -124,21 +124,26 @@ async fn run(args: Args) -> Result<(), ClientError> {
                     ));
                 }
             }),
-            (Some("/search"), prefix) => client
-                .search(prefix.unwrap_or(""), None)
-                .await
-                .map(|(found, next)| {
-                    for p in &found {
-                        let fp = p.identity_key.map(|k| k.short_fingerprint()).unwrap_or_default();
-                        say(&format!("found {} key={fp} last_seen={}", p.client_id, p.last_seen));
-                    }
-                    if found.is_empty() {
-                        say("nobody found");
-                    }
-                    if next.is_some() {
-                        say("more match: type more of the name");
-                    }
-                }),
+            (Some("/search"), prefix) => {
+                client
+                    .search(prefix.unwrap_or(""), None)
+                    .await
+                    .map(|(found, next)| {
+                        for p in &found {
+                            let fp = p.identity_key.map(|k| k.short_fingerprint()).unwrap_or_default();
+                            say(&format!(
+                                "found {} key={fp} last_seen={}",
+                                p.client_id, p.last_seen
+                            ));
+                        }
+                        if found.is_empty() {
+                            say("nobody found");
+                        }
+                        if next.is_some() {
+                            say("more match: type more of the name");
+                        }
+                    })
+            }
             (Some("/open"), Some(name)) => {
                 open = Some(name.to_owned());
                 say(&format!("conversation with {name}"));

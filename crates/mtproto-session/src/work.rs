@@ -109,7 +109,10 @@ mod tests {
             .unwrap();
         assert!(!check(&n, &s, 1, &weak));
         assert!(check(&n, &s, 0, &weak));
-        assert!(matches!(solve(&n, &s, MAX_CLIENT_BITS + 1), Err(Error::Limit { .. })));
+        assert!(matches!(
+            solve(&n, &s, MAX_CLIENT_BITS + 1),
+            Err(Error::Limit { .. })
+        ));
     }
 
     #[test]
@@ -119,7 +122,12 @@ mod tests {
             .chain_update(LABEL)
             .chain_update([0u8; 40])
             .finalize();
-        let expected = d.iter().map(|b| b.leading_zeros()).take_while(|z| *z == 8).count() as u32 * 8
+        let expected = d
+            .iter()
+            .map(|b| b.leading_zeros())
+            .take_while(|z| *z == 8)
+            .count() as u32
+            * 8
             + d.iter().find(|b| **b != 0).map_or(0, |b| b.leading_zeros());
         assert_eq!(zero_bits(&[0; 16], &[0; 16], &[0; 8]), expected);
     }
