@@ -169,40 +169,46 @@ pub async fn post(http: &reqwest::Client, url: &str, body: &Value) -> (u16, Valu
 
 impl Raw {
     pub async fn connect(base: &str, name: &str, key: ServerPublicKey) -> Self {
-        let http = reqwest::Client::new();
+        match Self::try_connect(base, name, key, reqwest::Client::new()).await {
+            Ok(raw) => raw,
+            Err((status, body)) => panic!("handshake refused: {status} {body}"),
+        }
+    }
+
+    /// A handshake over `http` (which may, say, bind another source address); the first
+    /// refusal's status and body otherwise.
+    pub async fn try_connect(
+        base: &str,
+        name: &str,
+        key: ServerPublicKey,
+        http: reqwest::Client,
+    ) -> Result<Self, (u16, Value)> {
         let (c, req) = ClientHandshake::start(ServerPin::Key(key), ClientId::new(name).unwrap(), &mut OsRng);
-        let (s, res) = post(
-            &http,
-            &format!("{base}/req_pq"),
-            &serde_json::to_value(&req).unwrap(),
-        )
-        .await;
-        assert_eq!(s, 200, "{res}");
+        let step = |path: &'static str, body: Value| {
+            let http = http.clone();
+            async move {
+                let (s, res) = post(&http, &format!("{base}/{path}"), &body).await;
+                if s == 200 {
+                    Ok(res)
+                } else {
+                    Err((s, res))
+                }
+            }
+        };
+        let res = step("req_pq", serde_json::to_value(&req).unwrap()).await?;
         let (c, req) = c.handle_res_pq(&serde_json::from_value(res).unwrap()).unwrap();
-        let (s, res) = post(
-            &http,
-            &format!("{base}/req_dh_params"),
-            &serde_json::to_value(&req).unwrap(),
-        )
-        .await;
-        assert_eq!(s, 200, "{res}");
+        let res = step("req_dh_params", serde_json::to_value(&req).unwrap()).await?;
         let (c, req) = c
             .handle_server_dh_params(&serde_json::from_value(res).unwrap(), now(), &mut OsRng)
             .unwrap();
-        let (s, res) = post(
-            &http,
-            &format!("{base}/set_client_dh_params"),
-            &serde_json::to_value(&req).unwrap(),
-        )
-        .await;
-        assert_eq!(s, 200, "{res}");
+        let res = step("set_client_dh_params", serde_json::to_value(&req).unwrap()).await?;
         assert!(res.get("auth_key").is_none(), "the auth key must never be sent");
         let session = c.handle_dh_gen_ok(&serde_json::from_value(res).unwrap()).unwrap();
-        Self {
+        Ok(Self {
             http,
             base: base.to_owned(),
             session,
-        }
+        })
     }
 
     pub fn seal(&mut self, call: &Call) -> Vec<u8> {
