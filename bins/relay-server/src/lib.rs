@@ -4,13 +4,14 @@
 #![forbid(unsafe_code)]
 
 use std::future::Future;
-use std::net::TcpListener;
+use std::net::{IpAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{http::StatusCode, web, App, HttpResponse, HttpServer};
+use actix_web::dev::Service as _;
+use actix_web::{http::StatusCode, web, App, HttpResponse};
 use mtproto_crypto::{rand_core::OsRng, ServerSigningKey};
 use relay_core::{
     api::Endpoint,
@@ -21,6 +22,9 @@ use relay_core::{
 use serde::Serialize;
 
 mod assets;
+mod conn;
+
+pub use conn::{client_ip, raise_open_file_limit, BodyTimedOut, ConnLimits, OpenFileLimit};
 
 /// Which storage engine to run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -137,6 +141,36 @@ pub struct Config {
     /// Also serve `POST /echo` (a plain JSON echo, for load-test comparisons).
     #[arg(long, env = "RELAY_ECHO", default_value_t = false)]
     pub echo: bool,
+    // Connections and timeouts (`conn.rs`, docs/deployment.md).
+    /// Seconds a new connection has to send its request head (request line and headers).
+    #[arg(long, env = "RELAY_HEADER_TIMEOUT", default_value_t = conn::DEFAULT_HEADER_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_secs: u64,
+    /// Seconds a request has to send its body, from the end of its head; later: 408.
+    #[arg(long, env = "RELAY_BODY_TIMEOUT", default_value_t = conn::DEFAULT_BODY_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_timeout_secs: u64,
+    /// Seconds an idle kept-alive connection stays open (0: close after each answer).
+    #[arg(long, env = "RELAY_KEEP_ALIVE", default_value_t = conn::DEFAULT_KEEP_ALIVE_SECS)]
+    pub keep_alive_secs: u64,
+    /// Seconds to finish closing a connection (flushing the last answer) before dropping it.
+    #[arg(long, env = "RELAY_DISCONNECT_TIMEOUT", default_value_t = conn::DEFAULT_DISCONNECT_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub disconnect_timeout_secs: u64,
+    /// Most connections open at once from one source (an IPv4 address or an IPv6 /64); more
+    /// are closed at accept. Trusted proxies are exempt.
+    #[arg(long, env = "RELAY_MAX_CONNS_PER_SOURCE", default_value_t = conn::DEFAULT_MAX_CONNS_PER_SOURCE,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_conns_per_source: usize,
+    /// Most connections open at once in all (lowered to fit the open-file limit); more are
+    /// closed at accept.
+    #[arg(long, env = "RELAY_MAX_CONNECTIONS", default_value_t = conn::DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections: usize,
+    /// A reverse proxy's address (repeatable; env: comma-separated): exempt from the
+    /// per-source cap, and its `X-Forwarded-For` names the client.
+    #[arg(long = "trusted-proxy", env = "RELAY_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
 impl Config {
@@ -440,6 +474,8 @@ fn parse<T: serde::de::DeserializeOwned>(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("body over {MAX_BODY_BYTES} bytes"),
             )
+        } else if let Some(late) = conn::body_timed_out(&e) {
+            client_error("request_timeout", StatusCode::REQUEST_TIMEOUT, late.to_string())
         } else {
             client_error("bad_request", StatusCode::BAD_REQUEST, e.to_string())
         }
@@ -463,10 +499,18 @@ fn respond<T: Serialize>(r: Result<T, RelayError>) -> HttpResponse {
 
 type Body = Result<web::Bytes, actix_web::Error>;
 
-/// The address limits count a request against.
+/// The proxies whose `X-Forwarded-For` names the client (`--trusted-proxy`).
+#[derive(Debug, Clone, Default)]
+struct TrustedProxies(Arc<Vec<std::net::IpAddr>>);
+
+/// The address limits count a request against: the peer, or behind a trusted proxy the client
+/// it names ([`client_ip`]).
 fn source_of(req: &actix_web::HttpRequest) -> std::net::IpAddr {
-    req.peer_addr()
-        .map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |a| a.ip())
+    let trusted = req
+        .app_data::<TrustedProxies>()
+        .map(|t| t.0.as_slice())
+        .unwrap_or_default();
+    client_ip(req, trusted).unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
 }
 
 /// Admits an unauthenticated step from the request's source before any work is done on it;
@@ -566,7 +610,7 @@ async fn stats(relay: web::Data<Relay>) -> HttpResponse {
 /// I/O errors from the listener.
 pub async fn serve_stats(relay: Arc<Relay>, listener: TcpListener) -> std::io::Result<()> {
     let data = web::Data::from(relay);
-    HttpServer::new(move || {
+    actix_web::HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
             .route("/stats", web::get().to(stats))
@@ -647,9 +691,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, echo_route: bool) {
     }
 }
 
-/// Serves `relay` on `listener` until `shutdown` completes (or SIGINT/SIGTERM): then stops
-/// accepting, answers every waiting long-poll at once ([`Relay::end_long_polls`]), lets
-/// in-flight requests finish (up to 10 s), and returns.
+/// [`run_with_limits`] with the default [`ConnLimits`].
 ///
 /// # Errors
 /// I/O errors from the listener.
@@ -660,24 +702,45 @@ pub async fn run(
     echo_route: bool,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    run_with_limits(
+        relay,
+        listener,
+        workers,
+        echo_route,
+        ConnLimits::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// Serves `relay` on `listener` within `limits` until `shutdown` completes (or
+/// SIGINT/SIGTERM): then stops accepting, answers every waiting long-poll at once
+/// ([`Relay::end_long_polls`]), lets in-flight requests finish (up to 10 s), and returns.
+///
+/// # Errors
+/// I/O errors from the listener.
+pub async fn run_with_limits(
+    relay: Arc<Relay>,
+    listener: TcpListener,
+    workers: Option<usize>,
+    echo_route: bool,
+    limits: ConnLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let data = web::Data::from(relay.clone());
-    let mut server = HttpServer::new(move || {
+    let body_timeout = limits.body_timeout;
+    let trusted = TrustedProxies(Arc::new(limits.trusted_proxies.clone()));
+    let server = conn::serve(listener, workers, &limits, move || {
         App::new()
             .app_data(data.clone())
+            .app_data(trusted.clone())
             .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
+            .wrap_fn(move |req, srv| srv.call(conn::with_body_deadline(req, body_timeout)))
             .configure(|cfg| routes(cfg, echo_route))
             .default_service(web::to(|| async {
                 client_error("not_found", StatusCode::NOT_FOUND, "no such endpoint".to_owned())
             }))
-    })
-    .shutdown_timeout(10)
-    .disable_signals()
-    .backlog(4096)
-    .max_connections(50_000);
-    if let Some(w) = workers {
-        server = server.workers(w.max(1));
-    }
-    let server = server.listen(listener)?.run();
+    })?;
     let handle = server.handle();
     let purge_relay = relay.clone();
     let purger = tokio::spawn(async move {

@@ -1,11 +1,12 @@
-//! `relay-server`: reads the configuration, sets up logging, binds, prints where it listens, where
-//! its data lives and its key fingerprint, and runs until SIGINT/SIGTERM.
+//! `relay-server`: reads the configuration, sets up logging, raises the open-file limit, binds,
+//! prints where it listens, where its data lives and its key fingerprint, and runs until
+//! SIGINT/SIGTERM.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use relay_server::{build_relay, run, Config, EngineKind};
+use relay_server::{build_relay, raise_open_file_limit, run_with_limits, Config, ConnLimits, EngineKind};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -17,6 +18,26 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let config = Config::parse();
+    let mut limits = ConnLimits::from_config(&config);
+    // Every connection is an open file: take all the system allows, and keep the connection cap
+    // under it.
+    match raise_open_file_limit() {
+        Ok(l) => {
+            if l.now > l.before {
+                tracing::info!("open-file limit raised from {} to {}", l.before, l.now);
+            } else {
+                tracing::info!("open-file limit {} (already the hard limit)", l.now);
+            }
+            if let Some(asked) = limits.fit_open_files(l.now) {
+                tracing::warn!(
+                    "--max-connections {asked} does not fit in {} open files: at most {} connections",
+                    l.now,
+                    limits.max_connections
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     let relay = match build_relay(&config).await {
         Ok(r) => r,
         Err(e) => {
@@ -72,11 +93,12 @@ async fn main() -> ExitCode {
         });
     }
     println!("  web clients: http://{addr}/client_ui.html  http://{addr}/chat_ui_multiuser.html");
-    match run(
+    match run_with_limits(
         relay,
         listener,
         config.workers,
         config.echo,
+        limits,
         std::future::pending(),
     )
     .await

@@ -480,3 +480,64 @@ async fn a_copied_database_lets_no_one_act_as_a_user() {
     alice.base = p.url.clone();
     assert_eq!(alice.call("/peers", &Call::list_peers()).await.0, 200);
 }
+
+/// An HTTP client that says it forwards for `client` (as a reverse proxy would).
+fn forwarding_for(client: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("x-forwarded-for", client.parse().unwrap());
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
+async fn registrations_until_refused(
+    url: &str,
+    key: mtproto_crypto::ServerPublicKey,
+    name: &str,
+    http: &reqwest::Client,
+) -> usize {
+    for i in 0..12 {
+        if Raw::try_connect(url, &format!("{name}{i}"), key, http.clone())
+            .await
+            .is_err()
+        {
+            return i;
+        }
+    }
+    12
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_for_counts_only_from_a_trusted_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    // Untrusted: a forged X-Forwarded-For does not buy a fresh allowance.
+    let p = relay(&dir.path().join("a"), &["--pow-bits", "0"]);
+    let key = fetch_server_key(&p.url).await;
+    let mut total = 0;
+    for who in ["198.51.100.1", "198.51.100.2"] {
+        total += registrations_until_refused(
+            &p.url,
+            key,
+            &format!("f{who}-").replace('.', ""),
+            &forwarding_for(who),
+        )
+        .await;
+    }
+    assert_eq!(total, 10, "the header was believed from an untrusted peer");
+    drop(p);
+    // Behind a trusted proxy each client it names has its own allowance.
+    let p = relay(
+        &dir.path().join("b"),
+        &["--pow-bits", "0", "--trusted-proxy", "127.0.0.1"],
+    );
+    let key = fetch_server_key(&p.url).await;
+    assert_eq!(
+        registrations_until_refused(&p.url, key, "x", &forwarding_for("198.51.100.1")).await,
+        10
+    );
+    assert_eq!(
+        registrations_until_refused(&p.url, key, "y", &forwarding_for("198.51.100.2")).await,
+        10
+    );
+}

@@ -40,6 +40,7 @@ impl Server {
         ];
         args.extend_from_slice(extra);
         let config = relay_server::Config::parse_from(args);
+        let limits = relay_server::ConnLimits::from_config(&config);
         let relay = relay_server::build_relay(&config).await.unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -50,9 +51,16 @@ impl Server {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(relay_server::run(r, listener, Some(2), true, async move {
-                let _ = rx.await;
-            }))
+            rt.block_on(relay_server::run_with_limits(
+                r,
+                listener,
+                Some(2),
+                true,
+                limits,
+                async move {
+                    let _ = rx.await;
+                },
+            ))
         });
         Self {
             url,
