@@ -32,7 +32,8 @@ export async function freePort() {
 
 /**
  * Starts relay-server (by default on an ephemeral loopback port, in a new data directory);
- * resolves when it prints where it listens.
+ * resolves when its banner is complete (the `web clients:` line comes last). With
+ * `--metrics-bind` among `extra`, `metrics` is the operator-only `/stats` URL the banner names.
  */
 export async function startServer(extra = [], { bind = '127.0.0.1:0' } = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'relay-browser-'));
@@ -45,11 +46,23 @@ export async function startServer(extra = [], { bind = '127.0.0.1:0' } = {}) {
     lines.on('line', (l) => {
       const m = l.match(/listening on (http:\/\/\S+)/); if (m) got.url = m[1];
       const f = l.match(/fingerprint ([0-9a-f]{16})/); if (f) got.fingerprint = f[1];
-      if (got.url && got.fingerprint) { clearTimeout(t); res(got); }
+      const s = l.match(/^\s*metrics:\s+(http:\/\/\S+\/stats)/); if (s) got.metrics = s[1];
+      if (/^\s*web clients:/.test(l)) {
+        clearTimeout(t);
+        if (got.url && got.fingerprint) res(got); else rej(new Error(`relay-server banner without its address or fingerprint: ${JSON.stringify(got)}`));
+      }
     });
     proc.on('exit', (c) => rej(new Error(`relay-server exited ${c}`)));
   });
   return { ...info, dir, proc, async stop() { proc.kill('SIGTERM'); await new Promise((r) => proc.once('exit', r)); rmSync(dir, { recursive: true, force: true }); } };
+}
+
+/** The operator-only counters of a server started with `--metrics-bind` (`GET /stats`). */
+export async function stats(server) {
+  if (!server.metrics) throw new Error('this server was started without --metrics-bind');
+  const r = await fetch(server.metrics);
+  if (!r.ok) throw new Error(`/stats answered ${r.status}`);
+  return r.json();
 }
 
 /**

@@ -3,6 +3,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { launchBrowser, startServer, root } from './helpers.mjs';
 
@@ -90,4 +91,55 @@ test('X25519 chat keys agree, low-order keys are refused, pq is factored', async
     return { same: m.hex(k1) === m.hex(k2), len: k1.length, lowOrder, p: p.toString(), q: q.toString() };
   });
   assert.deepEqual(out, { same: true, len: 256, lowOrder: 'peer identity key is a low-order point', p: '1008949199', q: '1455403679' });
+});
+
+/** The spec of the proof of work (crates/mtproto-session/src/work.rs), brute-forced here with
+ * Node's own SHA-256: the smallest big-endian u64 counter with at least `bits` leading zero bits. */
+function smallestWork(nonce, serverNonce, bits) {
+  for (let c = 0n; ; c++) {
+    const pow = Buffer.alloc(8); pow.writeBigUInt64BE(c);
+    const d = createHash('sha256').update('mtproto-relay/pow/v1').update(nonce).update(serverNonce).update(pow).digest();
+    let z = 0;
+    for (const b of d) { if (b === 0) { z += 8; continue; } z += Math.clz32(b) - 24; break; }
+    if (z >= bits) return { hex: pow.toString('hex'), digest: d.toString('hex') };
+  }
+}
+
+test('the proof of work matches the Rust client: known answer, the check, refusal above 24 bits, speed', async () => {
+  const nonce = Buffer.alloc(16, 0x07), serverNonce = Buffer.alloc(16, 0x09);
+  // Known answer for nonce = 16×0x07, server_nonce = 16×0x09, 12 bits: the counter 1780
+  // (0x6f4), digest 000cd18b…, the same as mtproto_session::work::solve (which counts up from 0
+  // the same way) and as this file's brute force below.
+  const KNOWN = '00000000000006f4';
+  const brute = smallestWork(nonce, serverNonce, 12);
+  assert.equal(brute.hex, KNOWN);
+  assert.ok(brute.digest.startsWith('000'), 'the digest has 12 leading zero bits');
+  const out = await page.evaluate(async () => {
+    const m = await import('/js/mtproto.js');
+    const n = new Uint8Array(16).fill(7), s = new Uint8Array(16).fill(9);
+    const r = {};
+    const w = await m.solveWork(n, s, 12);
+    r.found = m.hex(w.powNonce); r.tries = w.tries;
+    r.zero = m.hex(await m.solveWork(n, s, 0).then((x) => x.powNonce));
+    r.digestBits = m.leadingZeroBits(await m.sha256(m.utf8('mtproto-relay/pow/v1'), n, s, w.powNonce));
+    r.lzb = [m.leadingZeroBits(Uint8Array.of(0x80)), m.leadingZeroBits(Uint8Array.of(0, 0x01)), m.leadingZeroBits(Uint8Array.of(0, 0))];
+    try { await m.solveWork(n, s, 25); r.over = 'solved'; } catch (e) { r.over = e.message; }
+    // Speed: 12 bits (the default server's ask) for fresh random nonces.
+    const t0 = performance.now();
+    for (let i = 0; i < 8; i++) await m.solveWork(m.randomBytes(16), m.randomBytes(16), 12);
+    r.msPerSolve = (performance.now() - t0) / 8;
+    r.names = ['Alice', ' BOB ', 'carol.Z-9_'].map(m.canonicalName);
+    try { m.canonicalName('no spaces'); r.badName = 'accepted'; } catch (e) { r.badName = e.message; }
+    return r;
+  });
+  assert.equal(out.found, KNOWN);
+  assert.equal(out.tries, 1781);
+  assert.equal(out.zero, '0000000000000000', 'no work asked: the first counter');
+  assert.ok(out.digestBits >= 12);
+  assert.deepEqual(out.lzb, [0, 15, 16]);
+  assert.match(out.over, /asks for 25 bits of proof of work, more than the 24/);
+  console.log(`# proof of work, 12 bits: ${out.msPerSolve.toFixed(0)} ms per solve in Chromium (mean of 8)`);
+  assert.ok(out.msPerSolve < 1000, `12 bits took ${out.msPerSolve} ms on average`);
+  assert.deepEqual(out.names, ['alice', 'bob', 'carol.z-9_']);
+  assert.match(out.badName, /a name is 1 to 64/);
 });

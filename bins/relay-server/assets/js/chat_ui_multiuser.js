@@ -1,17 +1,20 @@
 // chat_ui_multiuser.html: several users side by side, each with its own keys and session (kept in
 // memory only), showing every handshake step and, for every request and answer, what crosses the
 // wire (msg_id, seq_no, msg_key, ciphertext) beside what it means (plaintext).
-import { RelayClient } from './mtproto.js';
+import { RelayClient, canonicalName, humanError } from './mtproto.js';
 
 const pin = document.querySelector('meta[name=relay-fingerprint]').content;
 document.getElementById('pin').textContent = `pinned server key ${pin}`;
-const users = new Map();
-const STEPS = { req_pq: 'req_pq sent', pq_factored: 'pq factored (proof of work)', dh_params_verified: 'DH params: signature and g_a verified', key_confirmed: 'auth key confirmed (never sent)' };
+const users = new Map(); // name -> client, in the order they connected
+const refreshers = new Map(); // name -> its recipient picker's refresh
+const STEPS = { req_pq: 'req_pq sent', pq_factored: 'pq factored', pow_solved: 'proof of work solved', dh_params_verified: 'DH params: signature and g_a verified', key_confirmed: 'auth key confirmed (never sent)' };
 
 function short(h) { return h.length > 96 ? `${h.slice(0, 96)}… (${h.length / 2} B)` : h; }
 
-async function addUser(name) {
-  if (!name || users.has(name)) return;
+async function addUser(typed) {
+  let name;
+  try { name = canonicalName(typed); } catch { return; }
+  if (users.has(name) || document.querySelector(`.user[data-user="${name}"]`)) return;
   const node = document.getElementById('user-tpl').content.firstElementChild.cloneNode(true);
   node.dataset.user = name;
   node.querySelector('.name').textContent = name;
@@ -25,13 +28,24 @@ async function addUser(name) {
     client = await RelayClient.connect({
       name, pin, persist: false,
       trace: (step, detail) => {
-        const li = document.createElement('li');
+        if (step === 'busy') {
+          const li = document.createElement('li'); li.className = 'busy';
+          li.textContent = `relay busy (rate_limited): retrying in ${detail.seconds} s`;
+          steps.append(li); return;
+        }
+        // The proof of work shows while it runs, then becomes its step.
+        let li = steps.querySelector('li.working');
+        if (step === 'pow_working') {
+          li = document.createElement('li'); li.className = 'working';
+          li.textContent = `proof of work: working… (${detail.bits} bits)`;
+          steps.append(li); return;
+        }
+        if (!(step === 'pow_solved' && li)) { li = document.createElement('li'); steps.append(li); }
         li.className = 'ok'; li.dataset.step = step;
         li.textContent = `${STEPS[step] || step} ${JSON.stringify(detail)}`;
-        steps.append(li);
       },
     });
-  } catch (e) { state.textContent = `failed: ${e.message}`; return; }
+  } catch (e) { state.textContent = `failed: ${humanError(e)}`; return; }
   users.set(name, client);
   state.textContent = 'connected'; node.dataset.connected = 'true';
   node.querySelector('.fp').textContent = `key ${await client.ownFingerprint()}`;
@@ -63,16 +77,32 @@ async function addUser(name) {
     p.textContent = `[${m.from}] ${m.text}`;
     inbox.append(p);
   });
+  client.addEventListener('busy', ({ detail: d }) => { state.textContent = `relay busy: retrying in ${d.seconds} s`; });
   const select = node.querySelector('.peer');
-  // A refresh never changes who the next message goes to: the chosen peer stays chosen.
+  const find = node.querySelector('.find');
+  // Recipients: the bench's own users, plus one page of the directory's names starting with
+  // the prefix typed beside the picker (the relay never lists everyone). A refresh never
+  // changes who the next message goes to: the chosen peer stays chosen, and listed.
   const refresh = async () => {
-    const peers = await client.listPeers();
+    const names = new Set([...users.keys()]);
+    const prefix = find.value.trim().toLowerCase();
+    if (prefix) {
+      try {
+        const { peers, next } = await client.searchPeers(prefix);
+        for (const p of peers) names.add(p.client_id);
+        find.title = next ? `more names start with "${prefix}": type more of the name` : '';
+      } catch (e) { state.textContent = `search failed: ${humanError(e)}`; }
+    }
     const chosen = select.value;
-    select.replaceChildren(...peers.filter((p) => p.client_id !== name).map((p) => new Option(p.client_id, p.client_id)));
-    if (peers.some((p) => p.client_id === chosen)) select.value = chosen;
+    if (chosen) names.add(chosen);
+    names.delete(name);
+    select.replaceChildren(...[...names].sort().map((n) => new Option(n, n)));
+    if (chosen) select.value = chosen;
     select.dataset.refreshes = String(Number(select.dataset.refreshes || 0) + 1);
   };
+  refreshers.set(name, refresh);
   node.querySelector('.refresh').addEventListener('click', refresh);
+  find.addEventListener('keydown', (ev) => { if (ev.key === 'Enter') refresh(); });
   node.querySelector('.verify').addEventListener('click', async () => {
     const fp = await client.fingerprint(select.value);
     const p = document.createElement('pre'); p.className = 'safety'; p.textContent = `${name}↔${select.value}\n${fp}`;
@@ -81,9 +111,10 @@ async function addUser(name) {
   node.querySelector('.send').addEventListener('click', async () => {
     const input = node.querySelector('.text');
     const text = input.value; input.value = '';
-    try { await client.send(select.value, text); } catch (e) { state.textContent = `error: ${e.message}`; }
+    try { await client.send(select.value, text); } catch (e) { state.textContent = `not sent: ${humanError(e, select.value)}`; }
   });
-  await refresh();
+  // Every picker on the bench learns the newcomer (and the newcomer learns everyone).
+  for (const r of refreshers.values()) await r();
   client.run();
 }
 

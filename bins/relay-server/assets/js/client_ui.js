@@ -1,38 +1,104 @@
 // client_ui.html: the everyday client. All crypto happens in mtproto.js (Web Crypto).
-import { RelayClient } from './mtproto.js';
+//
+// People: the contacts (whom this user wrote to, heard from or added; kept with the profile),
+// refreshed with one exact directory lookup, and a prefix search of the directory, a page at a
+// time (the relay never lists everyone). `?search_limit=N` sets the page size (default 20).
+import { RelayClient, canonicalName, humanError, MAX_PEERS_PAGE } from './mtproto.js';
 
 const $ = (id) => document.getElementById(id);
 const pin = document.querySelector('meta[name=relay-fingerprint]').content;
+const SEARCH_LIMIT = Math.min(Math.max(Number(new URLSearchParams(location.search).get('search_limit')) || 20, 1), MAX_PEERS_PAGE);
 let client = null;
 let current = null;
 const convs = new Map(); // peer -> [{dir, text, state, seq}]
 const unread = new Map();
-let peerList = [];
+const info = new Map(); // contact -> its directory entry from the last lookup (with `status`)
+const looked = new Set(); // the names that lookup asked for (a contact asked and absent is gone)
+const search = { prefix: '', next: null, results: [], asked: 0, timer: null };
 
 function showError(msg) { $('error').textContent = msg; $('error').classList.toggle('on', !!msg); }
 function setStatus(text, offline) { $('status').textContent = text; $('status').classList.toggle('offline', !!offline); }
 
+/** Counts `seconds` down in `el`: "the relay is busy, retrying in N s". */
+let countdown = null;
+function showBusy(el, seconds, after) {
+  clearInterval(countdown);
+  let left = seconds;
+  const tick = () => {
+    if (left <= 0) { clearInterval(countdown); el.textContent = after; return; }
+    el.textContent = `the relay is busy, retrying in ${left} s`;
+    left -= 1;
+  };
+  tick();
+  countdown = setInterval(tick, 1000);
+}
+
+const online = (p) => p && p.last_seen && Date.now() / 1000 - p.last_seen < 60;
+
+/** One row of a list: presence dot, name, then `extra` nodes. */
+function row(tag, cls, name, p, extra = []) {
+  const b = document.createElement(tag);
+  b.className = cls; b.dataset.peer = name; b.setAttribute('role', 'listitem'); b.type = 'button';
+  const dot = document.createElement('span');
+  dot.className = 'dot' + (online(p) ? ' online' : '');
+  dot.title = online(p) ? 'online' : 'away';
+  const label = document.createElement('span'); label.textContent = name; label.title = name;
+  b.append(dot, label, ...extra);
+  b.addEventListener('click', () => openConversation(name));
+  return b;
+}
+
 function renderPeers() {
   const box = $('peers');
-  box.replaceChildren();
-  const now = Date.now() / 1000;
-  for (const p of peerList) {
-    if (p.client_id === client.name) continue;
-    const b = document.createElement('button');
-    b.className = 'peer'; b.dataset.peer = p.client_id; b.setAttribute('role', 'listitem');
-    b.setAttribute('aria-current', String(p.client_id === current));
-    const dot = document.createElement('span');
-    dot.className = 'dot' + (now - p.last_seen < 60 ? ' online' : '');
-    dot.title = now - p.last_seen < 60 ? 'online' : 'away';
-    const name = document.createElement('span'); name.textContent = p.client_id;
-    b.append(dot, name);
-    if (p.status === 'changed') { const w = document.createElement('span'); w.className = 'badge-changed'; w.textContent = 'key changed'; b.append(w); }
-    const u = document.createElement('span'); u.className = 'unread'; u.textContent = unread.get(p.client_id) || '';
-    b.append(u);
-    b.addEventListener('click', () => openConversation(p.client_id));
-    box.append(b);
-  }
+  const names = [...client.contacts].sort();
+  box.replaceChildren(...names.map((name) => {
+    const p = info.get(name);
+    const extra = [];
+    if (p && p.status === 'changed') { const w = document.createElement('span'); w.className = 'badge-changed'; w.textContent = 'key changed'; extra.push(w); }
+    const u = document.createElement('span'); u.className = 'unread'; u.textContent = unread.get(name) || '';
+    extra.push(u);
+    const b = row('button', 'peer', name, p, extra);
+    b.setAttribute('aria-current', String(name === current));
+    if (looked.has(name) && !p) { b.classList.add('gone'); b.title = 'not on the relay any more'; }
+    return b;
+  }));
+  $('contacts-empty').hidden = names.length > 0;
 }
+
+function renderSearch() {
+  $('search-box').hidden = !search.prefix;
+  $('search-results').replaceChildren(...search.results.map((p) => {
+    const tag = document.createElement('span'); tag.className = 'tag';
+    tag.textContent = client.contacts.has(p.client_id) ? 'contact' : 'add';
+    return row('button', 'result', p.client_id, p, [tag]);
+  }));
+  $('search-more').hidden = !search.next;
+}
+
+function searchNote(text) { $('search-note').textContent = text; $('search-note').hidden = !text; }
+
+/** A prefix search (`more`: the next page of the same search). */
+async function runSearch(more = false) {
+  const prefix = more ? search.prefix : $('search').value.trim().toLowerCase();
+  if (!more) { search.prefix = prefix; search.next = null; search.results = []; }
+  searchNote('');
+  if (!prefix) { renderSearch(); return; }
+  try { canonicalName(prefix); } catch { renderSearch(); searchNote('Names use only letters, digits, "_", "." and "-".'); return; }
+  const asked = ++search.asked;
+  $('search-more').disabled = true;
+  try {
+    const page = await client.searchPeers(prefix, { after: more ? search.next : null, limit: SEARCH_LIMIT });
+    if (asked !== search.asked) return; // a newer search started meanwhile
+    search.results.push(...page.peers.filter((p) => p.client_id !== client.name));
+    search.next = page.next;
+    renderSearch();
+    if (!search.results.length && !search.next) searchNote(`Nobody's name starts with “${prefix}”.`);
+  } catch (e) {
+    if (asked === search.asked) searchNote(`Search failed: ${humanError(e)}`);
+  } finally { $('search-more').disabled = false; }
+}
+
+function clearSearch() { $('search').value = ''; search.prefix = ''; search.next = null; search.results = []; searchNote(''); renderSearch(); }
 
 function renderMessages() {
   const ul = $('messages');
@@ -43,7 +109,7 @@ function renderMessages() {
     li.dataset.state = m.state || '';
     li.textContent = m.text;
     const s = document.createElement('small');
-    s.textContent = m.dir === 'out' ? m.state : m.note || '';
+    s.textContent = m.dir === 'out' ? (m.reason ? `${m.state}: ${m.reason}` : m.state) : m.note || '';
     if (s.textContent) li.append(s);
     ul.append(li);
   }
@@ -57,23 +123,35 @@ function push(peer, m) {
   if (peer === current) renderMessages(); else renderPeers();
 }
 
-async function refreshPeers() {
-  try { peerList = await client.listPeers(); renderPeers(); } catch (e) { showError(`could not load people: ${e.message}`); }
+/** One exact lookup of every contact: presence, key versions, fingerprints, key changes. */
+async function refreshContacts() {
+  const names = [...client.contacts];
+  try {
+    const found = names.length ? await client.lookupPeers(names) : [];
+    info.clear(); looked.clear();
+    for (const n of names) looked.add(n);
+    for (const p of found) info.set(p.client_id, p);
+    renderPeers();
+  } catch (e) { showError(`could not load your contacts: ${humanError(e)}`); }
 }
 
-async function openConversation(peer) {
+async function openConversation(name) {
+  const peer = canonicalName(name);
   current = peer; unread.delete(peer);
   $('conv-title').textContent = peer;
   for (const id of ['verify', 'text', 'send']) $(id).disabled = false;
+  const added = await client.addContact(peer);
+  if (search.prefix) clearSearch();
   renderPeers(); renderMessages();
-  const p = peerList.find((x) => x.client_id === peer);
+  if (added || !info.has(peer)) await refreshContacts();
+  const p = info.get(peer);
   if (p && p.status === 'changed') await warnKeyChange(peer);
   $('text').focus();
 }
 
 async function warnKeyChange(peer) {
   $('keychange-peer').textContent = peer;
-  const p = peerList.find((x) => x.client_id === peer);
+  const p = info.get(peer);
   $('keychange-fp').textContent = p && p.fingerprint ? `new key ${p.fingerprint}` : '';
   const d = $('keychange-dialog');
   if (!d.open) d.showModal();
@@ -82,7 +160,7 @@ async function warnKeyChange(peer) {
 $('keychange-accept').addEventListener('click', async () => {
   const peer = $('keychange-peer').textContent;
   $('keychange-dialog').close();
-  try { await client.acceptPeerKey(peer); push(peer, { dir: 'system', text: `You accepted ${peer}'s new key. Verify it.` }); await refreshPeers(); } catch (e) { showError(e.message); }
+  try { await client.acceptPeerKey(peer); push(peer, { dir: 'system', text: `You accepted ${peer}'s new key. Verify it.` }); await refreshContacts(); } catch (e) { showError(humanError(e, peer)); }
 });
 $('keychange-cancel').addEventListener('click', () => $('keychange-dialog').close());
 
@@ -91,7 +169,7 @@ $('verify').addEventListener('click', async () => {
     $('verify-peer').textContent = current;
     $('safety-number').textContent = await client.fingerprint(current);
     $('verify-dialog').showModal();
-  } catch (e) { if (e.keyChanged) await warnKeyChange(current); else showError(e.message); }
+  } catch (e) { if (e.keyChanged) await warnKeyChange(current); else showError(humanError(e, current)); }
 });
 $('verify-close').addEventListener('click', () => $('verify-dialog').close());
 $('verify-ok').addEventListener('click', async () => {
@@ -113,28 +191,46 @@ $('composer').addEventListener('submit', async (ev) => {
     m.state = `sent ✓ #${r.mailbox_seq}`; m.seq = client.chats.get(peer).sent - 1;
     showError('');
   } catch (e) {
+    // The reason stays on the message; the banner is for the page's own state.
     m.state = 'not sent';
-    if (e.keyChanged) await warnKeyChange(peer); else showError(`not sent: ${e.message}`);
+    if (e.keyChanged) { m.reason = `${peer}'s key changed`; await warnKeyChange(peer); } else m.reason = humanError(e, peer);
   }
   if (peer === current) renderMessages();
 });
 
+$('search').addEventListener('input', () => { clearTimeout(search.timer); search.timer = setTimeout(() => runSearch(false), 250); });
+$('search-form').addEventListener('submit', (ev) => { ev.preventDefault(); clearTimeout(search.timer); runSearch(false); });
+$('search-more').addEventListener('click', () => runSearch(true));
+
 $('rotate').addEventListener('click', async () => {
-  try { await client.rotateIdentity(); $('own-fp').textContent = `key ${await client.ownFingerprint()}`; } catch (e) { showError(e.message); }
+  try { await client.rotateIdentity(); $('own-fp').textContent = `key ${await client.ownFingerprint()}`; } catch (e) { showError(humanError(e)); }
 });
+
+const STEP_TEXT = {
+  req_pq: 'asking the relay…', pq_factored: 'pq factored', pow_solved: 'proof of work done',
+  dh_params_verified: 'relay signature verified', key_confirmed: 'key confirmed', resumed: 'resumed',
+};
 
 $('connect-view').addEventListener('submit', async (ev) => {
   ev.preventDefault();
-  const name = $('name').value.trim();
+  let name;
+  try { name = canonicalName($('name').value); } catch (e) { showError(e.message); return; }
   $('connect').disabled = true;
   setStatus('handshake…');
+  const log = $('handshake-log');
+  const trace = (step, d) => {
+    if (step === 'busy') { showBusy(log, d.seconds, 'handshake: retrying…'); return; }
+    clearInterval(countdown);
+    log.textContent = step === 'pow_working' ? `handshake: working… (proof of work, ${d.bits} bits)` : `handshake: ${STEP_TEXT[step] || step}`;
+  };
   try {
-    client = await RelayClient.connect({ name, pin, trace: (step) => { $('handshake-log').textContent = `handshake: ${step}`; } });
+    client = await RelayClient.connect({ name, pin, trace });
   } catch (e) {
-    $('connect').disabled = false; setStatus('not connected', true); showError(`could not connect: ${e.message}`); return;
+    clearInterval(countdown);
+    $('connect').disabled = false; setStatus('not connected', true); showError(`could not connect: ${humanError(e)}`); return;
   }
   showError('');
-  setStatus(`connected as ${name}`);
+  setStatus(`connected as ${client.name}`);
   $('own-fp').textContent = `key ${await client.ownFingerprint()}`;
   $('rotate').hidden = false;
   $('connect-view').style.display = 'none';
@@ -142,20 +238,22 @@ $('connect-view').addEventListener('submit', async (ev) => {
   client.addEventListener('message', ({ detail: d }) => {
     const note = d.delivery === 'in_order' ? '' : d.delivery.startsWith('after_gap') ? 'earlier messages missing' : 'arrived late';
     push(d.from, { dir: 'in', text: d.text, note });
-    // Someone new wrote first: list them now rather than at the next periodic refresh.
-    if (!peerList.some((p) => p.client_id === d.from)) refreshPeers();
+    // Someone new wrote first: the client added them to the contacts; look them up now.
+    if (!info.has(d.from)) refreshContacts();
   });
   client.addEventListener('delivered', ({ detail: d }) => {
     for (const m of convs.get(d.from) || []) if (m.dir === 'out' && d.seqs.includes(m.seq)) m.state = 'delivered ✓✓';
     if (d.from === current) renderMessages();
   });
-  client.addEventListener('key_changed', async ({ detail: d }) => { await refreshPeers(); await warnKeyChange(d.peer); });
+  client.addEventListener('key_changed', async ({ detail: d }) => { await refreshContacts(); await warnKeyChange(d.peer); });
   client.addEventListener('rejected', ({ detail: d }) => push(d.from, { dir: 'system', text: `A message claiming to be from ${d.from} was rejected (${d.reason}).` }));
   client.addEventListener('expired', ({ detail: d }) => push(d.to, { dir: 'system', text: `Your message #${d.seq} to ${d.to} expired undelivered.` }));
+  client.addEventListener('busy', ({ detail: d }) => showBusy($('status'), d.seconds, `connected as ${client.name}`));
   client.addEventListener('status', ({ detail: d }) => {
-    if (d.state === 'offline') { setStatus('reconnecting…', true); showError(`relay unreachable — retrying (${d.detail})`); } else { setStatus(`connected as ${name}`); showError(''); }
+    clearInterval(countdown);
+    if (d.state === 'offline') { setStatus('reconnecting…', true); showError(`relay unreachable — retrying (${d.detail})`); } else { setStatus(`connected as ${client.name}`); showError(''); }
   });
-  await refreshPeers();
-  setInterval(refreshPeers, 10000);
+  await refreshContacts();
+  setInterval(refreshContacts, 10000);
   client.run();
 });

@@ -169,6 +169,66 @@ export function factorPq(pq) {
 }
 function minimalBe(n) { let h = n.toString(16); if (h.length % 2) h = '0' + h; return h; }
 
+/**
+ * The canonical form of a name (docs/protocol.md §1, `client_id`): names are case-insensitive and
+ * the relay keeps them in lower case, also inside the key-confirmation transcript. Throws on a
+ * name the relay would refuse.
+ */
+export function canonicalName(name) {
+  const n = String(name).trim().toLowerCase();
+  if (!/^[a-z0-9_.-]{1,64}$/.test(n)) throw new Error('a name is 1 to 64 letters, digits, "_", "." or "-"');
+  return n;
+}
+
+/** The most proof-of-work bits the page agrees to (mtproto_session::work::MAX_CLIENT_BITS). */
+export const MAX_POW_BITS = 24;
+const POW_LABEL = utf8('mtproto-relay/pow/v1');
+const POW_BATCH = 256;
+
+/** Leading zero bits of a digest, from the most significant bit of its first byte. */
+export function leadingZeroBits(d) {
+  let bits = 0;
+  for (const byte of d) {
+    if (byte === 0) { bits += 8; continue; }
+    return bits + Math.clz32(byte) - 24;
+  }
+  return bits;
+}
+
+/**
+ * The handshake's proof of work (crates/mtproto-session/src/work.rs): the first `pow_nonce`,
+ * counting up from 0 as a big-endian u64, such that
+ * SHA-256("mtproto-relay/pow/v1" ‖ nonce(16) ‖ server_nonce(16) ‖ pow_nonce(8)) has at least
+ * `bits` leading zero bits — the same answer as the Rust client's `work::solve`. Web Crypto's
+ * digest is asynchronous, so candidates are hashed `POW_BATCH` at a time. Returns
+ * {powNonce (8 bytes), tries}.
+ */
+export async function solveWork(nonce, serverNonce, bits) {
+  if (!Number.isInteger(bits) || bits < 0) throw new Error(`the relay asked for a malformed proof of work (${bits})`);
+  if (bits > MAX_POW_BITS) {
+    throw new Error(`the relay asks for ${bits} bits of proof of work, more than the ${MAX_POW_BITS} this page agrees to do: it is overloaded or misconfigured; try again later`);
+  }
+  const msg = concat(POW_LABEL, nonce, serverNonce, new Uint8Array(8));
+  const view = new DataView(msg.buffer);
+  const at = msg.length - 8;
+  // Expected 2^bits tries; 2^(bits+8) fail with probability e^-256 (as the Rust client).
+  const tries = 2 ** (bits + 8);
+  for (let base = 0; base < tries; base += POW_BATCH) {
+    const digests = await Promise.all(Array.from({ length: POW_BATCH }, (_, i) => {
+      const m = msg.slice();
+      new DataView(m.buffer).setBigUint64(at, BigInt(base + i), false);
+      return subtle.digest('SHA-256', m);
+    }));
+    for (let i = 0; i < POW_BATCH; i++) {
+      if (leadingZeroBits(new Uint8Array(digests[i])) >= bits) {
+        view.setBigUint64(at, BigInt(base + i), false);
+        return { powNonce: msg.slice(at), tries: base + i + 1 };
+      }
+    }
+  }
+  throw new Error('no proof of work found');
+}
+
 // ---- Server identity, X25519, HKDF, fingerprints ---------------------------------------------
 
 export async function serverFingerprint(pk) { return hex((await sha256(pk)).slice(24, 32)); }
@@ -250,7 +310,31 @@ export class Chat {
 // ---- The session with the relay -----------------------------------------------------------------
 
 export class RelayError extends Error {
-  constructor(status, body) { super(`${body.error || status}: ${body.message || ''}`); this.status = status; this.code = body.error; this.body = body; }
+  constructor(status, body, retryAfter = null) {
+    super(`${body.error || status}: ${body.message || ''}`);
+    this.status = status; this.code = body.error; this.body = body; this.retryAfter = retryAfter;
+  }
+}
+
+/**
+ * What a person should read for an error from the relay or the page (no raw codes). `peer` names
+ * the recipient when the error is about a message.
+ */
+export function humanError(e, peer = 'they') {
+  if (e.human) return e.human;
+  if (!(e instanceof RelayError)) return e.message;
+  switch (e.code) {
+    case 'mailbox_full': return `${peer}'s mailbox is full: they have too many messages waiting. Try again once they have read them.`;
+    case 'sender_quota': return `too many of your messages are already waiting for ${peer}. Try again once they have read some.`;
+    case 'rate_limited': return 'the relay is busy and asked us to wait longer than we can. Try again in a minute.';
+    case 'msg_id_reused': return 'this page made a mistake (a message id was used twice). Reload the page and send again.';
+    case 'payload_too_large': return 'the message is too long.';
+    case 'unknown_peer': return `${peer} is not known to the relay.`;
+    case 'client_id_taken': return 'this name belongs to someone else (another key). Pick another name.';
+    case 'storage_unavailable': case 'busy': return 'the relay cannot store anything right now. Try again shortly.';
+    case 'internal': return 'the relay failed (a bug on its side). Try again later.';
+    default: return e.body.message || e.message;
+  }
 }
 
 async function postJson(base, path, body) {
@@ -260,20 +344,44 @@ async function postJson(base, path, body) {
   } catch (e) { const err = new Error(`relay unreachable: ${e.message}`); err.transport = true; throw err; }
   const text = await r.text();
   let json; try { json = JSON.parse(text); } catch { json = { error: 'http', message: text.slice(0, 200) }; }
-  if (!r.ok) throw new RelayError(r.status, json);
+  if (!r.ok) {
+    const ra = Number.parseInt(r.headers.get('retry-after') || '', 10);
+    throw new RelayError(r.status, json, Number.isFinite(ra) && ra >= 0 ? ra : null);
+  }
   return json;
 }
 
+/** The longest the page waits, in all, on `rate_limited` answers to one request. */
+export const RATE_LIMIT_BUDGET_SECS = 60;
+
 /**
- * postJson, resending the same body while the relay answers 503 (its storage is away, or it is
- * busy): 0.25, 0.5, 1, 2 and 2 s apart, about 6 s in all. Resending an envelope is safe: the
- * relay answers a resent one from its stored outcome and never runs it twice.
+ * postJson, resending the same body:
+ * - while the relay answers 503 (its storage is away, or it is busy): 0.25, 0.5, 1, 2 and 2 s
+ *   apart, about 6 s in all;
+ * - after a 429 `rate_limited`, once its `Retry-After` has passed, up to
+ *   `RATE_LIMIT_BUDGET_SECS` of waiting in all; `onBusy(seconds)` is told before each wait.
+ * Other refusals (429 `mailbox_full`, `sender_quota`) are not retried: waiting a few seconds does
+ * not change them. Resending is safe: a refused handshake step stored nothing, and the relay
+ * answers a resent envelope from its stored outcome and never runs it twice.
  */
-async function postRetrying(base, path, body) {
-  for (let attempt = 0; ; attempt++) {
+async function postRetrying(base, path, body, onBusy = () => {}) {
+  let waited = 0, unavailable = 0;
+  for (;;) {
     try { return await postJson(base, path, body); } catch (e) {
-      if (!(e instanceof RelayError && e.status === 503) || attempt >= 5) throw e;
-      await new Promise((r) => setTimeout(r, Math.min(250 * 2 ** attempt, 2000)));
+      if (e instanceof RelayError && e.status === 429 && e.code === 'rate_limited') {
+        const secs = Math.max(1, e.retryAfter ?? 1);
+        if (waited + secs > RATE_LIMIT_BUDGET_SECS) {
+          e.human = `the relay is busy (too many requests from your network) and asks to wait ${secs} s more; try again later.`;
+          throw e;
+        }
+        onBusy(secs);
+        await new Promise((r) => setTimeout(r, secs * 1000));
+        waited += secs;
+        continue;
+      }
+      if (!(e instanceof RelayError && e.status === 503) || unavailable >= 5) throw e;
+      await new Promise((r) => setTimeout(r, Math.min(250 * 2 ** unavailable, 2000)));
+      unavailable += 1;
     }
   }
 }
@@ -283,16 +391,36 @@ async function postRetrying(base, path, body) {
  * server fingerprint (hex) the page was served with.
  */
 export async function handshake(base, clientId, pin, trace = () => {}) {
+  try { return await handshakeOnce(base, clientId, pin, trace); } catch (e) {
+    // A long wait on a busy relay can outlive the pending handshake (60 s): start once more.
+    if (!(e instanceof RelayError && (e.code === 'handshake_expired' || e.code === 'unknown_handshake'))) throw e;
+    return handshakeOnce(base, clientId, pin, trace);
+  }
+}
+
+async function handshakeOnce(base, name, pin, trace) {
+  // The relay keeps names in lower case, and the key confirmation binds the name it kept.
+  const clientId = canonicalName(name);
+  const onBusy = (seconds) => trace('busy', { seconds });
   const nonce = randomBytes(16);
   trace('req_pq', { nonce: hex(nonce) });
-  const res = await postJson(base, '/req_pq', { nonce: b64(nonce) });
+  const res = await postRetrying(base, '/req_pq', { nonce: b64(nonce) }, onBusy);
   if (!equalBytes(fromB64(res.nonce), nonce)) throw new Error('nonce mismatch');
   if (pin && res.fingerprint !== pin) throw new Error(`untrusted server: ${res.fingerprint} is not the pinned ${pin}`);
   const pq = BigInt('0x' + res.pq);
   const [p, q] = factorPq(pq);
   trace('pq_factored', { pq: pq.toString(), p: p.toString(), q: q.toString() });
   const sn = fromB64(res.server_nonce);
-  const dh = await postJson(base, '/req_dh_params', { nonce: b64(nonce), server_nonce: b64(sn), p: minimalBe(p), q: minimalBe(q) });
+  const step = { nonce: b64(nonce), server_nonce: b64(sn), p: minimalBe(p), q: minimalBe(q) };
+  const bits = res.pow_bits ?? 0;
+  if (bits !== 0) {
+    trace('pow_working', { bits });
+    const started = Date.now();
+    const { powNonce, tries } = await solveWork(nonce, sn, bits);
+    step.pow_nonce = hex(powNonce);
+    trace('pow_solved', { bits, pow_nonce: step.pow_nonce, tries, ms: Date.now() - started });
+  }
+  const dh = await postRetrying(base, '/req_dh_params', step, onBusy);
   if (!equalBytes(fromB64(dh.nonce), nonce) || !equalBytes(fromB64(dh.server_nonce), sn)) throw new Error('nonce mismatch');
   const pk = fromB64(dh.server_public_key);
   if ((await serverFingerprint(pk)) !== res.fingerprint) throw new Error('server key does not match its fingerprint');
@@ -309,7 +437,7 @@ export async function handshake(base, clientId, pin, trace = () => {}) {
   checkDhPublic(gb);
   const authKey = bigToBytes(modPow(ga, exp, P), 256);
   const gbBytes = bigToBytes(gb, 256);
-  const done = await postJson(base, '/set_client_dh_params', { nonce: b64(nonce), server_nonce: b64(sn), g_b: hex(gbBytes), client_id: clientId });
+  const done = await postRetrying(base, '/set_client_dh_params', { nonce: b64(nonce), server_nonce: b64(sn), g_b: hex(gbBytes), client_id: clientId }, onBusy);
   const sessionId = fromB64(done.session_id), salt = fromB64(done.salt);
   const id = utf8(clientId);
   const newNonce = await sha256(utf8('mtproto-relay/key-confirmation/v1'), nonce, sn, gA, gbBytes, Uint8Array.of(id.length), id, sessionId, salt);
@@ -384,7 +512,7 @@ export class Session {
       if (this.beforeSend) await this.beforeSend();
       onWire({ dir: 'out', path, msgId: msgId.toString(), seqNo, msgKey: hex(packet.slice(8, 24)), ciphertext: hex(packet.slice(24)), plaintext: call });
       let res;
-      try { res = await postRetrying(this.base, path, { packet: b64(packet) }); } catch (e) {
+      try { res = await postRetrying(this.base, path, { packet: b64(packet) }, this.onBusy); } catch (e) {
         if (e instanceof RelayError && e.body.notice && (await this.applyNotice(e.body.notice))) continue;
         throw e;
       }
@@ -428,48 +556,65 @@ export async function saveProfile(name, profile) {
 
 // ---- The client: what both pages use ---------------------------------------------------------------
 
+/** Most names in one exact `/peers` lookup (relay_core::api::MAX_LOOKUP_NAMES). */
+export const MAX_LOOKUP_NAMES = 100;
+/** Most entries in one `/peers` page (relay_core::api::MAX_PEERS_PAGE). */
+export const MAX_PEERS_PAGE = 50;
+
 /**
  * A relay client in the page. Events: 'message' {from, text, seq, delivery}, 'key_changed' {peer},
- * 'rejected' {from, reason}, 'expired' {to, seq}, 'wire' (see Session.call), 'status' {state, detail}.
+ * 'rejected' {from, reason}, 'expired' {to, seq}, 'wire' (see Session.call), 'status' {state, detail},
+ * 'busy' {seconds} (the relay answered rate_limited; the request is resent after that wait).
+ *
+ * Names are canonical (lower case) everywhere: `name`, `contacts`, the keys of `chats` and `peers`.
+ * `contacts` are the people this user wrote to, heard from or added; they are kept with the profile.
  */
 export class RelayClient extends EventTarget {
   constructor(base, name, pin, persist) {
     super(); this.base = base; this.name = name; this.pin = pin; this.persist = persist;
-    this.chats = new Map(); this.peers = new Map(); this.toAck = []; this.held = new Set(); this.stopped = false;
+    this.chats = new Map(); this.peers = new Map(); this.contacts = new Set();
+    this.toAck = []; this.held = new Set(); this.stopped = false;
   }
   emit(type, detail) { this.dispatchEvent(new CustomEvent(type, { detail })); }
   async save() {
     if (!this.persist) return;
     const chats = {}; for (const [k, c] of this.chats) chats[k] = c.toJSON();
-    await saveProfile(this.name, { identity: this.identity, session: this.session.toJSON(), chats, peers: Object.fromEntries(this.peers) });
+    await saveProfile(this.name, { identity: this.identity, session: this.session.toJSON(), chats, peers: Object.fromEntries(this.peers),
+      contacts: [...this.contacts] });
   }
   static async connect({ base = '', name, pin, persist = true, trace = () => {} }) {
-    const c = new RelayClient(base, name, pin, persist);
-    const saved = persist ? await loadProfile(name) : null;
+    const c = new RelayClient(base, canonicalName(name), pin, persist);
+    const saved = persist ? await loadProfile(c.name) : null;
     if (saved) {
       c.identity = saved.identity;
       c.session = new Session({ ...saved.session, base });
       for (const [k, v] of Object.entries(saved.chats || {})) c.chats.set(k, new Chat(v));
       for (const [k, v] of Object.entries(saved.peers || {})) c.peers.set(k, v);
+      // Profiles from before contacts existed: everyone they had a key for.
+      for (const k of saved.contacts || [...c.peers.keys(), ...c.chats.keys()]) c.contacts.add(k);
       trace('resumed', { auth_key_id: hex((await sha1(c.session.authKey)).slice(12, 20)) });
     } else {
       c.identity = await generateIdentity();
-      c.session = await handshake(base, name, pin, trace);
+      c.session = await handshake(base, c.name, pin, trace);
     }
     await c.call('/publish_key', { method: 'publish_key', identity_key: b64(c.identity.pub) });
     await c.save();
     return c;
   }
+  attach(session) {
+    session.beforeSend = () => this.save();
+    session.onBusy = (seconds) => this.emit('busy', { seconds });
+    return session;
+  }
   async call(path, call) {
-    this.session.beforeSend = () => this.save();
-    try { return await this.session.call(path, call, (w) => this.emit('wire', w)); } catch (e) {
+    this.attach(this.session);
+    const onWire = (w) => this.emit('wire', w);
+    try { return await this.session.call(path, call, onWire); } catch (e) {
       if (e instanceof RelayError && e.code === 'unknown_auth_key') {
         // The server lost our key (and perhaps all it knew of us): shake hands again and
         // publish the identity key again before retrying, as the Rust client does.
-        this.session = await handshake(this.base, this.name, this.pin);
-        this.session.beforeSend = () => this.save();
+        this.session = this.attach(await handshake(this.base, this.name, this.pin, (step, d) => { if (step === 'busy') this.emit('busy', d); }));
         await this.save();
-        const onWire = (w) => this.emit('wire', w);
         if (call.method !== 'publish_key') {
           await this.session.call('/publish_key', { method: 'publish_key', identity_key: b64(this.identity.pub) }, onWire);
         }
@@ -479,18 +624,50 @@ export class RelayClient extends EventTarget {
     }
   }
   async ownFingerprint() { return identityShortFingerprint(this.identity.pub); }
-  async listPeers() {
-    const { peers } = await this.call('/peers', { method: 'list_peers' });
-    return peers.map((p) => {
-      const known = this.peers.get(p.client_id);
-      const key = p.identity_key ? b64(fromB64(p.identity_key)) : null;
-      const status = !key ? 'no_key' : !known ? 'new' : known.key === key ? 'known' : 'changed';
-      return { ...p, status };
-    });
+  /** A directory entry with `status`: no_key, new, known or changed (against the accepted key). */
+  annotate(p) {
+    const known = this.peers.get(p.client_id);
+    const key = p.identity_key ? b64(fromB64(p.identity_key)) : null;
+    const status = !key ? 'no_key' : !known ? 'new' : known.key === key ? 'known' : 'changed';
+    return { ...p, status };
   }
-  async chatWith(peer) {
+  /** Exact lookup of `names` (any number; asked MAX_LOOKUP_NAMES at a time). Unknown names are absent. */
+  async lookupPeers(names) {
+    const wanted = [...new Set(names.map(canonicalName))];
+    const out = [];
+    for (let i = 0; i < wanted.length; i += MAX_LOOKUP_NAMES) {
+      const { peers } = await this.call('/peers', { method: 'list_peers', names: wanted.slice(i, i + MAX_LOOKUP_NAMES) });
+      out.push(...peers.map((p) => this.annotate(p)));
+    }
+    return out;
+  }
+  /** One directory entry, or null. */
+  async lookupPeer(name) { return (await this.lookupPeers([name]))[0] || null; }
+  /**
+   * One page of the clients whose names start with `prefix`, after `after`: {peers, next};
+   * `next`, when present, continues the listing.
+   */
+  async searchPeers(prefix = '', { after = null, limit = null } = {}) {
+    const call = { method: 'list_peers' };
+    const p = String(prefix).trim().toLowerCase();
+    if (p) call.prefix = canonicalName(p);
+    if (after) call.after = after;
+    if (limit) call.limit = Math.min(limit, MAX_PEERS_PAGE);
+    const { peers, next } = await this.call('/peers', call);
+    return { peers: peers.map((x) => this.annotate(x)), next: next || null };
+  }
+  /** Adds `name` to the contacts (kept with the profile); true if it was new. */
+  async addContact(name) {
+    const n = canonicalName(name);
+    if (n === this.name || this.contacts.has(n)) return false;
+    this.contacts.add(n);
+    await this.save();
+    return true;
+  }
+  async chatWith(name) {
+    const peer = canonicalName(name);
     if (this.chats.has(peer)) return this.chats.get(peer);
-    const p = (await this.listPeers()).find((x) => x.client_id === peer);
+    const p = await this.lookupPeer(peer);
     if (!p || !p.identity_key) throw new Error(`${peer} has no identity key`);
     const known = this.peers.get(peer);
     if (known && known.key !== p.identity_key) {
@@ -500,11 +677,13 @@ export class RelayClient extends EventTarget {
     if (!known) this.peers.set(peer, { key: p.identity_key, version: p.key_version, verified: false });
     const chat = await Chat.create(this.identity, fromB64(p.identity_key));
     this.chats.set(peer, chat);
+    this.contacts.add(peer);
     await this.save();
     return chat;
   }
-  async acceptPeerKey(peer) {
-    const p = (await this.listPeers()).find((x) => x.client_id === peer);
+  async acceptPeerKey(name) {
+    const peer = canonicalName(name);
+    const p = await this.lookupPeer(peer);
     if (!p || !p.identity_key) throw new Error(`${peer} has no identity key`);
     this.peers.set(peer, { key: p.identity_key, version: p.key_version, verified: false });
     this.chats.set(peer, await Chat.create(this.identity, fromB64(p.identity_key)));
@@ -518,11 +697,24 @@ export class RelayClient extends EventTarget {
     await this.save();
   }
   async fingerprint(peer) { return (await this.chatWith(peer)).fingerprint(); }
-  async send(peer, text) {
+  async send(peer, text) { return this.sendBody(canonicalName(peer), utf8(text)); }
+  /** A control message inside the end-to-end layer: 0x00 ‖ JSON (docs/protocol.md §3). */
+  async sendControl(peer, obj) { return this.sendBody(peer, concat(Uint8Array.of(0), utf8(JSON.stringify(obj)))); }
+  async sendBody(peer, body) {
     const chat = await this.chatWith(peer);
-    const sealed = await chat.seal(utf8(text));
+    const sealed = await chat.seal(body);
     await this.save();
-    return this.call('/secure_message', { method: 'send_message', target_peer: peer, payload: b64(sealed.packet) });
+    try {
+      return await this.call('/secure_message', { method: 'send_message', target_peer: peer, payload: b64(sealed.packet) });
+    } catch (e) {
+      // A refusal stored nothing (docs/protocol.md §2, Errors): give the conversation seq back so
+      // the peer sees no gap — unless a later message already took the next one.
+      if (e instanceof RelayError && e.status >= 400 && e.status < 500 && e.code !== 'unknown_auth_key' && chat.sent === sealed.seq + 1) {
+        chat.sent = sealed.seq;
+        await this.save();
+      }
+      throw e;
+    }
   }
   async poll(waitMs) {
     const ack = this.toAck; this.toAck = [];
@@ -539,13 +731,6 @@ export class RelayClient extends EventTarget {
       try { await this.sendControl(peer, { receipt: seqs }); } catch { /* a lost receipt only delays "delivered" */ }
     }
     return answer.messages.length;
-  }
-  /** A control message inside the end-to-end layer: 0x00 ‖ JSON (docs/protocol.md §3). */
-  async sendControl(peer, obj) {
-    const chat = await this.chatWith(peer);
-    const sealed = await chat.seal(concat(Uint8Array.of(0), utf8(JSON.stringify(obj))));
-    await this.save();
-    return this.call('/secure_message', { method: 'send_message', target_peer: peer, payload: b64(sealed.packet) });
   }
   /** Opens one mailbox entry; returns the conversation seq of a message to acknowledge with a receipt. */
   async openEntry(m) {
@@ -566,8 +751,8 @@ export class RelayClient extends EventTarget {
       return r.seq;
     } catch (e) {
       if (e.replay) { this.toAck.push(m.seq); return null; }
-      const changed = (await this.listPeers()).some((p) => p.client_id === m.from && p.status === 'changed');
-      if (changed) { if (!this.held.has(m.seq)) { this.held.add(m.seq); this.emit('key_changed', { peer: m.from }); } return null; }
+      const p = await this.lookupPeer(m.from);
+      if (p && p.status === 'changed') { if (!this.held.has(m.seq)) { this.held.add(m.seq); this.emit('key_changed', { peer: m.from }); } return null; }
       this.toAck.push(m.seq);
       this.emit('rejected', { from: m.from, reason: e.message });
       return null;
