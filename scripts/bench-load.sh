@@ -14,7 +14,7 @@ trap cleanup EXIT
 
 # Every load user comes from this one machine: lift the per-source limits and the quotas that
 # exist to stop one account or address from crowding out the others (docs/security.md).
-one_source_load="--register-burst 1000000 --handshake-burst 1000000 --pending-per-source 1000000 --sender-cap 1000000000 --sender-bytes 1000000000000 --mailbox-bytes 1000000000000"
+one_source_load="--max-conns-per-source 1000000 --account-burst 1000000 --account-rate 1000000 --register-burst 1000000 --handshake-burst 1000000 --pending-per-source 1000000 --sender-cap 1000000000 --sender-bytes 1000000000000 --mailbox-bytes 1000000000000"
 
 start() { # engine port
   RUST_LOG=warn "$bin/relay-server" --engine "$1" --bind "127.0.0.1:$2" --data-dir "$tmp/$1" --echo \

@@ -9,7 +9,7 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 cargo build --release -q -p relay-server -p relay-load
 tmp="$(mktemp -d)"
 RUST_LOG=warn target/release/relay-server --engine "$engine" --bind 127.0.0.1:18095 --data-dir "$tmp" --poll-max-secs 30 \
-  --max-pending-handshakes 100000 --register-burst 1000000 --handshake-burst 1000000 --pending-per-source 1000000 --sender-cap 1000000000 --sender-bytes 1000000000000 --mailbox-bytes 1000000000000 > "$tmp/server.out" 2>&1 &
+  --max-pending-handshakes 100000 --max-conns-per-source 1000000 --account-burst 1000000 --account-rate 1000000 --register-burst 1000000 --handshake-burst 1000000 --pending-per-source 1000000 --sender-cap 1000000000 --sender-bytes 1000000000000 --mailbox-bytes 1000000000000 > "$tmp/server.out" 2>&1 &
 srv=$!
 trap 'kill $srv 2>/dev/null || true; rm -rf "$tmp"' EXIT
 for _ in $(seq 100); do curl -fs http://127.0.0.1:18095/healthz >/dev/null 2>&1 && break; sleep 0.1; done

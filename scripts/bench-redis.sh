@@ -23,7 +23,7 @@ redis_args=(--redis-url redis://127.0.0.1:18379/0)
 node() { # port
   RUST_LOG=warn "$bin/relay-server" --engine redis "${redis_args[@]}" --bind "127.0.0.1:$1" \
     --key-file "$tmp/server_key" --data-dir "$tmp/n$1" --mailbox-cap 1000000 \
-    --metrics-bind "127.0.0.1:$(($1 + 1000))" --register-burst 1000000 --handshake-burst 1000000 --pending-per-source 1000000 --sender-cap 1000000000 --sender-bytes 1000000000000 --mailbox-bytes 1000000000000 >/dev/null 2>&1 &
+    --metrics-bind "127.0.0.1:$(($1 + 1000))" --max-conns-per-source 1000000 --account-burst 1000000 --account-rate 1000000 --register-burst 1000000 --handshake-burst 1000000 --pending-per-source 1000000 --sender-cap 1000000000 --sender-bytes 1000000000000 --mailbox-bytes 1000000000000 >/dev/null 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do curl -fs "http://127.0.0.1:$1/healthz" >/dev/null 2>&1 && return; sleep 0.1; done
   echo "node $1 did not start" >&2; exit 1

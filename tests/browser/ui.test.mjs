@@ -171,7 +171,7 @@ test('the multi-user bench completes three handshakes and shows ciphertext besid
     // (the default relay asks for a proof of work).
     assert.equal(await page.locator(`.user[data-user="${u}"] .steps li`).count(), 5, `${u} handshake steps`);
     assert.ok(await page.locator(`.user[data-user="${u}"] .steps li[data-step="key_confirmed"]`).count());
-    assert.match(await page.locator(`.user[data-user="${u}"] .steps li[data-step="pow_solved"]`).textContent(), /"bits":12,"pow_nonce":"[0-9a-f]{16}"/);
+    assert.match(await page.locator(`.user[data-user="${u}"] .steps li[data-step="pow_solved"]`).textContent(), /"bits":14,"pow_nonce":"[0-9a-f]{16}"/);
   }
   const u1 = page.locator('.user[data-user="u1"]');
   const peers = u1.locator('.peer');

@@ -95,7 +95,9 @@ fn two_people_chat_in_the_terminal() {
     bob.expect("connected as bob");
 
     alice.type_line("/peers");
-    alice.expect("peer bob");
+    alice.expect("no contacts yet");
+    alice.type_line("/search B");
+    alice.expect("found bob");
     alice.type_line("hello before opening");
     alice.expect("open a conversation first");
     alice.type_line("/open bob");
@@ -106,6 +108,10 @@ fn two_people_chat_in_the_terminal() {
     bob.type_line("/open alice");
     bob.type_line("hi alice");
     alice.expect("[bob] hi alice");
+
+    // bob is a contact now.
+    alice.type_line("/peers");
+    alice.expect("peer bob");
 
     // Both see the same fingerprint.
     alice.type_line("/fp bob");

@@ -32,6 +32,10 @@ enum Mode {
     Send,
     Echo,
     Idle,
+    /// `--users` connections from `--flood-source` send `req_pq` as fast as they can while a
+    /// newcomer from `--newcomer-source` does a full handshake once a second; prints the
+    /// newcomer's times and what the flood got.
+    Flood,
 }
 
 #[derive(Parser, Debug)]
@@ -59,6 +63,13 @@ struct Args {
     /// default users send around a ring of this generator's own users.
     #[arg(long)]
     peer_prefix: Option<String>,
+    /// `--mode flood`: the flooder's source address.
+    #[arg(long, default_value = "127.0.0.1")]
+    flood_source: std::net::IpAddr,
+    /// `--mode flood`: the first newcomer's source address; each newcomer comes from the next
+    /// IPv4 address (a new user each time, as from a new machine).
+    #[arg(long, default_value = "127.0.0.2")]
+    newcomer_source: std::net::Ipv4Addr,
 }
 
 fn now() -> UnixTime {
@@ -178,9 +189,9 @@ fn unix_micros() -> u64 {
     now().as_nanos() / 1000
 }
 
-async fn setup(http: &reqwest::Client, args: &Args) -> Result<Vec<Arc<User>>, String> {
+async fn server_key(http: &reqwest::Client, base: &str) -> Result<ServerPublicKey, String> {
     let v: serde_json::Value = http
-        .get(format!("{}/server_key", args.server))
+        .get(format!("{base}/server_key"))
         .send()
         .await
         .map_err(fail)?
@@ -188,7 +199,11 @@ async fn setup(http: &reqwest::Client, args: &Args) -> Result<Vec<Arc<User>>, St
         .await
         .map_err(fail)?;
     let pk: Bytes = serde_json::from_value(v["public_key"].clone()).map_err(fail)?;
-    let key = ServerPublicKey::from_slice(&pk.0).map_err(fail)?;
+    ServerPublicKey::from_slice(&pk.0).map_err(fail)
+}
+
+async fn setup(http: &reqwest::Client, args: &Args) -> Result<Vec<Arc<User>>, String> {
+    let key = server_key(http, &args.server).await?;
     let sem = Arc::new(tokio::sync::Semaphore::new(16));
     let mut tasks = Vec::new();
     for i in 0..args.users {
@@ -442,6 +457,91 @@ async fn idle_mode(http: reqwest::Client, args: Args) -> Result<(), String> {
     Ok(())
 }
 
+async fn flood_mode(args: Args) -> Result<(), String> {
+    let client = |source| {
+        reqwest::Client::builder()
+            .local_address(source)
+            .pool_max_idle_per_host(args.users + 8)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(fail)
+    };
+    let flooder = client(args.flood_source)?;
+    let newcomer_at = |n: u32| {
+        std::net::IpAddr::V4(std::net::Ipv4Addr::from(
+            u32::from(args.newcomer_source).wrapping_add(n),
+        ))
+    };
+    let key = server_key(&client(newcomer_at(0))?, &args.server).await?;
+    let deadline = Instant::now() + Duration::from_secs(args.duration_secs);
+    let counts: Arc<[AtomicU64; 3]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+    let mut tasks = Vec::new();
+    for _ in 0..args.users {
+        let (http, url, counts) = (flooder.clone(), format!("{}/req_pq", args.server), counts.clone());
+        tasks.push(tokio::spawn(async move {
+            let body = serde_json::json!({ "nonce": Bytes(vec![7; 16]) });
+            while Instant::now() < deadline {
+                let slot = match post(&http, &url, &body).await {
+                    Ok((200, _)) => 0,
+                    Ok((429, _)) => 1,
+                    _ => 2,
+                };
+                if let Some(c) = counts.get(slot) {
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let mut times = Vec::new();
+    let mut refused = 0;
+    let mut n = 0u32;
+    while Instant::now() + Duration::from_secs(1) < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let newcomer = client(newcomer_at(n))?;
+        let t = Instant::now();
+        match handshake(&newcomer, &args.server, &format!("{}-new{n}", args.prefix), key).await {
+            Ok(_) => times.push(t.elapsed()),
+            Err(e) => {
+                refused += 1;
+                eprintln!("newcomer refused: {e}");
+            }
+        }
+        n += 1;
+    }
+    for t in tasks {
+        t.await.map_err(fail)?;
+    }
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let load = |i: usize| counts.get(i).map_or(0, |c| c.load(Ordering::Relaxed));
+    let secs = args.duration_secs.max(1);
+    println!(
+        "flood: {} conns from {} for {} s: {} req_pq/s answered 200, {} req_pq/s answered 429, {} other",
+        args.users,
+        args.flood_source,
+        secs,
+        load(0) / secs,
+        load(1) / secs,
+        load(2)
+    );
+    if let (Some(first), Some(last)) = (times.first(), times.last()) {
+        println!(
+            "newcomers from {} on: {} handshakes, median {:.1} ms, max {:.1} ms (min {:.1} ms), {refused} refused",
+            args.newcomer_source,
+            times.len(),
+            ms(times.get(times.len() / 2).copied().unwrap_or_default()),
+            ms(*last),
+            ms(*first),
+        );
+    } else {
+        println!(
+            "newcomers from {} on: no handshake succeeded ({refused} refused)",
+            args.newcomer_source
+        );
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
@@ -461,6 +561,7 @@ async fn main() -> std::process::ExitCode {
         Mode::Send => relay_mode(http, args, false).await,
         Mode::Echo => echo_mode(http, args).await,
         Mode::Idle => idle_mode(http, args).await,
+        Mode::Flood => flood_mode(args).await,
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

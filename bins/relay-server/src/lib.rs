@@ -64,11 +64,21 @@ pub struct Config {
     #[arg(long, env = "RELAY_MAILBOX_BYTES", default_value_t = 64 << 20)]
     pub mailbox_bytes: u64,
     /// Most messages one sender may have waiting in one mailbox.
-    #[arg(long, env = "RELAY_SENDER_CAP", default_value_t = 1_000)]
+    #[arg(long, env = "RELAY_SENDER_CAP", default_value_t = 500)]
     pub sender_cap: usize,
     /// Most payload bytes one sender may have waiting in one mailbox.
-    #[arg(long, env = "RELAY_SENDER_BYTES", default_value_t = 16 << 20)]
+    #[arg(long, env = "RELAY_SENDER_BYTES", default_value_t = 4 << 20)]
     pub sender_bytes: u64,
+    /// Authenticated requests one account may make at once (a poll costs one more per 16
+    /// acknowledgements it carries).
+    #[arg(long, env = "RELAY_ACCOUNT_BURST", default_value_t = 300)]
+    pub account_burst: u32,
+    /// Authenticated requests per second one account may make in the long run.
+    #[arg(long, env = "RELAY_ACCOUNT_RATE", default_value_t = 30.0)]
+    pub account_rate: f64,
+    /// Most acknowledgements in one poll.
+    #[arg(long, env = "RELAY_MAX_ACKS", default_value_t = 1024)]
+    pub max_acks: usize,
     /// Most payload bytes in one poll answer (at least one message is always sent).
     #[arg(long, env = "RELAY_POLL_BYTES", default_value_t = 256 << 10)]
     pub poll_bytes: usize,
@@ -82,7 +92,7 @@ pub struct Config {
     pub idle_account_ttl_secs: u64,
     /// Proof-of-work bits asked of every new handshake (0: none; each bit doubles the
     /// client's expected work).
-    #[arg(long, env = "RELAY_POW_BITS", default_value_t = 12)]
+    #[arg(long, env = "RELAY_POW_BITS", default_value_t = 14)]
     pub pow_bits: u8,
     /// The most proof-of-work bits asked under load (at most 24).
     #[arg(long, env = "RELAY_POW_MAX_BITS", default_value_t = 22)]
@@ -208,6 +218,11 @@ impl Config {
                 ..SourceLimitsConfig::default()
             },
             purge_interval: Duration::from_secs(self.purge_interval_secs.max(1)),
+            account_rate: Rate {
+                burst: self.account_burst,
+                per_sec: self.account_rate,
+            },
+            max_acks: self.max_acks,
             message_ttl_secs: self.message_ttl_secs,
             max_payload: self.max_payload,
             poll_default: poll_max.min(Duration::from_secs(25)),
@@ -245,33 +260,41 @@ pub enum StartError {
 /// # Errors
 /// [`StartError::Io`] when the directory cannot be created or its permissions set.
 pub fn secure_data_dir(dir: &Path) -> Result<(), StartError> {
-    let io = |p: &Path, e: std::io::Error| StartError::Io(format!("{}: {e}", p.display()));
-    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    std::fs::create_dir_all(dir).map_err(|e| io_error(dir, &e))?;
+    narrow_permissions(dir, 0o700)?;
+    for entry in std::fs::read_dir(dir).map_err(|e| io_error(dir, &e))? {
+        let path = entry.map_err(|e| io_error(dir, &e))?.path();
+        if path.is_file() {
+            narrow_permissions(&path, 0o600)?;
+        }
+    }
+    Ok(())
+}
+
+fn io_error(p: &Path, e: &std::io::Error) -> StartError {
+    StartError::Io(format!("{}: {e}", p.display()))
+}
+
+/// Takes every permission beyond `mode` away from `path`, with a warning when there were any.
+fn narrow_permissions(path: &Path, mode: u32) -> Result<(), StartError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let narrow = |p: &Path, mode: u32| -> Result<(), StartError> {
-            let meta = std::fs::metadata(p).map_err(|e| io(p, e))?;
-            let now = meta.permissions().mode() & 0o777;
-            if now & !mode != 0 {
-                tracing::warn!(
-                    path = %p.display(),
-                    was = format!("{now:o}"),
-                    now = format!("{mode:o}"),
-                    "data file was readable by others; narrowed to owner-only"
-                );
-                std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).map_err(|e| io(p, e))?;
-            }
-            Ok(())
-        };
-        narrow(dir, 0o700)?;
-        for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
-            let path = entry.map_err(|e| io(dir, e))?.path();
-            if path.is_file() {
-                narrow(&path, 0o600)?;
-            }
+        let meta = std::fs::metadata(path).map_err(|e| io_error(path, &e))?;
+        let now = meta.permissions().mode() & 0o777;
+        if now & !mode != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                was = format!("{now:o}"),
+                now = format!("{mode:o}"),
+                "data file was readable by others; narrowed to owner-only"
+            );
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| io_error(path, &e))?;
         }
     }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
     Ok(())
 }
 
@@ -282,6 +305,8 @@ pub fn secure_data_dir(dir: &Path) -> Result<(), StartError> {
 pub fn load_or_create_key(path: &Path) -> Result<ServerSigningKey, StartError> {
     match std::fs::read_to_string(path) {
         Ok(text) => {
+            // Whatever the engine: the key file is the one secret that unseals stored keys.
+            narrow_permissions(path, 0o600)?;
             let seed = hex::decode(text.trim())
                 .ok()
                 .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
@@ -410,12 +435,16 @@ pub fn status_of(e: &RelayError) -> StatusCode {
 /// The JSON error response for `e`.
 pub fn error_response(e: &RelayError) -> HttpResponse {
     let status = status_of(e);
-    if let RelayError::Unavailable(why) = e {
+    if matches!(e, RelayError::Busy) {
+        // A flood of new handshakes: one line a second, not one per refusal.
+        let second = unix_second();
+        if BUSY_LOGGED.swap(second, Ordering::Relaxed) != second {
+            tracing::warn!("too many handshakes pending; answering 503 busy");
+        }
+    } else if let RelayError::Unavailable(why) = e {
         // During an outage every request fails the same way: one line a second, with a count.
         let refused = UNAVAILABLE_ANSWERS.fetch_add(1, Ordering::Relaxed) + 1;
-        let second = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let second = unix_second();
         if UNAVAILABLE_LOGGED.swap(second, Ordering::Relaxed) != second {
             tracing::error!(error = %why, refused_since_start = refused, "storage unavailable; answering 503");
         }
@@ -572,6 +601,15 @@ async fn envelope(relay: web::Data<Relay>, endpoint: Endpoint, body: Body) -> Ht
 
 /// Answers refused with 503 `storage_unavailable` since start-up (for `/stats`).
 static UNAVAILABLE_ANSWERS: AtomicU64 = AtomicU64::new(0);
+/// The Unix second in which the last `busy` refusal was logged.
+static BUSY_LOGGED: AtomicU64 = AtomicU64::new(0);
+
+fn unix_second() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Answers refused with 429 `rate_limited` since start-up (for `/stats`).
 static RATE_LIMITED_ANSWERS: AtomicU64 = AtomicU64::new(0);
 /// The Unix second in which the last such refusal was logged.

@@ -92,7 +92,7 @@ async fn a_poisoned_mailbox_still_delivers_everything() {
     let first = bob.poll(vec![], 0).await;
     let some = seqs(&first)[0];
     let mut ack = vec![some];
-    ack.extend(1_000_000..1_008_192u64);
+    ack.extend(1_000_000..1_001_024u64);
     let (s, body, _) = bob
         .call(
             "/poll_messages",
@@ -540,4 +540,64 @@ async fn forwarded_for_counts_only_from_a_trusted_proxy() {
         registrations_until_refused(&p.url, key, "y", &forwarding_for("198.51.100.2")).await,
         10
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_only_polls_is_not_taken_for_idle() {
+    // Was: polls that acknowledge nothing were never committed, so a listener's account was
+    // removed while it polled, and anyone could take its name.
+    let dir = tempfile::tempdir().unwrap();
+    let p = relay(
+        dir.path(),
+        &["--idle-account-ttl-secs", "8", "--purge-interval-secs", "1"],
+    );
+    let key = fetch_server_key(&p.url).await;
+    let mut listener = Raw::connect(&p.url, "listener", key).await;
+    let mut gone = Raw::connect(&p.url, "gone", key).await;
+    publish(&mut listener).await;
+    publish(&mut gone).await;
+    for _ in 0..13 {
+        listener.poll(vec![], 0).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // The account purge ran at least once after both were 8 s old: only the silent one went.
+    let (s, _, _) = gone.call("/peers", &Call::list_peers()).await;
+    assert_eq!(s, 401);
+    let (s, body, _) = listener.call("/peers", &Call::list_peers()).await;
+    assert_eq!(s, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_account_cannot_keep_the_storage_busy() {
+    // Was: polls with 8,192 acknowledgements each, from a few accounts, slowed everyone's
+    // requests to seconds. Now acknowledgements cost tokens from the account's own bucket.
+    let dir = tempfile::tempdir().unwrap();
+    let p = relay(dir.path(), &["--account-burst", "100", "--account-rate", "10"]);
+    let key = fetch_server_key(&p.url).await;
+    let mut mallory = Raw::connect(&p.url, "mallory", key).await;
+    let mut alice = Raw::connect(&p.url, "alice", key).await;
+    Raw::connect(&p.url, "bob", key).await;
+    let mut limited = None;
+    for i in 0..20 {
+        let (s, body, _) = mallory
+            .call(
+                "/poll_messages",
+                &Call::PollMessages {
+                    ack: (1_000_000..1_001_024u64).collect(),
+                    timeout_ms: Some(0),
+                    limit: None,
+                },
+            )
+            .await;
+        if s == 429 {
+            limited = Some((i, body));
+            break;
+        }
+        assert_eq!(s, 200, "{body}");
+    }
+    let (i, body) = limited.expect("the account was never limited");
+    assert_eq!(i, 1, "1,024 acknowledgements cost 65 tokens of 100");
+    assert_eq!(body["error"], "rate_limited");
+    // Other accounts are not affected.
+    assert_eq!(alice.send("bob", b"business as usual").await.0, 200);
 }

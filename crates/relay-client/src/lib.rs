@@ -314,6 +314,9 @@ fn backoff(attempt: usize) -> Duration {
     Duration::from_millis((200u64 << attempt.saturating_sub(1).min(4)).min(2000))
 }
 
+/// Most acknowledgements sent with one poll (the relay's default limit, `--max-acks`).
+const MAX_ACKS_PER_POLL: usize = 1024;
+
 /// The longest the client waits in all for a rate limit (429 `rate_limited`, `Retry-After`)
 /// before it reports the refusal.
 const RATE_LIMIT_PATIENCE: Duration = Duration::from_secs(60);
@@ -841,7 +844,7 @@ impl Client {
     /// # Errors
     /// Transport, protocol and server errors. Undecryptable entries are events, not errors.
     pub async fn poll(&self, wait: Duration) -> Result<Vec<Event>, ClientError> {
-        let ack = std::mem::take(&mut self.state.lock().await.to_ack);
+        let ack = self.acks_for_one_poll().await;
         let call = Call::PollMessages {
             ack: ack.clone(),
             timeout_ms: Some(wait.as_millis() as u64),
@@ -933,12 +936,20 @@ impl Client {
         Ok(Some(event))
     }
 
+    /// The acknowledgements for the next poll: at most the relay's limit, oldest first; the
+    /// rest go with the one after.
+    async fn acks_for_one_poll(&self) -> Vec<u64> {
+        let mut st = self.state.lock().await;
+        let n = st.to_ack.len().min(MAX_ACKS_PER_POLL);
+        st.to_ack.drain(..n).collect()
+    }
+
     /// Acknowledges everything handed out so far without waiting for the next poll.
     ///
     /// # Errors
     /// As [`Client::poll`].
     pub async fn ack(&self) -> Result<(), ClientError> {
-        let ack = std::mem::take(&mut self.state.lock().await.to_ack);
+        let ack = self.acks_for_one_poll().await;
         if ack.is_empty() {
             return Ok(());
         }

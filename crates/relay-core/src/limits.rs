@@ -243,6 +243,62 @@ impl SourceLimits {
     }
 }
 
+/// Per-account limits on authenticated requests: a token bucket per auth key, so that one
+/// account (or a few) cannot keep the storage busy for everyone. A request costs one token,
+/// plus one for every [`ACKS_PER_TOKEN`] acknowledgements it carries.
+#[derive(Debug)]
+pub struct KeyLimits {
+    rate: Rate,
+    keys: Mutex<HashMap<[u8; 8], Bucket>>,
+}
+
+/// Acknowledgements that cost one token beyond the request's own.
+pub const ACKS_PER_TOKEN: usize = 16;
+/// Most auth keys whose buckets are remembered; past it, full buckets are forgotten first.
+const MAX_TRACKED_KEYS: usize = 200_000;
+
+impl KeyLimits {
+    /// Buckets of shape `rate`.
+    pub fn new(rate: Rate) -> Self {
+        Self {
+            rate,
+            keys: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The cost of a request carrying `acks` acknowledgements.
+    pub fn cost(acks: usize) -> u32 {
+        u32::try_from(1 + acks / ACKS_PER_TOKEN).unwrap_or(u32::MAX)
+    }
+
+    /// Takes `cost` tokens from `key`'s bucket, or refuses.
+    ///
+    /// # Errors
+    /// [`RelayError::RateLimited`] with the seconds after which the request can pass.
+    pub fn admit(&self, key: [u8; 8], cost: u32, now: Instant) -> Result<(), RelayError> {
+        let rate = self.rate;
+        let mut map = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_TRACKED_KEYS && !map.contains_key(&key) {
+            map.retain(|_, b| !b.is_full(rate, now));
+        }
+        let b = map.entry(key).or_insert_with(|| Bucket::full(rate, now));
+        b.refill(rate, now);
+        let cost = f64::from(cost).min(f64::from(rate.burst));
+        if b.tokens >= cost {
+            b.tokens -= cost;
+            return Ok(());
+        }
+        let wait = if rate.per_sec <= 0.0 {
+            3600
+        } else {
+            ((cost - b.tokens) / rate.per_sec).ceil().clamp(1.0, 3600.0) as u64
+        };
+        Err(RelayError::RateLimited {
+            retry_after_secs: wait,
+        })
+    }
+}
+
 /// How much proof of work new handshakes must carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorkPolicy {
@@ -259,7 +315,7 @@ pub struct WorkPolicy {
 impl Default for WorkPolicy {
     fn default() -> Self {
         Self {
-            base_bits: 12,
+            base_bits: 14,
             max_bits: 22,
             calm_rate: 50,
         }
@@ -422,6 +478,27 @@ mod tests {
         let later = t + PENDING_LIFETIME + Duration::from_secs(600);
         l.admit(ip("10.0.0.3"), Step::ReqPq, later).unwrap();
         assert!(l.tracked_sources() <= 2);
+    }
+
+    #[test]
+    fn accounts_pay_for_their_requests_and_acks() {
+        let l = KeyLimits::new(Rate {
+            burst: 10,
+            per_sec: 2.0,
+        });
+        let t = Instant::now();
+        assert_eq!(KeyLimits::cost(0), 1);
+        assert_eq!(KeyLimits::cost(100), 7);
+        assert_eq!(KeyLimits::cost(1024), 65);
+        l.admit([1; 8], KeyLimits::cost(100), t).unwrap();
+        l.admit([1; 8], 3, t).unwrap();
+        assert_eq!(
+            l.admit([1; 8], 1, t),
+            Err(RelayError::RateLimited { retry_after_secs: 1 })
+        );
+        // Another account is not affected; a cost above the burst is charged as the burst.
+        l.admit([2; 8], KeyLimits::cost(1024), t).unwrap();
+        l.admit([1; 8], 1, t + Duration::from_secs(1)).unwrap();
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::{
         iso8601, Call, Endpoint, EnvelopeRequest, EnvelopeResponse, PeerInfo, PeersAnswer, PollAnswer,
         PublishAnswer, SendAnswer, MAX_LOOKUP_NAMES, MAX_PEERS_PAGE,
     },
-    limits::{SourceLimits, SourceLimitsConfig, WorkMeter, WorkPolicy},
+    limits::{KeyLimits, Rate, SourceLimits, SourceLimitsConfig, WorkMeter, WorkPolicy},
     seal::StorageSeal,
     AccountExpiry, AuthKeyRecord, Commit, Engine, EngineError, Notifier, Op, Outcome, RelayError, SendQuota,
 };
@@ -48,6 +48,11 @@ pub struct RelayConfig {
     /// Per-source limits on unauthenticated work ([`Relay::sources`]; the HTTP layer applies
     /// them).
     pub sources: SourceLimitsConfig,
+    /// Authenticated requests per account ([`KeyLimits`]: a request is one token, plus one per
+    /// 16 acknowledgements).
+    pub account_rate: Rate,
+    /// Most acknowledgements in one poll (a poll answer holds at most `poll_limit` entries).
+    pub max_acks: usize,
     /// How often the node runs [`Relay::purge`] (and, every tenth time,
     /// [`Relay::purge_accounts`]).
     pub purge_interval: Duration,
@@ -66,7 +71,11 @@ pub struct RelayConfig {
 impl RelayConfig {
     /// The largest payload this relay can accept: one entry must always fit in a poll answer
     /// (base64 inside JSON inside a 1 MiB envelope).
-    pub const MAX_PAYLOAD_LIMIT: usize = 512 << 10;
+    ///
+    /// 256 KiB: the payload crosses HTTP base64-encoded twice (inside the envelope's JSON body,
+    /// then the packet inside the request's JSON), which must stay under the 512 KiB request
+    /// body limit.
+    pub const MAX_PAYLOAD_LIMIT: usize = 256 << 10;
 
     /// Checks that the limits fit together.
     ///
@@ -85,7 +94,9 @@ impl RelayConfig {
                 Self::MAX_PAYLOAD_LIMIT
             ));
         }
-        if self.work.max_bits > mtproto_session::work::MAX_CLIENT_BITS {
+        if self.work.max_bits > mtproto_session::work::MAX_CLIENT_BITS
+            || self.work.base_bits > mtproto_session::work::MAX_CLIENT_BITS
+        {
             return Err(format!(
                 "clients refuse more than {} bits of proof of work",
                 mtproto_session::work::MAX_CLIENT_BITS
@@ -102,8 +113,8 @@ impl Default for RelayConfig {
             quota: SendQuota {
                 mailbox_entries: 10_000,
                 mailbox_bytes: 64 << 20,
-                sender_entries: 1_000,
-                sender_bytes: 16 << 20,
+                sender_entries: 500,
+                sender_bytes: 4 << 20,
             },
             poll_bytes: 256 << 10,
             accounts: AccountExpiry {
@@ -113,6 +124,11 @@ impl Default for RelayConfig {
             work: WorkPolicy::default(),
             sources: SourceLimitsConfig::default(),
             purge_interval: Duration::from_secs(30),
+            account_rate: Rate {
+                burst: 300,
+                per_sec: 30.0,
+            },
+            max_acks: 1024,
             message_ttl_secs: 7 * 24 * 3600,
             max_payload: 64 * 1024,
             poll_default: Duration::from_secs(25),
@@ -192,7 +208,14 @@ pub struct Relay {
     seal: StorageSeal,
     work: WorkMeter,
     sources: SourceLimits,
+    accounts: KeyLimits,
+    /// When each key's last request was committed (unix seconds), so that a client that only
+    /// polls still counts as active for account expiry without a write on every poll.
+    touched: std::sync::Mutex<std::collections::HashMap<[u8; 8], u64>>,
 }
+
+/// A poll that changes nothing is committed anyway (to record last-seen) at most this often.
+const TOUCH_EVERY_SECS: u64 = 12 * 3600;
 
 /// Labels of the sealed records (the associated data of [`StorageSeal`]).
 const SEAL_AUTH_KEY: &[u8] = b"auth_key";
@@ -237,10 +260,13 @@ impl Relay {
         let seal = StorageSeal::derive(&key);
         let work = WorkMeter::new(config.work);
         let sources = SourceLimits::new(config.sources.clone());
+        let accounts = KeyLimits::new(config.account_rate);
         Self {
+            accounts,
             seal,
             work,
             sources,
+            touched: std::sync::Mutex::new(std::collections::HashMap::new()),
             sessions: std::sync::Mutex::new(std::collections::HashMap::new()),
             locks: KeyLocks::default(),
             keys: std::sync::RwLock::new(std::collections::HashMap::new()),
@@ -361,6 +387,26 @@ impl Relay {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&key_id);
+    }
+
+    /// Whether a request of `key_id` at `now` should be committed even if it changes nothing:
+    /// the first on this node, then once every [`TOUCH_EVERY_SECS`] (or a quarter of the idle
+    /// expiry, if shorter): it records last-seen.
+    fn touch_due(&self, key_id: [u8; 8], now: UnixTime) -> bool {
+        let now = now.as_secs();
+        // Often enough that an account that only polls never looks idle.
+        let every = TOUCH_EVERY_SECS.min(self.config.accounts.idle_secs / 4);
+        let mut map = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(&key_id) {
+            Some(at) if now.saturating_sub(*at) < every => false,
+            _ => {
+                if map.len() >= KEY_CACHE_MAX {
+                    map.clear();
+                }
+                map.insert(key_id, now);
+                true
+            }
+        }
     }
 
     fn handshake(&self) -> ServerHandshake<'_> {
@@ -492,6 +538,15 @@ impl Relay {
         if req.seq_no.is_some_and(|s| s != env.seq_no) {
             return Err(RelayError::FieldMismatch("seq_no"));
         }
+        // Charged once the envelope proved who sent it (a forged one cannot drain a victim's
+        // bucket), before any storage work.
+        let call = self.parse_call(endpoint, req, &env.body)?;
+        let acks = match &call {
+            Call::PollMessages { ack, .. } => ack.len(),
+            _ => 0,
+        };
+        self.accounts
+            .admit(key_id, KeyLimits::cost(acks), std::time::Instant::now())?;
         let lock = self.locks.get(key_id);
         for attempt in 0..COMMIT_ATTEMPTS {
             if attempt > 0 {
@@ -539,10 +594,9 @@ impl Relay {
                 }
                 Err(e) => return Err(e.into()),
             };
-            let call = self.parse_call(endpoint, req, &incoming.body)?;
             let (op, keep_outcome) = self.op_for(&call)?;
             let responder = session.responder();
-            if matches!(&op, Op::Ack { seqs } if seqs.is_empty()) {
+            if matches!(&op, Op::Ack { seqs } if seqs.is_empty()) && !self.touch_due(key_id, now) {
                 // A poll that acknowledges nothing changes nothing: it is checked like every
                 // request but not committed (docs/protocol.md, "Reads are not committed").
                 drop(guard);
@@ -667,10 +721,10 @@ impl Relay {
                 (op, true)
             }
             Call::PollMessages { ack, .. } => {
-                if ack.len() > 8192 {
+                if ack.len() > self.config.max_acks {
                     return Err(RelayError::InvalidField {
                         field: "ack".into(),
-                        reason: "at most 8192 ids".into(),
+                        reason: format!("at most {} ids", self.config.max_acks),
                     });
                 }
                 (Op::Ack { seqs: ack.clone() }, false)

@@ -717,9 +717,10 @@ export class RelayClient extends EventTarget {
     }
   }
   async poll(waitMs) {
-    const ack = this.toAck; this.toAck = [];
+    // At most the relay's limit (--max-acks, 1024) per poll; the rest go with the next one.
+    const ack = this.toAck.splice(0, 1024);
     let answer;
-    try { answer = await this.call('/poll_messages', { method: 'poll_messages', ack, timeout_ms: waitMs }); } catch (e) { this.toAck.push(...ack); throw e; }
+    try { answer = await this.call('/poll_messages', { method: 'poll_messages', ack, timeout_ms: waitMs }); } catch (e) { this.toAck.unshift(...ack); throw e; }
     const receipts = new Map();
     for (const m of answer.messages) {
       if (m.kind === 'expired') { this.emit('expired', { to: m.to, seq: m.message_seq }); this.toAck.push(m.seq); continue; }
