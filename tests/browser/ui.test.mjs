@@ -220,7 +220,8 @@ test('after the server loses its data, open pages shake hands again, republish k
     for (const page of [frank, grace]) {
       await until(async () => (await page.textContent('#status')).includes('reconnecting'), 'the page to notice the server is gone');
     }
-    lost = await startServer(keyArgs, { bind: `127.0.0.1:${port}` });
+    // The operator says so: without --start-fresh the relay refuses to start on lost data.
+    lost = await startServer([...keyArgs, '--start-fresh'], { bind: `127.0.0.1:${port}` });
     // Each page's poll meets unknown_auth_key, shakes hands again and publishes its key again.
     for (const [page, name] of [[frank, 'frank'], [grace, 'grace']]) {
       await until(async () => (await page.textContent('#status')) === `connected as ${name}`, `${name} to reconnect`, 30000);

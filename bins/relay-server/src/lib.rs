@@ -123,6 +123,11 @@ pub struct Config {
     /// public network.
     #[arg(long, env = "RELAY_METRICS_BIND")]
     pub metrics_bind: Option<String>,
+    /// Start even though the server key exists and the database is missing or empty (its data
+    /// was lost): begin with an empty store. Clients must register again; undelivered messages
+    /// are gone.
+    #[arg(long, env = "RELAY_START_FRESH", default_value_t = false)]
+    pub start_fresh: bool,
     /// Message time to live, seconds.
     #[arg(long, env = "RELAY_MESSAGE_TTL", default_value_t = 7 * 24 * 3600)]
     pub message_ttl_secs: u64,
@@ -251,6 +256,9 @@ pub enum StartError {
     /// The limits given do not fit together.
     #[error("configuration: {0}")]
     Config(String),
+    /// The database is gone while its server key remains.
+    #[error("{0}")]
+    DataLost(String),
 }
 
 /// Makes `dir` (created if missing) and the files in it readable by the owner only: 0700 for
@@ -342,6 +350,34 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// Refuses a database that is missing or empty while the server key was already there: the
+/// store this key served was lost, and starting empty would silently drop every account and
+/// waiting message. `--start-fresh` says to go on anyway.
+///
+/// # Errors
+/// [`StartError::DataLost`].
+pub fn check_database(db: &Path, key_existed: bool, start_fresh: bool) -> Result<(), StartError> {
+    let state = match std::fs::metadata(db) {
+        Ok(m) if m.len() > 0 => return Ok(()),
+        Ok(_) => "is empty",
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "is missing",
+        Err(e) => return Err(io_error(db, &e)),
+    };
+    if !key_existed {
+        return Ok(()); // a first start
+    }
+    if start_fresh {
+        tracing::warn!(path = %db.display(), "the database {state}; starting with an empty store (--start-fresh)");
+        return Ok(());
+    }
+    Err(StartError::DataLost(format!(
+        "{} {state}, but the server key beside it exists: this relay's data was lost or moved. \
+         Restore the database from a backup, or start with --start-fresh to begin with an empty \
+         store (every client must register again; undelivered messages are gone).",
+        db.display()
+    )))
+}
+
 /// Opens the configured engine.
 ///
 /// # Errors
@@ -393,7 +429,11 @@ pub async fn open_engine(config: &Config) -> Result<Arc<dyn Engine>, StartError>
 /// [`StartError`] from the key file or the engine.
 pub async fn build_relay(config: &Config) -> Result<Arc<Relay>, StartError> {
     config.relay_config().validate().map_err(StartError::Config)?;
+    let key_existed = config.key_path().exists();
     let key = load_or_create_key(&config.key_path())?;
+    if config.engine == EngineKind::Sqlite {
+        check_database(&config.data_dir.join("relay.db"), key_existed, config.start_fresh)?;
+    }
     let engine = open_engine(config).await?;
     Ok(Arc::new(Relay::new(engine, key, config.relay_config())))
 }

@@ -318,6 +318,9 @@ async fn unused_accounts_are_removed_and_their_names_freed() {
             "1",
             "--purge-interval-secs",
             "1",
+            // Retrying the name below is a registration attempt each time.
+            "--register-burst",
+            "100",
         ],
     );
     let key = fetch_server_key(&p.url).await;
@@ -325,8 +328,9 @@ async fn unused_accounts_are_removed_and_their_names_freed() {
     let mut kept = Raw::connect(&p.url, "kept", key).await;
     publish(&mut kept).await;
     let mut freed = None;
-    for _ in 0..60 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    // Accounts are purged every tenth housekeeping run: within about 11 s here.
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
         match Raw::try_connect(&p.url, "wanted", key, reqwest::Client::new()).await {
             Ok(raw) => {
                 freed = Some(raw);

@@ -175,7 +175,7 @@ impl Framing {
         padding: &[u8],
     ) -> Result<Vec<u8>> {
         self.check_payload(payload)?;
-        if !(MIN_PADDING..=MAX_PADDING).contains(&padding.len()) || (payload.len() + padding.len()) % 16 != 0
+        if !(MIN_PADDING..=MAX_PADDING).contains(&padding.len()) || !(payload.len() + padding.len()).is_multiple_of(16)
         {
             return Err(Error::LengthOutOfRange {
                 what: "padding",
@@ -235,7 +235,7 @@ impl Framing {
         packet: &mut [u8],
     ) -> Result<Range<usize>> {
         let n = packet.len();
-        if n < OUTER_HEADER_LEN + 16 || (n - OUTER_HEADER_LEN) % 16 != 0 {
+        if n < OUTER_HEADER_LEN + 16 || !(n - OUTER_HEADER_LEN).is_multiple_of(16) {
             return Err(Error::Decrypt);
         }
         let Some((head, body)) = packet.split_first_chunk_mut::<OUTER_HEADER_LEN>() else {

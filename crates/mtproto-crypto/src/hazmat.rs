@@ -19,7 +19,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 use crate::{Error, Result};
 
 fn check_blocks(buf: &[u8]) -> Result<()> {
-    if buf.len() % 16 == 0 {
+    if buf.len().is_multiple_of(16) {
         Ok(())
     } else {
         Err(Error::NotBlockAligned { got: buf.len() })

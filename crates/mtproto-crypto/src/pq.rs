@@ -29,7 +29,7 @@ pub fn is_prime_u64(n: u64) -> bool {
         return false;
     }
     for p in BASES {
-        if n % p == 0 {
+        if n.is_multiple_of(p) {
             return n == p;
         }
     }
@@ -111,7 +111,7 @@ fn brent(n: u64, c: u64, budget: u64) -> Option<u64> {
 /// # Errors
 /// [`Error::BadPq`] unless `pq` is the product of two distinct primes below 2^32.
 pub fn factor_pq(pq: u64) -> Result<(u32, u32)> {
-    if pq < 6 || pq % 2 == 0 || is_prime_u64(pq) {
+    if pq < 6 || pq.is_multiple_of(2) || is_prime_u64(pq) {
         return Err(Error::BadPq);
     }
     for c in 1..=16 {

@@ -50,7 +50,7 @@ impl MsgId {
     /// Code 18 (low bits), 16 (too old) or 17 (too far ahead).
     pub fn validate(self, from: Sender, now: UnixTime) -> core::result::Result<(), BadMsgCode> {
         let bits_ok = match from {
-            Sender::Client => self.0 % 4 == 0,
+            Sender::Client => self.0.is_multiple_of(4),
             Sender::Server { .. } => self.0 % 4 == 1 || self.0 % 4 == 3,
         };
         if !bits_ok || self.0 & 0xffff_ffff == 0 {

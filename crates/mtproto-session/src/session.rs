@@ -300,7 +300,7 @@ impl ServerSession {
             bad_msg_id: env.msg_id.0,
             bad_msg_seqno: env.seq_no,
         };
-        if env.msg_id.0 % 4 != 0 {
+        if !env.msg_id.0.is_multiple_of(4) {
             return Err(bad(BadMsgCode::MsgIdBadLowBits));
         }
         if self.seen.contains(env.msg_id) {
@@ -416,6 +416,58 @@ impl Responder {
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Result<Outgoing> {
         self.encode(key, body, true, now, rng)
+    }
+
+    /// Seals the answer to the request `request` with msg_id `request | 1`: unique per
+    /// request (the session refuses a request msg_id twice), whatever the concurrency —
+    /// responders copied from one stored session, on one node or several, never hand out the
+    /// same id, as drawing from copies of one generator can.
+    ///
+    /// ```
+    /// # use mtproto_crypto::{rand_core::OsRng, AuthKey};
+    /// # use mtproto_session::{MsgId, ServerSalt, ServerSession, SessionId, UnixTime};
+    /// let now = UnixTime::from_secs(1_800_000_000);
+    /// let session = ServerSession::new(SessionId([1; 8]), ServerSalt([2; 8]), now);
+    /// let key = AuthKey::from_slice(&[7; 256]).unwrap();
+    /// let (mut a, mut b) = (session.responder(), session.responder());
+    /// let x = a.encode_response_to(&key, b"{}", MsgId((now.as_secs() << 32) | 4), now, &mut OsRng)?;
+    /// let y = b.encode_response_to(&key, b"{}", MsgId((now.as_secs() << 32) | 8), now, &mut OsRng)?;
+    /// assert_ne!(x.msg_id, y.msg_id);
+    /// assert_eq!(x.msg_id.0 % 4, 1);
+    /// # Ok::<(), mtproto_session::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Limit`] for a body over [`MAX_BODY`].
+    pub fn encode_response_to(
+        &mut self,
+        key: &AuthKey,
+        body: &[u8],
+        request: MsgId,
+        now: UnixTime,
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Result<Outgoing> {
+        let salt = self.salts.current(now).unwrap_or(ServerSalt([0; 8]));
+        // A request's msg_id is ≡ 0 mod 4 (checked on accept); | 1 makes it a response's.
+        let msg_id = MsgId((request.0 & !3) | 1);
+        let seq_no = self.seq.next(true);
+        let packet = seal(
+            key,
+            Direction::ServerToClient,
+            Header {
+                salt,
+                session_id: self.session_id,
+                msg_id,
+                seq_no,
+            },
+            body,
+            rng,
+        )?;
+        Ok(Outgoing {
+            msg_id,
+            seq_no,
+            packet,
+        })
     }
 
     /// Seals a body: msg_id ≡ 1 mod 4 and an odd seq_no for a response, ≡ 3 and even otherwise.

@@ -839,7 +839,13 @@ impl Relay {
             _ => return Err(RelayError::Internal("outcome does not match the call".into())),
         };
         let out = responder
-            .encode_response(key, &body, self.clock.now(), &mut OsRng)
+            .encode_response_to(
+                key,
+                &body,
+                mtproto_session::MsgId(msg_id),
+                self.clock.now(),
+                &mut OsRng,
+            )
             .map_err(|e| RelayError::Internal(e.to_string()))?;
         Ok(EnvelopeResponse {
             packet: Bytes(out.packet),

@@ -53,7 +53,41 @@ const MAX_BATCH: usize = 512;
 pub struct SqliteEngine {
     jobs: mpsc::Sender<Job>,
     counters: Arc<Counters>,
+    /// The last write probe of [`Engine::health`]: when, and what it found.
+    probe: std::sync::Mutex<Option<(std::time::Instant, Result<(), EngineError>)>>,
+    /// `relay.lock` beside the database, locked for as long as this engine lives.
+    _lock: std::fs::File,
 }
+
+/// Takes the lock file beside the database: a second process (or engine) on the same database
+/// is refused — two writers would fight, and one's wake-ups would not reach the other's
+/// long-polls.
+fn lock_beside(db: &Path) -> Result<std::fs::File, EngineError> {
+    let path = db.with_file_name("relay.lock");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let file = opts
+        .open(&path)
+        .map_err(|e| EngineError::Storage(format!("{}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(EngineError::Storage(format!(
+            "another relay-server is using {} (it holds {}); stop it first",
+            db.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(EngineError::Storage(format!("{}: {e}", path.display()))),
+    }
+}
+
+/// How long a write probe's result stands (so that `/healthz`, which anyone may call, costs at
+/// most one small write and fsync a second).
+const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What the writer and the syncer have done, for `/healthz` and tests.
 #[derive(Default)]
@@ -149,6 +183,7 @@ CREATE TABLE outcomes (msg_id INTEGER NOT NULL, key_id BLOB NOT NULL, data TEXT 
 const SCHEMA_V3_TABLES: &str = "
 CREATE TABLE senders (recipient TEXT NOT NULL, sender TEXT NOT NULL, count INTEGER NOT NULL,
     bytes INTEGER NOT NULL, PRIMARY KEY (recipient, sender)) WITHOUT ROWID;
+CREATE TABLE health (id INTEGER PRIMARY KEY, at INTEGER NOT NULL);
 ";
 
 /// From version 2: the byte count beside the entry count, the per-sender table filled from the
@@ -206,6 +241,7 @@ impl SqliteEngine {
     /// # Errors
     /// [`EngineError::Storage`] when the file cannot be opened or the schema created.
     pub fn open(path: &Path) -> Result<Self, EngineError> {
+        let lock = lock_beside(path)?;
         let conn = Connection::open(path).map_err(storage)?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
@@ -252,7 +288,12 @@ impl SqliteEngine {
             .name("sqlite-writer".into())
             .spawn(move || writer(conn, rx, sync_tx, &c))
             .map_err(storage)?;
-        Ok(Self { jobs: tx, counters })
+        Ok(Self {
+            jobs: tx,
+            counters,
+            probe: std::sync::Mutex::new(None),
+            _lock: lock,
+        })
     }
 
     /// Runs `f` inside the next batch's transaction and answers after its commit.
@@ -761,13 +802,35 @@ impl Engine for SqliteEngine {
         }))
     }
 
+    /// Fails after a failed fsync (for good), or when a real write — one row, committed and
+    /// made durable like a request's — fails now (disk full, read-only filesystem, a damaged
+    /// file). The write runs at most once a second; calls in between get its result.
     async fn health(&self) -> Result<(), EngineError> {
         if self.counters.failed.load(Ordering::Acquire) {
             return Err(EngineError::Storage(
                 "an fsync of the WAL failed; restart the relay".into(),
             ));
         }
-        Ok(())
+        if let Some((at, result)) = self.probe.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            if at.elapsed() < PROBE_EVERY {
+                return result.clone();
+            }
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let result = self
+            .call(move |c| {
+                c.prepare_cached("INSERT OR REPLACE INTO health (id, at) VALUES (1, ?1)")
+                    .map_err(storage)?
+                    .execute(params![as_i64(now)])
+                    .map_err(storage)?;
+                Ok(())
+            })
+            .await;
+        *self.probe.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((std::time::Instant::now(), result.clone()));
+        result
     }
 
     async fn put_pending(
