@@ -568,6 +568,22 @@ fn respond<T: Serialize>(r: Result<T, RelayError>) -> HttpResponse {
 
 type Body = Result<web::Bytes, actix_web::Error>;
 
+/// Counts a request as in flight until its answer is ready (for the shutdown's drain).
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl InFlight {
+    fn enter(counter: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The proxies whose `X-Forwarded-For` names the client (`--trusted-proxy`).
 #[derive(Debug, Clone, Default)]
 struct TrustedProxies(Arc<Vec<std::net::IpAddr>>);
@@ -808,12 +824,25 @@ pub async fn run_with_limits(
     let data = web::Data::from(relay.clone());
     let body_timeout = limits.body_timeout;
     let trusted = TrustedProxies(Arc::new(limits.trusted_proxies.clone()));
+    let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let draining = in_flight.clone();
     let server = conn::serve(listener, workers, &limits, move || {
         App::new()
             .app_data(data.clone())
             .app_data(trusted.clone())
             .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
-            .wrap_fn(move |req, srv| srv.call(conn::with_body_deadline(req, body_timeout)))
+            .wrap_fn({
+                let in_flight = in_flight.clone();
+                move |req, srv| {
+                    let counted = InFlight::enter(&in_flight);
+                    let answer = srv.call(conn::with_body_deadline(req, body_timeout));
+                    async move {
+                        let answer = answer.await;
+                        drop(counted);
+                        answer
+                    }
+                }
+            })
             .configure(|cfg| routes(cfg, echo_route))
             .default_service(web::to(|| async {
                 client_error("not_found", StatusCode::NOT_FOUND, "no such endpoint".to_owned())
@@ -842,8 +871,17 @@ pub async fn run_with_limits(
             () = termination_signal() => {}
         }
         tracing::info!("stopping: no new connections, long-polls answered now, in-flight requests finish");
+        handle.pause().await;
         stopping.end_long_polls();
-        handle.stop(true).await;
+        // actix's graceful stop looks at its connections once a second; we know when the last
+        // request was answered, so wait for that (at most the 10 s grace), give the answer a
+        // moment to leave, then close what is left (idle kept-alive connections).
+        let grace = std::time::Instant::now() + Duration::from_secs(10);
+        while draining.load(Ordering::Acquire) > 0 && std::time::Instant::now() < grace {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        handle.stop(false).await;
     });
     let result = server.await;
     purger.abort();
