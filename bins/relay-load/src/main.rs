@@ -321,7 +321,10 @@ async fn relay_mode(http: reqwest::Client, args: Args, poll: bool) -> Result<(),
                         let now = unix_micros();
                         let mut lat = Vec::new();
                         for m in v["messages"].as_array().into_iter().flatten() {
-                            ack.push(m["seq"].as_u64().unwrap_or(0));
+                            ack.push(relay_core::AckRef::new(
+                                m["seq"].as_u64().unwrap_or(0),
+                                m["timestamp_ms"].as_u64().unwrap_or(0),
+                            ));
                             let p: Bytes = serde_json::from_value(m["payload"].clone()).map_err(fail)?;
                             let ts =
                                 p.0.get(..8)

@@ -97,7 +97,7 @@ async fn a_poisoned_mailbox_still_delivers_everything() {
         .call(
             "/poll_messages",
             &Call::PollMessages {
-                ack,
+                ack: ack.into_iter().map(relay_core::AckRef::from).collect(),
                 timeout_ms: Some(0),
                 limit: None,
             },
@@ -587,7 +587,7 @@ async fn one_account_cannot_keep_the_storage_busy() {
             .call(
                 "/poll_messages",
                 &Call::PollMessages {
-                    ack: (1_000_000..1_001_024u64).collect(),
+                    ack: (1_000_000..1_001_024u64).map(relay_core::AckRef::from).collect(),
                     timeout_ms: Some(0),
                     limit: None,
                 },

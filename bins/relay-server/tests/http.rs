@@ -358,7 +358,7 @@ async fn a_resent_long_poll_does_not_block_the_clients_other_requests() {
     // waits in the relay for up to 20 s.
     // It carries an ack, so it is committed and its resend is a duplicate.
     let packet = alice.seal(&Call::PollMessages {
-        ack: vec![999_999],
+        ack: vec![relay_core::AckRef::from(999_999)],
         timeout_ms: Some(20_000),
         limit: None,
     });

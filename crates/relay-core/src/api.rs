@@ -86,9 +86,10 @@ pub enum Call {
     },
     /// `/poll_messages`: acknowledge, then fetch (waiting up to `timeout_ms` if empty).
     PollMessages {
-        /// Sequence numbers to remove from the mailbox.
+        /// Entries to remove from the mailbox: `{"seq", "ts"}` (the entry's `seq` and
+        /// `timestamp_ms`), or bare sequence numbers from older clients.
         #[serde(default)]
-        ack: Vec<u64>,
+        ack: Vec<crate::AckRef>,
         /// How long to wait when the mailbox is empty (default 25 s, at most 30 s; 0 = no wait).
         timeout_ms: Option<u64>,
         /// Most entries to return (default and max 100).

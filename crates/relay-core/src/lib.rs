@@ -29,7 +29,7 @@ pub use engine::SqliteEngine;
 pub use engine::{Engine, MemoryEngine};
 pub use error::{EngineError, RelayError};
 pub use model::{
-    AccountExpiry, AuthKeyRecord, Commit, EntryKind, MailboxEntry, Op, Outcome, Peer, SendQuota,
+    AccountExpiry, AckRef, AuthKeyRecord, Commit, EntryKind, MailboxEntry, Op, Outcome, Peer, SendQuota,
     SessionRecord,
 };
 pub use notify::Notifier;

@@ -128,14 +128,79 @@ pub enum Op {
     },
     /// Remove these entries from the requester's own mailbox.
     Ack {
-        /// Sequence numbers to remove.
-        seqs: Vec<u64>,
+        /// The entries to remove.
+        seqs: Vec<AckRef>,
     },
     /// Publish (or rotate) the requester's identity key.
     PublishKey {
         /// The X25519 public key.
         key: [u8; 32],
     },
+}
+
+/// An acknowledgement: the entry's sequence number and, from current clients, the time it was
+/// stored (its `timestamp_ms`). An engine removes an entry only if both match, so an
+/// acknowledgement can never remove a different message — even after a storage rollback gave a
+/// new message the sequence number of an old one (e.g. Redis with `appendfsync everysec` and a
+/// power cut). On the wire: `{"seq": 7, "ts": 1800000000123}`, or the older bare `7`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckRef {
+    /// The entry's sequence number.
+    pub seq: u64,
+    /// The entry's `timestamp_ms`; `None` from clients that send bare numbers.
+    pub ts: Option<u64>,
+}
+
+impl Serialize for AckRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        match self.ts {
+            None => s.serialize_u64(self.seq),
+            Some(ts) => {
+                let mut st = s.serialize_struct("AckRef", 2)?;
+                st.serialize_field("seq", &self.seq)?;
+                st.serialize_field("ts", &ts)?;
+                st.end()
+            }
+        }
+    }
+}
+
+impl AckRef {
+    /// An acknowledgement of the entry `seq` stored at `ts` (ms).
+    pub const fn new(seq: u64, ts: u64) -> Self {
+        Self { seq, ts: Some(ts) }
+    }
+
+    /// Whether it names an entry with this sequence number and store time.
+    pub fn matches(&self, seq: u64, timestamp_ms: u64) -> bool {
+        self.seq == seq && self.ts.is_none_or(|t| t == timestamp_ms)
+    }
+}
+
+impl From<u64> for AckRef {
+    fn from(seq: u64) -> Self {
+        Self { seq, ts: None }
+    }
+}
+
+impl<'de> Deserialize<'de> for AckRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Wire {
+            Bare(u64),
+            Full {
+                seq: u64,
+                #[serde(default)]
+                ts: Option<u64>,
+            },
+        }
+        Ok(match Wire::deserialize(d)? {
+            Wire::Bare(seq) => Self { seq, ts: None },
+            Wire::Full { seq, ts } => Self { seq, ts },
+        })
+    }
 }
 
 /// The limits a send must fit, checked by the engine atomically with the append. Payload bytes

@@ -166,7 +166,7 @@ fn send_to(to: &str, body: &[u8]) -> Call {
 
 fn poll(ack: Vec<u64>, timeout_ms: u64) -> Call {
     Call::PollMessages {
-        ack,
+        ack: ack.into_iter().map(relay_core::AckRef::from).collect(),
         timeout_ms: Some(timeout_ms),
         limit: None,
     }

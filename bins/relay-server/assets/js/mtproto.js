@@ -723,7 +723,7 @@ export class RelayClient extends EventTarget {
     try { answer = await this.call('/poll_messages', { method: 'poll_messages', ack, timeout_ms: waitMs }); } catch (e) { this.toAck.unshift(...ack); throw e; }
     const receipts = new Map();
     for (const m of answer.messages) {
-      if (m.kind === 'expired') { this.emit('expired', { to: m.to, seq: m.message_seq }); this.toAck.push(m.seq); continue; }
+      if (m.kind === 'expired') { this.emit('expired', { to: m.to, seq: m.message_seq }); this.toAck.push({ seq: m.seq, ts: m.timestamp_ms }); continue; }
       const seq = await this.openEntry(m);
       if (seq !== null) { if (!receipts.has(m.from)) receipts.set(m.from, []); receipts.get(m.from).push(seq); }
     }
@@ -742,7 +742,7 @@ export class RelayClient extends EventTarget {
     }
     try {
       const r = await chat.open(fromB64(m.payload));
-      this.toAck.push(m.seq);
+      this.toAck.push({ seq: m.seq, ts: m.timestamp_ms });
       if (r.body[0] === 0) {
         let ctl = {}; try { ctl = JSON.parse(fromUtf8(r.body.slice(1))); } catch { /* unknown control: ignored */ }
         if (Array.isArray(ctl.receipt)) this.emit('delivered', { from: m.from, seqs: ctl.receipt });
@@ -751,10 +751,10 @@ export class RelayClient extends EventTarget {
       this.emit('message', { from: m.from, text: fromUtf8(r.body), seq: r.seq, delivery: r.delivery, at: m.timestamp_ms });
       return r.seq;
     } catch (e) {
-      if (e.replay) { this.toAck.push(m.seq); return null; }
+      if (e.replay) { this.toAck.push({ seq: m.seq, ts: m.timestamp_ms }); return null; }
       const p = await this.lookupPeer(m.from);
       if (p && p.status === 'changed') { if (!this.held.has(m.seq)) { this.held.add(m.seq); this.emit('key_changed', { peer: m.from }); } return null; }
-      this.toAck.push(m.seq);
+      this.toAck.push({ seq: m.seq, ts: m.timestamp_ms });
       this.emit('rejected', { from: m.from, reason: e.message });
       return null;
     }

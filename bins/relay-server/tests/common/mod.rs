@@ -262,7 +262,8 @@ impl Raw {
             .call(
                 "/poll_messages",
                 &Call::PollMessages {
-                    ack,
+                    // Bare sequence numbers (the older form; the clients name the store time too).
+                    ack: ack.into_iter().map(relay_core::AckRef::from).collect(),
                     timeout_ms: Some(timeout_ms),
                     limit: None,
                 },

@@ -204,7 +204,16 @@ impl Engine for MemoryEngine {
             }
             Op::Ack { seqs } => {
                 let account = s.accounts.entry(c.client.clone()).or_default();
-                let removed = seqs.iter().filter(|q| account.remove(**q).is_some()).count();
+                let removed = seqs
+                    .iter()
+                    .filter(|a| {
+                        let named = account
+                            .mailbox
+                            .get(&a.seq)
+                            .is_some_and(|e| a.matches(e.seq, e.timestamp_ms));
+                        named && account.remove(a.seq).is_some()
+                    })
+                    .count();
                 Outcome::Acked { removed }
             }
             Op::PublishKey { key } => {

@@ -621,7 +621,13 @@ impl RedisEngine {
                 me,
                 "ack",
                 vec![
-                    seqs.iter().map(u64::to_string).collect::<Vec<_>>().join(","),
+                    seqs.iter()
+                        .map(|a| match a.ts {
+                            Some(ts) => format!("{}:{ts}", a.seq),
+                            None => a.seq.to_string(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(","),
                     fetch_limit.to_string(),
                 ],
             ),

@@ -692,16 +692,18 @@ fn commit_in(c: &Connection, cm: &Commit) -> Result<Outcome, EngineError> {
         (Op::Ack { seqs }, _) => {
             let mut delete = c
                 .prepare_cached(
-                    "DELETE FROM mailbox WHERE recipient = ?1 AND seq = ?2 RETURNING sender, LENGTH(payload), kind = ?3",
+                    "DELETE FROM mailbox WHERE recipient = ?1 AND seq = ?2 AND (?4 IS NULL OR ts = ?4) \
+                     RETURNING sender, LENGTH(payload), kind = ?3",
                 )
                 .map_err(storage)?;
             let message_kind = to_json(&EntryKind::Message)?;
             let mut gone = Vec::new();
             for s in seqs {
                 let row: Option<(String, i64, bool)> = delete
-                    .query_row(params![me, as_i64(*s), message_kind.as_str()], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                    })
+                    .query_row(
+                        params![me, as_i64(s.seq), message_kind.as_str(), s.ts.map(as_i64)],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
                     .optional()
                     .map_err(storage)?;
                 gone.extend(row);

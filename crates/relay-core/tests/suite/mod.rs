@@ -12,7 +12,7 @@ use mtproto_session::{
     ClientId, PendingHandshake, SecretBytes, ServerSalt, ServerSession, SessionId, Stage, UnixTime,
 };
 use relay_core::{
-    AccountExpiry, AuthKeyRecord, Commit, Engine, EngineError, EntryKind, Op, Outcome, SendQuota,
+    AccountExpiry, AckRef, AuthKeyRecord, Commit, Engine, EngineError, EntryKind, Op, Outcome, SendQuota,
 };
 
 pub fn t0() -> UnixTime {
@@ -146,6 +146,7 @@ macro_rules! for_each_case {
         $callback!($($args,)* quotas_count_entries_and_bytes_per_mailbox_and_sender);
         $callback!($($args,)* the_directory_is_paged_and_searched_by_prefix);
         $callback!($($args,)* unused_accounts_are_removed_and_their_names_freed);
+        $callback!($($args,)* an_ack_never_removes_another_message_with_the_same_seq);
     };
 }
 pub(crate) use for_each_case;
@@ -250,7 +251,7 @@ pub async fn send_assigns_increasing_sequence_numbers(e: &dyn Engine) {
         .iter()
         .all(|m| m.from == "alice" && m.kind == EntryKind::Message));
     // Sequence numbers never go back, even after acks empty the mailbox.
-    let seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
+    let seqs: Vec<AckRef> = got.iter().map(|m| AckRef::new(m.seq, m.timestamp_ms)).collect();
     commit_op(e, &bob, Op::Ack { seqs }, 1000, false, t0())
         .await
         .unwrap();
@@ -349,14 +350,18 @@ pub async fn acks_remove_only_own_entries(e: &dyn Engine) {
     let bobs = e.fetch(&bob.client, 10, t0()).await.unwrap();
     let alices = e.fetch(&alice.client, 10, t0()).await.unwrap();
     // Alice acks the sequence numbers of Bob's entries: nothing of Bob's goes.
-    let seqs: Vec<u64> = bobs.iter().map(|m| m.seq).collect();
+    // (Bare sequence numbers, as older clients send them.)
+    let seqs: Vec<AckRef> = bobs.iter().map(|m| AckRef::from(m.seq)).collect();
     let Outcome::Acked { removed } = commit_op(e, &alice, Op::Ack { seqs: seqs.clone() }, 4000, false, t0())
         .await
         .unwrap()
     else {
         panic!()
     };
-    assert_eq!(removed, usize::from(alices.iter().any(|a| seqs.contains(&a.seq))));
+    assert_eq!(
+        removed,
+        usize::from(alices.iter().any(|a| seqs.iter().any(|s| s.seq == a.seq)))
+    );
     assert_eq!(e.fetch(&bob.client, 10, t0()).await.unwrap().len(), 1);
     let Outcome::Acked { removed } = commit_op(e, &bob, Op::Ack { seqs }, 4004, false, t0())
         .await
@@ -539,9 +544,18 @@ pub async fn quotas_count_entries_and_bytes_per_mailbox_and_sender(e: &dyn Engin
     ));
     assert_eq!(e.fetch(&bob.client, 100, t0()).await.unwrap().len(), 4);
     // Reading frees the quota of whoever's entries were acknowledged.
-    commit_op(e, &bob, Op::Ack { seqs: vec![a1] }, 5000, false, t0())
-        .await
-        .unwrap();
+    commit_op(
+        e,
+        &bob,
+        Op::Ack {
+            seqs: vec![AckRef::from(a1)],
+        },
+        5000,
+        false,
+        t0(),
+    )
+    .await
+    .unwrap();
     stored(send_quota(e, &alice, "bob", &[7; 30], q, 3600, t0()).await);
     // Expired messages stop counting too.
     let ttl = SendQuota::UNLIMITED;
@@ -663,4 +677,42 @@ pub async fn unused_accounts_are_removed_and_their_names_freed(e: &dyn Engine) {
         .await
         .unwrap();
     assert_eq!(many.len(), 1);
+}
+
+pub async fn an_ack_never_removes_another_message_with_the_same_seq(e: &dyn Engine) {
+    // A rollback, as Redis with `appendfsync everysec` shows after a power cut: bob received
+    // entry N, then the store lost it and its counter, and a new message got the same N. bob's
+    // pending acknowledgement of the old N (it names the old store time) must not remove the
+    // new one.
+    let (alice, bob) = two_accounts(e).await;
+    let Outcome::Sent { seq, timestamp_ms } = send(e, &alice, "bob", b"after the cut").await.unwrap() else {
+        panic!()
+    };
+    let got = e.fetch(&bob.client, 10, t0()).await.unwrap();
+    assert_eq!((got[0].seq, got[0].timestamp_ms), (seq, timestamp_ms));
+    let stale = AckRef::new(seq, timestamp_ms - 1);
+    let Outcome::Acked { removed } = commit_op(e, &bob, Op::Ack { seqs: vec![stale] }, 7000, false, t0())
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        removed, 0,
+        "an acknowledgement of another message removed this one"
+    );
+    assert_eq!(e.fetch(&bob.client, 10, t0()).await.unwrap().len(), 1);
+    let right = AckRef::new(seq, timestamp_ms);
+    let Outcome::Acked { removed } = commit_op(e, &bob, Op::Ack { seqs: vec![right] }, 7004, false, t0())
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(removed, 1);
+    assert!(e.fetch(&bob.client, 10, t0()).await.unwrap().is_empty());
+    // The wire forms: `{"seq", "ts"}` and a bare number.
+    let full: AckRef = serde_json::from_str(r#"{"seq":7,"ts":123}"#).unwrap();
+    let bare: AckRef = serde_json::from_str("7").unwrap();
+    assert_eq!((full, bare), (AckRef::new(7, 123), AckRef::from(7)));
 }

@@ -22,9 +22,12 @@ elseif op == 'delivered' then
   stored = 'sent|' .. ARGV[7] .. '|' .. ARGV[8]
 elseif op == 'ack' then
   local removed = 0
-  for s in string.gmatch(ARGV[7], '%d+') do
-    removed = removed + remove_entry(KEYS[3], KEYS[4], KEYS[9], s)
-    redis.call('ZREM', KEYS[8], s)
+  for a in string.gmatch(ARGV[7], '[^,]+') do
+    local s, ts = string.match(a, '^(%d+):(%d+)$')
+    if not s then s = a end
+    local n = remove_entry(KEYS[3], KEYS[4], KEYS[9], s, ts)
+    if n > 0 then redis.call('ZREM', KEYS[8], s) end
+    removed = removed + n
   end
   local limit = tonumber(ARGV[8])
   local entries = {}

@@ -63,9 +63,21 @@ local function count_out(peer, senders, entry)
 end
 
 -- Removes the mailbox entry `seq`, uncounting it; returns how many were removed (0 or 1).
-local function remove_entry(peer, mbox, senders, seq)
-  local gone = redis.call('ZRANGEBYSCORE', mbox, seq, seq)
-  for _, e in ipairs(gone) do count_out(peer, senders, e) end
-  if #gone > 0 then redis.call('ZREMRANGEBYSCORE', mbox, seq, seq) end
-  return #gone
+-- With `ts` (an acknowledgement that names the entry's store time), only an entry stored at that
+-- millisecond goes: after a rollback a new entry may reuse the sequence number, never the time.
+local function remove_entry(peer, mbox, senders, seq, ts)
+  local gone = 0
+  for _, e in ipairs(redis.call('ZRANGEBYSCORE', mbox, seq, seq)) do
+    local match = true
+    if ts then
+      local ok, m = pcall(cjson.decode, e)
+      match = ok and type(m) == 'table' and tostring(m.timestamp_ms) == ts
+    end
+    if match then
+      count_out(peer, senders, e)
+      redis.call('ZREM', mbox, e)
+      gone = gone + 1
+    end
+  end
+  return gone
 end
