@@ -123,7 +123,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (from, text) = receive(&bob, "bob").await;
     println!(
         "  {from} -> bob: {text}   (mailbox seq {}, stored {})",
-        receipt.mailbox_seq, receipt.timestamp
+        receipt.mailbox_seq().unwrap_or_default(),
+        receipt.timestamp().unwrap_or("not stored")
     );
     assert_eq!(text, a_text);
     bob.send("alice", b_text.as_bytes()).await?;

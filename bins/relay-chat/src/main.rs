@@ -1,8 +1,12 @@
 //! `relay-chat --server URL --name alice`: a terminal chat over mtproto-relay.
 //!
-//! Commands: `/peers`, `/open NAME`, `/fp [NAME]`, `/verify NAME`, `/accept NAME`, `/rotate`, `/help`,
-//! `/quit`; any other line is sent to the open conversation. Incoming messages are printed as
-//! they arrive.
+//! Commands: `/peers`, `/open NAME`, `/fp [NAME]`, `/verify NAME`, `/accept NAME`, `/rotate`,
+//! `/outbox`, `/retry ID`, `/abandon ID`, `/help`, `/quit`; any other line is sent to the open
+//! conversation. Incoming messages are printed as they arrive.
+//!
+//! Every message sent shows one of three states: `sending… (#ID)` (kept in the outbox and
+//! retried with every poll), `sent #N` (stored by the relay, mailbox sequence number N) or
+//! `not sent: REASON` (refused by the relay; `/retry ID` or `/abandon ID`).
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -12,7 +16,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use mtproto_crypto::ServerKeyFingerprint;
-use relay_client::{Client, ClientConfig, ClientError, Event, KeyStatus, Pin};
+use relay_client::{Client, ClientConfig, ClientError, Event, KeyStatus, OutboxId, Pin, Receipt, SendState};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[derive(Parser)]
@@ -34,6 +38,32 @@ struct Args {
 
 fn say(line: &str) {
     println!("{line}");
+}
+
+/// The line that shows a message's state: "sending…", "sent #N" or "not sent: REASON".
+fn show(r: &Receipt) -> String {
+    match &r.state {
+        SendState::Sending { last_error } => format!(
+            "sending… (#{} to {}; retried automatically{})",
+            r.id,
+            r.to,
+            last_error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        ),
+        SendState::Stored { mailbox_seq, .. } => format!("sent #{mailbox_seq} (to {})", r.to),
+        SendState::Refused { code, message } => format!(
+            "not sent: {message} ({code}; message #{} to {}: /retry {} or /abandon {})",
+            r.id, r.to, r.id, r.id
+        ),
+    }
+}
+
+fn outbox_id(word: Option<&str>) -> Result<OutboxId, ClientError> {
+    word.and_then(|w| w.trim_start_matches('#').parse().ok())
+        .map(OutboxId)
+        .ok_or_else(|| ClientError::Invalid("give the message's id, e.g. /retry 3".into()))
 }
 
 async fn run(args: Args) -> Result<(), ClientError> {
@@ -62,6 +92,7 @@ async fn run(args: Args) -> Result<(), ClientError> {
         let client = client.clone();
         tokio::spawn(async move {
             loop {
+                // poll() resends the outbox first: messages left "sending" go out again here.
                 match client.poll(Duration::from_secs(25)).await {
                     Ok(events) => {
                         for ev in events {
@@ -79,6 +110,15 @@ async fn run(args: Args) -> Result<(), ClientError> {
                                 Event::Rejected { from, reason } => say(&format!("!! dropped a message claiming to be from {from}: {reason}")),
                                 Event::Expired { to, seq } => say(&format!("!! your message #{seq} to {to} expired undelivered")),
                                 Event::Delivered { from, seqs } => say(&format!("(delivered to {from}: {seqs:?})")),
+                                Event::Lost { from, seqs } => say(&format!(
+                                    "!! messages {}..{} from {from} were lost (they never arrived)",
+                                    seqs.start,
+                                    seqs.end.saturating_sub(1)
+                                )),
+                                Event::Held { from, reason } => say(&format!(
+                                    "!! a message from {from} waits on the relay: {reason}"
+                                )),
+                                Event::Outbox(r) => say(&show(&r)),
                             }
                         }
                     }
@@ -102,7 +142,7 @@ async fn run(args: Args) -> Result<(), ClientError> {
             (Some("/quit"), _) => break,
             (Some("/help"), _) => {
                 say(
-                    "/peers (contacts)  /search PREFIX  /open NAME  /fp [NAME]  /verify NAME  /accept NAME  /quit; other lines are sent",
+                    "/peers (contacts)  /search PREFIX  /open NAME  /fp [NAME]  /verify NAME  /accept NAME  /outbox  /retry ID  /abandon ID  /quit; other lines are sent",
                 );
                 Ok(())
             }
@@ -158,6 +198,27 @@ async fn run(args: Args) -> Result<(), ClientError> {
                 }),
                 None => Err(ClientError::Invalid("no conversation open".into())),
             },
+            (Some("/outbox"), _) => {
+                let waiting = client.outbox().await;
+                if waiting.is_empty() {
+                    say("outbox empty: every message was stored");
+                }
+                for r in waiting {
+                    say(&show(&r));
+                }
+                Ok(())
+            }
+            (Some("/retry"), id) => match outbox_id(id) {
+                Ok(id) => client.retry(id).await.map(|r| say(&show(&r))),
+                Err(e) => Err(e),
+            },
+            (Some("/abandon"), id) => match outbox_id(id) {
+                Ok(id) => client
+                    .abandon(id)
+                    .await
+                    .map(|r| say(&format!("abandoned message #{} to {}", r.id, r.to))),
+                Err(e) => Err(e),
+            },
             (Some("/verify"), Some(name)) => client
                 .mark_verified(name)
                 .await
@@ -170,10 +231,7 @@ async fn run(args: Args) -> Result<(), ClientError> {
                 Err(ClientError::Invalid(format!("unknown command {cmd}")))
             }
             _ => match &open {
-                Some(peer) => client
-                    .send(peer, line.as_bytes())
-                    .await
-                    .map(|r| say(&format!("sent #{}", r.mailbox_seq))),
+                Some(peer) => client.send(peer, line.as_bytes()).await.map(|r| say(&show(&r))),
                 None => Err(ClientError::Invalid(
                     "open a conversation first: /open NAME".into(),
                 )),

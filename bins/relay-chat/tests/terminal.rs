@@ -133,3 +133,82 @@ fn two_people_chat_in_the_terminal() {
     let _ = stop_tx.send(());
     server.join().unwrap().unwrap();
 }
+
+/// A relay on `dir` listening on `addr`, in its own thread; returns its url, pin and stopper.
+fn relay(
+    dir: &std::path::Path,
+    addr: &str,
+    extra: &[&str],
+) -> (
+    String,
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<std::io::Result<()>>,
+) {
+    let mut args = vec!["relay-server", "--data-dir", dir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let config = relay_server::Config::parse_from(args);
+    let relay = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(relay_server::build_relay(&config))
+        .unwrap();
+    let pin = relay.server_key().public().fingerprint().to_string();
+    let listener = std::net::TcpListener::bind(addr).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(relay_server::run(relay, listener, Some(1), false, async move {
+            let _ = stop_rx.await;
+        }))
+    });
+    (url, pin, stop_tx, thread)
+}
+
+/// The three states of a message on screen: "sending…" while the relay is down (then "sent #N"
+/// once the poll loop resent it), and "not sent: REASON" for a refusal.
+#[test]
+fn the_terminal_shows_sending_sent_and_not_sent() {
+    let data = tempfile::tempdir().unwrap();
+    let profiles = tempfile::tempdir().unwrap();
+    let (url, pin, stop, thread) = relay(data.path(), "127.0.0.1:0", &["--sender-cap", "2"]);
+    let addr = url.trim_start_matches("http://").to_owned();
+    let mut alice = Chat::start(&url, "alice", &pin, profiles.path());
+    alice.expect("connected as alice");
+    let mut bob = Chat::start(&url, "bob", &pin, profiles.path());
+    bob.expect("connected as bob");
+    alice.type_line("/open bob");
+    alice.type_line("first");
+    alice.expect("sent #");
+    bob.expect("[alice] first");
+
+    // The relay goes down while alice types: the line stays in her outbox, "sending…".
+    let _ = stop.send(());
+    thread.join().unwrap().unwrap();
+    alice.type_line("while the relay is down");
+    alice.expect("sending…");
+    // It comes back on the same data: alice's poll loop resends, bob gets it once.
+    let (_, _, stop, thread) = relay(data.path(), &addr, &["--sender-cap", "2"]);
+    alice.expect("sent #");
+    bob.expect("[alice] while the relay is down");
+
+    // bob's quit acknowledges both; then two unread fill alice's quota and the third is refused.
+    bob.type_line("/quit");
+    assert!(bob.child.wait().unwrap().success());
+    alice.type_line("two");
+    alice.expect("sent #");
+    alice.type_line("three");
+    alice.expect("sent #");
+    alice.type_line("four");
+    let line = alice.expect("not sent:");
+    assert!(line.contains("sender_quota"), "{line}");
+    alice.type_line("/outbox");
+    alice.expect("not sent:");
+
+    alice.type_line("/quit");
+    assert!(alice.child.wait().unwrap().success());
+    let _ = stop.send(());
+    thread.join().unwrap().unwrap();
+}

@@ -180,7 +180,12 @@ async fn a_redis_outage_answers_503_and_clients_carry_on() {
     assert!(retried, "alice's send never reached the relay during the outage");
     redis.restart();
     let (_alice, sent) = sending.await.unwrap();
-    sent.expect("the send went through once Redis was back");
+    let sent = sent.expect("the send went through once Redis was back");
+    assert!(
+        matches!(sent.state, relay_client::SendState::Stored { .. }),
+        "{:?}",
+        sent.state
+    );
     assert_eq!(healthz(&n.url).await.0, 200);
 
     // Both messages, once each (the AOF kept the first; the second was stored once).

@@ -175,7 +175,8 @@ impl Framing {
         padding: &[u8],
     ) -> Result<Vec<u8>> {
         self.check_payload(payload)?;
-        if !(MIN_PADDING..=MAX_PADDING).contains(&padding.len()) || !(payload.len() + padding.len()).is_multiple_of(16)
+        if !(MIN_PADDING..=MAX_PADDING).contains(&padding.len())
+            || !(payload.len() + padding.len()).is_multiple_of(16)
         {
             return Err(Error::LengthOutOfRange {
                 what: "padding",

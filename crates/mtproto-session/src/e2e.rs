@@ -11,6 +11,13 @@
 //! received from the peer. The direction (x = 0 or 8) is fixed by the order of the two identity
 //! public keys, so a message reflected back to its sender fails its msg_key check. Replays,
 //! gaps and reordering are detected and reported, never silently accepted.
+//!
+//! The receive window (`docs/protocol.md` §3) slides: it spans at most [`MAX_GAPS`] sequence
+//! numbers above the lowest one still awaited. A message further ahead gives up the oldest
+//! missing numbers — reported once in [`Received::lost`] — so no number of lost messages makes
+//! a conversation unreadable, and memory stays bounded. A given-up message that arrives after
+//! all opens as [`Delivery::Recovered`] (the last [`MAX_GIVEN_UP_RANGES`] runs are remembered);
+//! a message already received is a replay.
 
 use std::collections::BTreeSet;
 use std::ops::Range;
@@ -27,8 +34,14 @@ use crate::{wire::fixed, Error, Result, SecretBytes, UnixTime};
 pub const E2E: Framing = Framing::new(Mode::Cbc, Layout::LENGTH_PREFIXED);
 /// Bytes of inner header before the body.
 pub const INNER_HEADER: usize = 24;
-/// How many missing messages a chat tolerates before it refuses more (a peer skipping ahead).
+/// The receive window: how far above the lowest awaited sequence number a message may be before
+/// the oldest missing numbers are given up (declared lost). At most this many numbers are held
+/// in memory as received-above-the-window or missing.
 pub const MAX_GAPS: usize = 1024;
+/// How many runs of given-up sequence numbers a chat remembers, so that a given-up message that
+/// arrives after all can be told from a replay. Older runs are forgotten: such a message is then
+/// refused as a replay (the user had been told it was lost).
+pub const MAX_GIVEN_UP_RANGES: usize = 64;
 
 /// A sealed end-to-end message.
 #[derive(Debug, Clone)]
@@ -53,6 +66,8 @@ pub enum Delivery {
     },
     /// A message that arrived after later ones, filling a gap.
     Late,
+    /// A message that had been given up (reported in [`Received::lost`]) and arrived after all.
+    Recovered,
 }
 
 /// A received, authenticated end-to-end message.
@@ -68,6 +83,9 @@ pub struct Received {
     pub sent_at_ms: u64,
     /// How it fits the conversation.
     pub delivery: Delivery,
+    /// Sequence numbers given up for good by this message's arrival (the window slid past
+    /// them): the user must be told they were lost. Each number is reported at most once.
+    pub lost: Vec<Range<u32>>,
 }
 
 /// One side's state of a conversation with one peer.
@@ -79,6 +97,7 @@ pub struct ChatState {
     sent: u32,
     recv_low: u32,
     recv_above: BTreeSet<u32>,
+    given_up: Vec<Range<u32>>,
 }
 
 /// The saved form of a [`ChatState`]. Holds the chat key.
@@ -96,6 +115,10 @@ pub struct ChatStateData {
     pub recv_low: u32,
     /// Sequence numbers received above `recv_low`.
     pub recv_above: BTreeSet<u32>,
+    /// Runs of sequence numbers below `recv_low` that were given up, oldest first (absent in
+    /// states saved before the window slid: none).
+    #[serde(default)]
+    pub given_up: Vec<Range<u32>>,
 }
 
 impl ChatState {
@@ -111,14 +134,33 @@ impl ChatState {
             sent: 0,
             recv_low: 0,
             recv_above: BTreeSet::new(),
+            given_up: Vec::new(),
         })
     }
 
     /// Restores a saved conversation.
     ///
     /// # Errors
-    /// [`Error::Malformed`] when the saved key is not 256 bytes.
+    /// [`Error::Malformed`] when the saved key is not 256 bytes, or the saved window is wider
+    /// than [`MAX_GAPS`] or remembers more than [`MAX_GIVEN_UP_RANGES`] runs.
     pub fn restore(data: ChatStateData) -> Result<Self> {
+        let window_ok = data.recv_above.len() <= MAX_GAPS
+            && data.given_up.len() <= MAX_GIVEN_UP_RANGES
+            && data.recv_above.first().is_none_or(|&f| f >= data.recv_low)
+            && data
+                .recv_above
+                .last()
+                .is_none_or(|&l| u64::from(l) <= u64::from(data.recv_low) + MAX_GAPS as u64)
+            && data
+                .given_up
+                .iter()
+                .all(|r| r.start < r.end && r.end <= data.recv_low);
+        if !window_ok {
+            return Err(Error::Malformed {
+                field: "chat window",
+                reason: "inconsistent or over its bounds",
+            });
+        }
         Ok(Self {
             key: ChatKey::from_slice(data.key.expose()).map_err(|_| Error::Malformed {
                 field: "chat key",
@@ -129,6 +171,7 @@ impl ChatState {
             sent: data.sent,
             recv_low: data.recv_low,
             recv_above: data.recv_above,
+            given_up: data.given_up,
         })
     }
 
@@ -141,6 +184,7 @@ impl ChatState {
             sent: self.sent,
             recv_low: self.recv_low,
             recv_above: self.recv_above.clone(),
+            given_up: self.given_up.clone(),
         }
     }
 
@@ -202,11 +246,31 @@ impl ChatState {
         })
     }
 
+    /// Gives back the sequence number of a message that was sealed but never stored anywhere
+    /// (the relay refused it, or the user abandoned it before any copy left), so the peer sees no
+    /// hole. Only the last number sealed can be given back: returns whether it was.
+    ///
+    /// # Security
+    /// Call it only when no copy of the packet can ever reach the peer: the next message reuses
+    /// the number, and the peer would drop whichever of the two arrives second as a replay.
+    pub fn release_unsent(&mut self, seq: u32) -> bool {
+        if seq.checked_add(1) == Some(self.sent) {
+            self.sent = seq;
+            true
+        } else {
+            false
+        }
+    }
+
     /// Opens a packet from the peer and updates the counters.
+    ///
+    /// A message more than [`MAX_GAPS`] above the lowest awaited number slides the window: the
+    /// missing numbers it passes are given up and listed in [`Received::lost`].
     ///
     /// # Errors
     /// [`Error::Decrypt`] for anything forged, corrupted or reflected; [`Error::E2eReplay`] for a
-    /// message already received; [`Error::E2eProtocol`] for impossible counters.
+    /// message already received (or given up so long ago that it is no longer remembered);
+    /// [`Error::E2eProtocol`] for impossible counters. No error changes the state.
     pub fn open(&mut self, packet: &[u8]) -> Result<Received> {
         let opened = E2E.open(&self.key, self.send_dir().reverse(), packet)?;
         let d = opened.data();
@@ -215,41 +279,125 @@ impl ChatState {
         let seq = u32::from_le_bytes(fixed("out_seq", part(8..12)?)?);
         let in_seq = u32::from_le_bytes(fixed("in_seq", part(12..16)?)?);
         let sent_at_ms = u64::from_le_bytes(fixed("sent_at", part(16..24)?)?);
-        if seq < self.recv_low || self.recv_above.contains(&seq) {
+        let body = part(INNER_HEADER..d.len())?.to_vec();
+        let recovered = if seq < self.recv_low {
+            // Below the window: only a given-up number can still open, once.
+            match self.given_up.iter().position(|r| r.contains(&seq)) {
+                Some(i) => i,
+                None => return Err(Error::E2eReplay { seq }),
+            }
+        } else if self.recv_above.contains(&seq) {
             return Err(Error::E2eReplay { seq });
-        }
+        } else {
+            usize::MAX
+        };
         if in_seq > self.sent {
             return Err(Error::E2eProtocol {
                 reason: "peer acknowledges messages never sent",
             });
         }
-        let next_expected = self.recv_above.last().map_or(self.recv_low, |m| m + 1);
-        let delivery = if seq == next_expected {
-            Delivery::InOrder
-        } else if seq > next_expected {
-            Delivery::AfterGap {
-                missing: next_expected..seq,
-            }
-        } else {
-            Delivery::Late
-        };
-        if seq - self.recv_low > MAX_GAPS as u32 {
-            return Err(Error::E2eProtocol {
-                reason: "too many missing messages",
+        if recovered != usize::MAX {
+            self.take_given_up(recovered, seq);
+            return Ok(Received {
+                body,
+                random_id,
+                seq,
+                sent_at_ms,
+                delivery: Delivery::Recovered,
+                lost: Vec::new(),
             });
         }
+        // The next number expected; u64 so that u32::MAX + 1 does not overflow.
+        let next_expected = self
+            .recv_above
+            .last()
+            .map_or(u64::from(self.recv_low), |&m| u64::from(m) + 1);
+        let delivery = match u64::from(seq).cmp(&next_expected) {
+            std::cmp::Ordering::Equal => Delivery::InOrder,
+            // seq > next_expected, so next_expected fits in u32.
+            std::cmp::Ordering::Greater => Delivery::AfterGap {
+                missing: u32::try_from(next_expected).unwrap_or(seq)..seq,
+            },
+            std::cmp::Ordering::Less => Delivery::Late,
+        };
+        let lost = self.slide_to(seq.saturating_sub(MAX_GAPS as u32));
         self.recv_above.insert(seq);
-        while self.recv_above.first() == Some(&self.recv_low) {
-            self.recv_above.pop_first();
-            self.recv_low += 1;
-        }
+        self.absorb();
         Ok(Received {
-            body: part(INNER_HEADER..d.len())?.to_vec(),
+            body,
             random_id,
             seq,
             sent_at_ms,
             delivery,
+            lost,
         })
+    }
+
+    /// Moves `recv_low` up to `new_low` (if it is higher), giving up every number below it not
+    /// received, and returns those runs.
+    fn slide_to(&mut self, new_low: u32) -> Vec<Range<u32>> {
+        let mut lost = Vec::new();
+        if new_low <= self.recv_low {
+            return lost;
+        }
+        let mut start = self.recv_low;
+        while let Some(&first) = self.recv_above.first() {
+            if first >= new_low {
+                break;
+            }
+            self.recv_above.pop_first();
+            if first > start {
+                lost.push(start..first);
+            }
+            start = first.saturating_add(1);
+        }
+        if start < new_low {
+            lost.push(start..new_low);
+        }
+        self.recv_low = new_low;
+        for r in &lost {
+            match self.given_up.last_mut() {
+                Some(last) if last.end == r.start => last.end = r.end,
+                _ => self.given_up.push(r.clone()),
+            }
+        }
+        if self.given_up.len() > MAX_GIVEN_UP_RANGES {
+            let excess = self.given_up.len() - MAX_GIVEN_UP_RANGES;
+            self.given_up.drain(..excess);
+        }
+        lost
+    }
+
+    /// Advances `recv_low` over the numbers received just above it.
+    fn absorb(&mut self) {
+        while self.recv_above.first() == Some(&self.recv_low) {
+            // At the last number of the range it stays in `recv_above`, still a replay.
+            let Some(next) = self.recv_low.checked_add(1) else {
+                break;
+            };
+            self.recv_above.pop_first();
+            self.recv_low = next;
+        }
+    }
+
+    /// Removes `seq` from the given-up run at `index` (it arrived after all).
+    fn take_given_up(&mut self, index: usize, seq: u32) {
+        let Some(run) = self.given_up.get(index).cloned() else {
+            return;
+        };
+        let (before, after) = (run.start..seq, seq.saturating_add(1)..run.end);
+        let mut parts = Vec::with_capacity(2);
+        if !before.is_empty() {
+            parts.push(before);
+        }
+        if !after.is_empty() {
+            parts.push(after);
+        }
+        self.given_up.splice(index..=index, parts);
+        if self.given_up.len() > MAX_GIVEN_UP_RANGES {
+            // Forget the oldest run: its messages are refused as replays from now on.
+            self.given_up.remove(0);
+        }
     }
 
     /// Sequence numbers still missing below the highest received.

@@ -110,13 +110,6 @@ fn impossible_counters_are_refused() {
     let m = lying_bob.seal(b"x", now(), &mut OsRng).unwrap();
     let mut alice = alice;
     assert!(matches!(alice.open(&m.packet), Err(Error::E2eProtocol { .. })));
-    // A peer jumping thousands of messages ahead.
-    let (mut a2, b2) = pair();
-    let mut d = b2.data();
-    d.sent = 5000;
-    let mut far = ChatState::restore(d).unwrap();
-    let m = far.seal(b"x", now(), &mut OsRng).unwrap();
-    assert!(matches!(a2.open(&m.packet), Err(Error::E2eProtocol { .. })));
 }
 
 #[test]
@@ -127,4 +120,156 @@ fn state_survives_serialization() {
     let m = alice.seal(b"later", now(), &mut OsRng).unwrap();
     let mut bob = ChatState::restore(serde_json::from_str(&saved).unwrap()).unwrap();
     assert_eq!(bob.open(&m.packet).unwrap().body, b"later");
+}
+
+/// Issue 12: one lost message must not make a conversation unreadable. The window slides: the
+/// lost message is given up (reported once), and every later message opens.
+#[test]
+fn one_lost_message_then_five_thousand_all_open() {
+    let (mut alice, mut bob) = pair();
+    let lost = alice.seal(b"lost", now(), &mut OsRng).unwrap();
+    let mut reported = Vec::new();
+    for i in 1..=5000u32 {
+        let m = alice.seal(&i.to_le_bytes(), now(), &mut OsRng).unwrap();
+        let r = bob
+            .open(&m.packet)
+            .unwrap_or_else(|e| panic!("message {i} refused: {e}"));
+        assert_eq!((r.seq, r.body), (i, i.to_le_bytes().to_vec()));
+        reported.extend(r.lost);
+        assert!(bob.data().recv_above.len() <= mtproto_session::e2e::MAX_GAPS);
+    }
+    assert_eq!(
+        reported,
+        vec![0..1],
+        "the lost message is reported lost exactly once"
+    );
+    assert!(bob.missing().is_empty());
+    // It arrives after all: delivered once, marked as recovered; a second copy is a replay.
+    let r = bob.open(&lost.packet).unwrap();
+    assert_eq!(
+        (r.seq, r.delivery, r.body),
+        (0, Delivery::Recovered, b"lost".to_vec())
+    );
+    assert_eq!(bob.open(&lost.packet).unwrap_err(), Error::E2eReplay { seq: 0 });
+}
+
+/// A given-up message that arrives later is told apart from a replay of a received one.
+#[test]
+fn a_message_later_than_the_window_is_not_a_replay() {
+    let (mut alice, mut bob) = pair();
+    let m: Vec<_> = (0..1100u32)
+        .map(|i| alice.seal(&i.to_le_bytes(), now(), &mut OsRng).unwrap())
+        .collect();
+    bob.open(&m[0].packet).unwrap();
+    // 1..=10 delayed; 11.. arrive; at 1035 the window gives up 1..=10.
+    let mut lost = Vec::new();
+    for x in &m[11..] {
+        lost.extend(bob.open(&x.packet).unwrap().lost.into_iter().flatten());
+    }
+    assert_eq!(lost, (1..11).collect::<Vec<u32>>());
+    // 0 was received: a replay. 5 was given up: it opens, once.
+    assert_eq!(bob.open(&m[0].packet).unwrap_err(), Error::E2eReplay { seq: 0 });
+    assert_eq!(bob.open(&m[5].packet).unwrap().delivery, Delivery::Recovered);
+    assert_eq!(bob.open(&m[5].packet).unwrap_err(), Error::E2eReplay { seq: 5 });
+    assert_eq!(bob.open(&m[4].packet).unwrap().delivery, Delivery::Recovered);
+    assert_eq!(bob.open(&m[6].packet).unwrap().delivery, Delivery::Recovered);
+}
+
+/// A peer jumping far ahead: accepted, the skipped numbers given up in one range, memory bounded.
+#[test]
+fn a_peer_jumping_ahead_gives_up_one_range() {
+    let (mut a2, b2) = pair();
+    let mut d = b2.data();
+    d.sent = 5000;
+    let mut far = ChatState::restore(d).unwrap();
+    let m = far.seal(b"x", now(), &mut OsRng).unwrap();
+    let r = a2.open(&m.packet).unwrap();
+    assert_eq!(r.delivery, Delivery::AfterGap { missing: 0..5000 });
+    assert_eq!(r.lost, vec![0..5000 - mtproto_session::e2e::MAX_GAPS as u32]);
+    assert_eq!(a2.missing().len(), mtproto_session::e2e::MAX_GAPS);
+}
+
+/// Sequence numbers near the end of the range never overflow.
+#[test]
+fn the_end_of_the_sequence_range_does_not_panic() {
+    let (alice, mut bob) = pair();
+    let mut d = alice.data();
+    d.sent = u32::MAX - 3;
+    let mut alice = ChatState::restore(d).unwrap();
+    let m: Vec<_> = (0..3)
+        .map(|_| alice.seal(b"x", now(), &mut OsRng).unwrap())
+        .collect();
+    for x in m.iter().rev() {
+        bob.open(&x.packet).unwrap();
+    }
+    for x in &m {
+        assert!(bob.open(&x.packet).is_err());
+    }
+}
+
+/// A profile saved before the window slid (no `given_up` field) still loads.
+#[test]
+fn a_state_saved_by_an_older_version_loads() {
+    let (_, bob) = pair();
+    let mut v = serde_json::to_value(bob.data()).unwrap();
+    v.as_object_mut().unwrap().remove("given_up");
+    let data: ChatStateData = serde_json::from_value(v).unwrap();
+    assert!(data.given_up.is_empty());
+    ChatState::restore(data).unwrap();
+}
+
+/// The number of a refused message can be given back only while it is the last one sealed.
+#[test]
+fn only_the_last_sealed_number_can_be_given_back() {
+    let (mut alice, mut bob) = pair();
+    let a = alice.seal(b"a", now(), &mut OsRng).unwrap();
+    let b = alice.seal(b"b", now(), &mut OsRng).unwrap();
+    assert!(!alice.release_unsent(a.seq), "not the last");
+    assert!(alice.release_unsent(b.seq));
+    let c = alice.seal(b"c", now(), &mut OsRng).unwrap();
+    assert_eq!(c.seq, b.seq);
+    bob.open(&a.packet).unwrap();
+    let r = bob.open(&c.packet).unwrap();
+    assert_eq!((r.delivery, r.lost), (Delivery::InOrder, vec![]));
+}
+
+mod window {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+        /// Any subset and order of deliveries (with repeats): no panic, memory bounded, every
+        /// sequence number opens at most once, and every one is either opened or reported lost
+        /// (or still inside the window).
+        #[test]
+        fn any_delivery_order_is_safe(
+            n in 1usize..2500,
+            order in proptest::collection::vec((0usize..2500, any::<bool>()), 0..3000),
+        ) {
+            let (mut alice, mut bob) = pair();
+            let m: Vec<_> = (0..n).map(|_| alice.seal(b"", now(), &mut OsRng).unwrap()).collect();
+            let mut opened = BTreeSet::new();
+            let mut lost = BTreeSet::new();
+            for (i, twice) in order {
+                let x = &m[i % n];
+                for _ in 0..if twice { 2 } else { 1 } {
+                    if let Ok(r) = bob.open(&x.packet) {
+                        prop_assert!(opened.insert(r.seq), "seq {} opened twice", r.seq);
+                        for range in r.lost {
+                            for s in range {
+                                prop_assert!(!opened.contains(&s), "{} opened and lost", s);
+                                prop_assert!(lost.insert(s), "{} lost twice", s);
+                            }
+                        }
+                    }
+                    let d = bob.data();
+                    prop_assert!(d.recv_above.len() <= mtproto_session::e2e::MAX_GAPS);
+                    prop_assert!(d.given_up.len() <= mtproto_session::e2e::MAX_GIVEN_UP_RANGES);
+                    prop_assert!(bob.missing().len() <= mtproto_session::e2e::MAX_GAPS);
+                }
+            }
+        }
+    }
 }

@@ -8,16 +8,23 @@
 //!   owner-only file, so a restarted client resumes without a new handshake or identity;
 //! - the directory, per-peer chat keys and fingerprints, and a loud [`ClientError::PeerKeyChanged`]
 //!   when a peer's identity key changed (never re-keyed silently);
-//! - send with safe retries, for about 5 s when the relay is unreachable or answers 503 (a
-//!   retry resends the same envelope: the relay answers with the original result, so nothing
-//!   is delivered twice); receive as a stream, acknowledging only
-//!   after the message was handed to the caller.
+//! - an outbox: [`Client::send`] seals a message end to end once and keeps it (in the profile)
+//!   until the relay's answer says stored or refused. It retries for about 5 s when the relay is
+//!   unreachable or answers 503, then leaves the message "sending"; [`Client::flush_outbox`]
+//!   (run at the start of every `poll` and `send`) resends it — the same envelope while the relay
+//!   can still recognise it, so nothing is delivered twice, else the same end-to-end packet in a
+//!   new envelope, which the peer drops as a replay if the first copy got through;
+//! - receive as a stream, acknowledging an entry only after it was handed to the caller as an
+//!   [`Event`] (a message, a rejection, an expiry) or when it is a duplicate of one that was;
+//!   an entry that cannot be opened now (a changed key, a directory that cannot be reached) is
+//!   left on the relay.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), relay_client::ClientError> {
 //! use relay_client::{Client, ClientConfig, Pin};
 //! let alice = Client::connect(ClientConfig::new("http://127.0.0.1:8080", "alice", Pin::TrustOnFirstUse)).await?;
-//! alice.send("bob", b"hello bob").await?;
+//! let receipt = alice.send("bob", b"hello bob").await?;
+//! println!("{:?}", receipt.state); // Stored, Sending (kept in the outbox) or Refused
 //! for event in alice.poll(std::time::Duration::from_secs(25)).await? {
 //!     println!("{event:?}");
 //! }
@@ -26,6 +33,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -34,17 +42,20 @@ use mtproto_crypto::{
     rand_core::OsRng, Fingerprint, IdentityPublic, IdentitySecret, ServerKeyFingerprint, ServerPublicKey,
 };
 use mtproto_session::{
-    wire::Bytes, ChatState, ClientHandshake, ClientId, ClientSession, DhGenOk, ResPq, SecretBytes,
+    wire::Bytes, ChatState, ClientHandshake, ClientId, ClientSession, DhGenOk, MsgId, ResPq, SecretBytes,
     ServerDhParams, ServerPin, UnixTime,
 };
 use relay_core::{
     api::{Call, PeersAnswer, PollAnswer, PublishAnswer, SendAnswer},
-    EntryKind,
+    AckRef, EntryKind,
 };
 use serde::Deserialize;
 
+mod outbox;
 mod profile;
 pub use mtproto_session::Delivery;
+
+pub use outbox::{OutboxEntry, OutboxId, PostedEnvelope, Receipt, SendState, MAX_OUTBOX};
 
 pub use profile::{KnownPeer, Profile};
 
@@ -96,6 +107,16 @@ pub enum ClientError {
     /// A name or argument is invalid.
     #[error("invalid: {0}")]
     Invalid(String),
+    /// The outbox holds [`MAX_OUTBOX`] messages already (sending or refused): flush, retry or
+    /// abandon some first.
+    #[error("the outbox is full ({max} messages waiting)")]
+    OutboxFull {
+        /// The limit.
+        max: usize,
+    },
+    /// No message with this id is in the outbox.
+    #[error("no message {0} in the outbox")]
+    NotInOutbox(OutboxId),
 }
 
 /// How the client trusts the server.
@@ -162,6 +183,26 @@ pub enum Event {
         /// The peer.
         from: String,
     },
+    /// Messages from `from` with these conversation sequence numbers were given up: they did
+    /// not arrive within the receive window (`docs/protocol.md` §3). Reported once; one that
+    /// arrives after all is delivered with [`Delivery::Recovered`].
+    Lost {
+        /// The sender.
+        from: String,
+        /// The sequence numbers.
+        seqs: Range<u32>,
+    },
+    /// A message from `from` that cannot be opened now (its sender has no key in the
+    /// directory, ...): left on the relay and tried again with every poll; reported once.
+    Held {
+        /// The claimed sender.
+        from: String,
+        /// Why.
+        reason: String,
+    },
+    /// A message in the outbox was settled by a flush after its `send` returned: stored or
+    /// refused.
+    Outbox(Receipt),
     /// A message that was replayed, forged or broke the conversation's counters: dropped.
     Rejected {
         /// The claimed sender.
@@ -173,8 +214,8 @@ pub enum Event {
     Delivered {
         /// The peer.
         from: String,
-        /// The sequence numbers ([`Receipt`]s do not carry them; [`Client::send`] returns the
-        /// conversation seq in [`Receipt::seq`]).
+        /// The sequence numbers ([`Client::send`] returns the conversation seq in
+        /// [`Receipt::seq`]).
         seqs: Vec<u32>,
     },
     /// A message you sent expired on the relay before `to` received it.
@@ -214,19 +255,6 @@ pub enum KeyStatus {
     Changed,
 }
 
-/// The receipt of a stored message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Receipt {
-    /// The message's sequence number in the conversation (what a peer's receipt names).
-    pub seq: u32,
-    /// The envelope's msg_id.
-    pub msg_id: u64,
-    /// The message's sequence number in the recipient's mailbox.
-    pub mailbox_seq: u64,
-    /// Server time it was stored, ISO 8601.
-    pub timestamp: String,
-}
-
 #[derive(Deserialize)]
 struct ErrorBody {
     error: String,
@@ -264,9 +292,17 @@ struct State {
     peers: BTreeMap<String, KnownPeer>,
     chats: BTreeMap<String, ChatState>,
     /// Mailbox entries handed to the caller, acknowledged with the next poll.
-    to_ack: Vec<u64>,
-    /// Entries held back (peer key changed), reported once.
+    /// Each names the entry's sequence number and store time, so that it can never delete
+    /// another message that got the same number after a rollback on the relay.
+    to_ack: Vec<AckRef>,
+    /// Entries held back (peer key changed, no key), reported once.
     held: BTreeSet<u64>,
+    /// Messages not yet stored (sending or refused), by id.
+    outbox: BTreeMap<OutboxId, OutboxEntry>,
+    /// The next outbox id.
+    next_outbox_id: u64,
+    /// Outbox entries settled by a flush, not yet reported (by `send` or as events).
+    settled: Vec<Receipt>,
 }
 
 /// Records `key` as `peer`'s accepted identity key and starts a new chat under it.
@@ -291,6 +327,8 @@ pub struct Client {
     pin: Pin,
     profile_path: Option<PathBuf>,
     state: tokio::sync::Mutex<State>,
+    /// Held while the outbox is transmitted: one flush at a time, in order.
+    flushing: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Client {
@@ -313,6 +351,11 @@ const RETRIES: usize = 6;
 fn backoff(attempt: usize) -> Duration {
     Duration::from_millis((200u64 << attempt.saturating_sub(1).min(4)).min(2000))
 }
+
+/// How old (seconds, server time) an envelope may be and still be resent as is: the relay
+/// accepts msg_ids up to [`mtproto_session::MSG_ID_MAX_PAST_SECS`] old; a minute is kept for
+/// clock drift and the time in flight.
+const REUSE_ENVELOPE_SECS: u64 = mtproto_session::MSG_ID_MAX_PAST_SECS - 60;
 
 /// Most acknowledgements sent with one poll (the relay's default limit, `--max-acks`).
 const MAX_ACKS_PER_POLL: usize = 1024;
@@ -350,6 +393,9 @@ impl Client {
             chats: BTreeMap::new(),
             to_ack: Vec::new(),
             held: BTreeSet::new(),
+            outbox: BTreeMap::new(),
+            next_outbox_id: 1,
+            settled: Vec::new(),
         };
         if let Some(p) = profile {
             if p.client_id != config.name {
@@ -370,6 +416,10 @@ impl Client {
             for (peer, data) in p.chats {
                 state.chats.insert(peer, ChatState::restore(data)?);
             }
+            for entry in p.outbox {
+                state.next_outbox_id = state.next_outbox_id.max(entry.id.0 + 1);
+                state.outbox.insert(entry.id, entry);
+            }
         }
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(40))
@@ -381,6 +431,7 @@ impl Client {
             pin: config.pin,
             profile_path: config.profile,
             state: tokio::sync::Mutex::new(state),
+            flushing: tokio::sync::Mutex::new(()),
         };
         {
             let mut st = client.state.lock().await;
@@ -419,6 +470,7 @@ impl Client {
             session: st.session.as_ref().map(ClientSession::state),
             peers: st.peers.clone(),
             chats: st.chats.iter().map(|(k, v)| (k.clone(), v.data())).collect(),
+            outbox: st.outbox.values().cloned().collect(),
         }
         .save(path)
     }
@@ -535,25 +587,31 @@ impl Client {
     async fn call<T: serde::de::DeserializeOwned>(&self, path: &str, call: &Call) -> Result<T, ClientError> {
         match self.call_inner(path, call).await {
             Err(ClientError::Server { code, .. }) if code == "unknown_auth_key" => {
-                // The server lost our key (and with it, perhaps, all it knew of us): a new
-                // handshake, the identity key published again, then the call once more.
-                {
-                    let mut st = self.state.lock().await;
-                    st.session = None;
-                    self.handshake(&mut st).await?;
-                    self.save(&st)?;
-                }
-                if !matches!(call, Call::PublishKey { .. }) {
-                    let key = self.state.lock().await.identity.public();
-                    let publish = Call::PublishKey {
-                        identity_key: Bytes(key.as_bytes().to_vec()),
-                    };
-                    let _: PublishAnswer = self.call_inner("/publish_key", &publish).await?;
-                }
+                self.handshake_again(!matches!(call, Call::PublishKey { .. }))
+                    .await?;
                 self.call_inner(path, call).await
             }
             other => other,
         }
+    }
+
+    /// The server lost our key (and with it, perhaps, all it knew of us): a new handshake, and
+    /// the identity key published again when `publish`.
+    async fn handshake_again(&self, publish: bool) -> Result<(), ClientError> {
+        {
+            let mut st = self.state.lock().await;
+            st.session = None;
+            self.handshake(&mut st).await?;
+            self.save(&st)?;
+        }
+        if publish {
+            let key = self.state.lock().await.identity.public();
+            let publish = Call::PublishKey {
+                identity_key: Bytes(key.as_bytes().to_vec()),
+            };
+            let _: PublishAnswer = self.call_inner("/publish_key", &publish).await?;
+        }
+        Ok(())
     }
 
     async fn call_inner<T: serde::de::DeserializeOwned>(
@@ -803,47 +861,358 @@ impl Client {
         self.save(&st)
     }
 
-    /// Encrypts `body` end to end for `peer` and stores it on the relay.
+    /// Encrypts `body` end to end for `peer` (once), puts it in the outbox (saved in the
+    /// profile), then flushes the outbox: older waiting messages first, then this one.
+    ///
+    /// The receipt says what became of it: [`SendState::Stored`]; [`SendState::Sending`] when
+    /// the relay could not be reached or was unavailable for about 5 s (it stays in the outbox
+    /// and is resent by the next [`Client::flush_outbox`]); [`SendState::Refused`] with the
+    /// relay's reason (`mailbox_full`, `sender_quota`, `unknown_peer`, `payload_too_large`).
     ///
     /// # Errors
-    /// [`ClientError::PeerKeyChanged`], [`ClientError::NoPeerKey`], server errors such as
-    /// `mailbox_full`, transport and protocol errors.
+    /// [`ClientError::PeerKeyChanged`], [`ClientError::NoPeerKey`] and transport errors while
+    /// looking up a new peer's key, [`ClientError::OutboxFull`], protocol errors while sealing,
+    /// profile errors — all before the message is queued, except a profile error.
     pub async fn send(&self, peer: &str, body: &[u8]) -> Result<Receipt, ClientError> {
-        let target = ClientId::new(peer).map_err(|e| ClientError::Invalid(e.to_string()))?;
-        let peer = target.as_str();
-        self.ensure_chat(peer).await?;
-        let sealed = {
+        let peer = peer_name(peer)?;
+        self.ensure_chat(&peer).await?;
+        let id = {
             let mut st = self.state.lock().await;
-            let chat = st
-                .chats
-                .get_mut(peer)
-                .ok_or_else(|| ClientError::NoPeerKey(peer.into()))?;
-            let sealed = chat.seal(body, now(), &mut OsRng)?;
+            if st.outbox.len() >= MAX_OUTBOX {
+                return Err(ClientError::OutboxFull { max: MAX_OUTBOX });
+            }
+            let entry = self.seal_entry(&mut st, &peer, body)?;
+            let id = entry.id;
+            st.outbox.insert(id, entry);
             self.save(&st)?;
-            sealed
+            id
         };
-        let answer: SendAnswer = self
-            .call(
-                "/secure_message",
-                &Call::SendMessage {
-                    target_peer: target,
-                    payload: Bytes(sealed.packet),
-                },
-            )
-            .await?;
-        Ok(Receipt {
+        self.flush_outbox_for(Some(id)).await?;
+        let mut st = self.state.lock().await;
+        if let Some(i) = st.settled.iter().position(|r| r.id == id) {
+            return Ok(st.settled.remove(i));
+        }
+        st.outbox
+            .get(&id)
+            .map(OutboxEntry::receipt)
+            .ok_or(ClientError::NotInOutbox(id))
+    }
+
+    /// Seals `body` as the next message to `peer` in a new outbox entry (not yet inserted).
+    fn seal_entry(&self, st: &mut State, peer: &str, body: &[u8]) -> Result<OutboxEntry, ClientError> {
+        let chat = st
+            .chats
+            .get_mut(peer)
+            .ok_or_else(|| ClientError::NoPeerKey(peer.into()))?;
+        let sealed = chat.seal(body, now(), &mut OsRng)?;
+        let id = OutboxId(st.next_outbox_id);
+        st.next_outbox_id += 1;
+        Ok(OutboxEntry {
+            id,
+            to: peer.to_owned(),
+            body: Bytes(body.to_vec()),
+            packet: Bytes(sealed.packet),
             seq: sealed.seq,
+            envelope: None,
+            maybe_stored: false,
+            released: false,
+            state: SendState::Sending { last_error: None },
+        })
+    }
+
+    /// Resends every message of the outbox still sending, oldest first, and returns the ones
+    /// settled now (stored or refused) that no `send` call has reported. Stops at the first
+    /// that stays sending (the relay is unreachable: the rest would fail too). Run
+    /// automatically at the start of every [`Client::poll`] and [`Client::send`].
+    ///
+    /// # Errors
+    /// Profile errors, and protocol errors of a new handshake.
+    pub async fn flush_outbox(&self) -> Result<Vec<Receipt>, ClientError> {
+        self.flush_outbox_for(None).await?;
+        Ok(std::mem::take(&mut self.state.lock().await.settled))
+    }
+
+    /// The messages waiting in the outbox: sending or refused, oldest first.
+    pub async fn outbox(&self) -> Vec<Receipt> {
+        self.state
+            .lock()
+            .await
+            .outbox
+            .values()
+            .map(OutboxEntry::receipt)
+            .collect()
+    }
+
+    /// Sends a waiting message again now: a refused one is resent (its number given back
+    /// earlier, it is sealed again under a new one), a sending one is flushed.
+    ///
+    /// # Errors
+    /// [`ClientError::NotInOutbox`]; as [`Client::flush_outbox`].
+    pub async fn retry(&self, id: OutboxId) -> Result<Receipt, ClientError> {
+        {
+            let mut st = self.state.lock().await;
+            let entry = st.outbox.get(&id).ok_or(ClientError::NotInOutbox(id))?;
+            if matches!(entry.state, SendState::Refused { .. }) {
+                let to = entry.to.clone();
+                let fresh = if entry.released {
+                    // Its number was given back: seal it again as a new message.
+                    let body = entry.body.0.clone();
+                    let mut fresh = self.seal_entry(&mut st, &to, &body)?;
+                    fresh.id = id;
+                    Some(fresh)
+                } else {
+                    None
+                };
+                if let Some(e) = st.outbox.get_mut(&id) {
+                    match fresh {
+                        Some(f) => *e = f,
+                        None => e.state = SendState::Sending { last_error: None },
+                    }
+                }
+                self.save(&st)?;
+            }
+        }
+        self.flush_outbox_for(Some(id)).await?;
+        let mut st = self.state.lock().await;
+        if let Some(i) = st.settled.iter().position(|r| r.id == id) {
+            return Ok(st.settled.remove(i));
+        }
+        st.outbox
+            .get(&id)
+            .map(OutboxEntry::receipt)
+            .ok_or(ClientError::NotInOutbox(id))
+    }
+
+    /// Stops sending a waiting message and removes it from the outbox. Its sequence number is
+    /// given back when no copy of it can have been stored and it is the last one sealed for
+    /// its peer; otherwise the peer will report it lost.
+    ///
+    /// # Errors
+    /// [`ClientError::NotInOutbox`]; profile errors.
+    ///
+    /// # Security
+    /// A message that was posted without an answer may have been stored anyway: abandoning it
+    /// does not unsend it (the peer may still receive it).
+    pub async fn abandon(&self, id: OutboxId) -> Result<Receipt, ClientError> {
+        let _flush = self.flushing.lock().await;
+        let mut st = self.state.lock().await;
+        let mut entry = st.outbox.remove(&id).ok_or(ClientError::NotInOutbox(id))?;
+        entry.drop_envelope();
+        if !entry.maybe_stored && !entry.released {
+            if let Some(chat) = st.chats.get_mut(&entry.to) {
+                entry.released = chat.release_unsent(entry.seq);
+            }
+        }
+        self.save(&st)?;
+        Ok(entry.receipt())
+    }
+
+    /// Transmits the outbox (only `only` when given, else every entry still sending).
+    async fn flush_outbox_for(&self, only: Option<OutboxId>) -> Result<(), ClientError> {
+        let _flush = self.flushing.lock().await;
+        let ids: Vec<OutboxId> = {
+            let st = self.state.lock().await;
+            st.outbox
+                .values()
+                .filter(|e| matches!(e.state, SendState::Sending { .. }))
+                .map(|e| e.id)
+                .collect()
+        };
+        for id in ids {
+            let state = self.transmit(id).await?;
+            if matches!(state, Some(SendState::Sending { .. })) {
+                break;
+            }
+            if only == Some(id) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Posts one outbox entry and records the answer; returns its state after (None if it is no
+    /// longer in the outbox). The caller holds `flushing`.
+    async fn transmit(&self, id: OutboxId) -> Result<Option<SendState>, ClientError> {
+        // A handful of fresh envelopes at most: a stale salt or clock, a new handshake.
+        for _ in 0..4 {
+            let packet = {
+                let mut st = self.state.lock().await;
+                let st = &mut *st;
+                let Some(entry) = st.outbox.get_mut(&id) else {
+                    return Ok(None);
+                };
+                let session = st
+                    .session
+                    .as_mut()
+                    .ok_or_else(|| ClientError::Invalid("no session".into()))?;
+                let server_now = now().offset_secs(session.time_offset()).as_secs();
+                // docs/protocol.md §3 "The sender's outbox": the same envelope while the relay
+                // can still recognise its msg_id (same session, within the msg_id window, with
+                // a minute to spare), else a new envelope around the same end-to-end packet.
+                let reusable = entry.envelope.as_ref().is_some_and(|env| {
+                    env.session_id == session.session_id()
+                        && MsgId(env.msg_id).secs() + REUSE_ENVELOPE_SECS >= server_now
+                });
+                if !reusable {
+                    entry.drop_envelope();
+                    let target = ClientId::new(&entry.to).map_err(|e| ClientError::Invalid(e.to_string()))?;
+                    let call = Call::SendMessage {
+                        target_peer: target,
+                        payload: entry.packet.clone(),
+                    };
+                    let body = serde_json::to_vec(&call).map_err(|e| ClientError::Invalid(e.to_string()))?;
+                    let out = session.encode_request(&body, now(), &mut OsRng)?;
+                    entry.envelope = Some(PostedEnvelope {
+                        msg_id: out.msg_id.0,
+                        session_id: session.session_id(),
+                        packet: Bytes(out.packet),
+                        uncertain: false,
+                    });
+                }
+                let packet = entry
+                    .envelope
+                    .as_ref()
+                    .map(|e| e.packet.clone())
+                    .unwrap_or_default();
+                // Saved before it leaves: a restarted client resends these very bytes.
+                self.save(st)?;
+                packet
+            };
+            let req = serde_json::json!({ "packet": packet });
+            let answer = self.post_raw("/secure_message", &req).await;
+            let mut st = self.state.lock().await;
+            let outcome = match answer {
+                Err(e) => Err(e.to_string()),
+                Ok(Ok(raw)) => Self::read_send_answer(&mut st, &raw).map(Ok),
+                Ok(Err(refusal)) => {
+                    if let Some(notice) = &refusal.body.notice {
+                        // A stale salt or clock (checked before anything is stored): apply the
+                        // notice and make a new envelope.
+                        drop(st);
+                        if self.apply_notice(&notice.0).await? {
+                            if let Some(e) = self.state.lock().await.outbox.get_mut(&id) {
+                                e.drop_envelope();
+                            }
+                            continue;
+                        }
+                        let why = format!("{}: {}", refusal.body.error, refusal.body.message);
+                        return self.leave_sending(id, why).await;
+                    }
+                    let code = refusal.body.error.clone();
+                    if code == "unknown_auth_key" {
+                        drop(st);
+                        self.handshake_again(true).await?;
+                        continue;
+                    }
+                    if code == "bad_msg" || code == "msg_id_reused" {
+                        // The relay cannot tell whether it saw this envelope: a new one; the
+                        // first may have been stored (then the peer drops the copy).
+                        if let Some(e) = st.outbox.get_mut(&id) {
+                            if let Some(env) = e.envelope.as_mut() {
+                                env.uncertain = true;
+                            }
+                            e.drop_envelope();
+                        }
+                        drop(st);
+                        continue;
+                    }
+                    if outbox::is_final_refusal(&code) {
+                        Ok(Err((code, refusal.body.message)))
+                    } else {
+                        Err(format!("{code}: {}", refusal.body.message))
+                    }
+                }
+            };
+            let st = &mut *st;
+            let Some(entry) = st.outbox.get_mut(&id) else {
+                return Ok(None);
+            };
+            let state = match outcome {
+                Ok(Ok(stored)) => stored,
+                Ok(Err((code, message))) => {
+                    // This envelope was refused, so it is stored nowhere; if no earlier one can
+                    // be either, and nothing was sealed after it, its number is given back.
+                    entry.drop_envelope();
+                    if !entry.maybe_stored {
+                        if let Some(chat) = st.chats.get_mut(&entry.to) {
+                            entry.released = chat.release_unsent(entry.seq);
+                        }
+                    }
+                    SendState::Refused { code, message }
+                }
+                Err(why) => {
+                    if let Some(env) = entry.envelope.as_mut() {
+                        env.uncertain = true;
+                    }
+                    SendState::Sending {
+                        last_error: Some(why),
+                    }
+                }
+            };
+            entry.state = state.clone();
+            if matches!(state, SendState::Stored { .. }) {
+                if let Some(done) = st.outbox.remove(&id) {
+                    st.settled.push(done.receipt());
+                }
+            } else if matches!(state, SendState::Refused { .. }) {
+                st.settled.push(entry.receipt());
+            }
+            self.save(st)?;
+            return Ok(Some(state));
+        }
+        self.leave_sending(id, "gave up after repeated refusals".into())
+            .await
+    }
+
+    async fn leave_sending(&self, id: OutboxId, why: String) -> Result<Option<SendState>, ClientError> {
+        let mut st = self.state.lock().await;
+        let Some(entry) = st.outbox.get_mut(&id) else {
+            return Ok(None);
+        };
+        entry.state = SendState::Sending {
+            last_error: Some(why),
+        };
+        let state = entry.state.clone();
+        self.save(&st)?;
+        Ok(Some(state))
+    }
+
+    /// Opens the relay's answer to a send, or says why it cannot be read (the message stays
+    /// sending; the same envelope is answered again from the stored outcome).
+    fn read_send_answer(st: &mut State, raw: &[u8]) -> Result<SendState, String> {
+        let answer: EnvelopeAnswer = serde_json::from_slice(raw).map_err(|e| format!("bad answer: {e}"))?;
+        let session = st.session.as_mut().ok_or("no session")?;
+        let incoming = session
+            .decode_response(&answer.packet.0, now())
+            .map_err(|e| format!("answer refused: {e}"))?;
+        let answer: SendAnswer =
+            serde_json::from_slice(&incoming.body).map_err(|e| format!("bad body: {e}"))?;
+        Ok(SendState::Stored {
             msg_id: answer.msg_id.parse().unwrap_or(0),
             mailbox_seq: answer.mailbox_seq,
             timestamp: answer.timestamp,
         })
     }
 
-    /// Acknowledges what was handed out before, then long-polls (up to `wait`) and decrypts.
+    /// Flushes the outbox, acknowledges what was handed out before, then long-polls (up to
+    /// `wait`) and decrypts.
+    ///
+    /// Which entries are acknowledged (deleted by the relay): those handed to the caller as an
+    /// [`Event`] — a message (with [`Event::Lost`] before it when the window gave numbers up),
+    /// a [`Event::Rejected`] one (forged, counters impossible), an expiry notice — and true
+    /// duplicates of messages handed out before. Entries that cannot be opened now stay on the
+    /// relay: under a changed peer key ([`Event::PeerKeyChanged`], once), from a sender with no
+    /// key ([`Event::Held`], once), or when the directory cannot be reached (silently, tried
+    /// again with the next poll).
     ///
     /// # Errors
-    /// Transport, protocol and server errors. Undecryptable entries are events, not errors.
+    /// Transport, protocol and server errors of the poll itself (the outbox flush reports
+    /// through [`Event::Outbox`] and [`Client::outbox`]). Undecryptable entries are events, not
+    /// errors.
     pub async fn poll(&self, wait: Duration) -> Result<Vec<Event>, ClientError> {
+        if let Err(e) = self.flush_outbox_for(None).await {
+            tracing::warn!(error = %e, "outbox flush failed");
+        }
         let ack = self.acks_for_one_poll().await;
         let call = Call::PollMessages {
             ack: ack.clone(),
@@ -858,7 +1227,10 @@ impl Client {
                 return Err(e);
             }
         };
-        let mut events = Vec::new();
+        let mut events: Vec<Event> = std::mem::take(&mut self.state.lock().await.settled)
+            .into_iter()
+            .map(Event::Outbox)
+            .collect();
         for entry in answer.messages {
             match &entry.kind {
                 EntryKind::Expired { to, message_seq } => {
@@ -866,79 +1238,141 @@ impl Client {
                         to: to.to_string(),
                         seq: *message_seq,
                     });
-                    self.state.lock().await.to_ack.push(entry.seq);
+                    self.state
+                        .lock()
+                        .await
+                        .to_ack
+                        .push(AckRef::new(entry.seq, entry.timestamp_ms));
                 }
                 EntryKind::Message => {
-                    if let Some(ev) = self.open_entry(&entry.from, entry.seq, &entry.payload.0).await? {
-                        events.push(ev);
-                    }
+                    events.extend(
+                        self.open_entry(
+                            &entry.from,
+                            AckRef::new(entry.seq, entry.timestamp_ms),
+                            &entry.payload.0,
+                        )
+                        .await,
+                    );
                 }
             }
+        }
+        let st = self.state.lock().await;
+        if let Err(e) = self.save(&st) {
+            // The events are handed out anyway: losing them would be worse than a profile
+            // one poll behind (its chats then report later messages after a gap).
+            tracing::warn!(error = %e, "saving the profile after a poll failed");
         }
         Ok(events)
     }
 
-    async fn open_entry(&self, from: &str, seq: u64, packet: &[u8]) -> Result<Option<Event>, ClientError> {
-        if self.ensure_chat(from).await.is_err() {
-            let mut st = self.state.lock().await;
-            return Ok(if st.held.insert(seq) {
-                Some(Event::PeerKeyChanged { from: from.into() })
-            } else {
-                None
-            });
+    /// Holds back mailbox entry `seq` (not acknowledged), reporting `event` the first time.
+    async fn hold(&self, seq: u64, event: Event) -> Vec<Event> {
+        if self.state.lock().await.held.insert(seq) {
+            vec![event]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Opens one mailbox entry. Never fails: every outcome is events (possibly none) and a
+    /// decision to acknowledge the entry or leave it on the relay (see [`Client::poll`]).
+    async fn open_entry(&self, from: &str, entry: AckRef, packet: &[u8]) -> Vec<Event> {
+        let seq = entry.seq;
+        match self.ensure_chat(from).await {
+            Ok(()) => {}
+            Err(ClientError::PeerKeyChanged { .. }) => {
+                return self.hold(seq, Event::PeerKeyChanged { from: from.into() }).await;
+            }
+            Err(e @ (ClientError::Transport(_) | ClientError::Server { .. })) => {
+                // The directory cannot be asked now: left on the relay, tried next poll.
+                tracing::debug!(from, error = %e, "cannot check the sender's key yet");
+                return Vec::new();
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                return self
+                    .hold(
+                        seq,
+                        Event::Held {
+                            from: from.into(),
+                            reason,
+                        },
+                    )
+                    .await;
+            }
         }
         let mut st = self.state.lock().await;
         let Some(chat) = st.chats.get_mut(from) else {
-            return Ok(None);
+            drop(st);
+            let reason = "no conversation with this sender".to_owned();
+            return self
+                .hold(
+                    seq,
+                    Event::Held {
+                        from: from.into(),
+                        reason,
+                    },
+                )
+                .await;
         };
-        let event = match chat.open(packet) {
-            Ok(r) => Event::Message {
-                from: from.into(),
-                body: r.body,
-                seq: r.seq,
-                sent_at_ms: r.sent_at_ms,
-                delivery: r.delivery,
-            },
+        let events = match chat.open(packet) {
+            Ok(r) => {
+                let mut events: Vec<Event> = r
+                    .lost
+                    .into_iter()
+                    .map(|seqs| Event::Lost {
+                        from: from.into(),
+                        seqs,
+                    })
+                    .collect();
+                events.push(Event::Message {
+                    from: from.into(),
+                    body: r.body,
+                    seq: r.seq,
+                    sent_at_ms: r.sent_at_ms,
+                    delivery: r.delivery,
+                });
+                events
+            }
             Err(mtproto_session::Error::Decrypt) => {
                 // Under another key: perhaps the peer rotated. Hold it and say so once.
                 drop(st);
-                let changed = self
-                    .lookup(&[from])
-                    .await?
-                    .iter()
-                    .any(|p| p.client_id == from && p.key_status == KeyStatus::Changed);
-                let mut st = self.state.lock().await;
+                let changed = match self.lookup(&[from]).await {
+                    Ok(peers) => peers
+                        .iter()
+                        .any(|p| p.client_id == from && p.key_status == KeyStatus::Changed),
+                    Err(e) => {
+                        tracing::debug!(from, error = %e, "cannot check the sender's key yet");
+                        return Vec::new();
+                    }
+                };
                 if changed {
-                    return Ok(if st.held.insert(seq) {
-                        Some(Event::PeerKeyChanged { from: from.into() })
-                    } else {
-                        None
-                    });
+                    return self.hold(seq, Event::PeerKeyChanged { from: from.into() }).await;
                 }
-                st.to_ack.push(seq);
-                return Ok(Some(Event::Rejected {
+                self.state.lock().await.to_ack.push(entry);
+                return vec![Event::Rejected {
                     from: from.into(),
                     reason: "message failed authentication".into(),
-                }));
+                }];
             }
             Err(mtproto_session::Error::E2eReplay { .. }) => {
-                // Delivered again because our ack did not reach the relay: already handed out.
-                st.to_ack.push(seq);
-                return Ok(None);
+                // A copy of a message handed out before (our ack did not reach the relay, or
+                // the sender's outbox resent it in a new envelope): acknowledged, not shown.
+                st.to_ack.push(entry);
+                return Vec::new();
             }
-            Err(e) => Event::Rejected {
+            Err(e) => vec![Event::Rejected {
                 from: from.into(),
                 reason: e.to_string(),
-            },
+            }],
         };
-        st.to_ack.push(seq);
-        self.save(&st)?;
-        Ok(Some(event))
+        st.to_ack.push(entry);
+        events
     }
 
     /// The acknowledgements for the next poll: at most the relay's limit, oldest first; the
     /// rest go with the one after.
-    async fn acks_for_one_poll(&self) -> Vec<u64> {
+    async fn acks_for_one_poll(&self) -> Vec<AckRef> {
         let mut st = self.state.lock().await;
         let n = st.to_ack.len().min(MAX_ACKS_PER_POLL);
         st.to_ack.drain(..n).collect()

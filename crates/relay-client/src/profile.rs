@@ -6,7 +6,7 @@ use std::path::Path;
 use mtproto_session::{ChatStateData, ClientSessionState, SecretBytes};
 use serde::{Deserialize, Serialize};
 
-use crate::ClientError;
+use crate::{ClientError, OutboxEntry};
 
 /// What the client knows about a peer's identity key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +34,9 @@ pub struct Profile {
     pub peers: BTreeMap<String, KnownPeer>,
     /// Conversation states.
     pub chats: BTreeMap<String, ChatStateData>,
+    /// Messages not yet stored by the relay (sending or refused); absent in older profiles.
+    #[serde(default)]
+    pub outbox: Vec<OutboxEntry>,
 }
 
 impl Profile {
