@@ -143,3 +143,26 @@ test('the proof of work matches the Rust client: known answer, the check, refusa
   assert.deepEqual(out.names, ['alice', 'bob', 'carol.z-9_']);
   assert.match(out.badName, /a name is 1 to 64/);
 });
+
+test('one lost message never makes a conversation unreadable: the window slides, the lost run is reported once, a late one opens once', async () => {
+  const out = await page.evaluate(async () => {
+    const m = await import('/js/mtproto.js');
+    const [a, b] = [await m.generateIdentity(), await m.generateIdentity()];
+    const alice = await m.Chat.create(a, b.pub), bob = await m.Chat.create(b, a.pub);
+    const sealed = [];
+    for (let i = 0; i < 1200; i += 1) sealed.push((await alice.seal(m.utf8(`m${i}`))).packet);
+    let opened = 0; const lost = []; let error = null;
+    for (let i = 1; i < 1200; i += 1) { // message 0 is lost on the way
+      try { const r = await bob.open(sealed[i]); opened += 1; lost.push(...r.lost); } catch (e) { error = e.message; break; }
+    }
+    const late = await bob.open(sealed[0]);
+    let again = null; try { await bob.open(sealed[0]); } catch (e) { again = e.replay === true; }
+    return { opened, lost, error, late: [late.delivery, m.fromUtf8(late.body)], again, above: bob.recvAbove.size };
+  });
+  assert.equal(out.error, null);
+  assert.equal(out.opened, 1199);
+  assert.deepEqual(out.lost, [[0, 1]]);
+  assert.deepEqual(out.late, ['recovered', 'm0']);
+  assert.equal(out.again, true);
+  assert.ok(out.above <= 1024);
+});

@@ -277,11 +277,15 @@ export async function safetyNumber(chatKeyBytes) {
 
 /** One side of a conversation: data = random_id ‖ out_seq ‖ in_seq ‖ sent_at_ms ‖ body. */
 export class Chat {
-  constructor(state) { Object.assign(this, state); this.recvAbove = new Set(state.recvAbove || []); }
+  constructor(state) {
+    Object.assign(this, state);
+    this.recvAbove = new Set(state.recvAbove || []);
+    this.givenUp = (state.givenUp || []).map(([a, b]) => [a, b]);
+  }
   static async create(identity, peerPub) {
     return new Chat({ key: await chatKey(identity, peerPub), own: identity.pub, peer: peerPub, sent: 0, recvLow: 0, recvAbove: [] });
   }
-  toJSON() { return { key: this.key, own: this.own, peer: this.peer, sent: this.sent, recvLow: this.recvLow, recvAbove: [...this.recvAbove] }; }
+  toJSON() { return { key: this.key, own: this.own, peer: this.peer, sent: this.sent, recvLow: this.recvLow, recvAbove: [...this.recvAbove], givenUp: this.givenUp }; }
   get sendX() { return compareBytes(this.own, this.peer) <= 0 ? 0 : 8; }
   async fingerprint() { return safetyNumber(this.key); }
   async seal(body, padding) {
@@ -296,14 +300,36 @@ export class Chat {
     const d = payload.slice(4);
     if (d.length < 24) throw new Error('decrypt');
     const seq = readU32(d, 8), inSeq = readU32(d, 12);
-    if (seq < this.recvLow || this.recvAbove.has(seq)) { const e = new Error('replay'); e.replay = true; throw e; }
+    // A seq below the window opens once if it was given up (it arrived after all), else it is a
+    // replay; the same rules as the Rust client's ChatState (docs/protocol.md §3.1).
+    const run = seq < this.recvLow ? this.givenUp.findIndex(([a, b]) => seq >= a && seq < b) : -1;
+    if ((seq < this.recvLow && run < 0) || this.recvAbove.has(seq)) { const e = new Error('replay'); e.replay = true; throw e; }
     if (inSeq > this.sent) throw new Error('peer acknowledges messages never sent');
+    if (run >= 0) {
+      const [a, b] = this.givenUp[run];
+      this.givenUp.splice(run, 1, ...[[a, seq], [seq + 1, b]].filter(([x, y]) => x < y));
+      return { body: d.slice(24), seq, delivery: 'recovered', lost: [], randomId: d.slice(0, 8), sentAtMs: Number(readU64(d, 16)) };
+    }
     const top = this.recvAbove.size ? Math.max(...this.recvAbove) + 1 : this.recvLow;
-    if (seq - this.recvLow > 1024) throw new Error('too many missing messages');
     const delivery = seq === top ? 'in_order' : seq > top ? `after_gap:${top}-${seq - 1}` : 'late';
+    // Slide instead of refusing: no number of lost messages makes the chat unreadable. The
+    // seqs the window passes without having received them are given up, reported once.
+    const lost = [];
+    if (seq - this.recvLow > 1024) {
+      const low = seq - 1024;
+      let from = null;
+      for (let s = this.recvLow; s < low; s += 1) {
+        if (this.recvAbove.has(s)) { this.recvAbove.delete(s); if (from !== null) { lost.push([from, s]); from = null; } }
+        else if (from === null) from = s;
+      }
+      if (from !== null) lost.push([from, low]);
+      this.givenUp.push(...lost);
+      this.givenUp = this.givenUp.slice(-64);
+      this.recvLow = low;
+    }
     this.recvAbove.add(seq);
     while (this.recvAbove.has(this.recvLow)) { this.recvAbove.delete(this.recvLow); this.recvLow += 1; }
-    return { body: d.slice(24), seq, delivery, randomId: d.slice(0, 8), sentAtMs: Number(readU64(d, 16)) };
+    return { body: d.slice(24), seq, delivery, lost, randomId: d.slice(0, 8), sentAtMs: Number(readU64(d, 16)) };
   }
 }
 
