@@ -193,12 +193,13 @@ async fn every_message_arrives_once_or_is_reported_refused_through_sigkill_resta
     killer.await.unwrap();
     let expected = pairs * messages;
     loop {
-        let t = tally.lock().unwrap();
-        let accounted = t.delivered.len() + t.refused.len();
+        let accounted = {
+            let t = tally.lock().unwrap();
+            t.delivered.len() + t.refused.len()
+        };
         if accounted >= expected || Instant::now() > deadline {
             break;
         }
-        drop(t);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     stop.store(true, std::sync::atomic::Ordering::Release);
