@@ -119,6 +119,9 @@ async fn run(args: Args) -> Result<(), ClientError> {
                                     "!! a message from {from} waits on the relay: {reason}"
                                 )),
                                 Event::Outbox(r) => say(&show(&r)),
+                                Event::RelayLostData => say(
+                                    "!! the relay had lost its data (it no longer knew us): registered again. Messages waiting for you there, and undelivered ones you sent, may have been lost.",
+                                ),
                             }
                         }
                     }

@@ -203,6 +203,11 @@ pub enum Event {
     /// A message in the outbox was settled by a flush after its `send` returned: stored or
     /// refused.
     Outbox(Receipt),
+    /// The relay no longer knew this client's auth key — it lost its data, or was restored
+    /// from an old backup — so the client registered again. Messages the relay held for us,
+    /// and ones we sent that were not yet delivered, may have been lost: tell the user.
+    /// (Messages still in our outbox are resent.) Reported once, with the next poll.
+    RelayLostData,
     /// A message that was replayed, forged or broke the conversation's counters: dropped.
     Rejected {
         /// The claimed sender.
@@ -303,6 +308,8 @@ struct State {
     next_outbox_id: u64,
     /// Outbox entries settled by a flush, not yet reported (by `send` or as events).
     settled: Vec<Receipt>,
+    /// Set when the relay no longer knew our key (see [`Event::RelayLostData`]).
+    relay_lost_data: bool,
 }
 
 /// Records `key` as `peer`'s accepted identity key and starts a new chat under it.
@@ -396,6 +403,7 @@ impl Client {
             outbox: BTreeMap::new(),
             next_outbox_id: 1,
             settled: Vec::new(),
+            relay_lost_data: false,
         };
         if let Some(p) = profile {
             if p.client_id != config.name {
@@ -602,6 +610,10 @@ impl Client {
             let mut st = self.state.lock().await;
             st.session = None;
             self.handshake(&mut st).await?;
+            st.relay_lost_data = true;
+            tracing::warn!(
+                "the relay no longer knew our auth key: registered again; undelivered messages may be lost"
+            );
             self.save(&st)?;
         }
         if publish {
@@ -1227,10 +1239,15 @@ impl Client {
                 return Err(e);
             }
         };
-        let mut events: Vec<Event> = std::mem::take(&mut self.state.lock().await.settled)
-            .into_iter()
-            .map(Event::Outbox)
-            .collect();
+        let mut events: Vec<Event> = {
+            let mut st = self.state.lock().await;
+            let lost = std::mem::take(&mut st.relay_lost_data);
+            let settled = std::mem::take(&mut st.settled);
+            lost.then_some(Event::RelayLostData)
+                .into_iter()
+                .chain(settled.into_iter().map(Event::Outbox))
+                .collect()
+        };
         for entry in answer.messages {
             match &entry.kind {
                 EntryKind::Expired { to, message_seq } => {

@@ -264,10 +264,31 @@ async fn a_client_shakes_hands_again_when_the_server_lost_its_key() {
         .send("bob", b"after the server lost everything")
         .await
         .unwrap();
+    // bob's next poll tells him once that the relay had lost what it held for him.
+    let first = bob.poll(Duration::from_secs(2)).await.unwrap();
+    assert!(matches!(first.first(), Some(Event::RelayLostData)), "{first:?}");
     assert_eq!(
-        next_message(&bob).await,
+        first.iter().filter(|e| matches!(e, Event::RelayLostData)).count(),
+        1
+    );
+    let got = first.into_iter().find_map(|e| match e {
+        Event::Message { from, body, .. } => Some((from, body)),
+        _ => None,
+    });
+    let got = match got {
+        Some(m) => m,
+        None => next_message(&bob).await,
+    };
+    assert_eq!(
+        got,
         ("alice".to_owned(), b"after the server lost everything".to_vec())
     );
+    assert!(!bob
+        .poll(Duration::ZERO)
+        .await
+        .unwrap()
+        .iter()
+        .any(|e| matches!(e, Event::RelayLostData)));
     // The new server's directory has bob's identity key again, the one alice accepted before.
     let peers = alice.lookup(&["Bob"]).await.unwrap();
     assert!(
