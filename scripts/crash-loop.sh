@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The crash loop, longer than CI's: senders and receivers through the Rust client while the
-# relay is SIGKILLed at random moments and restarted on the same data; every message must
+# relay (on SQLite) — or the Redis under it, with appendfsync always and everysec — is SIGKILLed
+# at random moments and restarted on the same data; every message must
 # arrive exactly once or be reported refused. Usage: scripts/crash-loop.sh [kills] [pairs] [messages]
 set -euo pipefail
 cd "$(dirname "$0")/.."

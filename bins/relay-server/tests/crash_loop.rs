@@ -31,7 +31,7 @@ fn setting(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn start(data: &Path, port: u16) -> ServerProcess {
+fn start(data: &Path, port: u16, engine: &[String]) -> ServerProcess {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_relay-server"));
     cmd.args([
         "--bind",
@@ -48,8 +48,17 @@ fn start(data: &Path, port: u16) -> ServerProcess {
         "1000",
     ])
     .args(["--account-burst", "100000", "--account-rate", "100000"])
+    .args(engine)
     .stderr(Stdio::null());
     ServerProcess::spawn(cmd)
+}
+
+/// What gets SIGKILLed.
+enum Victim {
+    /// The relay process (on SQLite), restarted on the same data and port.
+    Relay,
+    /// The Redis under a relay on `--engine redis`, restarted from its AOF.
+    Redis(relay_test_support::RedisServer),
 }
 
 fn free_port() -> u16 {
@@ -78,18 +87,48 @@ struct Tally {
     refused: Vec<(String, usize, String)>,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_message_arrives_once_or_is_reported_refused_through_sigkill_restarts() {
-    let (kills, pairs, messages) = (
+fn sizes() -> (usize, usize, usize) {
+    (
         setting("CRASH_LOOP_KILLS", 4),
         setting("CRASH_LOOP_PAIRS", 3),
         setting("CRASH_LOOP_MESSAGES", 25),
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_arrives_once_or_is_reported_refused_through_sigkill_restarts() {
+    crash_loop(Victim::Relay, "relay on SQLite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_when_redis_is_killed_with_appendfsync_always() {
+    let redis = relay_test_support::RedisServer::start_with(&["--appendfsync", "always"]);
+    crash_loop(Victim::Redis(redis), "redis, appendfsync always").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_when_redis_is_killed_with_appendfsync_everysec() {
+    // A process kill, not a power cut: the OS still has what Redis wrote (docs/deployment.md).
+    let redis = relay_test_support::RedisServer::start_with(&["--appendfsync", "everysec"]);
+    crash_loop(Victim::Redis(redis), "redis, appendfsync everysec").await;
+}
+
+async fn crash_loop(victim: Victim, label: &str) {
+    let (kills, pairs, messages) = sizes();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let server = Arc::new(Mutex::new(Some(start(&data, port))));
+    let engine: Vec<String> = match &victim {
+        Victim::Relay => Vec::new(),
+        Victim::Redis(r) => vec![
+            "--engine".into(),
+            "redis".into(),
+            "--redis-url".into(),
+            r.url.clone(),
+        ],
+    };
+    let server = Arc::new(Mutex::new(Some(start(&data, port, &engine))));
     let pin = Pin::Key(fetch_server_key(&url).await);
     let profile = |name: &str| -> PathBuf { dir.path().join(format!("{name}.json")) };
 
@@ -104,23 +143,34 @@ async fn every_message_arrives_once_or_is_reported_refused_through_sigkill_resta
     let tally = Arc::new(Mutex::new(Tally::default()));
     let deadline = Instant::now() + Duration::from_secs(120 + 5 * kills as u64);
 
-    // The killer: SIGKILL at random moments, restart on the same data and port.
+    // The killer: SIGKILL at random moments, restart on the same data (and port).
     let killer = {
-        let (server, data) = (server.clone(), data.clone());
+        let (server, data, engine) = (server.clone(), data.clone(), engine.clone());
         tokio::spawn(async move {
+            let mut victim = victim;
             for _ in 0..kills {
                 let pause = 300 + OsRng.next_u32() % 900;
                 tokio::time::sleep(Duration::from_millis(u64::from(pause))).await;
-                let old = server.lock().unwrap().take();
-                drop(old); // ServerProcess kills with SIGKILL and waits
-                let fresh = tokio::task::spawn_blocking({
-                    let data = data.clone();
-                    move || start(&data, port)
+                let (server, data, engine) = (server.clone(), data.clone(), engine.clone());
+                victim = tokio::task::spawn_blocking(move || {
+                    match victim {
+                        Victim::Relay => {
+                            let old = server.lock().unwrap().take();
+                            drop(old); // ServerProcess kills with SIGKILL and waits
+                            *server.lock().unwrap() = Some(start(&data, port, &engine));
+                        }
+                        Victim::Redis(ref mut r) => {
+                            r.kill();
+                            std::thread::sleep(Duration::from_millis(200));
+                            r.restart();
+                        }
+                    }
+                    victim
                 })
                 .await
                 .unwrap();
-                *server.lock().unwrap() = Some(fresh);
             }
+            victim
         })
     };
 
@@ -190,7 +240,7 @@ async fn every_message_arrives_once_or_is_reported_refused_through_sigkill_resta
     for s in sending {
         s.await.unwrap();
     }
-    killer.await.unwrap();
+    let _victim = killer.await.unwrap();
     let expected = pairs * messages;
     loop {
         let accounted = {
@@ -218,7 +268,7 @@ async fn every_message_arrives_once_or_is_reported_refused_through_sigkill_resta
         }
     }
     eprintln!(
-        "crash loop: {kills} SIGKILLs, {expected} messages from {pairs} senders: delivered {}, refused {}, duplicated {}, lost {}",
+        "crash loop ({label}): {kills} SIGKILLs, {expected} messages from {pairs} senders: delivered {}, refused {}, duplicated {}, lost {}",
         t.delivered.len(),
         t.refused.len(),
         duplicated.len(),

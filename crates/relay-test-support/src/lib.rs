@@ -57,29 +57,44 @@ fn stop(child: &mut Child) {
 pub struct RedisServer {
     child: Child,
     port: u16,
+    /// Extra `redis-server` arguments, kept for restarts.
+    extra: Vec<String>,
     /// `redis://127.0.0.1:PORT/0`.
     pub url: String,
     dir: tempfile::TempDir,
 }
 
-fn answering(port: u16, dir: &std::path::Path) -> Child {
-    let mut child = spawn(port, dir, &[]);
+fn answering(port: u16, dir: &std::path::Path, extra: &[String]) -> Child {
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let mut child = spawn(port, dir, &extra);
     let mut conn = connect(port);
-    if redis::cmd("PING").query::<String>(&mut conn).is_err() {
-        stop(&mut child);
-        panic!("redis-server on port {port} does not answer");
+    // Replaying a large AOF answers `LOADING` for a while: wait (bounded) until it is done.
+    for _ in 0..400 {
+        if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(25));
     }
-    child
+    stop(&mut child);
+    panic!("redis-server on port {port} does not answer")
 }
 
 impl RedisServer {
     /// Starts it and waits until it answers.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts it with extra `redis-server` arguments (later ones win, e.g.
+    /// `["--appendfsync", "everysec"]`), kept for [`RedisServer::restart`].
+    pub fn start_with(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let port = free_port();
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
         Self {
-            child: answering(port, dir.path()),
+            child: answering(port, dir.path(), &extra),
             port,
+            extra,
             url: format!("redis://127.0.0.1:{port}/0"),
             dir,
         }
@@ -94,7 +109,7 @@ impl RedisServer {
     /// answers.
     pub fn restart(&mut self) {
         stop(&mut self.child);
-        self.child = answering(self.port, self.dir.path());
+        self.child = answering(self.port, self.dir.path(), &self.extra);
     }
 }
 
