@@ -34,9 +34,11 @@ export async function freePort() {
  * Starts relay-server (by default on an ephemeral loopback port, in a new data directory);
  * resolves when its banner is complete (the `web clients:` line comes last). With
  * `--metrics-bind` among `extra`, `metrics` is the operator-only `/stats` URL the banner names.
+ * `dataDir` restarts a relay on the data of an earlier one (stopped with `halt()`, which keeps
+ * the directory; `stop()` removes it).
  */
-export async function startServer(extra = [], { bind = '127.0.0.1:0' } = {}) {
-  const dir = mkdtempSync(join(tmpdir(), 'relay-browser-'));
+export async function startServer(extra = [], { bind = '127.0.0.1:0', dataDir = null } = {}) {
+  const dir = dataDir || mkdtempSync(join(tmpdir(), 'relay-browser-'));
   const proc = spawn(join(binDir, 'relay-server'), ['--bind', bind, '--data-dir', dir, ...extra],
     { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, RUST_LOG: 'warn' } });
   const lines = createInterface({ input: proc.stdout });
@@ -54,7 +56,8 @@ export async function startServer(extra = [], { bind = '127.0.0.1:0' } = {}) {
     });
     proc.on('exit', (c) => rej(new Error(`relay-server exited ${c}`)));
   });
-  return { ...info, dir, proc, async stop() { proc.kill('SIGTERM'); await new Promise((r) => proc.once('exit', r)); rmSync(dir, { recursive: true, force: true }); } };
+  const halt = async () => { if (proc.exitCode === null && proc.signalCode === null) { proc.kill('SIGTERM'); await new Promise((r) => proc.once('exit', r)); } };
+  return { ...info, dir, proc, halt, async stop() { await halt(); rmSync(dir, { recursive: true, force: true }); } };
 }
 
 /** The operator-only counters of a server started with `--metrics-bind` (`GET /stats`). */

@@ -1,7 +1,7 @@
 // chat_ui_multiuser.html: several users side by side, each with its own keys and session (kept in
 // memory only), showing every handshake step and, for every request and answer, what crosses the
 // wire (msg_id, seq_no, msg_key, ciphertext) beside what it means (plaintext).
-import { RelayClient, canonicalName, humanError } from './mtproto.js';
+import { RelayClient, canonicalName, humanError, refusalText } from './mtproto.js';
 
 const pin = document.querySelector('meta[name=relay-fingerprint]').content;
 document.getElementById('pin').textContent = `pinned server key ${pin}`;
@@ -111,7 +111,11 @@ async function addUser(typed) {
   node.querySelector('.send').addEventListener('click', async () => {
     const input = node.querySelector('.text');
     const text = input.value; input.value = '';
-    try { await client.send(select.value, text); } catch (e) { state.textContent = `not sent: ${humanError(e, select.value)}`; }
+    try {
+      const r = await client.send(select.value, text);
+      if (r && r.state === 'refused') state.textContent = `not sent: ${refusalText(r)}`;
+      else if (r && r.state === 'sending') state.textContent = 'sending… (waiting for the relay)';
+    } catch (e) { state.textContent = `not sent: ${humanError(e, select.value)}`; }
   });
   // Every picker on the bench learns the newcomer (and the newcomer learns everyone).
   for (const r of refreshers.values()) await r();

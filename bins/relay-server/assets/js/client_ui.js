@@ -3,19 +3,26 @@
 // People: the contacts (whom this user wrote to, heard from or added; kept with the profile),
 // refreshed with one exact directory lookup, and a prefix search of the directory, a page at a
 // time (the relay never lists everyone). `?search_limit=N` sets the page size (default 20).
-import { RelayClient, canonicalName, humanError, MAX_PEERS_PAGE } from './mtproto.js';
+//
+// Outgoing messages live in the client's outbox (mtproto.js, kept with the profile) until the
+// relay stored or refused them: each shows "sending…" (a spinner), "sent", or "not sent: <reason>"
+// with retry and discard. The outbox survives a reload: its messages are shown again, still
+// sending, and go out in order when the relay answers.
+import { RelayClient, canonicalName, humanError, refusalText, MAX_PEERS_PAGE } from './mtproto.js';
 
 const $ = (id) => document.getElementById(id);
 const pin = document.querySelector('meta[name=relay-fingerprint]').content;
 const SEARCH_LIMIT = Math.min(Math.max(Number(new URLSearchParams(location.search).get('search_limit')) || 20, 1), MAX_PEERS_PAGE);
 let client = null;
 let current = null;
-const convs = new Map(); // peer -> [{dir, text, state, seq}]
+const convs = new Map(); // peer -> [{dir, text, state, reason, seq, id (outbox), pending}]
+const byOutbox = new Map(); // outbox id -> its message in convs
 const unread = new Map();
 const info = new Map(); // contact -> its directory entry from the last lookup (with `status`)
 const looked = new Set(); // the names that lookup asked for (a contact asked and absent is gone)
 const search = { prefix: '', next: null, results: [], asked: 0, timer: null };
 
+const OFFLINE_NOTE = 'The relay is unreachable. Messages you write wait here and go out, in order, when it is back.';
 function showError(msg) { $('error').textContent = msg; $('error').classList.toggle('on', !!msg); }
 function setStatus(text, offline) { $('status').textContent = text; $('status').classList.toggle('offline', !!offline); }
 
@@ -107,13 +114,86 @@ function renderMessages() {
     const li = document.createElement('li');
     li.className = 'msg ' + m.dir;
     li.dataset.state = m.state || '';
+    if (m.mailboxSeq !== undefined) li.dataset.mailboxSeq = String(m.mailboxSeq);
     li.textContent = m.text;
     const s = document.createElement('small');
     s.textContent = m.dir === 'out' ? (m.reason ? `${m.state}: ${m.reason}` : m.state) : m.note || '';
+    if (m.dir === 'out' && m.state === 'sending…') {
+      const spin = document.createElement('span'); spin.className = 'spinner'; spin.setAttribute('aria-hidden', 'true');
+      s.prepend(spin);
+      if (m.lastError) s.title = `waiting for the relay: ${m.lastError}`;
+    }
     if (s.textContent) li.append(s);
+    if (m.dir === 'out' && m.state === 'not sent') {
+      const actions = document.createElement('span'); actions.className = 'msg-actions';
+      const retry = document.createElement('button'); retry.type = 'button'; retry.className = 'text retry'; retry.textContent = 'retry';
+      retry.addEventListener('click', () => retryMessage(m));
+      const discard = document.createElement('button'); discard.type = 'button'; discard.className = 'text discard'; discard.textContent = 'discard';
+      discard.addEventListener('click', () => discardMessage(m));
+      actions.append(retry, discard);
+      li.append(actions);
+    }
     ul.append(li);
   }
   ul.scrollTop = ul.scrollHeight;
+}
+
+/** Shows an outbox receipt on its message (made on the first receipt of a new outbox entry). */
+function showOutbox(r) {
+  if (r.control) return;
+  let m = byOutbox.get(r.id);
+  if (r.state === 'abandoned') {
+    byOutbox.delete(r.id);
+    const list = convs.get(r.to) || [];
+    if (m && list.includes(m)) list.splice(list.indexOf(m), 1);
+    if (r.to === current) renderMessages();
+    return;
+  }
+  const fresh = !m;
+  if (fresh) { m = { dir: 'out', text: r.text, id: r.id }; byOutbox.set(r.id, m); }
+  m.seq = r.seq; m.reason = null; m.lastError = null;
+  if (r.state === 'sending') { m.state = 'sending…'; m.lastError = r.lastError; }
+  else if (r.state === 'refused') { m.state = 'not sent'; m.reason = refusalText(r); }
+  else if (r.state === 'stored') {
+    m.mailboxSeq = r.mailboxSeq;
+    if (!/^delivered/.test(m.state || '')) m.state = `sent ✓ #${r.mailboxSeq}`;
+  }
+  if (fresh) push(r.to, m); else if (r.to === current) renderMessages();
+}
+
+async function retryMessage(m) {
+  if (m.id === undefined) {
+    // Never sealed (no key, a changed key): send it again as a new message.
+    const list = convs.get(current) || [];
+    list.splice(list.indexOf(m), 1);
+    renderMessages();
+    await sendText(current, m.text);
+    return;
+  }
+  try { await client.retry(m.id); } catch (e) { showError(humanError(e, current)); }
+}
+
+async function discardMessage(m) {
+  if (m.id === undefined) {
+    const list = convs.get(current) || [];
+    list.splice(list.indexOf(m), 1);
+    renderMessages();
+    return;
+  }
+  try { await client.abandon(m.id); } catch (e) { showError(humanError(e, current)); }
+}
+
+/** Sends `text`: the outbox's receipts show it; only an error before sealing is shown here. */
+async function sendText(peer, text) {
+  try {
+    const r = await client.send(peer, text);
+    if (r && r.state === 'stored') showError('');
+  } catch (e) {
+    // The reason stays on the message; the banner is for the page's own state.
+    const m = { dir: 'out', text, state: 'not sent' };
+    if (e.keyChanged) { m.reason = `${peer}'s key changed`; await warnKeyChange(peer); } else m.reason = humanError(e, peer);
+    push(peer, m);
+  }
 }
 
 function push(peer, m) {
@@ -132,7 +212,10 @@ async function refreshContacts() {
     for (const n of names) looked.add(n);
     for (const p of found) info.set(p.client_id, p);
     renderPeers();
-  } catch (e) { showError(`could not load your contacts: ${humanError(e)}`); }
+  } catch (e) {
+    // While the relay is away the status line and the banner say so already.
+    showError(e.transport ? OFFLINE_NOTE : `could not load your contacts: ${humanError(e)}`);
+  }
 }
 
 async function openConversation(name) {
@@ -183,19 +266,7 @@ $('composer').addEventListener('submit', async (ev) => {
   const text = $('text').value.trim();
   if (!text || !current) return;
   $('text').value = '';
-  const peer = current;
-  const m = { dir: 'out', text, state: 'sending…' };
-  push(peer, m);
-  try {
-    const r = await client.send(peer, text);
-    m.state = `sent ✓ #${r.mailbox_seq}`; m.seq = client.chats.get(peer).sent - 1;
-    showError('');
-  } catch (e) {
-    // The reason stays on the message; the banner is for the page's own state.
-    m.state = 'not sent';
-    if (e.keyChanged) { m.reason = `${peer}'s key changed`; await warnKeyChange(peer); } else m.reason = humanError(e, peer);
-  }
-  if (peer === current) renderMessages();
+  await sendText(current, text);
 });
 
 $('search').addEventListener('input', () => { clearTimeout(search.timer); search.timer = setTimeout(() => runSearch(false), 250); });
@@ -235,6 +306,10 @@ $('connect-view').addEventListener('submit', async (ev) => {
   $('rotate').hidden = false;
   $('connect-view').style.display = 'none';
   $('main-view').classList.add('on');
+  // What waited in the outbox (from before a reload) is shown again, then flushed by run().
+  client.addEventListener('outbox', ({ detail: r }) => showOutbox(r));
+  for (const r of client.waiting()) showOutbox(r);
+  if (client.needPublish) { setStatus('reconnecting…', true); showError(OFFLINE_NOTE); }
   client.addEventListener('message', ({ detail: d }) => {
     const note = d.delivery === 'in_order' ? '' : d.delivery.startsWith('after_gap') ? 'earlier messages missing' : 'arrived late';
     push(d.from, { dir: 'in', text: d.text, note });
@@ -251,7 +326,7 @@ $('connect-view').addEventListener('submit', async (ev) => {
   client.addEventListener('busy', ({ detail: d }) => showBusy($('status'), d.seconds, `connected as ${client.name}`));
   client.addEventListener('status', ({ detail: d }) => {
     clearInterval(countdown);
-    if (d.state === 'offline') { setStatus('reconnecting…', true); showError(`relay unreachable — retrying (${d.detail})`); } else { setStatus(`connected as ${client.name}`); showError(''); }
+    if (d.state === 'offline') { setStatus('reconnecting…', true); showError(`relay unreachable — retrying (${d.detail}). Messages you write wait and go out when it is back.`); } else { setStatus(`connected as ${client.name}`); showError(''); }
   });
   await refreshContacts();
   setInterval(refreshContacts, 10000);

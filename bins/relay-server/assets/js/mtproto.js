@@ -290,10 +290,22 @@ export class Chat {
   async fingerprint() { return safetyNumber(this.key); }
   async seal(body, padding) {
     const randomId = randomBytes(8);
-    const data = concat(randomId, u32le(this.sent), u32le(this.recvLow), u64le(Date.now()), body);
-    const packet = await seal(this.key, this.sendX, concat(u32le(data.length), data), padding);
+    // The seq is taken before the first await: two seals at once never share one.
+    const seq = this.sent;
     this.sent += 1;
-    return { packet, randomId, seq: this.sent - 1 };
+    const data = concat(randomId, u32le(seq), u32le(this.recvLow), u64le(Date.now()), body);
+    const packet = await seal(this.key, this.sendX, concat(u32le(data.length), data), padding);
+    return { packet, randomId, seq };
+  }
+  /**
+   * Gives back the seq of a message sealed but stored nowhere (refused, or abandoned before any
+   * copy left), so the peer sees no hole: only the last one sealed (ChatState::release_unsent).
+   * Call it only when no copy can ever reach the peer. Returns whether it was given back.
+   */
+  releaseUnsent(seq) {
+    if (this.sent !== seq + 1) return false;
+    this.sent = seq;
+    return true;
   }
   async open(packet) {
     const payload = await open(this.key, 8 - this.sendX, packet, LAYOUT_E2E);
@@ -587,10 +599,43 @@ export const MAX_LOOKUP_NAMES = 100;
 /** Most entries in one `/peers` page (relay_core::api::MAX_PEERS_PAGE). */
 export const MAX_PEERS_PAGE = 50;
 
+/** Most messages waiting in the outbox, sending or refused (relay_client::MAX_OUTBOX). */
+export const MAX_OUTBOX = 1000;
+/**
+ * A resend reuses the envelope while its msg_id is at most this old (server time): the relay's
+ * msg_id window (MSG_ID_MAX_PAST_SECS = 300 s) less a minute, as the Rust client.
+ */
+export const REUSE_ENVELOPE_SECS = 240;
+/** Refusals that settle a message (relay_client::outbox::is_final_refusal); others leave it sending. */
+const FINAL_REFUSALS = new Set(['unknown_peer', 'mailbox_full', 'sender_quota', 'payload_too_large', 'invalid_field']);
+
+/** The reason a person reads for a refused outbox receipt. */
+export function refusalText(r) { return humanError(new RelayError(0, { error: r.code, message: r.message || '' }), r.to); }
+
+/** An error that means "no answer": the relay was unreachable or unavailable (nothing was refused). */
+function unanswered(e) { return !!e.transport || (e instanceof RelayError && e.status >= 500); }
+
+/**
+ * Forgets an outbox entry's envelope (a new one will be made), remembering whether a copy may
+ * have been stored (relay_client OutboxEntry::drop_envelope).
+ */
+function dropEnvelope(entry) {
+  if (entry.envelope) entry.maybeStored = entry.maybeStored || entry.envelope.uncertain;
+  entry.envelope = null;
+}
+
 /**
  * A relay client in the page. Events: 'message' {from, text, seq, delivery}, 'key_changed' {peer},
  * 'rejected' {from, reason}, 'expired' {to, seq}, 'wire' (see Session.call), 'status' {state, detail},
- * 'busy' {seconds} (the relay answered rate_limited; the request is resent after that wait).
+ * 'busy' {seconds} (the relay answered rate_limited; the request is resent after that wait),
+ * 'outbox' (a receipt: see `receipt`; also state 'stored' with mailboxSeq, or 'abandoned').
+ *
+ * The outbox (docs/protocol.md §3.1, as relay-client's outbox.rs): a message is sealed end to
+ * end once (its seq fixed), kept in `outbox` — saved with the profile — until the relay's answer
+ * says stored or refused, and resent oldest first after failures, reloads and outages: the same
+ * envelope while it belongs to the current session and is under REUSE_ENVELOPE_SECS old (the
+ * relay answers it from its stored outcome), else a new envelope around the same packet (a
+ * second copy is dropped by the recipient as an end-to-end replay).
  *
  * Names are canonical (lower case) everywhere: `name`, `contacts`, the keys of `chats` and `peers`.
  * `contacts` are the people this user wrote to, heard from or added; they are kept with the profile.
@@ -600,13 +645,18 @@ export class RelayClient extends EventTarget {
     super(); this.base = base; this.name = name; this.pin = pin; this.persist = persist;
     this.chats = new Map(); this.peers = new Map(); this.contacts = new Set();
     this.toAck = []; this.held = new Set(); this.stopped = false;
+    // The outbox: {id, to, body, control, packet, seq, envelope, maybeStored, released, state,
+    // code, message, lastError}; envelope: {msgId, sessionId, seqNo, packet, uncertain}.
+    this.outbox = []; this.nextOutboxId = 1;
+    this.flushing = Promise.resolve(); this.flushTimer = null; this.flushBackoff = 1000;
+    this.needPublish = false;
   }
   emit(type, detail) { this.dispatchEvent(new CustomEvent(type, { detail })); }
   async save() {
     if (!this.persist) return;
     const chats = {}; for (const [k, c] of this.chats) chats[k] = c.toJSON();
     await saveProfile(this.name, { identity: this.identity, session: this.session.toJSON(), chats, peers: Object.fromEntries(this.peers),
-      contacts: [...this.contacts] });
+      contacts: [...this.contacts], outbox: this.outbox, nextOutboxId: this.nextOutboxId });
   }
   static async connect({ base = '', name, pin, persist = true, trace = () => {} }) {
     const c = new RelayClient(base, canonicalName(name), pin, persist);
@@ -618,12 +668,19 @@ export class RelayClient extends EventTarget {
       for (const [k, v] of Object.entries(saved.peers || {})) c.peers.set(k, v);
       // Profiles from before contacts existed: everyone they had a key for.
       for (const k of saved.contacts || [...c.peers.keys(), ...c.chats.keys()]) c.contacts.add(k);
+      c.outbox = saved.outbox || [];
+      c.nextOutboxId = Math.max(saved.nextOutboxId || 1, ...c.outbox.map((e) => e.id + 1));
       trace('resumed', { auth_key_id: hex((await sha1(c.session.authKey)).slice(12, 20)) });
     } else {
       c.identity = await generateIdentity();
       c.session = await handshake(base, c.name, pin, trace);
     }
-    await c.call('/publish_key', { method: 'publish_key', identity_key: b64(c.identity.pub) });
+    try { await c.call('/publish_key', { method: 'publish_key', identity_key: b64(c.identity.pub) }); } catch (e) {
+      // A saved profile opens while the relay is away: its outbox is shown and waits; the key
+      // is published again before the first poll that gets through (run()).
+      if (!saved || !unanswered(e)) throw e;
+      c.needPublish = true;
+    }
     await c.save();
     return c;
   }
@@ -637,16 +694,21 @@ export class RelayClient extends EventTarget {
     const onWire = (w) => this.emit('wire', w);
     try { return await this.session.call(path, call, onWire); } catch (e) {
       if (e instanceof RelayError && e.code === 'unknown_auth_key') {
-        // The server lost our key (and perhaps all it knew of us): shake hands again and
-        // publish the identity key again before retrying, as the Rust client does.
-        this.session = this.attach(await handshake(this.base, this.name, this.pin, (step, d) => { if (step === 'busy') this.emit('busy', d); }));
-        await this.save();
-        if (call.method !== 'publish_key') {
-          await this.session.call('/publish_key', { method: 'publish_key', identity_key: b64(this.identity.pub) }, onWire);
-        }
+        await this.handshakeAgain(call.method !== 'publish_key');
         return this.session.call(path, call, onWire);
       }
       throw e;
+    }
+  }
+  /**
+   * The server lost our key (and perhaps all it knew of us): shake hands again and publish the
+   * identity key again (unless `publish` is false), as the Rust client does.
+   */
+  async handshakeAgain(publish = true) {
+    this.session = this.attach(await handshake(this.base, this.name, this.pin, (step, d) => { if (step === 'busy') this.emit('busy', d); }));
+    await this.save();
+    if (publish) {
+      await this.session.call('/publish_key', { method: 'publish_key', identity_key: b64(this.identity.pub) }, (w) => this.emit('wire', w));
     }
   }
   async ownFingerprint() { return identityShortFingerprint(this.identity.pub); }
@@ -723,24 +785,210 @@ export class RelayClient extends EventTarget {
     await this.save();
   }
   async fingerprint(peer) { return (await this.chatWith(peer)).fingerprint(); }
+  /**
+   * Seals `text` for `peer` into the outbox and sends it (after every older message still
+   * sending). Resolves to its receipt: state 'stored' (with mailboxSeq), 'sending' (no answer
+   * yet: it is resent by itself) or 'refused' (code, message: see retry/abandon). Throws only
+   * before sealing (no key for the peer, a changed key, a full outbox).
+   */
   async send(peer, text) { return this.sendBody(canonicalName(peer), utf8(text)); }
-  /** A control message inside the end-to-end layer: 0x00 ‖ JSON (docs/protocol.md §3). */
-  async sendControl(peer, obj) { return this.sendBody(peer, concat(Uint8Array.of(0), utf8(JSON.stringify(obj)))); }
-  async sendBody(peer, body) {
+  /**
+   * A control message inside the end-to-end layer: 0x00 ‖ JSON (docs/protocol.md §3). It goes
+   * through the outbox (after the messages before it), is not awaited, and a refused one is
+   * dropped.
+   */
+  async sendControl(peer, obj) { return this.sendBody(peer, concat(Uint8Array.of(0), utf8(JSON.stringify(obj))), { control: true }); }
+  async sendBody(peer, body, { control = false } = {}) {
     const chat = await this.chatWith(peer);
-    const sealed = await chat.seal(body);
-    await this.save();
-    try {
-      return await this.call('/secure_message', { method: 'send_message', target_peer: peer, payload: b64(sealed.packet) });
-    } catch (e) {
-      // A refusal stored nothing (docs/protocol.md §2, Errors): give the conversation seq back so
-      // the peer sees no gap — unless a later message already took the next one.
-      if (e instanceof RelayError && e.status >= 400 && e.status < 500 && e.code !== 'unknown_auth_key' && chat.sent === sealed.seq + 1) {
-        chat.sent = sealed.seq;
-        await this.save();
-      }
+    if (this.outbox.length >= MAX_OUTBOX) {
+      const e = new Error('outbox full');
+      e.human = `${MAX_OUTBOX} messages are already waiting to be sent. Wait until the relay is back, or discard some.`;
       throw e;
     }
+    const e = await this.sealEntry(this.nextOutboxId++, chat, peer, body, control);
+    this.outbox.push(e);
+    await this.save();
+    this.emit('outbox', this.receipt(e));
+    if (control) { this.flushOutbox().catch(() => {}); return this.receipt(e); }
+    return this.flushOutbox(e.id);
+  }
+  async sealEntry(id, chat, to, body, control) {
+    const sealed = await chat.seal(body);
+    return { id, to, body, control, packet: sealed.packet, seq: sealed.seq, envelope: null,
+      maybeStored: false, released: false, state: 'sending', code: null, message: null, lastError: null };
+  }
+  /** What the page shows of an outbox entry: {id, to, seq, control, text, state, code, message, lastError}. */
+  receipt(e) {
+    return { id: e.id, to: e.to, seq: e.seq, control: !!e.control, text: e.control ? null : fromUtf8(e.body), state: e.state,
+      code: e.code, message: e.message, lastError: e.lastError };
+  }
+  /** The messages waiting (sending or refused), oldest first, as receipts; controls left out. */
+  waiting() { return this.outbox.filter((e) => !e.control).map((e) => this.receipt(e)); }
+  /** Runs `fn` after every flush, retry or abandon already started (one at a time, in order). */
+  exclusive(fn) {
+    const run = this.flushing.then(fn);
+    this.flushing = run.catch(() => {});
+    return run;
+  }
+  /**
+   * Resends every message still sending, oldest first, and stops at the first that stays
+   * sending (the relay is unreachable: the rest would fail too); then tries again later by
+   * itself. With `only`, stops after that one and resolves to its receipt.
+   */
+  flushOutbox(only = null) { return this.exclusive(() => this.flushOnce(only)); }
+  async flushOnce(only) {
+    let mine = null, stuck = false;
+    for (const id of this.outbox.filter((e) => e.state === 'sending').map((e) => e.id)) {
+      let r;
+      try { r = await this.transmit(id); } catch (e) { r = await this.leaveSending(this.outbox.find((x) => x.id === id), humanError(e)); }
+      if (r && r.id === only) mine = r;
+      if (r && r.state === 'sending') { stuck = true; break; }
+      if (id === only) break;
+    }
+    if (only !== null && !mine) { const e = this.outbox.find((x) => x.id === only); mine = e ? this.receipt(e) : null; }
+    if (stuck) this.scheduleFlush(); else this.flushBackoff = 1000;
+    return mine;
+  }
+  /** Another flush after a backoff (1 s, doubling to 8 s) while something stays sending. */
+  scheduleFlush() {
+    if (this.flushTimer || this.stopped) return;
+    const wait = this.flushBackoff;
+    this.flushBackoff = Math.min(this.flushBackoff * 2, 8000);
+    this.flushTimer = setTimeout(() => { this.flushTimer = null; this.flushOutbox().catch(() => {}); }, wait);
+  }
+  async leaveSending(entry, why) {
+    if (!entry) return null;
+    entry.state = 'sending'; entry.lastError = why;
+    await this.save();
+    const r = this.receipt(entry);
+    this.emit('outbox', r);
+    return r;
+  }
+  /** Posts one outbox entry and records the answer; returns its receipt (null if it is gone). */
+  async transmit(id) {
+    const onWire = (w) => this.emit('wire', w);
+    // A handful of fresh envelopes at most: a stale salt or clock, a new handshake.
+    for (let attempt = 0; attempt < 4; attempt++) {
+      const entry = this.outbox.find((e) => e.id === id);
+      if (!entry) return null;
+      const s = this.attach(this.session);
+      const call = { method: 'send_message', target_peer: entry.to, payload: b64(entry.packet) };
+      // docs/protocol.md §3.1: the same envelope while the relay can still recognise its msg_id
+      // (same session, within the msg_id window with a minute to spare), else a new envelope
+      // around the same end-to-end packet.
+      const serverNow = Math.floor(Date.now() / 1000) + s.timeOffset;
+      const env = entry.envelope;
+      const reusable = env && equalBytes(env.sessionId, s.sessionId) && Number(BigInt(env.msgId) >> 32n) + REUSE_ENVELOPE_SECS >= serverNow;
+      if (!reusable) {
+        dropEnvelope(entry);
+        const out = await s.encode(utf8(JSON.stringify(call)));
+        entry.envelope = { msgId: out.msgId.toString(), sessionId: s.sessionId, seqNo: out.seqNo, packet: out.packet, uncertain: false };
+      } else if (!s.sent.includes(env.msgId)) {
+        s.sent.push(env.msgId); // after a reload: a notice about it is believed
+      }
+      const envelope = entry.envelope;
+      // Saved before it leaves (with the session's counters), and counted as possibly stored
+      // until an answer says otherwise: a reload mid-request resends these very bytes.
+      const wasUncertain = envelope.uncertain;
+      envelope.uncertain = true;
+      await this.save();
+      onWire({ dir: 'out', path: '/secure_message', msgId: envelope.msgId, seqNo: envelope.seqNo, msgKey: hex(envelope.packet.slice(8, 24)),
+        ciphertext: hex(envelope.packet.slice(24)), plaintext: call, resend: reusable });
+      let answer = null, err = null;
+      try {
+        const res = await postRetrying(this.base, '/secure_message', { packet: b64(envelope.packet) }, this.session.onBusy);
+        const packetIn = fromB64(res.packet);
+        const inc = await s.decode(packetIn);
+        answer = JSON.parse(fromUtf8(inc.body));
+        onWire({ dir: 'in', path: '/secure_message', msgId: inc.msgId.toString(), seqNo: inc.seqNo, msgKey: hex(packetIn.slice(8, 24)), ciphertext: hex(packetIn.slice(24)), plaintext: answer });
+      } catch (e) { err = e; }
+      if (!this.outbox.includes(entry)) return null;
+      if (!err) {
+        this.outbox.splice(this.outbox.indexOf(entry), 1);
+        await this.save();
+        const r = { ...this.receipt(entry), state: 'stored', mailboxSeq: answer.mailbox_seq, timestamp: answer.timestamp, msgId: answer.msg_id };
+        this.emit('outbox', r);
+        return r;
+      }
+      if (err instanceof RelayError) {
+        if (err.body.notice) {
+          // A stale salt or clock, checked before anything is stored: a new envelope.
+          envelope.uncertain = wasUncertain;
+          if (await s.applyNotice(err.body.notice)) { dropEnvelope(entry); continue; }
+          return this.leaveSending(entry, humanError(err, entry.to));
+        }
+        if (err.code === 'unknown_auth_key') {
+          envelope.uncertain = wasUncertain;
+          await this.handshakeAgain();
+          continue;
+        }
+        if (err.code === 'bad_msg' || err.code === 'msg_id_reused') {
+          // The relay cannot tell whether it saw this envelope: a new one, and the first may
+          // have been stored (then the peer drops the copy as a replay).
+          dropEnvelope(entry);
+          continue;
+        }
+        if (FINAL_REFUSALS.has(err.code)) {
+          // This envelope stored nothing; if no earlier one may have either and nothing was
+          // sealed after it, its seq is given back (the peer sees no hole).
+          envelope.uncertain = wasUncertain;
+          dropEnvelope(entry);
+          const chat = this.chats.get(entry.to);
+          if (!entry.maybeStored && chat) entry.released = chat.releaseUnsent(entry.seq);
+          Object.assign(entry, { state: 'refused', code: err.code, message: err.body.message || '', lastError: null });
+          // A refused receipt is not worth a retry.
+          if (entry.control) this.outbox.splice(this.outbox.indexOf(entry), 1);
+          await this.save();
+          const r = this.receipt(entry);
+          this.emit('outbox', r);
+          return r;
+        }
+      }
+      // No answer (unreachable, 503, 5xx, rate_limited past patience, an unreadable answer):
+      // it stays sending, the envelope possibly stored.
+      return this.leaveSending(entry, humanError(err, entry.to));
+    }
+    return this.leaveSending(this.outbox.find((e) => e.id === id), 'the relay refused it repeatedly');
+  }
+  /**
+   * Sends a waiting message again now: a refused one whose seq was given back is sealed again
+   * under a new seq; otherwise the same packet goes again. Resolves to its receipt.
+   */
+  async retry(id) {
+    await this.exclusive(async () => {
+      const entry = this.outbox.find((e) => e.id === id);
+      if (!entry || entry.state !== 'refused') return;
+      if (entry.released) {
+        const chat = this.chats.get(entry.to);
+        if (!chat) throw new Error(`no conversation with ${entry.to}`);
+        const fresh = await this.sealEntry(entry.id, chat, entry.to, entry.body, entry.control);
+        Object.assign(entry, { packet: fresh.packet, seq: fresh.seq, envelope: null, maybeStored: false, released: false });
+      }
+      Object.assign(entry, { state: 'sending', code: null, message: null, lastError: null });
+      await this.save();
+      this.emit('outbox', this.receipt(entry));
+    });
+    return this.flushOutbox(id);
+  }
+  /**
+   * Stops sending a waiting message and removes it. Its seq is given back when no copy of it
+   * can have been stored and it is the last one sealed for the peer; otherwise the peer will
+   * see a hole. A message posted without an answer may have been stored anyway: abandoning it
+   * does not unsend it.
+   */
+  abandon(id) {
+    return this.exclusive(async () => {
+      const i = this.outbox.findIndex((e) => e.id === id);
+      if (i < 0) return null;
+      const [entry] = this.outbox.splice(i, 1);
+      dropEnvelope(entry);
+      const chat = this.chats.get(entry.to);
+      if (!entry.maybeStored && !entry.released && chat) entry.released = chat.releaseUnsent(entry.seq);
+      await this.save();
+      const r = { ...this.receipt(entry), state: 'abandoned' };
+      this.emit('outbox', r);
+      return r;
+    });
   }
   async poll(waitMs) {
     // At most the relay's limit (--max-acks, 1024) per poll; the rest go with the next one.
@@ -755,6 +1003,7 @@ export class RelayClient extends EventTarget {
     }
     await this.save();
     for (const [peer, seqs] of receipts) {
+      // Through the outbox, after anything still waiting for this peer.
       try { await this.sendControl(peer, { receipt: seqs }); } catch { /* a lost receipt only delays "delivered" */ }
     }
     return answer.messages.length;
@@ -792,8 +1041,14 @@ export class RelayClient extends EventTarget {
       try {
         // After a failure the first poll does not wait: the page says it is back as soon as the
         // relay answers, not when a long-poll ends.
+        if (this.needPublish) {
+          await this.call('/publish_key', { method: 'publish_key', identity_key: b64(this.identity.pub) });
+          this.needPublish = false;
+        }
+        // The outbox first (as the Rust client's poll): what waited goes out in order.
+        await this.flushOutbox();
         const n = await this.poll(offline ? 0 : 20000);
-        if (offline) { offline = false; this.emit('status', { state: 'online' }); }
+        if (offline) { offline = false; this.emit('status', { state: 'online' }); this.flushOutbox().catch(() => {}); }
         backoff = 500;
         if (n && this.held.size >= n) await new Promise((r) => setTimeout(r, 1000));
       } catch (e) {
@@ -804,5 +1059,5 @@ export class RelayClient extends EventTarget {
       }
     }
   }
-  stop() { this.stopped = true; }
+  stop() { this.stopped = true; clearTimeout(this.flushTimer); this.flushTimer = null; }
 }
