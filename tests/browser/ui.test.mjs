@@ -225,6 +225,8 @@ test('after the server loses its data, open pages shake hands again, republish k
     // Each page's poll meets unknown_auth_key, shakes hands again and publishes its key again.
     for (const [page, name] of [[frank, 'frank'], [grace, 'grace']]) {
       await until(async () => (await page.textContent('#status')) === `connected as ${name}`, `${name} to reconnect`, 30000);
+      // …and each is told that what the relay held may be gone.
+      await until(async () => (await page.textContent('#error')).includes('may have been lost'), `${name} to be told of the loss`);
     }
     await say(frank, 'after the loss plaintext-canary-seven');
     await inbound(grace, 'after the loss plaintext-canary-seven');

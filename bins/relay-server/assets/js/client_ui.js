@@ -24,6 +24,8 @@ const search = { prefix: '', next: null, results: [], asked: 0, timer: null };
 
 const OFFLINE_NOTE = 'The relay is unreachable. Messages you write wait here and go out, in order, when it is back.';
 function showError(msg) { $('error').textContent = msg; $('error').classList.toggle('on', !!msg); }
+/** A notice that outlives reconnecting (the relay lost its data), until the next message is sent. */
+let standingNotice = '';
 function setStatus(text, offline) { $('status').textContent = text; $('status').classList.toggle('offline', !!offline); }
 
 /** Counts `seconds` down in `el`: "the relay is busy, retrying in N s". */
@@ -187,7 +189,7 @@ async function discardMessage(m) {
 async function sendText(peer, text) {
   try {
     const r = await client.send(peer, text);
-    if (r && r.state === 'stored') showError('');
+    if (r && r.state === 'stored') { standingNotice = ''; showError(''); }
   } catch (e) {
     // The reason stays on the message; the banner is for the page's own state.
     const m = { dir: 'out', text, state: 'not sent' };
@@ -323,10 +325,11 @@ $('connect-view').addEventListener('submit', async (ev) => {
   client.addEventListener('key_changed', async ({ detail: d }) => { await refreshContacts(); await warnKeyChange(d.peer); });
   client.addEventListener('rejected', ({ detail: d }) => push(d.from, { dir: 'system', text: `A message claiming to be from ${d.from} was rejected (${d.reason}).` }));
   client.addEventListener('expired', ({ detail: d }) => push(d.to, { dir: 'system', text: `Your message #${d.seq} to ${d.to} expired undelivered.` }));
+  client.addEventListener('relay_lost_data', () => showError(standingNotice = 'The relay had lost its data and no longer knew you, so you are registered again. Messages that were waiting for you there, and messages you sent that were not yet delivered, may have been lost.'));
   client.addEventListener('busy', ({ detail: d }) => showBusy($('status'), d.seconds, `connected as ${client.name}`));
   client.addEventListener('status', ({ detail: d }) => {
     clearInterval(countdown);
-    if (d.state === 'offline') { setStatus('reconnecting…', true); showError(`relay unreachable — retrying (${d.detail}). Messages you write wait and go out when it is back.`); } else { setStatus(`connected as ${client.name}`); showError(''); }
+    if (d.state === 'offline') { setStatus('reconnecting…', true); showError(`relay unreachable — retrying (${d.detail}). Messages you write wait and go out when it is back.`); } else { setStatus(`connected as ${client.name}`); showError(standingNotice); }
   });
   await refreshContacts();
   setInterval(refreshContacts, 10000);

@@ -707,6 +707,8 @@ export class RelayClient extends EventTarget {
   async handshakeAgain(publish = true) {
     this.session = this.attach(await handshake(this.base, this.name, this.pin, (step, d) => { if (step === 'busy') this.emit('busy', d); }));
     await this.save();
+    // The relay no longer knew our key: it lost its data (or was restored from an old backup).
+    this.emit('relay_lost_data', {});
     if (publish) {
       await this.session.call('/publish_key', { method: 'publish_key', identity_key: b64(this.identity.pub) }, (w) => this.emit('wire', w));
     }
