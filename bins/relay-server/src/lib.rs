@@ -358,7 +358,17 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 /// [`StartError::DataLost`].
 pub fn check_database(db: &Path, key_existed: bool, start_fresh: bool) -> Result<(), StartError> {
     let state = match std::fs::metadata(db) {
-        Ok(m) if m.len() > 0 => return Ok(()),
+        Ok(m) if m.len() > 0 && key_existed => return Ok(()),
+        Ok(m) if m.len() > 0 => {
+            // The other way round: data without the key that sealed its auth keys. A new key
+            // would make every stored account unusable (and every pinned client refuse us).
+            return Err(StartError::DataLost(format!(
+                "{} holds data, but its server key is missing: restore the key file (--key-file, \
+                 default DATA_DIR/server_key) from a backup; a new key cannot open the stored \
+                 auth keys. To begin anew, move the database away.",
+                db.display()
+            )));
+        }
         Ok(_) => "is empty",
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => "is missing",
         Err(e) => return Err(io_error(db, &e)),
@@ -430,10 +440,11 @@ pub async fn open_engine(config: &Config) -> Result<Arc<dyn Engine>, StartError>
 pub async fn build_relay(config: &Config) -> Result<Arc<Relay>, StartError> {
     config.relay_config().validate().map_err(StartError::Config)?;
     let key_existed = config.key_path().exists();
-    let key = load_or_create_key(&config.key_path())?;
     if config.engine == EngineKind::Sqlite {
+        // Checked before a key is created: a refused start leaves no new key behind.
         check_database(&config.data_dir.join("relay.db"), key_existed, config.start_fresh)?;
     }
+    let key = load_or_create_key(&config.key_path())?;
     let engine = open_engine(config).await?;
     Ok(Arc::new(Relay::new(engine, key, config.relay_config())))
 }

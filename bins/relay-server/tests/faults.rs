@@ -87,8 +87,25 @@ async fn lost_data_beside_its_key_is_refused_until_the_operator_says_start_fresh
     std::fs::write(&db, vec![0x42; 8192]).unwrap();
     let (code, said) = refused(dir.path(), &[]);
     assert_eq!(code, 2, "{said}");
+    // The other way round: the database is there, its key is gone — refused, and no new key
+    // is left behind by the refusal.
+    std::fs::remove_file(&db).unwrap();
+    let kept = dir.path().join("key.kept");
+    {
+        let p = ServerProcess::spawn(command(dir.path(), &["--start-fresh"]));
+        Raw::connect(&p.url, "carol", key).await;
+    }
+    std::fs::rename(dir.path().join("server_key"), &kept).unwrap();
+    let (code, said) = refused(dir.path(), &[]);
+    assert_eq!(code, 2, "{said}");
+    assert!(said.contains("server key is missing"), "{said}");
+    assert!(!dir.path().join("server_key").exists());
+    std::fs::rename(&kept, dir.path().join("server_key")).unwrap();
     // The operator's word: an empty store, the same key.
     std::fs::remove_file(&db).unwrap();
+    for side in ["relay.db-wal", "relay.db-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(side));
+    }
     let p = ServerProcess::spawn(command(dir.path(), &["--start-fresh"]));
     assert_eq!(fetch_server_key(&p.url).await, key);
     Raw::connect(&p.url, "alice", key).await;

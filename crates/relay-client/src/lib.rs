@@ -1078,8 +1078,14 @@ impl Client {
                         msg_id: out.msg_id.0,
                         session_id: session.session_id(),
                         packet: Bytes(out.packet),
-                        uncertain: false,
+                        uncertain: true,
                     });
+                }
+                // Saved as "may be stored" before it leaves: if this process dies before the
+                // answer, the envelope may have been stored, so its sequence number must never
+                // be given back. Only a definitive refusal of this envelope clears it.
+                if let Some(env) = entry.envelope.as_mut() {
+                    env.uncertain = true;
                 }
                 let packet = entry
                     .envelope
@@ -1144,6 +1150,9 @@ impl Client {
                 Ok(Err((code, message))) => {
                     // This envelope was refused, so it is stored nowhere; if no earlier one can
                     // be either, and nothing was sealed after it, its number is given back.
+                    if let Some(env) = entry.envelope.as_mut() {
+                        env.uncertain = false;
+                    }
                     entry.drop_envelope();
                     if !entry.maybe_stored {
                         if let Some(chat) = st.chats.get_mut(&entry.to) {

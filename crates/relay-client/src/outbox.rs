@@ -97,7 +97,9 @@ pub struct PostedEnvelope {
     pub session_id: mtproto_session::SessionId,
     /// The packet, byte for byte.
     pub packet: Bytes,
-    /// Whether an attempt with it ended without an answer (it may have been stored).
+    /// Whether it may have been stored: set before every attempt (and saved with the profile),
+    /// cleared only by a definitive refusal of this envelope — so a client killed mid-post
+    /// never gives back a sequence number a stored copy holds.
     pub uncertain: bool,
 }
 

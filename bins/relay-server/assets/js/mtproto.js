@@ -329,12 +329,15 @@ export class Chat {
     const lost = [];
     if (seq - this.recvLow > 1024) {
       const low = seq - 1024;
-      let from = null;
-      for (let s = this.recvLow; s < low; s += 1) {
-        if (this.recvAbove.has(s)) { this.recvAbove.delete(s); if (from !== null) { lost.push([from, s]); from = null; } }
-        else if (from === null) from = s;
+      // Walk only what was received below `low` (≤ 1024 numbers), never every number passed:
+      // a peer's packet may jump by billions.
+      let from = this.recvLow;
+      for (const s of [...this.recvAbove].filter((x) => x < low).sort((x, y) => x - y)) {
+        this.recvAbove.delete(s);
+        if (s > from) lost.push([from, s]);
+        from = s + 1;
       }
-      if (from !== null) lost.push([from, low]);
+      if (from < low) lost.push([from, low]);
       this.givenUp.push(...lost);
       this.givenUp = this.givenUp.slice(-64);
       this.recvLow = low;
