@@ -360,9 +360,11 @@ fn backoff(attempt: usize) -> Duration {
 }
 
 /// How old (seconds, server time) an envelope may be and still be resent as is: the relay
-/// accepts msg_ids up to [`mtproto_session::MSG_ID_MAX_PAST_SECS`] old; a minute is kept for
-/// clock drift and the time in flight.
-const REUSE_ENVELOPE_SECS: u64 = mtproto_session::MSG_ID_MAX_PAST_SECS - 60;
+/// answers a resend of a committed request from its stored outcome for
+/// [`relay_core::engine::OUTCOME_TTL_SECS`] (even past the msg_id time window and the replay
+/// window); ten minutes are kept for clock drift. Past it a new envelope carries the same
+/// end-to-end packet.
+const REUSE_ENVELOPE_SECS: u64 = relay_core::engine::OUTCOME_TTL_SECS - 600;
 
 /// Most acknowledgements sent with one poll (the relay's default limit, `--max-acks`).
 const MAX_ACKS_PER_POLL: usize = 1024;

@@ -584,6 +584,33 @@ impl Relay {
                         .await;
                 }
                 Err(e @ SessionError::BadMsg { code, .. }) => {
+                    // A resend from before the session's time or replay window whose request was
+                    // committed: answered from its stored outcome like any resend (outcomes are
+                    // kept OUTCOME_TTL_SECS), never refused as if it had not been stored.
+                    if matches!(
+                        code,
+                        mtproto_session::BadMsgCode::MsgIdTooLow | mtproto_session::BadMsgCode::MsgTooOld
+                    ) && self
+                        .engine
+                        .outcome(key_id, client_id, env.msg_id.0)
+                        .await?
+                        .is_some()
+                    {
+                        let responder = session.responder();
+                        drop(guard);
+                        return self
+                            .answer_duplicate(
+                                endpoint,
+                                req,
+                                key,
+                                key_id,
+                                client_id,
+                                responder,
+                                env.msg_id.0,
+                                &env.body,
+                            )
+                            .await;
+                    }
                     let salt = session
                         .current_salt(now)
                         .unwrap_or(mtproto_session::ServerSalt([0; 8]));

@@ -608,7 +608,7 @@ export const MAX_OUTBOX = 1000;
  * A resend reuses the envelope while its msg_id is at most this old (server time): the relay's
  * msg_id window (MSG_ID_MAX_PAST_SECS = 300 s) less a minute, as the Rust client.
  */
-export const REUSE_ENVELOPE_SECS = 240;
+export const REUSE_ENVELOPE_SECS = 3000; // the relay keeps outcomes 3,600 s and answers a resend from them
 /** Refusals that settle a message (relay_client::outbox::is_final_refusal); others leave it sending. */
 const FINAL_REFUSALS = new Set(['unknown_peer', 'mailbox_full', 'sender_quota', 'payload_too_large', 'invalid_field']);
 

@@ -1,0 +1,97 @@
+//! A resent envelope is answered from its stored outcome even after it left the session's replay
+//! window (128 requests) and its msg_id time window (300 s) — so an outbox that resends after a long outage is told "stored",
+//! never refused as if its message had not been stored.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use mtproto_crypto::{rand_core::OsRng, ServerSigningKey};
+use mtproto_session::{wire::Bytes, ClientHandshake, ClientId, ClientSession, ServerPin, UnixTime};
+use relay_core::api::{Call, Endpoint, EnvelopeRequest};
+use relay_core::{Clock, MemoryEngine, Relay, RelayConfig, RelayError};
+
+/// A clock the test moves.
+struct Manual(AtomicU64);
+
+impl Clock for Manual {
+    fn now(&self) -> UnixTime {
+        UnixTime::from_secs(self.0.load(Ordering::Relaxed))
+    }
+}
+
+async fn client(relay: &Relay, name: &str, now: UnixTime) -> ClientSession {
+    let pin = ServerPin::Key(relay.server_key().public());
+    let (c, req) = ClientHandshake::start(pin, ClientId::new(name).unwrap(), &mut OsRng);
+    let res = relay.req_pq(&req).await.unwrap();
+    let (c, req) = c.handle_res_pq(&res).unwrap();
+    let res = relay.req_dh_params(&req).await.unwrap();
+    let (c, req) = c.handle_server_dh_params(&res, now, &mut OsRng).unwrap();
+    let res = relay.set_client_dh_params(&req).await.unwrap();
+    c.handle_dh_gen_ok(&res).unwrap()
+}
+
+fn envelope(packet: &[u8]) -> EnvelopeRequest {
+    EnvelopeRequest {
+        packet: Some(Bytes(packet.to_vec())),
+        ..EnvelopeRequest::default()
+    }
+}
+
+#[tokio::test]
+async fn a_committed_send_resent_after_the_time_window_is_answered_from_its_outcome() {
+    let t0 = 1_800_000_000;
+    let clock = Arc::new(Manual(AtomicU64::new(t0)));
+    let relay = Relay::new(
+        Arc::new(MemoryEngine::new()),
+        ServerSigningKey::generate(&mut OsRng),
+        RelayConfig::default(),
+    )
+    .with_clock(clock.clone());
+    let at = UnixTime::from_secs(t0);
+    let mut alice = client(&relay, "alice", at).await;
+    client(&relay, "bob", at).await;
+    let send = |to: &str| Call::SendMessage {
+        target_peer: ClientId::new(to).unwrap(),
+        payload: Bytes(b"sealed once".to_vec()),
+    };
+    let packet = alice
+        .encode_request(&serde_json::to_vec(&send("bob")).unwrap(), at, &mut OsRng)
+        .unwrap()
+        .packet;
+    let first = relay
+        .handle(Endpoint::SecureMessage, &envelope(&packet))
+        .await
+        .unwrap();
+    // 130 later requests push it out of the session's 128-entry replay window.
+    for _ in 0..130 {
+        let p = alice
+            .encode_request(&serde_json::to_vec(&send("bob")).unwrap(), at, &mut OsRng)
+            .unwrap()
+            .packet;
+        relay
+            .handle(Endpoint::SecureMessage, &envelope(&p))
+            .await
+            .unwrap();
+    }
+    // Ten minutes later (the answer was lost; the relay was away): the very same envelope.
+    clock.0.store(t0 + 600, Ordering::Relaxed);
+    let again = relay
+        .handle(Endpoint::SecureMessage, &envelope(&packet))
+        .await
+        .unwrap();
+    assert_eq!(
+        first.clear.unwrap().mailbox_seq,
+        again.clear.unwrap().mailbox_seq,
+        "answered from the stored outcome, stored once"
+    );
+    // An envelope as old that was never committed is still refused as too old (16).
+    let stale = alice
+        .encode_request(&serde_json::to_vec(&send("bob")).unwrap(), at, &mut OsRng)
+        .unwrap()
+        .packet;
+    match relay.handle(Endpoint::SecureMessage, &envelope(&stale)).await {
+        Err(RelayError::BadMsg { code, .. }) => assert_eq!(code.code(), 16),
+        other => panic!("a stale, never-stored envelope was not refused: {other:?}"),
+    }
+}
