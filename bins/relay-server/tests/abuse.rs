@@ -13,7 +13,7 @@ mod common;
 
 use std::net::IpAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{fetch_server_key, healthz, payloads, seqs, Raw, ServerProcess};
@@ -27,17 +27,8 @@ fn relay(data: &Path, extra: &[&str]) -> ServerProcess {
 }
 
 fn relay_logged(data: &Path, extra: &[&str], log: Option<&Path>) -> ServerProcess {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_relay-server"));
-    cmd.args([
-        "--bind",
-        "127.0.0.1:0",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--workers",
-        "2",
-    ])
-    .args(extra)
-    .env("RUST_LOG", "info");
+    let mut cmd = common::relay_command(data, "127.0.0.1:0", 2);
+    cmd.args(extra).env("RUST_LOG", "info");
     match log {
         Some(p) => cmd.stderr(std::fs::File::create(p).unwrap()),
         None => cmd.stderr(Stdio::null()),

@@ -16,7 +16,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,24 +32,11 @@ fn setting(name: &str, default: usize) -> usize {
 }
 
 fn start(data: &Path, port: u16, engine: &[String]) -> ServerProcess {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_relay-server"));
-    cmd.args([
-        "--bind",
-        &format!("127.0.0.1:{port}"),
-        "--data-dir",
-        data.to_str().unwrap(),
-    ])
-    .args([
-        "--workers",
-        "2",
-        "--register-burst",
-        "1000",
-        "--handshake-burst",
-        "1000",
-    ])
-    .args(["--account-burst", "100000", "--account-rate", "100000"])
-    .args(engine)
-    .stderr(Stdio::null());
+    let mut cmd = common::relay_command(data, &format!("127.0.0.1:{port}"), 2);
+    cmd.args(["--register-burst", "1000", "--handshake-burst", "1000"])
+        .args(["--account-burst", "100000", "--account-rate", "100000"])
+        .args(engine)
+        .stderr(Stdio::null());
     ServerProcess::spawn(cmd)
 }
 

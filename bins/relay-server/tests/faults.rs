@@ -17,17 +17,8 @@ use std::time::Duration;
 use common::{fetch_server_key, healthz, Raw, ServerProcess};
 
 fn command(data: &Path, extra: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_relay-server"));
-    cmd.args([
-        "--bind",
-        "127.0.0.1:0",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--workers",
-        "1",
-    ])
-    .args(extra)
-    .stderr(Stdio::piped());
+    let mut cmd = common::relay_command(data, "127.0.0.1:0", 1);
+    cmd.args(extra).stderr(Stdio::piped());
     cmd
 }
 

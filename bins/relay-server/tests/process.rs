@@ -17,18 +17,9 @@ use common::{fetch_server_key, payloads, seqs, stats, Raw, ServerProcess};
 use mtproto_session::wire::Bytes;
 
 fn spawn(data: &Path, log: Option<&Path>) -> ServerProcess {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_relay-server"));
-    cmd.args([
-        "--bind",
-        "127.0.0.1:0",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--workers",
-        "2",
-        "--metrics-bind",
-        "127.0.0.1:0",
-    ])
-    .env("RUST_LOG", "debug");
+    let mut cmd = common::relay_command(data, "127.0.0.1:0", 2);
+    cmd.args(["--metrics-bind", "127.0.0.1:0"])
+        .env("RUST_LOG", "debug");
     match log {
         Some(p) => cmd.stderr(std::fs::File::create(p).unwrap()),
         None => cmd.stderr(Stdio::null()),

@@ -901,6 +901,12 @@ impl Client {
             self.save(&st)?;
             id
         };
+        self.flush_and_report(id).await
+    }
+
+    /// Flushes the outbox up to `id` and reports where `id` stands: settled (stored or refused,
+    /// taken from the unreported ones) or still in the outbox.
+    async fn flush_and_report(&self, id: OutboxId) -> Result<Receipt, ClientError> {
         self.flush_outbox_for(Some(id)).await?;
         let mut st = self.state.lock().await;
         if let Some(i) = st.settled.iter().position(|r| r.id == id) {
@@ -986,15 +992,7 @@ impl Client {
                 self.save(&st)?;
             }
         }
-        self.flush_outbox_for(Some(id)).await?;
-        let mut st = self.state.lock().await;
-        if let Some(i) = st.settled.iter().position(|r| r.id == id) {
-            return Ok(st.settled.remove(i));
-        }
-        st.outbox
-            .get(&id)
-            .map(OutboxEntry::receipt)
-            .ok_or(ClientError::NotInOutbox(id))
+        self.flush_and_report(id).await
     }
 
     /// Stops sending a waiting message and removes it from the outbox. Its sequence number is

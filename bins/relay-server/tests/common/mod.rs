@@ -88,6 +88,15 @@ impl Server {
     }
 }
 
+/// The `relay-server` binary serving `data` on `bind` with `workers` HTTP workers; callers add
+/// their own flags, environment and output handling.
+pub fn relay_command(data: &std::path::Path, bind: &str, workers: usize) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_relay-server"));
+    cmd.args(["--bind", bind, "--data-dir", data.to_str().unwrap()])
+        .args(["--workers", &workers.to_string()]);
+    cmd
+}
+
 /// The relay-server binary as a child process (killed when dropped).
 pub struct ServerProcess {
     pub child: std::process::Child,
