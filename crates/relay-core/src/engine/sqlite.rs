@@ -74,7 +74,19 @@ fn lock_beside(db: &Path) -> Result<std::fs::File, EngineError> {
     let file = opts
         .open(&path)
         .map_err(|e| EngineError::Storage(format!("{}: {e}", path.display())))?;
-    match file.try_lock() {
+    // A relay restarted in the same process may still be letting go of its engine (actix
+    // workers drop their handles as they wind down): wait a moment before calling it another.
+    let mut tries = 0;
+    let locked = loop {
+        match file.try_lock() {
+            Err(std::fs::TryLockError::WouldBlock) if tries < 40 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => break other,
+        }
+    };
+    match locked {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(EngineError::Storage(format!(
             "another relay-server is using {} (it holds {}); stop it first",
