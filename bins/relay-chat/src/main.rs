@@ -53,6 +53,10 @@ fn show(r: &Receipt) -> String {
                 .unwrap_or_default()
         ),
         SendState::Stored { mailbox_seq, .. } => format!("sent #{mailbox_seq} (to {})", r.to),
+        SendState::Refused { code, message } if r.maybe_stored => format!(
+            "possibly delivered: a first copy may have arrived, a later attempt was refused: {message} ({code}; message #{} to {}: /retry {} or /abandon {})",
+            r.id, r.to, r.id, r.id
+        ),
         SendState::Refused { code, message } => format!(
             "not sent: {message} ({code}; message #{} to {}: /retry {} or /abandon {})",
             r.id, r.to, r.id, r.id
@@ -78,7 +82,12 @@ async fn run(args: Args) -> Result<(), ClientError> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{}.profile.json", args.name)));
     let client = Arc::new(
-        Client::connect(ClientConfig::new(&args.server, &args.name, pin).with_profile(profile)).await?,
+        Client::connect(
+            ClientConfig::new(&args.server, &args.name, pin)
+                .with_profile(profile)
+                .with_receipts(true),
+        )
+        .await?,
     );
     if let Some(k) = client.server_key().await {
         say(&format!(
@@ -100,7 +109,18 @@ async fn run(args: Args) -> Result<(), ClientError> {
                                 Event::Message { from, body, delivery, .. } => {
                                     let note = match delivery {
                                         relay_client::Delivery::InOrder => String::new(),
-                                        other => format!("  ({other:?})"),
+                                        relay_client::Delivery::AfterGap { missing } => format!(
+                                            "  (messages {}..{} before this one have not arrived yet)",
+                                            missing.start,
+                                            missing.end.saturating_sub(1)
+                                        ),
+                                        relay_client::Delivery::Late => "  (arrived late)".to_owned(),
+                                        relay_client::Delivery::Recovered => {
+                                            "  (arrived late, after it was reported lost)".to_owned()
+                                        }
+                                        relay_client::Delivery::Reused => format!(
+                                            "  ({from}'s app was restored from an older copy: a new message under an old number)"
+                                        ),
                                     };
                                     say(&format!("[{from}] {}{note}", String::from_utf8_lossy(&body)));
                                 }
@@ -109,7 +129,10 @@ async fn run(args: Args) -> Result<(), ClientError> {
                                 )),
                                 Event::Rejected { from, reason } => say(&format!("!! dropped a message claiming to be from {from}: {reason}")),
                                 Event::Expired { to, seq } => say(&format!("!! your message #{seq} to {to} expired undelivered")),
-                                Event::Delivered { from, seqs } => say(&format!("(delivered to {from}: {seqs:?})")),
+                                Event::Delivered { from, seqs } => say(&format!(
+                                    "✓✓ delivered to {from} (their messages {})",
+                                    seqs.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+                                )),
                                 Event::Lost { from, seqs } => say(&format!(
                                     "!! messages {}..{} from {from} were lost (they never arrived)",
                                     seqs.start,

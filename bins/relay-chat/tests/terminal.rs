@@ -58,6 +58,9 @@ impl Chat {
         let mut seen = Vec::new();
         loop {
             match self.lines.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) if line.contains("\"receipt\"") => {
+                    panic!("a control message printed as text: {line:?}")
+                }
                 Ok(line) if line.contains(needle) => return line,
                 Ok(line) => seen.push(line),
                 Err(_) => panic!("no line containing {needle:?}; saw {seen:#?}"),
@@ -104,10 +107,13 @@ fn two_people_chat_in_the_terminal() {
     alice.type_line("hello bob, from the terminal");
     alice.expect("sent #");
     bob.expect("[alice] hello bob, from the terminal");
+    // Bob's client kept it and polled again: its receipt reaches alice as a state, not text.
+    alice.expect("✓✓ delivered to bob (their messages 0)");
 
     bob.type_line("/open alice");
     bob.type_line("hi alice");
     alice.expect("[bob] hi alice");
+    bob.expect("✓✓ delivered to alice");
 
     // bob is a contact now.
     alice.type_line("/peers");

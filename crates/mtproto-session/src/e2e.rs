@@ -18,8 +18,17 @@
 //! a conversation unreadable, and memory stays bounded. A given-up message that arrives after
 //! all opens as [`Delivery::Recovered`] (the last [`MAX_GIVEN_UP_RANGES`] runs are remembered);
 //! a message already received is a replay.
+//!
+//! A replay is told by its random id, not by its number alone: the random ids of the last
+//! [`MAX_REMEMBERED_IDS`] numbers received are kept. A packet under a number already received
+//! but with another random id can only come from the peer (it authenticated under the chat
+//! key): the peer's state went back (its profile was restored from an older copy), and the
+//! message opens as [`Delivery::Reused`] instead of being dropped. Likewise a peer that says it
+//! received more of our messages than we sent means *our* state went back: our counter moves up
+//! past what the peer has seen ([`Received::own_counter_moved`]), so later messages do not reuse
+//! its numbers.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
 use mtproto_crypto::{
@@ -42,6 +51,12 @@ pub const MAX_GAPS: usize = 1024;
 /// arrives after all can be told from a replay. Older runs are forgotten: such a message is then
 /// refused as a replay (the user had been told it was lost).
 pub const MAX_GIVEN_UP_RANGES: usize = 64;
+/// How many received numbers keep their random id, to tell a replay (same id) from a peer whose
+/// state went back and reuses a number (another id). Older numbers seen again are replays.
+pub const MAX_REMEMBERED_IDS: usize = 256;
+/// How far a peer's `in_seq` may be ahead of our own counter and still move it up (our state
+/// was restored from an older copy); further is an impossible counter.
+pub const MAX_OWN_ROLLBACK: u32 = 1 << 16;
 
 /// A sealed end-to-end message.
 #[derive(Debug, Clone)]
@@ -68,6 +83,9 @@ pub enum Delivery {
     Late,
     /// A message that had been given up (reported in [`Received::lost`]) and arrived after all.
     Recovered,
+    /// A new message under a number already received with another message: the peer's state
+    /// went back (restored from an older copy). Shown, and the user may be told.
+    Reused,
 }
 
 /// A received, authenticated end-to-end message.
@@ -86,6 +104,19 @@ pub struct Received {
     /// Sequence numbers given up for good by this message's arrival (the window slid past
     /// them): the user must be told they were lost. Each number is reported at most once.
     pub lost: Vec<Range<u32>>,
+    /// The peer had received more of our messages than our counter says (our state was
+    /// restored from an older copy): the counter moved up over these numbers, so the next
+    /// message does not reuse one the peer has seen.
+    pub own_counter_moved: Option<Range<u32>>,
+}
+
+/// A decrypted packet's inner header and body.
+struct Inner {
+    random_id: [u8; 8],
+    seq: u32,
+    in_seq: u32,
+    sent_at_ms: u64,
+    body: Vec<u8>,
 }
 
 /// One side's state of a conversation with one peer.
@@ -98,6 +129,7 @@ pub struct ChatState {
     recv_low: u32,
     recv_above: BTreeSet<u32>,
     given_up: Vec<Range<u32>>,
+    seen_ids: BTreeMap<u32, u64>,
 }
 
 /// The saved form of a [`ChatState`]. Holds the chat key.
@@ -119,6 +151,10 @@ pub struct ChatStateData {
     /// states saved before the window slid: none).
     #[serde(default)]
     pub given_up: Vec<Range<u32>>,
+    /// The random ids (as little-endian u64) of the last numbers received, at most
+    /// [`MAX_REMEMBERED_IDS`] (absent in older states: none).
+    #[serde(default)]
+    pub seen_ids: BTreeMap<u32, u64>,
 }
 
 impl ChatState {
@@ -135,6 +171,7 @@ impl ChatState {
             recv_low: 0,
             recv_above: BTreeSet::new(),
             given_up: Vec::new(),
+            seen_ids: BTreeMap::new(),
         })
     }
 
@@ -154,7 +191,8 @@ impl ChatState {
             && data
                 .given_up
                 .iter()
-                .all(|r| r.start < r.end && r.end <= data.recv_low);
+                .all(|r| r.start < r.end && r.end <= data.recv_low)
+            && data.seen_ids.len() <= MAX_REMEMBERED_IDS;
         if !window_ok {
             return Err(Error::Malformed {
                 field: "chat window",
@@ -172,6 +210,7 @@ impl ChatState {
             recv_low: data.recv_low,
             recv_above: data.recv_above,
             given_up: data.given_up,
+            seen_ids: data.seen_ids,
         })
     }
 
@@ -185,6 +224,7 @@ impl ChatState {
             recv_low: self.recv_low,
             recv_above: self.recv_above.clone(),
             given_up: self.given_up.clone(),
+            seen_ids: self.seen_ids.clone(),
         }
     }
 
@@ -267,44 +307,62 @@ impl ChatState {
     /// A message more than [`MAX_GAPS`] above the lowest awaited number slides the window: the
     /// missing numbers it passes are given up and listed in [`Received::lost`].
     ///
+    /// A number already received opens again only under another random id
+    /// ([`Delivery::Reused`]: the peer's state went back); with the same id it is a replay.
+    ///
     /// # Errors
     /// [`Error::Decrypt`] for anything forged, corrupted or reflected; [`Error::E2eReplay`] for a
     /// message already received (or given up so long ago that it is no longer remembered);
     /// [`Error::E2eProtocol`] for impossible counters. No error changes the state.
     pub fn open(&mut self, packet: &[u8]) -> Result<Received> {
-        let opened = E2E.open(&self.key, self.send_dir().reverse(), packet)?;
-        let d = opened.data();
-        let part = |r: Range<usize>| d.get(r).ok_or(Error::Decrypt);
-        let random_id: [u8; 8] = fixed("random_id", part(0..8)?)?;
-        let seq = u32::from_le_bytes(fixed("out_seq", part(8..12)?)?);
-        let in_seq = u32::from_le_bytes(fixed("in_seq", part(12..16)?)?);
-        let sent_at_ms = u64::from_le_bytes(fixed("sent_at", part(16..24)?)?);
-        let body = part(INNER_HEADER..d.len())?.to_vec();
-        let recovered = if seq < self.recv_low {
-            // Below the window: only a given-up number can still open, once.
-            match self.given_up.iter().position(|r| r.contains(&seq)) {
-                Some(i) => i,
-                None => return Err(Error::E2eReplay { seq }),
-            }
-        } else if self.recv_above.contains(&seq) {
-            return Err(Error::E2eReplay { seq });
-        } else {
-            usize::MAX
+        let Inner {
+            random_id,
+            seq,
+            in_seq,
+            sent_at_ms,
+            body,
+        } = self.decode(packet)?;
+        let id = u64::from_le_bytes(random_id);
+        let received_before = seq < self.recv_low || self.recv_above.contains(&seq);
+        let given_up = self.given_up.iter().position(|r| r.contains(&seq));
+        let reused = match (received_before, given_up) {
+            (true, None) => match self.seen_ids.get(&seq) {
+                // Another message under a number we have: the peer's state went back.
+                Some(&seen) if seen != id => true,
+                _ => return Err(Error::E2eReplay { seq }),
+            },
+            _ => false,
         };
-        if in_seq > self.sent {
-            return Err(Error::E2eProtocol {
-                reason: "peer acknowledges messages never sent",
-            });
+        let own_counter_moved = if in_seq > self.sent {
+            if in_seq - self.sent > MAX_OWN_ROLLBACK {
+                return Err(Error::E2eProtocol {
+                    reason: "peer acknowledges messages never sent",
+                });
+            }
+            Some(self.sent..in_seq)
+        } else {
+            None
+        };
+        if let Some(moved) = &own_counter_moved {
+            self.sent = moved.end;
         }
-        if recovered != usize::MAX {
-            self.take_given_up(recovered, seq);
+        if reused || given_up.is_some() {
+            if let Some(i) = given_up {
+                self.take_given_up(i, seq);
+            }
+            self.remember_id(seq, id);
             return Ok(Received {
                 body,
                 random_id,
                 seq,
                 sent_at_ms,
-                delivery: Delivery::Recovered,
+                delivery: if reused {
+                    Delivery::Reused
+                } else {
+                    Delivery::Recovered
+                },
                 lost: Vec::new(),
+                own_counter_moved,
             });
         }
         // The next number expected; u64 so that u32::MAX + 1 does not overflow.
@@ -323,6 +381,7 @@ impl ChatState {
         let lost = self.slide_to(seq.saturating_sub(MAX_GAPS as u32));
         self.recv_above.insert(seq);
         self.absorb();
+        self.remember_id(seq, id);
         Ok(Received {
             body,
             random_id,
@@ -330,7 +389,63 @@ impl ChatState {
             sent_at_ms,
             delivery,
             lost,
+            own_counter_moved,
         })
+    }
+
+    /// Opens again a message this state already received, without changing anything: for a
+    /// client that handed it out, died before its application kept it, and finds it again on the
+    /// relay (never acknowledged). The result says [`Delivery::InOrder`], with nothing lost.
+    ///
+    /// # Errors
+    /// [`Error::Decrypt`] as for [`ChatState::open`]; [`Error::E2eProtocol`] for a message this
+    /// state has not received (open it with [`ChatState::open`]) or whose number was received
+    /// with another message.
+    pub fn open_again(&self, packet: &[u8]) -> Result<Received> {
+        let inner = self.decode(packet)?;
+        let seq = inner.seq;
+        let received = (seq < self.recv_low && !self.given_up.iter().any(|r| r.contains(&seq)))
+            || self.recv_above.contains(&seq);
+        let same = self
+            .seen_ids
+            .get(&seq)
+            .is_none_or(|&id| id == u64::from_le_bytes(inner.random_id));
+        if !(received && same) {
+            return Err(Error::E2eProtocol {
+                reason: "not a message received before",
+            });
+        }
+        Ok(Received {
+            body: inner.body,
+            random_id: inner.random_id,
+            seq,
+            sent_at_ms: inner.sent_at_ms,
+            delivery: Delivery::InOrder,
+            lost: Vec::new(),
+            own_counter_moved: None,
+        })
+    }
+
+    /// Authenticates and decrypts a packet from the peer and splits its inner header.
+    fn decode(&self, packet: &[u8]) -> Result<Inner> {
+        let opened = E2E.open(&self.key, self.send_dir().reverse(), packet)?;
+        let d = opened.data();
+        let part = |r: Range<usize>| d.get(r).ok_or(Error::Decrypt);
+        Ok(Inner {
+            random_id: fixed("random_id", part(0..8)?)?,
+            seq: u32::from_le_bytes(fixed("out_seq", part(8..12)?)?),
+            in_seq: u32::from_le_bytes(fixed("in_seq", part(12..16)?)?),
+            sent_at_ms: u64::from_le_bytes(fixed("sent_at", part(16..24)?)?),
+            body: part(INNER_HEADER..d.len())?.to_vec(),
+        })
+    }
+
+    /// Keeps `seq`'s random id, forgetting the lowest numbers beyond [`MAX_REMEMBERED_IDS`].
+    fn remember_id(&mut self, seq: u32, id: u64) {
+        self.seen_ids.insert(seq, id);
+        while self.seen_ids.len() > MAX_REMEMBERED_IDS {
+            self.seen_ids.pop_first();
+        }
     }
 
     /// Moves `recv_low` up to `new_low` (if it is higher), giving up every number below it not

@@ -100,16 +100,18 @@ fn forged_corrupted_and_reflected_messages_are_refused() {
     assert_eq!(bob.open(&m.packet).unwrap().body, b"hello");
 }
 
+/// Bob says he received 5 messages from alice, whose counter says none: alice's state went
+/// back (it cannot be told from a lie, which costs only bob's own conversation), so her counter
+/// moves to 5 rather than her messages being refused for good.
 #[test]
-fn impossible_counters_are_refused() {
-    let (alice, bob) = pair();
-    // Bob's state claims he received 5 messages from alice, who sent none.
+fn a_peer_ahead_of_our_counter_moves_it_up() {
+    let (mut alice, bob) = pair();
     let mut data: ChatStateData = bob.data();
     data.recv_low = 5;
-    let mut lying_bob = ChatState::restore(data).unwrap();
-    let m = lying_bob.seal(b"x", now(), &mut OsRng).unwrap();
-    let mut alice = alice;
-    assert!(matches!(alice.open(&m.packet), Err(Error::E2eProtocol { .. })));
+    let mut ahead = ChatState::restore(data).unwrap();
+    let m = ahead.seal(b"x", now(), &mut OsRng).unwrap();
+    assert_eq!(alice.open(&m.packet).unwrap().own_counter_moved, Some(0..5));
+    assert_eq!(alice.seal(b"y", now(), &mut OsRng).unwrap().seq, 5);
 }
 
 #[test]
@@ -231,6 +233,55 @@ fn only_the_last_sealed_number_can_be_given_back() {
     bob.open(&a.packet).unwrap();
     let r = bob.open(&c.packet).unwrap();
     assert_eq!((r.delivery, r.lost), (Delivery::InOrder, vec![]));
+}
+
+/// A peer whose state went back (its profile restored from an older copy) reuses numbers: its
+/// new messages open as `Reused` (another random id), copies of old ones stay replays, and our
+/// reply tells it to move its counter past what we received (review finding F2).
+#[test]
+fn a_peer_restored_from_an_older_copy_is_heard_not_dropped() {
+    let (mut alice, mut bob) = pair();
+    let saved = alice.data(); // alice's profile as an old backup has it
+    let old: Vec<_> = (0..3)
+        .map(|i| alice.seal(&[i], now(), &mut OsRng).unwrap())
+        .collect();
+    for m in &old {
+        assert_eq!(bob.open(&m.packet).unwrap().delivery, Delivery::InOrder);
+    }
+    // Alice's device is restored from the backup: she seals 0 and 1 again, new messages.
+    let mut restored = ChatState::restore(saved).unwrap();
+    let again = restored.seal(b"after restore", now(), &mut OsRng).unwrap();
+    assert_eq!(again.seq, 0);
+    let r = bob.open(&again.packet).unwrap();
+    assert_eq!(
+        (r.delivery, r.body),
+        (Delivery::Reused, b"after restore".to_vec())
+    );
+    // Copies, old or new, are still replays.
+    assert_eq!(bob.open(&again.packet).unwrap_err(), Error::E2eReplay { seq: 0 });
+    assert_eq!(bob.open(&old[1].packet).unwrap_err(), Error::E2eReplay { seq: 1 });
+    // Bob's reply says he received 3: alice's counter moves to 3, her next message is in order.
+    let mut b_alice = ChatState::restore(bob.data()).unwrap();
+    let reply = b_alice.seal(b"reply", now(), &mut OsRng).unwrap();
+    let r = restored.open(&reply.packet).unwrap();
+    assert_eq!(r.own_counter_moved, Some(1..3));
+    let next = restored.seal(b"next", now(), &mut OsRng).unwrap();
+    assert_eq!(next.seq, 3);
+    assert_eq!(bob.open(&next.packet).unwrap().delivery, Delivery::InOrder);
+}
+
+/// A peer claiming to have received far more than we ever sent is an impossible counter, and
+/// the refusal changes nothing.
+#[test]
+fn an_in_seq_far_beyond_our_counter_is_refused() {
+    let (mut alice, bob) = pair();
+    let mut d = bob.data();
+    d.recv_low = mtproto_session::e2e::MAX_OWN_ROLLBACK + 1;
+    let mut liar = ChatState::restore(d).unwrap();
+    let m = liar.seal(b"x", now(), &mut OsRng).unwrap();
+    let before = serde_json::to_string(&alice.data()).unwrap();
+    assert!(matches!(alice.open(&m.packet), Err(Error::E2eProtocol { .. })));
+    assert_eq!(serde_json::to_string(&alice.data()).unwrap(), before);
 }
 
 mod window {

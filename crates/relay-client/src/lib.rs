@@ -141,6 +141,8 @@ pub struct ClientConfig {
     pub pin: Pin,
     /// Profile file; `None` keeps everything in memory.
     pub profile: Option<PathBuf>,
+    /// Whether to send delivery receipts (off by default; see [`ClientConfig::with_receipts`]).
+    pub receipts: bool,
 }
 
 impl ClientConfig {
@@ -151,7 +153,18 @@ impl ClientConfig {
             name: name.to_owned(),
             pin,
             profile: None,
+            receipts: false,
         }
+    }
+
+    /// Sends delivery receipts (`docs/protocol.md` §3 "Control messages"): when the caller
+    /// comes back for the next [`Client::poll`] after messages were handed out — it kept them —
+    /// each sender gets one end-to-end receipt naming their sequence numbers, through the outbox
+    /// (after the messages before it, never shown by [`Client::outbox`]). The peer sees
+    /// [`Event::Delivered`]; the browser client shows "delivered".
+    pub fn with_receipts(mut self, on: bool) -> Self {
+        self.receipts = on;
+        self
     }
 
     /// Keeps the profile in `path`.
@@ -284,6 +297,15 @@ impl From<Refusal> for ClientError {
     }
 }
 
+/// The JSON of a control message (after its 0x00 byte); unknown fields are ignored.
+#[derive(Deserialize)]
+struct Control {
+    receipt: Option<Vec<u32>>,
+}
+
+/// Most sequence numbers one receipt names (more are left out: "delivered" is a courtesy).
+const MAX_RECEIPT_SEQS: usize = 1000;
+
 #[derive(Deserialize)]
 struct EnvelopeAnswer {
     packet: Bytes,
@@ -310,6 +332,12 @@ struct State {
     settled: Vec<Receipt>,
     /// Set when the relay no longer knew our key (see [`Event::RelayLostData`]).
     relay_lost_data: bool,
+    /// Entries an earlier run handed out and did not acknowledge (saved in the profile): the
+    /// application may not have kept them, so they are handed out again when the relay
+    /// delivers them again, instead of being dropped as end-to-end replays.
+    redeliver: BTreeSet<(u64, Option<u64>)>,
+    /// Conversation seqs handed out per sender since the last poll: receipts due.
+    receipts_due: BTreeMap<String, Vec<u32>>,
 }
 
 /// Records `key` as `peer`'s accepted identity key and starts a new chat under it.
@@ -336,6 +364,7 @@ pub struct Client {
     state: tokio::sync::Mutex<State>,
     /// Held while the outbox is transmitted: one flush at a time, in order.
     flushing: tokio::sync::Mutex<()>,
+    receipts: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -406,6 +435,8 @@ impl Client {
             next_outbox_id: 1,
             settled: Vec::new(),
             relay_lost_data: false,
+            redeliver: BTreeSet::new(),
+            receipts_due: BTreeMap::new(),
         };
         if let Some(p) = profile {
             if p.client_id != config.name {
@@ -430,6 +461,7 @@ impl Client {
                 state.next_outbox_id = state.next_outbox_id.max(entry.id.0 + 1);
                 state.outbox.insert(entry.id, entry);
             }
+            state.redeliver = p.handed_out.iter().map(|a| (a.seq, a.ts)).collect();
         }
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(40))
@@ -440,6 +472,7 @@ impl Client {
             base: config.server.trim_end_matches('/').to_owned(),
             pin: config.pin,
             profile_path: config.profile,
+            receipts: config.receipts,
             state: tokio::sync::Mutex::new(state),
             flushing: tokio::sync::Mutex::new(()),
         };
@@ -481,6 +514,7 @@ impl Client {
             peers: st.peers.clone(),
             chats: st.chats.iter().map(|(k, v)| (k.clone(), v.data())).collect(),
             outbox: st.outbox.values().cloned().collect(),
+            handed_out: st.to_ack.clone(),
         }
         .save(path)
     }
@@ -936,6 +970,7 @@ impl Client {
             envelope: None,
             maybe_stored: false,
             released: false,
+            control: false,
             state: SendState::Sending { last_error: None },
         })
     }
@@ -959,6 +994,7 @@ impl Client {
             .await
             .outbox
             .values()
+            .filter(|e| !e.control)
             .map(OutboxEntry::receipt)
             .collect()
     }
@@ -1171,12 +1207,20 @@ impl Client {
                 }
             };
             entry.state = state.clone();
+            let control = entry.control;
             if matches!(state, SendState::Stored { .. }) {
                 if let Some(done) = st.outbox.remove(&id) {
-                    st.settled.push(done.receipt());
+                    if !control {
+                        st.settled.push(done.receipt());
+                    }
                 }
             } else if matches!(state, SendState::Refused { .. }) {
-                st.settled.push(entry.receipt());
+                if !control {
+                    st.settled.push(entry.receipt());
+                } else if entry.released {
+                    // A receipt stored nowhere whose number was given back: no hole, dropped.
+                    st.outbox.remove(&id);
+                }
             }
             self.save(st)?;
             return Ok(Some(state));
@@ -1231,6 +1275,11 @@ impl Client {
     /// through [`Event::Outbox`] and [`Client::outbox`]). Undecryptable entries are events, not
     /// errors.
     pub async fn poll(&self, wait: Duration) -> Result<Vec<Event>, ClientError> {
+        if self.receipts {
+            let mut st = self.state.lock().await;
+            self.queue_receipts(&mut st)?;
+            self.save(&st)?;
+        }
         if let Err(e) = self.flush_outbox_for(None).await {
             tracing::warn!(error = %e, "outbox flush failed");
         }
@@ -1327,9 +1376,10 @@ impl Client {
                     .await;
             }
         }
-        let mut st = self.state.lock().await;
+        let mut guard = self.state.lock().await;
+        let st = &mut *guard;
         let Some(chat) = st.chats.get_mut(from) else {
-            drop(st);
+            drop(guard);
             let reason = "no conversation with this sender".to_owned();
             return self
                 .hold(
@@ -1343,26 +1393,20 @@ impl Client {
         };
         let events = match chat.open(packet) {
             Ok(r) => {
-                let mut events: Vec<Event> = r
-                    .lost
-                    .into_iter()
-                    .map(|seqs| Event::Lost {
-                        from: from.into(),
-                        seqs,
-                    })
-                    .collect();
-                events.push(Event::Message {
-                    from: from.into(),
-                    body: r.body,
-                    seq: r.seq,
-                    sent_at_ms: r.sent_at_ms,
-                    delivery: r.delivery,
-                });
-                events
+                if let Some(moved) = &r.own_counter_moved {
+                    // Our profile went back (restored from an older copy): the chat skipped
+                    // the numbers the peer had already received from us.
+                    tracing::warn!(
+                        peer = from,
+                        ?moved,
+                        "the conversation's counter was behind the peer's; moved up"
+                    );
+                }
+                self.hand_out(st, from, r)
             }
             Err(mtproto_session::Error::Decrypt) => {
                 // Under another key: perhaps the peer rotated. Hold it and say so once.
-                drop(st);
+                drop(guard);
                 let changed = match self.lookup(&[from]).await {
                     Ok(peers) => peers
                         .iter()
@@ -1382,10 +1426,21 @@ impl Client {
                 }];
             }
             Err(mtproto_session::Error::E2eReplay { .. }) => {
-                // A copy of a message handed out before (our ack did not reach the relay, or
-                // the sender's outbox resent it in a new envelope): acknowledged, not shown.
+                // Handed out by an earlier run that did not acknowledge it (it may have died
+                // before the application kept it): handed out again.
+                let again = st
+                    .redeliver
+                    .remove(&(entry.seq, entry.ts))
+                    .then(|| chat.open_again(packet).ok())
+                    .flatten();
+                let events = match again {
+                    Some(r) => self.hand_out(st, from, r),
+                    // A copy of a message handed out before (our ack did not reach the relay,
+                    // or the sender's outbox resent it in a new envelope): not shown.
+                    None => Vec::new(),
+                };
                 st.to_ack.push(entry);
-                return Vec::new();
+                return events;
             }
             Err(e) => vec![Event::Rejected {
                 from: from.into(),
@@ -1394,6 +1449,72 @@ impl Client {
         };
         st.to_ack.push(entry);
         events
+    }
+
+    /// The events for an opened message: a control message (0x00 then a JSON object) becomes
+    /// its event ([`Event::Delivered`] for a receipt; unknown controls are dropped), anything
+    /// else — binary bodies that merely start with 0x00 too — [`Event::Message`], after
+    /// [`Event::Lost`] for numbers the window gave up.
+    fn hand_out(&self, st: &mut State, from: &str, r: mtproto_session::Received) -> Vec<Event> {
+        let mut events: Vec<Event> = r
+            .lost
+            .into_iter()
+            .map(|seqs| Event::Lost {
+                from: from.into(),
+                seqs,
+            })
+            .collect();
+        let control = r
+            .body
+            .strip_prefix(&[0u8])
+            .and_then(|c| serde_json::from_slice::<Control>(c).ok());
+        if let Some(control) = control {
+            if let Some(seqs) = control.receipt {
+                events.push(Event::Delivered {
+                    from: from.into(),
+                    seqs,
+                });
+            }
+            return events;
+        }
+        if self.receipts {
+            let due = st.receipts_due.entry(from.to_owned()).or_default();
+            if due.len() < MAX_RECEIPT_SEQS {
+                due.push(r.seq);
+            }
+        }
+        events.push(Event::Message {
+            from: from.into(),
+            body: r.body,
+            seq: r.seq,
+            sent_at_ms: r.sent_at_ms,
+            delivery: r.delivery,
+        });
+        events
+    }
+
+    /// Puts one receipt per sender whose messages the caller took since the last poll into the
+    /// outbox, and makes refused receipts whose number could not be given back go again (a
+    /// receipt left out would be a hole the peer reports as lost).
+    fn queue_receipts(&self, st: &mut State) -> Result<(), ClientError> {
+        for e in st.outbox.values_mut() {
+            if e.control && matches!(e.state, SendState::Refused { .. }) {
+                e.state = SendState::Sending { last_error: None };
+            }
+        }
+        let due = std::mem::take(&mut st.receipts_due);
+        for (peer, seqs) in due {
+            if st.outbox.len() >= MAX_OUTBOX || !st.chats.contains_key(&peer) {
+                continue;
+            }
+            let mut body = vec![0u8];
+            serde_json::to_writer(&mut body, &serde_json::json!({ "receipt": seqs }))
+                .map_err(|e| ClientError::Invalid(e.to_string()))?;
+            let mut entry = self.seal_entry(st, &peer, &body)?;
+            entry.control = true;
+            st.outbox.insert(entry.id, entry);
+        }
+        Ok(())
     }
 
     /// The acknowledgements for the next poll: at most the relay's limit, oldest first; the

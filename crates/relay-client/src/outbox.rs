@@ -68,6 +68,9 @@ pub struct Receipt {
     pub seq: u32,
     /// Its state.
     pub state: SendState,
+    /// A copy may have been stored although this attempt was refused (an earlier envelope got
+    /// no answer): the peer may have it. Show "possibly delivered", not "not sent".
+    pub maybe_stored: bool,
 }
 
 impl Receipt {
@@ -125,6 +128,9 @@ pub struct OutboxEntry {
     /// packet must never be sent; a retry seals the body again under a new number.
     #[serde(default)]
     pub released: bool,
+    /// A control message (a delivery receipt), not the user's: never listed nor reported.
+    #[serde(default)]
+    pub control: bool,
     /// Its state (never `Stored`: stored entries leave the outbox).
     pub state: SendState,
 }
@@ -137,6 +143,7 @@ impl OutboxEntry {
             to: self.to.clone(),
             seq: self.seq,
             state: self.state.clone(),
+            maybe_stored: self.maybe_stored || self.envelope.as_ref().is_some_and(|e| e.uncertain),
         }
     }
 

@@ -37,6 +37,11 @@ pub struct Profile {
     /// Messages not yet stored by the relay (sending or refused); absent in older profiles.
     #[serde(default)]
     pub outbox: Vec<OutboxEntry>,
+    /// Mailbox entries handed to the application and not yet acknowledged: after a restart
+    /// they are handed out again if the relay delivers them again (the application may have
+    /// died before keeping them; it recognises a repeat by sender and `seq`).
+    #[serde(default)]
+    pub handed_out: Vec<relay_core::AckRef>,
 }
 
 impl Profile {

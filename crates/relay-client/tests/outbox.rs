@@ -15,73 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::Server;
-use relay_client::{Client, ClientConfig, Delivery, Event, SendState};
-
-/// Everything `c` receives until `n` messages arrived and a further poll brings nothing more.
-async fn drain(c: &Client, n: usize) -> (Vec<Vec<u8>>, Vec<Event>) {
-    let mut bodies = Vec::new();
-    let mut others = Vec::new();
-    for _ in 0..200 {
-        let events = c.poll(Duration::from_millis(300)).await.unwrap();
-        let quiet = events.is_empty();
-        for ev in events {
-            match ev {
-                Event::Message { body, delivery, .. } => {
-                    assert!(
-                        matches!(delivery, Delivery::InOrder),
-                        "{delivery:?} for {:?}",
-                        String::from_utf8_lossy(&body)
-                    );
-                    bodies.push(body);
-                }
-                other => others.push(other),
-            }
-        }
-        if quiet && bodies.len() >= n {
-            break;
-        }
-    }
-    c.ack().await.unwrap();
-    assert!(c.poll(Duration::from_millis(300)).await.unwrap().is_empty());
-    (bodies, others)
-}
-
-/// Forwards TCP to `upstream`; while `pass` is false, answers are swallowed and the
-/// connection closed: the relay commits, the client never hears.
-async fn lossy_proxy(upstream: String, pass: Arc<AtomicBool>) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        loop {
-            let Ok((client, _)) = listener.accept().await else {
-                return;
-            };
-            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
-                continue;
-            };
-            let pass = pass.clone();
-            tokio::spawn(async move {
-                let (mut cr, mut cw) = client.into_split();
-                let (mut sr, mut sw) = server.into_split();
-                let up = tokio::spawn(async move { tokio::io::copy(&mut cr, &mut sw).await });
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    let n = match sr.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    if !pass.load(Ordering::SeqCst) || cw.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-                up.abort();
-            });
-        }
-    });
-    url
-}
+use common::{drain, lossy_proxy, Server};
+use relay_client::{Client, ClientConfig, Event, SendState};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_during_an_outage_stays_queued_and_arrives_once_after_a_restart() {
@@ -285,8 +220,8 @@ async fn one_lost_message_never_makes_the_conversation_unreadable() {
             break;
         }
     }
+    assert!(others.is_empty(), "{others:?}");
     assert_eq!(got, (1..=N).collect::<Vec<_>>(), "every later message arrives");
     assert_eq!(lost, vec![0..1], "the lost one is reported, once");
-    assert!(others.is_empty(), "{others:?}");
     server.stop().await;
 }

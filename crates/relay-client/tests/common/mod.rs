@@ -1,10 +1,12 @@
 //! The in-process relay the relay-client tests talk to.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
-use relay_client::{Client, ClientConfig, Pin};
+use relay_client::{Client, ClientConfig, Delivery, Event, Pin};
 
 pub struct Server {
     pub url: String,
@@ -64,4 +66,69 @@ impl Server {
                 .unwrap();
         }
     }
+}
+
+/// Everything `c` receives until `n` messages arrived and a further poll brings nothing more.
+pub async fn drain(c: &Client, n: usize) -> (Vec<Vec<u8>>, Vec<Event>) {
+    let mut bodies = Vec::new();
+    let mut others = Vec::new();
+    for _ in 0..200 {
+        let events = c.poll(Duration::from_millis(300)).await.unwrap();
+        let quiet = events.is_empty();
+        for ev in events {
+            match ev {
+                Event::Message { body, delivery, .. } => {
+                    assert!(
+                        matches!(delivery, Delivery::InOrder),
+                        "{delivery:?} for {:?}",
+                        String::from_utf8_lossy(&body)
+                    );
+                    bodies.push(body);
+                }
+                other => others.push(other),
+            }
+        }
+        if quiet && bodies.len() >= n {
+            break;
+        }
+    }
+    c.ack().await.unwrap();
+    assert!(c.poll(Duration::from_millis(300)).await.unwrap().is_empty());
+    (bodies, others)
+}
+
+/// Forwards TCP to `upstream`; while `pass` is false, answers are swallowed and the
+/// connection closed: the relay commits, the client never hears.
+pub async fn lossy_proxy(upstream: String, pass: Arc<AtomicBool>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                return;
+            };
+            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                continue;
+            };
+            let pass = pass.clone();
+            tokio::spawn(async move {
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = tokio::spawn(async move { tokio::io::copy(&mut cr, &mut sw).await });
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match sr.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if !pass.load(Ordering::SeqCst) || cw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                up.abort();
+            });
+        }
+    });
+    url
 }
