@@ -34,6 +34,9 @@ struct Args {
     /// Profile file (default: NAME.profile.json).
     #[arg(long)]
     profile: Option<PathBuf>,
+    /// Take your name back on a new device with the recovery code shown when you signed up.
+    #[arg(long, value_name = "CODE")]
+    recover: Option<String>,
 }
 
 fn say(line: &str) {
@@ -81,14 +84,33 @@ async fn run(args: Args) -> Result<(), ClientError> {
         .profile
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{}.profile.json", args.name)));
-    let client = Arc::new(
-        Client::connect(
-            ClientConfig::new(&args.server, &args.name, pin)
-                .with_profile(profile)
-                .with_receipts(true),
-        )
-        .await?,
-    );
+    let mut config = ClientConfig::new(&args.server, &args.name, pin)
+        .with_profile(profile)
+        .with_receipts(true);
+    if let Some(code) = &args.recover {
+        config = config.with_recovery_code(
+            relay_client::RecoveryCode::parse(code).map_err(|e| ClientError::Invalid(e.to_string()))?,
+        );
+    }
+    let client = Arc::new(match Client::connect(config).await {
+        Err(ClientError::Server { code, .. }) if code == "client_id_taken" => {
+            return Err(ClientError::Invalid(format!(
+                "the name {} belongs to another device. If it is yours, start with --recover CODE (the recovery code shown when you signed up); otherwise pick another name.",
+                args.name
+            )))
+        }
+        Err(ClientError::Server { code, .. }) if code == "recovery_refused" => {
+            return Err(ClientError::Invalid(
+                "that recovery code does not match this name".into(),
+            ))
+        }
+        other => other?,
+    });
+    if let Some(code) = client.take_recovery_code().await {
+        say(&format!(
+            "your recovery code (write it down now, it is shown only once; it moves your name to a new device): {code}"
+        ));
+    }
     if let Some(k) = client.server_key().await {
         say(&format!(
             "connected as {} (server key {})",

@@ -22,9 +22,14 @@ struct Chat {
 
 impl Chat {
     fn start(url: &str, name: &str, pin: &str, dir: &std::path::Path) -> Self {
+        Self::start_with(url, name, pin, &dir.join(format!("{name}.json")), &[])
+    }
+
+    fn start_with(url: &str, name: &str, pin: &str, profile: &std::path::Path, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_relay-chat"))
             .args(["--server", url, "--name", name, "--pin", pin, "--profile"])
-            .arg(dir.join(format!("{name}.json")))
+            .arg(profile)
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -93,6 +98,8 @@ fn two_people_chat_in_the_terminal() {
     });
 
     let mut alice = Chat::start(&url, "alice", &pin, dir.path());
+    let line = alice.expect("your recovery code");
+    let code = line.rsplit(' ').next().unwrap().to_owned();
     alice.expect("connected as alice");
     let mut bob = Chat::start(&url, "bob", &pin, dir.path());
     bob.expect("connected as bob");
@@ -131,6 +138,18 @@ fn two_people_chat_in_the_terminal() {
     bob.expect("alice marked verified");
     bob.type_line("/nonsense");
     bob.expect("unknown command");
+
+    // Alice on a new device: the name is hers only with her recovery code.
+    let elsewhere = dir.path().join("alice-new-device.json");
+    let mut lost = Chat::start_with(&url, "alice", &pin, &elsewhere, &[]);
+    assert!(
+        !lost.child.wait().unwrap().success(),
+        "refused: the name is taken"
+    );
+    let mut back = Chat::start_with(&url, "alice", &pin, &elsewhere, &["--recover", &code]);
+    back.expect("connected as alice");
+    back.type_line("/quit");
+    assert!(back.child.wait().unwrap().success());
 
     for c in [&mut alice, &mut bob] {
         c.type_line("/quit");

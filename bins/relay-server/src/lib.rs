@@ -471,6 +471,7 @@ pub fn status_of(e: &RelayError) -> StatusCode {
         RelayError::UnknownHandshake | RelayError::UnknownPeer => StatusCode::NOT_FOUND,
         RelayError::HandshakeExpired => StatusCode::GONE,
         RelayError::ClientIdTaken => StatusCode::CONFLICT,
+        RelayError::RecoveryRefused => StatusCode::FORBIDDEN,
         RelayError::UnknownAuthKey => StatusCode::UNAUTHORIZED,
         RelayError::MailboxFull | RelayError::SenderQuota | RelayError::RateLimited { .. } => {
             StatusCode::TOO_MANY_REQUESTS

@@ -16,6 +16,7 @@ mod key;
 pub mod legacy;
 mod peer;
 mod pq;
+mod recovery;
 mod server_identity;
 mod types;
 
@@ -27,5 +28,6 @@ pub use key::{AuthKey, ChatKey, FramingKey};
 pub use peer::{Fingerprint, IdentityPublic, IdentitySecret};
 pub use pq::{factor_pq, is_prime_u64, PqChallenge};
 pub use rand_core;
+pub use recovery::{RecoveryCode, RecoveryPublic};
 pub use server_identity::{ServerKeyFingerprint, ServerPublicKey, ServerSigningKey};
 pub use types::{AuthKeyId, MsgKey, Nonce128, Nonce256};

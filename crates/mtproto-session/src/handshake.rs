@@ -118,6 +118,15 @@ pub struct SetClientDhParams {
     pub g_b: Hex,
     /// The name the client registers under.
     pub client_id: ClientId,
+    /// The public half of the user's recovery code (Ed25519, 32 bytes, base64), kept by the
+    /// relay with the account: registered with a new name, or replacing the old one on a
+    /// recovery. Absent: none registered (a recovery keeps the old one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_key: Option<Bytes>,
+    /// A recovery: the proof (64 bytes, base64) that this handshake's key may take over the
+    /// name, made with the recovery code ([`AwaitingDhGen::prove_recovery`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_proof: Option<Bytes>,
 }
 
 /// The answer to `set_client_dh_params`. It carries no key: it proves possession of one.
@@ -699,6 +708,8 @@ impl AwaitingDhParams {
             server_nonce: res.server_nonce.clone(),
             g_b: Hex(g_b.as_bytes().to_vec()),
             client_id: self.client_id.clone(),
+            recovery_key: None,
+            recovery_proof: None,
         };
         Ok((
             AwaitingDhGen {
@@ -768,5 +779,27 @@ impl AwaitingDhGen {
     /// The server's public key (to pin after trust on first use).
     pub fn server_key(&self) -> &ServerPublicKey {
         &self.server_key
+    }
+
+    /// Fills `req`'s recovery fields: `register` as the account's recovery key, and with
+    /// `code` the proof that this handshake's key may take the name over from a lost device
+    /// (`docs/protocol.md` §1 "Recovery").
+    pub fn prove_recovery(
+        &self,
+        req: &mut SetClientDhParams,
+        register: Option<mtproto_crypto::RecoveryPublic>,
+        code: Option<&mtproto_crypto::RecoveryCode>,
+    ) {
+        req.recovery_key = register.map(|k| Bytes(k.as_bytes().to_vec()));
+        req.recovery_proof = code.map(|c| {
+            Bytes(
+                c.prove(
+                    self.client_id.as_str(),
+                    self.server_nonce.as_bytes(),
+                    self.auth_key.id().as_bytes(),
+                )
+                .to_vec(),
+            )
+        });
     }
 }

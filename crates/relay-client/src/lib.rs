@@ -53,6 +53,7 @@ use serde::Deserialize;
 
 mod outbox;
 mod profile;
+pub use mtproto_crypto::RecoveryCode;
 pub use mtproto_session::Delivery;
 
 pub use outbox::{OutboxEntry, OutboxId, PostedEnvelope, Receipt, SendState, MAX_OUTBOX};
@@ -143,6 +144,9 @@ pub struct ClientConfig {
     pub profile: Option<PathBuf>,
     /// Whether to send delivery receipts (off by default; see [`ClientConfig::with_receipts`]).
     pub receipts: bool,
+    /// The recovery code that moves the name to this client (see
+    /// [`ClientConfig::with_recovery_code`]).
+    pub recovery: Option<RecoveryCode>,
 }
 
 impl ClientConfig {
@@ -154,7 +158,17 @@ impl ClientConfig {
             pin,
             profile: None,
             receipts: false,
+            recovery: None,
         }
+    }
+
+    /// Takes the name over from a lost device (a new device, a cleared profile): the relay
+    /// answers `client_id_taken` to a new key for a name in use, unless the handshake carries
+    /// the proof made with the account's recovery code. The old device is locked out; peers
+    /// see a key change. See `docs/protocol.md` §1 "Recovery".
+    pub fn with_recovery_code(mut self, code: RecoveryCode) -> Self {
+        self.recovery = Some(code);
+        self
     }
 
     /// Sends delivery receipts (`docs/protocol.md` §3 "Control messages"): when the caller
@@ -338,6 +352,14 @@ struct State {
     redeliver: BTreeSet<(u64, Option<u64>)>,
     /// Conversation seqs handed out per sender since the last poll: receipts due.
     receipts_due: BTreeMap<String, Vec<u32>>,
+    /// The recovery code registered by this client's last handshake, until taken.
+    recovery_code: Option<RecoveryCode>,
+    /// The code to recover the name with, used by the first handshake only: a later one (the
+    /// relay lost our key) must not take the name back from a device that recovered it since.
+    recover_with: Option<RecoveryCode>,
+    /// Known peers whose directory key was last seen changed (or withdrawn), with the
+    /// directory's version: sending to them is refused until [`Client::accept_peer_key`].
+    key_changed: BTreeMap<String, u32>,
 }
 
 /// Records `key` as `peer`'s accepted identity key and starts a new chat under it.
@@ -437,6 +459,9 @@ impl Client {
             relay_lost_data: false,
             redeliver: BTreeSet::new(),
             receipts_due: BTreeMap::new(),
+            recovery_code: None,
+            key_changed: BTreeMap::new(),
+            recover_with: config.recovery,
         };
         if let Some(p) = profile {
             if p.client_id != config.name {
@@ -485,6 +510,13 @@ impl Client {
         }
         client.publish_key().await?;
         Ok(client)
+    }
+
+    /// The recovery code this client registered with the relay when it created its account
+    /// (or created it again after the relay lost its data), once: show it to the user to write
+    /// down — it is not kept anywhere. `None` when there is none to show.
+    pub async fn take_recovery_code(&self) -> Option<RecoveryCode> {
+        self.state.lock().await.recovery_code.take()
     }
 
     /// This client's id.
@@ -613,12 +645,24 @@ impl Client {
         let res: ResPq = self.post_json("/req_pq", &req).await?;
         let (c, req) = c.handle_res_pq(&res).map_err(untrusted)?;
         let res: ServerDhParams = self.post_json("/req_dh_params", &req).await?;
-        let (c, req) = c
+        let (c, mut req) = c
             .handle_server_dh_params(&res, now(), &mut OsRng)
             .map_err(untrusted)?;
+        // A new account registers a fresh recovery code; a recovery proves the old one (the
+        // relay keeps it).
+        let recover = st.recover_with.take();
+        let fresh = recover.is_none().then(|| RecoveryCode::generate(&mut OsRng));
+        c.prove_recovery(
+            &mut req,
+            fresh.as_ref().map(RecoveryCode::public),
+            recover.as_ref(),
+        );
         let server_key = *c.server_key();
         let res: DhGenOk = self.post_json("/set_client_dh_params", &req).await?;
         let session = c.handle_dh_gen_ok(&res)?;
+        if fresh.is_some() {
+            st.recovery_code = fresh;
+        }
         tracing::info!(client_id = %st.client_id, server = %server_key.fingerprint(), "handshake complete");
         st.server_key = Some(server_key);
         st.session = Some(session);
@@ -801,18 +845,26 @@ impl Client {
     }
 
     async fn views(&self, answer: PeersAnswer) -> Vec<PeerView> {
-        let st = self.state.lock().await;
+        let mut st = self.state.lock().await;
         answer
             .peers
             .into_iter()
             .map(|p| {
                 let key = p.identity_key.and_then(|k| IdentityPublic::from_slice(&k.0).ok());
-                let status = match (key, st.peers.get(p.client_id.as_str())) {
+                let known = st.peers.get(p.client_id.as_str());
+                let status = match (key, known) {
                     (None, _) => KeyStatus::NoKey,
                     (Some(_), None) => KeyStatus::New,
                     (Some(k), Some(known)) if known.identity_key == *k.as_bytes() => KeyStatus::Known,
                     (Some(_), Some(_)) => KeyStatus::Changed,
                 };
+                // A known peer whose key changed or was withdrawn (a reset, a recovered
+                // account) cannot read what we would send under the old key: blocked.
+                if known.is_some() && status != KeyStatus::Known {
+                    st.key_changed.insert(p.client_id.to_string(), p.key_version);
+                } else {
+                    st.key_changed.remove(p.client_id.as_str());
+                }
                 PeerView {
                     client_id: p.client_id.to_string(),
                     identity_key: key,
@@ -829,6 +881,13 @@ impl Client {
     async fn ensure_chat(&self, peer: &str) -> Result<(), ClientError> {
         {
             let st = self.state.lock().await;
+            if let Some(&new_version) = st.key_changed.get(peer) {
+                return Err(ClientError::PeerKeyChanged {
+                    peer: peer.into(),
+                    old_version: st.peers.get(peer).map_or(0, |k| k.key_version),
+                    new_version,
+                });
+            }
             if st.chats.contains_key(peer) {
                 return Ok(());
             }
@@ -862,6 +921,7 @@ impl Client {
         let (key, key_version) = self.directory_key(peer).await?;
         let mut st = self.state.lock().await;
         accept_key(&mut st, peer, key, key_version)?;
+        st.key_changed.remove(peer);
         st.held.clear();
         self.save(&st)
     }

@@ -67,8 +67,12 @@ pub enum RelayError {
     #[error("handshake step out of order")]
     HandshakeOutOfOrder,
     /// The client id belongs to another key.
-    #[error("client id already taken by another key")]
+    #[error("client id already taken by another key (its owner can move it with a recovery code)")]
     ClientIdTaken,
+    /// A recovery proof did not verify against the account's recovery key, or the account has
+    /// none.
+    #[error("the recovery code does not match this account")]
+    RecoveryRefused,
     /// No auth key with this id.
     #[error("unknown auth key")]
     UnknownAuthKey,
@@ -146,6 +150,7 @@ impl RelayError {
             Self::BadDh => "bad_dh_value",
             Self::HandshakeOutOfOrder => "handshake_out_of_order",
             Self::ClientIdTaken => "client_id_taken",
+            Self::RecoveryRefused => "recovery_refused",
             Self::UnknownAuthKey => "unknown_auth_key",
             Self::DecryptFailed => "decrypt_failed",
             Self::BadSession => "bad_session",

@@ -17,6 +17,10 @@ pub struct AuthKeyRecord {
     pub client_id: ClientId,
     /// When the handshake finished.
     pub created_at: UnixTime,
+    /// The public half of the account's recovery code (`docs/protocol.md` §1 "Recovery");
+    /// absent in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_key: Option<[u8; 32]>,
 }
 
 impl AuthKeyRecord {

@@ -474,6 +474,21 @@ impl Relay {
             });
         }
         let sn = nonce16("server_nonce", &req.server_nonce)?;
+        let recovery_key = req
+            .recovery_key
+            .as_ref()
+            .map(|k| mtproto_crypto::RecoveryPublic::from_slice(&k.0))
+            .transpose()
+            .map_err(|_| RelayError::InvalidField {
+                field: "recovery_key".into(),
+                reason: "must be 32 bytes".into(),
+            })?;
+        if req.recovery_proof.as_ref().is_some_and(|p| p.0.len() != 64) {
+            return Err(RelayError::InvalidField {
+                field: "recovery_proof".into(),
+                reason: "must be 64 bytes".into(),
+            });
+        }
         let mut pending = self
             .engine
             .get_pending(sn)
@@ -501,13 +516,39 @@ impl Relay {
             .seal
             .seal(SEAL_AUTH_KEY, &key_id, est.auth_key.expose_secret())
             .map_err(|_| RelayError::Internal("sealing the auth key".into()))?;
-        let record = AuthKeyRecord {
+        let mut record = AuthKeyRecord {
             key_id,
             auth_key: SecretBytes::new(sealed),
             client_id: est.client_id.clone(),
             created_at: now,
+            recovery_key: recovery_key.map(|k| *k.as_bytes()),
         };
-        self.engine.create_account(record, est.session, now).await?;
+        let old = match &req.recovery_proof {
+            Some(_) => self.engine.owner(&est.client_id).await?,
+            None => None,
+        };
+        match (old, &req.recovery_proof) {
+            (Some(old), Some(proof)) if old.key_id != key_id => {
+                // docs/protocol.md §1 "Recovery": the proof names this handshake's key.
+                let stored = old.recovery_key.ok_or(RelayError::RecoveryRefused)?;
+                mtproto_crypto::RecoveryPublic::from_bytes(stored)
+                    .verify(est.client_id.as_str(), &sn, &key_id, &proof.0)
+                    .map_err(|_| RelayError::RecoveryRefused)?;
+                record.recovery_key = record.recovery_key.or(Some(stored));
+                self.engine
+                    .take_over_account(record, est.session, old.key_id, now)
+                    .await?;
+                self.keys
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&old.key_id);
+                self.forget_session(old.key_id);
+                tracing::info!(client_id = %est.client_id, auth_key_id = %est.auth_key.id().to_hex(), "account recovered: the name moved to a new key");
+                return Ok(res);
+            }
+            // A free name: a proof proves nothing, an ordinary registration.
+            _ => self.engine.create_account(record, est.session, now).await?,
+        }
         tracing::info!(client_id = %est.client_id, auth_key_id = %est.auth_key.id().to_hex(), "auth key established");
         Ok(res)
     }

@@ -176,6 +176,7 @@ async fn sqlite_upgrades_a_first_release_database() {
         auth_key: mtproto_session::SecretBytes::new(vec![1; 256]),
         client_id: mtproto_session::ClientId::new("alice").unwrap(),
         created_at: suite::t0(),
+        recovery_key: None,
     };
     {
         let c = rusqlite::Connection::open(&path).unwrap();
@@ -366,6 +367,7 @@ async fn redis_upgrades_a_first_release_layout() {
         auth_key: mtproto_session::SecretBytes::new(vec![1; 256]),
         client_id: ClientId::new("alice").unwrap(),
         created_at: suite::t0(),
+        recovery_key: None,
     };
     let kid = "0101010101010101";
     let expires = suite::t0().as_secs() + 60;

@@ -69,6 +69,18 @@ impl Engine for Slow {
     async fn auth_key(&self, key_id: [u8; 8]) -> Result<Option<AuthKeyRecord>, EngineError> {
         self.inner.auth_key(key_id).await
     }
+    async fn owner(&self, c: &ClientId) -> Result<Option<AuthKeyRecord>, EngineError> {
+        self.inner.owner(c).await
+    }
+    async fn take_over_account(
+        &self,
+        k: AuthKeyRecord,
+        s: ServerSession,
+        old: [u8; 8],
+        now: UnixTime,
+    ) -> Result<(), EngineError> {
+        self.inner.take_over_account(k, s, old, now).await
+    }
     async fn session(&self, key_id: [u8; 8], c: &ClientId) -> Result<Option<SessionRecord>, EngineError> {
         self.inner.session(key_id, c).await
     }

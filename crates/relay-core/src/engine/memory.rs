@@ -154,6 +154,35 @@ impl Engine for MemoryEngine {
         Ok(())
     }
 
+    async fn owner(&self, client: &ClientId) -> Result<Option<AuthKeyRecord>, EngineError> {
+        let s = self.lock();
+        Ok(s.owners.get(client).and_then(|id| s.keys.get(id)).cloned())
+    }
+
+    async fn take_over_account(
+        &self,
+        key: AuthKeyRecord,
+        session: ServerSession,
+        old_key_id: [u8; 8],
+        _now: UnixTime,
+    ) -> Result<(), EngineError> {
+        let mut s = self.lock();
+        if s.owners.get(&key.client_id) != Some(&old_key_id) {
+            return Err(EngineError::ClientIdTaken);
+        }
+        s.keys.remove(&old_key_id);
+        s.sessions.remove(&old_key_id);
+        let id = key.key_id;
+        let client = key.client_id.clone();
+        s.owners.insert(client.clone(), id);
+        s.keys.insert(id, key);
+        s.sessions.insert(id, SessionRecord { session, version: 0 });
+        if let Some(peer) = s.accounts.get_mut(&client).and_then(|a| a.peer.as_mut()) {
+            peer.identity_key = None;
+        }
+        Ok(())
+    }
+
     async fn auth_key(&self, key_id: [u8; 8]) -> Result<Option<AuthKeyRecord>, EngineError> {
         Ok(self.lock().keys.get(&key_id).cloned())
     }

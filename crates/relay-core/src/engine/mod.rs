@@ -72,6 +72,25 @@ pub trait Engine: Send + Sync + 'static {
         now: UnixTime,
     ) -> Result<(), EngineError>;
 
+    /// The auth key record that holds `client` now, if any (for a recovery: it carries the
+    /// account's recovery key).
+    async fn owner(&self, client: &ClientId) -> Result<Option<AuthKeyRecord>, EngineError>;
+
+    /// A recovery: binds `key.client_id` to the new key in place of `old_key_id`, atomically
+    /// with the check that `old_key_id` still holds it; removes the old key's session (the lost
+    /// device is locked out) and the published identity key (the new device publishes its
+    /// own, which peers see as a key change); keeps the mailbox.
+    ///
+    /// # Errors
+    /// [`EngineError::ClientIdTaken`] when `old_key_id` no longer holds the name.
+    async fn take_over_account(
+        &self,
+        key: AuthKeyRecord,
+        session: ServerSession,
+        old_key_id: [u8; 8],
+        now: UnixTime,
+    ) -> Result<(), EngineError>;
+
     /// The auth key with this id.
     async fn auth_key(&self, key_id: [u8; 8]) -> Result<Option<AuthKeyRecord>, EngineError>;
 

@@ -80,6 +80,7 @@ const PURGE_HANDSHAKES: &str = include_str!("redis/purge_handshakes.lua");
 
 /// One user's slot. KEYS: owner, session, peer. ARGV: key id (hex), session, now.
 const CREATE_ACCOUNT: &str = include_str!("redis/create_account.lua");
+const TAKE_OVER_ACCOUNT: &str = include_str!("redis/take_over_account.lua");
 
 /// KEYS: 1 session, 2 outcome, 3 my peer, 4 my mailbox, 5 my outcome index, 6 target peer,
 /// 7 target mailbox, 8 target expiry, 9 target senders (the client's own for every op but a
@@ -174,6 +175,7 @@ struct Scripts {
     take_pending: Script,
     purge_handshakes: Script,
     create_account: Script,
+    take_over_account: Script,
     commit: Script,
     deliver: Script,
     scan_expired: Script,
@@ -281,6 +283,7 @@ impl RedisEngine {
                 take_pending: Script::new(TAKE_PENDING),
                 purge_handshakes: Script::new(PURGE_HANDSHAKES),
                 create_account: Script::new(CREATE_ACCOUNT),
+                take_over_account: Script::new(TAKE_OVER_ACCOUNT),
                 commit: Script::new(COMMIT),
                 deliver: Script::new(DELIVER),
                 scan_expired: Script::new(SCAN_EXPIRED),
@@ -977,6 +980,62 @@ impl Engine for RedisEngine {
             Err(e) => {
                 // The key cannot be used without its account: take its record back.
                 let mut conn = self.trip();
+                let _: Result<i64, _> = conn.del(self.key_record(&key.key_id)).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn owner(&self, client: &ClientId) -> Result<Option<AuthKeyRecord>, EngineError> {
+        let mut conn = self.trip();
+        let owner: Option<String> = conn
+            .get(self.u(client.as_str(), "owner"))
+            .await
+            .map_err(storage)?;
+        let Some(owner) = owner else {
+            return Ok(None);
+        };
+        let mut conn = self.trip();
+        let v: Option<String> = conn.get(self.key_record_hex(&owner)).await.map_err(storage)?;
+        secret_json(v)
+    }
+
+    /// The key record first (a record without its owner pointer is never used), then the
+    /// user's script (owner, sessions, peer) in one slot, then the old record goes.
+    async fn take_over_account(
+        &self,
+        key: AuthKeyRecord,
+        session: ServerSession,
+        old_key_id: [u8; 8],
+        _now: UnixTime,
+    ) -> Result<(), EngineError> {
+        let client = key.client_id.as_str().to_owned();
+        let mut conn = self.trip();
+        let record = Zeroizing::new(serde_json::to_string(&key).map_err(storage)?);
+        let _: () = conn
+            .set(self.key_record(&key.key_id), record.as_str())
+            .await
+            .map_err(storage)?;
+        let mut conn = self.trip();
+        let moved: Result<i64, _> = self
+            .scripts
+            .take_over_account
+            .key(self.u(&client, "owner"))
+            .key(self.sess(&client, &key.key_id))
+            .key(self.u(&client, "peer"))
+            .key(self.sess(&client, &old_key_id))
+            .arg(hex(&key.key_id))
+            .arg(session.to_bytes())
+            .arg(hex(&old_key_id))
+            .invoke_async(&mut conn)
+            .await;
+        let mut conn = self.trip();
+        match moved.map_err(script_error) {
+            Ok(_) => {
+                let _: Result<i64, _> = conn.del(self.key_record(&old_key_id)).await;
+                Ok(())
+            }
+            Err(e) => {
                 let _: Result<i64, _> = conn.del(self.key_record(&key.key_id)).await;
                 Err(e)
             }

@@ -967,6 +967,71 @@ impl Engine for SqliteEngine {
         .await
     }
 
+    async fn owner(&self, client: &ClientId) -> Result<Option<AuthKeyRecord>, EngineError> {
+        let client = client.clone();
+        self.call(move |c| {
+            json_row(
+                c,
+                "SELECT data FROM auth_keys WHERE client_id = ?1",
+                params![client.as_str()],
+            )
+        })
+        .await
+    }
+
+    async fn take_over_account(
+        &self,
+        key: AuthKeyRecord,
+        session: ServerSession,
+        old_key_id: [u8; 8],
+        _now: UnixTime,
+    ) -> Result<(), EngineError> {
+        self.call(move |c| {
+            let owner: Option<Vec<u8>> = c
+                .query_row(
+                    "SELECT key_id FROM auth_keys WHERE client_id = ?1",
+                    params![key.client_id.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(storage)?;
+            if owner.as_deref() != Some(old_key_id.as_slice()) {
+                return Err(EngineError::ClientIdTaken);
+            }
+            c.execute(
+                "DELETE FROM sessions WHERE key_id = ?1",
+                params![old_key_id.to_vec()],
+            )
+            .map_err(storage)?;
+            c.execute(
+                "DELETE FROM auth_keys WHERE key_id = ?1",
+                params![old_key_id.to_vec()],
+            )
+            .map_err(storage)?;
+            c.execute(
+                "INSERT INTO auth_keys (key_id, client_id, data) VALUES (?1, ?2, ?3)",
+                params![
+                    key.key_id.to_vec(),
+                    key.client_id.as_str(),
+                    to_json(&key)?.as_str()
+                ],
+            )
+            .map_err(storage)?;
+            c.execute(
+                "INSERT OR REPLACE INTO sessions (key_id, data, version) VALUES (?1, ?2, 0)",
+                params![key.key_id.to_vec(), session.to_bytes()],
+            )
+            .map_err(storage)?;
+            c.execute(
+                "UPDATE peers SET identity_key = NULL WHERE client_id = ?1",
+                params![key.client_id.as_str()],
+            )
+            .map_err(storage)?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn auth_key(&self, key_id: [u8; 8]) -> Result<Option<AuthKeyRecord>, EngineError> {
         self.call(move |c| {
             json_row(

@@ -31,6 +31,7 @@ pub async fn account(e: &dyn Engine, name: &str, key_byte: u8) -> Account {
         auth_key: SecretBytes::new(vec![key_byte; 256]),
         client_id: ClientId::new(name).unwrap(),
         created_at: t0(),
+        recovery_key: None,
     };
     e.create_account(
         record,
@@ -147,6 +148,7 @@ macro_rules! for_each_case {
         $callback!($($args,)* the_directory_is_paged_and_searched_by_prefix);
         $callback!($($args,)* unused_accounts_are_removed_and_their_names_freed);
         $callback!($($args,)* an_ack_never_removes_another_message_with_the_same_seq);
+        $callback!($($args,)* a_recovery_moves_the_name_and_keeps_the_mailbox);
     };
 }
 pub(crate) use for_each_case;
@@ -220,6 +222,7 @@ pub async fn client_ids_bind_to_the_first_key(e: &dyn Engine) {
         auth_key: SecretBytes::new(vec![9; 256]),
         client_id: a.client.clone(),
         created_at: t0(),
+        recovery_key: None,
     };
     let s = ServerSession::new(SessionId([9; 8]), ServerSalt([1; 8]), t0());
     assert_eq!(
@@ -715,4 +718,61 @@ pub async fn an_ack_never_removes_another_message_with_the_same_seq(e: &dyn Engi
     let full: AckRef = serde_json::from_str(r#"{"seq":7,"ts":123}"#).unwrap();
     let bare: AckRef = serde_json::from_str("7").unwrap();
     assert_eq!((full, bare), (AckRef::new(7, 123), AckRef::from(7)));
+}
+
+/// A recovery moves the name from the old key to a new one only while the old key holds it:
+/// the old key's session is gone, the published identity key is cleared (the new device
+/// publishes its own, a key change for peers), the mailbox stays, the recovery key is kept.
+pub async fn a_recovery_moves_the_name_and_keeps_the_mailbox(e: &dyn Engine) {
+    let (alice, bob) = two_accounts(e).await;
+    commit_op(e, &bob, Op::PublishKey { key: [5; 32] }, 1, false, t0())
+        .await
+        .unwrap();
+    send(e, &alice, "bob", b"waiting for bob").await.unwrap();
+    let mut owner = e.owner(&bob.client).await.unwrap().unwrap();
+    assert_eq!(owner.key_id, bob.key_id);
+    owner.recovery_key = Some([7; 32]);
+    let new = AuthKeyRecord {
+        key_id: [3; 8],
+        auth_key: SecretBytes::new(vec![3; 256]),
+        client_id: bob.client.clone(),
+        created_at: t0(),
+        recovery_key: Some([7; 32]),
+    };
+    let s = || ServerSession::new(SessionId([3; 8]), ServerSalt([1; 8]), t0());
+    // Named with the wrong old key: refused, nothing stored.
+    assert_eq!(
+        e.take_over_account(new.clone(), s(), [8; 8], t0()).await,
+        Err(EngineError::ClientIdTaken)
+    );
+    assert!(e.auth_key([3; 8]).await.unwrap().is_none());
+    assert!(e.session(bob.key_id, &bob.client).await.unwrap().is_some());
+    e.take_over_account(new, s(), bob.key_id, t0()).await.unwrap();
+    let now_owner = e.owner(&bob.client).await.unwrap().unwrap();
+    assert_eq!(
+        (now_owner.key_id, now_owner.recovery_key),
+        ([3; 8], Some([7; 32]))
+    );
+    assert!(
+        e.session(bob.key_id, &bob.client).await.unwrap().is_none(),
+        "old session gone"
+    );
+    assert!(e.auth_key(bob.key_id).await.unwrap().is_none(), "old key gone");
+    assert!(e.session([3; 8], &bob.client).await.unwrap().is_some());
+    assert_eq!(e.peer(&bob.client).await.unwrap().unwrap().identity_key, None);
+    let got = e.fetch(&bob.client, 10, t0()).await.unwrap();
+    assert_eq!(got.len(), 1, "the mailbox stays");
+    // Publishing the new device's key is a change peers see.
+    let new_bob = Account {
+        key_id: [3; 8],
+        client: bob.client.clone(),
+    };
+    let Outcome::KeyPublished { changed, .. } =
+        commit_op(e, &new_bob, Op::PublishKey { key: [6; 32] }, 2, false, t0())
+            .await
+            .unwrap()
+    else {
+        panic!()
+    };
+    assert!(changed);
 }

@@ -1,0 +1,91 @@
+//! A user who lost their device takes their name back with the recovery code shown at sign-up
+//! (issue 13, defect 4), through a real relay.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    missing_docs
+)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::Server;
+use relay_client::{Client, ClientConfig, ClientError, KeyStatus, RecoveryCode};
+
+fn refused_with(r: Result<Client, ClientError>) -> (u16, String) {
+    match r {
+        Err(ClientError::Server { status, code, .. }) => (status, code),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_device_is_replaced_with_the_recovery_code_and_peers_see_a_key_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "127.0.0.1:0").await;
+    let old = server.connect("alice").await;
+    let code = old.take_recovery_code().await.expect("a new account gets a code");
+    assert!(old.take_recovery_code().await.is_none(), "shown once");
+    let bob = server.connect("bob").await;
+    bob.send("alice", b"hi alice").await.unwrap();
+    let old_fp = bob.fingerprint("alice").await.unwrap();
+
+    // A new device (no profile): the name is taken, and a wrong code does not move it.
+    let cfg = || ClientConfig::new(&server.url, "alice", server.pin());
+    assert_eq!(
+        refused_with(Client::connect(cfg()).await),
+        (409, "client_id_taken".into())
+    );
+    let wrong = RecoveryCode::generate(&mut mtproto_crypto::rand_core::OsRng);
+    assert_eq!(
+        refused_with(Client::connect(cfg().with_recovery_code(wrong)).await),
+        (403, "recovery_refused".into())
+    );
+    // The code as the user typed it back.
+    let typed = RecoveryCode::parse(&code.to_string().to_uppercase()).unwrap();
+    let new = Client::connect(cfg().with_recovery_code(typed)).await.unwrap();
+    assert!(
+        new.take_recovery_code().await.is_none(),
+        "the old code stays valid"
+    );
+
+    // The lost device is locked out: its key is gone and the name is not free.
+    assert!(old.poll(Duration::from_millis(100)).await.is_err());
+    // Bob sees a key change, never a silent switch; after he accepts, they talk.
+    let view = bob.lookup(&["alice"]).await.unwrap();
+    assert_eq!(view[0].key_status, KeyStatus::Changed);
+    assert!(matches!(
+        bob.send("alice", b"to whom?").await,
+        Err(ClientError::PeerKeyChanged { .. })
+    ));
+    bob.accept_peer_key("alice").await.unwrap();
+    assert_ne!(
+        bob.fingerprint("alice").await.unwrap().to_string(),
+        old_fp.to_string()
+    );
+    bob.send("alice", b"welcome back").await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..20 {
+        for ev in new.poll(Duration::from_millis(300)).await.unwrap() {
+            if let relay_client::Event::Message { body, .. } = ev {
+                got.push(body);
+            }
+        }
+        if !got.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(got, vec![b"welcome back".to_vec()]);
+
+    // The code works again from yet another device.
+    let again = Client::connect(cfg().with_recovery_code(code)).await.unwrap();
+    assert!(
+        new.poll(Duration::from_millis(100)).await.is_err(),
+        "the previous device is out"
+    );
+    drop(again);
+    server.stop().await;
+}

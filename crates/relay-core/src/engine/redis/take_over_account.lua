@@ -1,0 +1,11 @@
+-- A recovery: the name moves from the old key (ARGV[3]) to the new one (ARGV[1]) only if the old
+-- key still holds it. KEYS: owner, new session, peer record, old session (one user slot).
+local o = redis.call('GET', KEYS[1])
+if o ~= ARGV[3] then return redis.error_reply('TAKEN') end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[4])
+redis.call('HSET', KEYS[2], 'data', ARGV[2], 'version', 0)
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('HSET', KEYS[3], 'key', '')
+end
+return 1
