@@ -37,6 +37,66 @@ pub enum EngineKind {
     Redis,
 }
 
+/// What `relay-server` does besides serving (`docs/deployment.md` "Backups").
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Copies the SQLite database of `--data-dir` to FILE — consistent (one commit's state)
+    /// while the relay keeps running. The server key is not in it: back the key file up apart.
+    Backup {
+        /// The new file (must not exist).
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+    },
+    /// Puts a backup in place as the database of `--data-dir`. Refused while a relay runs on
+    /// the directory, and when a database is already there unless `--replace`.
+    Restore {
+        /// The backup file.
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+        /// Overwrite an existing database (its data is lost).
+        #[arg(long)]
+        replace: bool,
+    },
+}
+
+/// Runs a [`Command`]: returns the line to print, or why it failed.
+///
+/// # Errors
+/// The engine's refusal, as text for the operator.
+pub fn run_command(config: &Config, command: &Command) -> Result<String, String> {
+    let db = config.data_dir.join("relay.db");
+    let show = |what: &str, r: relay_core::sqlite_backup::BackupReport| {
+        format!(
+            "{what}: {} accounts, {} messages waiting, {} bytes",
+            r.accounts, r.messages, r.bytes
+        )
+    };
+    match command {
+        Command::Backup { to } => relay_core::sqlite_backup::backup(&db, to)
+            .map(|r| show(&format!("backed up {} to {}", db.display(), to.display()), r))
+            .map_err(|e| e.to_string()),
+        Command::Restore { from, replace } => {
+            let report =
+                relay_core::sqlite_backup::restore(from, &db, *replace).map_err(|e| e.to_string())?;
+            let key = if config.key_path().exists() {
+                String::new()
+            } else {
+                format!(
+                    "\nno server key at {}: put the key file of the backed-up relay there before starting",
+                    config.key_path().display()
+                )
+            };
+            Ok(format!(
+                "{}{key}",
+                show(
+                    &format!("restored {} from {}", db.display(), from.display()),
+                    report
+                )
+            ))
+        }
+    }
+}
+
 /// Command-line and environment configuration.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -128,6 +188,9 @@ pub struct Config {
     /// are gone.
     #[arg(long, env = "RELAY_START_FRESH", default_value_t = false)]
     pub start_fresh: bool,
+    /// Instead of serving: back up or restore the SQLite store of `--data-dir`.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Message time to live, seconds.
     #[arg(long, env = "RELAY_MESSAGE_TTL", default_value_t = 7 * 24 * 3600)]
     pub message_ttl_secs: u64,

@@ -18,6 +18,18 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let config = Config::parse();
+    if let Some(command) = &config.command {
+        return match relay_server::run_command(&config, command) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("relay-server: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let mut limits = ConnLimits::from_config(&config);
     // Every connection is an open file: take all the system allows, and keep the connection cap
     // under it.

@@ -25,7 +25,7 @@ pub mod seal;
 #[cfg(feature = "redis")]
 pub use engine::RedisEngine;
 #[cfg(feature = "sqlite")]
-pub use engine::SqliteEngine;
+pub use engine::{sqlite_backup, SqliteEngine};
 pub use engine::{Engine, MemoryEngine};
 pub use error::{EngineError, RelayError};
 pub use model::{

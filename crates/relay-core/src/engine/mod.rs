@@ -24,7 +24,7 @@ pub use memory::MemoryEngine;
 #[cfg(feature = "redis")]
 pub use redis_engine::RedisEngine;
 #[cfg(feature = "sqlite")]
-pub use sqlite::SqliteEngine;
+pub use sqlite::{backup as sqlite_backup, SqliteEngine};
 
 /// How long outcomes of committed requests are kept for resends (longer than the 300 s msg_id
 /// window, so a resend inside the window always finds its outcome).

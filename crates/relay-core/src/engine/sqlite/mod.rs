@@ -27,6 +27,8 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::oneshot;
 use zeroize::Zeroizing;
 
+pub mod backup;
+
 use super::{Engine, OUTCOME_TTL_SECS, RELAY_SENDER};
 use crate::{
     AccountExpiry, AuthKeyRecord, Commit, EngineError, EntryKind, MailboxEntry, Op, Outcome, Peer, SendQuota,
