@@ -3,7 +3,9 @@
 // and an empty one with a reason on screen, keeps the chosen recipient through refreshes, shows a
 // user that could not connect as failed, and its wire log decodes the end-to-end layer beside the
 // envelope, timestamped, oldest first. Every state has 0 serious or critical axe-core violations
-// and a screenshot in test-artifacts/ (bench_<state>_<width>.png).
+// and screenshots in test-artifacts/ (bench_<state>_<width>.png, the whole page, and
+// bench_<state>_<width>_window.png, what the window shows). Last, Chromium gets the page gzip and
+// revalidates it on a reload.
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
@@ -222,3 +224,33 @@ for (const [label, viewport] of Object.entries(VIEWPORTS)) {
     });
   });
 }
+
+test('Chromium gets the bench gzip-compressed, and a reload revalidates it (304 for the scripts)', async () => {
+  const ctx = await browser.newContext();
+  const page = await ctx.newPage();
+  const seen = [];
+  page.on('response', async (r) => {
+    seen.push({ path: new URL(r.url()).pathname, status: r.status(), encoding: r.headers()['content-encoding'] || null,
+      etag: r.headers().etag || null, asked: await r.request().headerValue('if-none-match') });
+  });
+  await page.goto(`${server.url}/chat_ui_multiuser.html`);
+  await page.waitForLoadState('networkidle');
+  const files = ['/chat_ui_multiuser.html', '/js/chat_ui_multiuser.js', '/js/mtproto.js'];
+  for (const f of files) {
+    const r = seen.find((x) => x.path === f);
+    assert.ok(r, `${f} loaded`);
+    assert.deepEqual([r.status, r.encoding], [200, 'gzip'], f);
+    assert.match(r.etag, /^"[0-9a-f]{32}-gzip"$/, f);
+  }
+  const first = new Map(seen.map((x) => [x.path, x.etag]));
+  seen.length = 0;
+  await page.reload();
+  await page.waitForLoadState('networkidle');
+  for (const f of files) {
+    const r = seen.find((x) => x.path === f);
+    assert.ok(r, `${f} asked for again`);
+    assert.equal(r.asked, first.get(f), `${f} is revalidated with its ETag`);
+    if (f.startsWith('/js/')) assert.equal(r.status, 304, `${f} is not sent again`);
+  }
+  await ctx.close();
+});
