@@ -75,6 +75,8 @@ for (const [label, viewport] of Object.entries(VIEWPORTS)) {
         await until(async () => (await peers.locator('option').count()) === 2, `${u} lists the two others`);
         assert.equal(await peers.inputValue(), '', `${u} has no preselected recipient`);
         assert.match(await user(page, u).locator('.to-hint').innerText(), /nobody chosen/);
+        assert.equal(await peers.getAttribute('aria-describedby'), await user(page, u).locator('.to-hint').getAttribute('id'),
+          'a screen reader hears why the picker is blank');
       }
       assert.equal(await page.isVisible('#no-users'), false);
       if (label === 'desktop') {
@@ -102,6 +104,7 @@ for (const [label, viewport] of Object.entries(VIEWPORTS)) {
       const u = user(page, a);
       await u.locator('.peer').selectOption(b);
       assert.equal(await u.locator('.to-hint').isVisible(), false, 'the hint goes once someone is chosen');
+      assert.equal(await u.locator('.peer').getAttribute('aria-describedby'), null);
       await u.locator('.text').fill('   ');
       await u.locator('.send').click();
       await until(async () => /empty/.test(await u.locator('.problem').innerText()), 'the empty-message reason');

@@ -23,11 +23,19 @@ function timeEl(ms) {
   return t;
 }
 
+/** Rows kept in one log or inbox; the oldest go first (a bench left running for hours polls on). */
+const MAX_ROWS = 1000;
+
 /** Adds a row to a log in the order the reader chose, following the end when the reader is there. */
 function addRow(box, row) {
-  if (newestFirst.checked) { box.prepend(row); return; }
+  if (newestFirst.checked) {
+    box.prepend(row);
+    if (box.childElementCount > MAX_ROWS) box.lastElementChild.remove();
+    return;
+  }
   const atEnd = box.scrollHeight - box.scrollTop - box.clientHeight < 8;
   box.append(row);
+  if (box.childElementCount > MAX_ROWS) box.firstElementChild.remove();
   if (atEnd) box.scrollTop = box.scrollHeight;
 }
 newestFirst.addEventListener('change', () => {
@@ -103,6 +111,8 @@ async function addUser(typed) {
   const select = node.querySelector('.peer');
   const hint = node.querySelector('.to-hint');
   const text = node.querySelector('.text');
+  // The hint says why the picker is blank (names are [a-z0-9_.-], fine in an id).
+  hint.id = `to-hint-${name}`;
   log.setAttribute('aria-label', `${name}: wire log`);
   inbox.setAttribute('aria-label', `${name}: messages received`);
   controls.querySelector('legend').textContent = `send as ${name}`;
@@ -155,7 +165,8 @@ async function addUser(typed) {
   // End-to-end cells whose chat did not exist yet when their packet crossed the wire.
   let pending = [];
   const retryPending = async () => {
-    const waiting = pending; pending = [];
+    // Rows dropped from the log are forgotten with them.
+    const waiting = pending.filter((p) => p.cell.isConnected); pending = [];
     for (const p of waiting) if (!(await showE2e(p.cell, client, p.packet))) pending.push(p);
   };
   const decode = async (cell, packet) => {
@@ -202,7 +213,10 @@ async function addUser(typed) {
   client.addEventListener('delivered', ({ detail: d }) => { notice.textContent = `${d.from} opened message ${d.seqs.join(', ')}`; retryPending(); });
   client.addEventListener('busy', ({ detail: d }) => setState('offline', `relay busy: retrying in ${d.seconds} s`));
   const find = node.querySelector('.find');
-  const showChoice = () => { hint.hidden = select.value !== ''; };
+  const showChoice = () => {
+    hint.hidden = select.value !== '';
+    if (hint.hidden) select.removeAttribute('aria-describedby'); else select.setAttribute('aria-describedby', hint.id);
+  };
   select.addEventListener('change', () => { showChoice(); if (select.value) say(''); });
   // Recipients: the bench's own users, plus one page of the directory's names starting with
   // the prefix typed beside the picker (the relay never lists everyone). Nobody is chosen until
