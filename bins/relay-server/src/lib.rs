@@ -834,7 +834,8 @@ async fn termination_signal() {
     }
 }
 
-/// Every route. `echo` adds the plain `/echo` endpoint used as the load-test baseline.
+/// Every route. `echo` adds the plain `/echo` endpoint used as the load-test baseline. The web
+/// clients answer from the prepared pages that [`run_with_limits`] puts in the app data.
 pub fn routes(cfg: &mut web::ServiceConfig, echo_route: bool) {
     cfg.route("/req_pq", web::post().to(req_pq))
         .route("/req_dh_params", web::post().to(req_dh_params))
@@ -897,6 +898,8 @@ pub async fn run_with_limits(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let data = web::Data::from(relay.clone());
+    // The web clients, pinned and compressed once for every worker.
+    let assets = web::Data::new(assets::Assets::new(&relay));
     let body_timeout = limits.body_timeout;
     let trusted = TrustedProxies(Arc::new(limits.trusted_proxies.clone()));
     let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -904,6 +907,7 @@ pub async fn run_with_limits(
     let server = conn::serve(listener, workers, &limits, move || {
         App::new()
             .app_data(data.clone())
+            .app_data(assets.clone())
             .app_data(trusted.clone())
             .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
             .wrap_fn({
