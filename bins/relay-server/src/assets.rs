@@ -183,11 +183,14 @@ fn validators<'a>(
 pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/favicon.ico", web::get().to(HttpResponse::NoContent));
     for &(path, ..) in &FILES {
-        cfg.route(
-            path,
-            web::get().to(move |assets: web::Data<Assets>, req: HttpRequest| async move {
-                assets.answer(path, &req)
-            }),
-        );
+        // HEAD as GET: the same headers, no body (actix sends none for HEAD).
+        for method in [web::get(), web::head()] {
+            cfg.route(
+                path,
+                method.to(move |assets: web::Data<Assets>, req: HttpRequest| async move {
+                    assets.answer(path, &req)
+                }),
+            );
+        }
     }
 }

@@ -37,6 +37,15 @@ pub enum EngineKind {
     Redis,
 }
 
+/// How log lines are written (to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, with the request id as a field of the span.
+    Json,
+}
+
 /// What `relay-server` does besides serving (`docs/deployment.md` "Backups").
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
@@ -188,6 +197,9 @@ pub struct Config {
     /// are gone.
     #[arg(long, env = "RELAY_START_FRESH", default_value_t = false)]
     pub start_fresh: bool,
+    /// Log lines as text (for people) or JSON (one object a line, for log collectors).
+    #[arg(long, env = "RELAY_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
     /// Instead of serving: back up or restore the SQLite store of `--data-dir`.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -854,11 +866,59 @@ pub fn routes(cfg: &mut web::ServiceConfig, echo_route: bool) {
             web::post().to(|r, b| envelope(r, Endpoint::PublishKey, b)),
         )
         .route("/healthz", web::get().to(healthz))
-        .route("/server_key", web::get().to(server_key));
+        .route("/healthz", web::head().to(healthz))
+        .route("/server_key", web::get().to(server_key))
+        .route("/server_key", web::head().to(server_key));
     assets::routes(cfg);
     if echo_route {
         cfg.route("/echo", web::post().to(echo));
     }
+}
+
+/// The header that carries a request's id back to the client: the same id is on every log line
+/// about the request, so a user's report can be matched with the log.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Gives each request an id (16 hex digits, random), answers it in [`REQUEST_ID`], runs the
+/// request inside a span carrying it (every log line of the request names it), and logs one
+/// line per request at debug — at warn for a server error (5xx).
+fn request_log<S, B>(
+    req: actix_web::dev::ServiceRequest,
+    srv: &S,
+) -> impl Future<Output = Result<actix_web::dev::ServiceResponse<B>, actix_web::Error>>
+where
+    S: actix_web::dev::Service<
+        actix_web::dev::ServiceRequest,
+        Response = actix_web::dev::ServiceResponse<B>,
+        Error = actix_web::Error,
+    >,
+{
+    use mtproto_crypto::rand_core::RngCore;
+    use tracing::Instrument;
+    let id = format!("{:016x}", OsRng.next_u64());
+    let span = tracing::info_span!("request", id = %id);
+    let (method, path) = (req.method().clone(), req.path().to_owned());
+    let started = std::time::Instant::now();
+    let answer = {
+        let _entered = span.enter();
+        srv.call(req)
+    };
+    async move {
+        let mut res = answer.await?;
+        let status = res.status().as_u16();
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        if status >= 500 {
+            tracing::warn!(%method, %path, status, ms, "request failed");
+        } else {
+            tracing::debug!(%method, %path, status, ms, "request");
+        }
+        if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&id) {
+            res.headers_mut()
+                .insert(actix_web::http::header::HeaderName::from_static(REQUEST_ID), v);
+        }
+        Ok(res)
+    }
+    .instrument(span)
 }
 
 /// [`run_with_limits`] with the default [`ConnLimits`].
@@ -910,6 +970,14 @@ pub async fn run_with_limits(
             .app_data(assets.clone())
             .app_data(trusted.clone())
             .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
+            .wrap_fn(request_log)
+            // On every answer (the pages add their CSP): no sniffing, no framing, no referrer.
+            .wrap(
+                actix_web::middleware::DefaultHeaders::new()
+                    .add((actix_web::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+                    .add((actix_web::http::header::X_FRAME_OPTIONS, "DENY"))
+                    .add((actix_web::http::header::REFERRER_POLICY, "no-referrer")),
+            )
             .wrap_fn({
                 let in_flight = in_flight.clone();
                 move |req, srv| {

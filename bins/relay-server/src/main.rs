@@ -6,18 +6,29 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use relay_server::{build_relay, raise_open_file_limit, run_with_limits, Config, ConnLimits, EngineKind};
+use relay_server::{
+    build_relay, raise_open_file_limit, run_with_limits, Config, ConnLimits, EngineKind, LogFormat,
+};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,actix_server=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let config = Config::parse();
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| "info,actix_server=warn".into())
+    };
+    match config.log_format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_writer(std::io::stderr)
+            .init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_env_filter(filter())
+            .with_writer(std::io::stderr)
+            .init(),
+    }
     if let Some(command) = &config.command {
         return match relay_server::run_command(&config, command) {
             Ok(line) => {
