@@ -23,6 +23,7 @@ use serde::Serialize;
 
 mod assets;
 mod conn;
+pub mod metrics;
 
 pub use conn::{client_ip, raise_open_file_limit, BodyTimedOut, ConnLimits, OpenFileLimit};
 
@@ -188,8 +189,8 @@ pub struct Config {
     /// Seconds between housekeeping runs (expired messages; every tenth run, unused accounts).
     #[arg(long, env = "RELAY_PURGE_INTERVAL", default_value_t = 30)]
     pub purge_interval_secs: u64,
-    /// Address for the operator-only counters (`GET /stats`); off unless given. Keep it off the
-    /// public network.
+    /// Address for the operator-only Prometheus metrics (`GET /metrics`) and counters
+    /// (`GET /stats`); off unless given. Keep it off the public network.
     #[arg(long, env = "RELAY_METRICS_BIND")]
     pub metrics_bind: Option<String>,
     /// Start even though the server key exists and the database is missing or empty (its data
@@ -521,7 +522,9 @@ pub async fn build_relay(config: &Config) -> Result<Arc<Relay>, StartError> {
     }
     let key = load_or_create_key(&config.key_path())?;
     let engine = open_engine(config).await?;
-    Ok(Arc::new(Relay::new(engine, key, config.relay_config())))
+    Ok(Arc::new(
+        Relay::new(engine, key, config.relay_config()).with_observer(Arc::new(metrics::RelayObserver)),
+    ))
 }
 
 // ---- HTTP -------------------------------------------------------------------------------------
@@ -600,6 +603,7 @@ pub fn error_response(e: &RelayError) -> HttpResponse {
         RATE_LIMITED_ANSWERS.fetch_add(1, Ordering::Relaxed);
         answer.insert_header((actix_web::http::header::RETRY_AFTER, retry_after_secs.to_string()));
     }
+    metrics::metrics().refusal(e.code());
     answer.json(ErrorBody {
         error: e.code(),
         message,
@@ -609,6 +613,7 @@ pub fn error_response(e: &RelayError) -> HttpResponse {
 }
 
 fn client_error(code: &'static str, status: StatusCode, message: String) -> HttpResponse {
+    metrics::metrics().refusal(code);
     HttpResponse::build(status).json(ErrorBody {
         error: code,
         message,
@@ -785,7 +790,18 @@ async fn stats(relay: web::Data<Relay>) -> HttpResponse {
     }))
 }
 
-/// Serves the operator-only counters (`GET /stats`) on `listener` until the process ends.
+/// The Prometheus metrics (`docs/deployment.md` "Metrics"), served on `--metrics-bind` only.
+async fn prometheus(relay: web::Data<Relay>) -> HttpResponse {
+    match metrics::metrics().render(&relay) {
+        Ok(text) => HttpResponse::Ok()
+            .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+            .body(text),
+        Err(_) => HttpResponse::InternalServerError().finish(),
+    }
+}
+
+/// Serves the operator-only counters (`GET /stats`) and metrics (`GET /metrics`) on `listener`
+/// until the process ends.
 ///
 /// # Errors
 /// I/O errors from the listener.
@@ -795,6 +811,7 @@ pub async fn serve_stats(relay: Arc<Relay>, listener: TcpListener) -> std::io::R
         App::new()
             .app_data(data.clone())
             .route("/stats", web::get().to(stats))
+            .route("/metrics", web::get().to(prometheus))
     })
     .workers(1)
     .disable_signals()
@@ -906,7 +923,9 @@ where
     async move {
         let mut res = answer.await?;
         let status = res.status().as_u16();
-        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        let took = started.elapsed();
+        metrics::metrics().request(&path, status, took);
+        let ms = took.as_secs_f64() * 1000.0;
         if status >= 500 {
             tracing::warn!(%method, %path, status, ms, "request failed");
         } else {

@@ -19,6 +19,7 @@ mod error;
 pub mod limits;
 mod model;
 mod notify;
+mod observe;
 mod relay;
 pub mod seal;
 
@@ -33,4 +34,5 @@ pub use model::{
     SessionRecord,
 };
 pub use notify::Notifier;
+pub use observe::{NoObserver, Observer};
 pub use relay::{Clock, Relay, RelayConfig, SystemClock, RESERVED_CLIENT_IDS, STATUS_RECEIVED};

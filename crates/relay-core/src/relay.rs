@@ -212,6 +212,7 @@ pub struct Relay {
     /// When each key's last request was committed (unix seconds), so that a client that only
     /// polls still counts as active for account expiry without a write on every poll.
     touched: std::sync::Mutex<std::collections::HashMap<[u8; 8], u64>>,
+    observer: Arc<dyn crate::Observer>,
 }
 
 /// A poll that changes nothing is committed anyway (to record last-seen) at most this often.
@@ -277,7 +278,14 @@ impl Relay {
             notifier,
             closing: tokio::sync::watch::Sender::new(false),
             clock: Arc::new(SystemClock),
+            observer: Arc::new(crate::NoObserver),
         }
+    }
+
+    /// Reports what the relay does to `observer` (metrics).
+    pub fn with_observer(mut self, observer: Arc<dyn crate::Observer>) -> Self {
+        self.observer = observer;
+        self
     }
 
     /// Replaces the clock (tests).
@@ -700,6 +708,7 @@ impl Relay {
                 ),
                 _ => None,
             };
+            let started = std::time::Instant::now();
             let committed = match poll_limit {
                 Some(limit) => {
                     // A poll's wake-up is armed before its read: if the read finds nothing, the
@@ -712,6 +721,8 @@ impl Relay {
                 }
                 None => self.engine.commit(commit).await.map(|o| (o, None)),
             };
+            self.observer
+                .storage_commit(started.elapsed(), matches!(committed, Err(EngineError::Conflict)));
             let (outcome, fetched) = match committed {
                 Ok(o) => {
                     self.cache_session(
@@ -856,6 +867,7 @@ impl Relay {
     ) -> Result<EnvelopeResponse, RelayError> {
         let (body, clear) = match (call, outcome) {
             (Call::SendMessage { .. }, Outcome::Sent { seq, timestamp_ms }) => {
+                self.observer.message_stored();
                 let a = SendAnswer {
                     msg_id: msg_id.to_string(),
                     seq_no,
@@ -888,6 +900,8 @@ impl Relay {
                     None => self.long_poll(client, wait, limit, None).await?,
                 };
                 let messages = fit_in_answer(messages, self.config.poll_bytes);
+                self.observer.entries_acked(acked);
+                self.observer.entries_delivered(messages.len());
                 (to_body(&PollAnswer { messages, acked })?, None)
             }
             (Call::ListPeers { .. }, _) => (to_body(&self.peers_answer(call).await?)?, None),
@@ -1045,6 +1059,7 @@ impl Relay {
     /// [`RelayError::Unavailable`] when the engine fails.
     pub async fn purge(&self) -> Result<(), RelayError> {
         let notified = self.engine.purge_expired(self.clock.now()).await?;
+        self.observer.expiry_notices(notified.len());
         for c in notified {
             self.notifier.notify(c.as_str());
         }
