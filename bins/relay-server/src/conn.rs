@@ -78,6 +78,8 @@ pub struct ConnLimits {
     /// Reverse proxies whose connections carry many clients: exempt from the per-source cap,
     /// and believed about `X-Forwarded-For` ([`client_ip`]).
     pub trusted_proxies: Vec<IpAddr>,
+    /// Serve HTTPS with this certificate and key (reloaded on SIGHUP) instead of plain HTTP.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 impl Default for ConnLimits {
@@ -90,6 +92,7 @@ impl Default for ConnLimits {
             max_conns_per_source: DEFAULT_MAX_CONNS_PER_SOURCE,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             trusted_proxies: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -109,6 +112,13 @@ impl ConnLimits {
                 .iter()
                 .map(|ip| ip.to_canonical())
                 .collect(),
+            tls: match (&config.tls_cert, &config.tls_key) {
+                (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => None,
+            },
         }
     }
 
@@ -158,6 +168,7 @@ pub(crate) fn serve<F, I, S, B>(
     listener: TcpListener,
     workers: Option<usize>,
     limits: &ConnLimits,
+    tls: Option<rustls::ServerConfig>,
     app: F,
 ) -> std::io::Result<Server>
 where
@@ -185,41 +196,59 @@ where
     let shutdown = builder.graceful_shutdown_signal();
     let keep_alive = KeepAlive::from(limits.keep_alive);
     let (head, disconnect) = (limits.header_timeout, limits.disconnect_timeout);
-    let builder = builder.listen(format!("relay-http-{addr}"), listener, move || {
-        let shutdown = shutdown.clone();
-        let app = app().into_factory().map_err(|e| e.into().error_response());
-        let http = HttpService::build()
-            .keep_alive(keep_alive)
-            .client_request_timeout(head)
-            .client_disconnect_timeout(disconnect)
-            .local_addr(addr)
-            .graceful_shutdown_signal(move || {
-                let shutdown = shutdown.clone();
-                async move { shutdown.notified().await }
-            })
-            .finish(map_config(app, |()| AppConfig::default()))
-            .tcp();
-        let gate = gate.clone();
-        apply_fn_factory(http, move |stream: TcpStream, http: &_| {
-            let connection = match gate.try_admit_stream(&stream) {
-                Some(admitted) => Some((admitted, http.call(stream))),
-                None => {
-                    drop(stream); // closed now: no worker time, no file held
-                    None
-                }
-            };
-            async move {
-                match connection {
-                    Some((admitted, served)) => {
-                        let outcome = served.await;
-                        drop(admitted);
-                        outcome
+    // The HTTP service of one worker (the IO type, plain or TLS, is inferred where it is used).
+    macro_rules! http {
+        () => {{
+            let shutdown = shutdown.clone();
+            let app = app().into_factory().map_err(|e| e.into().error_response());
+            HttpService::build()
+                .keep_alive(keep_alive)
+                .client_request_timeout(head)
+                .client_disconnect_timeout(disconnect)
+                .local_addr(addr)
+                .graceful_shutdown_signal(move || {
+                    let shutdown = shutdown.clone();
+                    async move { shutdown.notified().await }
+                })
+                .finish(map_config(app, |()| AppConfig::default()))
+        }};
+    }
+    // The accept-time gate in front of `service` (TLS handshakes count as connections too).
+    macro_rules! gated {
+        ($service:expr) => {{
+            let gate = gate.clone();
+            apply_fn_factory($service, move |stream: TcpStream, http: &_| {
+                let connection = match gate.try_admit_stream(&stream) {
+                    Some(admitted) => Some((admitted, http.call(stream))),
+                    None => {
+                        drop(stream); // closed now: no worker time, no file held
+                        None
                     }
-                    None => Ok(()),
+                };
+                async move {
+                    match connection {
+                        Some((admitted, served)) => {
+                            let outcome = served.await;
+                            drop(admitted);
+                            outcome
+                        }
+                        None => Ok(()),
+                    }
                 }
-            }
-        })
-    })?;
+            })
+        }};
+    }
+    let name = format!("relay-http-{addr}");
+    let builder = match tls {
+        None => builder.listen(name, listener, move || gated!(http!().tcp()))?,
+        Some(config) => {
+            builder.listen(name, listener, move || {
+                // A TLS handshake must finish within the header timeout, as a request head must.
+                let accept = actix_http::TlsAcceptorConfig::default().handshake_timeout(head);
+                gated!(http!().rustls_0_23_with_config(config.clone(), accept))
+            })?
+        }
+    };
     Ok(builder.run())
 }
 

@@ -24,6 +24,7 @@ use serde::Serialize;
 mod assets;
 mod conn;
 pub mod metrics;
+pub mod tls;
 
 pub use conn::{client_ip, raise_open_file_limit, BodyTimedOut, ConnLimits, OpenFileLimit};
 
@@ -198,6 +199,15 @@ pub struct Config {
     /// are gone.
     #[arg(long, env = "RELAY_START_FRESH", default_value_t = false)]
     pub start_fresh: bool,
+    /// Serve HTTPS with this PEM certificate chain (with `--tls-key`); reloaded on SIGHUP.
+    #[arg(long, env = "RELAY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `--tls-cert`.
+    #[arg(long, env = "RELAY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// With TLS: also listen for plain HTTP here and redirect every request to HTTPS (308).
+    #[arg(long, env = "RELAY_TLS_REDIRECT_BIND", requires = "tls_cert")]
+    pub tls_redirect_bind: Option<String>,
     /// Log lines as text (for people) or JSON (one object a line, for log collectors).
     #[arg(long, env = "RELAY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -892,6 +902,65 @@ pub fn routes(cfg: &mut web::ServiceConfig, echo_route: bool) {
     }
 }
 
+/// Reloads the certificate from its files on every SIGHUP (new handshakes get the new one;
+/// connections already open keep going). A failed reload keeps the old certificate.
+async fn reload_on_sighup(store: Arc<tls::CertStore>) {
+    #[cfg(unix)]
+    {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGHUP: the certificate will not be reloaded");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            match store.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: TLS certificate NOT reloaded; the old one stays")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = store;
+}
+
+/// Answers every plain-HTTP request on `listener` with a 308 to the same path over HTTPS on
+/// `https_port` (same host name).
+///
+/// # Errors
+/// I/O errors from the listener.
+pub async fn serve_https_redirect(listener: TcpListener, https_port: u16) -> std::io::Result<()> {
+    actix_web::HttpServer::new(move || {
+        App::new().default_service(web::to(move |req: actix_web::HttpRequest| async move {
+            let host = req.connection_info().host().to_owned();
+            // The host without its port (IPv6 literals keep their brackets).
+            let name = match host.rsplit_once(':') {
+                Some((name, port)) if !port.contains(']') => name.to_owned(),
+                _ => host,
+            };
+            let path = req
+                .uri()
+                .path_and_query()
+                .map_or("/", actix_web::http::uri::PathAndQuery::as_str)
+                .to_owned();
+            HttpResponse::PermanentRedirect()
+                .insert_header((
+                    actix_web::http::header::LOCATION,
+                    format!("https://{name}:{https_port}{path}"),
+                ))
+                .finish()
+        }))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)?
+    .run()
+    .await
+}
+
 /// The header that carries a request's id back to the client: the same id is on every log line
 /// about the request, so a user's report can be matched with the log.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -983,20 +1052,45 @@ pub async fn run_with_limits(
     let trusted = TrustedProxies(Arc::new(limits.trusted_proxies.clone()));
     let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let draining = in_flight.clone();
-    let server = conn::serve(listener, workers, &limits, move || {
+    let certs = match &limits.tls {
+        Some(files) => Some(Arc::new(
+            tls::CertStore::load(files.clone()).map_err(|e| std::io::Error::other(e.to_string()))?,
+        )),
+        None => None,
+    };
+    let tls_config = match &certs {
+        Some(store) => Some(
+            store
+                .server_config()
+                .map_err(|e| std::io::Error::other(e.to_string()))?,
+        ),
+        None => None,
+    };
+    if let Some(store) = certs.clone() {
+        tokio::spawn(reload_on_sighup(store));
+    }
+    let hsts = certs.is_some();
+    let server = conn::serve(listener, workers, &limits, tls_config, move || {
+        let mut headers = actix_web::middleware::DefaultHeaders::new()
+            .add((actix_web::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+            .add((actix_web::http::header::X_FRAME_OPTIONS, "DENY"))
+            .add((actix_web::http::header::REFERRER_POLICY, "no-referrer"));
+        if hsts {
+            // Browsers that saw the relay over HTTPS once never use plain HTTP with it again.
+            headers = headers.add((
+                actix_web::http::header::STRICT_TRANSPORT_SECURITY,
+                "max-age=31536000",
+            ));
+        }
         App::new()
             .app_data(data.clone())
             .app_data(assets.clone())
             .app_data(trusted.clone())
             .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
             .wrap_fn(request_log)
-            // On every answer (the pages add their CSP): no sniffing, no framing, no referrer.
-            .wrap(
-                actix_web::middleware::DefaultHeaders::new()
-                    .add((actix_web::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-                    .add((actix_web::http::header::X_FRAME_OPTIONS, "DENY"))
-                    .add((actix_web::http::header::REFERRER_POLICY, "no-referrer")),
-            )
+            // On every answer (the pages add their CSP): no sniffing, no framing, no referrer;
+            // HSTS over TLS.
+            .wrap(headers)
             .wrap_fn({
                 let in_flight = in_flight.clone();
                 move |req, srv| {

@@ -61,6 +61,14 @@ async fn main() -> ExitCode {
         }
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
+    if let Some(files) = &limits.tls {
+        // Checked before anything starts: a bad certificate is a clear message, not a dead port.
+        if let Err(e) = relay_server::tls::CertStore::load(files.clone()) {
+            eprintln!("relay-server: TLS: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let scheme = if limits.tls.is_some() { "https" } else { "http" };
     let relay = match build_relay(&config).await {
         Ok(r) => r,
         Err(e) => {
@@ -84,7 +92,7 @@ async fn main() -> ExitCode {
         EngineKind::Memory => "memory (nothing is kept after exit)".to_owned(),
         EngineKind::Redis => format!("redis at {} (prefix {})", config.redis_url, config.redis_prefix),
     };
-    println!("relay-server listening on http://{addr}");
+    println!("relay-server listening on {scheme}://{addr}");
     println!("  storage:     {store}");
     println!(
         "  server key:  {} (fingerprint {})",
@@ -115,7 +123,30 @@ async fn main() -> ExitCode {
             }
         });
     }
-    println!("  web clients: http://{addr}/client_ui.html  http://{addr}/chat_ui_multiuser.html");
+    if let Some(bind) = &config.tls_redirect_bind {
+        let plain = match std::net::TcpListener::bind(bind) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("relay-server: cannot listen on {bind} (--tls-redirect-bind): {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let at = plain
+            .local_addr()
+            .map_or_else(|_| bind.clone(), |a| a.to_string());
+        let port = listener.local_addr().map_or(443, |a| a.port());
+        println!("  redirect:    http://{at} -> https (308)");
+        std::thread::spawn(move || {
+            let served = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .and_then(|rt| rt.block_on(relay_server::serve_https_redirect(plain, port)));
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the redirect listener stopped");
+            }
+        });
+    }
+    println!("  web clients: {scheme}://{addr}/client_ui.html  {scheme}://{addr}/chat_ui_multiuser.html");
     match run_with_limits(
         relay,
         listener,

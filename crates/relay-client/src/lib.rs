@@ -147,6 +147,8 @@ pub struct ClientConfig {
     /// The recovery code that moves the name to this client (see
     /// [`ClientConfig::with_recovery_code`]).
     pub recovery: Option<RecoveryCode>,
+    /// Extra PEM root certificates trusted for `https://` relays, beside the usual web roots.
+    pub root_certificates: Vec<Vec<u8>>,
 }
 
 impl ClientConfig {
@@ -159,7 +161,16 @@ impl ClientConfig {
             profile: None,
             receipts: false,
             recovery: None,
+            root_certificates: Vec::new(),
         }
+    }
+
+    /// Trusts `pem` (a PEM certificate) as a root for an `https://` relay — a private CA or a
+    /// self-signed relay certificate — besides the web's usual roots. The relay's own key is
+    /// pinned by the handshake either way; TLS hides who talks to the relay and when.
+    pub fn with_root_certificate(mut self, pem: &[u8]) -> Self {
+        self.root_certificates.push(pem.to_vec());
+        self
     }
 
     /// Takes the name over from a lost device (a new device, a cleared profile): the relay
@@ -488,7 +499,13 @@ impl Client {
             }
             state.redeliver = p.handed_out.iter().map(|a| (a.seq, a.ts)).collect();
         }
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder().use_rustls_tls();
+        for pem in &config.root_certificates {
+            let cert = reqwest::Certificate::from_pem(pem)
+                .map_err(|e| ClientError::Invalid(format!("root certificate: {e}")))?;
+            http = http.add_root_certificate(cert);
+        }
+        let http = http
             .timeout(Duration::from_secs(40))
             .build()
             .map_err(|e| ClientError::Transport(e.to_string()))?;

@@ -140,7 +140,14 @@ impl Drop for ServerProcess {
 
 /// The server's public key as `/server_key` publishes it.
 pub async fn fetch_server_key(url: &str) -> ServerPublicKey {
-    let v: Value = reqwest::get(format!("{url}/server_key"))
+    fetch_server_key_with(&reqwest::Client::new(), url).await
+}
+
+/// [`fetch_server_key`] through `http` (e.g. a client trusting a test certificate).
+pub async fn fetch_server_key_with(http: &reqwest::Client, url: &str) -> ServerPublicKey {
+    let v: Value = http
+        .get(format!("{url}/server_key"))
+        .send()
         .await
         .unwrap()
         .json()
