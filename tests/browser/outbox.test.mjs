@@ -23,9 +23,13 @@ async function shoot(page, name) {
   await page.setViewportSize(DESKTOP.viewport);
 }
 
+/** Signs in, or lets the page resume the profile this browser signed in last. */
 async function signIn(page, name) {
-  await page.fill('#name', name);
-  await page.click('#connect');
+  await page.waitForSelector('#connect-view:not([hidden]), #main-view.on', { timeout: 20000 });
+  if (!(await page.locator('#main-view.on').count())) {
+    await page.fill('#name', name);
+    await page.click('#connect');
+  }
   await page.waitForSelector('#main-view.on', { timeout: 20000 });
 }
 
@@ -114,8 +118,11 @@ test('relay down: two messages wait as "sending…", survive a reload, and arriv
     await alice.reload();
     await signIn(alice, 'alice');
     await openPeer(alice, 'bob');
-    assert.deepEqual(await alice.locator('#messages li.msg.out').evaluateAll((l) => l.map((li) => [li.firstChild.textContent, li.dataset.state])),
-      [['outage one', 'sending…'], ['outage two', 'sending…']], 'both wait, in order, after the reload');
+    // The history comes back too (issue 13): the message from before the outage, then the two waiting.
+    const shown = await alice.locator('#messages li.msg.out').evaluateAll((l) => l.map((li) => [li.firstChild.textContent, li.dataset.state]));
+    assert.equal(shown.length, 3, JSON.stringify(shown));
+    assert.equal(shown[0][0], 'before the outage');
+    assert.deepEqual(shown.slice(1), [['outage one', 'sending…'], ['outage two', 'sending…']], 'both wait, in order, after the reload');
     await shoot(alice, 'client_ui_outbox_sending_reloaded');
 
     // The relay comes back on the same data and port.
@@ -126,7 +133,8 @@ test('relay down: two messages wait as "sending…", survive a reload, and arriv
     await inbound(bob, 'outage two');
     await new Promise((r) => setTimeout(r, 1500)); // time for any second copy to show
     assert.deepEqual(await received(bob), ['before the outage', 'outage one', 'outage two'], 'once each, in order, no notes');
-    await until(async () => (await alice.locator('#messages li.msg.out[data-state^="delivered"]').count()) === 2, 'both delivered');
+    // Both, and the one from before the outage (kept in the history).
+    await until(async () => (await alice.locator('#messages li.msg.out[data-state^="delivered"]').count()) === 3, 'both delivered');
     await shoot(alice, 'client_ui_outbox_sent');
   } finally {
     await ctxA.close(); await ctxB.close(); await relay.stop();
