@@ -45,6 +45,10 @@ function sayError(e, peer) {
   if (e && e.transport) return 'the relay cannot be reached. Check your connection; this page keeps trying.';
   if (e instanceof SyntaxError) return 'the relay sent an answer this page cannot read. Try again in a moment.';
   if (e instanceof RelayError && e.code === 'client_id_taken') return 'this name is registered to someone else’s key. Pick another name.';
+  // Not the relay's own answer (a proxy's error page), or the relay failing: nothing a person can act on but waiting.
+  if (e instanceof RelayError && (e.code === 'http' || e.code === undefined || (e.status >= 500 && e.code !== 'storage_unavailable' && e.code !== 'busy'))) {
+    return 'the relay is not answering properly right now (it may be restarting). Try again in a moment.';
+  }
   const text = humanError(e, peer);
   if (/^(untrusted server|server key does not match|server signature|key confirmation failed|nonce mismatch|unknown DH group)/.test(text)) {
     return 'the relay could not prove it is the one this page came from. Reload the page; if it happens again, do not use this relay.';
@@ -372,6 +376,7 @@ async function sendText(peer, text) {
 let refreshing = null;
 function refreshContacts() {
   refreshing = refreshing || (async () => {
+    await null; // `refreshing` is set before the body can clear it
     const names = [...client.contacts];
     try {
       const found = names.length ? await client.lookupPeers(names) : [];
