@@ -197,6 +197,13 @@ test('history stays: a reload signs in by itself and restores conversations, con
     await until(async () => /^(sent|delivered)/.test(await mine(page, 'secret-canary-outbox').getAttribute('data-state') || ''), 'the waiting message to go out');
     assert.equal(await mine(page, 'secret-canary-out').count(), 2, 'both of mine are back (the sent one and the waiting one)');
     await shoot(page, 'client_ui_restored');
+    // A second tab of the same browser does not open the same profile a second time.
+    const second = await ctx.newPage();
+    await second.goto(`${server.url}/client_ui.html`);
+    await second.waitForSelector('#error.on', { timeout: 20000 });
+    assert.match(await second.textContent('#error'), /already open in another tab/);
+    assert.ok(await second.isVisible('#connect-view'));
+    await second.close();
     // Signing out forgets who signed in last (the profile stays), and shows the sign-in form.
     await page.click('#signout');
     await page.waitForSelector('#connect-view:not([hidden])');

@@ -494,10 +494,34 @@ const STEP_TEXT = {
   dh_params_verified: 'relay signature verified', key_confirmed: 'key confirmed', resumed: 'opening your saved profile…',
 };
 
+/**
+ * Holds `name`'s profile for as long as this page lives (Web Locks): two tabs of one profile
+ * would both seal under the same conversation counters. Waits up to 3 s (a reloading tab lets go
+ * as it unloads); false if another tab keeps it.
+ */
+let letGo = () => {};
+function holdProfile(name) {
+  letGo();
+  if (!navigator.locks) return Promise.resolve(true);
+  return new Promise((resolve) => {
+    navigator.locks.request(`mtproto-relay/profile/${name}`, { signal: AbortSignal.timeout(3000) }, () => {
+      resolve(true);
+      return new Promise((done) => { letGo = done; }); // held until the page goes (or signs in as another)
+    }).catch(() => resolve(false));
+  });
+}
+
 async function signIn(rawName) {
   let name;
   try { name = canonicalName(rawName); } catch (e) { showError(e.message); $('name').focus(); return; }
   $('connect').disabled = true;
+  if (!(await holdProfile(name))) {
+    $('connect-view').hidden = false; $('connect').disabled = false;
+    setStatus('not connected', true);
+    showError(`${name} is already open in another tab or window of this browser. Use that one: two at once would mix up your messages.`);
+    $('name').focus();
+    return;
+  }
   $('recovery').hidden = true;
   setStatus('connecting…');
   const log = $('handshake-log');
@@ -512,6 +536,8 @@ async function signIn(rawName) {
     clearInterval(countdown);
     $('connect-view').hidden = false;
     $('connect').disabled = false; setStatus('not connected', true);
+    log.textContent = '';
+    letGo();
     if (e instanceof RelayError && e.code === 'client_id_taken') $('recovery').hidden = false;
     showError(`could not sign in: ${sayError(e)}`);
     $('name').focus();
