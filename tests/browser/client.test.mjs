@@ -211,6 +211,38 @@ test('history stays: a reload signs in by itself and restores conversations, con
   } finally { await ctx.close(); await g.close(); }
 });
 
+test('a profile an earlier release stored in clear is resumed, then written back sealed', async () => {
+  const ctx = await newContext();
+  try {
+    let page = await connect(ctx, 'legacy-user', server.url);
+    const fp = await page.textContent('#own-fp');
+    await page.close();
+    // What earlier releases stored: the same profile record, in clear.
+    const lab = await ctx.newPage();
+    await lab.goto(server.url + '/');
+    const record = () => lab.evaluate(async () => {
+      const db = await new Promise((res) => { const r = indexedDB.open('mtproto-relay'); r.onsuccess = () => res(r.result); });
+      const v = await new Promise((res) => { const r = db.transaction('profiles').objectStore('profiles').get('legacy-user'); r.onsuccess = () => res(r.result); });
+      db.close();
+      return { sealed: !!v.sealed, clearSession: !!v.session };
+    });
+    await lab.evaluate(async () => {
+      const m = await import('/js/mtproto.js');
+      const p = await m.loadProfile('legacy-user');
+      const db = await new Promise((res) => { const r = indexedDB.open('mtproto-relay'); r.onsuccess = () => res(r.result); });
+      await new Promise((res, rej) => { const tx = db.transaction('profiles', 'readwrite'); tx.objectStore('profiles').put(p, 'legacy-user'); tx.oncomplete = res; tx.onerror = rej; });
+      db.close();
+    });
+    assert.deepEqual(await record(), { sealed: false, clearSession: true });
+    page = await ctx.newPage();
+    await page.goto(`${server.url}/client_ui.html`);
+    await signIn(page, 'legacy-user');
+    assert.equal(await page.textContent('#own-fp'), fp, 'the same identity');
+    await until(async () => (await record()).sealed, 'the profile to be written back sealed');
+    assert.deepEqual(await record(), { sealed: true, clearSession: false });
+  } finally { await ctx.close(); }
+});
+
 test('"Reset my key" asks first and is not the first Tab stop; focus follows each step', async () => {
   const ctx = await newContext();
   try {

@@ -697,8 +697,6 @@ export async function saveProfile(name, profile) {
   const sealed = await sealRecord({ ...rest, identityPub: identity.pub }, `profile/${name}`);
   await idbPut('profiles', name, { privateKey: identity.privateKey, sealed });
 }
-/** The names with a stored profile on this browser. */
-export async function storedNames() { return (await idbKeys('profiles')).filter((k) => typeof k === 'string' && !k.startsWith('\u0000')); }
 
 /** The name signed in last on this browser (to sign in again by itself), or null. */
 export async function lastUser() {
