@@ -13,7 +13,7 @@ import { DESKTOP, PHONE, connect, openPeer, say, mine } from './pages.mjs';
 const axeSource = readFileSync(createRequire(import.meta.url).resolve('axe-core/axe.min.js'), 'utf8');
 let server, browser;
 before(async () => {
-  server = await startServer(['--engine', 'memory', '--register-burst', '100', '--handshake-burst', '300']);
+  server = await startServer(['--engine', 'memory', '--register-burst', '100', '--handshake-burst', '300', '--pow-bits', '0']);
   browser = await launchBrowser();
 });
 after(async () => { await browser?.close(); await server?.stop(); });
@@ -37,7 +37,7 @@ async function audit(page, state) {
     await page.setViewportSize(size);
     if (!(await page.evaluate(() => !!window.axe))) await page.addScriptTag({ content: axeSource });
     const r = await page.evaluate(() => window.axe.run(document, { resultTypes: ['violations'] }));
-    assert.ok(r.passes.length >= 20, `axe-core ran its rules (${r.passes.length} passed)`);
+    assert.ok(r.passes.length >= 10, `axe-core ran its rules (${r.passes.length} passed)`);
     for (const v of r.violations) {
       if (v.impact === 'serious' || v.impact === 'critical') found.push(`${state} at ${size.width}: ${v.id} (${v.impact}) on ${v.nodes.map((n) => n.target.join(' ')).slice(0, 3).join(', ')}`);
     }

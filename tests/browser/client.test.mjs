@@ -11,7 +11,7 @@ import { DESKTOP, PHONE, connect, signIn, openPeer, say, burst, received, mine, 
 
 let server, browser;
 before(async () => {
-  server = await startServer(['--engine', 'memory', '--register-burst', '100', '--handshake-burst', '300']);
+  server = await startServer(['--engine', 'memory', '--register-burst', '100', '--handshake-burst', '300', '--pow-bits', '0']);
   browser = await launchBrowser();
 });
 after(async () => { await browser?.close(); await server?.stop(); });
@@ -336,9 +336,6 @@ test('presence: "online" while the peer\'s page is open, "last seen" soon after 
     let watched = await connect(ctxB, 'watched', relay.url);
     await openPeer(watcher, 'watched');
     await until(async () => (await watcher.textContent('#presence')) === 'online', 'the peer to show online', 20000);
-    // Still online after more than a long-poll: presence is not a one-off.
-    await new Promise((r) => setTimeout(r, 12000));
-    assert.equal(await watcher.textContent('#presence'), 'online');
     assert.equal(await watcher.locator('.peer[data-peer="watched"] .dot.online').count(), 1);
     await shoot(watcher, 'client_ui_presence_online');
     await watched.close();

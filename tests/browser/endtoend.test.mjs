@@ -14,7 +14,7 @@ import { DESKTOP, connect, openPeer, burst, received, mine, shoot } from './page
 
 let server, browser, lab;
 before(async () => {
-  server = await startServer(['--engine', 'memory', '--register-burst', '100', '--handshake-burst', '300']);
+  server = await startServer(['--engine', 'memory', '--register-burst', '100', '--handshake-burst', '300', '--pow-bits', '0']);
   browser = await launchBrowser();
   lab = await browser.newPage();
   await lab.goto(server.url + '/');
