@@ -36,6 +36,8 @@ const unread = new Map();
 const info = new Map(); // contact -> its directory entry from the last lookup (with `status`)
 const looked = new Set(); // the names that lookup asked for (a contact asked and absent is gone)
 const search = { prefix: '', next: null, results: [], asked: 0, timer: null };
+/** Peers the user chose to keep blocked: a new message under their new key does not ask again. */
+const keptBlocked = new Set();
 
 // ---- words for people ------------------------------------------------------------------------
 
@@ -110,8 +112,8 @@ async function flushHistory() {
   clearTimeout(saveTimer);
   const peers = [...dirty]; dirty.clear();
   for (const peer of peers) {
-    const list = (convs.get(peer) || []).slice(-KEEP_MESSAGES).map(({ dir, text, at, seq, rid, state, reason, id, mailboxSeq, gap, delivery, epoch, warn }) =>
-      ({ dir, text, at, seq, rid, state, reason, id, mailboxSeq, gap, delivery, epoch, warn }));
+    const list = (convs.get(peer) || []).slice(-KEEP_MESSAGES).map(({ dir, text, at, seq, rid, state, reason, id, mailboxSeq, gap, delivery, epoch, warn, warnLevel }) =>
+      ({ dir, text, at, seq, rid, state, reason, id, mailboxSeq, gap, delivery, epoch, warn, warnLevel }));
     try { await saveHistory(client.name, peer, list); } catch { dirty.add(peer); }
   }
 }
@@ -423,6 +425,7 @@ async function warnKeyChange(peer) {
 
 async function acceptKey(verified) {
   const peer = $('keychange-peer').textContent;
+  keptBlocked.delete(peer);
   $('keychange-dialog').close();
   try {
     await client.acceptPeerKey(peer);
@@ -434,7 +437,8 @@ async function acceptKey(verified) {
 }
 $('keychange-accept').addEventListener('click', () => acceptKey(false));
 $('keychange-verify').addEventListener('click', () => acceptKey(true));
-$('keychange-cancel').addEventListener('click', () => { $('keychange-dialog').close(); });
+$('keychange-cancel').addEventListener('click', () => { keptBlocked.add($('keychange-peer').textContent); $('keychange-dialog').close(); });
+$('keychange-dialog').addEventListener('cancel', () => keptBlocked.add($('keychange-peer').textContent)); // Escape
 $('keychange-dialog').addEventListener('close', () => { rerender(current); if (current) $('blocked-review').focus(); });
 $('blocked-review').addEventListener('click', () => warnKeyChange(current));
 
@@ -579,6 +583,8 @@ async function start() {
     if (gap) m.gap = [Number(gap[1]), Number(gap[2])];
     if (d.delivery === 'reused') m.warn = `this message reuses the number of an earlier one from ${d.from}: their app may have been restored from an older copy. Both are shown.`;
     push(d.from, m);
+    // Told once to screen readers (the list itself is not a live region: it is redrawn whole).
+    $('announce').textContent = `${d.from}: ${d.text}`;
     if (!info.has(d.from)) refreshContacts();
   });
   // A late message (or receipt) may fill a gap: notes are recomputed.
@@ -601,7 +607,11 @@ async function start() {
   client.addEventListener('restored_profile', ({ detail: d }) => {
     system(d.peer, `${d.peer} has received more of your messages than this browser remembers sending: your profile here may be an older copy. Your next messages continue after theirs.`, true);
   });
-  client.addEventListener('key_changed', async ({ detail: d }) => { await refreshContacts(); rerender(d.peer); await warnKeyChange(d.peer); });
+  client.addEventListener('key_changed', async ({ detail: d }) => {
+    await refreshContacts(); rerender(d.peer);
+    // Asked once; after "Keep blocked" the badge and the bar say it, until the user reviews it.
+    if (!keptBlocked.has(d.peer)) await warnKeyChange(d.peer);
+  });
   client.addEventListener('rejected', ({ detail: d }) => system(d.from, `A message claiming to be from ${d.from} could not be opened and was dropped.`, true));
   client.addEventListener('expired', ({ detail: d }) => system(d.to, `A message you sent to ${d.to} expired before they came online, and was not delivered.`, true));
   client.addEventListener('relay_lost_data', () => showError(standingNotice = 'The relay had lost its data and no longer knew you, so you are registered again. Messages that were waiting for you there, and messages you sent that were not yet delivered, may have been lost.'));
