@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { launchBrowser, startServer, until, artifacts } from './helpers.mjs';
-import { DESKTOP, PHONE, connect, openPeer, say, mine } from './pages.mjs';
+import { DESKTOP, PHONE, openPeer, say, mine, scripted } from './pages.mjs';
 
 const axeSource = readFileSync(createRequire(import.meta.url).resolve('axe-core/axe.min.js'), 'utf8');
 let server, browser;
@@ -17,18 +17,6 @@ before(async () => {
   browser = await launchBrowser();
 });
 after(async () => { await browser?.close(); await server?.stop(); });
-
-async function scripted(name) {
-  const page = await browser.newPage();
-  await page.goto(server.url + '/');
-  await page.evaluate(async ({ name, pin }) => {
-    const m = await import('/js/mtproto.js');
-    window.c = await m.RelayClient.connect({ name, pin, persist: false });
-    window.got = [];
-    c.addEventListener('message', (e) => got.push(e.detail.text));
-  }, { name, pin: server.fingerprint });
-  return page;
-}
 
 /** The serious and critical axe-core violations of `page` as it is now, at both sizes. */
 async function audit(page, state) {
@@ -49,7 +37,7 @@ async function audit(page, state) {
 
 test('axe-core: no serious or critical violation in any state of client_ui.html', async () => {
   const ctx = await browser.newContext({ viewport: DESKTOP, bypassCSP: true });
-  const g = await scripted('axe-peer');
+  const g = await scripted(browser, server, 'axe-peer');
   const found = [];
   try {
     const page = await ctx.newPage();
@@ -94,7 +82,7 @@ test('axe-core: no serious or critical violation in any state of client_ui.html'
 
 test('keyboard only: sign up, find a contact, open the conversation and send', async () => {
   const ctx = await browser.newContext({ viewport: DESKTOP });
-  const g = await scripted('kbd-peer');
+  const g = await scripted(browser, server, 'kbd-peer');
   try {
     const page = await ctx.newPage();
     await page.goto(`${server.url}/client_ui.html`);
@@ -113,7 +101,7 @@ test('keyboard only: sign up, find a contact, open the conversation and send', a
     await page.keyboard.type('typed with the keyboard only');
     await page.keyboard.press('Enter');
     await until(async () => /^(sent|delivered)/.test(await mine(page, 'typed with the keyboard only').getAttribute('data-state') || ''), 'the message to be stored');
-    await until(async () => { await g.evaluate(() => c.poll(0)); return (await g.evaluate(() => got)).includes('typed with the keyboard only'); }, 'the peer to receive it');
+    await until(async () => { await g.evaluate(() => c.poll(0)); return (await g.evaluate(() => got.map((x) => x.text))).includes('typed with the keyboard only'); }, 'the peer to receive it');
     // Tab from the composer reaches Send; Shift+Tab comes back.
     await page.keyboard.press('Tab');
     assert.equal(await page.evaluate(() => document.activeElement?.id), 'send');

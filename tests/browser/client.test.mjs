@@ -7,7 +7,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { launchBrowser, startServer, until, artifacts } from './helpers.mjs';
-import { DESKTOP, PHONE, connect, signIn, openPeer, say, burst, received, mine, inbound, shoot } from './pages.mjs';
+import { DESKTOP, PHONE, connect, signIn, openPeer, say, burst, received, mine, inbound, shoot, scripted } from './pages.mjs';
 
 let server, browser;
 before(async () => {
@@ -18,17 +18,6 @@ after(async () => { await browser?.close(); await server?.stop(); });
 
 const newContext = (viewport = DESKTOP) => browser.newContext({ viewport });
 const SAFETY_NUMBER = /^\d{5} \d{5} \d{5} \d{5}\n\d{5} \d{5} \d{5} \d{5}\n\d{5} \d{5} \d{5} \d{5}$/;
-
-/** A scripted client `name` in a blank page (mtproto.js's RelayClient as `window.c`, in memory). */
-async function scripted(name, relay = server) {
-  const page = await browser.newPage();
-  await page.goto(relay.url + '/');
-  await page.evaluate(async ({ name, pin }) => {
-    const m = await import('/js/mtproto.js');
-    window.c = await m.RelayClient.connect({ name, pin, persist: false });
-  }, { name, pin: relay.fingerprint });
-  return page;
-}
 
 /** Every string and byte array in the page's IndexedDB, as text (bytes read as Latin-1 and UTF-8). */
 async function storedText(page) {
@@ -108,7 +97,7 @@ test('a key change blocks both ways until accepted or verified; the warning show
 
 test('phone layout at 390×844 with 100 messages: one pane at a time, header and composer on screen, the list scrolls', async () => {
   const ctx = await newContext(PHONE);
-  const g = await scripted('chatty');
+  const g = await scripted(browser, server, 'chatty');
   try {
     const page = await connect(ctx, 'phone-user', server.url);
     await g.evaluate(async () => { for (let i = 1; i <= 100; i++) await c.send('phone-user', `message number ${i} with a few words to wrap on a phone`); });
@@ -160,7 +149,7 @@ test('phone layout at 390×844 with 100 messages: one pane at a time, header and
 
 test('history stays: a reload signs in by itself and restores conversations, contacts, verification; all sealed at rest', async () => {
   const ctx = await newContext();
-  const g = await scripted('keeper-peer');
+  const g = await scripted(browser, server, 'keeper-peer');
   try {
     let page = await connect(ctx, 'keeper', server.url);
     await g.evaluate(() => c.send('keeper', 'incoming secret-canary-in'));
@@ -265,7 +254,7 @@ test('"Reset my key" asks first and is not the first Tab stop; focus follows eac
     await page.click('#rotate-ok');
     await until(async () => (await page.textContent('#own-fp')) !== fp, 'the new key');
     // Opening a conversation puts the focus in the composer.
-    const g = await scripted('focus-peer');
+    const g = await scripted(browser, server, 'focus-peer');
     await openPeer(page, 'focus-peer');
     assert.equal(await page.evaluate(() => document.activeElement?.id), 'text');
     await g.close();

@@ -10,7 +10,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { launchBrowser, startServer, until } from './helpers.mjs';
-import { DESKTOP, connect, openPeer, burst, received, mine, shoot } from './pages.mjs';
+import { DESKTOP, connect, openPeer, burst, received, mine, shoot, scripted } from './pages.mjs';
 
 let server, browser, lab;
 before(async () => {
@@ -21,22 +21,6 @@ before(async () => {
 });
 after(async () => { await browser?.close(); await server?.stop(); });
 
-/**
- * A scripted client `name` in a blank page of `relay` (no page UI, nothing persisted): its
- * RelayClient is `window.c`, what it received is `window.got`. It polls only when told.
- */
-async function scripted(relay, name) {
-  const page = await browser.newPage();
-  await page.goto(relay.url + '/');
-  await page.evaluate(async ({ name, pin }) => {
-    const m = await import('/js/mtproto.js');
-    window.m = m;
-    window.c = await m.RelayClient.connect({ name, pin, persist: false });
-    window.got = [];
-    c.addEventListener('message', (e) => got.push(e.detail));
-  }, { name, pin: relay.fingerprint });
-  return page;
-}
 const poll = (page) => page.evaluate(() => c.poll(0));
 
 test('module: a seq seen again with another random_id opens (F2), the same one is a replay', async () => {
@@ -92,7 +76,7 @@ test('module: given-up runs merge as e2e.rs merges them (F7)', async () => {
 
 test('page: a message sealed again under a used seq (a restored sender) is shown, with a warning (F2)', async () => {
   const ctx = await browser.newContext({ viewport: DESKTOP });
-  const g = await scripted(server, 'restorer');
+  const g = await scripted(browser, server, 'restorer');
   try {
     const page = await connect(ctx, 'restored-peer', server.url);
     await g.evaluate(async () => {
@@ -113,7 +97,7 @@ test('page: a message sealed again under a used seq (a restored sender) is shown
 
 test('page: messages given up as lost are shown once, as lost (F7)', async () => {
   const ctx = await browser.newContext({ viewport: DESKTOP });
-  const g = await scripted(server, 'skipper');
+  const g = await scripted(browser, server, 'skipper');
   try {
     let page = await connect(ctx, 'lost-peer', server.url);
     await g.evaluate(async () => {
@@ -140,7 +124,7 @@ test('page: a refused receipt whose seq stays in use is sent again: the peer see
   // One message of one sender may wait in a mailbox.
   const relay = await startServer(['--engine', 'memory', '--sender-cap', '1']);
   const ctx = await browser.newContext({ viewport: DESKTOP });
-  const g = await scripted(relay, 'quiet');
+  const g = await scripted(browser, relay, 'quiet');
   try {
     const page = await connect(ctx, 'talker', relay.url);
     await openPeer(page, 'quiet');

@@ -4,24 +4,14 @@
 // so the recipient sees every message once, in order. Screenshots go to test-artifacts/.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
-import { launchBrowser, startServer, until, artifacts, freePort } from './helpers.mjs';
+import { launchBrowser, startServer, until, freePort } from './helpers.mjs';
+import { openPeer, say, shoot } from './pages.mjs';
 
 let browser;
 before(async () => { browser = await launchBrowser(); });
 after(async () => { await browser?.close(); });
 
 const DESKTOP = { viewport: { width: 1280, height: 800 } };
-const PHONE = { width: 390, height: 844 };
-
-/** Screenshots of `page` at 1280×800 and at 390×844 (then back), as NAME.png and NAME_phone.png. */
-async function shoot(page, name) {
-  await page.setViewportSize(DESKTOP.viewport);
-  await page.screenshot({ path: join(artifacts, `${name}.png`) });
-  await page.setViewportSize(PHONE);
-  await page.screenshot({ path: join(artifacts, `${name}_phone.png`) });
-  await page.setViewportSize(DESKTOP.viewport);
-}
 
 /** Signs in, or lets the page resume the profile this browser signed in last. */
 async function signIn(page, name) {
@@ -38,23 +28,6 @@ async function connect(context, name, base) {
   await page.goto(`${base}/client_ui.html`);
   await signIn(page, name);
   return page;
-}
-
-/** Opens the conversation with `peer`: from the contacts, or else found with the search box. */
-async function openPeer(page, peer) {
-  if ((await page.locator(`.peer[data-peer="${peer}"]`).count()) === 0) {
-    await page.fill('#search', peer);
-    await page.waitForSelector(`.result[data-peer="${peer}"]`, { timeout: 20000 });
-    await page.click(`.result[data-peer="${peer}"]`);
-  } else {
-    await page.click(`.peer[data-peer="${peer}"]`);
-  }
-  await until(async () => (await page.textContent('#conv-title')) === peer, `the conversation with ${peer} to open`);
-}
-
-async function say(page, text) {
-  await page.fill('#text', text);
-  await page.press('#text', 'Enter');
 }
 
 const mine = (page, text) => page.locator(`#messages li.msg.out:has-text("${text}")`);

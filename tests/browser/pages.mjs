@@ -72,3 +72,21 @@ export const inbound = (page, text, timeout = 30000) => page.waitForSelector(`#m
 export const received = (page) => page.locator('#messages li.msg.in').evaluateAll((l) => l.map((li) => (li.querySelector('.body') || li.firstChild).textContent));
 /** The states of the messages sent in the open conversation, in the order shown. */
 export const sentStates = (page) => page.locator('#messages li.msg.out').evaluateAll((l) => l.map((li) => li.dataset.state));
+
+/**
+ * A scripted client `name` of `relay` in a blank page of `browser` (mtproto.js's RelayClient as
+ * `window.c`, the module as `window.m`, nothing persisted); what it receives is `window.got` (the
+ * 'message' events). It polls only when told (`c.poll(0)`), so a test decides when it reads.
+ */
+export async function scripted(browser, relay, name) {
+  const page = await browser.newPage();
+  await page.goto(relay.url + '/');
+  await page.evaluate(async ({ name, pin }) => {
+    const m = await import('/js/mtproto.js');
+    window.m = m;
+    window.c = await m.RelayClient.connect({ name, pin, persist: false });
+    window.got = [];
+    c.addEventListener('message', (e) => got.push(e.detail));
+  }, { name, pin: relay.fingerprint });
+  return page;
+}
