@@ -282,6 +282,8 @@ export async function safetyNumber(chatKeyBytes) {
 export const KEEP_IDS_BELOW = 1024;
 /** Most random_ids kept for one seq (one per distinct message that used it). */
 const MAX_IDS_PER_SEQ = 4;
+/** The most messages a peer may have received from us beyond what this profile remembers sending. */
+export const MAX_AHEAD = 1 << 16;
 
 /** One side of a conversation: data = random_id ‖ out_seq ‖ in_seq ‖ sent_at_ms ‖ body. */
 export class Chat {
@@ -338,6 +340,9 @@ export class Chat {
     // in_seq above what we sent: this profile is older than the one that sent those messages (a
     // restored copy). Not the peer's fault and not a reason to drop its message: open it, say so,
     // and seal from in_seq on, so our next messages do not reuse numbers the peer already has.
+    // A jump past MAX_AHEAD is no restored copy but a broken or hostile peer (it would wrap our
+    // u32 seqs): refused, as before.
+    if (inSeq > this.sent + MAX_AHEAD) throw new Error('peer acknowledges messages never sent');
     if (inSeq > this.sent) { base.ahead = inSeq - this.sent; this.sent = inSeq; }
     // A seq below the window opens once if it was given up (it arrived after all); a seq seen
     // before is a replay when it carries a random_id seen under it (or one too old to be kept),
