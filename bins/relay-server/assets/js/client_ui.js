@@ -14,7 +14,7 @@
 // note "earlier messages missing" stays only while a number before them is still missing.
 import {
   RelayClient, RelayError, canonicalName, humanError, refusalText, MAX_PEERS_PAGE,
-  loadHistory, saveHistory, lastUser, setLastUser, loadProfile,
+  loadHistory, saveHistory, lastUser, setLastUser, hasProfile,
 } from './mtproto.js';
 
 const $ = (id) => document.getElementById(id);
@@ -636,7 +636,7 @@ $('connect-view').addEventListener('submit', (ev) => { ev.preventDefault(); sign
 // The last user of this browser is signed in again by itself (their profile is stored here).
 (async () => {
   let name = null;
-  try { name = await lastUser(); if (name && !(await loadProfile(name))) name = null; } catch { name = null; }
+  try { name = await lastUser(); if (name && !(await hasProfile(name))) name = null; } catch { name = null; }
   if (name) { setStatus(`signing in as ${name}…`); await signIn(name); return; }
   $('connect-view').hidden = false;
   $('name').focus();

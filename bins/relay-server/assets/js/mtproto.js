@@ -697,6 +697,8 @@ export async function loadProfile(name) {
   p.identity = { privateKey: rec.privateKey, pub: p.identityPub };
   return p;
 }
+/** Whether a profile of `name` is stored on this browser (without opening it). */
+export async function hasProfile(name) { return (await idbGet('profiles', name)) !== null; }
 export async function saveProfile(name, profile) {
   const { identity, ...rest } = profile;
   const sealed = await sealRecord({ ...rest, identityPub: identity.pub }, `profile/${name}`);
