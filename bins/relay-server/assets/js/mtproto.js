@@ -678,9 +678,10 @@ const packJson = (v) => JSON.stringify(v, (_, x) => (x instanceof Uint8Array ? {
 const unpackJson = (s) => JSON.parse(s, (_, x) => (x && typeof x === 'object' && typeof x.$b === 'string' && Object.keys(x).length === 1 ? fromB64(x.$b) : x));
 
 /** Seals `value` (JSON with byte arrays) for storage: {iv, ct}; `label` binds it to its place. */
-export async function sealRecord(value, label) {
+export async function sealRecord(value, label) { return sealJson(packJson(value), label); }
+async function sealJson(json, label) {
   const iv = randomBytes(12);
-  const ct = new Uint8Array(await subtle.encrypt({ name: 'AES-GCM', iv, additionalData: utf8(label) }, await storageKey(), utf8(packJson(value))));
+  const ct = new Uint8Array(await subtle.encrypt({ name: 'AES-GCM', iv, additionalData: utf8(label) }, await storageKey(), utf8(json)));
   return { iv, ct };
 }
 export async function openRecord(rec, label) {
@@ -701,7 +702,11 @@ export async function loadProfile(name) {
 export async function hasProfile(name) { return (await idbGet('profiles', name)) !== null; }
 export async function saveProfile(name, profile) {
   const { identity, ...rest } = profile;
-  const sealed = await sealRecord({ ...rest, identityPub: identity.pub }, `profile/${name}`);
+  await saveProfileJson(name, identity, packJson({ ...rest, identityPub: identity.pub }));
+}
+/** saveProfile with the profile (less its identity) already serialized by packJson, with `identityPub`. */
+async function saveProfileJson(name, identity, json) {
+  const sealed = await sealJson(json, `profile/${name}`);
   await idbPut('profiles', name, { privateKey: identity.privateKey, sealed });
 }
 
@@ -807,10 +812,10 @@ export class RelayClient extends EventTarget {
       if (!this.saveWanted) return; // an earlier save already wrote this state
       this.saveWanted = false;
       const chats = {}; for (const [k, c] of this.chats) chats[k] = c.toJSON();
-      // A copy taken now (synchronously): what changes during the encryption waits for the next save.
-      const snapshot = unpackJson(packJson({ session: this.session.toJSON(), chats, peers: Object.fromEntries(this.peers),
-        contacts: [...this.contacts], outbox: this.outbox, nextOutboxId: this.nextOutboxId, blocked: [...this.blocked] }));
-      await saveProfile(this.name, { identity: this.identity, ...snapshot });
+      // Serialized now (synchronously): what changes during the encryption waits for the next save.
+      const json = packJson({ session: this.session.toJSON(), chats, peers: Object.fromEntries(this.peers), contacts: [...this.contacts],
+        outbox: this.outbox, nextOutboxId: this.nextOutboxId, blocked: [...this.blocked], identityPub: this.identity.pub });
+      await saveProfileJson(this.name, this.identity, json);
     });
     this.saveChain = run.catch(() => {});
     return run;
