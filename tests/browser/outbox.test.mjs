@@ -4,28 +4,22 @@
 // so the recipient sees every message once, in order. Screenshots go to test-artifacts/.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
-import { launchBrowser, startServer, until, artifacts, freePort } from './helpers.mjs';
+import { launchBrowser, startServer, until, freePort } from './helpers.mjs';
+import { openPeer, say, shoot } from './pages.mjs';
 
 let browser;
 before(async () => { browser = await launchBrowser(); });
 after(async () => { await browser?.close(); });
 
 const DESKTOP = { viewport: { width: 1280, height: 800 } };
-const PHONE = { width: 390, height: 844 };
 
-/** Screenshots of `page` at 1280×800 and at 390×844 (then back), as NAME.png and NAME_phone.png. */
-async function shoot(page, name) {
-  await page.setViewportSize(DESKTOP.viewport);
-  await page.screenshot({ path: join(artifacts, `${name}.png`) });
-  await page.setViewportSize(PHONE);
-  await page.screenshot({ path: join(artifacts, `${name}_phone.png`) });
-  await page.setViewportSize(DESKTOP.viewport);
-}
-
+/** Signs in, or lets the page resume the profile this browser signed in last. */
 async function signIn(page, name) {
-  await page.fill('#name', name);
-  await page.click('#connect');
+  await page.waitForSelector('#connect-view:not([hidden]), #main-view.on', { timeout: 20000 });
+  if (!(await page.locator('#main-view.on').count())) {
+    await page.fill('#name', name);
+    await page.click('#connect');
+  }
   await page.waitForSelector('#main-view.on', { timeout: 20000 });
 }
 
@@ -34,23 +28,6 @@ async function connect(context, name, base) {
   await page.goto(`${base}/client_ui.html`);
   await signIn(page, name);
   return page;
-}
-
-/** Opens the conversation with `peer`: from the contacts, or else found with the search box. */
-async function openPeer(page, peer) {
-  if ((await page.locator(`.peer[data-peer="${peer}"]`).count()) === 0) {
-    await page.fill('#search', peer);
-    await page.waitForSelector(`.result[data-peer="${peer}"]`, { timeout: 20000 });
-    await page.click(`.result[data-peer="${peer}"]`);
-  } else {
-    await page.click(`.peer[data-peer="${peer}"]`);
-  }
-  await until(async () => (await page.textContent('#conv-title')) === peer, `the conversation with ${peer} to open`);
-}
-
-async function say(page, text) {
-  await page.fill('#text', text);
-  await page.press('#text', 'Enter');
 }
 
 const mine = (page, text) => page.locator(`#messages li.msg.out:has-text("${text}")`);
@@ -114,8 +91,11 @@ test('relay down: two messages wait as "sending…", survive a reload, and arriv
     await alice.reload();
     await signIn(alice, 'alice');
     await openPeer(alice, 'bob');
-    assert.deepEqual(await alice.locator('#messages li.msg.out').evaluateAll((l) => l.map((li) => [li.firstChild.textContent, li.dataset.state])),
-      [['outage one', 'sending…'], ['outage two', 'sending…']], 'both wait, in order, after the reload');
+    // The history comes back too (issue 13): the message from before the outage, then the two waiting.
+    const shown = await alice.locator('#messages li.msg.out').evaluateAll((l) => l.map((li) => [li.firstChild.textContent, li.dataset.state]));
+    assert.equal(shown.length, 3, JSON.stringify(shown));
+    assert.equal(shown[0][0], 'before the outage');
+    assert.deepEqual(shown.slice(1), [['outage one', 'sending…'], ['outage two', 'sending…']], 'both wait, in order, after the reload');
     await shoot(alice, 'client_ui_outbox_sending_reloaded');
 
     // The relay comes back on the same data and port.
@@ -126,7 +106,8 @@ test('relay down: two messages wait as "sending…", survive a reload, and arriv
     await inbound(bob, 'outage two');
     await new Promise((r) => setTimeout(r, 1500)); // time for any second copy to show
     assert.deepEqual(await received(bob), ['before the outage', 'outage one', 'outage two'], 'once each, in order, no notes');
-    await until(async () => (await alice.locator('#messages li.msg.out[data-state^="delivered"]').count()) === 2, 'both delivered');
+    // Both, and the one from before the outage (kept in the history).
+    await until(async () => (await alice.locator('#messages li.msg.out[data-state^="delivered"]').count()) === 3, 'both delivered');
     await shoot(alice, 'client_ui_outbox_sent');
   } finally {
     await ctxA.close(); await ctxB.close(); await relay.stop();

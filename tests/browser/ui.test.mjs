@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { launchBrowser, startServer, startRedis, recordTraffic, until, artifacts, binDir, freePort, stats } from './helpers.mjs';
+import { openPeer, say, shoot } from './pages.mjs';
 
 let server, browser;
 const traffic = [];
@@ -36,27 +37,14 @@ async function connect(context, name, base = server.url, query = '') {
   recordTraffic(page, traffic);
   await page.goto(`${base}/client_ui.html${query}`);
   await watchHandshakeLog(page);
-  await page.fill('#name', name);
-  await page.click('#connect');
+  // The same browser profile signed in before: the page resumes it by itself.
+  await page.waitForSelector('#connect-view:not([hidden]), #main-view.on', { timeout: 20000 });
+  if (!(await page.locator('#main-view.on').count())) {
+    await page.fill('#name', name);
+    await page.click('#connect');
+  }
   await page.waitForSelector('#main-view.on', { timeout: 20000 });
   return page;
-}
-
-/** Opens the conversation with `peer`: from the contacts, or else found with the search box. */
-async function openPeer(page, peer) {
-  if ((await page.locator(`.peer[data-peer="${peer}"]`).count()) === 0) {
-    await page.fill('#search', peer);
-    await page.waitForSelector(`.result[data-peer="${peer}"]`, { timeout: 20000 });
-    await page.click(`.result[data-peer="${peer}"]`);
-  } else {
-    await page.click(`.peer[data-peer="${peer}"]`);
-  }
-  await until(async () => (await page.textContent('#conv-title')) === peer, `the conversation with ${peer} to open`);
-}
-
-async function say(page, text) {
-  await page.fill('#text', text);
-  await page.press('#text', 'Enter');
 }
 
 const inbound = (page, text) => page.waitForSelector(`#messages li.msg.in:has-text("${text}")`, { timeout: 20000 });
@@ -146,8 +134,9 @@ test('a changed peer key raises a blocking warning', async () => {
   // Erin resets her identity key and writes again.
   const before = await erin.textContent('#own-fp');
   await erin.click('#rotate');
+  await erin.click('#rotate-ok'); // "Reset my key" asks first
   await until(async () => (await erin.textContent('#own-fp')) !== before, 'the new identity key');
-  await erin.reload(); await erin.fill('#name', 'erin'); await erin.click('#connect'); await erin.waitForSelector('#main-view.on');
+  await erin.reload(); await erin.waitForSelector('#main-view.on'); // signed in again by itself
   await openPeer(erin, 'dave');
   await say(erin, 'from my new key');
   await dave.waitForSelector('#keychange-dialog[open]', { timeout: 20000 });
@@ -284,16 +273,6 @@ test('while Redis is away a page retries its send, which arrives once Redis is b
 });
 
 const DESKTOP = { viewport: { width: 1280, height: 800 } };
-const PHONE = { width: 390, height: 844 };
-
-/** Screenshots of `page` at 1280×800 and at 390×844 (then back), as NAME.png and NAME_phone.png. */
-async function shoot(page, name) {
-  await page.setViewportSize(DESKTOP.viewport);
-  await page.screenshot({ path: join(artifacts, `${name}.png`) });
-  await page.setViewportSize(PHONE);
-  await page.screenshot({ path: join(artifacts, `${name}_phone.png`) });
-  await page.setViewportSize(DESKTOP.viewport);
-}
 
 test('a mixed-case name ("Alice") signs up, confirms its key and chats with "bob", who sees "alice"', async () => {
   // Its own server: the shared one already has an "alice", and "Alice" is the same name.

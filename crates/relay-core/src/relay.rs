@@ -213,6 +213,12 @@ pub struct Relay {
     /// polls still counts as active for account expiry without a write on every poll.
     touched: std::sync::Mutex<std::collections::HashMap<[u8; 8], u64>>,
     observer: Arc<dyn crate::Observer>,
+    /// Presence: when each client's last authenticated request reached this node (unix
+    /// seconds), polls included, kept in memory only (never committed). The directory answers
+    /// the later of this and the stored `last_seen`, so a page that long-polls shows online and
+    /// goes stale as soon as its polls stop (issue 13). Per node: behind several nodes a client
+    /// looks as recent as the node the asker reached last saw it.
+    present: std::sync::Mutex<std::collections::HashMap<ClientId, u64>>,
 }
 
 /// A poll that changes nothing is committed anyway (to record last-seen) at most this often.
@@ -268,6 +274,7 @@ impl Relay {
             work,
             sources,
             touched: std::sync::Mutex::new(std::collections::HashMap::new()),
+            present: std::sync::Mutex::new(std::collections::HashMap::new()),
             sessions: std::sync::Mutex::new(std::collections::HashMap::new()),
             locks: KeyLocks::default(),
             keys: std::sync::RwLock::new(std::collections::HashMap::new()),
@@ -415,6 +422,30 @@ impl Relay {
                 true
             }
         }
+    }
+
+    /// Records that `client` made an authenticated request at `now` (presence, in memory).
+    fn mark_present(&self, client: &ClientId, now: UnixTime) {
+        let mut map = self.present.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= KEY_CACHE_MAX && !map.contains_key(client) {
+            map.clear();
+        }
+        map.insert(client.clone(), now.as_secs());
+    }
+
+    /// A directory entry with the presence this node saw (the later of it and the stored one).
+    fn with_presence(&self, p: crate::model::Peer) -> PeerInfo {
+        let seen = self
+            .present
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&p.client_id)
+            .copied();
+        let mut info = PeerInfo::from(p);
+        if let Some(s) = seen {
+            info.last_seen = info.last_seen.max(s);
+        }
+        info
     }
 
     fn handshake(&self) -> ServerHandshake<'_> {
@@ -671,6 +702,7 @@ impl Relay {
                 Err(e) => return Err(e.into()),
             };
             let (op, keep_outcome) = self.op_for(&call)?;
+            self.mark_present(client_id, now);
             let responder = session.responder();
             if matches!(&op, Op::Ack { seqs } if seqs.is_empty()) && !self.touch_due(key_id, now) {
                 // A poll that acknowledges nothing changes nothing: it is checked like every
@@ -1032,7 +1064,7 @@ impl Relay {
             asked.dedup();
             for name in asked {
                 if let Some(p) = self.engine.peer(name).await? {
-                    peers.push(PeerInfo::from(p));
+                    peers.push(self.with_presence(p));
                 }
             }
             return Ok(PeersAnswer { peers, next: None });
@@ -1048,7 +1080,7 @@ impl Relay {
             None
         };
         Ok(PeersAnswer {
-            peers: page.into_iter().map(PeerInfo::from).collect(),
+            peers: page.into_iter().map(|p| self.with_presence(p)).collect(),
             next,
         })
     }

@@ -1,34 +1,66 @@
 // client_ui.html: the everyday client. All crypto happens in mtproto.js (Web Crypto).
 //
 // People: the contacts (whom this user wrote to, heard from or added; kept with the profile),
-// refreshed with one exact directory lookup, and a prefix search of the directory, a page at a
-// time (the relay never lists everyone). `?search_limit=N` sets the page size (default 20).
+// refreshed with one exact directory lookup every few seconds (presence, key changes), and a
+// prefix search of the directory, a page at a time. `?search_limit=N` sets the page size.
 //
-// Outgoing messages live in the client's outbox (mtproto.js, kept with the profile) until the
-// relay stored or refused them: each shows "sending…" (a spinner), "sent", or "not sent: <reason>"
-// with retry and discard. The outbox survives a reload: its messages are shown again, still
-// sending, and go out in order when the relay answers.
-import { RelayClient, canonicalName, humanError, refusalText, MAX_PEERS_PAGE } from './mtproto.js';
+// Outgoing messages live in the client's outbox (mtproto.js) until the relay stored or refused
+// them: "sending…" (a spinner), "sent ✓", "delivered ✓✓" (the peer's page opened and kept it), or
+// "not sent: <reason>" with retry and discard.
+//
+// History: every conversation is kept in IndexedDB, sealed under the origin's non-extractable
+// AES-GCM key (mtproto.js, saveHistory), with the profile; the last user is signed in again by
+// itself on the next visit. Received messages are shown in the sender's order (their seq), and a
+// note "earlier messages missing" stays only while a number before them is still missing.
+import {
+  RelayClient, RelayError, canonicalName, humanError, refusalText, MAX_PEERS_PAGE,
+  loadHistory, saveHistory, lastUser, setLastUser, hasProfile,
+} from './mtproto.js';
 
 const $ = (id) => document.getElementById(id);
 const pin = document.querySelector('meta[name=relay-fingerprint]').content;
 const SEARCH_LIMIT = Math.min(Math.max(Number(new URLSearchParams(location.search).get('search_limit')) || 20, 1), MAX_PEERS_PAGE);
+/** A contact is "online" while its last request is at most this old (it long-polls every 10 s). */
+const ONLINE_SECS = 15;
+/** Contacts (presence, key changes) are looked up again this often. */
+const REFRESH_MS = 4000;
+/** Most messages kept per conversation. */
+const KEEP_MESSAGES = 2000;
+
 let client = null;
 let current = null;
-const convs = new Map(); // peer -> [{dir, text, state, reason, seq, id (outbox), pending}]
+let connected = false; // our own link to the relay: presence is unknown while it is down
+const convs = new Map(); // peer -> [message]; message: {dir, text, at, seq, rid, state, reason, id, mailboxSeq, gap, delivery, epoch}
 const byOutbox = new Map(); // outbox id -> its message in convs
 const unread = new Map();
 const info = new Map(); // contact -> its directory entry from the last lookup (with `status`)
 const looked = new Set(); // the names that lookup asked for (a contact asked and absent is gone)
 const search = { prefix: '', next: null, results: [], asked: 0, timer: null };
+/** Peers the user chose to keep blocked: a new message under their new key does not ask again. */
+const keptBlocked = new Set();
 
-const OFFLINE_NOTE = 'The relay is unreachable. Messages you write wait here and go out, in order, when it is back.';
+// ---- words for people ------------------------------------------------------------------------
+
+const OFFLINE_NOTE = 'The relay cannot be reached. Messages you write wait here and go out, in order, when it is back.';
+/** An error as a sentence for people: no codes, no parser positions. */
+function sayError(e, peer) {
+  if (e && e.transport) return 'the relay cannot be reached. Check your connection; this page keeps trying.';
+  if (e instanceof SyntaxError) return 'the relay sent an answer this page cannot read. Try again in a moment.';
+  if (e instanceof RelayError && e.code === 'client_id_taken') return 'this name is registered to someone else’s key. Pick another name.';
+  // Not the relay's own answer (a proxy's error page), or the relay failing: nothing a person can act on but waiting.
+  if (e instanceof RelayError && (e.code === 'http' || e.code === undefined || (e.status >= 500 && e.code !== 'storage_unavailable' && e.code !== 'busy'))) {
+    return 'the relay is not answering properly right now (it may be restarting). Try again in a moment.';
+  }
+  const text = humanError(e, peer);
+  if (/^(untrusted server|server key does not match|server signature|key confirmation failed|nonce mismatch|unknown DH group)/.test(text)) {
+    return 'the relay could not prove it is the one this page came from. Reload the page; if it happens again, do not use this relay.';
+  }
+  return text.replace(/\s*\(?\b[a-z]+(_[a-z]+)+\b\)?:?/g, ' ').replace(/\s+/g, ' ').trim() || 'something went wrong. Try again.';
+}
 function showError(msg) { $('error').textContent = msg; $('error').classList.toggle('on', !!msg); }
-/** A notice that outlives reconnecting (the relay lost its data), until the next message is sent. */
 let standingNotice = '';
 function setStatus(text, offline) { $('status').textContent = text; $('status').classList.toggle('offline', !!offline); }
 
-/** Counts `seconds` down in `el`: "the relay is busy, retrying in N s". */
 let countdown = null;
 function showBusy(el, seconds, after) {
   clearInterval(countdown);
@@ -42,36 +74,99 @@ function showBusy(el, seconds, after) {
   countdown = setInterval(tick, 1000);
 }
 
-const online = (p) => p && p.last_seen && Date.now() / 1000 - p.last_seen < 60;
+// ---- times -------------------------------------------------------------------------------------
 
-/** One row of a list: presence dot, name, then `extra` nodes. */
-function row(tag, cls, name, p, extra = []) {
-  const b = document.createElement(tag);
-  b.className = cls; b.dataset.peer = name; b.setAttribute('role', 'listitem'); b.type = 'button';
-  const dot = document.createElement('span');
-  dot.className = 'dot' + (online(p) ? ' online' : '');
-  dot.title = online(p) ? 'online' : 'away';
-  const label = document.createElement('span'); label.textContent = name; label.title = name;
-  b.append(dot, label, ...extra);
+const hm = (ms) => new Date(ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+function dayKey(ms) { const d = new Date(ms); return `${d.getFullYear()}-${d.getMonth()}-${d.getDate()}`; }
+function dayLabel(ms) {
+  const now = new Date();
+  if (dayKey(ms) === dayKey(now.getTime())) return 'Today';
+  if (dayKey(ms) === dayKey(now.getTime() - 86400000)) return 'Yesterday';
+  return new Date(ms).toLocaleDateString([], { weekday: 'long', day: 'numeric', month: 'long', year: now.getFullYear() === new Date(ms).getFullYear() ? undefined : 'numeric' });
+}
+function shortWhen(ms) { return dayKey(ms) === dayKey(Date.now()) ? hm(ms) : new Date(ms).toLocaleDateString([], { day: 'numeric', month: 'short' }); }
+const serverNow = () => Date.now() / 1000 + (client?.session?.timeOffset || 0);
+/** {online, text} for a directory entry: unknown while our own link is down. */
+function presence(p) {
+  if (!p || !p.last_seen) return { online: false, text: '' };
+  if (!connected) return { online: false, text: `last seen ${ago(p.last_seen)} (you are offline)` };
+  if (serverNow() - p.last_seen <= ONLINE_SECS) return { online: true, text: 'online' };
+  return { online: false, text: `last seen ${ago(p.last_seen)}` };
+}
+function ago(secs) {
+  const d = Math.max(0, serverNow() - secs);
+  if (d < 60) return 'just now';
+  if (d < 3600) return `${Math.floor(d / 60)} min ago`;
+  const ms = (secs - (client?.session?.timeOffset || 0)) * 1000;
+  if (d < 86400 && dayKey(ms) === dayKey(Date.now())) return `today at ${hm(ms)}`;
+  return `${dayLabel(ms).toLowerCase()} at ${hm(ms)}`;
+}
+
+// ---- history ---------------------------------------------------------------------------------
+
+const dirty = new Set();
+let saveTimer = null;
+function remember(peer) { dirty.add(peer); clearTimeout(saveTimer); saveTimer = setTimeout(flushHistory, 300); }
+/** Writes every changed conversation (sealed). Resolves when they are stored. */
+async function flushHistory() {
+  clearTimeout(saveTimer);
+  const peers = [...dirty]; dirty.clear();
+  for (const peer of peers) {
+    const list = (convs.get(peer) || []).slice(-KEEP_MESSAGES).map(({ dir, text, at, seq, rid, state, reason, id, mailboxSeq, gap, delivery, epoch, warn, warnLevel }) =>
+      ({ dir, text, at, seq, rid, state, reason, id, mailboxSeq, gap, delivery, epoch, warn, warnLevel }));
+    try { await saveHistory(client.name, peer, list); } catch { dirty.add(peer); }
+  }
+}
+
+// ---- the people list -------------------------------------------------------------------------
+
+function last(peer) { const l = (convs.get(peer) || []).filter((m) => m.dir !== 'system'); return l[l.length - 1]; }
+
+function peerRow(cls, name, extra = []) {
+  const li = document.createElement('li');
+  const b = document.createElement('button');
+  b.className = cls; b.dataset.peer = name; b.type = 'button';
+  const p = info.get(name);
+  const pres = presence(p);
+  const dot = document.createElement('span'); dot.className = 'dot' + (pres.online ? ' online' : ''); dot.setAttribute('aria-hidden', 'true');
+  const who = document.createElement('span'); who.className = 'who';
+  const nm = document.createElement('span'); nm.className = 'name'; nm.textContent = name;
+  who.append(nm);
+  if (pres.text) { const s = document.createElement('span'); s.className = 'sr-only'; s.textContent = `, ${pres.text}`; who.append(s); }
+  b.append(dot, who, ...extra);
   b.addEventListener('click', () => openConversation(name));
-  return b;
+  li.append(b);
+  return { li, b, who };
+}
+
+function badgeFor(name) {
+  const p = info.get(name);
+  if (client.blocked.has(name) || (p && p.status === 'changed')) { const w = document.createElement('span'); w.className = 'badge changed'; w.textContent = 'key changed'; return w; }
+  if (client.peers.get(name)?.verified) { const v = document.createElement('span'); v.className = 'badge verified'; v.textContent = '✓ verified'; v.title = 'You compared safety numbers'; return v; }
+  return null;
 }
 
 function renderPeers() {
-  const box = $('peers');
-  const names = [...client.contacts].sort();
-  box.replaceChildren(...names.map((name) => {
-    const p = info.get(name);
-    const extra = [];
-    if (p && p.status === 'changed') { const w = document.createElement('span'); w.className = 'badge-changed'; w.textContent = 'key changed'; extra.push(w); }
+  const names = [...client.contacts];
+  // Most recent conversation first; then by name.
+  names.sort((a, b) => ((last(b)?.at || 0) - (last(a)?.at || 0)) || a.localeCompare(b));
+  $('peers').replaceChildren(...names.map((name) => {
+    const side = document.createElement('span'); side.className = 'side';
+    const m = last(name);
+    if (m) { const w = document.createElement('span'); w.className = 'when'; w.textContent = shortWhen(m.at); side.append(w); }
     const u = document.createElement('span'); u.className = 'unread'; u.textContent = unread.get(name) || '';
-    extra.push(u);
-    const b = row('button', 'peer', name, p, extra);
+    if (unread.get(name)) u.setAttribute('aria-label', `${unread.get(name)} unread`);
+    side.append(u);
+    const badge = badgeFor(name);
+    const { li, b, who } = peerRow('peer', name, badge ? [badge, side] : [side]);
+    if (m) { const pv = document.createElement('span'); pv.className = 'preview'; pv.textContent = (m.dir === 'out' ? 'You: ' : '') + m.text; who.append(pv); }
     b.setAttribute('aria-current', String(name === current));
-    if (looked.has(name) && !p) { b.classList.add('gone'); b.title = 'not on the relay any more'; }
-    return b;
+    if (looked.has(name) && !info.has(name)) { b.classList.add('gone'); b.title = 'not on the relay any more'; }
+    return li;
   }));
   $('contacts-empty').hidden = names.length > 0;
+  const total = [...unread.values()].reduce((a, n) => a + n, 0);
+  document.title = total ? `(${total}) mtproto-relay` : 'mtproto-relay';
 }
 
 function renderSearch() {
@@ -79,14 +174,14 @@ function renderSearch() {
   $('search-results').replaceChildren(...search.results.map((p) => {
     const tag = document.createElement('span'); tag.className = 'tag';
     tag.textContent = client.contacts.has(p.client_id) ? 'contact' : 'add';
-    return row('button', 'result', p.client_id, p, [tag]);
+    info.set(p.client_id, info.get(p.client_id) || p);
+    return peerRow('result', p.client_id, [tag]).li;
   }));
   $('search-more').hidden = !search.next;
 }
 
 function searchNote(text) { $('search-note').textContent = text; $('search-note').hidden = !text; }
 
-/** A prefix search (`more`: the next page of the same search). */
 async function runSearch(more = false) {
   const prefix = more ? search.prefix : $('search').value.trim().toLowerCase();
   if (!more) { search.prefix = prefix; search.next = null; search.results = []; }
@@ -97,29 +192,62 @@ async function runSearch(more = false) {
   $('search-more').disabled = true;
   try {
     const page = await client.searchPeers(prefix, { after: more ? search.next : null, limit: SEARCH_LIMIT });
-    if (asked !== search.asked) return; // a newer search started meanwhile
+    if (asked !== search.asked) return;
     search.results.push(...page.peers.filter((p) => p.client_id !== client.name));
     search.next = page.next;
     renderSearch();
     if (!search.results.length && !search.next) searchNote(`Nobody's name starts with “${prefix}”.`);
   } catch (e) {
-    if (asked === search.asked) searchNote(`Search failed: ${humanError(e)}`);
+    if (asked === search.asked) searchNote(`Search failed: ${sayError(e)}`);
   } finally { $('search-more').disabled = false; }
 }
 
 function clearSearch() { $('search').value = ''; search.prefix = ''; search.next = null; search.results = []; searchNote(''); renderSearch(); }
 
+// ---- the conversation ------------------------------------------------------------------------
+
+/** Whether `seq` from `peer` (under the current key) has not arrived yet. */
+function stillMissing(peer, seq) {
+  const chat = client.chats.get(peer);
+  if (!chat) return false;
+  if (seq < chat.recvLow) return chat.givenUp.some(([a, b]) => seq >= a && seq < b);
+  return !chat.recvAbove.has(seq);
+}
+
+function noteFor(peer, m) {
+  if (m.warn) return m.warn;
+  if (m.delivery === 'recovered') return 'arrived late, after it had been counted lost';
+  if (m.gap && m.epoch === epochOf(peer)) {
+    for (let s = m.gap[0]; s <= m.gap[1] && s < m.gap[0] + 2048; s++) if (stillMissing(peer, s)) return 'earlier messages missing';
+  }
+  return '';
+}
+
 function renderMessages() {
   const ul = $('messages');
-  ul.replaceChildren();
+  const atBottom = ul.scrollHeight - ul.scrollTop - ul.clientHeight < 40;
+  const items = [];
+  let day = null;
   for (const m of convs.get(current) || []) {
+    if (m.at && dayKey(m.at) !== day) {
+      day = dayKey(m.at);
+      const d = document.createElement('li'); d.className = 'day'; d.textContent = dayLabel(m.at);
+      items.push(d);
+    }
     const li = document.createElement('li');
-    li.className = 'msg ' + m.dir;
+    li.className = 'msg ' + m.dir + (m.warnLevel ? ' warn' : '');
     li.dataset.state = m.state || '';
+    if (m.seq !== undefined && m.dir === 'in') li.dataset.seq = String(m.seq);
     if (m.mailboxSeq !== undefined) li.dataset.mailboxSeq = String(m.mailboxSeq);
-    li.textContent = m.text;
+    const body = document.createElement('span'); body.className = 'body'; body.textContent = m.text;
+    li.append(body);
+    if (m.at && m.dir !== 'system') {
+      const t = document.createElement('span'); t.className = 'time'; t.dataset.time = hm(m.at);
+      t.title = new Date(m.at).toLocaleString();
+      li.append(t);
+    }
     const s = document.createElement('small');
-    s.textContent = m.dir === 'out' ? (m.reason ? `${m.state}: ${m.reason}` : m.state) : m.note || '';
+    s.textContent = m.dir === 'out' ? (m.reason ? `${m.state}: ${m.reason}` : m.state) : m.dir === 'in' ? noteFor(current, m) : '';
     if (m.dir === 'out' && m.state === 'sending…') {
       const spin = document.createElement('span'); spin.className = 'spinner'; spin.setAttribute('aria-hidden', 'true');
       s.prepend(spin);
@@ -135,10 +263,60 @@ function renderMessages() {
       actions.append(retry, discard);
       li.append(actions);
     }
-    ul.append(li);
+    items.push(li);
   }
-  ul.scrollTop = ul.scrollHeight;
+  if (!items.length && current) {
+    const e = document.createElement('li'); e.className = 'empty'; e.textContent = 'No messages yet. Say hello — it is end-to-end encrypted.';
+    items.push(e);
+  }
+  ul.replaceChildren(...items);
+  if (atBottom || ul.dataset.peer !== current) ul.scrollTop = ul.scrollHeight;
+  ul.dataset.peer = current || '';
 }
+
+function renderHead() {
+  const p = info.get(current);
+  $('presence').textContent = current ? presence(p).text : '';
+  const badge = current ? badgeFor(current) : null;
+  $('conv-badge').replaceChildren(...(badge ? [badge] : []));
+  const blocked = !!current && client.blocked.has(current);
+  $('blocked-bar').hidden = !blocked;
+  if (blocked) $('blocked-text').textContent = `${current}'s security key changed. Nothing goes to or comes from them until you accept or verify the new key.`;
+  for (const id of ['text', 'send']) $(id).disabled = !current || blocked;
+  $('verify').disabled = !current;
+}
+
+function rerender(peer) {
+  if (peer === current) { renderMessages(); renderHead(); }
+  renderPeers();
+}
+
+/** The key generation of `peer` (seqs start again at 0 under a new key). */
+const epochOf = (peer) => client.peers.get(peer)?.version ?? 0;
+
+/** Adds a message: received ones in the sender's order (seq), the rest at the end. */
+function push(peer, m) {
+  if (!convs.has(peer)) convs.set(peer, []);
+  const list = convs.get(peer);
+  m.at = m.at || Date.now();
+  if (m.dir === 'in' && m.seq !== undefined) {
+    m.epoch = epochOf(peer);
+    let i = list.length;
+    // Before the first message received after it from the same key (later seq): it was sent before them.
+    for (let j = list.length - 1; j >= 0; j--) {
+      const o = list[j];
+      if (o.dir === 'in' && o.epoch === m.epoch && o.seq !== undefined && o.seq > m.seq) i = j;
+      else if (o.dir === 'in' && o.epoch === m.epoch) break;
+    }
+    list.splice(i, 0, m);
+  } else list.push(m);
+  if (list.length > KEEP_MESSAGES + 100) list.splice(0, list.length - KEEP_MESSAGES);
+  if (m.dir === 'in' && (peer !== current || document.hidden)) unread.set(peer, (unread.get(peer) || 0) + 1);
+  remember(peer);
+  rerender(peer);
+}
+
+function system(peer, text, warn = false) { push(peer, { dir: 'system', text, warnLevel: warn }); }
 
 /** Shows an outbox receipt on its message (made on the first receipt of a new outbox entry). */
 function showOutbox(r) {
@@ -148,148 +326,208 @@ function showOutbox(r) {
     byOutbox.delete(r.id);
     const list = convs.get(r.to) || [];
     if (m && list.includes(m)) list.splice(list.indexOf(m), 1);
-    if (r.to === current) renderMessages();
+    remember(r.to); rerender(r.to);
     return;
   }
   const fresh = !m;
-  if (fresh) { m = { dir: 'out', text: r.text, id: r.id }; byOutbox.set(r.id, m); }
-  m.seq = r.seq; m.reason = null; m.lastError = null;
+  if (fresh) { m = { dir: 'out', text: r.text, id: r.id, at: r.sentAt || Date.now() }; byOutbox.set(r.id, m); }
+  m.seq = r.seq; m.rid = r.randomId; m.reason = null; m.lastError = null; m.epoch = epochOf(r.to);
   if (r.state === 'sending') { m.state = 'sending…'; m.lastError = r.lastError; }
-  else if (r.state === 'refused') { m.state = 'not sent'; m.reason = refusalText(r); }
+  else if (r.state === 'refused') { m.state = 'not sent'; m.reason = sayError(new RelayError(0, { error: r.code, message: r.message || '' }), r.to) || refusalText(r); }
   else if (r.state === 'stored') {
     m.mailboxSeq = r.mailboxSeq;
-    if (!/^delivered/.test(m.state || '')) m.state = `sent ✓ #${r.mailboxSeq}`;
+    if (!/^delivered/.test(m.state || '')) m.state = 'sent ✓';
   }
-  if (fresh) push(r.to, m); else if (r.to === current) renderMessages();
+  if (fresh) push(r.to, m); else { remember(r.to); rerender(r.to); }
 }
 
 async function retryMessage(m) {
   if (m.id === undefined) {
-    // Never sealed (no key, a changed key): send it again as a new message.
     const list = convs.get(current) || [];
     list.splice(list.indexOf(m), 1);
-    renderMessages();
+    remember(current); renderMessages();
     await sendText(current, m.text);
     return;
   }
-  try { await client.retry(m.id); } catch (e) { showError(humanError(e, current)); }
+  try { await client.retry(m.id); } catch (e) { showError(sayError(e, current)); }
 }
 
 async function discardMessage(m) {
   if (m.id === undefined) {
     const list = convs.get(current) || [];
     list.splice(list.indexOf(m), 1);
-    renderMessages();
+    remember(current); renderMessages();
+    $('text').focus();
     return;
   }
-  try { await client.abandon(m.id); } catch (e) { showError(humanError(e, current)); }
+  try { await client.abandon(m.id); } catch (e) { showError(sayError(e, current)); }
+  $('text').focus();
 }
 
-/** Sends `text`: the outbox's receipts show it; only an error before sealing is shown here. */
 async function sendText(peer, text) {
   try {
     const r = await client.send(peer, text);
     if (r && r.state === 'stored') { standingNotice = ''; showError(''); }
   } catch (e) {
-    // The reason stays on the message; the banner is for the page's own state.
-    const m = { dir: 'out', text, state: 'not sent' };
-    if (e.keyChanged) { m.reason = `${peer}'s key changed`; await warnKeyChange(peer); } else m.reason = humanError(e, peer);
-    push(peer, m);
+    if (e.keyChanged) { rerender(peer); await warnKeyChange(peer); $('text').value = $('text').value || text; return; }
+    push(peer, { dir: 'out', text, state: 'not sent', reason: sayError(e, peer) });
   }
-}
-
-function push(peer, m) {
-  if (!convs.has(peer)) convs.set(peer, []);
-  convs.get(peer).push(m);
-  if (peer !== current && m.dir === 'in') unread.set(peer, (unread.get(peer) || 0) + 1);
-  if (peer === current) renderMessages(); else renderPeers();
 }
 
 /** One exact lookup of every contact: presence, key versions, fingerprints, key changes. */
-async function refreshContacts() {
-  const names = [...client.contacts];
-  try {
-    const found = names.length ? await client.lookupPeers(names) : [];
-    info.clear(); looked.clear();
-    for (const n of names) looked.add(n);
-    for (const p of found) info.set(p.client_id, p);
-    renderPeers();
-  } catch (e) {
-    // While the relay is away the status line and the banner say so already.
-    showError(e.transport ? OFFLINE_NOTE : `could not load your contacts: ${humanError(e)}`);
-  }
+let refreshing = null;
+function refreshContacts() {
+  refreshing = refreshing || (async () => {
+    await null; // `refreshing` is set before the body can clear it
+    const names = [...client.contacts];
+    try {
+      const found = names.length ? await client.lookupPeers(names) : [];
+      info.clear(); looked.clear();
+      for (const n of names) looked.add(n);
+      for (const p of found) info.set(p.client_id, p);
+    } catch (e) {
+      if (!e.transport && !(e instanceof RelayError && e.status >= 500)) showError(`could not load your contacts: ${sayError(e)}`);
+    } finally { refreshing = null; }
+    renderPeers(); renderHead();
+  })();
+  return refreshing;
 }
 
 async function openConversation(name) {
   const peer = canonicalName(name);
   current = peer; unread.delete(peer);
   $('conv-title').textContent = peer;
-  for (const id of ['verify', 'text', 'send']) $(id).disabled = false;
+  $('main-view').classList.add('conv-open');
   const added = await client.addContact(peer);
   if (search.prefix) clearSearch();
-  renderPeers(); renderMessages();
-  if (added || !info.has(peer)) await refreshContacts();
-  const p = info.get(peer);
-  if (p && p.status === 'changed') await warnKeyChange(peer);
+  renderPeers(); renderMessages(); renderHead();
   $('text').focus();
+  if (added || !info.has(peer)) await refreshContacts();
+  if (client.blocked.has(peer)) await warnKeyChange(peer);
+}
+
+function backToList() {
+  const was = current;
+  $('main-view').classList.remove('conv-open');
+  const row = was && document.querySelector(`.peer[data-peer="${CSS.escape(was)}"]`);
+  (row || $('search')).focus();
 }
 
 async function warnKeyChange(peer) {
-  $('keychange-peer').textContent = peer;
-  const p = info.get(peer);
-  $('keychange-fp').textContent = p && p.fingerprint ? `new key ${p.fingerprint}` : '';
   const d = $('keychange-dialog');
+  if (d.open && $('keychange-peer').textContent === peer) return;
+  $('keychange-peer').textContent = peer;
+  $('keychange-fp').textContent = '…';
   if (!d.open) d.showModal();
+  $('keychange-cancel').focus();
+  try { $('keychange-fp').textContent = await client.pendingFingerprint(peer); } catch (e) { $('keychange-fp').textContent = `(cannot compute it now: ${sayError(e, peer)})`; }
 }
 
-$('keychange-accept').addEventListener('click', async () => {
+async function acceptKey(verified) {
   const peer = $('keychange-peer').textContent;
+  keptBlocked.delete(peer);
   $('keychange-dialog').close();
-  try { await client.acceptPeerKey(peer); push(peer, { dir: 'system', text: `You accepted ${peer}'s new key. Verify it.` }); await refreshContacts(); } catch (e) { showError(humanError(e, peer)); }
-});
-$('keychange-cancel').addEventListener('click', () => $('keychange-dialog').close());
+  try {
+    await client.acceptPeerKey(peer);
+    if (verified) await client.setVerified(peer, true);
+    system(peer, verified ? `You verified ${peer}'s new key.` : `You accepted ${peer}'s new key. Verify it when you can.`);
+    await refreshContacts();
+  } catch (e) { showError(sayError(e, peer)); }
+  if (peer === current) $('text').focus();
+}
+$('keychange-accept').addEventListener('click', () => acceptKey(false));
+$('keychange-verify').addEventListener('click', () => acceptKey(true));
+$('keychange-cancel').addEventListener('click', () => { keptBlocked.add($('keychange-peer').textContent); $('keychange-dialog').close(); });
+$('keychange-dialog').addEventListener('cancel', () => keptBlocked.add($('keychange-peer').textContent)); // Escape
+$('keychange-dialog').addEventListener('close', () => { rerender(current); if (current) $('blocked-review').focus(); });
+$('blocked-review').addEventListener('click', () => warnKeyChange(current));
 
 $('verify').addEventListener('click', async () => {
+  if (client.blocked.has(current)) { await warnKeyChange(current); return; }
   try {
     $('verify-peer').textContent = current;
     $('safety-number').textContent = await client.fingerprint(current);
     $('verify-dialog').showModal();
-  } catch (e) { if (e.keyChanged) await warnKeyChange(current); else showError(humanError(e, current)); }
+  } catch (e) { if (e.keyChanged) await warnKeyChange(current); else showError(sayError(e, current)); }
 });
 $('verify-close').addEventListener('click', () => $('verify-dialog').close());
 $('verify-ok').addEventListener('click', async () => {
-  const k = client.peers.get(current); if (k) { k.verified = true; await client.save(); }
+  const peer = current;
   $('verify-dialog').close();
-  push(current, { dir: 'system', text: `${current} verified` });
+  await client.setVerified(peer, true);
+  system(peer, `You verified ${peer}.`);
 });
+$('verify-dialog').addEventListener('close', () => $('text').focus());
 
-$('composer').addEventListener('submit', async (ev) => {
+$('composer').addEventListener('submit', (ev) => {
   ev.preventDefault();
   const text = $('text').value.trim();
   if (!text || !current) return;
   $('text').value = '';
-  await sendText(current, text);
+  sendText(current, text);
 });
 
 $('search').addEventListener('input', () => { clearTimeout(search.timer); search.timer = setTimeout(() => runSearch(false), 250); });
-$('search-form').addEventListener('submit', (ev) => { ev.preventDefault(); clearTimeout(search.timer); runSearch(false); });
+$('search-form').addEventListener('submit', (ev) => { ev.preventDefault(); clearTimeout(search.timer); runSearch(false).then(() => { const first = document.querySelector('#search-results .result'); if (first) first.focus(); }); });
 $('search-more').addEventListener('click', () => runSearch(true));
+$('back').addEventListener('click', backToList);
 
-$('rotate').addEventListener('click', async () => {
-  try { await client.rotateIdentity(); $('own-fp').textContent = `key ${await client.ownFingerprint()}`; } catch (e) { showError(humanError(e)); }
+$('rotate').addEventListener('click', () => $('rotate-dialog').showModal());
+$('rotate-cancel').addEventListener('click', () => $('rotate-dialog').close());
+$('rotate-ok').addEventListener('click', async () => {
+  $('rotate-dialog').close();
+  try {
+    await client.rotateIdentity();
+    $('own-fp').textContent = `key ${await client.ownFingerprint()}`;
+    $('me').textContent = `You are ${client.name} · key ${await client.ownFingerprint()}`;
+    showError('');
+  } catch (e) { showError(`could not reset your key: ${sayError(e)}`); }
 });
+$('rotate-dialog').addEventListener('close', () => $('rotate').focus());
+$('signout').addEventListener('click', async () => {
+  await flushHistory();
+  await setLastUser(null);
+  client.stop();
+  location.reload();
+});
+
+// ---- signing in --------------------------------------------------------------------------------
 
 const STEP_TEXT = {
   req_pq: 'asking the relay…', pq_factored: 'pq factored', pow_solved: 'proof of work done',
-  dh_params_verified: 'relay signature verified', key_confirmed: 'key confirmed', resumed: 'resumed',
+  dh_params_verified: 'relay signature verified', key_confirmed: 'key confirmed', resumed: 'opening your saved profile…',
 };
 
-$('connect-view').addEventListener('submit', async (ev) => {
-  ev.preventDefault();
+/**
+ * Holds `name`'s profile for as long as this page lives (Web Locks): two tabs of one profile
+ * would both seal under the same conversation counters. Waits up to 3 s (a reloading tab lets go
+ * as it unloads); false if another tab keeps it.
+ */
+let letGo = () => {};
+function holdProfile(name) {
+  letGo();
+  if (!navigator.locks) return Promise.resolve(true);
+  return new Promise((resolve) => {
+    navigator.locks.request(`mtproto-relay/profile/${name}`, { signal: AbortSignal.timeout(3000) }, () => {
+      resolve(true);
+      return new Promise((done) => { letGo = done; }); // held until the page goes (or signs in as another)
+    }).catch(() => resolve(false));
+  });
+}
+
+async function signIn(rawName) {
   let name;
-  try { name = canonicalName($('name').value); } catch (e) { showError(e.message); return; }
+  try { name = canonicalName(rawName); } catch (e) { showError(e.message); $('name').focus(); return; }
   $('connect').disabled = true;
-  setStatus('handshake…');
+  if (!(await holdProfile(name))) {
+    $('connect-view').hidden = false; $('connect').disabled = false;
+    setStatus('not connected', true);
+    showError(`${name} is already open in another tab or window of this browser. Use that one: two at once would mix up your messages.`);
+    $('name').focus();
+    return;
+  }
+  $('recovery').hidden = true;
+  setStatus('connecting…');
   const log = $('handshake-log');
   const trace = (step, d) => {
     if (step === 'busy') { showBusy(log, d.seconds, 'handshake: retrying…'); return; }
@@ -300,38 +538,106 @@ $('connect-view').addEventListener('submit', async (ev) => {
     client = await RelayClient.connect({ name, pin, trace });
   } catch (e) {
     clearInterval(countdown);
-    $('connect').disabled = false; setStatus('not connected', true); showError(`could not connect: ${humanError(e)}`); return;
+    $('connect-view').hidden = false;
+    $('connect').disabled = false; setStatus('not connected', true);
+    log.textContent = '';
+    letGo();
+    if (e instanceof RelayError && e.code === 'client_id_taken') $('recovery').hidden = false;
+    showError(`could not sign in: ${sayError(e)}`);
+    $('name').focus();
+    return;
   }
+  await setLastUser(client.name);
+  await start();
+}
+
+async function start() {
   showError('');
-  setStatus(`connected as ${client.name}`);
-  $('own-fp').textContent = `key ${await client.ownFingerprint()}`;
-  $('rotate').hidden = false;
-  $('connect-view').style.display = 'none';
+  connected = !client.needPublish;
+  setStatus(connected ? `connected as ${client.name}` : 'reconnecting…', !connected);
+  const fp = await client.ownFingerprint();
+  $('own-fp').textContent = `key ${fp}`;
+  $('me').textContent = `You are ${client.name} · key ${fp}`;
+  document.body.dataset.user = client.name;
+  $('connect-view').hidden = true;
   $('main-view').classList.add('on');
-  // What waited in the outbox (from before a reload) is shown again, then flushed by run().
+  // The history first, then what waited in the outbox (from before a reload) on top of it.
+  for (const [peer, list] of await loadHistory(client.name)) {
+    const pending = new Set(client.outbox.map((e) => e.id));
+    for (const m of list) {
+      if (m.dir === 'out' && m.id !== undefined) {
+        // Left the outbox while the page was away from it: the relay stored it.
+        if (!pending.has(m.id) && m.state === 'sending…') m.state = 'sent ✓';
+        if (pending.has(m.id)) byOutbox.set(m.id, m);
+      }
+    }
+    convs.set(peer, list);
+  }
   client.addEventListener('outbox', ({ detail: r }) => showOutbox(r));
   for (const r of client.waiting()) showOutbox(r);
-  if (client.needPublish) { setStatus('reconnecting…', true); showError(OFFLINE_NOTE); }
+  if (!connected) showError(OFFLINE_NOTE);
+  client.beforeReceipts = flushHistory;
   client.addEventListener('message', ({ detail: d }) => {
-    const note = d.delivery === 'in_order' ? '' : d.delivery.startsWith('after_gap') ? 'earlier messages missing' : 'arrived late';
-    push(d.from, { dir: 'in', text: d.text, note });
-    // Someone new wrote first: the client added them to the contacts; look them up now.
+    const m = { dir: 'in', text: d.text, seq: d.seq, rid: d.rid, at: d.at || Date.now(), delivery: d.delivery };
+    const gap = /^after_gap:(\d+)-(\d+)$/.exec(d.delivery);
+    if (gap) m.gap = [Number(gap[1]), Number(gap[2])];
+    if (d.delivery === 'reused') m.warn = `this message reuses the number of an earlier one from ${d.from}: their app may have been restored from an older copy. Both are shown.`;
+    push(d.from, m);
+    // Told once to screen readers (the list itself is not a live region: it is redrawn whole).
+    $('announce').textContent = `${d.from}: ${d.text}`;
     if (!info.has(d.from)) refreshContacts();
   });
+  // A late message (or receipt) may fill a gap: notes are recomputed.
+  client.addEventListener('control', ({ detail: d }) => { if (d.from === current) renderMessages(); });
   client.addEventListener('delivered', ({ detail: d }) => {
-    for (const m of convs.get(d.from) || []) if (m.dir === 'out' && d.seqs.includes(m.seq)) m.state = 'delivered ✓✓';
-    if (d.from === current) renderMessages();
+    let changed = false;
+    for (const m of convs.get(d.from) || []) {
+      if (m.dir !== 'out' || !d.seqs.includes(m.seq) || /^delivered/.test(m.state || '') || m.state === 'not sent') continue;
+      // With random ids the receipt names the very message; without (older pages) the seq only.
+      if (d.ids && m.rid && !d.ids.includes(m.rid)) continue;
+      if (m.epoch !== undefined && m.epoch !== epochOf(d.from)) continue;
+      m.state = 'delivered ✓✓'; changed = true;
+    }
+    if (changed) { remember(d.from); rerender(d.from); }
   });
-  client.addEventListener('key_changed', async ({ detail: d }) => { await refreshContacts(); await warnKeyChange(d.peer); });
-  client.addEventListener('rejected', ({ detail: d }) => push(d.from, { dir: 'system', text: `A message claiming to be from ${d.from} was rejected (${d.reason}).` }));
-  client.addEventListener('expired', ({ detail: d }) => push(d.to, { dir: 'system', text: `Your message #${d.seq} to ${d.to} expired undelivered.` }));
+  client.addEventListener('lost', ({ detail: d }) => {
+    const n = d.runs.reduce((a, [x, y]) => a + (y - x), 0);
+    system(d.from, `${n} message${n === 1 ? '' : 's'} from ${d.from} never arrived and ${n === 1 ? 'is' : 'are'} now counted lost.`, true);
+  });
+  client.addEventListener('restored_profile', ({ detail: d }) => {
+    system(d.peer, `${d.peer} has received more of your messages than this browser remembers sending: your profile here may be an older copy. Your next messages continue after theirs.`, true);
+  });
+  client.addEventListener('key_changed', async ({ detail: d }) => {
+    await refreshContacts(); rerender(d.peer);
+    // Asked once; after "Keep blocked" the badge and the bar say it, until the user reviews it.
+    if (!keptBlocked.has(d.peer)) await warnKeyChange(d.peer);
+  });
+  client.addEventListener('rejected', ({ detail: d }) => system(d.from, `A message claiming to be from ${d.from} could not be opened and was dropped.`, true));
+  client.addEventListener('expired', ({ detail: d }) => system(d.to, `A message you sent to ${d.to} expired before they came online, and was not delivered.`, true));
   client.addEventListener('relay_lost_data', () => showError(standingNotice = 'The relay had lost its data and no longer knew you, so you are registered again. Messages that were waiting for you there, and messages you sent that were not yet delivered, may have been lost.'));
   client.addEventListener('busy', ({ detail: d }) => showBusy($('status'), d.seconds, `connected as ${client.name}`));
   client.addEventListener('status', ({ detail: d }) => {
     clearInterval(countdown);
-    if (d.state === 'offline') { setStatus('reconnecting…', true); showError(`relay unreachable — retrying (${d.detail}). Messages you write wait and go out when it is back.`); } else { setStatus(`connected as ${client.name}`); showError(standingNotice); }
+    connected = d.state !== 'offline';
+    if (!connected) { setStatus('reconnecting…', true); showError(`${OFFLINE_NOTE}`); } else { setStatus(`connected as ${client.name}`); showError(standingNotice); refreshContacts(); }
+    renderPeers(); renderHead();
   });
+  document.addEventListener('visibilitychange', () => { if (!document.hidden && current) { unread.delete(current); renderPeers(); } });
+  addEventListener('pagehide', () => { flushHistory(); });
+  renderPeers(); renderHead();
+  $('search').focus();
   await refreshContacts();
-  setInterval(refreshContacts, 10000);
+  setInterval(refreshContacts, REFRESH_MS);
   client.run();
-});
+}
+
+$('connect-view').addEventListener('submit', (ev) => { ev.preventDefault(); signIn($('name').value); });
+
+// The last user of this browser is signed in again by itself (their profile is stored here).
+(async () => {
+  let name = null;
+  try { name = await lastUser(); if (name && !(await hasProfile(name))) name = null; } catch { name = null; }
+  if (name) { setStatus(`signing in as ${name}…`); await signIn(name); return; }
+  $('connect-view').hidden = false;
+  $('name').focus();
+})();

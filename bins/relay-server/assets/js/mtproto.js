@@ -275,17 +275,40 @@ export async function safetyNumber(chatKeyBytes) {
 
 // ---- The end-to-end chat -----------------------------------------------------------------------
 
+/**
+ * How far below `recvLow` the random_ids of received seqs are kept (F2): a seq seen again with
+ * another random_id there is a new message, below it a repeat is taken as a replay.
+ */
+export const KEEP_IDS_BELOW = 1024;
+/** Most random_ids kept for one seq (one per distinct message that used it). */
+const MAX_IDS_PER_SEQ = 4;
+/** The most messages a peer may have received from us beyond what this profile remembers sending. */
+export const MAX_AHEAD = 1 << 16;
+
 /** One side of a conversation: data = random_id ‖ out_seq ‖ in_seq ‖ sent_at_ms ‖ body. */
 export class Chat {
   constructor(state) {
     Object.assign(this, state);
     this.recvAbove = new Set(state.recvAbove || []);
     this.givenUp = (state.givenUp || []).map(([a, b]) => [a, b]);
+    // seq -> the random_ids (hex) of the messages received under it.
+    this.recvIds = new Map((state.recvIds || []).map(([seq, ids]) => [seq, [...ids]]));
   }
   static async create(identity, peerPub) {
     return new Chat({ key: await chatKey(identity, peerPub), own: identity.pub, peer: peerPub, sent: 0, recvLow: 0, recvAbove: [] });
   }
-  toJSON() { return { key: this.key, own: this.own, peer: this.peer, sent: this.sent, recvLow: this.recvLow, recvAbove: [...this.recvAbove], givenUp: this.givenUp }; }
+  toJSON() {
+    return { key: this.key, own: this.own, peer: this.peer, sent: this.sent, recvLow: this.recvLow, recvAbove: [...this.recvAbove],
+      givenUp: this.givenUp, recvIds: [...this.recvIds] };
+  }
+  /** Records the random_id of a message received under `seq`; forgets ids far below the window. */
+  keepId(seq, rid) {
+    const ids = this.recvIds.get(seq) || [];
+    if (!ids.includes(rid)) ids.push(rid);
+    this.recvIds.set(seq, ids.slice(-MAX_IDS_PER_SEQ));
+    const floor = this.recvLow - KEEP_IDS_BELOW;
+    if (floor > 0) for (const k of this.recvIds.keys()) if (k < floor) this.recvIds.delete(k);
+  }
   get sendX() { return compareBytes(this.own, this.peer) <= 0 ? 0 : 8; }
   async fingerprint() { return safetyNumber(this.key); }
   async seal(body, padding) {
@@ -312,15 +335,31 @@ export class Chat {
     const d = payload.slice(4);
     if (d.length < 24) throw new Error('decrypt');
     const seq = readU32(d, 8), inSeq = readU32(d, 12);
-    // A seq below the window opens once if it was given up (it arrived after all), else it is a
-    // replay; the same rules as the Rust client's ChatState (docs/protocol.md §3.1).
+    const randomId = d.slice(0, 8), rid = hex(randomId);
+    const base = { body: d.slice(24), seq, lost: [], randomId, sentAtMs: Number(readU64(d, 16)), ahead: 0 };
+    // in_seq above what we sent: this profile is older than the one that sent those messages (a
+    // restored copy). Not the peer's fault and not a reason to drop its message: open it, say so,
+    // and seal from in_seq on, so our next messages do not reuse numbers the peer already has.
+    // A jump past MAX_AHEAD is no restored copy but a broken or hostile peer (it would wrap our
+    // u32 seqs): refused, as before.
+    if (inSeq > this.sent + MAX_AHEAD) throw new Error('peer acknowledges messages never sent');
+    if (inSeq > this.sent) { base.ahead = inSeq - this.sent; this.sent = inSeq; }
+    // A seq below the window opens once if it was given up (it arrived after all); a seq seen
+    // before is a replay when it carries a random_id seen under it (or one too old to be kept),
+    // and a new message when it carries another one (F2: the sender's profile was restored from
+    // an older copy and sealed it again). docs/protocol.md §3.1.
     const run = seq < this.recvLow ? this.givenUp.findIndex(([a, b]) => seq >= a && seq < b) : -1;
-    if ((seq < this.recvLow && run < 0) || this.recvAbove.has(seq)) { const e = new Error('replay'); e.replay = true; throw e; }
-    if (inSeq > this.sent) throw new Error('peer acknowledges messages never sent');
+    if ((seq < this.recvLow && run < 0) || this.recvAbove.has(seq)) {
+      const ids = this.recvIds.get(seq);
+      if (!ids || ids.includes(rid)) { const e = new Error('replay'); e.replay = true; throw e; }
+      this.keepId(seq, rid);
+      return { ...base, delivery: 'reused' };
+    }
     if (run >= 0) {
       const [a, b] = this.givenUp[run];
       this.givenUp.splice(run, 1, ...[[a, seq], [seq + 1, b]].filter(([x, y]) => x < y));
-      return { body: d.slice(24), seq, delivery: 'recovered', lost: [], randomId: d.slice(0, 8), sentAtMs: Number(readU64(d, 16)) };
+      this.keepId(seq, rid);
+      return { ...base, delivery: 'recovered' };
     }
     const top = this.recvAbove.size ? Math.max(...this.recvAbove) + 1 : this.recvLow;
     const delivery = seq === top ? 'in_order' : seq > top ? `after_gap:${top}-${seq - 1}` : 'late';
@@ -338,13 +377,18 @@ export class Chat {
         from = s + 1;
       }
       if (from < low) lost.push([from, low]);
-      this.givenUp.push(...lost);
+      // Adjacent runs merge, as ChatState::slide_to does: 64 runs are 64 separate holes.
+      for (const [a, b] of lost) {
+        const last = this.givenUp[this.givenUp.length - 1];
+        if (last && last[1] === a) last[1] = b; else this.givenUp.push([a, b]);
+      }
       this.givenUp = this.givenUp.slice(-64);
       this.recvLow = low;
     }
     this.recvAbove.add(seq);
     while (this.recvAbove.has(this.recvLow)) { this.recvAbove.delete(this.recvLow); this.recvLow += 1; }
-    return { body: d.slice(24), seq, delivery, lost, randomId: d.slice(0, 8), sentAtMs: Number(readU64(d, 16)) };
+    this.keepId(seq, rid);
+    return { ...base, delivery, lost };
   }
 }
 
@@ -567,32 +611,126 @@ export class Session {
   }
 }
 
-// ---- Persistence (IndexedDB) --------------------------------------------------------------------
+// ---- Persistence (IndexedDB), encrypted at rest ---------------------------------------------------
+//
+// Everything the page keeps (profiles with their session and chat keys and the outbox, the
+// conversations' history, the name last signed in) is sealed with AES-256-GCM under one key per
+// origin: a Web Crypto key made non-extractable and stored as a CryptoKey object in the `vault`
+// store. Script in the page can use it but never read its bytes; a copy of the browser's files
+// holds only ciphertext beside an opaque key handle (docs/security.md, "The browser's storage").
+// The identity private key is a non-extractable CryptoKey of its own, stored beside the record.
+// Profiles written in clear by earlier releases are read once and written back sealed.
 
+const STORES = ['profiles', 'vault', 'history'];
+let dbOpen = null;
 function idb() {
+  dbOpen = dbOpen || new Promise((resolve, reject) => {
+    const r = indexedDB.open('mtproto-relay', 2);
+    r.onupgradeneeded = () => { for (const s of STORES) if (!r.result.objectStoreNames.contains(s)) r.result.createObjectStore(s); };
+    r.onsuccess = () => resolve(r.result);
+    r.onerror = () => { dbOpen = null; reject(r.error); };
+  });
+  return dbOpen;
+}
+async function idbGet(store, key) {
+  const db = await idb();
   return new Promise((resolve, reject) => {
-    const r = indexedDB.open('mtproto-relay', 1);
-    r.onupgradeneeded = () => r.result.createObjectStore('profiles');
+    const r = db.transaction(store).objectStore(store).get(key);
+    r.onsuccess = () => resolve(r.result ?? null);
+    r.onerror = () => reject(r.error);
+  });
+}
+async function idbPut(store, key, value) {
+  const db = await idb();
+  return new Promise((resolve, reject) => {
+    const tx = db.transaction(store, 'readwrite');
+    if (value === undefined) tx.objectStore(store).delete(key); else tx.objectStore(store).put(value, key);
+    tx.oncomplete = () => resolve();
+    tx.onerror = () => reject(tx.error);
+  });
+}
+async function idbKeys(store) {
+  const db = await idb();
+  return new Promise((resolve, reject) => {
+    const r = db.transaction(store).objectStore(store).getAllKeys();
     r.onsuccess = () => resolve(r.result);
     r.onerror = () => reject(r.error);
   });
 }
-export async function loadProfile(name) {
-  const db = await idb();
-  return new Promise((resolve, reject) => {
-    const r = db.transaction('profiles').objectStore('profiles').get(name);
-    r.onsuccess = () => resolve(r.result || null);
-    r.onerror = () => reject(r.error);
-  });
+
+let vaultKey = null;
+/** The origin's storage key: AES-256-GCM, non-extractable, made once and kept in IndexedDB. */
+export async function storageKey() {
+  if (vaultKey) return vaultKey;
+  let k = await idbGet('vault', 'key');
+  if (!k) {
+    k = await subtle.generateKey({ name: 'AES-GCM', length: 256 }, false, ['encrypt', 'decrypt']);
+    await idbPut('vault', 'key', k);
+    // Two tabs may have raced: keep the one stored first.
+    k = (await idbGet('vault', 'key')) || k;
+  }
+  vaultKey = k;
+  return k;
 }
+
+// JSON with byte arrays: a Uint8Array is {"$b": base64}.
+const packJson = (v) => JSON.stringify(v, (_, x) => (x instanceof Uint8Array ? { $b: b64(x) } : x));
+const unpackJson = (s) => JSON.parse(s, (_, x) => (x && typeof x === 'object' && typeof x.$b === 'string' && Object.keys(x).length === 1 ? fromB64(x.$b) : x));
+
+/** Seals `value` (JSON with byte arrays) for storage: {iv, ct}; `label` binds it to its place. */
+export async function sealRecord(value, label) { return sealJson(packJson(value), label); }
+async function sealJson(json, label) {
+  const iv = randomBytes(12);
+  const ct = new Uint8Array(await subtle.encrypt({ name: 'AES-GCM', iv, additionalData: utf8(label) }, await storageKey(), utf8(json)));
+  return { iv, ct };
+}
+export async function openRecord(rec, label) {
+  const pt = await subtle.decrypt({ name: 'AES-GCM', iv: rec.iv, additionalData: utf8(label) }, await storageKey(), rec.ct);
+  return unpackJson(fromUtf8(new Uint8Array(pt)));
+}
+
+/** A stored profile: {identity: {privateKey, pub}, session, chats, peers, contacts, outbox, …} or null. */
+export async function loadProfile(name) {
+  const rec = await idbGet('profiles', name);
+  if (!rec) return null;
+  if (!rec.sealed) return rec; // written in clear by an earlier release: sealed at the next save
+  const p = await openRecord(rec.sealed, `profile/${name}`);
+  p.identity = { privateKey: rec.privateKey, pub: p.identityPub };
+  return p;
+}
+/** Whether a profile of `name` is stored on this browser (without opening it). */
+export async function hasProfile(name) { return (await idbGet('profiles', name)) !== null; }
 export async function saveProfile(name, profile) {
-  const db = await idb();
-  return new Promise((resolve, reject) => {
-    const tx = db.transaction('profiles', 'readwrite');
-    tx.objectStore('profiles').put(profile, name);
-    tx.oncomplete = () => resolve();
-    tx.onerror = () => reject(tx.error);
-  });
+  const { identity, ...rest } = profile;
+  await saveProfileJson(name, identity, packJson({ ...rest, identityPub: identity.pub }));
+}
+/** saveProfile with the profile (less its identity) already serialized by packJson, with `identityPub`. */
+async function saveProfileJson(name, identity, json) {
+  const sealed = await sealJson(json, `profile/${name}`);
+  await idbPut('profiles', name, { privateKey: identity.privateKey, sealed });
+}
+
+/** The name signed in last on this browser (to sign in again by itself), or null. */
+export async function lastUser() {
+  const rec = await idbGet('vault', 'last');
+  if (!rec) return null;
+  try { return (await openRecord(rec, 'last-user')).name; } catch { return null; }
+}
+export async function setLastUser(name) { await idbPut('vault', 'last', name ? await sealRecord({ name }, 'last-user') : undefined); }
+
+/** The history of `name`'s conversations: Map peer -> array of what the page keeps of each message. */
+export async function loadHistory(name) {
+  const out = new Map();
+  const prefix = `${name}\u0000`;
+  for (const k of await idbKeys('history')) {
+    if (typeof k !== 'string' || !k.startsWith(prefix)) continue;
+    try { out.set(k.slice(prefix.length), await openRecord(await idbGet('history', k), `history/${k}`)); } catch { /* unreadable: skipped */ }
+  }
+  return out;
+}
+export async function saveHistory(name, peer, items) {
+  const k = `${name}\u0000${peer}`;
+  await idbPut('history', k, await sealRecord(items, `history/${k}`));
 }
 
 // ---- The client: what both pages use ---------------------------------------------------------------
@@ -653,13 +791,34 @@ export class RelayClient extends EventTarget {
     this.outbox = []; this.nextOutboxId = 1;
     this.flushing = Promise.resolve(); this.flushTimer = null; this.flushBackoff = 1000;
     this.needPublish = false;
+    // One conversation state per peer, made once even when a send and a poll both ask at once
+    // (defect 1 of issue 13: two states sealed two messages under one seq).
+    this.chatPending = new Map();
+    // Sends are sealed and queued one at a time, in the order asked (their seqs in that order).
+    this.sealing = Promise.resolve();
+    // Peers whose key changed and was neither accepted nor verified: nothing goes to them.
+    this.blocked = new Set();
+    // Saves run one at a time, each writing the state as it is when it starts.
+    this.saveChain = Promise.resolve(); this.saveWanted = false;
+    // Awaited before receipts go out: the page keeps what it was given (its history) first.
+    this.beforeReceipts = null;
+    this.pollWaitMs = 10000;
   }
   emit(type, detail) { this.dispatchEvent(new CustomEvent(type, { detail })); }
-  async save() {
-    if (!this.persist) return;
-    const chats = {}; for (const [k, c] of this.chats) chats[k] = c.toJSON();
-    await saveProfile(this.name, { identity: this.identity, session: this.session.toJSON(), chats, peers: Object.fromEntries(this.peers),
-      contacts: [...this.contacts], outbox: this.outbox, nextOutboxId: this.nextOutboxId });
+  save() {
+    if (!this.persist) return Promise.resolve();
+    this.saveWanted = true;
+    const run = this.saveChain.then(async () => {
+      if (!this.saveWanted) return; // an earlier save already wrote this state
+      this.saveWanted = false;
+      const chats = {}; for (const [k, c] of this.chats) chats[k] = c.toJSON();
+      // Serialized now (synchronously): what changes during the encryption waits for the next save.
+      const json = packJson({ session: this.session.toJSON(), chats, peers: Object.fromEntries(this.peers), contacts: [...this.contacts],
+        outbox: this.outbox, nextOutboxId: this.nextOutboxId, blocked: [...this.blocked], identityPub: this.identity.pub });
+      await saveProfileJson(this.name, this.identity, json);
+    });
+    this.saveChain = run.catch(() => {});
+    return run;
   }
   static async connect({ base = '', name, pin, persist = true, trace = () => {} }) {
     const c = new RelayClient(base, canonicalName(name), pin, persist);
@@ -673,6 +832,7 @@ export class RelayClient extends EventTarget {
       for (const k of saved.contacts || [...c.peers.keys(), ...c.chats.keys()]) c.contacts.add(k);
       c.outbox = saved.outbox || [];
       c.nextOutboxId = Math.max(saved.nextOutboxId || 1, ...c.outbox.map((e) => e.id + 1));
+      for (const k of saved.blocked || []) c.blocked.add(k);
       trace('resumed', { auth_key_id: hex((await sha1(c.session.authKey)).slice(12, 20)) });
     } else {
       c.identity = await generateIdentity();
@@ -685,6 +845,8 @@ export class RelayClient extends EventTarget {
       c.needPublish = true;
     }
     await c.save();
+    // Receipts refused earlier are tried again (their seqs stay in use: docs/protocol.md §3.1).
+    for (const e of c.outbox) if (e.control && e.state === 'refused') c.retryControlLater(e);
     return c;
   }
   attach(session) {
@@ -724,7 +886,11 @@ export class RelayClient extends EventTarget {
     const status = !key ? 'no_key' : !known ? 'new' : known.key === key ? 'known' : 'changed';
     return { ...p, status };
   }
-  /** Exact lookup of `names` (any number; asked MAX_LOOKUP_NAMES at a time). Unknown names are absent. */
+  /**
+   * Exact lookup of `names` (any number; asked MAX_LOOKUP_NAMES at a time). Unknown names are
+   * absent. A contact found with a key other than the accepted one is blocked (`blocked`,
+   * 'key_changed' once) until acceptPeerKey.
+   */
   async lookupPeers(names) {
     const wanted = [...new Set(names.map(canonicalName))];
     const out = [];
@@ -732,7 +898,21 @@ export class RelayClient extends EventTarget {
       const { peers } = await this.call('/peers', { method: 'list_peers', names: wanted.slice(i, i + MAX_LOOKUP_NAMES) });
       out.push(...peers.map((p) => this.annotate(p)));
     }
+    for (const p of out) if (p.status === 'changed') await this.block(p.client_id);
     return out;
+  }
+  /** Blocks `peer` (its key changed); emits 'key_changed' when it was not blocked yet. */
+  async block(peer) {
+    if (this.blocked.has(peer)) return;
+    this.blocked.add(peer);
+    await this.save();
+    this.emit('key_changed', { peer });
+  }
+  /** The safety number `peer`'s current key in the directory would give (to compare before accepting it). */
+  async pendingFingerprint(name) {
+    const p = await this.lookupPeer(canonicalName(name));
+    if (!p || !p.identity_key) throw new Error(`${name} has no identity key`);
+    return safetyNumber(await chatKey(this.identity, fromB64(p.identity_key)));
   }
   /** One directory entry, or null. */
   async lookupPeer(name) { return (await this.lookupPeers([name]))[0] || null; }
@@ -760,11 +940,19 @@ export class RelayClient extends EventTarget {
   async chatWith(name) {
     const peer = canonicalName(name);
     if (this.chats.has(peer)) return this.chats.get(peer);
+    // Whoever asks while the state is being made waits for that same state.
+    if (!this.chatPending.has(peer)) {
+      const making = this.makeChat(peer).finally(() => this.chatPending.delete(peer));
+      this.chatPending.set(peer, making);
+    }
+    return this.chatPending.get(peer);
+  }
+  async makeChat(peer) {
     const p = await this.lookupPeer(peer);
     if (!p || !p.identity_key) throw new Error(`${peer} has no identity key`);
     const known = this.peers.get(peer);
     if (known && known.key !== p.identity_key) {
-      this.emit('key_changed', { peer });
+      await this.block(peer);
       const e = new Error(`${peer}'s identity key CHANGED`); e.keyChanged = true; throw e;
     }
     if (!known) this.peers.set(peer, { key: p.identity_key, version: p.key_version, verified: false });
@@ -780,7 +968,15 @@ export class RelayClient extends EventTarget {
     if (!p || !p.identity_key) throw new Error(`${peer} has no identity key`);
     this.peers.set(peer, { key: p.identity_key, version: p.key_version, verified: false });
     this.chats.set(peer, await Chat.create(this.identity, fromB64(p.identity_key)));
+    this.blocked.delete(peer);
     this.held.clear();
+    await this.save();
+  }
+  /** Marks `peer`'s key as verified (the safety numbers matched), or not; kept with the profile. */
+  async setVerified(name, verified = true) {
+    const k = this.peers.get(canonicalName(name));
+    if (!k) return;
+    k.verified = verified;
     await this.save();
   }
   async rotateIdentity() {
@@ -804,28 +1000,55 @@ export class RelayClient extends EventTarget {
    */
   async sendControl(peer, obj) { return this.sendBody(peer, concat(Uint8Array.of(0), utf8(JSON.stringify(obj))), { control: true }); }
   async sendBody(peer, body, { control = false } = {}) {
-    const chat = await this.chatWith(peer);
-    if (this.outbox.length >= MAX_OUTBOX) {
-      const e = new Error('outbox full');
-      e.human = `${MAX_OUTBOX} messages are already waiting to be sent. Wait until the relay is back, or discard some.`;
-      throw e;
-    }
-    const e = await this.sealEntry(this.nextOutboxId++, chat, peer, body, control);
-    this.outbox.push(e);
-    await this.save();
-    this.emit('outbox', this.receipt(e));
+    // Sealed and queued one send at a time, in the order asked: two quick sends can never
+    // overtake each other between sealing and the outbox (defect 7 of issue 13).
+    const queued = this.sealing.then(async () => {
+      if (this.blocked.has(peer)) {
+        const e = new Error(`${peer}'s identity key CHANGED`); e.keyChanged = true;
+        e.human = `${peer}'s security key changed. Accept or verify the new key to write to them again.`;
+        throw e;
+      }
+      const chat = await this.chatWith(peer);
+      if (this.outbox.length >= MAX_OUTBOX) {
+        const e = new Error('outbox full');
+        e.human = `${MAX_OUTBOX} messages are already waiting to be sent. Wait until the relay is back, or discard some.`;
+        throw e;
+      }
+      const e = await this.sealEntry(this.nextOutboxId++, chat, peer, body, control);
+      this.outbox.push(e);
+      await this.save();
+      this.emit('outbox', this.receipt(e));
+      return e;
+    });
+    this.sealing = queued.catch(() => {});
+    const e = await queued;
     if (control) { this.flushOutbox().catch(() => {}); return this.receipt(e); }
     return this.flushOutbox(e.id);
   }
   async sealEntry(id, chat, to, body, control) {
     const sealed = await chat.seal(body);
-    return { id, to, body, control, packet: sealed.packet, seq: sealed.seq, envelope: null,
+    return { id, to, body, control, packet: sealed.packet, seq: sealed.seq, randomId: hex(sealed.randomId), sentAt: Date.now(), envelope: null,
       maybeStored: false, released: false, state: 'sending', code: null, message: null, lastError: null };
   }
-  /** What the page shows of an outbox entry: {id, to, seq, control, text, state, code, message, lastError}. */
+  /** What the page shows of an outbox entry: {id, to, seq, randomId, control, text, state, code, message, lastError, sentAt}. */
   receipt(e) {
-    return { id: e.id, to: e.to, seq: e.seq, control: !!e.control, text: e.control ? null : fromUtf8(e.body), state: e.state,
-      code: e.code, message: e.message, lastError: e.lastError };
+    return { id: e.id, to: e.to, seq: e.seq, randomId: e.randomId || null, control: !!e.control, text: e.control ? null : fromUtf8(e.body), state: e.state,
+      code: e.code, message: e.message, lastError: e.lastError, sentAt: e.sentAt || null };
+  }
+  /**
+   * A refused receipt is not dropped when its seq stays in use (the peer would count it missing
+   * for good, F5): it is sent again later, re-sealed if its seq was given back, every 5 s
+   * doubling to 80 s, 12 times at most; then it is dropped and the peer is told it was lost.
+   */
+  retryControlLater(entry) {
+    if (this.stopped) return;
+    entry.retries = (entry.retries || 0) + 1;
+    if (entry.retries > 12) {
+      this.outbox.splice(this.outbox.indexOf(entry), 1);
+      this.save().catch(() => {});
+      return;
+    }
+    setTimeout(() => { if (this.outbox.includes(entry)) this.retry(entry.id).catch(() => {}); }, Math.min(5000 * 2 ** (entry.retries - 1), 80000));
   }
   /** The messages waiting (sending or refused), oldest first, as receipts; controls left out. */
   waiting() { return this.outbox.filter((e) => !e.control).map((e) => this.receipt(e)); }
@@ -941,8 +1164,9 @@ export class RelayClient extends EventTarget {
           const chat = this.chats.get(entry.to);
           if (!entry.maybeStored && chat) entry.released = chat.releaseUnsent(entry.seq);
           Object.assign(entry, { state: 'refused', code: err.code, message: err.body.message || '', lastError: null });
-          // A refused receipt is not worth a retry.
-          if (entry.control) this.outbox.splice(this.outbox.indexOf(entry), 1);
+          // A receipt whose seq was given back leaves no hole: dropped. Otherwise it goes again later.
+          if (entry.control && entry.released) this.outbox.splice(this.outbox.indexOf(entry), 1);
+          else if (entry.control) this.retryControlLater(entry);
           await this.save();
           const r = this.receipt(entry);
           this.emit('outbox', r);
@@ -1003,17 +1227,23 @@ export class RelayClient extends EventTarget {
     const receipts = new Map();
     for (const m of answer.messages) {
       if (m.kind === 'expired') { this.emit('expired', { to: m.to, seq: m.message_seq }); this.toAck.push({ seq: m.seq, ts: m.timestamp_ms }); continue; }
-      const seq = await this.openEntry(m);
-      if (seq !== null) { if (!receipts.has(m.from)) receipts.set(m.from, []); receipts.get(m.from).push(seq); }
+      const got = await this.openEntry(m);
+      if (got) {
+        if (!receipts.has(m.from)) receipts.set(m.from, { receipt: [], ids: [] });
+        receipts.get(m.from).receipt.push(got.seq); receipts.get(m.from).ids.push(got.rid);
+      }
     }
     await this.save();
-    for (const [peer, seqs] of receipts) {
-      // Through the outbox, after anything still waiting for this peer.
-      try { await this.sendControl(peer, { receipt: seqs }); } catch { /* a lost receipt only delays "delivered" */ }
+    // "Delivered" means kept: the page stores what it showed before the receipts leave.
+    if (receipts.size && this.beforeReceipts) await this.beforeReceipts();
+    for (const [peer, r] of receipts) {
+      // Through the outbox, after anything still waiting for this peer. `ids` (the random_ids)
+      // name exactly which message each seq was: a sender never takes another for delivered.
+      try { await this.sendControl(peer, r); } catch { /* a lost receipt only delays "delivered" */ }
     }
     return answer.messages.length;
   }
-  /** Opens one mailbox entry; returns the conversation seq of a message to acknowledge with a receipt. */
+  /** Opens one mailbox entry; returns {seq, rid} of a message to acknowledge with a receipt, or null. */
   async openEntry(m) {
     let chat;
     try { chat = await this.chatWith(m.from); } catch (e) {
@@ -1023,13 +1253,18 @@ export class RelayClient extends EventTarget {
     try {
       const r = await chat.open(fromB64(m.payload));
       this.toAck.push({ seq: m.seq, ts: m.timestamp_ms });
+      // Given-up runs are told once, before the message that gave them up (docs/protocol.md §3.1).
+      if (r.lost.length) this.emit('lost', { from: m.from, runs: r.lost });
+      if (r.ahead) this.emit('restored_profile', { peer: m.from, ahead: r.ahead });
       if (r.body[0] === 0) {
         let ctl = {}; try { ctl = JSON.parse(fromUtf8(r.body.slice(1))); } catch { /* unknown control: ignored */ }
-        if (Array.isArray(ctl.receipt)) this.emit('delivered', { from: m.from, seqs: ctl.receipt });
+        if (Array.isArray(ctl.receipt)) this.emit('delivered', { from: m.from, seqs: ctl.receipt, ids: Array.isArray(ctl.ids) ? ctl.ids : null });
+        this.emit('control', { from: m.from, seq: r.seq });
         return null;
       }
-      this.emit('message', { from: m.from, text: fromUtf8(r.body), seq: r.seq, delivery: r.delivery, at: m.timestamp_ms });
-      return r.seq;
+      const rid = hex(r.randomId);
+      this.emit('message', { from: m.from, text: fromUtf8(r.body), seq: r.seq, rid, delivery: r.delivery, at: m.timestamp_ms, sentAt: r.sentAtMs });
+      return { seq: r.seq, rid };
     } catch (e) {
       if (e.replay) { this.toAck.push({ seq: m.seq, ts: m.timestamp_ms }); return null; }
       const p = await this.lookupPeer(m.from);
@@ -1052,7 +1287,9 @@ export class RelayClient extends EventTarget {
         }
         // The outbox first (as the Rust client's poll): what waited goes out in order.
         await this.flushOutbox();
-        const n = await this.poll(offline ? 0 : 20000);
+        // 10 s long-polls: the relay counts each as presence, so a closed page looks away within
+        // seconds (client_ui's ONLINE_SECS), at one request per 10 s per idle page.
+        const n = await this.poll(offline ? 0 : this.pollWaitMs);
         if (offline) { offline = false; this.emit('status', { state: 'online' }); this.flushOutbox().catch(() => {}); }
         backoff = 500;
         if (n && this.held.size >= n) await new Promise((r) => setTimeout(r, 1000));

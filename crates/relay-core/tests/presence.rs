@@ -1,0 +1,97 @@
+//! Presence: the directory's `last_seen` follows every authenticated request that reached the
+//! node, polls that acknowledge nothing included (they are not committed), so an open client
+//! looks present and a closed one goes stale (issue 13). Kept in memory only.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use mtproto_crypto::{rand_core::OsRng, ServerSigningKey};
+use mtproto_session::{wire::Bytes, ClientHandshake, ClientId, ClientSession, ServerPin, UnixTime};
+use relay_core::api::{Call, Endpoint, EnvelopeRequest, PeersAnswer};
+use relay_core::{Clock, MemoryEngine, Relay, RelayConfig};
+
+/// A clock the test moves.
+struct Manual(AtomicU64);
+
+impl Clock for Manual {
+    fn now(&self) -> UnixTime {
+        UnixTime::from_secs(self.0.load(Ordering::Relaxed))
+    }
+}
+
+async fn client(relay: &Relay, name: &str, now: UnixTime) -> ClientSession {
+    let pin = ServerPin::Key(relay.server_key().public());
+    let (c, req) = ClientHandshake::start(pin, ClientId::new(name).unwrap(), &mut OsRng);
+    let res = relay.req_pq(&req).await.unwrap();
+    let (c, req) = c.handle_res_pq(&res).unwrap();
+    let res = relay.req_dh_params(&req).await.unwrap();
+    let (c, req) = c.handle_server_dh_params(&res, now, &mut OsRng).unwrap();
+    let res = relay.set_client_dh_params(&req).await.unwrap();
+    c.handle_dh_gen_ok(&res).unwrap()
+}
+
+/// Sends `call` from `who` at `now` and returns the answer's body.
+async fn call(
+    relay: &Relay,
+    who: &mut ClientSession,
+    endpoint: Endpoint,
+    call: &Call,
+    now: UnixTime,
+) -> Vec<u8> {
+    let packet = who
+        .encode_request(&serde_json::to_vec(call).unwrap(), now, &mut OsRng)
+        .unwrap()
+        .packet;
+    let req = EnvelopeRequest {
+        packet: Some(Bytes(packet)),
+        ..EnvelopeRequest::default()
+    };
+    let res = relay.handle(endpoint, &req).await.unwrap();
+    who.decode_response(&res.packet.0, now).unwrap().body
+}
+
+async fn last_seen(relay: &Relay, asker: &mut ClientSession, name: &str, now: UnixTime) -> u64 {
+    let lookup = Call::ListPeers {
+        names: vec![ClientId::new(name).unwrap()],
+        prefix: None,
+        after: None,
+        limit: None,
+    };
+    let body = call(relay, asker, Endpoint::Peers, &lookup, now).await;
+    let answer: PeersAnswer = serde_json::from_slice(&body).unwrap();
+    answer.peers.first().expect("the peer is listed").last_seen
+}
+
+#[tokio::test]
+async fn a_poll_that_acknowledges_nothing_still_shows_its_client_present() {
+    let t0 = 1_800_000_000;
+    let clock = Arc::new(Manual(AtomicU64::new(t0)));
+    let relay = Relay::new(
+        Arc::new(MemoryEngine::new()),
+        ServerSigningKey::generate(&mut OsRng),
+        RelayConfig::default(),
+    )
+    .with_clock(clock.clone());
+    let at = |s: u64| UnixTime::from_secs(t0 + s);
+    let mut alice = client(&relay, "alice", at(0)).await;
+    let mut bob = client(&relay, "bob", at(0)).await;
+    let poll = Call::PollMessages {
+        ack: Vec::new(),
+        timeout_ms: Some(0),
+        limit: None,
+    };
+    // Bob's first request on this node is committed (last-seen recorded); later empty polls are not.
+    clock.0.store(t0 + 10, Ordering::Relaxed);
+    call(&relay, &mut bob, Endpoint::PollMessages, &poll, at(10)).await;
+    clock.0.store(t0 + 100, Ordering::Relaxed);
+    call(&relay, &mut bob, Endpoint::PollMessages, &poll, at(100)).await;
+    assert_eq!(
+        last_seen(&relay, &mut alice, "bob", at(100)).await,
+        t0 + 100,
+        "the uncommitted poll counts"
+    );
+    // Bob stops: his last_seen stays where his last request left it.
+    clock.0.store(t0 + 160, Ordering::Relaxed);
+    assert_eq!(last_seen(&relay, &mut alice, "bob", at(160)).await, t0 + 100);
+}

@@ -1,0 +1,92 @@
+// What the client_ui tests do with a page: sign in, open a conversation, write, read, and take
+// screenshots at both sizes. One copy for the test files that drive client_ui.html.
+import { join } from 'node:path';
+import { until, artifacts } from './helpers.mjs';
+
+export const DESKTOP = { width: 1280, height: 800 };
+export const PHONE = { width: 390, height: 844 };
+
+/** Screenshots of `page` at 1280×800 and at 390×844 (then back), as NAME.png and NAME_phone.png. */
+export async function shoot(page, name) {
+  const was = page.viewportSize();
+  await page.setViewportSize(DESKTOP);
+  await page.screenshot({ path: join(artifacts, `${name}.png`) });
+  await page.setViewportSize(PHONE);
+  await page.screenshot({ path: join(artifacts, `${name}_phone.png`) });
+  await page.setViewportSize(was || DESKTOP);
+}
+
+/**
+ * Signs `name` in on an open client_ui page. A page that resumed the last profile by itself
+ * (the same browser profile signed in before) is accepted when it is that user's.
+ */
+export async function signIn(page, name) {
+  await page.waitForSelector('#connect-view:visible, #main-view.on', { timeout: 20000 });
+  if (!(await page.locator('#main-view.on').count())) {
+    await page.fill('#name', name);
+    await page.click('#connect');
+  }
+  await page.waitForSelector('#main-view.on', { timeout: 20000 });
+  await until(async () => (await page.textContent('#status')).includes(`as ${name.toLowerCase()}`), `${name} to be signed in`);
+}
+
+export async function connect(context, name, base, query = '') {
+  const page = await context.newPage();
+  await page.goto(`${base}/client_ui.html${query}`);
+  await signIn(page, name);
+  return page;
+}
+
+/** Opens the conversation with `peer`: from the contacts, or else found with the search box. */
+export async function openPeer(page, peer) {
+  if (await page.locator('#back:visible').count()) await page.click('#back');
+  if ((await page.locator(`.peer[data-peer="${peer}"]`).count()) === 0) {
+    await page.fill('#search', peer);
+    await page.waitForSelector(`.result[data-peer="${peer}"]`, { timeout: 20000 });
+    await page.click(`.result[data-peer="${peer}"]`);
+  } else {
+    await page.click(`.peer[data-peer="${peer}"]`);
+  }
+  await until(async () => (await page.textContent('#conv-title')) === peer, `the conversation with ${peer} to open`);
+}
+
+export async function say(page, text) {
+  await page.fill('#text', text);
+  await page.press('#text', 'Enter');
+}
+
+/**
+ * Submits each of `texts` from the composer with no wait between them (as fast as Enter, Enter):
+ * all in one task of the page, so nothing the page awaits runs in between.
+ */
+export async function burst(page, texts) {
+  await page.evaluate((all) => {
+    const box = document.getElementById('text'), form = document.getElementById('composer');
+    for (const t of all) { box.value = t; form.requestSubmit(); }
+  }, texts);
+}
+
+export const mine = (page, text) => page.locator(`#messages li.msg.out:has-text("${text}")`);
+export const inbound = (page, text, timeout = 30000) => page.waitForSelector(`#messages li.msg.in:has-text("${text}")`, { timeout });
+/** The texts of the messages received in the open conversation, in the order shown (text only). */
+export const received = (page) => page.locator('#messages li.msg.in').evaluateAll((l) => l.map((li) => (li.querySelector('.body') || li.firstChild).textContent));
+/** The states of the messages sent in the open conversation, in the order shown. */
+export const sentStates = (page) => page.locator('#messages li.msg.out').evaluateAll((l) => l.map((li) => li.dataset.state));
+
+/**
+ * A scripted client `name` of `relay` in a blank page of `browser` (mtproto.js's RelayClient as
+ * `window.c`, the module as `window.m`, nothing persisted); what it receives is `window.got` (the
+ * 'message' events). It polls only when told (`c.poll(0)`), so a test decides when it reads.
+ */
+export async function scripted(browser, relay, name) {
+  const page = await browser.newPage();
+  await page.goto(relay.url + '/');
+  await page.evaluate(async ({ name, pin }) => {
+    const m = await import('/js/mtproto.js');
+    window.m = m;
+    window.c = await m.RelayClient.connect({ name, pin, persist: false });
+    window.got = [];
+    c.addEventListener('message', (e) => got.push(e.detail));
+  }, { name, pin: relay.fingerprint });
+  return page;
+}
