@@ -18,7 +18,10 @@ fn now() -> UnixTime {
 }
 
 fn pair() -> (RatchetChat, RatchetChat) {
-    let (alice, bob) = (IdentitySecret::generate(&mut OsRng), IdentitySecret::generate(&mut OsRng));
+    let (alice, bob) = (
+        IdentitySecret::generate(&mut OsRng),
+        IdentitySecret::generate(&mut OsRng),
+    );
     let mut prekeys = Prekeys::new(&bob, &IdentitySigningKey::generate(&mut OsRng), now(), &mut OsRng);
     let opk = prekeys.generate_one_time(1, &mut OsRng).unwrap().pop();
     let (mut a, _) = RatchetChat::initiate(&alice, &prekeys.bundle(opk), &bob.public(), &mut OsRng).unwrap();
@@ -33,7 +36,10 @@ fn per_message(c: &mut Criterion) {
     let mut g = c.benchmark_group("e2e_per_message");
     g.sample_size(50).measurement_time(Duration::from_secs(4));
 
-    let (alice, bob) = (IdentitySecret::generate(&mut OsRng), IdentitySecret::generate(&mut OsRng));
+    let (alice, bob) = (
+        IdentitySecret::generate(&mut OsRng),
+        IdentitySecret::generate(&mut OsRng),
+    );
     let mut sa = ChatState::new(&alice, bob.public()).unwrap();
     let mut sb = ChatState::new(&bob, alice.public()).unwrap();
     g.bench_function("static_seal_open", |b| {
@@ -66,7 +72,10 @@ fn per_message(c: &mut Criterion) {
 fn start(c: &mut Criterion) {
     let mut g = c.benchmark_group("e2e_start");
     g.sample_size(30).measurement_time(Duration::from_secs(4));
-    let (alice, bob) = (IdentitySecret::generate(&mut OsRng), IdentitySecret::generate(&mut OsRng));
+    let (alice, bob) = (
+        IdentitySecret::generate(&mut OsRng),
+        IdentitySecret::generate(&mut OsRng),
+    );
     let mut prekeys = Prekeys::new(&bob, &IdentitySigningKey::generate(&mut OsRng), now(), &mut OsRng);
     let opk = prekeys.generate_one_time(1, &mut OsRng).unwrap().pop();
     let bundle = prekeys.bundle(opk);

@@ -1,5 +1,5 @@
 //! Shared by the ratchet tests: a deterministic RNG and two peers in memory.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::indexing_slicing)]
 
 use mtproto_crypto::rand_core::{CryptoRng, Error as RandError, RngCore};
 use mtproto_crypto::{IdentitySecret, IdentitySigningKey};
