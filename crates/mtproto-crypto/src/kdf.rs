@@ -145,6 +145,34 @@ pub fn hkdf_sha256(salt: &[u8], ikm: &[u8], info: &[u8], out: &mut [u8]) -> crat
         })
 }
 
+/// HMAC-SHA256 (RFC 2104, FIPS 198-1) of the concatenation of `parts` under `key`: the chain
+/// step of the double ratchet (Signal, "The Double Ratchet Algorithm" §5.2, `KDF_CK`).
+///
+/// ```
+/// // RFC 4231 §4.2, test case 1.
+/// let tag = mtproto_crypto::kdf::hmac_sha256(&[0x0b; 20], &[b"Hi There"]);
+/// assert_eq!(tag[..4], [0xb0, 0x34, 0x4c, 0x61]);
+/// ```
+///
+/// # Security
+/// The tag comes back in a buffer that is wiped on drop (a chain step's output is a key). As
+/// for [`hkdf_sha256`], the HMAC state itself cannot be wiped.
+pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> Zeroizing<[u8; 32]> {
+    use hmac::Mac as _;
+    // HMAC accepts keys of any length, so `new_from_slice` cannot fail; the fallback is never
+    // taken (an empty key is a valid HMAC key too).
+    let mut mac = match hmac::Hmac::<Sha256>::new_from_slice(key) {
+        Ok(mac) => mac,
+        Err(_) => hmac::Hmac::<Sha256>::new(&Default::default()),
+    };
+    for p in parts {
+        mac.update(p);
+    }
+    let mut out = Zeroizing::new([0u8; 32]);
+    out.copy_from_slice(&mac.finalize().into_bytes());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

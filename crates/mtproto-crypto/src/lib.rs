@@ -18,6 +18,7 @@ mod peer;
 mod pq;
 mod recovery;
 mod server_identity;
+mod signing;
 mod types;
 
 pub use dh::{DhGroup, DhPublic, DhSecret, EXPONENT_BITS, MTPROTO_DH_PRIME};
@@ -30,4 +31,5 @@ pub use pq::{factor_pq, is_prime_u64, PqChallenge};
 pub use rand_core;
 pub use recovery::{RecoveryCode, RecoveryPublic};
 pub use server_identity::{ServerKeyFingerprint, ServerPublicKey, ServerSigningKey};
+pub use signing::{IdentitySigningKey, IdentitySigningPublic};
 pub use types::{AuthKeyId, MsgKey, Nonce128, Nonce256};

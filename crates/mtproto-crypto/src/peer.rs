@@ -92,6 +92,21 @@ impl IdentitySecret {
     }
 }
 
+impl IdentitySecret {
+    /// The raw X25519 agreement with any X25519 public key (a peer's identity, signed prekey or
+    /// ephemeral key): the DH1..DH3 of X3DH that involve an identity key. Unlike
+    /// [`IdentitySecret::chat_key`], nothing is hashed: the caller feeds the output to a KDF.
+    ///
+    /// # Errors
+    /// [`Error::LowOrderPoint`] when `public` is a low-order point (the output would be all zero).
+    ///
+    /// # Security
+    /// The output is secret; it comes back in a buffer wiped on drop.
+    pub fn diffie_hellman(&self, public: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>> {
+        crate::hazmat::x25519_static(&self.0, public)
+    }
+}
+
 impl fmt::Debug for IdentitySecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "IdentitySecret(public={})", self.public().to_hex())

@@ -643,7 +643,7 @@ fn zz_every_vector_is_used() {
     }
 }
 
-// ---- Standards vectors: RFC 7748, RFC 8032, RFC 5869, NIST SP 800-38A ------------------------
+// ---- Standards vectors: RFC 7748, RFC 8032, RFC 4231, RFC 5869, NIST SP 800-38A ------------------------
 
 #[test]
 fn rfc_vectors() {
@@ -668,6 +668,33 @@ fn rfc_vectors() {
         for bit in [0, 255, 256, 511] {
             assert!(k.public().verify(&msg, &flip(hx(&t["sig"]), bit)).is_err());
         }
+        // A peer's identity signing key is the same RFC 8032 Ed25519.
+        let p = mtproto_crypto::IdentitySigningKey::from_seed(arr(&t["seed"]));
+        assert_eq!(
+            p.public().as_bytes().to_vec(),
+            hx(&t["public"]),
+            "{}",
+            t["source"]
+        );
+        assert_eq!(p.sign(&msg).to_vec(), hx(&t["sig"]), "{}", t["source"]);
+        p.public().verify(&msg, &hx(&t["sig"])).unwrap();
+        assert!(p.public().verify(&msg, &flip(hx(&t["sig"]), 7)).is_err());
+    }
+    for t in rfc["hmac_sha256"].as_array().unwrap() {
+        let (key, data) = (hx(&t["key"]), hx(&t["data"]));
+        assert_eq!(
+            kdf::hmac_sha256(&key, &[&data]).to_vec(),
+            hx(&t["tag"]),
+            "{}",
+            t["source"]
+        );
+        // The same bytes split into two parts give the same tag; one flipped bit does not.
+        let (a, b) = data.split_at(data.len() / 2);
+        assert_eq!(kdf::hmac_sha256(&key, &[a, b]).to_vec(), hx(&t["tag"]));
+        assert_ne!(
+            kdf::hmac_sha256(&key, &[&flip(data.clone(), 3)]).to_vec(),
+            hx(&t["tag"])
+        );
     }
     for t in rfc["hkdf_sha256"].as_array().unwrap() {
         let want = hx(&t["okm"]);

@@ -111,12 +111,26 @@ pub struct Received {
 }
 
 /// A decrypted packet's inner header and body.
-struct Inner {
-    random_id: [u8; 8],
-    seq: u32,
-    in_seq: u32,
-    sent_at_ms: u64,
-    body: Vec<u8>,
+pub(crate) struct Inner {
+    pub(crate) random_id: [u8; 8],
+    pub(crate) seq: u32,
+    pub(crate) in_seq: u32,
+    pub(crate) sent_at_ms: u64,
+    pub(crate) body: Vec<u8>,
+}
+
+impl Inner {
+    /// Splits decrypted data into the inner header and the body.
+    pub(crate) fn parse(d: &[u8]) -> Result<Self> {
+        let part = |r: Range<usize>| d.get(r).ok_or(Error::Decrypt);
+        Ok(Self {
+            random_id: fixed("random_id", part(0..8)?)?,
+            seq: u32::from_le_bytes(fixed("out_seq", part(8..12)?)?),
+            in_seq: u32::from_le_bytes(fixed("in_seq", part(12..16)?)?),
+            sent_at_ms: u64::from_le_bytes(fixed("sent_at", part(16..24)?)?),
+            body: part(INNER_HEADER..d.len())?.to_vec(),
+        })
+    }
 }
 
 /// One side's state of a conversation with one peer.
@@ -315,13 +329,43 @@ impl ChatState {
     /// message already received (or given up so long ago that it is no longer remembered);
     /// [`Error::E2eProtocol`] for impossible counters. No error changes the state.
     pub fn open(&mut self, packet: &[u8]) -> Result<Received> {
+        let inner = self.decode(packet)?;
+        self.accept(inner)
+    }
+
+    /// Hook for the double ratchet ([`crate::ratchet_chat`]), which decrypts under its own
+    /// message keys and keeps this window for replay, gap and late detection: the inner header
+    /// of the next message to seal (`random_id ‖ out_seq ‖ in_seq ‖ sent_at_ms`) and its number.
+    /// [`ChatState::mark_sealed`] moves the counter once the packet is built.
+    pub(crate) fn next_inner_header(&self, random_id: [u8; 8], now: UnixTime) -> ([u8; INNER_HEADER], u32) {
+        let mut h = [0u8; INNER_HEADER];
+        let fields = random_id
+            .into_iter()
+            .chain(self.sent.to_le_bytes())
+            .chain(self.received_count().to_le_bytes())
+            .chain((now.as_nanos() / 1_000_000).to_le_bytes());
+        for (d, s) in h.iter_mut().zip(fields) {
+            *d = s;
+        }
+        (h, self.sent)
+    }
+
+    /// Hook for the double ratchet: the message numbered by [`ChatState::next_inner_header`] was
+    /// sealed.
+    pub(crate) fn mark_sealed(&mut self) {
+        self.sent = self.sent.wrapping_add(1);
+    }
+
+    /// The window bookkeeping of [`ChatState::open`] for an authenticated inner header; also
+    /// the double ratchet's hook. No error changes the state.
+    pub(crate) fn accept(&mut self, inner: Inner) -> Result<Received> {
         let Inner {
             random_id,
             seq,
             in_seq,
             sent_at_ms,
             body,
-        } = self.decode(packet)?;
+        } = inner;
         let id = u64::from_le_bytes(random_id);
         let received_before = seq < self.recv_low || self.recv_above.contains(&seq);
         let given_up = self.given_up.iter().position(|r| r.contains(&seq));
@@ -429,15 +473,7 @@ impl ChatState {
     /// Authenticates and decrypts a packet from the peer and splits its inner header.
     fn decode(&self, packet: &[u8]) -> Result<Inner> {
         let opened = E2E.open(&self.key, self.send_dir().reverse(), packet)?;
-        let d = opened.data();
-        let part = |r: Range<usize>| d.get(r).ok_or(Error::Decrypt);
-        Ok(Inner {
-            random_id: fixed("random_id", part(0..8)?)?,
-            seq: u32::from_le_bytes(fixed("out_seq", part(8..12)?)?),
-            in_seq: u32::from_le_bytes(fixed("in_seq", part(12..16)?)?),
-            sent_at_ms: u64::from_le_bytes(fixed("sent_at", part(16..24)?)?),
-            body: part(INNER_HEADER..d.len())?.to_vec(),
-        })
+        Inner::parse(opened.data())
     }
 
     /// Keeps `seq`'s random id, forgetting the lowest numbers beyond [`MAX_REMEMBERED_IDS`].

@@ -153,7 +153,41 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// End-to-end: the bundle's signed prekey signature does not verify under the bundle's
+    /// identity signing key.
+    #[error("the signed prekey's signature is invalid")]
+    BadPrekeySignature,
+    /// End-to-end: a prekey bundle or start message names another identity than the one expected
+    /// (pinned) for this peer.
+    #[error("the prekey bundle belongs to another identity")]
+    PeerIdentityMismatch,
+    /// End-to-end: a start message names a prekey this side does not hold (never made, rotated
+    /// out, or a one-time prekey already used: a replayed start).
+    #[error("unknown {which} prekey {id}")]
+    UnknownPrekey {
+        /// `signed` or `one-time`.
+        which: &'static str,
+        /// The prekey id named.
+        id: u32,
+    },
+    /// End-to-end (double ratchet): the message key for this message was already used (a
+    /// replay) or dropped (too old, evicted from the skipped-key store, or the chain moved on).
+    #[error("message key {n} of its chain is gone (replay, or too late)")]
+    MessageKeyGone {
+        /// The message number in its chain.
+        n: u32,
+    },
+
     // --- limits ------------------------------------------------------------------------------
+    /// End-to-end (double ratchet): opening this message would skip more message keys in one
+    /// chain than [`crate::ratchet::MAX_SKIP`] allows.
+    #[error("message skips {skip} keys of one chain, more than {max}")]
+    TooManySkipped {
+        /// Keys it would skip.
+        skip: u64,
+        /// The limit.
+        max: u32,
+    },
     /// A pending handshake expired.
     #[error("handshake expired")]
     HandshakeExpired,

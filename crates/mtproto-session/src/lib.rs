@@ -1,6 +1,7 @@
 //! Sans-IO MTProto-style protocol state machines for mtproto-relay: the handshake (both sides),
 //! sessions with salts, msg_ids, seq_nos and a replay window, the encrypted envelope, and the
-//! end-to-end layer between two peers.
+//! end-to-end layer between two peers: a static chat key ([`ChatState`]) or, with forward
+//! secrecy, X3DH and the double ratchet ([`RatchetChat`], [`x3dh`], [`ratchet`]).
 //!
 //! No networking, no files, no clock: every function takes the bytes, the time
 //! ([`UnixTime`]) and the randomness it needs, and returns messages and decisions. The relay
@@ -35,6 +36,8 @@ pub mod e2e;
 mod error;
 pub mod handshake;
 mod ids;
+pub mod ratchet;
+pub mod ratchet_chat;
 mod replay;
 mod salt;
 mod secret;
@@ -43,6 +46,7 @@ mod state;
 mod time;
 pub mod wire;
 pub mod work;
+pub mod x3dh;
 
 pub use e2e::{ChatState, ChatStateData, Delivery, Received, Sealed};
 pub use error::{BadMsgCode, Error, Result};
@@ -54,10 +58,13 @@ pub use ids::{
     ClientId, MsgId, MsgIdGen, Sender, SeqNoGen, ServerSalt, SessionId, MSG_ID_MAX_FUTURE_SECS,
     MSG_ID_MAX_PAST_SECS,
 };
+pub use ratchet::{Header, Ratchet, MAX_SKIP, MAX_SKIPPED_AGE_SECS, MAX_SKIPPED_KEYS};
+pub use ratchet_chat::{packet_kind, Accepted, PacketKind, RatchetChat, RatchetChatData, Started};
 pub use replay::{ReplayWindow, Verdict, MAX_SEQ_NO_STEP, REPLAY_WINDOW};
 pub use salt::{FutureSalt, SaltSchedule, SALT_GRACE_SECS, SALT_PERIOD_SECS};
-pub use secret::SecretBytes;
+pub use secret::{SecretBytes, SecretKey32};
 pub use session::{
     ClientSession, ClientSessionState, Envelope, Incoming, Notice, Outgoing, Responder, ServerSession,
 };
 pub use time::UnixTime;
+pub use x3dh::{PrekeyBundle, Prekeys};

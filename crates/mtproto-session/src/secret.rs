@@ -50,3 +50,56 @@ impl<'de> Deserialize<'de> for SecretBytes {
             .ok_or_else(|| serde::de::Error::custom("invalid base64"))
     }
 }
+
+/// A 32-byte secret key inside serializable state (a root, chain or message key, an X25519
+/// secret). Serialized as base64; zeroized on drop; `Debug` prints nothing of it; compared in
+/// constant time.
+///
+/// # Security
+/// Whatever stores a serialized state holds these secrets: protect it like the key itself.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct SecretKey32([u8; 32]);
+
+impl SecretKey32 {
+    /// Wraps 32 bytes.
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The secret bytes.
+    pub const fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl subtle::ConstantTimeEq for SecretKey32 {
+    fn ct_eq(&self, other: &Self) -> subtle::Choice {
+        self.0.ct_eq(&other.0)
+    }
+}
+
+impl fmt::Debug for SecretKey32 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretKey32(<redacted>)")
+    }
+}
+
+impl Serialize for SecretKey32 {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut text = crate::wire::b64(&self.0);
+        let r = s.serialize_str(&text);
+        text.zeroize();
+        r
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretKey32 {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut bytes = SecretBytes::deserialize(d)?;
+        let out = <[u8; 32]>::try_from(bytes.expose())
+            .map(Self)
+            .map_err(|_| serde::de::Error::custom("a 32-byte key"));
+        bytes.zeroize();
+        out
+    }
+}

@@ -92,6 +92,39 @@ impl<'de> Deserialize<'de> for Hex {
     }
 }
 
+/// Serde helpers for a public 32-byte value (a public key) as base64:
+/// `#[serde(with = "crate::wire::b64_32")]`.
+pub(crate) mod b64_32 {
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::b64(v))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        super::from_b64(&text)
+            .and_then(|v| <[u8; 32]>::try_from(v).ok())
+            .ok_or_else(|| de::Error::custom("32 bytes of base64"))
+    }
+}
+
+/// Serde helpers for a 64-byte signature as base64.
+pub(crate) mod b64_64 {
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(v: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::b64(v))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        super::from_b64(&text)
+            .and_then(|v| <[u8; 64]>::try_from(v).ok())
+            .ok_or_else(|| de::Error::custom("64 bytes of base64"))
+    }
+}
+
 /// Fixed-length conversion of a decoded field.
 ///
 /// # Errors
