@@ -45,6 +45,15 @@ impl SaltSchedule {
     /// Drops expired salts and appends new ones (drawn with `draw`) so the schedule covers
     /// `now` plus [`SALTS_AHEAD`] periods. Returns whether anything changed.
     pub fn rotate(&mut self, now: UnixTime, mut draw: impl FnMut() -> ServerSalt) -> bool {
+        self.rotate_with(now, |_| draw())
+    }
+
+    /// As [`SaltSchedule::rotate`], with each new salt made by `derive` from the second it
+    /// becomes valid. A deterministic `derive` (a keyed hash of the session and that second)
+    /// makes the schedule the same whether or not the rotated state is ever saved: a server
+    /// that rotates in memory for a request it then refuses, or does not commit, announces a
+    /// salt that the next request's rotation makes again.
+    pub fn rotate_with(&mut self, now: UnixTime, mut derive: impl FnMut(u64) -> ServerSalt) -> bool {
         let now = now.as_secs();
         let before = self.salts.len();
         self.salts.retain(|s| s.valid_until > now);
@@ -59,7 +68,7 @@ impl SaltSchedule {
                 next_since = now;
             }
             self.salts.push(FutureSalt {
-                salt: draw(),
+                salt: derive(next_since),
                 valid_since: next_since,
                 valid_until: next_since + SALT_PERIOD_SECS + SALT_GRACE_SECS,
             });

@@ -272,6 +272,12 @@ impl ServerSession {
         })
     }
 
+    /// Rotates salts, each new one made by `derive` from the second it becomes valid (see
+    /// [`SaltSchedule::rotate_with`]); returns whether the state changed.
+    pub fn rotate_salts_with(&mut self, now: UnixTime, derive: impl FnMut(u64) -> ServerSalt) -> bool {
+        self.salts.rotate_with(now, derive)
+    }
+
     /// The salt clients should use now.
     pub fn current_salt(&self, now: UnixTime) -> Option<ServerSalt> {
         self.salts.current(now)

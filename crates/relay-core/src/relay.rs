@@ -344,6 +344,20 @@ impl Relay {
         &self.sources
     }
 
+    /// The salt of session `sid` of key `key_id` that becomes valid at `since` (unix seconds):
+    /// HKDF-SHA256 of the server key's seed, so unpredictable to anyone else and the same on
+    /// every node.
+    fn salt_for(&self, key_id: [u8; 8], sid: mtproto_session::SessionId, since: u64) -> mtproto_session::ServerSalt {
+        let mut info = Vec::with_capacity(24);
+        info.extend_from_slice(&key_id);
+        info.extend_from_slice(&sid.0);
+        info.extend_from_slice(&since.to_le_bytes());
+        let mut out = [0u8; 8];
+        // 8 bytes of HKDF output cannot fail; a failure would leave zeros, still a valid salt.
+        let _ = mtproto_crypto::kdf::hkdf_sha256(b"mtproto-relay/salts/v1", self.key.seed(), &info, &mut out);
+        mtproto_session::ServerSalt(out)
+    }
+
     /// The configuration.
     pub fn config(&self) -> &RelayConfig {
         &self.config
@@ -650,7 +664,11 @@ impl Relay {
             };
             let version = stored.version;
             let mut session = stored.session;
-            session.rotate_salts(now, &mut OsRng);
+            // Derived, not drawn: a rotation this request does not commit (a refusal, a poll
+            // that changes nothing) is made again identically by the next one, so the salt a
+            // bad_server_salt notice announces is the one the next request is checked against.
+            let sid = session.session_id();
+            session.rotate_salts_with(now, |since| self.salt_for(key_id, sid, since));
             let incoming = match session.accept(env.clone(), now) {
                 Ok(incoming) => incoming,
                 Err(SessionError::Duplicate { msg_id }) => {
