@@ -235,7 +235,7 @@ impl DhGroup {
     pub fn with_generator_table(mut self) -> Self {
         let g = self
             .modulus
-            .to_montgomery(&montgomery::from_be_bytes(&left_pad(&self.g.to_be_bytes())));
+            .enter_montgomery(&montgomery::from_be_bytes(&left_pad(&self.g.to_be_bytes())));
         self.generator = Some(Arc::new(FixedBaseTable::new(&self.modulus, &g)));
         self
     }
@@ -309,8 +309,8 @@ impl DhGroup {
     fn pow(&self, base: &Limbs, secret: &DhSecret) -> Limbs {
         let m = &self.modulus;
         // The result (in Montgomery form) is the shared secret in `agree`: wipe it.
-        let mut power = m.pow(&m.to_montgomery(base), &secret.exp, secret.bits);
-        let out = m.from_montgomery(&power);
+        let mut power = m.pow(&m.enter_montgomery(base), &secret.exp, secret.bits);
+        let out = m.leave_montgomery(&power);
         power.zeroize();
         out
     }
@@ -323,7 +323,7 @@ impl DhGroup {
     pub fn public_value(&self, secret: &DhSecret) -> Result<DhPublic> {
         let m = &self.modulus;
         let y = match &self.generator {
-            Some(table) if secret.bits <= FIXED_BASE_BITS => m.from_montgomery(&table.pow(m, &secret.exp)),
+            Some(table) if secret.bits <= FIXED_BASE_BITS => m.leave_montgomery(&table.pow(m, &secret.exp)),
             _ => self.pow(
                 &montgomery::from_be_bytes(&left_pad(&self.g.to_be_bytes())),
                 secret,

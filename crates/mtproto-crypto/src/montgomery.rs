@@ -217,12 +217,12 @@ impl Modulus {
     }
 
     /// `x·R mod p` for `x < p`.
-    pub(crate) fn to_montgomery(&self, x: &Limbs) -> Limbs {
+    pub(crate) fn enter_montgomery(&self, x: &Limbs) -> Limbs {
         self.mul(x, &self.r2)
     }
 
     /// `x·R^-1 mod p`: out of Montgomery form.
-    pub(crate) fn from_montgomery(&self, x: &Limbs) -> Limbs {
+    pub(crate) fn leave_montgomery(&self, x: &Limbs) -> Limbs {
         let mut one = [0u64; LIMBS];
         one[0] = 1;
         self.mul(x, &one)
@@ -370,7 +370,7 @@ mod tests {
             assert_eq!(big(&m.mul(&la, &lb)), (&a * &b * &r_inv) % &p_big, "mul {seed}");
             assert_eq!(big(&m.square(&la)), (&a * &a * &r_inv) % &p_big, "square {seed}");
             assert_eq!(
-                big(&m.from_montgomery(&m.to_montgomery(&la))),
+                big(&m.leave_montgomery(&m.enter_montgomery(&la))),
                 a,
                 "round trip {seed}"
             );
@@ -382,7 +382,7 @@ mod tests {
     fn pow_matches_num_bigint_for_all_exponent_lengths() {
         let p_big = BigUint::from_bytes_be(&crate::MTPROTO_DH_PRIME);
         let m = Modulus::new(&from_be_bytes(&crate::MTPROTO_DH_PRIME));
-        let g = m.to_montgomery(&limbs(&BigUint::from(3u8)));
+        let g = m.enter_montgomery(&limbs(&BigUint::from(3u8)));
         let table = FixedBaseTable::new(&m, &g);
         for (seed, bits) in [
             (3u64, 1usize),
@@ -394,10 +394,10 @@ mod tests {
         ] {
             let base = random_below(&p_big, seed);
             let e = random_below(&p_big, seed + 100) % (BigUint::from(1u8) << bits);
-            let got = m.from_montgomery(&m.pow(&m.to_montgomery(&limbs(&base)), &limbs(&e), bits));
+            let got = m.leave_montgomery(&m.pow(&m.enter_montgomery(&limbs(&base)), &limbs(&e), bits));
             assert_eq!(big(&got), base.modpow(&e, &p_big), "{bits} bits");
             if bits <= FIXED_BASE_BITS {
-                let got = m.from_montgomery(&table.pow(&m, &limbs(&e)));
+                let got = m.leave_montgomery(&table.pow(&m, &limbs(&e)));
                 assert_eq!(
                     big(&got),
                     BigUint::from(3u8).modpow(&e, &p_big),
@@ -408,9 +408,9 @@ mod tests {
         // Zero exponent, and an all-ones 256-bit exponent (every window 15).
         let all_ones = (BigUint::from(1u8) << 256usize) - BigUint::from(1u8);
         for e in [BigUint::from(0u8), all_ones] {
-            let got = m.from_montgomery(&table.pow(&m, &limbs(&e)));
+            let got = m.leave_montgomery(&table.pow(&m, &limbs(&e)));
             assert_eq!(big(&got), BigUint::from(3u8).modpow(&e, &p_big));
-            let got = m.from_montgomery(&m.pow(&g, &limbs(&e), 256));
+            let got = m.leave_montgomery(&m.pow(&g, &limbs(&e), 256));
             assert_eq!(big(&got), BigUint::from(3u8).modpow(&e, &p_big));
         }
     }
