@@ -7,11 +7,25 @@
 
 //! The ciphers built here from secret keys are dropped before each function returns; `aes` and
 //! `cbc` are built with their `zeroize` feature, so that drop wipes the AES round keys and the
-//! CBC chaining block.
+//! CBC decryptor's chaining block. The CBC encryption chain is always the last ciphertext block,
+//! which is public; IGE's chains pass through [`IgeScratch`], which is wiped.
+//!
+//! # How the serial modes are driven
+//! CBC encryption and IGE (both directions) are one dependent AES block after another, so their
+//! speed is the AES latency plus whatever sits between two blocks. They are written as a
+//! [`BlockClosure`] handed to `aes`'s `encrypt_with_backend` / `decrypt_with_backend`: `aes`
+//! picks its backend at run time (AES-NI through `cpufeatures`, else the constant-time software
+//! one) and calls the closure once, inside a function compiled for that backend, so the whole
+//! loop is compiled with the backend's block function inlined and the chaining value stays in a
+//! register between blocks. Going through `encrypt_block` per block instead re-checks the CPU
+//! feature, calls a non-inlined function that reloads the 15 round keys, and round-trips the
+//! chaining value through memory; the `cbc` crate's encryptor copies the block and chain through
+//! memory in the same way. CBC decryption has no chain to wait for (8 blocks are decrypted at
+//! once) and stays with the `cbc` crate.
 
 use aes::cipher::{
-    block_padding::NoPadding, BlockCipher, BlockDecrypt, BlockDecryptMut, BlockEncrypt, BlockEncryptMut,
-    KeyInit, KeyIvInit,
+    block_padding::NoPadding, BlockBackend, BlockCipher, BlockClosure, BlockDecrypt, BlockDecryptMut,
+    BlockEncrypt, BlockSizeUser, KeyInit, KeyIvInit,
 };
 use aes::{Aes256Dec, Aes256Enc};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
@@ -26,17 +40,54 @@ fn check_blocks(buf: &[u8]) -> Result<()> {
     }
 }
 
+type U16 = aes::cipher::consts::U16;
+
+/// One AES block through the backend, in place.
+#[inline(always)]
+fn encrypt_in_place<B: BlockBackend<BlockSize = U16>>(backend: &mut B, block: &mut [u8; 16]) {
+    let block: &mut aes::Block = block.into();
+    backend.proc_block(block.into());
+}
+
+#[inline(always)]
+fn xor16(a: &mut [u8; 16], b: &[u8; 16]) {
+    for (x, y) in a.iter_mut().zip(b) {
+        *x ^= y;
+    }
+}
+
+/// The CBC encryption loop, run by the AES backend: `c_i = E(p_i ^ c_{i-1})`, `c_0 = iv`.
+struct CbcEncrypt<'a> {
+    iv: &'a [u8; 16],
+    blocks: &'a mut [[u8; 16]],
+}
+
+impl BlockSizeUser for CbcEncrypt<'_> {
+    type BlockSize = U16;
+}
+
+impl BlockClosure for CbcEncrypt<'_> {
+    #[inline(always)]
+    fn call<B: BlockBackend<BlockSize = U16>>(self, backend: &mut B) {
+        // The chain is always the previous ciphertext block (public): nothing secret to wipe.
+        let mut chain = *self.iv;
+        for block in self.blocks {
+            xor16(&mut chain, block);
+            encrypt_in_place(backend, &mut chain);
+            *block = chain;
+        }
+    }
+}
+
 /// AES-256-CBC encryption in place. `buf.len()` must be a multiple of 16.
 ///
 /// # Errors
 /// [`Error::NotBlockAligned`]; the buffer is then left untouched.
 pub fn aes256_cbc_encrypt(key: &[u8; 32], iv: &[u8; 16], buf: &mut [u8]) -> Result<()> {
     check_blocks(buf)?;
-    let len = buf.len();
-    cbc::Encryptor::<Aes256Enc>::new(key.into(), iv.into())
-        .encrypt_padded_mut::<NoPadding>(buf, len)
-        .map(|_| ())
-        .map_err(|_| Error::NotBlockAligned { got: len })
+    let (blocks, _) = buf.as_chunks_mut::<16>();
+    Aes256Enc::new(key.into()).encrypt_with_backend(CbcEncrypt { iv, blocks });
+    Ok(())
 }
 
 /// AES-256-CBC decryption in place. `buf.len()` must be a multiple of 16.
@@ -52,16 +103,10 @@ pub fn aes256_cbc_decrypt(key: &[u8; 32], iv: &[u8; 16], buf: &mut [u8]) -> Resu
         .map_err(|_| Error::NotBlockAligned { got: len })
 }
 
-fn xor16(a: &mut [u8; 16], b: &[u8; 16]) {
-    for (x, y) in a.iter_mut().zip(b) {
-        *x ^= y;
-    }
-}
-
-type U16 = aes::cipher::consts::U16;
-
 /// The IGE chain and the block being worked on. Every field can hold plaintext or a value from
-/// which the plaintext follows, so it is wiped when the loop ends and again on drop.
+/// which the plaintext follows, so it is wiped when the loop ends and again on drop. The loop
+/// itself keeps these values in locals (registers, once compiled) and hands them back here at
+/// the end to be wiped.
 #[derive(Default, Zeroize, ZeroizeOnDrop)]
 pub(crate) struct IgeScratch {
     prev_c: [u8; 16],
@@ -75,6 +120,68 @@ impl IgeScratch {
         let (c, p) = iv.split_at(16);
         self.prev_c.copy_from_slice(c);
         self.prev_p.copy_from_slice(p);
+    }
+}
+
+/// One IGE pass, run by the block cipher's backend. Encryption is
+/// `c_i = E(p_i ^ c_{i-1}) ^ p_{i-1}` and decryption `p_i = D(c_i ^ p_{i-1}) ^ c_{i-1}`: the
+/// same loop with the roles of the two chains swapped, so `before`/`after` are the chain XORed
+/// in before / after the block function (encryption: `c`, `p`; decryption: `p`, `c`).
+struct IgePass<'a> {
+    scratch: &'a mut IgeScratch,
+    blocks: &'a mut [[u8; 16]],
+}
+
+impl BlockSizeUser for IgePass<'_> {
+    type BlockSize = U16;
+}
+
+impl IgePass<'_> {
+    #[inline(always)]
+    fn run<B: BlockBackend<BlockSize = U16>>(self, backend: &mut B, encrypt: bool) {
+        let s = self.scratch;
+        let (mut before, mut after) = if encrypt {
+            (s.prev_c, s.prev_p)
+        } else {
+            (s.prev_p, s.prev_c)
+        };
+        let mut input = [0u8; 16];
+        for block in self.blocks {
+            input = *block;
+            xor16(&mut before, &input);
+            encrypt_in_place(backend, &mut before);
+            xor16(&mut before, &after);
+            *block = before;
+            after = input;
+        }
+        // Hand the last values (one of them plaintext) to the scratch, which the caller wipes.
+        s.held = input;
+        s.block = before;
+        s.prev_p = after;
+    }
+}
+
+/// [`IgePass`] for encryption (the backend given to it is an encrypting one).
+struct IgeEncrypt<'a>(IgePass<'a>);
+/// [`IgePass`] for decryption (the backend given to it is a decrypting one).
+struct IgeDecrypt<'a>(IgePass<'a>);
+
+impl BlockSizeUser for IgeEncrypt<'_> {
+    type BlockSize = U16;
+}
+impl BlockSizeUser for IgeDecrypt<'_> {
+    type BlockSize = U16;
+}
+impl BlockClosure for IgeEncrypt<'_> {
+    #[inline(always)]
+    fn call<B: BlockBackend<BlockSize = U16>>(self, backend: &mut B) {
+        self.0.run(backend, true);
+    }
+}
+impl BlockClosure for IgeDecrypt<'_> {
+    #[inline(always)]
+    fn call<B: BlockBackend<BlockSize = U16>>(self, backend: &mut B) {
+        self.0.run(backend, false);
     }
 }
 
@@ -94,16 +201,8 @@ where
 {
     check_blocks(buf)?;
     s.start(iv);
-    for chunk in buf.chunks_exact_mut(16) {
-        s.held.copy_from_slice(chunk);
-        s.block = s.held;
-        xor16(&mut s.block, &s.prev_c);
-        cipher.encrypt_block((&mut s.block).into());
-        xor16(&mut s.block, &s.prev_p);
-        chunk.copy_from_slice(&s.block);
-        s.prev_c = s.block;
-        s.prev_p = s.held;
-    }
+    let (blocks, _) = buf.as_chunks_mut::<16>();
+    cipher.encrypt_with_backend(IgeEncrypt(IgePass { scratch: s, blocks }));
     s.zeroize();
     Ok(())
 }
@@ -123,16 +222,8 @@ where
 {
     check_blocks(buf)?;
     s.start(iv);
-    for chunk in buf.chunks_exact_mut(16) {
-        s.held.copy_from_slice(chunk);
-        s.block = s.held;
-        xor16(&mut s.block, &s.prev_p);
-        cipher.decrypt_block((&mut s.block).into());
-        xor16(&mut s.block, &s.prev_c);
-        chunk.copy_from_slice(&s.block);
-        s.prev_p = s.block;
-        s.prev_c = s.held;
-    }
+    let (blocks, _) = buf.as_chunks_mut::<16>();
+    cipher.decrypt_with_backend(IgeDecrypt(IgePass { scratch: s, blocks }));
     s.zeroize();
     Ok(())
 }
@@ -240,7 +331,6 @@ mod tests {
         fn wipes_on_drop<T: ZeroizeOnDrop>() {}
         wipes_on_drop::<Aes256Enc>();
         wipes_on_drop::<Aes256Dec>();
-        wipes_on_drop::<cbc::Encryptor<Aes256Enc>>();
         wipes_on_drop::<cbc::Decryptor<Aes256Dec>>();
         wipes_on_drop::<IgeScratch>();
     }

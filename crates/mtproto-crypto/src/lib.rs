@@ -14,6 +14,7 @@ pub mod hazmat;
 pub mod kdf;
 mod key;
 pub mod legacy;
+mod montgomery;
 mod peer;
 mod pq;
 mod recovery;

@@ -280,7 +280,8 @@ impl Relay {
             keys: std::sync::RwLock::new(std::collections::HashMap::new()),
             engine,
             key,
-            group: DhGroup::mtproto(),
+            // The relay draws a DH secret per handshake: a table of g's powers makes that ~4x cheaper.
+            group: DhGroup::mtproto().with_generator_table(),
             config,
             notifier,
             closing: tokio::sync::watch::Sender::new(false),

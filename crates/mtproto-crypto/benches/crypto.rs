@@ -1,5 +1,7 @@
 //! mtproto-crypto beside OpenSSL (through the `openssl` crate, EVP where it exists), measured in
 //! the same process on the same machine. Figures and the reading of them: `docs/benchmarks.md`.
+//! Run with `cargo bench -p mtproto-crypto --bench crypto` (a filter after `--` selects rows); it
+//! first prints the CPU model, the core count and the load, which go with the figures.
 #![allow(
     missing_docs,
     clippy::unwrap_used,
@@ -211,6 +213,21 @@ fn dh(c: &mut Criterion) {
             group.agree(&s, black_box(&peer))
         })
     });
+    // What the relay does: its group carries a table of g's powers for the keygen.
+    let server_group = DhGroup::mtproto().with_generator_table();
+    g.bench_function(
+        "server_handshake_dh/ours_generator_table (keygen + shared)",
+        |b| {
+            b.iter(|| {
+                let (s, _public) = server_group.generate(&mut rng).unwrap();
+                server_group.agree(&s, black_box(&peer))
+            })
+        },
+    );
+    g.bench_function("keygen/ours_generator_table", |b| {
+        b.iter(|| server_group.generate(&mut rng).unwrap())
+    });
+    g.bench_function("keygen/ours", |b| b.iter(|| group.generate(&mut rng).unwrap()));
     g.finish();
 }
 
@@ -251,7 +268,37 @@ fn curves(c: &mut Criterion) {
     });
 }
 
+/// The machine the figures come from: CPU model, logical cores and load average (Linux `/proc`;
+/// elsewhere "unknown").
+fn print_machine() {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .and_then(|r| r.split_once(':'))
+                .map(|(_, m)| m.trim())
+        })
+        .unwrap_or("unknown");
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let flags = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .unwrap_or_default();
+    let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+    println!(
+        "machine: {model}; {cores} cores; aes {} sha_ni {} adx {} avx512f {}; load average {}",
+        has("aes"),
+        has("sha_ni"),
+        has("adx"),
+        has("avx512f"),
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    );
+}
+
 fn config() -> Criterion {
+    print_machine();
     Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))

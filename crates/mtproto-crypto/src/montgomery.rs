@@ -1,0 +1,417 @@
+//! Constant-time Montgomery arithmetic modulo a 2048-bit odd number, and the fixed-window
+//! exponentiations that [`crate::DhGroup`] runs on secret exponents.
+//!
+//! Numbers are 32 little-endian 64-bit limbs. Every function here runs the same instructions and
+//! touches the same memory whatever the values: loops have fixed trip counts, the final
+//! subtraction of a Montgomery product is a masked select, and a table entry is chosen by reading
+//! every entry and keeping one with `subtle`'s constant-time select. Only the exponent's bit
+//! length (public: 256 for fresh exponents) shapes the work.
+//!
+//! Montgomery multiplication is the "coarsely integrated operand scanning" form (Koç, Acar and
+//! Kaliski, "Analyzing and Comparing Montgomery Multiplication Algorithms", IEEE Micro 1996,
+//! §CIOS) with the multiplication and reduction carry chains run side by side in one inner loop,
+//! so that the CPU overlaps them; squaring computes each cross product once (HAC 14.16) and
+//! reduces afterwards (HAC 14.32).
+#![allow(clippy::indexing_slicing)] // fixed-size arrays indexed by counters bounded by their length
+
+use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
+use zeroize::Zeroize;
+
+/// Limbs in a 2048-bit number.
+pub(crate) const LIMBS: usize = 32;
+
+/// A 2048-bit number, least significant limb first.
+pub(crate) type Limbs = [u64; LIMBS];
+
+/// Window width of the exponentiations, in bits.
+const WINDOW: usize = 4;
+/// Entries in one window's table.
+const TABLE: usize = 1 << WINDOW;
+
+/// `a + b·c + carry` as (low, high) limbs; cannot overflow 128 bits.
+#[inline(always)]
+fn mac(a: u64, b: u64, c: u64, carry: u64) -> (u64, u64) {
+    let t = u128::from(a) + u128::from(b) * u128::from(c) + u128::from(carry);
+    (t as u64, (t >> 64) as u64)
+}
+
+/// `a + b + carry` as (sum, carry out).
+#[inline(always)]
+fn adc(a: u64, b: u64, carry: u64) -> (u64, u64) {
+    let t = u128::from(a) + u128::from(b) + u128::from(carry);
+    (t as u64, (t >> 64) as u64)
+}
+
+/// `a - b - borrow` as (difference, borrow out: 0 or 1).
+#[inline(always)]
+fn sbb(a: u64, b: u64, borrow: u64) -> (u64, u64) {
+    let t = u128::from(a).wrapping_sub(u128::from(b) + u128::from(borrow));
+    (t as u64, ((t >> 64) as u64) & 1)
+}
+
+/// Big-endian bytes as limbs.
+pub(crate) fn from_be_bytes(bytes: &[u8; 256]) -> Limbs {
+    let mut out = [0u64; LIMBS];
+    for (limb, chunk) in out.iter_mut().zip(bytes.as_chunks::<8>().0.iter().rev()) {
+        *limb = u64::from_be_bytes(*chunk);
+    }
+    out
+}
+
+/// Limbs as big-endian bytes.
+pub(crate) fn to_be_bytes(x: &Limbs) -> [u8; 256] {
+    let mut out = [0u8; 256];
+    for (chunk, limb) in out.as_chunks_mut::<8>().0.iter_mut().rev().zip(x) {
+        *chunk = limb.to_be_bytes();
+    }
+    out
+}
+
+/// An odd 2048-bit modulus `p` with `2^2047 < p`, and the constants of Montgomery arithmetic
+/// with `R = 2^2048`.
+#[derive(Clone)]
+pub(crate) struct Modulus {
+    p: Limbs,
+    /// `-p^-1 mod 2^64`.
+    p_inv: u64,
+    /// `R mod p`: one in Montgomery form.
+    one: Limbs,
+    /// `R^2 mod p`, to bring numbers into Montgomery form.
+    r2: Limbs,
+}
+
+impl Modulus {
+    /// `p` must be odd with its top bit set (every DH prime the crate accepts is).
+    pub(crate) fn new(p: &Limbs) -> Self {
+        // Newton's iteration for p^-1 mod 2^64: p·p = 1 mod 8 gives 3 bits, each step doubles.
+        let mut inv = p[0];
+        for _ in 0..5 {
+            inv = inv.wrapping_mul(2u64.wrapping_sub(p[0].wrapping_mul(inv)));
+        }
+        // R - p < p because p > 2^2047, so R mod p = R - p = (-p) mod R.
+        let mut one = [0u64; LIMBS];
+        let mut borrow = 0;
+        for (o, &pi) in one.iter_mut().zip(p) {
+            (*o, borrow) = sbb(0, pi, borrow);
+        }
+        let mut m = Self {
+            p: *p,
+            p_inv: inv.wrapping_neg(),
+            one,
+            r2: [0; LIMBS],
+        };
+        // 2^64·R mod p by doubling, then five Montgomery squarings: 2^64 → 2^2048, i.e. R·R.
+        let mut x = one;
+        for _ in 0..64 {
+            x = m.double(&x);
+        }
+        for _ in 0..5 {
+            x = m.square(&x);
+        }
+        m.r2 = x;
+        m
+    }
+
+    /// `2x mod p` for `x < p`.
+    fn double(&self, x: &Limbs) -> Limbs {
+        let mut y = [0u64; LIMBS];
+        let mut carry = 0;
+        for (yi, &xi) in y.iter_mut().zip(x) {
+            *yi = (xi << 1) | carry;
+            carry = xi >> 63;
+        }
+        self.reduce_once(y, carry)
+    }
+
+    /// `t + 2^2048·top - p` if that is not negative, else `t + 2^2048·top`, in constant time
+    /// (`t + 2^2048·top < 2p`).
+    #[inline(always)]
+    fn reduce_once(&self, t: Limbs, top: u64) -> Limbs {
+        let mut d = [0u64; LIMBS];
+        let mut borrow = 0;
+        for ((di, &ti), &pi) in d.iter_mut().zip(&t).zip(&self.p) {
+            (*di, borrow) = sbb(ti, pi, borrow);
+        }
+        // Keep t only when the subtraction went below zero: borrow out of the limbs not covered
+        // by the top word.
+        let (_, keep_t) = sbb(top, 0, borrow);
+        let keep_t = Choice::from(keep_t as u8);
+        for (di, &ti) in d.iter_mut().zip(&t) {
+            di.conditional_assign(&ti, keep_t);
+        }
+        d
+    }
+
+    /// Montgomery product `a·b·R^-1 mod p` for `a, b < p`; the result is `< p`.
+    pub(crate) fn mul(&self, a: &Limbs, b: &Limbs) -> Limbs {
+        let p = &self.p;
+        // t holds LIMBS + 1 limbs; t[LIMBS] is `top`.
+        let mut t = [0u64; LIMBS];
+        let mut top = 0u64;
+        for &bi in b {
+            // t = (t + a·bi + m·p) / 2^64 with m chosen so the low limb vanishes; the two carry
+            // chains (a·bi and m·p) run side by side.
+            let (t0, mut c1) = mac(t[0], a[0], bi, 0);
+            let m = t0.wrapping_mul(self.p_inv);
+            let (_, mut c2) = mac(t0, m, p[0], 0);
+            for j in 1..LIMBS {
+                let x;
+                (x, c1) = mac(t[j], a[j], bi, c1);
+                (t[j - 1], c2) = mac(x, m, p[j], c2);
+            }
+            let (s, hi) = adc(top, c1, 0);
+            let (s, hi2) = adc(s, c2, 0);
+            t[LIMBS - 1] = s;
+            top = hi + hi2;
+        }
+        self.reduce_once(t, top)
+    }
+
+    /// `a·a·R^-1 mod p` for `a < p`: each cross product once, doubled, plus the squares, then one
+    /// Montgomery reduction of the 4096-bit result.
+    pub(crate) fn square(&self, a: &Limbs) -> Limbs {
+        // Cross products a[i]·a[j], i < j, into w = lo ‖ hi (row i starts at limb 2i + 1).
+        let mut w = [0u64; 2 * LIMBS];
+        for i in 0..LIMBS - 1 {
+            let ai = a[i];
+            let mut c = 0;
+            for j in i + 1..LIMBS {
+                (w[i + j], c) = mac(w[i + j], ai, a[j], c);
+            }
+            w[i + LIMBS] = c;
+        }
+        // Double, and add the squares a[i]^2 at limb 2i.
+        let mut shifted_out = 0;
+        let mut carry = 0;
+        for i in 0..LIMBS {
+            let (l, h) = (w[2 * i], w[2 * i + 1]);
+            let l2 = (l << 1) | shifted_out;
+            let h2 = (h << 1) | (l >> 63);
+            shifted_out = h >> 63;
+            let sq = u128::from(a[i]) * u128::from(a[i]);
+            let (s0, c0) = adc(l2, sq as u64, carry);
+            let (s1, c1) = adc(h2, (sq >> 64) as u64, c0);
+            w[2 * i] = s0;
+            w[2 * i + 1] = s1;
+            carry = c1;
+        }
+        // Reduce (HAC 14.32): add m·p·2^(64i) for i = 0..LIMBS, keeping the carry in `top`.
+        let p = &self.p;
+        let mut top = 0u64;
+        for i in 0..LIMBS {
+            let m = w[i].wrapping_mul(self.p_inv);
+            let mut c = 0;
+            for j in 0..LIMBS {
+                (w[i + j], c) = mac(w[i + j], m, p[j], c);
+            }
+            let (s, c1) = adc(w[i + LIMBS], c, top);
+            w[i + LIMBS] = s;
+            top = c1;
+        }
+        let mut high = [0u64; LIMBS];
+        high.copy_from_slice(&w[LIMBS..]);
+        let r = self.reduce_once(high, top);
+        w.zeroize();
+        high.zeroize();
+        r
+    }
+
+    /// `x·R mod p` for `x < p`.
+    pub(crate) fn enter_montgomery(&self, x: &Limbs) -> Limbs {
+        self.mul(x, &self.r2)
+    }
+
+    /// `x·R^-1 mod p`: out of Montgomery form.
+    pub(crate) fn leave_montgomery(&self, x: &Limbs) -> Limbs {
+        let mut one = [0u64; LIMBS];
+        one[0] = 1;
+        self.mul(x, &one)
+    }
+
+    /// `base^exp` in Montgomery form (`base` in Montgomery form), reading the low `bits` bits of
+    /// `exp` (`bits` ≤ 2048) with a fixed 4-bit window: `bits/4` rounds of four squarings and one
+    /// multiplication by a table entry chosen in constant time, whatever the window's value.
+    pub(crate) fn pow(&self, base: &Limbs, exp: &Limbs, bits: usize) -> Limbs {
+        let mut table = [self.one; TABLE];
+        table[1] = *base;
+        for i in 2..TABLE {
+            table[i] = if i % 2 == 0 {
+                self.square(&table[i / 2])
+            } else {
+                self.mul(&table[i - 1], base)
+            };
+        }
+        let windows = bits.div_ceil(WINDOW);
+        let mut acc = self.one;
+        let mut entry = [0u64; LIMBS];
+        for w in (0..windows).rev() {
+            for _ in 0..WINDOW {
+                acc = self.square(&acc);
+            }
+            select(&mut entry, &table, window(exp, w));
+            acc = self.mul(&acc, &entry);
+        }
+        entry.zeroize();
+        // The table holds public powers of a public base; nothing to wipe there.
+        acc
+    }
+}
+
+/// Exponent window `w`: bits `4w .. 4w+4` of `exp` (0 past the end).
+#[inline(always)]
+fn window(exp: &Limbs, w: usize) -> u8 {
+    let bit = w * WINDOW;
+    let limb = exp.get(bit / 64).copied().unwrap_or(0);
+    ((limb >> (bit % 64)) & (TABLE as u64 - 1)) as u8
+}
+
+/// `out = table[index]`, reading every entry.
+#[inline(always)]
+fn select(out: &mut Limbs, table: &[Limbs; TABLE], index: u8) {
+    *out = [0; LIMBS];
+    for (i, entry) in table.iter().enumerate() {
+        let hit = (i as u8).ct_eq(&index);
+        for (o, &e) in out.iter_mut().zip(entry) {
+            o.conditional_assign(&e, hit);
+        }
+    }
+}
+
+/// Powers of a fixed base for exponents of up to `64·WINDOW` = 256 bits:
+/// `rows[i][j] = g^(j·16^i)` in Montgomery form, 64 rows of 16 (256 KiB). `g^e` is then the
+/// product of one entry per row (63 multiplications, no squaring), against about 250 squarings and
+/// 64 multiplications for [`Modulus::pow`].
+pub(crate) struct FixedBaseTable {
+    rows: Vec<[Limbs; TABLE]>,
+}
+
+/// Exponent bits a [`FixedBaseTable`] covers.
+pub(crate) const FIXED_BASE_BITS: usize = 256;
+
+impl FixedBaseTable {
+    /// The table for `g` (in Montgomery form): about 64·(4 squarings + 14 multiplications).
+    pub(crate) fn new(m: &Modulus, g: &Limbs) -> Self {
+        let mut rows = Vec::with_capacity(FIXED_BASE_BITS / WINDOW);
+        let mut unit = *g; // g^(16^i)
+        for _ in 0..FIXED_BASE_BITS / WINDOW {
+            let mut row = [m.one; TABLE];
+            row[1] = unit;
+            for j in 2..TABLE {
+                row[j] = m.mul(&row[j - 1], &unit);
+            }
+            for _ in 0..WINDOW {
+                unit = m.square(&unit);
+            }
+            rows.push(row);
+        }
+        Self { rows }
+    }
+
+    /// `g^exp` in Montgomery form, for `exp < 2^256` (higher limbs are not read): one
+    /// constant-time selection per row and a multiplication, whatever the exponent.
+    pub(crate) fn pow(&self, m: &Modulus, exp: &Limbs) -> Limbs {
+        let mut acc = m.one;
+        let mut entry = [0u64; LIMBS];
+        for (w, row) in self.rows.iter().enumerate() {
+            select(&mut entry, row, window(exp, w));
+            acc = m.mul(&acc, &entry);
+        }
+        entry.zeroize();
+        acc
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use num_bigint_dig::BigUint;
+
+    fn big(x: &Limbs) -> BigUint {
+        BigUint::from_bytes_be(&to_be_bytes(x))
+    }
+
+    fn limbs(x: &BigUint) -> Limbs {
+        let b = x.to_bytes_be();
+        let mut buf = [0u8; 256];
+        buf[256 - b.len()..].copy_from_slice(&b);
+        from_be_bytes(&buf)
+    }
+
+    fn random_below(p: &BigUint, seed: u64) -> BigUint {
+        // A fixed xorshift stream: reproducible, and enough to cover carries in every limb.
+        let mut s = seed | 1;
+        let mut bytes = [0u8; 256];
+        for b in bytes.iter_mut() {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            *b = s as u8;
+        }
+        BigUint::from_bytes_be(&bytes) % p
+    }
+
+    #[test]
+    fn arithmetic_matches_num_bigint() {
+        let p_big = BigUint::from_bytes_be(&crate::MTPROTO_DH_PRIME);
+        let m = Modulus::new(&from_be_bytes(&crate::MTPROTO_DH_PRIME));
+        let r = BigUint::from(1u8) << 2048usize;
+        assert_eq!(big(&m.one), &r % &p_big);
+        assert_eq!(big(&m.r2), (&r * &r) % &p_big);
+        let r_inv = r.clone().modpow(&(&p_big - BigUint::from(2u8)), &p_big);
+        let mut edge = p_big.clone() - BigUint::from(1u8); // p - 1: every limb near full
+        for seed in 1..40u64 {
+            let a = if seed == 1 {
+                edge.clone()
+            } else {
+                random_below(&p_big, seed)
+            };
+            let b = random_below(&p_big, seed * 7919);
+            let (la, lb) = (limbs(&a), limbs(&b));
+            assert_eq!(big(&m.mul(&la, &lb)), (&a * &b * &r_inv) % &p_big, "mul {seed}");
+            assert_eq!(big(&m.square(&la)), (&a * &a * &r_inv) % &p_big, "square {seed}");
+            assert_eq!(
+                big(&m.leave_montgomery(&m.enter_montgomery(&la))),
+                a,
+                "round trip {seed}"
+            );
+            edge = b;
+        }
+    }
+
+    #[test]
+    fn pow_matches_num_bigint_for_all_exponent_lengths() {
+        let p_big = BigUint::from_bytes_be(&crate::MTPROTO_DH_PRIME);
+        let m = Modulus::new(&from_be_bytes(&crate::MTPROTO_DH_PRIME));
+        let g = m.enter_montgomery(&limbs(&BigUint::from(3u8)));
+        let table = FixedBaseTable::new(&m, &g);
+        for (seed, bits) in [
+            (3u64, 1usize),
+            (5, 8),
+            (11, 255),
+            (13, 256),
+            (17, 1000),
+            (19, 2048),
+        ] {
+            let base = random_below(&p_big, seed);
+            let e = random_below(&p_big, seed + 100) % (BigUint::from(1u8) << bits);
+            let got = m.leave_montgomery(&m.pow(&m.enter_montgomery(&limbs(&base)), &limbs(&e), bits));
+            assert_eq!(big(&got), base.modpow(&e, &p_big), "{bits} bits");
+            if bits <= FIXED_BASE_BITS {
+                let got = m.leave_montgomery(&table.pow(&m, &limbs(&e)));
+                assert_eq!(
+                    big(&got),
+                    BigUint::from(3u8).modpow(&e, &p_big),
+                    "fixed base {bits}"
+                );
+            }
+        }
+        // Zero exponent, and an all-ones 256-bit exponent (every window 15).
+        let all_ones = (BigUint::from(1u8) << 256usize) - BigUint::from(1u8);
+        for e in [BigUint::from(0u8), all_ones] {
+            let got = m.leave_montgomery(&table.pow(&m, &limbs(&e)));
+            assert_eq!(big(&got), BigUint::from(3u8).modpow(&e, &p_big));
+            let got = m.leave_montgomery(&m.pow(&g, &limbs(&e), 256));
+            assert_eq!(big(&got), BigUint::from(3u8).modpow(&e, &p_big));
+        }
+    }
+}
