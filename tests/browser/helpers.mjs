@@ -46,7 +46,7 @@ export async function startServer(extra = [], { bind = '127.0.0.1:0', dataDir = 
     const t = setTimeout(() => rej(new Error('relay-server did not start')), 20000);
     const got = {};
     lines.on('line', (l) => {
-      const m = l.match(/listening on (http:\/\/\S+)/); if (m) got.url = m[1];
+      const m = l.match(/listening on (https?:\/\/\S+)/); if (m) got.url = m[1];
       const f = l.match(/fingerprint ([0-9a-f]{16})/); if (f) got.fingerprint = f[1];
       const s = l.match(/^\s*metrics:\s+(http:\/\/\S+\/stats)/); if (s) got.metrics = s[1];
       if (/^\s*web clients:/.test(l)) {

@@ -348,7 +348,12 @@ impl Relay {
     /// The salt of session `sid` of key `key_id` that becomes valid at `since` (unix seconds):
     /// HKDF-SHA256 of the server key's seed, so unpredictable to anyone else and the same on
     /// every node.
-    fn salt_for(&self, key_id: [u8; 8], sid: mtproto_session::SessionId, since: u64) -> mtproto_session::ServerSalt {
+    fn salt_for(
+        &self,
+        key_id: [u8; 8],
+        sid: mtproto_session::SessionId,
+        since: u64,
+    ) -> mtproto_session::ServerSalt {
         let mut info = Vec::with_capacity(24);
         info.extend_from_slice(&key_id);
         info.extend_from_slice(&sid.0);

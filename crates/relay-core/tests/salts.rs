@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use mtproto_crypto::{rand_core::OsRng, ServerSigningKey};
-use mtproto_session::{wire::Bytes, BadMsgCode, ClientHandshake, ClientId, ClientSession, ServerPin, UnixTime};
+use mtproto_session::{
+    wire::Bytes, BadMsgCode, ClientHandshake, ClientId, ClientSession, ServerPin, UnixTime,
+};
 use relay_core::api::{Call, Endpoint, EnvelopeRequest};
 use relay_core::{Clock, MemoryEngine, Relay, RelayConfig, RelayError};
 
