@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { launchBrowser, startServer, startRedis, recordTraffic, until, artifacts, binDir, freePort, stats } from './helpers.mjs';
-import { openPeer, say, shoot } from './pages.mjs';
+import { openPeer, say, shoot, keepRecoveryCode } from './pages.mjs';
 
 let server, browser;
 const traffic = [];
@@ -44,6 +44,7 @@ async function connect(context, name, base = server.url, query = '') {
     await page.click('#connect');
   }
   await page.waitForSelector('#main-view.on', { timeout: 20000 });
+  await keepRecoveryCode(page);
   return page;
 }
 
@@ -358,6 +359,7 @@ test('a busy relay answers a sign-up rate_limited: the page says so, waits and g
     await page.waitForSelector('#handshake-log:has-text("the relay is busy, retrying in")', { timeout: 20000 });
     await page.screenshot({ path: join(artifacts, 'client_ui_busy.png') });
     await page.waitForSelector('#main-view.on', { timeout: 30000 });
+    await keepRecoveryCode(page);
     assert.equal(await page.textContent('#status'), 'connected as lee');
     assert.equal(await page.textContent('#error'), '', 'no error after the retry');
     assert.ok((await stats(relay)).rate_limited_answers >= 1, 'the relay did answer rate_limited');
