@@ -9,8 +9,13 @@
 // recovery existed (RECOVERY_TEST_PAGE_REV=main).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { launchBrowser, startServer, until } from './helpers.mjs';
-import { DESKTOP, connect, openPeer, say, inbound, shoot, pageFromRevision } from './pages.mjs';
+import { spawn } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { launchBrowser, startServer, until, binDir } from './helpers.mjs';
+import { DESKTOP, connect, openPeer, say, inbound, shoot, pageFromRevision, keepRecoveryCode } from './pages.mjs';
 import { axeViolations } from './axe.mjs';
 
 let server, browser;
@@ -153,4 +158,53 @@ test('recovery: the code shown once, a taken name explained, a wrong code refuse
     assert.deepEqual(await axeViolations(alice), [], 'axe: the old browser told');
     await shoot(alice, 'recovery_old_device_told');
   } finally { await ctxA.close(); await ctxB.close(); await ctxC.close(); }
+});
+
+/** relay-chat (the Rust client) as `name` with `args`; its output lines in `lines`. */
+function relayChat(name, args = []) {
+  const dir = mkdtempSync(join(tmpdir(), 'relay-chat-'));
+  const proc = spawn(join(binDir, 'relay-chat'), ['--server', server.url, '--name', name, '--pin', server.fingerprint, '--profile', join(dir, 'p.json'), ...args],
+    { stdio: ['pipe', 'pipe', 'pipe'] });
+  const lines = [];
+  createInterface({ input: proc.stdout }).on('line', (l) => lines.push(l));
+  createInterface({ input: proc.stderr }).on('line', (l) => lines.push(l));
+  const quit = async () => { proc.stdin.write('/quit\n'); if (proc.exitCode === null) await new Promise((r) => proc.once('exit', r)); };
+  return { proc, lines, quit };
+}
+
+test('Rust and browser codes are one format: a browser code moves the name to relay-chat --recover, a relay-chat code to the browser', async () => {
+  // Made by the browser, used by the terminal chat.
+  const ctxA = await newContext(), ctxB = await newContext();
+  try {
+    const page = await ctxA.newPage();
+    await page.goto(`${server.url}/client_ui.html`);
+    await page.fill('#name', 'rc-cross');
+    await page.click('#connect');
+    await page.waitForSelector('#main-view.on', { timeout: 20000 });
+    const code = await keepRecoveryCode(page);
+    assert.match(code, CODE);
+    const rust = relayChat('rc-cross', ['--recover', code]);
+    await until(() => rust.lines.some((l) => l.includes('connected as rc-cross')), `relay-chat to take the name over (${rust.lines.join(' | ')})`);
+    assert.ok(!rust.lines.some((l) => l.includes('your recovery code')), 'a recovery shows no new code');
+    await page.waitForSelector('#recovery:not([hidden])', { timeout: 40000 });
+    assert.match(await page.textContent('#recovery-text'), /moved to another device/);
+    await rust.quit();
+
+    // Made by the terminal chat, used by the browser.
+    const made = relayChat('rc-rusty');
+    await until(() => made.lines.some((l) => l.includes('connected as rc-rusty')), 'relay-chat to sign up');
+    const shown = made.lines.find((l) => l.includes('your recovery code'));
+    const rustCode = /([0-9a-f]{4}(-[0-9a-f]{4}){7})\s*$/.exec(shown || '')?.[1];
+    assert.match(rustCode || '', CODE, `the code relay-chat showed: ${shown}`);
+    await made.quit();
+    const browserPage = await ctxB.newPage();
+    await browserPage.goto(`${server.url}/client_ui.html`);
+    await browserPage.fill('#name', 'rc-rusty');
+    await browserPage.click('#connect');
+    await browserPage.waitForSelector('#recovery:not([hidden])', { timeout: 20000 });
+    await browserPage.fill('#recovery-code', rustCode);
+    await browserPage.click('#recover');
+    await browserPage.waitForSelector('#main-view.on', { timeout: 20000 });
+    await until(async () => (await browserPage.textContent('#status')) === 'connected as rc-rusty', 'the browser to take the name over');
+  } finally { await ctxA.close(); await ctxB.close(); }
 });
