@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { launchBrowser, startServer, until, artifacts } from './helpers.mjs';
+import { keepRecoveryCode } from './pages.mjs';
 import { DESKTOP, PHONE, openPeer, say, mine, scripted } from './pages.mjs';
 
 const axeSource = readFileSync(createRequire(import.meta.url).resolve('axe-core/axe.min.js'), 'utf8');
@@ -47,6 +48,7 @@ test('axe-core: no serious or critical violation in any state of client_ui.html'
     await page.fill('#name', 'axe-user');
     await page.click('#connect');
     await page.waitForSelector('#main-view.on', { timeout: 20000 });
+    await keepRecoveryCode(page);
     found.push(...await audit(page, 'connected'));
     await g.evaluate(() => c.send('axe-user', 'hello from the script'));
     await page.waitForSelector('.peer[data-peer="axe-peer"] .unread:has-text("1")', { timeout: 20000 });
@@ -91,6 +93,7 @@ test('keyboard only: sign up, find a contact, open the conversation and send', a
     await page.keyboard.type('kbd-user');
     await page.keyboard.press('Enter');
     await page.waitForSelector('#main-view.on', { timeout: 20000 });
+    await keepRecoveryCode(page);
     await until(async () => (await page.evaluate(() => document.activeElement?.id)) === 'search', 'the focus in the search box');
     await page.keyboard.type('kbd-p');
     await page.keyboard.press('Enter');

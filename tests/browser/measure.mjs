@@ -7,6 +7,7 @@
 // - bytes per page: what client_ui.html and its scripts weigh, as sent and as transferred.
 // One real relay-server (default settings, SQLite, loopback), Debian's Chromium.
 import { launchBrowser, startServer } from './helpers.mjs';
+import { keepRecoveryCode } from './pages.mjs';
 
 const RUNS = Number(process.env.RUNS || 5);
 const SENDS = 20;
@@ -55,12 +56,14 @@ try {
   await page.fill('#name', 'measure-sender');
   await page.click('#connect');
   await page.waitForSelector('#main-view.on');
+  await keepRecoveryCode(page);
   const ctxB = await browser.newContext();
   const peer = await ctxB.newPage();
   await peer.goto(`${server.url}/client_ui.html`);
   await peer.fill('#name', 'measure-reader');
   await peer.click('#connect');
   await peer.waitForSelector('#main-view.on');
+  await keepRecoveryCode(peer);
   await page.fill('#search', 'measure-reader');
   await page.click('.result[data-peer="measure-reader"]');
   await peer.evaluate(() => {

@@ -5,7 +5,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { launchBrowser, startServer, until, freePort } from './helpers.mjs';
-import { openPeer, say, shoot } from './pages.mjs';
+import { openPeer, say, shoot, keepRecoveryCode } from './pages.mjs';
 
 let browser;
 before(async () => { browser = await launchBrowser(); });
@@ -21,6 +21,7 @@ async function signIn(page, name) {
     await page.click('#connect');
   }
   await page.waitForSelector('#main-view.on', { timeout: 20000 });
+  await keepRecoveryCode(page);
 }
 
 async function connect(context, name, base) {

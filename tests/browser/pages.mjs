@@ -1,7 +1,8 @@
 // What the client_ui tests do with a page: sign in, open a conversation, write, read, and take
 // screenshots at both sizes. One copy for the test files that drive client_ui.html.
 import { join } from 'node:path';
-import { until, artifacts } from './helpers.mjs';
+import { execFileSync } from 'node:child_process';
+import { until, artifacts, root } from './helpers.mjs';
 
 export const DESKTOP = { width: 1280, height: 800 };
 export const PHONE = { width: 390, height: 844 };
@@ -27,7 +28,22 @@ export async function signIn(page, name) {
     await page.click('#connect');
   }
   await page.waitForSelector('#main-view.on', { timeout: 20000 });
+  await keepRecoveryCode(page);
   await until(async () => (await page.textContent('#status')).includes(`as ${name.toLowerCase()}`), `${name} to be signed in`);
+}
+
+/**
+ * A new account's page shows its recovery code in a dialog (in the same task as the signed-in
+ * view appears): read it, confirm it is written down, close. Returns the code, or null when
+ * there was none (a resumed profile).
+ */
+export async function keepRecoveryCode(page) {
+  if (!(await page.locator('#code-dialog[open]').count())) return null;
+  const code = await page.textContent('#code-shown');
+  await page.check('#code-saved');
+  await page.click('#code-done');
+  await page.waitForSelector('#code-dialog:not([open])', { state: 'attached' });
+  return code;
 }
 
 export async function connect(context, name, base, query = '') {
@@ -89,4 +105,22 @@ export async function scripted(browser, relay, name) {
     c.addEventListener('message', (e) => got.push(e.detail));
   }, { name, pin: relay.fingerprint });
   return page;
+}
+
+/**
+ * With RECOVERY_TEST_PAGE_REV=<git revision> set, `context` gets client_ui.html and js/ from that
+ * revision instead of the relay's own copy (the relay still answers; its pin is kept): how a test
+ * is seen failing on the page from before a change. Without it, nothing happens.
+ */
+export async function pageFromRevision(context, rev = process.env.RECOVERY_TEST_PAGE_REV) {
+  if (!rev) return;
+  await context.route(/\/(client_ui\.html|js\/[a-z_]+\.js)(\?.*)?$/, async (route) => {
+    const path = new URL(route.request().url()).pathname.slice(1);
+    const res = await route.fetch();
+    let body = execFileSync('git', ['show', `${rev}:bins/relay-server/assets/${path}`], { cwd: root, encoding: 'utf8' });
+    if (path.endsWith('.html')) body = body.replace('{{SERVER_FINGERPRINT}}', /name="relay-fingerprint" content="([0-9a-f]*)"/.exec(await res.text())[1]);
+    const headers = { ...res.headers() };
+    delete headers['content-encoding']; delete headers['content-length']; delete headers.etag;
+    await route.fulfill({ status: 200, headers, body });
+  });
 }

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { launchBrowser, startServer, startRedis, recordTraffic, until, artifacts, binDir, freePort, stats } from './helpers.mjs';
-import { openPeer, say, shoot } from './pages.mjs';
+import { openPeer, say, shoot, keepRecoveryCode } from './pages.mjs';
 
 let server, browser;
 const traffic = [];
@@ -44,6 +44,7 @@ async function connect(context, name, base = server.url, query = '') {
     await page.click('#connect');
   }
   await page.waitForSelector('#main-view.on', { timeout: 20000 });
+  await keepRecoveryCode(page);
   return page;
 }
 
@@ -216,6 +217,8 @@ test('after the server loses its data, open pages shake hands again, republish k
       await until(async () => (await page.textContent('#status')) === `connected as ${name}`, `${name} to reconnect`, 30000);
       // …and each is told that what the relay held may be gone.
       await until(async () => (await page.textContent('#error')).includes('may have been lost'), `${name} to be told of the loss`);
+      // Registered again, so a new account: its new recovery code is shown (the old one is void).
+      assert.match(await keepRecoveryCode(page) || '', /^[0-9a-f]{4}(-[0-9a-f]{4}){7}$/, `${name} is shown a new recovery code`);
     }
     await say(frank, 'after the loss plaintext-canary-seven');
     await inbound(grace, 'after the loss plaintext-canary-seven');
@@ -358,6 +361,7 @@ test('a busy relay answers a sign-up rate_limited: the page says so, waits and g
     await page.waitForSelector('#handshake-log:has-text("the relay is busy, retrying in")', { timeout: 20000 });
     await page.screenshot({ path: join(artifacts, 'client_ui_busy.png') });
     await page.waitForSelector('#main-view.on', { timeout: 30000 });
+    await keepRecoveryCode(page);
     assert.equal(await page.textContent('#status'), 'connected as lee');
     assert.equal(await page.textContent('#error'), '', 'no error after the retry');
     assert.ok((await stats(relay)).rate_limited_answers >= 1, 'the relay did answer rate_limited');

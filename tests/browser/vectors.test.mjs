@@ -93,6 +93,48 @@ test('X25519 chat keys agree, low-order keys are refused, pq is factored', async
   assert.deepEqual(out, { same: true, len: 256, lowOrder: 'peer identity key is a low-order point', p: '1008949199', q: '1455403679' });
 });
 
+test('account recovery: the code, its public key and a proof are byte-identical to Rust (mtproto-crypto recovery.rs)', async () => {
+  const v = interop.recovery;
+  const out = await page.evaluate(async (v) => {
+    const m = await import('/js/mtproto.js');
+    const code = m.parseRecoveryCode(v.code);
+    const r = {
+      bytes: m.hex(code),
+      shown: m.formatRecoveryCode(code),
+      // Any case, dashes or spaces, as RecoveryCode::parse.
+      typed: m.hex(m.parseRecoveryCode(` ${v.code_bytes.toUpperCase().match(/.{4}/g).join(' ')} `)),
+      pub: m.hex(await m.recoveryPublicKey(code)),
+      proof: m.hex(await m.recoveryProof(code, v.client_id, m.fromHex(v.server_nonce), m.fromHex(v.auth_key_id))),
+      refused: [],
+    };
+    for (const bad of [v.code.slice(0, -1), v.code.replace(/^./, 'g'), v.code + '0']) {
+      try { m.parseRecoveryCode(bad); r.refused.push('accepted'); } catch (e) { r.refused.push(e.message); }
+    }
+    // A new code: 16 random bytes, shown as 8 groups of 4 lower-case hex digits.
+    const fresh = m.newRecoveryCode();
+    r.fresh = m.formatRecoveryCode(fresh);
+    r.freshBack = m.hex(m.parseRecoveryCode(r.fresh)) === m.hex(fresh);
+    // The proof verifies under the public key, and not for another auth key.
+    const pk = await crypto.subtle.importKey('raw', m.fromHex(r.pub), { name: 'Ed25519' }, false, ['verify']);
+    const statement = (keyId) => m.concat(m.utf8('mtproto-relay/recover/v1'), Uint8Array.of(v.client_id.length), m.utf8(v.client_id), m.fromHex(v.server_nonce), keyId);
+    r.verifies = await crypto.subtle.verify({ name: 'Ed25519' }, pk, m.fromHex(r.proof), statement(m.fromHex(v.auth_key_id)));
+    const other = m.fromHex(v.auth_key_id); other[0] ^= 1;
+    r.otherKey = await crypto.subtle.verify({ name: 'Ed25519' }, pk, m.fromHex(r.proof), statement(other));
+    return r;
+  }, v);
+  assert.equal(out.bytes, v.code_bytes);
+  assert.equal(out.shown, v.code, 'the display form is Rust\'s Display');
+  assert.match(v.code, /^[0-9a-f]{4}(-[0-9a-f]{4}){7}$/);
+  assert.equal(out.typed, v.code_bytes);
+  assert.equal(out.pub, v.public_key);
+  assert.equal(out.proof, v.proof);
+  assert.equal(out.verifies, true);
+  assert.equal(out.otherKey, false);
+  assert.ok(out.refused.every((e) => e !== 'accepted' && /^a recovery code has/.test(e)), `refusals: ${out.refused}`);
+  assert.match(out.fresh, /^[0-9a-f]{4}(-[0-9a-f]{4}){7}$/);
+  assert.equal(out.freshBack, true);
+});
+
 /** The spec of the proof of work (crates/mtproto-session/src/work.rs), brute-forced here with
  * Node's own SHA-256: the smallest big-endian u64 counter with at least `bits` leading zero bits. */
 function smallestWork(nonce, serverNonce, bits) {

@@ -8,7 +8,9 @@
     missing_docs
 )]
 
-use mtproto_crypto::{legacy, AuthKey, ChatKey, Direction, Framing, Layout, Mode, Nonce128, Nonce256};
+use mtproto_crypto::{
+    legacy, AuthKey, ChatKey, Direction, Framing, Layout, Mode, Nonce128, Nonce256, RecoveryCode,
+};
 use mtproto_session::{handshake::key_confirmation, ClientId, ServerSalt, SessionId};
 use serde_json::json;
 
@@ -70,6 +72,12 @@ fn compute() -> serde_json::Value {
         ServerSalt([9, 10, 11, 12, 13, 14, 15, 16]),
     );
     let nn = Nonce256::from_bytes(seq(32, 1, 0).try_into().unwrap());
+    // Account recovery (docs/protocol.md §1 "Recovery"): a fixed code, typed back in another
+    // form, its public key, and its proof for a fixed handshake (Ed25519 is deterministic).
+    let code = RecoveryCode::parse(&hex::encode(seq(16, 9, 0x31)).to_uppercase()).unwrap();
+    let recovery_nonce: [u8; 16] = seq(16, 3, 0x70).try_into().unwrap();
+    let recovery_key_id: [u8; 8] = seq(8, 5, 0xc0).try_into().unwrap();
+    let proof = code.prove("alice", &recovery_nonce, &recovery_key_id);
     json!({
         "source": "computed by mtproto-session's tests/interop_vectors.rs from the fixed inputs below",
         "auth_key": hex::encode(&auth_key_bytes),
@@ -90,6 +98,15 @@ fn compute() -> serde_json::Value {
         },
         "key_confirmation": hex::encode(conf),
         "new_nonce_hash1_plain": hex::encode(legacy::new_nonce_hash(&nn, 1, auth_key.aux_hash())),
+        "recovery": {
+            "code_bytes": hex::encode(seq(16, 9, 0x31)),
+            "code": code.to_string(),
+            "public_key": hex::encode(code.public().as_bytes()),
+            "client_id": "alice",
+            "server_nonce": hex::encode(recovery_nonce),
+            "auth_key_id": hex::encode(recovery_key_id),
+            "proof": hex::encode(proof),
+        },
     })
 }
 

@@ -14,7 +14,7 @@
 // note "earlier messages missing" stays only while a number before them is still missing.
 import {
   RelayClient, RelayError, canonicalName, humanError, refusalText, MAX_PEERS_PAGE,
-  loadHistory, saveHistory, lastUser, setLastUser, hasProfile,
+  loadHistory, saveHistory, lastUser, setLastUser, hasProfile, formatRecoveryCode, parseRecoveryCode,
 } from './mtproto.js';
 
 const $ = (id) => document.getElementById(id);
@@ -46,7 +46,8 @@ const OFFLINE_NOTE = 'The relay cannot be reached. Messages you write wait here 
 function sayError(e, peer) {
   if (e && e.transport) return 'the relay cannot be reached. Check your connection; this page keeps trying.';
   if (e instanceof SyntaxError) return 'the relay sent an answer this page cannot read. Try again in a moment.';
-  if (e instanceof RelayError && e.code === 'client_id_taken') return 'this name is registered to someone else’s key. Pick another name.';
+  if (e instanceof RelayError && e.code === 'client_id_taken') return 'this name is registered to someone else’s key.';
+  if (e instanceof RelayError && e.code === 'recovery_refused') return 'that recovery code does not match this name. Check what you wrote down and try again; nothing was changed.';
   // Not the relay's own answer (a proxy's error page), or the relay failing: nothing a person can act on but waiting.
   if (e instanceof RelayError && (e.code === 'http' || e.code === undefined || (e.status >= 500 && e.code !== 'storage_unavailable' && e.code !== 'busy'))) {
     return 'the relay is not answering properly right now (it may be restarting). Try again in a moment.';
@@ -254,7 +255,7 @@ function renderMessages() {
       if (m.lastError) s.title = `waiting for the relay: ${m.lastError}`;
     }
     if (s.textContent) li.append(s);
-    if (m.dir === 'out' && m.state === 'not sent') {
+    if (m.dir === 'out' && (m.state === 'not sent' || (m.state === 'possibly delivered' && byOutbox.has(m.id)))) {
       const actions = document.createElement('span'); actions.className = 'msg-actions';
       const retry = document.createElement('button'); retry.type = 'button'; retry.className = 'text retry'; retry.textContent = 'retry';
       retry.addEventListener('click', () => retryMessage(m));
@@ -324,6 +325,8 @@ function showOutbox(r) {
   let m = byOutbox.get(r.id);
   if (r.state === 'abandoned') {
     byOutbox.delete(r.id);
+    // A copy may have been stored: the message stays, said as it is (a receipt may still come).
+    if (m && r.maybeStored) { m.state = 'possibly delivered'; m.reason = 'no longer retried; an earlier try may have reached them'; remember(r.to); rerender(r.to); return; }
     const list = convs.get(r.to) || [];
     if (m && list.includes(m)) list.splice(list.indexOf(m), 1);
     remember(r.to); rerender(r.to);
@@ -333,7 +336,13 @@ function showOutbox(r) {
   if (fresh) { m = { dir: 'out', text: r.text, id: r.id, at: r.sentAt || Date.now() }; byOutbox.set(r.id, m); }
   m.seq = r.seq; m.rid = r.randomId; m.reason = null; m.lastError = null; m.epoch = epochOf(r.to);
   if (r.state === 'sending') { m.state = 'sending…'; m.lastError = r.lastError; }
-  else if (r.state === 'refused') { m.state = 'not sent'; m.reason = sayError(new RelayError(0, { error: r.code, message: r.message || '' }), r.to) || refusalText(r); }
+  else if (r.state === 'refused') {
+    const why = sayError(new RelayError(0, { error: r.code, message: r.message || '' }), r.to) || refusalText(r);
+    // An earlier try went out without an answer and may have been stored (F3): the refusal of
+    // a later one does not mean it did not arrive.
+    if (r.maybeStored) { m.state = 'possibly delivered'; m.reason = `an earlier try may have reached ${r.to}, then the relay refused a resend: ${why}`; }
+    else { m.state = 'not sent'; m.reason = why; }
+  }
   else if (r.state === 'stored') {
     m.mailboxSeq = r.mailboxSeq;
     if (!/^delivered/.test(m.state || '')) m.state = 'sent ✓';
@@ -386,6 +395,7 @@ function refreshContacts() {
       for (const n of names) looked.add(n);
       for (const p of found) info.set(p.client_id, p);
     } catch (e) {
+      if (nameMovedAway) return; // said on the form
       if (!e.transport && !(e instanceof RelayError && e.status >= 500)) showError(`could not load your contacts: ${sayError(e)}`);
     } finally { refreshing = null; }
     renderPeers(); renderHead();
@@ -515,18 +525,23 @@ function holdProfile(name) {
   });
 }
 
-async function signIn(rawName) {
+/**
+ * Signs `rawName` in: its saved profile, or a new account (whose recovery code is then shown
+ * once), or with `recoveryCode` (16 bytes) the name taken over from a lost device.
+ */
+async function signIn(rawName, recoveryCode = null) {
   let name;
   try { name = canonicalName(rawName); } catch (e) { showError(e.message); $('name').focus(); return; }
-  $('connect').disabled = true;
+  $('connect').disabled = true; $('recover').disabled = true;
   if (!(await holdProfile(name))) {
-    $('connect-view').hidden = false; $('connect').disabled = false;
+    $('connect-view').hidden = false; $('connect').disabled = false; $('recover').disabled = false;
     setStatus('not connected', true);
     showError(`${name} is already open in another tab or window of this browser. Use that one: two at once would mix up your messages.`);
     $('name').focus();
     return;
   }
-  $('recovery').hidden = true;
+  if (!recoveryCode) $('recovery').hidden = true;
+  $('recovery-error').textContent = '';
   setStatus('connecting…');
   const log = $('handshake-log');
   const trace = (step, d) => {
@@ -535,24 +550,125 @@ async function signIn(rawName) {
     log.textContent = step === 'pow_working' ? `handshake: working… (proof of work, ${d.bits} bits)` : `handshake: ${STEP_TEXT[step] || step}`;
   };
   try {
-    client = await RelayClient.connect({ name, pin, trace });
+    client = await RelayClient.connect({ name, pin, trace, recoveryCode });
   } catch (e) {
     clearInterval(countdown);
     $('connect-view').hidden = false;
-    $('connect').disabled = false; setStatus('not connected', true);
+    $('connect').disabled = false; $('recover').disabled = false; setStatus('not connected', true);
     log.textContent = '';
     letGo();
-    if (e instanceof RelayError && e.code === 'client_id_taken') $('recovery').hidden = false;
+    if (recoveryCode) {
+      // The error goes beside the code; the form stays as it was.
+      $('recovery-error').textContent = e instanceof RelayError && e.code === 'client_id_taken'
+        ? `${name} has no recovery code on this relay (it was registered before recovery codes existed), so it cannot be moved. Choose another name.`
+        : `Could not use the code: ${sayError(e)}`;
+      $('recovery-code').focus();
+      return;
+    }
+    if (e instanceof RelayError && e.code === 'client_id_taken') {
+      offerRecovery(name, `The name “${name}” is already registered — to a key this browser does not have. If it is yours (a new device, or this browser lost its data), enter the recovery code you wrote down when you signed up and your name moves here. Otherwise, choose another name.`);
+      showError(`could not sign in: ${sayError(e)}`);
+      return;
+    }
     showError(`could not sign in: ${sayError(e)}`);
     $('name').focus();
     return;
   }
+  $('recovery').hidden = true; $('recovery-code').value = ''; $('recover').disabled = false;
+  if (nameMovedAway) {
+    nameMovedAway = false;
+    $('connect-title').textContent = 'Sign in'; $('name').readOnly = false; $('connect').hidden = false;
+  }
   await setLastUser(client.name);
-  await start();
+  await start(recoveryCode ? `Your name moved to this browser. Your contacts will see that your security key changed, and must accept it before you can talk again.` : '');
 }
 
-async function start() {
+/** The way forward for a name held by another key: the recovery code, or another name. */
+function offerRecovery(name, text) {
+  $('name').value = name;
+  $('recovery-text').textContent = text;
+  $('recovery-error').textContent = '';
+  $('recovery').hidden = false;
+  $('recovery-code').focus();
+}
+
+function recoverName() {
+  let code;
+  try { code = parseRecoveryCode($('recovery-code').value); } catch (e) {
+    $('recovery-error').textContent = `That is not a recovery code: ${e.message}`;
+    $('recovery-code').focus();
+    return;
+  }
+  signIn($('name').value, code);
+}
+$('recover').addEventListener('click', recoverName);
+$('other-name').addEventListener('click', () => {
+  // A page whose name moved away holds that user's state: it starts clean for another name.
+  if (nameMovedAway) { setLastUser(null).then(() => location.reload()); return; }
+  $('recovery').hidden = true; $('recovery-code').value = ''; showError('');
+  $('name').select(); $('name').focus();
+});
+// The recovery choice answers for the name it was offered for.
+$('name').addEventListener('input', () => { if (!nameMovedAway) $('recovery').hidden = true; });
+
+// ---- the recovery code, shown once ------------------------------------------------------------
+
+/** Shows a new account's recovery code until the user says it is written down; then forgets it. */
+function showRecoveryCode(code) {
+  const d = $('code-dialog');
+  $('code-shown').textContent = formatRecoveryCode(code);
+  code.fill(0);
+  $('code-saved').checked = false; $('code-done').disabled = true; $('code-note').textContent = '';
+  if (!d.open) d.showModal();
+  $('code-copy').focus();
+}
+$('code-saved').addEventListener('change', () => { $('code-done').disabled = !$('code-saved').checked; });
+$('code-copy').addEventListener('click', async () => {
+  try {
+    await navigator.clipboard.writeText($('code-shown').textContent);
+    $('code-note').textContent = 'Copied. Paste it somewhere safe (a password manager), not in a chat.';
+  } catch {
+    $('code-note').textContent = 'This browser did not let the page copy: select the code and copy it yourself, or write it down.';
+  }
+});
+$('code-done').addEventListener('click', () => {
+  if (!$('code-saved').checked) return;
+  $('code-shown').textContent = '';
+  $('code-dialog').close();
+});
+// Escape does not lose the code silently: the dialog stays and says why.
+$('code-dialog').addEventListener('cancel', (ev) => {
+  ev.preventDefault();
+  $('code-note').textContent = 'This code cannot be shown again. Write it down, tick the box, then choose Done.';
+  $('code-saved').focus();
+});
+$('code-dialog').addEventListener('close', () => {
+  // Closed some other way (the browser closes a dialog on a second Escape): opened again.
+  if ($('code-shown').textContent) { $('code-dialog').showModal(); $('code-saved').focus(); return; }
+  (current ? $('text') : $('search')).focus();
+});
+
+// ---- the name moved to another device ----------------------------------------------------------
+
+let nameMovedAway = false;
+/** Our key is gone and the name belongs to another key now: the recovery code was used elsewhere. */
+async function nameMoved(name) {
+  nameMovedAway = true;
+  clearInterval(refreshTimer);
+  await flushHistory();
+  $('main-view').classList.remove('on');
+  $('connect-view').hidden = false;
+  $('connect-title').textContent = 'Signed out';
+  $('name').readOnly = true; $('connect').hidden = true; $('recover').disabled = false;
+  $('handshake-log').textContent = ''; $('own-fp').textContent = '';
+  setStatus('signed out', true);
   showError('');
+  offerRecovery(name, `Your name “${name}” moved to another device: someone signed in with its recovery code. This browser can no longer send or receive as ${name}. If that was not you, enter your recovery code to take your name back here. Otherwise, choose another name.`);
+}
+
+let refreshTimer = null;
+async function start(notice = '') {
+  showError(standingNotice = notice);
   connected = !client.needPublish;
   setStatus(connected ? `connected as ${client.name}` : 'reconnecting…', !connected);
   const fp = await client.ownFingerprint();
@@ -561,6 +677,9 @@ async function start() {
   document.body.dataset.user = client.name;
   $('connect-view').hidden = true;
   $('main-view').classList.add('on');
+  // A new account: its recovery code, once, in the same task as the page appears.
+  const code = client.takeRecoveryCode();
+  if (code) showRecoveryCode(code);
   // The history first, then what waited in the outbox (from before a reload) on top of it.
   for (const [peer, list] of await loadHistory(client.name)) {
     const pending = new Set(client.outbox.map((e) => e.id));
@@ -617,6 +736,7 @@ async function start() {
   client.addEventListener('relay_lost_data', () => showError(standingNotice = 'The relay had lost its data and no longer knew you, so you are registered again. Messages that were waiting for you there, and messages you sent that were not yet delivered, may have been lost.'));
   client.addEventListener('busy', ({ detail: d }) => showBusy($('status'), d.seconds, `connected as ${client.name}`));
   client.addEventListener('status', ({ detail: d }) => {
+    if (nameMovedAway) return;
     clearInterval(countdown);
     connected = d.state !== 'offline';
     if (!connected) { setStatus('reconnecting…', true); showError(`${OFFLINE_NOTE}`); } else { setStatus(`connected as ${client.name}`); showError(standingNotice); refreshContacts(); }
@@ -624,14 +744,23 @@ async function start() {
   });
   document.addEventListener('visibilitychange', () => { if (!document.hidden && current) { unread.delete(current); renderPeers(); } });
   addEventListener('pagehide', () => { flushHistory(); });
+  client.addEventListener('name_moved', ({ detail: d }) => nameMoved(d.name));
+  client.addEventListener('recovery_code', () => { const code = client.takeRecoveryCode(); if (code) showRecoveryCode(code); });
   renderPeers(); renderHead();
-  $('search').focus();
+  if (!$('code-dialog').open) $('search').focus();
   await refreshContacts();
-  setInterval(refreshContacts, REFRESH_MS);
+  clearInterval(refreshTimer);
+  refreshTimer = setInterval(refreshContacts, REFRESH_MS);
   client.run();
 }
 
-$('connect-view').addEventListener('submit', (ev) => { ev.preventDefault(); signIn($('name').value); });
+$('connect-view').addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  // Enter in the recovery code's box uses the code.
+  if (!$('recovery').hidden && document.activeElement === $('recovery-code')) { recoverName(); return; }
+  if (nameMovedAway) { recoverName(); return; }
+  signIn($('name').value);
+});
 
 // The last user of this browser is signed in again by itself (their profile is stored here).
 (async () => {

@@ -245,6 +245,58 @@ export async function generateIdentity() {
   return { privateKey: pair.privateKey, pub };
 }
 
+// ---- Account recovery (docs/protocol.md §1 "Recovery", mtproto-crypto/src/recovery.rs) --------
+
+const RECOVERY_SEED_LABEL = utf8('mtproto-relay/recovery/v1');
+const RECOVERY_STATEMENT_LABEL = utf8('mtproto-relay/recover/v1');
+/** PKCS#8 v1 around a 32-byte Ed25519 seed (RFC 8410 §7): this prefix ‖ seed. */
+const PKCS8_ED25519_PREFIX = fromHex('302e020100300506032b657004220420');
+
+/** A new recovery code: 16 random bytes. The page shows it once and never stores it. */
+export function newRecoveryCode() { return randomBytes(16); }
+
+/** The code as the user writes it down, as Rust's `Display`: 8 groups of 4 lower-case hex digits joined by '-'. */
+export function formatRecoveryCode(code) { return hex(code).match(/.{4}/g).join('-'); }
+
+/**
+ * A code as the user typed it (RecoveryCode::parse): 32 hex digits in any case, with any dashes
+ * or spaces between them. Throws an error whose message is a sentence for people.
+ */
+export function parseRecoveryCode(text) {
+  const digits = String(text).replace(/[-\s]/g, '').toLowerCase();
+  if (!/^[0-9a-f]*$/.test(digits)) throw new Error('a recovery code has only the digits 0–9 and the letters a–f (with dashes between groups).');
+  if (digits.length !== 32) throw new Error(`a recovery code has 32 digits and letters (8 groups of 4); this one has ${digits.length}.`);
+  return fromHex(digits);
+}
+
+/** The Ed25519 key of a code: seed = SHA-256("mtproto-relay/recovery/v1" ‖ code). {privateKey, pub (32 bytes)}. */
+async function recoveryKeyPair(code) {
+  const seed = await sha256(RECOVERY_SEED_LABEL, code);
+  const pkcs8 = concat(PKCS8_ED25519_PREFIX, seed);
+  try {
+    // Extractable only so that the public half can be read from the JWK (`x`); the key lives
+    // for this call only.
+    const privateKey = await subtle.importKey('pkcs8', pkcs8, { name: 'Ed25519' }, true, ['sign']);
+    const jwk = await subtle.exportKey('jwk', privateKey);
+    const pub = fromB64(jwk.x.replace(/-/g, '+').replace(/_/g, '/') + '=');
+    return { privateKey, pub };
+  } finally { seed.fill(0); pkcs8.fill(0); }
+}
+
+/** The public half the relay keeps (`recovery_key`, 32 bytes). */
+export async function recoveryPublicKey(code) { return (await recoveryKeyPair(code)).pub; }
+
+/**
+ * `recovery_proof` (64 bytes): Ed25519 over "mtproto-relay/recover/v1" ‖ len(client_id) (1) ‖
+ * client_id ‖ server_nonce (16) ‖ auth_key_id (8), naming this handshake's own auth key.
+ */
+export async function recoveryProof(code, clientId, serverNonce, authKeyId) {
+  const { privateKey } = await recoveryKeyPair(code);
+  const id = utf8(clientId);
+  const statement = concat(RECOVERY_STATEMENT_LABEL, Uint8Array.of(id.length), id, serverNonce, authKeyId);
+  return new Uint8Array(await subtle.sign({ name: 'Ed25519' }, privateKey, statement));
+}
+
 export async function identityShortFingerprint(pub) { return hex((await sha256(utf8('mtproto-relay/identity/v1'), pub)).slice(0, 8)); }
 
 /** The 256-byte chat key: HKDF-SHA256 over X25519(own, peer), both public keys bound in order. */
@@ -475,15 +527,22 @@ async function postRetrying(base, path, body, onBusy = () => {}) {
  * The handshake (docs/protocol.md §1). `trace(step, detail)` reports each step; `pin` is the
  * server fingerprint (hex) the page was served with.
  */
-export async function handshake(base, clientId, pin, trace = () => {}) {
-  try { return await handshakeOnce(base, clientId, pin, trace); } catch (e) {
+export async function handshake(base, clientId, pin, trace = () => {}, recovery = {}) {
+  try { return await handshakeOnce(base, clientId, pin, trace, recovery); } catch (e) {
     // A long wait on a busy relay can outlive the pending handshake (60 s): start once more.
     if (!(e instanceof RelayError && (e.code === 'handshake_expired' || e.code === 'unknown_handshake'))) throw e;
-    return handshakeOnce(base, clientId, pin, trace);
+    return handshakeOnce(base, clientId, pin, trace, recovery);
   }
 }
 
-async function handshakeOnce(base, name, pin, trace) {
+/**
+ * One handshake. Recovery (docs/protocol.md §1 "Recovery"): with `recovery.proveWith` (a code's
+ * 16 bytes) it sends `recovery_proof` for this handshake's key, taking the name over from a lost
+ * device; otherwise it registers a fresh code's public half (`recovery_key`) and the returned
+ * session carries that code in `recoveryCode` (never saved: Session.toJSON leaves it out) for the
+ * caller to show once. `recovery.register === false` sends neither.
+ */
+async function handshakeOnce(base, name, pin, trace, { proveWith = null, register = true } = {}) {
   // The relay keeps names in lower case, and the key confirmation binds the name it kept.
   const clientId = canonicalName(name);
   const onBusy = (seconds) => trace('busy', { seconds });
@@ -522,20 +581,30 @@ async function handshakeOnce(base, name, pin, trace) {
   checkDhPublic(gb);
   const authKey = bigToBytes(modPow(ga, exp, P), 256);
   const gbBytes = bigToBytes(gb, 256);
-  const done = await postRetrying(base, '/set_client_dh_params', { nonce: b64(nonce), server_nonce: b64(sn), g_b: hex(gbBytes), client_id: clientId }, onBusy);
+  const digest = await sha1(authKey);
+  const setDh = { nonce: b64(nonce), server_nonce: b64(sn), g_b: hex(gbBytes), client_id: clientId };
+  // The auth_key_id (SHA1(auth_key)[12..20]) is known before the relay answers: the proof names it.
+  const fresh = !proveWith && register ? newRecoveryCode() : null;
+  if (fresh) setDh.recovery_key = b64(await recoveryPublicKey(fresh));
+  if (proveWith) {
+    setDh.recovery_proof = b64(await recoveryProof(proveWith, clientId, sn, digest.slice(12, 20)));
+    trace('recovery_proved', { auth_key_id: hex(digest.slice(12, 20)) });
+  }
+  const done = await postRetrying(base, '/set_client_dh_params', setDh, onBusy);
   const sessionId = fromB64(done.session_id), salt = fromB64(done.salt);
   const id = utf8(clientId);
   const newNonce = await sha256(utf8('mtproto-relay/key-confirmation/v1'), nonce, sn, gA, gbBytes, Uint8Array.of(id.length), id, sessionId, salt);
-  const digest = await sha1(authKey);
   const aux = digest.slice(0, 8);
   const expected = (await sha1(newNonce, Uint8Array.of(1), aux)).slice(4, 20);
   const idOk = equalBytes(fromHex(done.auth_key_id), digest.slice(12, 20));
   if (!(equalBytes(expected, fromHex(done.key_confirmation)) && idOk)) throw new Error('key confirmation failed');
   trace('key_confirmed', { auth_key_id: done.auth_key_id, session_id: hex(sessionId) });
-  return new Session({
+  const session = new Session({
     base, clientId, authKey, sessionId, salt, serverKey: pk,
     timeOffset: dh.server_time - Math.floor(Date.now() / 1000), lastMsgId: 0n, contentSent: 0, seen: [], sent: [],
   });
+  session.recoveryCode = fresh;
+  return session;
 }
 
 export class Session {
@@ -820,12 +889,19 @@ export class RelayClient extends EventTarget {
     this.saveChain = run.catch(() => {});
     return run;
   }
-  static async connect({ base = '', name, pin, persist = true, trace = () => {} }) {
+  /**
+   * Opens `name`: its saved profile, or a new account (a handshake that registers a recovery
+   * code: `takeRecoveryCode()` gives it once). With `recoveryCode` (the 16 bytes of
+   * parseRecoveryCode) the handshake proves it and takes the name over from a lost device
+   * (docs/protocol.md §1 "Recovery"); a saved profile of that name keeps its identity and
+   * conversations. The code is used by this handshake only, and never stored.
+   */
+  static async connect({ base = '', name, pin, persist = true, trace = () => {}, recoveryCode = null }) {
     const c = new RelayClient(base, canonicalName(name), pin, persist);
     const saved = persist ? await loadProfile(c.name) : null;
     if (saved) {
       c.identity = saved.identity;
-      c.session = new Session({ ...saved.session, base });
+      c.session = recoveryCode ? null : new Session({ ...saved.session, base });
       for (const [k, v] of Object.entries(saved.chats || {})) c.chats.set(k, new Chat(v));
       for (const [k, v] of Object.entries(saved.peers || {})) c.peers.set(k, v);
       // Profiles from before contacts existed: everyone they had a key for.
@@ -833,10 +909,13 @@ export class RelayClient extends EventTarget {
       c.outbox = saved.outbox || [];
       c.nextOutboxId = Math.max(saved.nextOutboxId || 1, ...c.outbox.map((e) => e.id + 1));
       for (const k of saved.blocked || []) c.blocked.add(k);
-      trace('resumed', { auth_key_id: hex((await sha1(c.session.authKey)).slice(12, 20)) });
+      if (c.session) trace('resumed', { auth_key_id: hex((await sha1(c.session.authKey)).slice(12, 20)) });
     } else {
       c.identity = await generateIdentity();
-      c.session = await handshake(base, c.name, pin, trace);
+    }
+    if (!c.session) {
+      c.session = await handshake(base, c.name, pin, trace, { proveWith: recoveryCode });
+      c.recoveryCode = c.session.recoveryCode; c.session.recoveryCode = null;
     }
     try { await c.call('/publish_key', { method: 'publish_key', identity_key: b64(c.identity.pub) }); } catch (e) {
       // A saved profile opens while the relay is away: its outbox is shown and waits; the key
@@ -870,14 +949,31 @@ export class RelayClient extends EventTarget {
    * identity key again (unless `publish` is false), as the Rust client does.
    */
   async handshakeAgain(publish = true) {
-    this.session = this.attach(await handshake(this.base, this.name, this.pin, (step, d) => { if (step === 'busy') this.emit('busy', d); }));
+    if (this.nameMoved) throw new RelayError(409, { error: 'client_id_taken', message: 'the name moved to another key' });
+    let session;
+    try {
+      session = await handshake(this.base, this.name, this.pin, (step, d) => { if (step === 'busy') this.emit('busy', d); });
+    } catch (e) {
+      // Our key is gone and the name is held by another key: it was moved to another device with
+      // the recovery code (docs/protocol.md §1 "Recovery"). Nothing more can go out as us.
+      if (e instanceof RelayError && e.code === 'client_id_taken' && !this.nameMoved) {
+        this.nameMoved = true; this.stop(); this.emit('name_moved', { name: this.name });
+      }
+      throw e;
+    }
+    this.session = this.attach(session);
+    this.recoveryCode = session.recoveryCode; session.recoveryCode = null;
     await this.save();
     // The relay no longer knew our key: it lost its data (or was restored from an old backup).
     this.emit('relay_lost_data', {});
+    // A new account, so a new recovery code: the one written down before no longer works.
+    if (this.recoveryCode) this.emit('recovery_code', {});
     if (publish) {
       await this.session.call('/publish_key', { method: 'publish_key', identity_key: b64(this.identity.pub) }, (w) => this.emit('wire', w));
     }
   }
+  /** The recovery code (16 bytes) the last handshake registered, once: the page shows it and forgets it. */
+  takeRecoveryCode() { const code = this.recoveryCode || null; this.recoveryCode = null; return code; }
   async ownFingerprint() { return identityShortFingerprint(this.identity.pub); }
   /** A directory entry with `status`: no_key, new, known or changed (against the accepted key). */
   annotate(p) {
@@ -1033,7 +1129,7 @@ export class RelayClient extends EventTarget {
   /** What the page shows of an outbox entry: {id, to, seq, randomId, control, text, state, code, message, lastError, sentAt}. */
   receipt(e) {
     return { id: e.id, to: e.to, seq: e.seq, randomId: e.randomId || null, control: !!e.control, text: e.control ? null : fromUtf8(e.body), state: e.state,
-      code: e.code, message: e.message, lastError: e.lastError, sentAt: e.sentAt || null };
+      code: e.code, message: e.message, lastError: e.lastError, sentAt: e.sentAt || null, maybeStored: !!e.maybeStored };
   }
   /**
    * A refused receipt is not dropped when its seq stays in use (the peer would count it missing
