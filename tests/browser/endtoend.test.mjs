@@ -159,3 +159,15 @@ test('page: a refused receipt whose seq stays in use is sent again: the peer see
     assert.deepEqual(texts.map(([t]) => t), ['b1', 'b2']);
   } finally { await ctx.close(); await g.close(); await relay.stop(); }
 });
+
+test('a bad_server_salt notice is applied and the call resent (its 64-bit bad_msg_id read exactly)', async () => {
+  const out = await lab.evaluate(async () => {
+    const m = await import('/js/mtproto.js');
+    const s = await m.handshake('', 'saltie', null);
+    s.salt = new Uint8Array(8); // a salt the relay never gave: the next call gets 48 and a notice
+    const answer = await s.call('/peers', { method: 'list_peers', names: ['saltie'] });
+    return { peers: answer.peers.length, salt: Array.from(s.salt).some((b) => b !== 0) };
+  });
+  assert.deepEqual(out, { peers: 1, salt: true });
+});
+

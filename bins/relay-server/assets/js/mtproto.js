@@ -646,7 +646,11 @@ export class Session {
   /** Applies a sealed bad_server_salt / bad_msg_notification; true if the request may be resent. */
   async applyNotice(noticeB64) {
     let inc; try { inc = await this.decode(fromB64(noticeB64)); } catch { return false; }
-    const n = JSON.parse(fromUtf8(inc.body));
+    // bad_msg_id is a 64-bit JSON number: JSON.parse would round it to a double (e.g.
+    // 7597424670374048852 → 7597424670374049000) and no notice would ever match a request
+    // sent. Read it as the digits it is.
+    const text = fromUtf8(inc.body).replace(/"bad_msg_id"\s*:\s*(\d+)/, '"bad_msg_id":"$1"');
+    const n = JSON.parse(text);
     if (!this.sent.includes(String(n.bad_msg_id))) return false;
     if (n._ === 'bad_server_salt') { this.salt = fromB64(n.new_server_salt); return true; }
     if (n.error_code === 16 || n.error_code === 17) {
