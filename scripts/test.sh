@@ -16,6 +16,7 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)  # certificates for the TL
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)  # schemathesis, scripts/api-fuzz.sh
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
@@ -40,5 +41,7 @@ cargo run -q --example two_peers
 echo "== browser tests (Debian Chromium, playwright-core)"
 cargo build -q -p relay-server -p relay-chat
 (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error && npm test)
+echo "== API property test (schemathesis against /openapi.json)"
+scripts/api-fuzz.sh 25
 echo "== fuzz smoke run"
 scripts/fuzz-smoke.sh

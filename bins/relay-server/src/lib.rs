@@ -830,6 +830,18 @@ pub async fn serve_stats(relay: Arc<Relay>, listener: TcpListener) -> std::io::R
     .await
 }
 
+/// The OpenAPI 3.1 document of the HTTP API (`bins/relay-server/openapi.json`): the routes and
+/// the carriers; docs/protocol.md describes what travels inside envelopes. Kept in step with the
+/// code by `tests/openapi.rs` and exercised by `scripts/api-fuzz.sh` (schemathesis).
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-cache"))
+        .body(OPENAPI)
+}
+
 async fn server_key(relay: web::Data<Relay>) -> HttpResponse {
     let pk = relay.server_key().public();
     HttpResponse::Ok().json(serde_json::json!({
@@ -895,7 +907,8 @@ pub fn routes(cfg: &mut web::ServiceConfig, echo_route: bool) {
         .route("/healthz", web::get().to(healthz))
         .route("/healthz", web::head().to(healthz))
         .route("/server_key", web::get().to(server_key))
-        .route("/server_key", web::head().to(server_key));
+        .route("/server_key", web::head().to(server_key))
+        .route("/openapi.json", web::get().to(openapi));
     assets::routes(cfg);
     if echo_route {
         cfg.route("/echo", web::post().to(echo));
@@ -935,7 +948,26 @@ async fn reload_on_sighup(store: Arc<tls::CertStore>) {
 pub async fn serve_https_redirect(listener: TcpListener, https_port: u16) -> std::io::Result<()> {
     actix_web::HttpServer::new(move || {
         App::new().default_service(web::to(move |req: actix_web::HttpRequest| async move {
-            let host = req.connection_info().host().to_owned();
+            // The Host header only (never X-Forwarded-Host), and only a plain host name or
+            // address: anything else gets no redirect to follow.
+            let host = req
+                .headers()
+                .get(actix_web::http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            let plain = !host.is_empty()
+                && host.len() <= 255
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+            if !plain {
+                return client_error(
+                    "bad_request",
+                    StatusCode::BAD_REQUEST,
+                    "a Host header is needed".into(),
+                );
+            }
             // The host without its port (IPv6 literals keep their brackets).
             let name = match host.rsplit_once(':') {
                 Some((name, port)) if !port.contains(']') => name.to_owned(),
@@ -993,7 +1025,7 @@ where
         let mut res = answer.await?;
         let status = res.status().as_u16();
         let took = started.elapsed();
-        metrics::metrics().request(&path, status, took);
+        metrics::metrics().request(&method, &path, status, took);
         let ms = took.as_secs_f64() * 1000.0;
         if status >= 500 {
             tracing::warn!(%method, %path, status, ms, "request failed");

@@ -183,7 +183,7 @@ impl Metrics {
     }
 
     /// One answered request.
-    pub fn request(&self, path: &str, status: u16, took: Duration) {
+    pub fn request(&self, method: &actix_web::http::Method, path: &str, status: u16, took: Duration) {
         let endpoint = endpoint(path);
         self.requests
             .get_or_create(&RequestLabels { endpoint, status })
@@ -191,7 +191,9 @@ impl Metrics {
         self.latency
             .get_or_create(&EndpointLabel { endpoint })
             .observe(took.as_secs_f64());
+        // Handshake steps are POSTs; another method on their path is a 404, not a handshake.
         let outcome = match (endpoint, status) {
+            _ if method != actix_web::http::Method::POST => None,
             ("/req_pq", 200) => Some("started"),
             ("/set_client_dh_params", 200) => Some("finished"),
             ("/req_pq" | "/req_dh_params" | "/set_client_dh_params", _) => Some("refused"),

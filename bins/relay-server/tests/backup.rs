@@ -133,3 +133,38 @@ async fn a_backup_under_load_restores_every_message_stored_before_it() {
     let expected: Vec<String> = (0..got.len()).map(|i| format!("m{i}")).collect();
     assert_eq!(got, expected, "a prefix of what was sent, once and in order");
 }
+
+/// A leftover or planted `FILE.partial` (a symlink to another file, or a file open to everyone)
+/// is refused, never followed or reused; a restored database is 0600 whatever the backup's mode
+/// (found by the attacker review).
+#[cfg(unix)]
+#[test]
+fn backup_and_restore_never_follow_a_planted_file_and_keep_the_copy_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("relay.db");
+    drop(relay_core::SqliteEngine::open(&db).unwrap());
+    let victim = dir.path().join("victim.txt");
+    std::fs::write(&victim, b"precious").unwrap();
+    let to = dir.path().join("b1.db");
+    std::os::unix::fs::symlink(&victim, dir.path().join("b1.db.partial")).unwrap();
+    let err = relay_core::sqlite_backup::backup(&db, &to).unwrap_err();
+    assert!(err.to_string().contains("b1.db.partial"), "{err}");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert!(!to.exists());
+
+    let to = dir.path().join("b2.db");
+    relay_core::sqlite_backup::backup(&db, &to).unwrap();
+    assert_eq!(
+        std::fs::metadata(&to).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let restored = elsewhere.path().join("relay.db");
+    relay_core::sqlite_backup::restore(&to, &restored, false).unwrap();
+    assert_eq!(
+        std::fs::metadata(&restored).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}

@@ -157,6 +157,12 @@ impl RecoveryPublic {
         &self.0
     }
 
+    /// Whether a proof could ever verify under it: a point on the curve, not of small order
+    /// (what [`RecoveryPublic::verify`] refuses). A relay stores only usable keys.
+    pub fn is_usable(&self) -> bool {
+        VerifyingKey::from_bytes(&self.0).is_ok_and(|k| !k.is_weak())
+    }
+
     /// Checks a proof made by [`RecoveryCode::prove`] with the same arguments.
     ///
     /// # Errors
@@ -215,6 +221,8 @@ mod tests {
         ] {
             assert!(code.public().verify(id, &nonce, &key, &proof).is_err());
         }
+        assert!(code.public().is_usable());
+        assert!(!RecoveryPublic::from_bytes([0; 32]).is_usable());
         let other = RecoveryCode::generate(&mut OsRng);
         assert!(other.public().verify("alice", &[1; 16], &[2; 8], &proof).is_err());
         assert!(format!("{code:?}").contains("secret"));

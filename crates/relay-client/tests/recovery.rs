@@ -32,6 +32,26 @@ async fn a_lost_device_is_replaced_with_the_recovery_code_and_peers_see_a_key_ch
     let bob = server.connect("bob").await;
     bob.send("alice", b"hi alice").await.unwrap();
     let old_fp = bob.fingerprint("alice").await.unwrap();
+    let first = old.poll(Duration::from_millis(500)).await.unwrap();
+    assert!(
+        first
+            .iter()
+            .any(|e| matches!(e, relay_client::Event::Message { .. })),
+        "{first:?}"
+    );
+
+    // The lost device (a thief, say) keeps a long-poll open across the recovery: mail sent
+    // after it must not reach that poll.
+    let thief_poll = {
+        let old = std::sync::Arc::new(old);
+        let waiting = old.clone();
+        (
+            old,
+            tokio::spawn(async move { waiting.poll(Duration::from_secs(6)).await }),
+        )
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let old = thief_poll.0;
 
     // A new device (no profile): the name is taken, and a wrong code does not move it.
     let cfg = || ClientConfig::new(&server.url, "alice", server.pin());
@@ -52,6 +72,12 @@ async fn a_lost_device_is_replaced_with_the_recovery_code_and_peers_see_a_key_ch
         "the old code stays valid"
     );
 
+    bob.send("alice", b"after the recovery").await.unwrap();
+    let got_by_thief = thief_poll.1.await.unwrap();
+    assert!(
+        !matches!(&got_by_thief, Ok(events) if events.iter().any(|e| matches!(e, relay_client::Event::Message { .. }))),
+        "the old device's waiting poll got mail sent after the recovery: {got_by_thief:?}"
+    );
     // The lost device is locked out: its key is gone and the name is not free.
     assert!(old.poll(Duration::from_millis(100)).await.is_err());
     // Bob sees a key change, never a silent switch; after he accepts, they talk.

@@ -542,6 +542,12 @@ impl Relay {
                 field: "recovery_key".into(),
                 reason: "must be 32 bytes".into(),
             })?;
+        if recovery_key.is_some_and(|k| !k.is_usable()) {
+            return Err(RelayError::InvalidField {
+                field: "recovery_key".into(),
+                reason: "not a usable Ed25519 public key".into(),
+            });
+        }
         if req.recovery_proof.as_ref().is_some_and(|p| p.0.len() != 64) {
             return Err(RelayError::InvalidField {
                 field: "recovery_proof".into(),
@@ -952,8 +958,14 @@ impl Relay {
                     .clamp(1, self.config.poll_limit);
                 let messages = match fetched {
                     Some((entries, _)) if !entries.is_empty() => entries,
-                    Some((_, armed)) => self.long_poll(client, wait, limit, Some(armed)).await?,
-                    None => self.long_poll(client, wait, limit, None).await?,
+                    Some((_, armed)) => {
+                        self.long_poll(client, *key.id().as_bytes(), wait, limit, Some(armed))
+                            .await?
+                    }
+                    None => {
+                        self.long_poll(client, *key.id().as_bytes(), wait, limit, None)
+                            .await?
+                    }
                 };
                 let messages = fit_in_answer(messages, self.config.poll_bytes);
                 self.observer.entries_acked(acked);
@@ -1041,6 +1053,7 @@ impl Relay {
     async fn long_poll(
         &self,
         client: &ClientId,
+        key_id: [u8; 8],
         wait: Duration,
         limit: usize,
         mut armed: Option<Armed>,
@@ -1048,6 +1061,7 @@ impl Relay {
         let deadline = tokio::time::Instant::now() + wait;
         let notify = self.notifier.subscribe(client.as_str());
         let mut closing = self.closing.subscribe();
+        let mut waited = false;
         loop {
             let mut notified = match armed.take() {
                 Some(n) => n,
@@ -1055,11 +1069,23 @@ impl Relay {
                     let n = arm(notify.clone());
                     let entries = self.engine.fetch(client, limit, self.clock.now()).await?;
                     if !entries.is_empty() {
+                        // Mail that arrived while this poll waited goes only to the key that
+                        // still holds the name: a recovery may have moved it meanwhile.
+                        if waited
+                            && self
+                                .engine
+                                .owner(client)
+                                .await?
+                                .is_none_or(|o| o.key_id != key_id)
+                        {
+                            return Err(RelayError::UnknownAuthKey);
+                        }
                         return Ok(entries);
                     }
                     n
                 }
             };
+            waited = true;
             if tokio::time::Instant::now() >= deadline || *closing.borrow_and_update() {
                 return Ok(Vec::new());
             }

@@ -164,7 +164,7 @@ impl Engine for MemoryEngine {
         key: AuthKeyRecord,
         session: ServerSession,
         old_key_id: [u8; 8],
-        _now: UnixTime,
+        now: UnixTime,
     ) -> Result<(), EngineError> {
         let mut s = self.lock();
         if s.owners.get(&key.client_id) != Some(&old_key_id) {
@@ -178,7 +178,11 @@ impl Engine for MemoryEngine {
         s.keys.insert(id, key);
         s.sessions.insert(id, SessionRecord { session, version: 0 });
         if let Some(peer) = s.accounts.get_mut(&client).and_then(|a| a.peer.as_mut()) {
+            // A new registration as far as expiry goes: the new device has the unpublished
+            // account's hour to publish, counted from now.
             peer.identity_key = None;
+            peer.registered_at = now.as_secs();
+            peer.last_seen = now.as_secs();
         }
         Ok(())
     }

@@ -1007,7 +1007,7 @@ impl Engine for RedisEngine {
         key: AuthKeyRecord,
         session: ServerSession,
         old_key_id: [u8; 8],
-        _now: UnixTime,
+        now: UnixTime,
     ) -> Result<(), EngineError> {
         let client = key.client_id.as_str().to_owned();
         let mut conn = self.trip();
@@ -1027,6 +1027,7 @@ impl Engine for RedisEngine {
             .arg(hex(&key.key_id))
             .arg(session.to_bytes())
             .arg(hex(&old_key_id))
+            .arg(now.as_secs())
             .invoke_async(&mut conn)
             .await;
         let mut conn = self.trip();

@@ -747,7 +747,8 @@ pub async fn a_recovery_moves_the_name_and_keeps_the_mailbox(e: &dyn Engine) {
     );
     assert!(e.auth_key([3; 8]).await.unwrap().is_none());
     assert!(e.session(bob.key_id, &bob.client).await.unwrap().is_some());
-    e.take_over_account(new, s(), bob.key_id, t0()).await.unwrap();
+    let later = t0().plus_secs(100);
+    e.take_over_account(new, s(), bob.key_id, later).await.unwrap();
     let now_owner = e.owner(&bob.client).await.unwrap().unwrap();
     assert_eq!(
         (now_owner.key_id, now_owner.recovery_key),
@@ -759,7 +760,10 @@ pub async fn a_recovery_moves_the_name_and_keeps_the_mailbox(e: &dyn Engine) {
     );
     assert!(e.auth_key(bob.key_id).await.unwrap().is_none(), "old key gone");
     assert!(e.session([3; 8], &bob.client).await.unwrap().is_some());
-    assert_eq!(e.peer(&bob.client).await.unwrap().unwrap().identity_key, None);
+    let peer = e.peer(&bob.client).await.unwrap().unwrap();
+    assert_eq!(peer.identity_key, None);
+    // Expiry counts the unpublished hour from the recovery, not from the first registration.
+    assert_eq!(peer.registered_at, later.as_secs());
     let got = e.fetch(&bob.client, 10, t0()).await.unwrap();
     assert_eq!(got.len(), 1, "the mailbox stays");
     // Publishing the new device's key is a change peers see.

@@ -50,8 +50,10 @@ pub fn backup(db: &Path, to: &Path) -> Result<BackupReport, EngineError> {
     src.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(storage)?;
     let tmp = temp_beside(to);
+    // Made (new, 0600) before anything that could fail and remove it: what was there before is
+    // never removed.
+    drop(create_private(&tmp)?);
     let result = (|| {
-        create_private(&tmp)?;
         let mut dst = Connection::open(&tmp).map_err(storage)?;
         {
             use rusqlite::backup::StepResult;
@@ -106,9 +108,14 @@ pub fn restore(from: &Path, db: &Path, replace: bool) -> Result<BackupReport, En
         )));
     }
     let tmp = temp_beside(db);
+    // Copied into the 0600 file made here (fs::copy would give it the backup's mode).
+    let mut out = create_private(&tmp)?;
     let result = (|| {
-        create_private(&tmp)?;
-        std::fs::copy(from, &tmp).map_err(|e| EngineError::Storage(format!("{}: {e}", from.display())))?;
+        let mut src = std::fs::File::open(from)
+            .map_err(|e| EngineError::Storage(format!("{}: {e}", from.display())))?;
+        std::io::copy(&mut src, &mut out)
+            .map_err(|e| EngineError::Storage(format!("{}: {e}", from.display())))?;
+        drop(out);
         let conn = Connection::open(&tmp).map_err(storage)?;
         let report = check(&conn, &tmp)?;
         conn.close().map_err(|(_, e)| storage(e))?;
@@ -165,18 +172,23 @@ fn temp_beside(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Creates `path` empty with mode 0600 (the copy holds sealed keys and every mailbox).
-fn create_private(path: &Path) -> Result<(), EngineError> {
+/// Creates `path` new and empty with mode 0600 (the copy holds sealed keys and every mailbox).
+/// Refused if anything is there already — a file (whose mode would stay) or a symlink (which
+/// would be followed): `create_new` is `O_CREAT | O_EXCL`, which never follows a link.
+fn create_private(path: &Path) -> Result<std::fs::File, EngineError> {
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    opts.open(path)
-        .map(drop)
-        .map_err(|e| EngineError::Storage(format!("{}: {e}", path.display())))
+    opts.open(path).map_err(|e| {
+        EngineError::Storage(format!(
+            "{}: {e} (a leftover of an interrupted run? remove it and try again)",
+            path.display()
+        ))
+    })
 }
 
 fn sync(path: &Path) -> Result<(), EngineError> {

@@ -986,7 +986,7 @@ impl Engine for SqliteEngine {
         key: AuthKeyRecord,
         session: ServerSession,
         old_key_id: [u8; 8],
-        _now: UnixTime,
+        now: UnixTime,
     ) -> Result<(), EngineError> {
         self.call(move |c| {
             let owner: Option<Vec<u8>> = c
@@ -1024,9 +1024,10 @@ impl Engine for SqliteEngine {
                 params![key.key_id.to_vec(), session.to_bytes()],
             )
             .map_err(storage)?;
+            // A new registration as far as expiry goes (the unpublished hour counts from now).
             c.execute(
-                "UPDATE peers SET identity_key = NULL WHERE client_id = ?1",
-                params![key.client_id.as_str()],
+                "UPDATE peers SET identity_key = NULL, registered_at = ?2, last_seen = ?2 WHERE client_id = ?1",
+                params![key.client_id.as_str(), as_i64(now.as_secs())],
             )
             .map_err(storage)?;
             Ok(())
