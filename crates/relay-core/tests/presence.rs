@@ -3,33 +3,17 @@
 //! looks present and a closed one goes stale (issue 13). Kept in memory only.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod common;
+
+use common::{client, Manual};
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use mtproto_crypto::{rand_core::OsRng, ServerSigningKey};
-use mtproto_session::{wire::Bytes, ClientHandshake, ClientId, ClientSession, ServerPin, UnixTime};
+use mtproto_session::{wire::Bytes, ClientId, ClientSession, UnixTime};
 use relay_core::api::{Call, Endpoint, EnvelopeRequest, PeersAnswer};
-use relay_core::{Clock, MemoryEngine, Relay, RelayConfig};
-
-/// A clock the test moves.
-struct Manual(AtomicU64);
-
-impl Clock for Manual {
-    fn now(&self) -> UnixTime {
-        UnixTime::from_secs(self.0.load(Ordering::Relaxed))
-    }
-}
-
-async fn client(relay: &Relay, name: &str, now: UnixTime) -> ClientSession {
-    let pin = ServerPin::Key(relay.server_key().public());
-    let (c, req) = ClientHandshake::start(pin, ClientId::new(name).unwrap(), &mut OsRng);
-    let res = relay.req_pq(&req).await.unwrap();
-    let (c, req) = c.handle_res_pq(&res).unwrap();
-    let res = relay.req_dh_params(&req).await.unwrap();
-    let (c, req) = c.handle_server_dh_params(&res, now, &mut OsRng).unwrap();
-    let res = relay.set_client_dh_params(&req).await.unwrap();
-    c.handle_dh_gen_ok(&res).unwrap()
-}
+use relay_core::{MemoryEngine, Relay, RelayConfig};
 
 /// Sends `call` from `who` at `now` and returns the answer's body.
 async fn call(

@@ -3,40 +3,17 @@
 //! never refused as if its message had not been stored.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod common;
+
+use common::{client, envelope, Manual};
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use mtproto_crypto::{rand_core::OsRng, ServerSigningKey};
-use mtproto_session::{wire::Bytes, ClientHandshake, ClientId, ClientSession, ServerPin, UnixTime};
-use relay_core::api::{Call, Endpoint, EnvelopeRequest};
-use relay_core::{Clock, MemoryEngine, Relay, RelayConfig, RelayError};
-
-/// A clock the test moves.
-struct Manual(AtomicU64);
-
-impl Clock for Manual {
-    fn now(&self) -> UnixTime {
-        UnixTime::from_secs(self.0.load(Ordering::Relaxed))
-    }
-}
-
-async fn client(relay: &Relay, name: &str, now: UnixTime) -> ClientSession {
-    let pin = ServerPin::Key(relay.server_key().public());
-    let (c, req) = ClientHandshake::start(pin, ClientId::new(name).unwrap(), &mut OsRng);
-    let res = relay.req_pq(&req).await.unwrap();
-    let (c, req) = c.handle_res_pq(&res).unwrap();
-    let res = relay.req_dh_params(&req).await.unwrap();
-    let (c, req) = c.handle_server_dh_params(&res, now, &mut OsRng).unwrap();
-    let res = relay.set_client_dh_params(&req).await.unwrap();
-    c.handle_dh_gen_ok(&res).unwrap()
-}
-
-fn envelope(packet: &[u8]) -> EnvelopeRequest {
-    EnvelopeRequest {
-        packet: Some(Bytes(packet.to_vec())),
-        ..EnvelopeRequest::default()
-    }
-}
+use mtproto_session::{wire::Bytes, ClientId, UnixTime};
+use relay_core::api::{Call, Endpoint};
+use relay_core::{MemoryEngine, Relay, RelayConfig, RelayError};
 
 #[tokio::test]
 async fn a_committed_send_resent_after_the_time_window_is_answered_from_its_outcome() {

@@ -5,34 +5,14 @@
 //! a client that only polled got 48 forever).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+mod common;
 
-use mtproto_crypto::{rand_core::OsRng, ServerSigningKey};
-use mtproto_session::{
-    wire::Bytes, BadMsgCode, ClientHandshake, ClientId, ClientSession, ServerPin, UnixTime,
-};
-use relay_core::api::{Call, Endpoint, EnvelopeRequest};
-use relay_core::{Clock, MemoryEngine, Relay, RelayConfig, RelayError};
+use common::{client, envelope, relay_at};
 
-struct Manual(AtomicU64);
-
-impl Clock for Manual {
-    fn now(&self) -> UnixTime {
-        UnixTime::from_secs(self.0.load(Ordering::Relaxed))
-    }
-}
-
-async fn client(relay: &Relay, name: &str, now: UnixTime) -> ClientSession {
-    let pin = ServerPin::Key(relay.server_key().public());
-    let (c, req) = ClientHandshake::start(pin, ClientId::new(name).unwrap(), &mut OsRng);
-    let res = relay.req_pq(&req).await.unwrap();
-    let (c, req) = c.handle_res_pq(&res).unwrap();
-    let res = relay.req_dh_params(&req).await.unwrap();
-    let (c, req) = c.handle_server_dh_params(&res, now, &mut OsRng).unwrap();
-    let res = relay.set_client_dh_params(&req).await.unwrap();
-    c.handle_dh_gen_ok(&res).unwrap()
-}
+use mtproto_crypto::rand_core::OsRng;
+use mtproto_session::{BadMsgCode, ClientSession, UnixTime};
+use relay_core::api::{Call, Endpoint};
+use relay_core::{Relay, RelayError};
 
 async fn poll(relay: &Relay, c: &mut ClientSession, at: UnixTime) -> Result<(), RelayError> {
     let call = Call::PollMessages {
@@ -44,29 +24,22 @@ async fn poll(relay: &Relay, c: &mut ClientSession, at: UnixTime) -> Result<(), 
         .encode_request(&serde_json::to_vec(&call).unwrap(), at, &mut OsRng)
         .unwrap()
         .packet;
-    let req = EnvelopeRequest {
-        packet: Some(Bytes(packet)),
-        ..EnvelopeRequest::default()
-    };
-    relay.handle(Endpoint::PollMessages, &req).await.map(|_| ())
+    relay
+        .handle(Endpoint::PollMessages, &envelope(&packet))
+        .await
+        .map(|_| ())
 }
 
 #[tokio::test]
 async fn a_salt_announced_after_a_quiet_spell_is_accepted_by_every_later_request() {
     let t0 = 1_800_000_000;
-    let clock = Arc::new(Manual(AtomicU64::new(t0)));
-    let relay = Relay::new(
-        Arc::new(MemoryEngine::new()),
-        ServerSigningKey::generate(&mut OsRng),
-        RelayConfig::default(),
-    )
-    .with_clock(clock.clone());
+    let (relay, clock) = relay_at(t0);
     let mut alice = client(&relay, "alice", UnixTime::from_secs(t0)).await;
     poll(&relay, &mut alice, UnixTime::from_secs(t0)).await.unwrap();
 
     // 100 minutes without a request: the first salt (60 minutes with its grace) is over.
     let later = t0 + 6_000;
-    clock.0.store(later, Ordering::Relaxed);
+    clock.set(later);
     let at = UnixTime::from_secs(later);
     let notice = match poll(&relay, &mut alice, at).await {
         Err(RelayError::BadMsg { code, notice }) => {
@@ -79,7 +52,7 @@ async fn a_salt_announced_after_a_quiet_spell_is_accepted_by_every_later_request
     assert!(alice.handle_notice(&incoming, at).is_some(), "the notice applies");
     // The announced salt is accepted now, and again by polls that commit nothing.
     for i in 0..3 {
-        clock.0.store(later + i * 60, Ordering::Relaxed);
+        clock.set(later + i * 60);
         poll(&relay, &mut alice, UnixTime::from_secs(later + i * 60))
             .await
             .unwrap_or_else(|e| panic!("poll {i} after the notice: {e:?}"));
