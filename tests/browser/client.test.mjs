@@ -48,8 +48,10 @@ test('a key change blocks both ways until accepted or verified; the warning show
     let erin = await connect(ctxB, 'kc-erin', server.url);
     await openPeer(dave, 'kc-erin');
     await say(dave, 'first contact');
+    await say(dave, 'second');
+    await say(dave, 'third');
     await openPeer(erin, 'kc-dave');
-    await inbound(erin, 'first contact');
+    await inbound(erin, 'third');
     // Erin verifies Dave: a badge that lasts (after a reload too).
     await erin.click('#verify');
     assert.match(await erin.textContent('#safety-number'), SAFETY_NUMBER);
@@ -91,6 +93,9 @@ test('a key change blocks both ways until accepted or verified; the warning show
     await dave.waitForSelector('#conv-badge .badge.verified');
     await say(dave, 'welcome back');
     await inbound(erin, 'welcome back');
+    // Under the new key the seqs started again at 0: still shown last, after the old ones (the
+    // new-user review saw it filed among them).
+    assert.equal((await received(erin)).at(-1), 'welcome back', 'the newest message is last');
     assert.equal(await erin.locator('#messages li.msg.system:has-text("could not be opened")').count(), 0, 'no "rejected" at Erin');
   } finally { await ctxA.close(); await ctxB.close(); }
 });
@@ -138,6 +143,10 @@ test('phone layout at 390×844 with 100 messages: one pane at a time, header and
     await page.click('#back');
     assert.ok(await page.isVisible('#peers'));
     assert.equal(await page.evaluate(() => document.activeElement?.dataset.peer), 'chatty');
+    // A message in the conversation just left is unread (badge and title), not read unseen.
+    await g.evaluate(async () => { await c.send('phone-user', 'after you went back'); });
+    await until(async () => (await page.textContent('.peer[data-peer="chatty"] .unread')) === '1', 'the unread badge of the conversation left');
+    assert.match(await page.title(), /^\(1\) /);
     // At 1280×800 both panes show side by side, the composer on screen.
     await page.setViewportSize(DESKTOP);
     await openPeer(page, 'chatty');

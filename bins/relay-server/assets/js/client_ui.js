@@ -292,8 +292,11 @@ function rerender(peer) {
   renderPeers();
 }
 
-/** The key generation of `peer` (seqs start again at 0 under a new key). */
-const epochOf = (peer) => client.peers.get(peer)?.version ?? 0;
+/**
+ * The key generation of the conversation with `peer`: seqs start again at 0 whenever either
+ * side's key changes — the peer's (its directory version) or ours (a reset) — so both are in it.
+ */
+const epochOf = (peer) => `${client.peers.get(peer)?.version ?? 0}:${Array.from(client.identity.pub.slice(0, 6)).join('.')}`;
 
 /** Adds a message: received ones in the sender's order (seq), the rest at the end. */
 function push(peer, m) {
@@ -418,6 +421,8 @@ async function openConversation(name) {
 
 function backToList() {
   const was = current;
+  // The conversation is out of sight: what arrives in it now is unread.
+  current = null;
   $('main-view').classList.remove('conv-open');
   const row = was && document.querySelector(`.peer[data-peer="${CSS.escape(was)}"]`);
   (row || $('search')).focus();
