@@ -938,11 +938,11 @@ export class RelayClient extends EventTarget {
     return session;
   }
   async call(path, call) {
-    this.attach(this.session);
+    const used = this.attach(this.session);
     const onWire = (w) => this.emit('wire', w);
-    try { return await this.session.call(path, call, onWire); } catch (e) {
+    try { return await used.call(path, call, onWire); } catch (e) {
       if (e instanceof RelayError && e.code === 'unknown_auth_key') {
-        await this.handshakeAgain(call.method !== 'publish_key');
+        await this.handshakeAgain(call.method !== 'publish_key', used);
         return this.session.call(path, call, onWire);
       }
       throw e;
@@ -952,8 +952,18 @@ export class RelayClient extends EventTarget {
    * The server lost our key (and perhaps all it knew of us): shake hands again and publish the
    * identity key again (unless `publish` is false), as the Rust client does.
    */
-  async handshakeAgain(publish = true) {
+  async handshakeAgain(publish = true, failed = this.session) {
     if (this.nameMoved) throw new RelayError(409, { error: 'client_id_taken', message: 'the name moved to another key' });
+    // One re-handshake at a time: a poll, a send and a lookup that all meet unknown_auth_key
+    // share it (a second one would find the name just registered by the first and take that for
+    // "the name moved to another device"); a caller whose session was already replaced retries.
+    if (this.session !== failed) return;
+    if (!this.rehandshaking) {
+      this.rehandshaking = this.shakeHandsAgain(publish).finally(() => { this.rehandshaking = null; });
+    }
+    return this.rehandshaking;
+  }
+  async shakeHandsAgain(publish) {
     let session;
     try {
       session = await handshake(this.base, this.name, this.pin, (step, d) => { if (step === 'busy') this.emit('busy', d); });
@@ -1247,7 +1257,7 @@ export class RelayClient extends EventTarget {
         }
         if (err.code === 'unknown_auth_key') {
           envelope.uncertain = wasUncertain;
-          await this.handshakeAgain();
+          await this.handshakeAgain(true, s);
           continue;
         }
         if (err.code === 'bad_msg' || err.code === 'msg_id_reused') {
