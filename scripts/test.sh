@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: formatting, lints, unit, integration, property and
 # known-answer tests (the Redis ones start private redis-server processes and clusters on
-# loopback ports), the example, the browser tests in Debian's Chromium, and a short fuzz run.
+# loopback ports), the example, the browser tests in Debian's Chromium, a property-based run of
+# the HTTP API against /openapi.json (schemathesis, in a venv under target/), and a short fuzz run.
 # Installs what a fresh Debian machine lacks when run as root; otherwise names the command to run.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -5,15 +5,12 @@
 
 mod common;
 
-use common::{client, Manual};
+use common::{client, relay_at};
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-
-use mtproto_crypto::{rand_core::OsRng, ServerSigningKey};
+use mtproto_crypto::rand_core::OsRng;
 use mtproto_session::{wire::Bytes, ClientId, ClientSession, UnixTime};
 use relay_core::api::{Call, Endpoint, EnvelopeRequest, PeersAnswer};
-use relay_core::{MemoryEngine, Relay, RelayConfig};
+use relay_core::Relay;
 
 /// Sends `call` from `who` at `now` and returns the answer's body.
 async fn call(
@@ -50,13 +47,7 @@ async fn last_seen(relay: &Relay, asker: &mut ClientSession, name: &str, now: Un
 #[tokio::test]
 async fn a_poll_that_acknowledges_nothing_still_shows_its_client_present() {
     let t0 = 1_800_000_000;
-    let clock = Arc::new(Manual(AtomicU64::new(t0)));
-    let relay = Relay::new(
-        Arc::new(MemoryEngine::new()),
-        ServerSigningKey::generate(&mut OsRng),
-        RelayConfig::default(),
-    )
-    .with_clock(clock.clone());
+    let (relay, clock) = relay_at(t0);
     let at = |s: u64| UnixTime::from_secs(t0 + s);
     let mut alice = client(&relay, "alice", at(0)).await;
     let mut bob = client(&relay, "bob", at(0)).await;
@@ -66,9 +57,9 @@ async fn a_poll_that_acknowledges_nothing_still_shows_its_client_present() {
         limit: None,
     };
     // Bob's first request on this node is committed (last-seen recorded); later empty polls are not.
-    clock.0.store(t0 + 10, Ordering::Relaxed);
+    clock.set(t0 + 10);
     call(&relay, &mut bob, Endpoint::PollMessages, &poll, at(10)).await;
-    clock.0.store(t0 + 100, Ordering::Relaxed);
+    clock.set(t0 + 100);
     call(&relay, &mut bob, Endpoint::PollMessages, &poll, at(100)).await;
     assert_eq!(
         last_seen(&relay, &mut alice, "bob", at(100)).await,
@@ -76,6 +67,6 @@ async fn a_poll_that_acknowledges_nothing_still_shows_its_client_present() {
         "the uncommitted poll counts"
     );
     // Bob stops: his last_seen stays where his last request left it.
-    clock.0.store(t0 + 160, Ordering::Relaxed);
+    clock.set(t0 + 160);
     assert_eq!(last_seen(&relay, &mut alice, "bob", at(160)).await, t0 + 100);
 }

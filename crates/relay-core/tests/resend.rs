@@ -5,26 +5,17 @@
 
 mod common;
 
-use common::{client, envelope, Manual};
+use common::{client, envelope, relay_at};
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-
-use mtproto_crypto::{rand_core::OsRng, ServerSigningKey};
+use mtproto_crypto::rand_core::OsRng;
 use mtproto_session::{wire::Bytes, ClientId, UnixTime};
 use relay_core::api::{Call, Endpoint};
-use relay_core::{MemoryEngine, Relay, RelayConfig, RelayError};
+use relay_core::RelayError;
 
 #[tokio::test]
 async fn a_committed_send_resent_after_the_time_window_is_answered_from_its_outcome() {
     let t0 = 1_800_000_000;
-    let clock = Arc::new(Manual(AtomicU64::new(t0)));
-    let relay = Relay::new(
-        Arc::new(MemoryEngine::new()),
-        ServerSigningKey::generate(&mut OsRng),
-        RelayConfig::default(),
-    )
-    .with_clock(clock.clone());
+    let (relay, clock) = relay_at(t0);
     let at = UnixTime::from_secs(t0);
     let mut alice = client(&relay, "alice", at).await;
     client(&relay, "bob", at).await;
@@ -52,7 +43,7 @@ async fn a_committed_send_resent_after_the_time_window_is_answered_from_its_outc
             .unwrap();
     }
     // Ten minutes later (the answer was lost; the relay was away): the very same envelope.
-    clock.0.store(t0 + 600, Ordering::Relaxed);
+    clock.set(t0 + 600);
     let again = relay
         .handle(Endpoint::SecureMessage, &envelope(&packet))
         .await

@@ -139,6 +139,17 @@ fn from_json<T: DeserializeOwned>(s: &str) -> Result<T, EngineError> {
     serde_json::from_str(s).map_err(storage)
 }
 
+/// The key id that holds `client`'s name, if any (checked by registration and recovery).
+fn owner_key_id(c: &Connection, client: &ClientId) -> Result<Option<Vec<u8>>, EngineError> {
+    c.query_row(
+        "SELECT key_id FROM auth_keys WHERE client_id = ?1",
+        params![client.as_str()],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(storage)
+}
+
 /// One JSON column of at most one row, parsed.
 fn json_row<T: DeserializeOwned>(
     c: &Connection,
@@ -941,11 +952,7 @@ impl Engine for SqliteEngine {
         now: UnixTime,
     ) -> Result<(), EngineError> {
         self.call(move |c| {
-            let owner: Option<Vec<u8>> = c
-                .query_row("SELECT key_id FROM auth_keys WHERE client_id = ?1", params![key.client_id.as_str()], |r| r.get(0))
-                .optional()
-                .map_err(storage)?;
-            if owner.is_some_and(|o| o != key.key_id) {
+            if owner_key_id(c, &key.client_id)?.is_some_and(|o| o != key.key_id) {
                 return Err(EngineError::ClientIdTaken);
             }
             c.execute(
@@ -989,15 +996,7 @@ impl Engine for SqliteEngine {
         now: UnixTime,
     ) -> Result<(), EngineError> {
         self.call(move |c| {
-            let owner: Option<Vec<u8>> = c
-                .query_row(
-                    "SELECT key_id FROM auth_keys WHERE client_id = ?1",
-                    params![key.client_id.as_str()],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(storage)?;
-            if owner.as_deref() != Some(old_key_id.as_slice()) {
+            if owner_key_id(c, &key.client_id)?.as_deref() != Some(old_key_id.as_slice()) {
                 return Err(EngineError::ClientIdTaken);
             }
             c.execute(
