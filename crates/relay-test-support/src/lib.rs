@@ -14,11 +14,23 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+/// A loopback port that was free a moment ago. A cluster node also needs `port + 10000` (its
+/// bus port) free and at most 65535, so `cluster` picks from below 55536 with both free.
+fn free_port(cluster: bool) -> u16 {
+    let bind = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port));
+    for _ in 0..1000 {
+        let Ok(listener) = bind(0) else { continue };
+        let Ok(port) = listener.local_addr().map(|a| a.port()) else {
+            continue;
+        };
+        if !cluster {
+            return port;
+        }
+        if port <= 55535 && bind(port + 10000).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port (cluster: {cluster})");
 }
 
 fn spawn(port: u16, dir: &std::path::Path, extra: &[&str]) -> Child {
@@ -36,8 +48,27 @@ fn spawn(port: u16, dir: &std::path::Path, extra: &[&str]) -> Child {
         })
 }
 
+/// Waits (at most 15 s: the whole suite shares two cores) until the server on `port` accepts a
+/// connection. `None` when `child` exited first (typically: another process took the port
+/// between [`free_port`] and the bind).
+fn try_connect(port: u16, child: &mut Child) -> Option<redis::Connection> {
+    for _ in 0..600 {
+        if let Ok(c) =
+            redis::Client::open(format!("redis://127.0.0.1:{port}")).and_then(|c| c.get_connection())
+        {
+            return Some(c);
+        }
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    stop(child);
+    panic!("redis-server did not start on port {port} within 15 s");
+}
+
 fn connect(port: u16) -> redis::Connection {
-    for _ in 0..200 {
+    for _ in 0..600 {
         if let Ok(c) =
             redis::Client::open(format!("redis://127.0.0.1:{port}")).and_then(|c| c.get_connection())
         {
@@ -45,7 +76,26 @@ fn connect(port: u16) -> redis::Connection {
         }
         std::thread::sleep(Duration::from_millis(25));
     }
-    panic!("redis-server did not start on port {port}");
+    panic!("redis-server on port {port} does not accept connections");
+}
+
+/// Starts a server on a fresh free port, trying another port (up to 5 times) when the chosen
+/// one was taken before redis-server could bind it. `dir_for` names the data directory of a port.
+fn start_on_free_port(
+    cluster: bool,
+    dir_for: impl Fn(u16) -> std::path::PathBuf,
+    extra: &[&str],
+) -> (Child, u16, redis::Connection) {
+    for _ in 0..5 {
+        let port = free_port(cluster);
+        let dir = dir_for(port);
+        std::fs::create_dir_all(&dir).expect("a node directory");
+        let mut child = spawn(port, &dir, extra);
+        if let Some(conn) = try_connect(port, &mut child) {
+            return (child, port, conn);
+        }
+    }
+    panic!("redis-server exited at start five times (ports taken, or a bad argument)");
 }
 
 fn stop(child: &mut Child) {
@@ -64,18 +114,16 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
 }
 
-fn answering(port: u16, dir: &std::path::Path, extra: &[String]) -> Child {
-    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let mut child = spawn(port, dir, &extra);
-    let mut conn = connect(port);
-    // Replaying a large AOF answers `LOADING` for a while: wait (bounded) until it is done.
+/// Waits (bounded) until a server that accepts connections also answers `PING`: replaying a
+/// large AOF answers `LOADING` for a while.
+fn ping_until_ready(port: u16, child: &mut Child, conn: &mut redis::Connection) {
     for _ in 0..400 {
-        if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
-            return child;
+        if redis::cmd("PING").query::<String>(conn).is_ok() {
+            return;
         }
         std::thread::sleep(Duration::from_millis(25));
     }
-    stop(&mut child);
+    stop(child);
     panic!("redis-server on port {port} does not answer")
 }
 
@@ -89,12 +137,12 @@ impl RedisServer {
     /// `["--appendfsync", "everysec"]`), kept for [`RedisServer::restart`].
     pub fn start_with(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let port = free_port();
-        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        let (mut child, port, mut conn) = start_on_free_port(false, |_| dir.path().to_path_buf(), extra);
+        ping_until_ready(port, &mut child, &mut conn);
         Self {
-            child: answering(port, dir.path(), &extra),
+            child,
             port,
-            extra,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             url: format!("redis://127.0.0.1:{port}/0"),
             dir,
         }
@@ -109,7 +157,12 @@ impl RedisServer {
     /// answers.
     pub fn restart(&mut self) {
         stop(&mut self.child);
-        self.child = answering(self.port, self.dir.path(), &self.extra);
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        self.child = spawn(self.port, self.dir.path(), &extra);
+        let Some(mut conn) = try_connect(self.port, &mut self.child) else {
+            panic!("redis-server exited at restart on port {}", self.port);
+        };
+        ping_until_ready(self.port, &mut self.child, &mut conn);
     }
 }
 
@@ -161,18 +214,18 @@ impl RedisCluster {
     pub fn start_with(replicas: usize) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let total = 3 * (1 + replicas);
-        let ports: Vec<u16> = (0..total).map(|_| free_port()).collect();
+        // Built first, so that a panic below still kills the nodes already started.
         let mut cluster = Self {
             nodes: Vec::new(),
-            urls: ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect(),
+            urls: Vec::new(),
             _dir: dir,
         };
-        for port in &ports {
-            let node_dir = cluster._dir.path().join(port.to_string());
-            std::fs::create_dir_all(&node_dir).expect("a node directory");
-            let child = spawn(
-                *port,
-                &node_dir,
+        let mut ports = Vec::new();
+        let mut conns = Vec::new();
+        for _ in 0..total {
+            let (child, port, conn) = start_on_free_port(
+                true,
+                |port| cluster._dir.path().join(port.to_string()),
                 // Replicas sync at once (Redis waits 5 s by default for more to join).
                 &[
                     "--cluster-enabled",
@@ -184,8 +237,10 @@ impl RedisCluster {
                 ],
             );
             cluster.nodes.push(child);
+            cluster.urls.push(format!("redis://127.0.0.1:{port}"));
+            ports.push(port);
+            conns.push(conn);
         }
-        let mut conns: Vec<redis::Connection> = ports.iter().map(|p| connect(*p)).collect();
         for (i, c) in conns.iter_mut().enumerate().take(3) {
             let (from, to) = (i * 16384 / 3, (i + 1) * 16384 / 3 - 1);
             let _: () = redis::cmd("CLUSTER")
