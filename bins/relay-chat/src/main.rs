@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use mtproto_crypto::ServerKeyFingerprint;
-use relay_client::{Client, ClientConfig, ClientError, Event, KeyStatus, OutboxId, Pin, Receipt, SendState};
+use relay_client::{
+    Client, ClientConfig, ClientError, ErrorCode, Event, KeyStatus, OutboxId, Pin, Receipt, SendState,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[derive(Parser)]
@@ -93,13 +95,19 @@ async fn run(args: Args) -> Result<(), ClientError> {
         );
     }
     let client = Arc::new(match Client::connect(config).await {
-        Err(ClientError::Server { code, .. }) if code == "client_id_taken" => {
+        Err(ClientError::Server {
+            code: ErrorCode::ClientIdTaken,
+            ..
+        }) => {
             return Err(ClientError::Invalid(format!(
                 "the name {} belongs to another device. If it is yours, start with --recover CODE (the recovery code shown when you signed up); otherwise pick another name.",
                 args.name
             )))
         }
-        Err(ClientError::Server { code, .. }) if code == "recovery_refused" => {
+        Err(ClientError::Server {
+            code: ErrorCode::RecoveryRefused,
+            ..
+        }) => {
             return Err(ClientError::Invalid(
                 "that recovery code does not match this name".into(),
             ))

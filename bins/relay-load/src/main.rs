@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use mtproto_crypto::{rand_core::OsRng, ServerPublicKey};
 use mtproto_session::{wire::Bytes, ClientHandshake, ClientId, ClientSession, ServerPin, UnixTime};
-use relay_core::api::Call;
+use relay_api::{Call, EnvelopeRequest, EnvelopeResponse, PeersAnswer, PollAnswer, SendAnswer};
 use tokio::sync::Mutex;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -73,7 +73,7 @@ struct Args {
 }
 
 fn now() -> UnixTime {
-    relay_core::Clock::now(&relay_core::SystemClock)
+    UnixTime::from_system()
 }
 
 fn fail(msg: impl std::fmt::Display) -> String {
@@ -85,7 +85,11 @@ struct User {
     session: Mutex<ClientSession>,
 }
 
-async fn post(http: &reqwest::Client, url: &str, body: &serde_json::Value) -> Result<(u16, Vec<u8>), String> {
+async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    body: &impl serde::Serialize,
+) -> Result<(u16, Vec<u8>), String> {
     let r = http.post(url).json(body).send().await.map_err(fail)?;
     let s = r.status().as_u16();
     Ok((s, r.bytes().await.map_err(fail)?.to_vec()))
@@ -141,14 +145,14 @@ async fn handshake(
     })
 }
 
-/// One call; returns the decoded inner JSON.
-async fn call(
+/// One call; returns the decoded inner answer.
+async fn call<T: serde::de::DeserializeOwned>(
     http: &reqwest::Client,
     base: &str,
     user: &User,
-    path: &str,
     c: &Call,
-) -> Result<serde_json::Value, String> {
+) -> Result<T, String> {
+    let path = c.endpoint().path();
     let body = serde_json::to_vec(c).map_err(fail)?;
     let packet = user
         .session
@@ -157,22 +161,16 @@ async fn call(
         .encode_request(&body, now(), &mut OsRng)
         .map_err(fail)?
         .packet;
-    let (s, res) = post(
-        http,
-        &format!("{base}{path}"),
-        &serde_json::json!({ "packet": Bytes(packet) }),
-    )
-    .await?;
+    let (s, res) = post(http, &format!("{base}{path}"), &EnvelopeRequest::packet(packet)).await?;
     if s != 200 {
         return Err(format!("{path}: {s} {}", String::from_utf8_lossy(&res)));
     }
-    let v: serde_json::Value = serde_json::from_slice(&res).map_err(fail)?;
-    let packet: Bytes = serde_json::from_value(v["packet"].clone()).map_err(fail)?;
+    let answer: EnvelopeResponse = serde_json::from_slice(&res).map_err(fail)?;
     let incoming = user
         .session
         .lock()
         .await
-        .decode_response(&packet.0, now())
+        .decode_response(&answer.packet.0, now())
         .map_err(fail)?;
     serde_json::from_slice(&incoming.body).map_err(fail)
 }
@@ -250,13 +248,8 @@ async fn relay_mode(http: reqwest::Client, args: Args, poll: bool) -> Result<(),
         let want = targets.last().cloned().unwrap_or_default();
         let mut found = false;
         for _ in 0..300 {
-            let v = call(&http, &args.server, &probe, "/peers", &Call::list_peers()).await?;
-            if v["peers"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|p| p["client_id"] == want.as_str())
-            {
+            let v: PeersAnswer = call(&http, &args.server, &probe, &Call::list_peers()).await?;
+            if v.peers.iter().any(|p| p.client_id.as_str() == want) {
                 found = true;
                 break;
             }
@@ -285,7 +278,7 @@ async fn relay_mode(http: reqwest::Client, args: Args, poll: bool) -> Result<(),
                     target_peer: ClientId::new(&target).map_err(fail)?,
                     payload: Bytes(payload),
                 };
-                match call(&h, &base, &u, "/secure_message", &c).await {
+                match call::<SendAnswer>(&h, &base, &u, &c).await {
                     Ok(_) => sent.fetch_add(1, Ordering::Relaxed),
                     Err(e) => {
                         if errs.fetch_add(1, Ordering::Relaxed) < 3 {
@@ -316,21 +309,19 @@ async fn relay_mode(http: reqwest::Client, args: Args, poll: bool) -> Result<(),
                     timeout_ms: Some(500),
                     limit: None,
                 };
-                match call(&http, &base, &user, "/poll_messages", &c).await {
+                match call::<PollAnswer>(&http, &base, &user, &c).await {
                     Ok(v) => {
                         let now = unix_micros();
                         let mut lat = Vec::new();
-                        for m in v["messages"].as_array().into_iter().flatten() {
-                            ack.push(relay_core::AckRef::new(
-                                m["seq"].as_u64().unwrap_or(0),
-                                m["timestamp_ms"].as_u64().unwrap_or(0),
-                            ));
-                            let p: Bytes = serde_json::from_value(m["payload"].clone()).map_err(fail)?;
-                            let ts =
-                                p.0.get(..8)
-                                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                                    .map(u64::from_le_bytes)
-                                    .unwrap_or(now);
+                        for m in v.messages {
+                            ack.push(m.ack());
+                            let ts = m
+                                .payload
+                                .0
+                                .get(..8)
+                                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                                .map(u64::from_le_bytes)
+                                .unwrap_or(now);
                             lat.push(now.saturating_sub(ts));
                         }
                         latencies.lock().map_err(fail)?.extend(lat);
@@ -434,7 +425,7 @@ async fn idle_mode(http: reqwest::Client, args: Args) -> Result<(), String> {
                     timeout_ms: Some(left.min(30_000)),
                     limit: None,
                 };
-                let r = call(&http, &base, &user, "/poll_messages", &c).await;
+                let r = call::<PollAnswer>(&http, &base, &user, &c).await;
                 waiting.fetch_sub(1, Ordering::Relaxed);
                 r?;
             }

@@ -13,9 +13,8 @@ use std::time::Duration;
 use actix_web::dev::Service as _;
 use actix_web::{http::StatusCode, web, App, HttpResponse};
 use mtproto_crypto::{rand_core::OsRng, ServerSigningKey};
+use relay_api::{Endpoint, EnvelopeRequest, ErrorBody, ErrorCode};
 use relay_core::{
-    api::Endpoint,
-    api::EnvelopeRequest,
     limits::{Rate, SourceLimitsConfig, Step, WorkPolicy},
     AccountExpiry, Engine, MemoryEngine, Relay, RelayConfig, RelayError, SendQuota, SqliteEngine,
 };
@@ -542,34 +541,10 @@ pub async fn build_relay(config: &Config) -> Result<Arc<Relay>, StartError> {
 /// Largest request body accepted (a 64 KiB payload as a JSON byte array is about 4× that).
 pub const MAX_BODY_BYTES: usize = 512 * 1024;
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
-    message: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    mtproto_code: Option<u32>,
-    /// A sealed `bad_server_salt`/`bad_msg_notification` the client can authenticate.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    notice: Option<mtproto_session::wire::Bytes>,
-}
-
-/// The one place where relay errors become HTTP statuses.
+/// The HTTP status of a relay error: its code's ([`ErrorCode::http_status`], one table for
+/// the server, the clients and the OpenAPI document).
 pub fn status_of(e: &RelayError) -> StatusCode {
-    match e {
-        RelayError::UnknownHandshake | RelayError::UnknownPeer => StatusCode::NOT_FOUND,
-        RelayError::HandshakeExpired => StatusCode::GONE,
-        RelayError::ClientIdTaken => StatusCode::CONFLICT,
-        RelayError::RecoveryRefused => StatusCode::FORBIDDEN,
-        RelayError::UnknownAuthKey => StatusCode::UNAUTHORIZED,
-        RelayError::MailboxFull | RelayError::SenderQuota | RelayError::RateLimited { .. } => {
-            StatusCode::TOO_MANY_REQUESTS
-        }
-        RelayError::MsgIdReused => StatusCode::CONFLICT,
-        RelayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        RelayError::Busy | RelayError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        RelayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        _ => StatusCode::BAD_REQUEST,
-    }
+    StatusCode::from_u16(e.code().http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 /// The JSON error response for `e`.
@@ -591,7 +566,7 @@ pub fn error_response(e: &RelayError) -> HttpResponse {
     } else if status.is_server_error() {
         tracing::error!(error = ?e, "request failed");
     } else {
-        tracing::debug!(code = e.code(), "request refused");
+        tracing::debug!(code = e.code().as_str(), "request refused");
     }
     let (mtproto_code, notice) = match e {
         RelayError::BadMsg { code, notice } => (
@@ -613,7 +588,7 @@ pub fn error_response(e: &RelayError) -> HttpResponse {
         RATE_LIMITED_ANSWERS.fetch_add(1, Ordering::Relaxed);
         answer.insert_header((actix_web::http::header::RETRY_AFTER, retry_after_secs.to_string()));
     }
-    metrics::metrics().refusal(e.code());
+    metrics::metrics().refusal(e.code().as_str());
     answer.json(ErrorBody {
         error: e.code(),
         message,
@@ -622,14 +597,11 @@ pub fn error_response(e: &RelayError) -> HttpResponse {
     })
 }
 
-fn client_error(code: &'static str, status: StatusCode, message: String) -> HttpResponse {
-    metrics::metrics().refusal(code);
-    HttpResponse::build(status).json(ErrorBody {
-        error: code,
-        message,
-        mtproto_code: None,
-        notice: None,
-    })
+/// A refusal made by the HTTP layer itself (the body could not be read or parsed, no route).
+fn client_error(code: ErrorCode, message: String) -> HttpResponse {
+    metrics::metrics().refusal(code.as_str());
+    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+    HttpResponse::build(status).json(ErrorBody::new(code, message))
 }
 
 /// Reads a JSON body, answering malformed or oversized input with a JSON error.
@@ -641,23 +613,22 @@ fn parse<T: serde::de::DeserializeOwned>(
         let too_large = e.as_response_error().status_code() == StatusCode::PAYLOAD_TOO_LARGE;
         if too_large {
             client_error(
-                "payload_too_large",
-                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::PayloadTooLarge,
                 format!("body over {MAX_BODY_BYTES} bytes"),
             )
         } else if let Some(late) = conn::body_timed_out(&e) {
-            client_error("request_timeout", StatusCode::REQUEST_TIMEOUT, late.to_string())
+            client_error(ErrorCode::RequestTimeout, late.to_string())
         } else {
-            client_error("bad_request", StatusCode::BAD_REQUEST, e.to_string())
+            client_error(ErrorCode::BadRequest, e.to_string())
         }
     })?;
     serde_json::from_slice(&body).map_err(|e| {
         let code = if e.is_data() {
-            "invalid_field"
+            ErrorCode::InvalidField
         } else {
-            "malformed_json"
+            ErrorCode::MalformedJson
         };
-        client_error(code, StatusCode::BAD_REQUEST, e.to_string())
+        client_error(code, e.to_string())
     })
 }
 
@@ -962,11 +933,7 @@ pub async fn serve_https_redirect(listener: TcpListener, https_port: u16) -> std
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
             if !plain {
-                return client_error(
-                    "bad_request",
-                    StatusCode::BAD_REQUEST,
-                    "a Host header is needed".into(),
-                );
+                return client_error(ErrorCode::BadRequest, "a Host header is needed".into());
             }
             // The host without its port (IPv6 literals keep their brackets).
             let name = match host.rsplit_once(':') {
@@ -1137,7 +1104,7 @@ pub async fn run_with_limits(
             })
             .configure(|cfg| routes(cfg, echo_route))
             .default_service(web::to(|| async {
-                client_error("not_found", StatusCode::NOT_FOUND, "no such endpoint".to_owned())
+                client_error(ErrorCode::NotFound, "no such endpoint".to_owned())
             }))
     })?;
     let handle = server.handle();

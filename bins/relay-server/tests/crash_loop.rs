@@ -71,7 +71,7 @@ async fn connect(url: &str, name: &str, pin: Pin, profile: &Path) -> Client {
 struct Tally {
     /// (sender, index) → times delivered.
     delivered: BTreeMap<(String, usize), usize>,
-    refused: Vec<(String, usize, String)>,
+    refused: Vec<(String, usize, relay_client::ErrorCode)>,
 }
 
 fn sizes() -> (usize, usize, usize) {

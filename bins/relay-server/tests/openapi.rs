@@ -122,10 +122,24 @@ async fn the_served_document_matches_the_routes_the_answers_and_the_error_table(
         if !line.starts_with('|') {
             break;
         }
-        let first = line.split('|').nth(1).unwrap();
+        let mut cells = line.split('|').skip(1);
+        let (first, status) = (cells.next().unwrap(), cells.next().unwrap());
         for part in first.split('`').skip(1).step_by(2) {
+            // The table's status is the one relay-api gives the code.
+            let code: relay_api::ErrorCode = serde_json::from_value(serde_json::json!(part)).unwrap();
+            assert!(
+                status.trim().starts_with(&code.http_status().to_string()),
+                "{part}: the table says {status}, relay-api {}",
+                code.http_status()
+            );
             table.insert(part.to_owned());
         }
     }
     assert_eq!(documented, table);
+    // …and relay-api's list of every code the relay answers.
+    let typed: BTreeSet<String> = relay_api::ErrorCode::ALL
+        .iter()
+        .map(|c| c.as_str().to_owned())
+        .collect();
+    assert_eq!(documented, typed);
 }

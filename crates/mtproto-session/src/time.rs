@@ -12,6 +12,20 @@ impl UnixTime {
         Self(nanos)
     }
 
+    /// The system clock now (a clock before 1970 reads as the epoch). The one place a protocol
+    /// crate reads the time itself: everything else takes the time as an argument.
+    ///
+    /// ```
+    /// let now = mtproto_session::UnixTime::from_system();
+    /// assert!(now.as_secs() > 1_700_000_000);
+    /// ```
+    pub fn from_system() -> Self {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Self(u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
+    }
+
     /// From whole seconds since the epoch.
     pub const fn from_secs(secs: u64) -> Self {
         Self(secs.saturating_mul(1_000_000_000))

@@ -45,16 +45,16 @@ use mtproto_session::{
     wire::Bytes, ChatState, ClientHandshake, ClientId, ClientSession, DhGenOk, MsgId, ResPq, SecretBytes,
     ServerDhParams, ServerPin, UnixTime,
 };
-use relay_core::{
-    api::{Call, PeersAnswer, PollAnswer, PublishAnswer, SendAnswer},
-    AckRef, EntryKind,
+use relay_api::{
+    AckRef, Call, EntryKind, EnvelopeRequest, EnvelopeResponse, ErrorBody, PeersAnswer, PollAnswer,
+    PublishAnswer, SendAnswer, MAX_LOOKUP_NAMES, OUTCOME_TTL_SECS,
 };
-use serde::Deserialize;
 
 mod outbox;
 mod profile;
 pub use mtproto_crypto::RecoveryCode;
 pub use mtproto_session::Delivery;
+pub use relay_api::ErrorCode;
 
 pub use outbox::{OutboxEntry, OutboxId, PostedEnvelope, Receipt, SendState, MAX_OUTBOX};
 
@@ -72,8 +72,8 @@ pub enum ClientError {
     Server {
         /// HTTP status.
         status: u16,
-        /// The relay's error code (`unknown_peer`, `mailbox_full`, ...).
-        code: String,
+        /// The relay's error code ([`ErrorCode::UnknownPeer`], [`ErrorCode::MailboxFull`], ...).
+        code: ErrorCode,
         /// Its message.
         message: String,
     },
@@ -298,14 +298,6 @@ pub enum KeyStatus {
     Changed,
 }
 
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: String,
-    #[serde(default)]
-    message: String,
-    notice: Option<Bytes>,
-}
-
 /// A refusal from the server, with the sealed notice it may carry.
 struct Refusal {
     status: u16,
@@ -323,18 +315,13 @@ impl From<Refusal> for ClientError {
 }
 
 /// The JSON of a control message (after its 0x00 byte); unknown fields are ignored.
-#[derive(Deserialize)]
+#[derive(serde::Deserialize)]
 struct Control {
     receipt: Option<Vec<u32>>,
 }
 
 /// Most sequence numbers one receipt names (more are left out: "delivered" is a courtesy).
 const MAX_RECEIPT_SEQS: usize = 1000;
-
-#[derive(Deserialize)]
-struct EnvelopeAnswer {
-    packet: Bytes,
-}
 
 struct State {
     client_id: ClientId,
@@ -409,7 +396,7 @@ impl std::fmt::Debug for Client {
 }
 
 fn now() -> UnixTime {
-    relay_core::Clock::now(&relay_core::SystemClock)
+    UnixTime::from_system()
 }
 
 /// Attempts per request when the relay is unreachable or answers 503 (storage unavailable,
@@ -423,10 +410,10 @@ fn backoff(attempt: usize) -> Duration {
 
 /// How old (seconds, server time) an envelope may be and still be resent as is: the relay
 /// answers a resend of a committed request from its stored outcome for
-/// [`relay_core::engine::OUTCOME_TTL_SECS`] (even past the msg_id time window and the replay
+/// [`OUTCOME_TTL_SECS`] (even past the msg_id time window and the replay
 /// window); ten minutes are kept for clock drift. Past it a new envelope carries the same
 /// end-to-end packet.
-const REUSE_ENVELOPE_SECS: u64 = relay_core::engine::OUTCOME_TTL_SECS - 600;
+const REUSE_ENVELOPE_SECS: u64 = OUTCOME_TTL_SECS - 600;
 
 /// Most acknowledgements sent with one poll (the relay's default limit, `--max-acks`).
 const MAX_ACKS_PER_POLL: usize = 1024;
@@ -617,16 +604,13 @@ impl Client {
             if status.is_success() {
                 return Ok(Ok(bytes));
             }
-            let body: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
-                error: "http".into(),
-                message: status.to_string(),
-                notice: None,
-            });
+            let body: ErrorBody = serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| ErrorBody::new(ErrorCode::Unknown, status.to_string()));
             if status == reqwest::StatusCode::SERVICE_UNAVAILABLE && attempt < RETRIES {
                 tracing::debug!(path, code = %body.error, "relay unavailable; retrying");
                 continue;
             }
-            if status == reqwest::StatusCode::TOO_MANY_REQUESTS && body.error == "rate_limited" {
+            if status == reqwest::StatusCode::TOO_MANY_REQUESTS && body.error == ErrorCode::RateLimited {
                 // The relay says when a retry can pass: wait that long, within our patience.
                 let wait = Duration::from_secs(retry_after.unwrap_or(1).clamp(1, 30));
                 if rate_limited + wait <= RATE_LIMIT_PATIENCE {
@@ -689,12 +673,15 @@ impl Client {
     /// One authenticated call: seals `call`, posts it, opens the answer. Handles a stale salt or
     /// a clock notice (resends with a fresh msg_id), a lost auth key (new handshake), and
     /// transport failures (resends the same envelope, which the relay answers only once).
-    async fn call<T: serde::de::DeserializeOwned>(&self, path: &str, call: &Call) -> Result<T, ClientError> {
-        match self.call_inner(path, call).await {
-            Err(ClientError::Server { code, .. }) if code == "unknown_auth_key" => {
+    async fn call<T: serde::de::DeserializeOwned>(&self, call: &Call) -> Result<T, ClientError> {
+        match self.call_inner(call).await {
+            Err(ClientError::Server {
+                code: ErrorCode::UnknownAuthKey,
+                ..
+            }) => {
                 self.handshake_again(!matches!(call, Call::PublishKey { .. }))
                     .await?;
-                self.call_inner(path, call).await
+                self.call_inner(call).await
             }
             other => other,
         }
@@ -718,16 +705,13 @@ impl Client {
             let publish = Call::PublishKey {
                 identity_key: Bytes(key.as_bytes().to_vec()),
             };
-            let _: PublishAnswer = self.call_inner("/publish_key", &publish).await?;
+            let _: PublishAnswer = self.call_inner(&publish).await?;
         }
         Ok(())
     }
 
-    async fn call_inner<T: serde::de::DeserializeOwned>(
-        &self,
-        path: &str,
-        call: &Call,
-    ) -> Result<T, ClientError> {
+    async fn call_inner<T: serde::de::DeserializeOwned>(&self, call: &Call) -> Result<T, ClientError> {
+        let path = call.endpoint().path();
         let body = serde_json::to_vec(call).map_err(|e| ClientError::Invalid(e.to_string()))?;
         for _ in 0..3 {
             let packet = {
@@ -740,8 +724,7 @@ impl Client {
                 self.save(&st)?;
                 out.packet
             };
-            let req = serde_json::json!({ "packet": Bytes(packet) });
-            let raw = match self.post_raw(path, &req).await? {
+            let raw = match self.post_raw(path, &EnvelopeRequest::packet(packet)).await? {
                 Ok(raw) => raw,
                 Err(r) => {
                     // A stale salt or clock: the refusal carries a sealed notice; it is applied
@@ -754,7 +737,7 @@ impl Client {
                     return Err(r.into());
                 }
             };
-            let answer: EnvelopeAnswer = serde_json::from_slice(&raw)
+            let answer: EnvelopeResponse = serde_json::from_slice(&raw)
                 .map_err(|e| ClientError::Transport(format!("bad answer: {e}")))?;
             let mut st = self.state.lock().await;
             let session = st
@@ -788,12 +771,9 @@ impl Client {
     /// Transport, protocol and server errors.
     pub async fn publish_key(&self) -> Result<PublishAnswer, ClientError> {
         let key = self.state.lock().await.identity.public();
-        self.call(
-            "/publish_key",
-            &Call::PublishKey {
-                identity_key: Bytes(key.as_bytes().to_vec()),
-            },
-        )
+        self.call(&Call::PublishKey {
+            identity_key: Bytes(key.as_bytes().to_vec()),
+        })
         .await
     }
 
@@ -813,7 +793,7 @@ impl Client {
 
     /// These peers as the directory shows them now (exact names; unknown ones are left out),
     /// each key compared to the accepted one. Asks in batches of
-    /// [`relay_core::api::MAX_LOOKUP_NAMES`].
+    /// [`MAX_LOOKUP_NAMES`].
     ///
     /// # Errors
     /// [`ClientError::Invalid`] for a malformed name; transport, protocol and server errors.
@@ -823,8 +803,8 @@ impl Client {
             .map(|n| ClientId::new(n).map_err(|e| ClientError::Invalid(e.to_string())))
             .collect::<Result<Vec<_>, _>>()?;
         let mut out = Vec::new();
-        for batch in ids.chunks(relay_core::api::MAX_LOOKUP_NAMES) {
-            let answer: PeersAnswer = self.call("/peers", &Call::lookup_peers(batch.to_vec())).await?;
+        for batch in ids.chunks(MAX_LOOKUP_NAMES) {
+            let answer: PeersAnswer = self.call(&Call::lookup_peers(batch.to_vec())).await?;
             out.extend(self.views(answer).await);
         }
         Ok(out)
@@ -845,7 +825,7 @@ impl Client {
             .map(|a| ClientId::new(a).map_err(|e| ClientError::Invalid(e.to_string())))
             .transpose()?;
         let answer: PeersAnswer = self
-            .call("/peers", &Call::search_peers(&prefix.to_ascii_lowercase(), after))
+            .call(&Call::search_peers(&prefix.to_ascii_lowercase(), after))
             .await?;
         let next = answer.next.as_ref().map(ToString::to_string);
         Ok((self.views(answer).await, next))
@@ -1203,14 +1183,16 @@ impl Client {
                 let packet = entry
                     .envelope
                     .as_ref()
-                    .map(|e| e.packet.clone())
+                    .map(|e| e.packet.0.clone())
                     .unwrap_or_default();
                 // Saved before it leaves: a restarted client resends these very bytes.
                 self.save(st)?;
                 packet
             };
-            let req = serde_json::json!({ "packet": packet });
-            let answer = self.post_raw("/secure_message", &req).await;
+            let req = EnvelopeRequest::packet(packet);
+            let answer = self
+                .post_raw(relay_api::Endpoint::SecureMessage.path(), &req)
+                .await;
             let mut st = self.state.lock().await;
             let outcome = match answer {
                 Err(e) => Err(e.to_string()),
@@ -1229,13 +1211,13 @@ impl Client {
                         let why = format!("{}: {}", refusal.body.error, refusal.body.message);
                         return self.leave_sending(id, why).await;
                     }
-                    let code = refusal.body.error.clone();
-                    if code == "unknown_auth_key" {
+                    let code = refusal.body.error;
+                    if code == ErrorCode::UnknownAuthKey {
                         drop(st);
                         self.handshake_again(true).await?;
                         continue;
                     }
-                    if code == "bad_msg" || code == "msg_id_reused" {
+                    if matches!(code, ErrorCode::BadMsg | ErrorCode::MsgIdReused) {
                         // The relay cannot tell whether it saw this envelope: a new one; the
                         // first may have been stored (then the peer drops the copy).
                         if let Some(e) = st.outbox.get_mut(&id) {
@@ -1247,7 +1229,7 @@ impl Client {
                         drop(st);
                         continue;
                     }
-                    if outbox::is_final_refusal(&code) {
+                    if outbox::is_final_refusal(code) {
                         Ok(Err((code, refusal.body.message)))
                     } else {
                         Err(format!("{code}: {}", refusal.body.message))
@@ -1322,7 +1304,7 @@ impl Client {
     /// Opens the relay's answer to a send, or says why it cannot be read (the message stays
     /// sending; the same envelope is answered again from the stored outcome).
     fn read_send_answer(st: &mut State, raw: &[u8]) -> Result<SendState, String> {
-        let answer: EnvelopeAnswer = serde_json::from_slice(raw).map_err(|e| format!("bad answer: {e}"))?;
+        let answer: EnvelopeResponse = serde_json::from_slice(raw).map_err(|e| format!("bad answer: {e}"))?;
         let session = st.session.as_mut().ok_or("no session")?;
         let incoming = session
             .decode_response(&answer.packet.0, now())
@@ -1366,7 +1348,7 @@ impl Client {
             timeout_ms: Some(wait.as_millis() as u64),
             limit: None,
         };
-        let answer: PollAnswer = match self.call("/poll_messages", &call).await {
+        let answer: PollAnswer = match self.call(&call).await {
             Ok(a) => a,
             Err(e) => {
                 // Not acknowledged: keep them for the next poll.
@@ -1616,7 +1598,7 @@ impl Client {
             timeout_ms: Some(0),
             limit: Some(1),
         };
-        let _: PollAnswer = self.call("/poll_messages", &call).await?;
+        let _: PollAnswer = self.call(&call).await?;
         Ok(())
     }
 

@@ -8,6 +8,7 @@
 //! replay. Entries are saved in the profile when the client keeps one.
 
 use mtproto_session::wire::Bytes;
+use relay_api::ErrorCode;
 use serde::{Deserialize, Serialize};
 
 /// Most messages waiting in the outbox (sending or refused); [`crate::Client::send`] refuses
@@ -48,7 +49,7 @@ pub enum SendState {
     /// [`crate::Client::abandon`].
     Refused {
         /// The relay's error code.
-        code: String,
+        code: ErrorCode,
         /// Its message.
         message: String,
     },
@@ -158,9 +159,13 @@ impl OutboxEntry {
 
 /// Refusals that settle a message: the relay stored nothing and will not for this envelope.
 /// Everything else (503, 429 past our patience, 5xx, an unreadable answer) leaves it sending.
-pub(crate) fn is_final_refusal(code: &str) -> bool {
+pub(crate) fn is_final_refusal(code: ErrorCode) -> bool {
     matches!(
         code,
-        "unknown_peer" | "mailbox_full" | "sender_quota" | "payload_too_large" | "invalid_field"
+        ErrorCode::UnknownPeer
+            | ErrorCode::MailboxFull
+            | ErrorCode::SenderQuota
+            | ErrorCode::PayloadTooLarge
+            | ErrorCode::InvalidField
     )
 }

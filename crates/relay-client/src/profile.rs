@@ -41,7 +41,7 @@ pub struct Profile {
     /// they are handed out again if the relay delivers them again (the application may have
     /// died before keeping them; it recognises a repeat by sender and `seq`).
     #[serde(default)]
-    pub handed_out: Vec<relay_core::AckRef>,
+    pub handed_out: Vec<relay_api::AckRef>,
 }
 
 impl Profile {

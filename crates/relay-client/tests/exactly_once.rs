@@ -39,7 +39,7 @@ async fn bob_mailbox_len(server: &Server) -> usize {
         .fetch(
             &mtproto_session::ClientId::new("bob").unwrap(),
             100,
-            relay_core::Clock::now(&relay_core::SystemClock),
+            mtproto_session::UnixTime::from_system(),
         )
         .await
         .unwrap()
@@ -134,7 +134,7 @@ async fn a_client_killed_mid_send_never_gives_back_a_stored_number() {
     let settled = alice.flush_outbox().await.unwrap();
     assert!(
         matches!(&settled[..], [r] if r.maybe_stored
-            && matches!(&r.state, SendState::Refused { code, .. } if code == "sender_quota")),
+            && matches!(&r.state, SendState::Refused { code, .. } if *code == relay_client::ErrorCode::SenderQuota)),
         "refused, but possibly delivered: {settled:?}"
     );
     let (bodies, others) = drain(&bob, 2).await;

@@ -106,7 +106,7 @@ async fn a_send_stored_but_unanswered_is_never_a_duplicate() {
         .fetch(
             &mtproto_session::ClientId::new("bob").unwrap(),
             10,
-            relay_core::Clock::now(&relay_core::SystemClock),
+            mtproto_session::UnixTime::from_system(),
         )
         .await
         .unwrap();
@@ -141,7 +141,7 @@ async fn a_refused_message_leaves_no_hole_at_the_peer() {
     }
     let refused = alice.send("bob", b"three").await.unwrap();
     assert!(
-        matches!(&refused.state, SendState::Refused { code, .. } if code == "sender_quota"),
+        matches!(&refused.state, SendState::Refused { code, .. } if *code == relay_client::ErrorCode::SenderQuota),
         "{refused:?}"
     );
     assert_eq!(alice.outbox().await, vec![refused.clone()]);

@@ -13,9 +13,9 @@ mod common;
 use std::time::Duration;
 
 use common::Server;
-use relay_client::{Client, ClientConfig, ClientError, KeyStatus, RecoveryCode};
+use relay_client::{Client, ClientConfig, ClientError, ErrorCode, KeyStatus, RecoveryCode};
 
-fn refused_with(r: Result<Client, ClientError>) -> (u16, String) {
+fn refused_with(r: Result<Client, ClientError>) -> (u16, ErrorCode) {
     match r {
         Err(ClientError::Server { status, code, .. }) => (status, code),
         other => panic!("expected a refusal, got {other:?}"),
@@ -57,12 +57,12 @@ async fn a_lost_device_is_replaced_with_the_recovery_code_and_peers_see_a_key_ch
     let cfg = || ClientConfig::new(&server.url, "alice", server.pin());
     assert_eq!(
         refused_with(Client::connect(cfg()).await),
-        (409, "client_id_taken".into())
+        (409, ErrorCode::ClientIdTaken)
     );
     let wrong = RecoveryCode::generate(&mut mtproto_crypto::rand_core::OsRng);
     assert_eq!(
         refused_with(Client::connect(cfg().with_recovery_code(wrong)).await),
-        (403, "recovery_refused".into())
+        (403, ErrorCode::RecoveryRefused)
     );
     // The code as the user typed it back.
     let typed = RecoveryCode::parse(&code.to_string().to_uppercase()).unwrap();

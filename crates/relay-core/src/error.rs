@@ -1,6 +1,7 @@
 //! Errors of the relay domain, each with a stable code that the HTTP layer maps to a status.
 
 use mtproto_session::BadMsgCode;
+use relay_api::ErrorCode;
 
 /// Errors a storage engine reports.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -140,36 +141,36 @@ pub enum RelayError {
 
 impl RelayError {
     /// The stable error code sent to clients.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Self::InvalidField { .. } => "invalid_field",
-            Self::UnknownHandshake => "unknown_handshake",
-            Self::HandshakeExpired => "handshake_expired",
-            Self::NonceMismatch(_) => "nonce_mismatch",
-            Self::BadProofOfWork => "bad_proof_of_work",
-            Self::BadDh => "bad_dh_value",
-            Self::HandshakeOutOfOrder => "handshake_out_of_order",
-            Self::ClientIdTaken => "client_id_taken",
-            Self::RecoveryRefused => "recovery_refused",
-            Self::UnknownAuthKey => "unknown_auth_key",
-            Self::DecryptFailed => "decrypt_failed",
-            Self::BadSession => "bad_session",
+            Self::InvalidField { .. } => ErrorCode::InvalidField,
+            Self::UnknownHandshake => ErrorCode::UnknownHandshake,
+            Self::HandshakeExpired => ErrorCode::HandshakeExpired,
+            Self::NonceMismatch(_) => ErrorCode::NonceMismatch,
+            Self::BadProofOfWork => ErrorCode::BadProofOfWork,
+            Self::BadDh => ErrorCode::BadDhValue,
+            Self::HandshakeOutOfOrder => ErrorCode::HandshakeOutOfOrder,
+            Self::ClientIdTaken => ErrorCode::ClientIdTaken,
+            Self::RecoveryRefused => ErrorCode::RecoveryRefused,
+            Self::UnknownAuthKey => ErrorCode::UnknownAuthKey,
+            Self::DecryptFailed => ErrorCode::DecryptFailed,
+            Self::BadSession => ErrorCode::BadSession,
             Self::BadMsg {
                 code: BadMsgCode::BadServerSalt,
                 ..
-            } => "bad_server_salt",
-            Self::BadMsg { .. } => "bad_msg",
-            Self::FieldMismatch(_) => "field_mismatch",
-            Self::MethodMismatch => "method_mismatch",
-            Self::UnknownPeer => "unknown_peer",
-            Self::MailboxFull => "mailbox_full",
-            Self::SenderQuota => "sender_quota",
-            Self::MsgIdReused => "msg_id_reused",
-            Self::RateLimited { .. } => "rate_limited",
-            Self::PayloadTooLarge { .. } => "payload_too_large",
-            Self::Busy => "busy",
-            Self::Unavailable(_) => "storage_unavailable",
-            Self::Internal(_) => "internal",
+            } => ErrorCode::BadServerSalt,
+            Self::BadMsg { .. } => ErrorCode::BadMsg,
+            Self::FieldMismatch(_) => ErrorCode::FieldMismatch,
+            Self::MethodMismatch => ErrorCode::MethodMismatch,
+            Self::UnknownPeer => ErrorCode::UnknownPeer,
+            Self::MailboxFull => ErrorCode::MailboxFull,
+            Self::SenderQuota => ErrorCode::SenderQuota,
+            Self::MsgIdReused => ErrorCode::MsgIdReused,
+            Self::RateLimited { .. } => ErrorCode::RateLimited,
+            Self::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            Self::Busy => ErrorCode::Busy,
+            Self::Unavailable(_) => ErrorCode::StorageUnavailable,
+            Self::Internal(_) => ErrorCode::Internal,
         }
     }
 }

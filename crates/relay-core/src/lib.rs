@@ -13,7 +13,8 @@
 //! outcome is stored for resends — or, on any error, nothing is stored.
 #![forbid(unsafe_code)]
 
-pub mod api;
+/// The wire contract, re-exported from [`relay_api`] (the crate clients depend on).
+pub use relay_api as api;
 pub mod engine;
 mod error;
 pub mod limits;
@@ -30,9 +31,9 @@ pub use engine::{sqlite_backup, SqliteEngine};
 pub use engine::{Engine, MemoryEngine};
 pub use error::{EngineError, RelayError};
 pub use model::{
-    AccountExpiry, AckRef, AuthKeyRecord, Commit, EntryKind, MailboxEntry, Op, Outcome, Peer, SendQuota,
-    SessionRecord,
+    AccountExpiry, AuthKeyRecord, Commit, MailboxEntry, Op, Outcome, Peer, SendQuota, SessionRecord,
 };
 pub use notify::Notifier;
 pub use observe::{NoObserver, Observer};
-pub use relay::{Clock, Relay, RelayConfig, SystemClock, RESERVED_CLIENT_IDS, STATUS_RECEIVED};
+pub use relay::{Clock, Relay, RelayConfig, SystemClock, RESERVED_CLIENT_IDS};
+pub use relay_api::{AckRef, EntryKind, STATUS_RECEIVED};

@@ -4,6 +4,8 @@ use mtproto_crypto::AuthKeyId;
 use mtproto_session::{wire::Bytes, ClientId, SecretBytes, ServerSession, UnixTime};
 use serde::{Deserialize, Serialize};
 
+use relay_api::{AckRef, EntryKind, PeerInfo, PolledEntry, NEVER_EXPIRES};
+
 use crate::EngineError;
 
 /// An auth key and the client id it claimed.
@@ -39,21 +41,6 @@ pub struct SessionRecord {
     pub version: u64,
 }
 
-/// What a mailbox entry is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum EntryKind {
-    /// An end-to-end encrypted message from a peer.
-    Message,
-    /// A notice from the relay: a message this client sent expired before it was delivered.
-    Expired {
-        /// The recipient that never acknowledged it.
-        to: ClientId,
-        /// Its sequence number in that recipient's mailbox (not `seq`: the entry has its own).
-        message_seq: u64,
-    },
-}
-
 /// One entry of a mailbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MailboxEntry {
@@ -72,6 +59,20 @@ pub struct MailboxEntry {
     pub expires_at: u64,
 }
 
+impl From<MailboxEntry> for PolledEntry {
+    /// The entry as a poll returns it; every "never" is spelled [`NEVER_EXPIRES`].
+    fn from(e: MailboxEntry) -> Self {
+        Self {
+            seq: e.seq,
+            from: e.from,
+            kind: e.kind,
+            payload: e.payload,
+            timestamp_ms: e.timestamp_ms,
+            expires_at: e.expires_at.min(NEVER_EXPIRES),
+        }
+    }
+}
+
 /// A registered client as the directory shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Peer {
@@ -85,6 +86,22 @@ pub struct Peer {
     pub registered_at: u64,
     /// Its last authenticated request, unix seconds.
     pub last_seen: u64,
+}
+
+impl From<Peer> for PeerInfo {
+    fn from(p: Peer) -> Self {
+        let fingerprint = p
+            .identity_key
+            .map(|k| mtproto_crypto::IdentityPublic::from_bytes(k).short_fingerprint());
+        Self {
+            client_id: p.client_id,
+            identity_key: p.identity_key.map(|k| Bytes(k.to_vec())),
+            fingerprint,
+            key_version: p.key_version,
+            last_seen: p.last_seen,
+            registered_at: p.registered_at,
+        }
+    }
 }
 
 /// The result of a committed request, kept so that a resent envelope gets the same answer.
@@ -140,71 +157,6 @@ pub enum Op {
         /// The X25519 public key.
         key: [u8; 32],
     },
-}
-
-/// An acknowledgement: the entry's sequence number and, from current clients, the time it was
-/// stored (its `timestamp_ms`). An engine removes an entry only if both match, so an
-/// acknowledgement can never remove a different message — even after a storage rollback gave a
-/// new message the sequence number of an old one (e.g. Redis with `appendfsync everysec` and a
-/// power cut). On the wire: `{"seq": 7, "ts": 1800000000123}`, or the older bare `7`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AckRef {
-    /// The entry's sequence number.
-    pub seq: u64,
-    /// The entry's `timestamp_ms`; `None` from clients that send bare numbers.
-    pub ts: Option<u64>,
-}
-
-impl Serialize for AckRef {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        match self.ts {
-            None => s.serialize_u64(self.seq),
-            Some(ts) => {
-                let mut st = s.serialize_struct("AckRef", 2)?;
-                st.serialize_field("seq", &self.seq)?;
-                st.serialize_field("ts", &ts)?;
-                st.end()
-            }
-        }
-    }
-}
-
-impl AckRef {
-    /// An acknowledgement of the entry `seq` stored at `ts` (ms).
-    pub const fn new(seq: u64, ts: u64) -> Self {
-        Self { seq, ts: Some(ts) }
-    }
-
-    /// Whether it names an entry with this sequence number and store time.
-    pub fn matches(&self, seq: u64, timestamp_ms: u64) -> bool {
-        self.seq == seq && self.ts.is_none_or(|t| t == timestamp_ms)
-    }
-}
-
-impl From<u64> for AckRef {
-    fn from(seq: u64) -> Self {
-        Self { seq, ts: None }
-    }
-}
-
-impl<'de> Deserialize<'de> for AckRef {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Wire {
-            Bare(u64),
-            Full {
-                seq: u64,
-                #[serde(default)]
-                ts: Option<u64>,
-            },
-        }
-        Ok(match Wire::deserialize(d)? {
-            Wire::Bare(seq) => Self { seq, ts: None },
-            Wire::Full { seq, ts } => Self { seq, ts },
-        })
-    }
 }
 
 /// The limits a send must fit, checked by the engine atomically with the append. Payload bytes

@@ -18,7 +18,7 @@ use mtproto_session::{
 use crate::{
     api::{
         iso8601, Call, Endpoint, EnvelopeRequest, EnvelopeResponse, PeerInfo, PeersAnswer, PollAnswer,
-        PublishAnswer, SendAnswer, MAX_LOOKUP_NAMES, MAX_PEERS_PAGE,
+        PolledEntry, PublishAnswer, SendAnswer, MAX_LOOKUP_NAMES, MAX_PEERS_PAGE, STATUS_RECEIVED,
     },
     limits::{KeyLimits, Rate, SourceLimits, SourceLimitsConfig, WorkMeter, WorkPolicy},
     seal::StorageSeal,
@@ -27,8 +27,6 @@ use crate::{
 
 /// Client ids nobody may register: the relay signs its own notices with them.
 pub const RESERVED_CLIENT_IDS: &[&str] = &["relay", "server", "admin"];
-/// `status` of a stored message, as in the original API.
-pub const STATUS_RECEIVED: &str = "Message received securely";
 
 /// Limits and timings, all configurable.
 #[derive(Debug, Clone)]
@@ -150,10 +148,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> UnixTime {
-        let d = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        UnixTime::from_nanos(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        UnixTime::from_system()
     }
 }
 
@@ -970,6 +965,7 @@ impl Relay {
                 let messages = fit_in_answer(messages, self.config.poll_bytes);
                 self.observer.entries_acked(acked);
                 self.observer.entries_delivered(messages.len());
+                let messages = messages.into_iter().map(PolledEntry::from).collect();
                 (to_body(&PollAnswer { messages, acked })?, None)
             }
             (Call::ListPeers { .. }, _) => (to_body(&self.peers_answer(call).await?)?, None),

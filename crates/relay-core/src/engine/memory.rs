@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use mtproto_session::{wire::Bytes, ClientId, PendingHandshake, ServerSession, Stage, UnixTime};
 
-use super::{Engine, OUTCOME_TTL_SECS, RELAY_SENDER};
+use super::{Engine, NEVER_EXPIRES, OUTCOME_TTL_SECS, RELAY_SENDER};
 use crate::{
     AccountExpiry, AuthKeyRecord, Commit, EngineError, EntryKind, MailboxEntry, Op, Outcome, Peer,
     SessionRecord,
@@ -409,7 +409,7 @@ impl Engine for MemoryEngine {
                 kind: EntryKind::Expired { to, message_seq: seq },
                 payload: Bytes(Vec::new()),
                 timestamp_ms: millis(now),
-                expires_at: u64::MAX / 2,
+                expires_at: NEVER_EXPIRES,
             });
             notified.push(sender);
         }

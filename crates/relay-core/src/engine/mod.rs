@@ -26,9 +26,11 @@ pub use redis_engine::RedisEngine;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{backup as sqlite_backup, SqliteEngine};
 
+/// The `expires_at` of the relay's notices (removed only by their acknowledgement).
+pub use relay_api::NEVER_EXPIRES;
 /// How long outcomes of committed requests are kept for resends (longer than the 300 s msg_id
-/// window, so a resend inside the window always finds its outcome).
-pub const OUTCOME_TTL_SECS: u64 = 3600;
+/// window, so a resend inside the window always finds its outcome): part of the wire contract.
+pub use relay_api::OUTCOME_TTL_SECS;
 
 /// A storage engine. All methods are atomic on their own.
 #[async_trait::async_trait]

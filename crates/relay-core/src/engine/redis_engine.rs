@@ -46,7 +46,7 @@ use mtproto_session::{ClientId, PendingHandshake, ServerSession, UnixTime};
 use redis::{aio::ConnectionManager, AsyncCommands, Script};
 use zeroize::Zeroizing;
 
-use super::{Engine, OUTCOME_TTL_SECS, RELAY_SENDER};
+use super::{Engine, NEVER_EXPIRES, OUTCOME_TTL_SECS, RELAY_SENDER};
 use crate::{
     AccountExpiry, AuthKeyRecord, Commit, EngineError, MailboxEntry, Notifier, Op, Outcome, Peer, SendQuota,
     SessionRecord,
@@ -60,8 +60,6 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Expiry of notices from the relay: never (they are removed by their ack).
-const NEVER: u64 = 4_611_686_018_427_387_903;
 /// Most users one purge visits (the next purge goes on from there).
 const PURGE_USERS_PER_CALL: usize = 5_000;
 
@@ -783,7 +781,7 @@ impl RedisEngine {
                     RELAY_SENDER,
                     &[],
                     now,
-                    NEVER,
+                    NEVER_EXPIRES,
                     Delivery::Expired {
                         to: user,
                         message_seq: seq,

@@ -475,6 +475,8 @@ pub async fn expiry_tells_the_sender(e: &dyn Engine) {
     let notes = e.fetch(&alice.client, 10, t0().plus_secs(11)).await.unwrap();
     assert_eq!(notes.len(), 1);
     assert_eq!(notes[0].from, "relay");
+    // Every engine spells "never" the same way, exact in a JavaScript number.
+    assert_eq!(notes[0].expires_at, relay_core::engine::NEVER_EXPIRES);
     assert_eq!(
         notes[0].kind,
         EntryKind::Expired {

@@ -29,7 +29,7 @@ use zeroize::Zeroizing;
 
 pub mod backup;
 
-use super::{Engine, OUTCOME_TTL_SECS, RELAY_SENDER};
+use super::{Engine, NEVER_EXPIRES, OUTCOME_TTL_SECS, RELAY_SENDER};
 use crate::{
     AccountExpiry, AuthKeyRecord, Commit, EngineError, EntryKind, MailboxEntry, Op, Outcome, Peer, SendQuota,
     SessionRecord,
@@ -1268,7 +1268,7 @@ impl Engine for SqliteEngine {
                     RELAY_SENDER,
                     &notice,
                     &[],
-                    (now, u64::MAX / 4),
+                    (now, NEVER_EXPIRES),
                 )?;
                 notified.push(sender);
             }

@@ -1,0 +1,15 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+mod answers;
+mod calls;
+mod error;
+mod time;
+
+pub use answers::{
+    AckRef, EntryKind, PeerInfo, PeersAnswer, PollAnswer, PolledEntry, PublishAnswer, SendAnswer,
+    MAX_LOOKUP_NAMES, MAX_PEERS_PAGE, NEVER_EXPIRES, OUTCOME_TTL_SECS, STATUS_RECEIVED,
+};
+pub use calls::{Call, Endpoint, EnvelopeRequest, EnvelopeResponse, U64Field};
+pub use error::{ErrorBody, ErrorCode};
+pub use time::iso8601;
