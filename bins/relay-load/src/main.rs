@@ -277,6 +277,7 @@ async fn relay_mode(http: reqwest::Client, args: Args, poll: bool) -> Result<(),
                 let c = Call::SendMessage {
                     target_peer: ClientId::new(&target).map_err(fail)?,
                     payload: Bytes(payload),
+                    key_version: None,
                 };
                 match call::<SendAnswer>(&h, &base, &u, &c).await {
                     Ok(_) => sent.fetch_add(1, Ordering::Relaxed),

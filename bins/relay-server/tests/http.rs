@@ -83,6 +83,7 @@ async fn a_resent_envelope_is_stored_once_and_answered_with_the_original_result(
     let call = Call::SendMessage {
         target_peer: ClientId::new("bob").unwrap(),
         payload: Bytes(b"once".to_vec()),
+        key_version: None,
     };
     let packet = alice.seal(&call);
     let before = alice.session.state();
@@ -188,6 +189,7 @@ async fn bad_inputs_get_json_errors_and_store_nothing() {
     let mut packet = alice.seal(&Call::SendMessage {
         target_peer: ClientId::new("bob").unwrap(),
         payload: Bytes(b"x".to_vec()),
+        key_version: None,
     });
     packet[10] ^= 1;
     let (s, body, _) = alice.post_packet("/secure_message", &packet).await;
@@ -196,6 +198,7 @@ async fn bad_inputs_get_json_errors_and_store_nothing() {
     let packet = alice.seal(&Call::SendMessage {
         target_peer: ClientId::new("bob").unwrap(),
         payload: Bytes(b"x".to_vec()),
+        key_version: None,
     });
     let (s, body, _) = alice
         .post_with(

@@ -51,6 +51,7 @@ async fn every_answered_send_survives_sigkill_and_is_delivered_once() {
                     let call = relay_core::api::Call::SendMessage {
                         target_peer: mtproto_session::ClientId::new("bob").unwrap(),
                         payload: Bytes(format!("inflight{k}").into_bytes()),
+                        key_version: None,
                     };
                     alice.seal(&call)
                 })

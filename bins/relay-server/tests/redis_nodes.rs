@@ -150,6 +150,7 @@ async fn a_redis_outage_answers_503_and_clients_carry_on() {
     let packet = raw.seal(&relay_core::api::Call::SendMessage {
         target_peer: mtproto_session::ClientId::new("bob").unwrap(),
         payload: mtproto_session::wire::Bytes(b"refused".to_vec()),
+        key_version: None,
     });
     let r = reqwest::Client::new()
         .post(format!("{}/secure_message", n.url))

@@ -120,6 +120,13 @@ pub enum Call {
         target_peer: ClientId,
         /// The end-to-end packet (opaque to the relay).
         payload: Bytes,
+        /// The recipient's `key_version` (from `/peers`) that the packet was sealed for. When
+        /// given, the relay stores the message only if the recipient's key is still that
+        /// version, checked atomically with the append; otherwise it refuses with
+        /// [`crate::ErrorCode::PeerKeyChanged`] and stores nothing — so a message is never
+        /// stored under a key its recipient has replaced.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key_version: Option<u32>,
     },
     /// `/poll_messages`: acknowledge, then fetch (waiting up to `timeout_ms` if empty).
     PollMessages {
@@ -263,6 +270,7 @@ mod tests {
             Call::SendMessage {
                 target_peer: ClientId::new("bob").unwrap(),
                 payload: Bytes(vec![1]),
+                key_version: Some(2),
             },
             Call::PollMessages {
                 ack: vec![AckRef::new(1, 2), AckRef::from(3)],

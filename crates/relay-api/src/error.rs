@@ -56,6 +56,9 @@ pub enum ErrorCode {
     MethodMismatch,
     /// The recipient does not exist.
     UnknownPeer,
+    /// The recipient's identity key is no longer the version the message was sealed for: look
+    /// it up again, let the user accept or verify it, seal again (nothing was stored).
+    PeerKeyChanged,
     /// The recipient's mailbox is full.
     MailboxFull,
     /// The sender has too much waiting in this recipient's mailbox.
@@ -77,7 +80,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code the relay answers (not [`ErrorCode::Unknown`]).
-    pub const ALL: [Self; 29] = [
+    pub const ALL: [Self; 30] = [
         Self::InvalidField,
         Self::MalformedJson,
         Self::BadRequest,
@@ -100,6 +103,7 @@ impl ErrorCode {
         Self::FieldMismatch,
         Self::MethodMismatch,
         Self::UnknownPeer,
+        Self::PeerKeyChanged,
         Self::MailboxFull,
         Self::SenderQuota,
         Self::MsgIdReused,
@@ -134,6 +138,7 @@ impl ErrorCode {
             Self::FieldMismatch => "field_mismatch",
             Self::MethodMismatch => "method_mismatch",
             Self::UnknownPeer => "unknown_peer",
+            Self::PeerKeyChanged => "peer_key_changed",
             Self::MailboxFull => "mailbox_full",
             Self::SenderQuota => "sender_quota",
             Self::MsgIdReused => "msg_id_reused",
@@ -150,7 +155,7 @@ impl ErrorCode {
         match self {
             Self::UnknownHandshake | Self::UnknownPeer | Self::NotFound => 404,
             Self::HandshakeExpired => 410,
-            Self::ClientIdTaken | Self::MsgIdReused => 409,
+            Self::ClientIdTaken | Self::MsgIdReused | Self::PeerKeyChanged => 409,
             Self::RecoveryRefused => 403,
             Self::UnknownAuthKey => 401,
             Self::MailboxFull | Self::SenderQuota | Self::RateLimited => 429,

@@ -1016,6 +1016,7 @@ impl Client {
             .get_mut(peer)
             .ok_or_else(|| ClientError::NoPeerKey(peer.into()))?;
         let sealed = chat.seal(body, now(), &mut OsRng)?;
+        let key_version = st.peers.get(peer).map(|k| k.key_version);
         let id = OutboxId(st.next_outbox_id);
         st.next_outbox_id += 1;
         Ok(OutboxEntry {
@@ -1028,6 +1029,7 @@ impl Client {
             maybe_stored: false,
             released: false,
             control: false,
+            key_version,
             state: SendState::Sending { last_error: None },
         })
     }
@@ -1067,7 +1069,18 @@ impl Client {
             let entry = st.outbox.get(&id).ok_or(ClientError::NotInOutbox(id))?;
             if matches!(entry.state, SendState::Refused { .. }) {
                 let to = entry.to.clone();
-                let fresh = if entry.released {
+                if let Some(&new_version) = st.key_changed.get(&to) {
+                    return Err(ClientError::PeerKeyChanged {
+                        old_version: st.peers.get(&to).map_or(0, |k| k.key_version),
+                        peer: to,
+                        new_version,
+                    });
+                }
+                // Sealed for a key the user has replaced since (by accepting the new one): it
+                // is sealed again under the chat with the accepted key.
+                let stale_key = entry.key_version.is_some()
+                    && entry.key_version != st.peers.get(&to).map(|k| k.key_version);
+                let fresh = if entry.released || stale_key {
                     // Its number was given back: seal it again as a new message.
                     let body = entry.body.0.clone();
                     let mut fresh = self.seal_entry(&mut st, &to, &body)?;
@@ -1128,6 +1141,20 @@ impl Client {
             if matches!(state, Some(SendState::Sending { .. })) {
                 break;
             }
+            if let Some(SendState::Refused {
+                code: ErrorCode::PeerKeyChanged,
+                ..
+            }) = state
+            {
+                // The recipient has another key now: the directory lookup marks it changed,
+                // so later sends fail fast with `PeerKeyChanged` until the user accepts it.
+                let to = self.state.lock().await.outbox.get(&id).map(|e| e.to.clone());
+                if let Some(to) = to {
+                    if let Err(e) = self.lookup(&[to.as_str()]).await {
+                        tracing::debug!(peer = %to, error = %e, "could not refresh a changed key");
+                    }
+                }
+            }
             if only == Some(id) {
                 break;
             }
@@ -1164,6 +1191,7 @@ impl Client {
                     let call = Call::SendMessage {
                         target_peer: target,
                         payload: entry.packet.clone(),
+                        key_version: entry.key_version,
                     };
                     let body = serde_json::to_vec(&call).map_err(|e| ClientError::Invalid(e.to_string()))?;
                     let out = session.encode_request(&body, now(), &mut OsRng)?;
@@ -1556,6 +1584,18 @@ impl Client {
     /// outbox, and makes refused receipts whose number could not be given back go again (a
     /// receipt left out would be a hole the peer reports as lost).
     fn queue_receipts(&self, st: &mut State) -> Result<(), ClientError> {
+        // A receipt sealed for a key the peer has replaced can never be read: dropped (the
+        // conversation starts again under the new key).
+        st.outbox.retain(|_, e| {
+            !(e.control
+                && matches!(
+                    e.state,
+                    SendState::Refused {
+                        code: ErrorCode::PeerKeyChanged,
+                        ..
+                    }
+                ))
+        });
         for e in st.outbox.values_mut() {
             if e.control && matches!(e.state, SendState::Refused { .. }) {
                 e.state = SendState::Sending { last_error: None };

@@ -132,6 +132,11 @@ pub struct OutboxEntry {
     /// A control message (a delivery receipt), not the user's: never listed nor reported.
     #[serde(default)]
     pub control: bool,
+    /// The recipient's key version it was sealed for (`key_version` of the send: the relay
+    /// refuses it with `peer_key_changed` once the recipient has another key). `None` in
+    /// outboxes saved before it existed.
+    #[serde(default)]
+    pub key_version: Option<u32>,
     /// Its state (never `Stored`: stored entries leave the outbox).
     pub state: SendState,
 }
@@ -163,6 +168,7 @@ pub(crate) fn is_final_refusal(code: ErrorCode) -> bool {
     matches!(
         code,
         ErrorCode::UnknownPeer
+            | ErrorCode::PeerKeyChanged
             | ErrorCode::MailboxFull
             | ErrorCode::SenderQuota
             | ErrorCode::PayloadTooLarge

@@ -12,7 +12,7 @@ mod common;
 use std::time::Duration;
 
 use common::Server;
-use relay_client::{Client, ClientConfig, ClientError, Event, KeyStatus, Pin};
+use relay_client::{Client, ClientConfig, ClientError, ErrorCode, Event, KeyStatus, Pin, SendState};
 
 async fn next_message(c: &Client) -> (String, Vec<u8>) {
     for _ in 0..20 {
@@ -110,12 +110,34 @@ async fn a_peer_key_change_is_reported_never_silent() {
     assert_eq!(next_message(&bob).await.1, b"1");
     let answer = bob.rotate_identity().await.unwrap();
     assert!(answer.changed);
-    let err = alice.send("bob", b"2").await.err();
-    // The existing chat is under the old key, so the directory check happens on the next lookup.
+    // Alice's chat is under bob's old key. Her send names the key version it was sealed for,
+    // so the relay refuses it (nothing stored) instead of storing what bob can no longer read.
+    let refused = alice.send("bob", b"2").await.unwrap();
+    assert!(
+        matches!(
+            &refused.state,
+            SendState::Refused {
+                code: ErrorCode::PeerKeyChanged,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    assert!(!refused.maybe_stored);
+    // The refusal made alice look bob up: he shows as changed, and sending is blocked until
+    // she accepts (or verifies) the new key.
     let peers = alice.contacts().await.unwrap();
     assert!(peers
         .iter()
         .any(|p| p.client_id == "bob" && p.key_status == KeyStatus::Changed));
+    assert!(matches!(
+        alice.send("bob", b"3").await,
+        Err(ClientError::PeerKeyChanged { .. })
+    ));
+    assert!(matches!(
+        alice.retry(refused.id).await,
+        Err(ClientError::PeerKeyChanged { .. })
+    ));
     // Bob (new key) writes to alice: alice cannot open it and is told why.
     bob.send("alice", b"from new key").await.unwrap();
     let mut saw_warning = false;
@@ -134,12 +156,15 @@ async fn a_peer_key_change_is_reported_never_silent() {
         }
     }
     assert!(saw_warning);
-    let _ = err;
     alice.accept_peer_key("bob").await.unwrap();
     assert_eq!(
         next_message(&alice).await,
         ("bob".to_owned(), b"from new key".to_vec())
     );
+    // The refused message, retried: sealed again under bob's new key, and bob reads it.
+    let resent = alice.retry(refused.id).await.unwrap();
+    assert!(matches!(resent.state, SendState::Stored { .. }), "{resent:?}");
+    assert_eq!(next_message(&bob).await, ("alice".to_owned(), b"2".to_vec()));
     server.stop().await;
 }
 

@@ -25,6 +25,12 @@ pub enum EngineError {
     /// The sender has as much waiting in the recipient's mailbox as one sender may.
     #[error("sender's quota in this mailbox reached")]
     SenderQuota,
+    /// The recipient's key version is not the one the send expected.
+    #[error("the recipient's key is now version {current}")]
+    PeerKeyChanged {
+        /// The recipient's key version now.
+        current: u32,
+    },
     /// Too many handshakes are pending.
     #[error("too many pending handshakes ({max})")]
     TooManyHandshakes {
@@ -107,6 +113,12 @@ pub enum RelayError {
     /// as one sender may: wait until the recipient reads them.
     #[error("too many of your messages are waiting for this recipient; wait until they read them")]
     SenderQuota,
+    /// The recipient's identity key changed since the message was sealed: nothing was stored.
+    #[error("the recipient's identity key is now version {current}; look it up, verify it and seal the message again")]
+    PeerKeyChanged {
+        /// The recipient's key version now.
+        current: u32,
+    },
     /// The msg_id was already used by a request to another endpoint (a client bug: msg_ids
     /// must be unique per session).
     #[error("msg_id already used by another request")]
@@ -165,6 +177,7 @@ impl RelayError {
             Self::UnknownPeer => ErrorCode::UnknownPeer,
             Self::MailboxFull => ErrorCode::MailboxFull,
             Self::SenderQuota => ErrorCode::SenderQuota,
+            Self::PeerKeyChanged { .. } => ErrorCode::PeerKeyChanged,
             Self::MsgIdReused => ErrorCode::MsgIdReused,
             Self::RateLimited { .. } => ErrorCode::RateLimited,
             Self::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
@@ -182,6 +195,7 @@ impl From<EngineError> for RelayError {
             EngineError::UnknownPeer => Self::UnknownPeer,
             EngineError::MailboxFull { .. } => Self::MailboxFull,
             EngineError::SenderQuota => Self::SenderQuota,
+            EngineError::PeerKeyChanged { current } => Self::PeerKeyChanged { current },
             EngineError::TooManyHandshakes { .. } => Self::Busy,
             EngineError::Conflict => Self::Unavailable("unresolved concurrent update".into()),
             EngineError::Storage(s) => Self::Unavailable(s),

@@ -146,6 +146,9 @@ pub enum Op {
         quota: SendQuota,
         /// Message time to live, seconds.
         ttl_secs: u64,
+        /// Store only if the recipient's key is this version ([`EngineError::PeerKeyChanged`]
+        /// otherwise), checked atomically with the append.
+        key_version: Option<u32>,
     },
     /// Remove these entries from the requester's own mailbox.
     Ack {

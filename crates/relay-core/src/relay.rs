@@ -835,7 +835,11 @@ impl Relay {
 
     fn op_for(&self, call: &Call) -> Result<(Op, bool), RelayError> {
         Ok(match call {
-            Call::SendMessage { target_peer, payload } => {
+            Call::SendMessage {
+                target_peer,
+                payload,
+                key_version,
+            } => {
                 if payload.0.len() > self.config.max_payload {
                     return Err(RelayError::PayloadTooLarge {
                         got: payload.0.len(),
@@ -853,6 +857,7 @@ impl Relay {
                     payload: payload.0.clone(),
                     quota: self.config.quota,
                     ttl_secs: self.config.message_ttl_secs,
+                    key_version: *key_version,
                 };
                 (op, true)
             }

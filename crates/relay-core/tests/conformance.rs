@@ -64,7 +64,7 @@ async fn redis_cluster_passes_the_suite() {
         };
     }
     suite::for_each_case!(on_cluster, cluster);
-    assert_eq!(ran.len(), 17, "{ran:?}");
+    assert_eq!(ran.len(), 18, "{ran:?}");
     // The harness is a real cluster: a script over two users' slots is refused, which is why
     // the engine splits a send in two there.
     let client = ::redis::cluster::ClusterClient::new(cluster.urls.clone()).unwrap();

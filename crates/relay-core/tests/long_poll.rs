@@ -173,6 +173,7 @@ fn send_to(to: &str, body: &[u8]) -> Call {
     Call::SendMessage {
         target_peer: ClientId::new(to).unwrap(),
         payload: Bytes(body.to_vec()),
+        key_version: None,
     }
 }
 

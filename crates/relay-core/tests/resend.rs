@@ -22,6 +22,7 @@ async fn a_committed_send_resent_after_the_time_window_is_answered_from_its_outc
     let send = |to: &str| Call::SendMessage {
         target_peer: ClientId::new(to).unwrap(),
         payload: Bytes(b"sealed once".to_vec()),
+        key_version: None,
     };
     let packet = alice
         .encode_request(&serde_json::to_vec(&send("bob")).unwrap(), at, &mut OsRng)

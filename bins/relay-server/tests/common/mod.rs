@@ -269,6 +269,7 @@ impl Raw {
         let call = Call::SendMessage {
             target_peer: ClientId::new(to).unwrap(),
             payload: Bytes(payload.to_vec()),
+            key_version: None,
         };
         self.call("/secure_message", &call).await
     }

@@ -213,13 +213,14 @@ impl Engine for MemoryEngine {
                 payload,
                 quota,
                 ttl_secs,
+                key_version,
             } => {
                 let from = c.client.to_string();
-                let account = s
-                    .accounts
-                    .get_mut(to)
-                    .filter(|a| a.peer.is_some())
-                    .ok_or(EngineError::UnknownPeer)?;
+                let account = s.accounts.get_mut(to).ok_or(EngineError::UnknownPeer)?;
+                let current = account.peer.as_ref().ok_or(EngineError::UnknownPeer)?.key_version;
+                if key_version.is_some_and(|v| v != current) {
+                    return Err(EngineError::PeerKeyChanged { current });
+                }
                 let mine = account.senders.get(&from).copied().unwrap_or_default();
                 quota.admit((account.mailbox.len(), account.bytes), mine, payload.len())?;
                 account.next_seq += 1;

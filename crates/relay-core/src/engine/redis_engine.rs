@@ -515,6 +515,17 @@ fn send_error(e: redis::RedisError, cap: usize) -> EngineError {
     match script_error(e) {
         EngineError::Storage(s) if s.contains("MAILBOX_FULL") => EngineError::MailboxFull { cap },
         EngineError::Storage(s) if s.contains("SENDER_QUOTA") => EngineError::SenderQuota,
+        EngineError::Storage(s) if s.contains("PEER_KEY_CHANGED") => {
+            let current = s
+                .split("PEER_KEY_CHANGED:")
+                .nth(1)
+                .map(|rest| rest.chars().take_while(char::is_ascii_digit).collect::<String>())
+                .and_then(|digits| digits.parse().ok());
+            match current {
+                Some(current) => EngineError::PeerKeyChanged { current },
+                None => EngineError::Storage(s),
+            }
+        }
         other => other,
     }
 }
@@ -569,8 +580,8 @@ type CommitReply = (String, u64, redis::Value);
 
 /// What `DELIVER` appends.
 enum Delivery<'a> {
-    /// A message, within the quota.
-    Message(&'a SendQuota),
+    /// A message, within the quota, if the recipient's key is still the version given.
+    Message(&'a SendQuota, Option<u32>),
     /// A relay notice: a message to `to` expired.
     Expired {
         /// The recipient of the message.
@@ -604,6 +615,7 @@ impl RedisEngine {
                 payload,
                 quota,
                 ttl_secs,
+                key_version,
             }) => {
                 let mut args = vec![
                     to.as_str().into(),
@@ -615,6 +627,7 @@ impl RedisEngine {
                 args.extend(quota_args(quota));
                 args.push(payload.len().to_string());
                 args.push(self.channel());
+                args.push(key_version.map(|v| v.to_string()).unwrap_or_default());
                 (to.as_str(), "send", args)
             }
             ScriptOp::Delivered { seq } => (me, "delivered", vec![seq.to_string(), ts]),
@@ -686,10 +699,10 @@ impl RedisEngine {
         kind: Delivery<'_>,
     ) -> Result<u64, EngineError> {
         let mut conn = self.trip();
-        let (name, notice_to, message_seq, quota) = match kind {
-            Delivery::Message(q) => ("message", "", "", *q),
+        let (name, notice_to, message_seq, quota, key_version) = match kind {
+            Delivery::Message(q, v) => ("message", "", "", *q, v.map(|v| v.to_string())),
             // Notices count against nothing.
-            Delivery::Expired { to, message_seq } => ("expired", to, message_seq, SendQuota::UNLIMITED),
+            Delivery::Expired { to, message_seq } => ("expired", to, message_seq, SendQuota::UNLIMITED, None),
         };
         self.scripts
             .deliver
@@ -710,6 +723,7 @@ impl RedisEngine {
             .arg(message_seq)
             .arg(&quota_args(&quota)[..])
             .arg(payload.len())
+            .arg(key_version.unwrap_or_default())
             .invoke_async(&mut conn)
             .await
             .map_err(|e| send_error(e, quota.mailbox_entries))
@@ -724,6 +738,7 @@ impl RedisEngine {
             payload,
             quota,
             ttl_secs,
+            key_version,
         } = &c.op
         else {
             return Err(storage("cluster_send without a send"));
@@ -738,7 +753,7 @@ impl RedisEngine {
                 payload,
                 c.now,
                 c.now.as_secs() + ttl_secs,
-                Delivery::Message(quota),
+                Delivery::Message(quota, *key_version),
             )
             .await?;
         to_outcome(&self.run_commit(c, ScriptOp::Delivered { seq }, 0).await?)

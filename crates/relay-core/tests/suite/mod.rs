@@ -125,6 +125,7 @@ pub async fn send_quota(
         payload: payload.to_vec(),
         quota,
         ttl_secs: ttl,
+        key_version: None,
     };
     commit_op(e, from, op, msg_id, true, now).await
 }
@@ -141,6 +142,7 @@ macro_rules! for_each_case {
         $callback!($($args,)* acks_remove_only_own_entries);
         $callback!($($args,)* outcomes_are_kept_for_resends);
         $callback!($($args,)* identity_keys_have_versions);
+        $callback!($($args,)* a_send_sealed_for_an_old_key_is_refused_and_stores_nothing);
         $callback!($($args,)* fetch_is_ordered_limited_and_hides_expired);
         $callback!($($args,)* expiry_tells_the_sender);
         $callback!($($args,)* concurrent_sends_all_land_once);
@@ -308,6 +310,7 @@ pub async fn session_versions_detect_concurrent_commits(e: &dyn Engine) {
             payload: vec![1],
             quota: entries(10),
             ttl_secs: 60,
+            key_version: None,
         },
         keep_outcome: true,
         now: t0(),
@@ -388,6 +391,7 @@ pub async fn outcomes_are_kept_for_resends(e: &dyn Engine) {
             payload: vec![1],
             quota: entries(10),
             ttl_secs: 60,
+            key_version: None,
         },
         msg_id,
         true,
@@ -444,6 +448,49 @@ pub async fn identity_keys_have_versions(e: &dyn Engine) {
     );
     let p = e.peer(&alice.client).await.unwrap().unwrap();
     assert_eq!((p.identity_key, p.key_version), (Some([8; 32]), 2));
+}
+
+pub async fn a_send_sealed_for_an_old_key_is_refused_and_stores_nothing(e: &dyn Engine) {
+    let (alice, bob) = two_accounts(e).await;
+    let publish = |k: u8, id: u64| commit_op(e, &bob, Op::PublishKey { key: [k; 32] }, id, true, t0());
+    publish(7, 200).await.unwrap();
+    let send = |version: u32, id: u64| {
+        let op = Op::Send {
+            to: bob.client.clone(),
+            payload: vec![version as u8],
+            quota: entries(10),
+            ttl_secs: 60,
+            key_version: Some(version),
+        };
+        commit_op(e, &alice, op, id, true, t0())
+    };
+    assert!(matches!(send(1, 300).await, Ok(Outcome::Sent { .. })));
+    publish(8, 204).await.unwrap(); // bob rotates: version 2
+    assert_eq!(
+        send(1, 304).await,
+        Err(EngineError::PeerKeyChanged { current: 2 })
+    );
+    assert!(matches!(send(2, 308).await, Ok(Outcome::Sent { .. })));
+    let held: Vec<Vec<u8>> = e
+        .fetch(&bob.client, 10, t0())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.payload.0)
+        .collect();
+    assert_eq!(held, vec![vec![1], vec![2]], "the refused send stored nothing");
+    // A version for a recipient that does not exist is still `unknown_peer`.
+    let op = Op::Send {
+        to: ClientId::new("nobody").unwrap(),
+        payload: vec![1],
+        quota: entries(10),
+        ttl_secs: 60,
+        key_version: Some(1),
+    };
+    assert_eq!(
+        commit_op(e, &alice, op, 312, true, t0()).await,
+        Err(EngineError::UnknownPeer)
+    );
 }
 
 pub async fn fetch_is_ordered_limited_and_hides_expired(e: &dyn Engine) {

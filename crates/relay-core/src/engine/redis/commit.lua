@@ -5,6 +5,10 @@ local result
 local stored
 if op == 'send' then
   if redis.call('EXISTS', KEYS[6]) == 0 then return redis.error_reply('UNKNOWN_PEER') end
+  if ARGV[18] ~= '' then
+    local kv = redis.call('HGET', KEYS[6], 'kv') or '0'
+    if kv ~= ARGV[18] then return redis.error_reply('PEER_KEY_CHANGED:' .. kv) end
+  end
   local len = tonumber(ARGV[16])
   local refused, empty = admit(KEYS[6], KEYS[7], KEYS[9], ARGV[8], len, {ARGV[12], ARGV[13], ARGV[14], ARGV[15]})
   if refused then return redis.error_reply(refused) end

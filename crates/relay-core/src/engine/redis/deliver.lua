@@ -1,6 +1,10 @@
 local done = redis.call('GET', KEYS[4])
 if done then return tonumber(done) end
 if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('UNKNOWN_PEER') end
+if ARGV[16] ~= '' then
+  local kv = redis.call('HGET', KEYS[1], 'kv') or '0'
+  if kv ~= ARGV[16] then return redis.error_reply('PEER_KEY_CHANGED:' .. kv) end
+end
 local message = ARGV[8] == 'message'
 local len = tonumber(ARGV[15])
 local empty = false

@@ -667,6 +667,18 @@ fn insert_entry(
     Ok(())
 }
 
+/// Refuses a send sealed for another key version than `to`'s current one (before any write).
+fn expect_key_version(c: &Connection, to: &str, expected: u32) -> Result<(), EngineError> {
+    let (peer, _) = get_peer(c, to)?.ok_or(EngineError::UnknownPeer)?;
+    if peer.key_version == expected {
+        Ok(())
+    } else {
+        Err(EngineError::PeerKeyChanged {
+            current: peer.key_version,
+        })
+    }
+}
+
 /// One request's commit (see [`Engine::commit`]), inside the writer's transaction.
 ///
 /// Every refusal comes before anything is written (see `SqliteEngine::call`): a send first
@@ -677,11 +689,20 @@ fn commit_in(c: &Connection, cm: &Commit) -> Result<Outcome, EngineError> {
     let me = cm.client.as_str();
     let reserved = match &cm.op {
         Op::Send {
-            to, quota, payload, ..
-        } => Some((
-            to.as_str(),
-            reserve(c, to.as_str(), me, payload.len(), Some(quota))?,
-        )),
+            to,
+            quota,
+            payload,
+            key_version,
+            ..
+        } => {
+            if let Some(expected) = *key_version {
+                expect_key_version(c, to.as_str(), expected)?;
+            }
+            Some((
+                to.as_str(),
+                reserve(c, to.as_str(), me, payload.len(), Some(quota))?,
+            ))
+        }
         Op::PublishKey { .. } if get_peer(c, me)?.is_none() => return Err(EngineError::UnknownPeer),
         _ => None,
     };
