@@ -1,0 +1,73 @@
+//! How to connect: the relay's address, how it is trusted, the profile file.
+
+use std::path::PathBuf;
+
+use crate::{Pin, RecoveryCode};
+
+/// How to connect.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Base URL, e.g. `http://127.0.0.1:8080`.
+    pub server: String,
+    /// The client id to register or resume.
+    pub name: String,
+    /// Server trust.
+    pub pin: Pin,
+    /// Profile file; `None` keeps everything in memory.
+    pub profile: Option<PathBuf>,
+    /// Whether to send delivery receipts (off by default; see [`ClientConfig::with_receipts`]).
+    pub receipts: bool,
+    /// The recovery code that moves the name to this client (see
+    /// [`ClientConfig::with_recovery_code`]).
+    pub recovery: Option<RecoveryCode>,
+    /// Extra PEM root certificates trusted for `https://` relays, beside the usual web roots.
+    pub root_certificates: Vec<Vec<u8>>,
+}
+
+impl ClientConfig {
+    /// A configuration without a profile file.
+    pub fn new(server: &str, name: &str, pin: Pin) -> Self {
+        Self {
+            server: server.trim_end_matches('/').to_owned(),
+            name: name.to_owned(),
+            pin,
+            profile: None,
+            receipts: false,
+            recovery: None,
+            root_certificates: Vec::new(),
+        }
+    }
+
+    /// Trusts `pem` (a PEM certificate) as a root for an `https://` relay — a private CA or a
+    /// self-signed relay certificate — besides the web's usual roots. The relay's own key is
+    /// pinned by the handshake either way; TLS hides who talks to the relay and when.
+    pub fn with_root_certificate(mut self, pem: &[u8]) -> Self {
+        self.root_certificates.push(pem.to_vec());
+        self
+    }
+
+    /// Takes the name over from a lost device (a new device, a cleared profile): the relay
+    /// answers `client_id_taken` to a new key for a name in use, unless the handshake carries
+    /// the proof made with the account's recovery code. The old device is locked out; peers
+    /// see a key change. See `docs/protocol.md` §1 "Recovery".
+    pub fn with_recovery_code(mut self, code: RecoveryCode) -> Self {
+        self.recovery = Some(code);
+        self
+    }
+
+    /// Sends delivery receipts (`docs/protocol.md` §3 "Control messages"): when the caller
+    /// comes back for the next [`Client::poll`] after messages were handed out — it kept them —
+    /// each sender gets one end-to-end receipt naming their sequence numbers, through the outbox
+    /// (after the messages before it, never shown by [`Client::outbox`]). The peer sees
+    /// [`Event::Delivered`]; the browser client shows "delivered".
+    pub fn with_receipts(mut self, on: bool) -> Self {
+        self.receipts = on;
+        self
+    }
+
+    /// Keeps the profile in `path`.
+    pub fn with_profile(mut self, path: impl Into<PathBuf>) -> Self {
+        self.profile = Some(path.into());
+        self
+    }
+}
