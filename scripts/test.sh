@@ -35,6 +35,11 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo doc (broken or private intra-doc links fail)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace
+echo "== cargo package (the library crates' manifests and file lists)"
+cargo package --no-verify --allow-dirty --workspace --exclude relay-test-support --exclude relay-server \
+  --exclude relay-chat --exclude relay-load --exclude mtproto-relay
 echo "== cargo test"
 cargo test --workspace
 echo "== examples/two_peers"

@@ -122,9 +122,9 @@ impl ConnLimits {
         }
     }
 
-    /// Lowers `max_connections` so that it fits in `open_files` (less [`RESERVED_FILES`]): a
-    /// connection the process has no file for is never accepted, and the accept loop then
-    /// spins on EMFILE instead of refusing. Returns the configured value when it was lowered.
+    /// Lowers `max_connections` so that it fits in `open_files` (less 64 kept for the relay's
+    /// own files): a connection the process has no file for is never accepted, and the accept
+    /// loop then spins on EMFILE instead of refusing. Returns the configured value when it was lowered.
     pub fn fit_open_files(&mut self, open_files: u64) -> Option<usize> {
         let room = usize::try_from(open_files.saturating_sub(RESERVED_FILES).max(1)).unwrap_or(usize::MAX);
         (self.max_connections > room).then(|| std::mem::replace(&mut self.max_connections, room))

@@ -333,7 +333,7 @@ pub(crate) async fn termination_signal() {
 }
 
 /// Every route. `echo` adds the plain `/echo` endpoint used as the load-test baseline. The web
-/// clients answer from the prepared pages that [`run_with_limits`] puts in the app data.
+/// clients answer from the prepared pages that [`crate::run_with_limits`] puts in the app data.
 pub fn routes(cfg: &mut web::ServiceConfig, echo_route: bool) {
     cfg.route("/req_pq", web::post().to(req_pq))
         .route("/req_dh_params", web::post().to(req_dh_params))

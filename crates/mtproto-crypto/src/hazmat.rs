@@ -8,7 +8,7 @@
 //! The ciphers built here from secret keys are dropped before each function returns; `aes` and
 //! `cbc` are built with their `zeroize` feature, so that drop wipes the AES round keys and the
 //! CBC decryptor's chaining block. The CBC encryption chain is always the last ciphertext block,
-//! which is public; IGE's chains pass through [`IgeScratch`], which is wiped.
+//! which is public; IGE's chains pass through a scratch block (`IgeScratch`), which is wiped.
 //!
 //! # How the serial modes are driven
 //! CBC encryption and IGE (both directions) are one dependent AES block after another, so their

@@ -74,7 +74,7 @@ impl IdentitySecret {
     /// ```
     ///
     /// # Errors
-    /// [`Error::LowOrderPoint`] when `peer` is a low-order point (the shared secret is all zero).
+    /// [`Error::LowOrderPoint`](crate::Error::LowOrderPoint) when `peer` is a low-order point (the shared secret is all zero).
     pub fn chat_key(&self, peer: &IdentityPublic) -> Result<ChatKey> {
         let shared = crate::hazmat::x25519_static(&self.0, peer.as_bytes())?;
         let own = self.public();
@@ -98,7 +98,7 @@ impl IdentitySecret {
     /// [`IdentitySecret::chat_key`], nothing is hashed: the caller feeds the output to a KDF.
     ///
     /// # Errors
-    /// [`Error::LowOrderPoint`] when `public` is a low-order point (the output would be all zero).
+    /// [`Error::LowOrderPoint`](crate::Error::LowOrderPoint) when `public` is a low-order point (the output would be all zero).
     ///
     /// # Security
     /// The output is secret; it comes back in a buffer wiped on drop.
@@ -122,7 +122,7 @@ impl IdentityPublic {
     /// Parses 32 bytes.
     ///
     /// # Errors
-    /// [`Error::InvalidLength`] unless the slice is 32 bytes.
+    /// [`Error::InvalidLength`](crate::Error::InvalidLength) unless the slice is 32 bytes.
     pub fn from_slice(bytes: &[u8]) -> Result<Self> {
         crate::types::array_from_slice("identity public key", bytes).map(Self)
     }

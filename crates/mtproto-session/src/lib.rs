@@ -1,3 +1,5 @@
+#![doc = include_str!("../README.md")]
+//!
 //! Sans-IO MTProto-style protocol state machines for mtproto-relay: the handshake (both sides),
 //! sessions with salts, msg_ids, seq_nos and a replay window, the encrypted envelope, and the
 //! end-to-end layer between two peers: a static chat key ([`ChatState`]) or, with forward

@@ -43,7 +43,7 @@ impl SaltSchedule {
     }
 
     /// Drops expired salts and appends new ones (drawn with `draw`) so the schedule covers
-    /// `now` plus [`SALTS_AHEAD`] periods. Returns whether anything changed.
+    /// `now` plus two (`SALTS_AHEAD`) periods. Returns whether anything changed.
     pub fn rotate(&mut self, now: UnixTime, mut draw: impl FnMut() -> ServerSalt) -> bool {
         self.rotate_with(now, |_| draw())
     }

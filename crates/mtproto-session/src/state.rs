@@ -123,7 +123,7 @@ impl super::ServerSession {
         out
     }
 
-    /// Reads what [`ServerSession::to_bytes`] wrote, checking every field: a replay window that
+    /// Reads what [`ServerSession::to_bytes`](crate::ServerSession::to_bytes) wrote, checking every field: a replay window that
     /// is too long, unsorted or out of seq_no order is refused, never repaired.
     ///
     /// # Errors

@@ -56,10 +56,10 @@ impl ClientConfig {
     }
 
     /// Sends delivery receipts (`docs/protocol.md` §3 "Control messages"): when the caller
-    /// comes back for the next [`Client::poll`] after messages were handed out — it kept them —
+    /// comes back for the next [`Client::poll`](crate::Client::poll) after messages were handed out — it kept them —
     /// each sender gets one end-to-end receipt naming their sequence numbers, through the outbox
-    /// (after the messages before it, never shown by [`Client::outbox`]). The peer sees
-    /// [`Event::Delivered`]; the browser client shows "delivered".
+    /// (after the messages before it, never shown by [`Client::outbox`](crate::Client::outbox)). The peer sees
+    /// [`Event::Delivered`](crate::Event::Delivered); the browser client shows "delivered".
     pub fn with_receipts(mut self, on: bool) -> Self {
         self.receipts = on;
         self

@@ -33,7 +33,7 @@ pub enum ClientError {
         expected: String,
     },
     /// The peer's identity key changed since it was accepted. Verify the new fingerprint and
-    /// call [`Client::accept_peer_key`] before talking to it again.
+    /// call [`Client::accept_peer_key`](crate::Client::accept_peer_key) before talking to it again.
     #[error("the identity key of {peer} CHANGED (version {old_version} -> {new_version}): verify before continuing")]
     PeerKeyChanged {
         /// The peer.
@@ -52,7 +52,7 @@ pub enum ClientError {
     /// A name or argument is invalid.
     #[error("invalid: {0}")]
     Invalid(String),
-    /// The outbox holds [`MAX_OUTBOX`] messages already (sending or refused): flush, retry or
+    /// The outbox holds [`MAX_OUTBOX`](crate::MAX_OUTBOX) messages already (sending or refused): flush, retry or
     /// abandon some first.
     #[error("the outbox is full ({max} messages waiting)")]
     OutboxFull {

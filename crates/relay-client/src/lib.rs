@@ -1,3 +1,5 @@
+#![doc = include_str!("../README.md")]
+//!
 //! An async Rust client for mtproto-relay. It drives mtproto-session's client side and adds only
 //! I/O (HTTP through reqwest) and storage (a profile file):
 //!

@@ -1,3 +1,5 @@
+#![doc = include_str!("../README.md")]
+//!
 //! The mtproto-relay domain, without HTTP: accounts bound to auth keys, the peer directory,
 //! mailboxes with at-least-once delivery, long-poll wake-ups, and the storage engines.
 //!

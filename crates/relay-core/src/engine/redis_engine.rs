@@ -1227,8 +1227,8 @@ impl Engine for RedisEngine {
         }
     }
 
-    /// Visits the directory a `SSCAN` page at a time (at most [`PURGE_USERS_PER_CALL`] users
-    /// a call, the next call going on where this one stopped); see `purge_account`.
+    /// Visits the directory a `SSCAN` page at a time (at most `PURGE_USERS_PER_CALL`, 5,000
+    /// users, a call, the next call going on where this one stopped); see `purge_account`.
     async fn purge_accounts(
         &self,
         now: UnixTime,
@@ -1275,7 +1275,7 @@ impl Engine for RedisEngine {
     }
 
     /// Expired handshakes in one script; then the users, a directory page at a time (at most
-    /// [`PURGE_USERS_PER_CALL`] per call, the next call going on where this one stopped): each
+    /// 5,000 (`PURGE_USERS_PER_CALL`) per call, the next call going on where this one stopped): each
     /// user's old outcomes and expired messages, whose senders get an `expired` notice first.
     async fn purge_expired(&self, now: UnixTime) -> Result<Vec<ClientId>, EngineError> {
         self.purge_expired_inner(now).await
