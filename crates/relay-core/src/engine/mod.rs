@@ -16,13 +16,13 @@ use crate::{
 
 mod memory;
 #[cfg(feature = "redis")]
-mod redis_engine;
+mod redis;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
 pub use memory::MemoryEngine;
 #[cfg(feature = "redis")]
-pub use redis_engine::RedisEngine;
+pub use redis::RedisEngine;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{backup as sqlite_backup, SqliteEngine};
 
