@@ -127,6 +127,28 @@ impl IdentityPublic {
         crate::types::array_from_slice("identity public key", bytes).map(Self)
     }
 
+    /// Parses 32 bytes that are safe to agree with: not a low-order point (X25519 with it would
+    /// be all zero, for every peer). For keys that come from outside — what a relay accepts for
+    /// its directory, what a client takes from it.
+    ///
+    /// ```
+    /// use mtproto_crypto::{rand_core::OsRng, IdentityPublic, IdentitySecret};
+    /// let good = IdentitySecret::generate(&mut OsRng).public();
+    /// assert!(IdentityPublic::validated(good.as_bytes()).is_ok());
+    /// assert!(IdentityPublic::validated(&[0; 32]).is_err()); // the identity point
+    /// assert!(IdentityPublic::validated(&[1; 31]).is_err());
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidLength`](crate::Error::InvalidLength) unless 32 bytes,
+    /// [`Error::LowOrderPoint`](crate::Error::LowOrderPoint) for a low-order point.
+    pub fn validated(bytes: &[u8]) -> Result<Self> {
+        let key = Self::from_slice(bytes)?;
+        // Any scalar times a low-order point is the all-zero output, which x25519 refuses.
+        crate::hazmat::x25519(&[9; 32], &key.0).map_err(|_| crate::Error::LowOrderPoint)?;
+        Ok(key)
+    }
+
     /// The 32 bytes.
     pub const fn as_bytes(&self) -> &[u8; 32] {
         &self.0

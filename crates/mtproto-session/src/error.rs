@@ -191,6 +191,14 @@ pub enum Error {
     /// A pending handshake expired.
     #[error("handshake expired")]
     HandshakeExpired,
+    /// A handshake step came out of order (a step repeated, or one skipped).
+    #[error("handshake step {got} out of order: the handshake is at {expected}")]
+    StepOutOfOrder {
+        /// The step the handshake waits for.
+        expected: &'static str,
+        /// The step that came.
+        got: &'static str,
+    },
     /// A size or count limit was exceeded.
     #[error("{what} exceeds the limit of {max}")]
     Limit {

@@ -384,7 +384,7 @@ impl<'a> ServerHandshake<'a> {
     ///
     /// # Errors
     /// [`Error::HandshakeExpired`], [`Error::NonceMismatch`], [`Error::Malformed`],
-    /// [`Error::BadProofOfWork`], or [`Error::Limit`] when this step was already done.
+    /// [`Error::BadProofOfWork`], or [`Error::StepOutOfOrder`] when this step was already done.
     pub fn handle_req_dh_params(
         &self,
         pending: &mut PendingHandshake,
@@ -394,9 +394,9 @@ impl<'a> ServerHandshake<'a> {
     ) -> Result<ServerDhParams> {
         pending.check(now, &req.nonce, &req.server_nonce)?;
         if !matches!(pending.stage, Stage::AwaitingDhParams) {
-            return Err(Error::Limit {
-                what: "req_dh_params per handshake",
-                max: 1,
+            return Err(Error::StepOutOfOrder {
+                expected: "set_client_dh_params",
+                got: "req_dh_params",
             });
         }
         if pending.pow_bits > 0 {
@@ -447,7 +447,7 @@ impl<'a> ServerHandshake<'a> {
     ///
     /// # Errors
     /// [`Error::HandshakeExpired`], [`Error::NonceMismatch`], [`Error::Malformed`],
-    /// [`Error::Dh`] when `g_b` is out of range, [`Error::Limit`] when step 2 was skipped.
+    /// [`Error::Dh`] when `g_b` is out of range, [`Error::StepOutOfOrder`] when step 2 was skipped.
     pub fn handle_set_client_dh_params(
         &self,
         pending: PendingHandshake,
@@ -457,9 +457,9 @@ impl<'a> ServerHandshake<'a> {
     ) -> Result<(Established, DhGenOk)> {
         pending.check(now, &req.nonce, &req.server_nonce)?;
         let Stage::AwaitingClientDh { a, g_a } = &pending.stage else {
-            return Err(Error::Limit {
-                what: "set_client_dh_params before req_dh_params",
-                max: 0,
+            return Err(Error::StepOutOfOrder {
+                expected: "req_dh_params",
+                got: "set_client_dh_params",
             });
         };
         if req.g_b.0.len() != 256 {

@@ -200,7 +200,10 @@ fn a_server_nonce_serves_once_and_steps_cannot_be_skipped_or_repeated() {
     assert!(matches!(
         pair.server()
             .handle_req_dh_params(&mut pending, &req, pair.now, &mut OsRng),
-        Err(Error::Limit { .. })
+        Err(Error::StepOutOfOrder {
+            expected: "set_client_dh_params",
+            got: "req_dh_params"
+        })
     ));
     // set_client_dh_params straight after req_pq.
     let (_, _, pending2) = pair.to_dh_params(pair.pin());
@@ -211,7 +214,10 @@ fn a_server_nonce_serves_once_and_steps_cannot_be_skipped_or_repeated() {
     assert!(matches!(
         pair.server()
             .handle_set_client_dh_params(pending2, &req3, pair.now, &mut OsRng),
-        Err(Error::Limit { .. })
+        Err(Error::StepOutOfOrder {
+            expected: "req_dh_params",
+            got: "set_client_dh_params"
+        })
     ));
 }
 

@@ -107,7 +107,7 @@ impl Client {
             .peers
             .into_iter()
             .map(|p| {
-                let key = p.identity_key.and_then(|k| IdentityPublic::from_slice(&k.0).ok());
+                let key = p.identity_key.and_then(|k| IdentityPublic::validated(&k.0).ok());
                 let known = st.peers.get(p.client_id.as_str());
                 let status = match (key, known) {
                     (None, _) => KeyStatus::NoKey,

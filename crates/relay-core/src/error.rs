@@ -218,10 +218,34 @@ impl From<mtproto_session::Error> for RelayError {
             E::WrongSession => Self::BadSession,
             E::BadMsg { code, .. } => Self::BadMsg { code, notice: None },
             E::HandshakeExpired => Self::HandshakeExpired,
-            E::Limit { .. } => Self::HandshakeOutOfOrder,
-            other => Self::InvalidField {
+            E::StepOutOfOrder { .. } => Self::HandshakeOutOfOrder,
+            // A size limit: the field named is over it (an envelope body over MAX_BODY, a
+            // proof-of-work difficulty over its cap).
+            E::Limit { what, max } => Self::InvalidField {
+                field: what.into(),
+                reason: format!("over the limit of {max}"),
+            },
+            // Client-side failures of the handshake and the end-to-end layer: the relay never
+            // runs them; should one reach it, it is the request's fault, said as such.
+            E::UntrustedServer { .. }
+            | E::BadSignature
+            | E::KeyConfirmation
+            | E::Duplicate { .. }
+            | E::E2eReplay { .. }
+            | E::E2eProtocol { .. }
+            | E::BadPrekeySignature
+            | E::PeerIdentityMismatch
+            | E::UnknownPrekey { .. }
+            | E::MessageKeyGone { .. }
+            | E::TooManySkipped { .. } => Self::InvalidField {
                 field: "message".into(),
-                reason: other.to_string(),
+                reason: e.to_string(),
+            },
+            // `mtproto_session::Error` is non_exhaustive: a variant added later is the request's
+            // fault until it gets its own arm here.
+            _ => Self::InvalidField {
+                field: "message".into(),
+                reason: e.to_string(),
             },
         }
     }

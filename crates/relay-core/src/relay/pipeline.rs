@@ -309,23 +309,17 @@ impl Relay {
                 (Op::Touch, false)
             }
             Call::PublishKey { identity_key } => {
-                let key: [u8; 32] =
-                    identity_key
-                        .0
-                        .as_slice()
-                        .try_into()
-                        .map_err(|_| RelayError::InvalidField {
-                            field: "identity_key".into(),
-                            reason: "must be 32 bytes".into(),
-                        })?;
                 // A low-order point would give every peer an all-zero shared secret.
-                if mtproto_crypto::hazmat::x25519(&[9; 32], &key).is_err() {
-                    return Err(RelayError::InvalidField {
+                let key = mtproto_crypto::IdentityPublic::validated(&identity_key.0).map_err(|e| {
+                    RelayError::InvalidField {
                         field: "identity_key".into(),
-                        reason: "low-order point".into(),
-                    });
-                }
-                (Op::PublishKey { key }, true)
+                        reason: match e {
+                            mtproto_crypto::Error::LowOrderPoint => "low-order point".into(),
+                            _ => "must be 32 bytes".into(),
+                        },
+                    }
+                })?;
+                (Op::PublishKey { key: *key.as_bytes() }, true)
             }
         })
     }
