@@ -618,7 +618,11 @@ $('name').addEventListener('input', () => { if (!nameMovedAway) $('recovery').hi
 
 // ---- the recovery code, shown once ------------------------------------------------------------
 
-/** Shows a new account's recovery code until the user says it is written down; then forgets it. */
+/**
+ * Shows a new account's recovery code until the user says it is written down; then forgets it.
+ * Until then it is also kept sealed in this browser (RelayClient.keepRecoveryCode): a reload or a
+ * crash shows it again.
+ */
 function showRecoveryCode(code) {
   const d = $('code-dialog');
   $('code-shown').textContent = formatRecoveryCode(code);
@@ -636,10 +640,12 @@ $('code-copy').addEventListener('click', async () => {
     $('code-note').textContent = 'This browser did not let the page copy: select the code and copy it yourself, or write it down.';
   }
 });
-$('code-done').addEventListener('click', () => {
+$('code-done').addEventListener('click', async () => {
   if (!$('code-saved').checked) return;
   $('code-shown').textContent = '';
   $('code-dialog').close();
+  // Written down: the sealed copy kept for a reload goes.
+  try { await client.confirmRecoveryCode(); } catch { /* it is shown again after a reload */ }
 });
 // Escape does not lose the code silently: the dialog stays and says why.
 $('code-dialog').addEventListener('cancel', (ev) => {

@@ -806,6 +806,22 @@ export async function saveHistory(name, peer, items) {
   await idbPut('history', k, await sealRecord(items, `history/${k}`));
 }
 
+/**
+ * A new account's recovery code (16 bytes) waiting for the user to say it is written down: kept
+ * sealed in the vault (`recovery/<name>`) so that a reload or a crash while it is on screen does
+ * not lose it; deleted once confirmed (clearPendingRecoveryCode). docs/security.md.
+ */
+export async function savePendingRecoveryCode(name, code) {
+  await idbPut('vault', `recovery/${name}`, await sealRecord({ code }, `recovery/${name}`));
+}
+/** The code savePendingRecoveryCode kept for `name`, or null. */
+export async function loadPendingRecoveryCode(name) {
+  const rec = await idbGet('vault', `recovery/${name}`);
+  if (!rec) return null;
+  try { return (await openRecord(rec, `recovery/${name}`)).code; } catch { return null; }
+}
+export async function clearPendingRecoveryCode(name) { await idbPut('vault', `recovery/${name}`, undefined); }
+
 // ---- The client: what both pages use ---------------------------------------------------------------
 
 /** Most names in one exact `/peers` lookup (relay_core::api::MAX_LOOKUP_NAMES). */
@@ -898,7 +914,9 @@ export class RelayClient extends EventTarget {
    * code: `takeRecoveryCode()` gives it once). With `recoveryCode` (the 16 bytes of
    * parseRecoveryCode) the handshake proves it and takes the name over from a lost device
    * (docs/protocol.md §1 "Recovery"); a saved profile of that name keeps its identity and
-   * conversations. The code is used by this handshake only, and never stored.
+   * conversations. The typed code is used by this handshake only, and never stored. A code this
+   * client registered is kept sealed until confirmRecoveryCode() (a reload before that gives it
+   * again through takeRecoveryCode()).
    */
   static async connect({ base = '', name, pin, persist = true, trace = () => {}, recoveryCode = null }) {
     const c = new RelayClient(base, canonicalName(name), pin, persist);
@@ -913,13 +931,16 @@ export class RelayClient extends EventTarget {
       c.outbox = saved.outbox || [];
       c.nextOutboxId = Math.max(saved.nextOutboxId || 1, ...c.outbox.map((e) => e.id + 1));
       for (const k of saved.blocked || []) c.blocked.add(k);
+      // A code registered before a reload (or a crash) and not yet confirmed written down.
+      if (!recoveryCode) c.recoveryCode = await loadPendingRecoveryCode(c.name);
       if (c.session) trace('resumed', { auth_key_id: hex((await sha1(c.session.authKey)).slice(12, 20)) });
     } else {
       c.identity = await generateIdentity();
     }
     if (!c.session) {
       c.session = await handshake(base, c.name, pin, trace, { proveWith: recoveryCode });
-      c.recoveryCode = c.session.recoveryCode; c.session.recoveryCode = null;
+      if (c.session.recoveryCode) await c.keepRecoveryCode(c.session.recoveryCode);
+      c.session.recoveryCode = null;
     }
     try { await c.call('/publish_key', { method: 'publish_key', identity_key: b64(c.identity.pub) }); } catch (e) {
       // A saved profile opens while the relay is away: its outbox is shown and waits; the key
@@ -976,7 +997,8 @@ export class RelayClient extends EventTarget {
       throw e;
     }
     this.session = this.attach(session);
-    this.recoveryCode = session.recoveryCode; session.recoveryCode = null;
+    if (session.recoveryCode) await this.keepRecoveryCode(session.recoveryCode);
+    session.recoveryCode = null;
     await this.save();
     // The relay no longer knew our key: it lost its data (or was restored from an old backup).
     this.emit('relay_lost_data', {});
@@ -986,8 +1008,25 @@ export class RelayClient extends EventTarget {
       await this.session.call('/publish_key', { method: 'publish_key', identity_key: b64(this.identity.pub) }, (w) => this.emit('wire', w));
     }
   }
-  /** The recovery code (16 bytes) the last handshake registered, once: the page shows it and forgets it. */
+  /**
+   * Holds a code the relay just registered for us, and keeps it sealed (when persisting) until
+   * the user confirms it is written down: a new one replaces one not yet confirmed (which no
+   * longer works).
+   */
+  async keepRecoveryCode(code) {
+    this.recoveryCode = code;
+    if (this.persist) await savePendingRecoveryCode(this.name, code);
+  }
+  /**
+   * The recovery code (16 bytes) registered and not yet confirmed, once per page: the page shows
+   * it. The sealed copy stays until confirmRecoveryCode().
+   */
   takeRecoveryCode() { const code = this.recoveryCode || null; this.recoveryCode = null; return code; }
+  /** The user wrote the code down: the sealed copy is deleted (it cannot be shown again). */
+  async confirmRecoveryCode() {
+    this.recoveryCode = null;
+    if (this.persist) await clearPendingRecoveryCode(this.name);
+  }
   async ownFingerprint() { return identityShortFingerprint(this.identity.pub); }
   /** A directory entry with `status`: no_key, new, known or changed (against the accepted key). */
   annotate(p) {
