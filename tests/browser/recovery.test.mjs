@@ -130,7 +130,7 @@ test('recovery: the code shown once, a taken name explained, a wrong code refuse
     await alice2.waitForSelector('#main-view.on', { timeout: 20000 });
     await until(async () => (await alice2.textContent('#status')) === 'connected as rc-alice', 'the new browser to be signed in');
     assert.equal(await alice2.locator('#code-dialog[open]').count(), 0, 'a recovery keeps the code the user has');
-    assert.match(await alice2.textContent('#error'), /moved to this browser/);
+    assert.match(await alice2.textContent('#info'), /moved to this browser/);
 
     // Bob is warned: the new key's safety number, the very one Alice's new browser shows.
     await bob.waitForSelector('#keychange-dialog[open]', { timeout: 20000 });

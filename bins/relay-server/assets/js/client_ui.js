@@ -12,6 +12,9 @@
 // AES-GCM key (mtproto.js, saveHistory), with the profile; the last user is signed in again by
 // itself on the next visit. Received messages are shown in the sender's order (their seq), and a
 // note "earlier messages missing" stays only while a number before them is still missing.
+//
+// Notices: errors in the red banner (role alert), what needs no action in a neutral one (role
+// status); both can be dismissed.
 import {
   RelayClient, RelayError, canonicalName, humanError, refusalText, MAX_PEERS_PAGE,
   loadHistory, saveHistory, lastUser, setLastUser, hasProfile, formatRecoveryCode, parseRecoveryCode,
@@ -58,8 +61,21 @@ function sayError(e, peer) {
   }
   return text.replace(/\s*\(?\b[a-z]+(_[a-z]+)+\b\)?:?/g, ' ').replace(/\s+/g, ' ').trim() || 'something went wrong. Try again.';
 }
-function showError(msg) { $('error').textContent = msg; $('error').classList.toggle('on', !!msg); }
+function showError(msg) { $('error').textContent = msg; $('error').classList.toggle('on', !!msg); $('error-bar').hidden = !msg; }
+/** A notice that asks nothing of the user (the link is down, the name moved here, a key reset). */
+function showInfo(msg) { $('info').textContent = msg; $('info-bar').hidden = !msg; }
+/** The info notice that stays until dismissed (a status change shows it again after OFFLINE_NOTE). */
 let standingNotice = '';
+/** After a banner is dismissed the focus goes where the user works. */
+function focusWork() {
+  if ($('main-view').classList.contains('on')) (current && !$('text').disabled ? $('text') : $('search')).focus();
+  else $('name').focus();
+}
+$('error-dismiss').addEventListener('click', () => { showError(''); focusWork(); });
+$('info-dismiss').addEventListener('click', () => {
+  if ($('info').textContent === standingNotice) standingNotice = '';
+  showInfo(''); focusWork();
+});
 function setStatus(text, offline) { $('status').textContent = text; $('status').classList.toggle('offline', !!offline); }
 
 let countdown = null;
@@ -379,7 +395,7 @@ async function discardMessage(m) {
 async function sendText(peer, text) {
   try {
     const r = await client.send(peer, text);
-    if (r && r.state === 'stored') { standingNotice = ''; showError(''); }
+    if (r && r.state === 'stored' && $('info').textContent === OFFLINE_NOTE) showInfo(standingNotice);
   } catch (e) {
     if (e.keyChanged) { rerender(peer); await warnKeyChange(peer); $('text').value = $('text').value || text; return; }
     push(peer, { dir: 'out', text, state: 'not sent', reason: sayError(e, peer) });
@@ -673,13 +689,14 @@ async function nameMoved(name) {
   $('name').readOnly = true; $('connect').hidden = true; $('recover').disabled = false;
   $('handshake-log').textContent = ''; $('own-fp').textContent = '';
   setStatus('signed out', true);
-  showError('');
+  showError(''); showInfo('');
   offerRecovery(name, `Your name “${name}” moved to another device: someone signed in with its recovery code. This browser can no longer send or receive as ${name}. If that was not you, enter your recovery code to take your name back here. Otherwise, choose another name.`);
 }
 
 let refreshTimer = null;
 async function start(notice = '') {
-  showError(standingNotice = notice);
+  showError('');
+  showInfo(standingNotice = notice);
   connected = !client.needPublish;
   setStatus(connected ? `connected as ${client.name}` : 'reconnecting…', !connected);
   const fp = await client.ownFingerprint();
@@ -705,7 +722,7 @@ async function start(notice = '') {
   }
   client.addEventListener('outbox', ({ detail: r }) => showOutbox(r));
   for (const r of client.waiting()) showOutbox(r);
-  if (!connected) showError(OFFLINE_NOTE);
+  if (!connected) showInfo(OFFLINE_NOTE);
   client.beforeReceipts = flushHistory;
   client.addEventListener('message', ({ detail: d }) => {
     const m = { dir: 'in', text: d.text, seq: d.seq, rid: d.rid, at: d.at || Date.now(), delivery: d.delivery };
@@ -744,13 +761,13 @@ async function start(notice = '') {
   });
   client.addEventListener('rejected', ({ detail: d }) => system(d.from, `A message claiming to be from ${d.from} could not be opened and was dropped.`, true));
   client.addEventListener('expired', ({ detail: d }) => system(d.to, `A message you sent to ${d.to} expired before they came online, and was not delivered.`, true));
-  client.addEventListener('relay_lost_data', () => showError(standingNotice = 'The relay had lost its data and no longer knew you, so you are registered again. Messages that were waiting for you there, and messages you sent that were not yet delivered, may have been lost.'));
+  client.addEventListener('relay_lost_data', () => showInfo(standingNotice = 'The relay had lost its data and no longer knew you, so you are registered again. Messages that were waiting for you there, and messages you sent that were not yet delivered, may have been lost.'));
   client.addEventListener('busy', ({ detail: d }) => showBusy($('status'), d.seconds, `connected as ${client.name}`));
   client.addEventListener('status', ({ detail: d }) => {
     if (nameMovedAway) return;
     clearInterval(countdown);
     connected = d.state !== 'offline';
-    if (!connected) { setStatus('reconnecting…', true); showError(`${OFFLINE_NOTE}`); } else { setStatus(`connected as ${client.name}`); showError(standingNotice); refreshContacts(); }
+    if (!connected) { setStatus('reconnecting…', true); showInfo(OFFLINE_NOTE); } else { setStatus(`connected as ${client.name}`); showError(''); showInfo(standingNotice); refreshContacts(); }
     renderPeers(); renderHead();
   });
   document.addEventListener('visibilitychange', () => { if (!document.hidden && current) { unread.delete(current); renderPeers(); } });
