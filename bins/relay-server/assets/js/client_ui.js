@@ -13,6 +13,10 @@
 // itself on the next visit. Received messages are shown in the sender's order (their seq), and a
 // note "earlier messages missing" stays only while a number before them is still missing.
 //
+// Signing out either keeps the profile in this browser (anyone here can open it again by typing
+// the name) or removes it (RelayClient.forget: profile, keys, history, nothing left to read);
+// after a removal only the recovery code gives the name back.
+//
 // Notices: errors in the red banner (role alert), what needs no action in a neutral one (role
 // status); both can be dismissed.
 import {
@@ -123,16 +127,25 @@ function ago(secs) {
 
 const dirty = new Set();
 let saveTimer = null;
-function remember(peer) { dirty.add(peer); clearTimeout(saveTimer); saveTimer = setTimeout(flushHistory, 300); }
+/** Set once the profile is being removed: nothing may be written again. */
+let forgetting = false;
+function remember(peer) { if (forgetting) return; dirty.add(peer); clearTimeout(saveTimer); saveTimer = setTimeout(flushHistory, 300); }
+/** The history writes, one after another (a removal waits for the last). */
+let historyWrites = Promise.resolve();
 /** Writes every changed conversation (sealed). Resolves when they are stored. */
-async function flushHistory() {
+function flushHistory() {
   clearTimeout(saveTimer);
-  const peers = [...dirty]; dirty.clear();
-  for (const peer of peers) {
-    const list = (convs.get(peer) || []).slice(-KEEP_MESSAGES).map(({ dir, text, at, seq, rid, state, reason, id, mailboxSeq, gap, delivery, epoch, warn, warnLevel }) =>
-      ({ dir, text, at, seq, rid, state, reason, id, mailboxSeq, gap, delivery, epoch, warn, warnLevel }));
-    try { await saveHistory(client.name, peer, list); } catch { dirty.add(peer); }
-  }
+  const run = historyWrites.then(async () => {
+    if (forgetting) return;
+    const peers = [...dirty]; dirty.clear();
+    for (const peer of peers) {
+      const list = (convs.get(peer) || []).slice(-KEEP_MESSAGES).map(({ dir, text, at, seq, rid, state, reason, id, mailboxSeq, gap, delivery, epoch, warn, warnLevel }) =>
+        ({ dir, text, at, seq, rid, state, reason, id, mailboxSeq, gap, delivery, epoch, warn, warnLevel }));
+      try { await saveHistory(client.name, peer, list); } catch { dirty.add(peer); }
+    }
+  });
+  historyWrites = run.catch(() => {});
+  return run;
 }
 
 // ---- the people list -------------------------------------------------------------------------
@@ -515,12 +528,50 @@ $('rotate-ok').addEventListener('click', async () => {
   } catch (e) { showError(`could not reset your key: ${sayError(e)}`); }
 });
 $('rotate-dialog').addEventListener('close', () => $('rotate').focus());
-$('signout').addEventListener('click', async () => {
+$('signout').addEventListener('click', () => {
+  $('signout-name').textContent = client.name;
+  const waiting = client.waiting().length;
+  $('signout-outbox').hidden = !waiting;
+  $('signout-outbox').textContent = waiting ? `${waiting === 1 ? '1 message has' : `${waiting} messages have`} not been sent yet: removing the profile discards ${waiting === 1 ? 'it' : 'them'}.` : '';
+  $('signout-dialog').showModal();
+});
+$('signout-cancel').addEventListener('click', () => $('signout-dialog').close());
+$('signout-dialog').addEventListener('close', () => { if (!forgetting && !leaving) $('signout').focus(); });
+let leaving = false;
+// Sign out, keep the profile: this browser forgets who signed in last; typing the name opens it again.
+$('signout-keep').addEventListener('click', async () => {
+  leaving = true;
+  $('signout-dialog').close();
   await flushHistory();
   await setLastUser(null);
   client.stop();
-  location.reload();
+  reloadSaying('kept');
 });
+// Sign out and remove: nothing of the profile stays in this browser (RelayClient.forget).
+$('signout-remove').addEventListener('click', async () => {
+  forgetting = true;
+  $('signout-dialog').close();
+  clearTimeout(saveTimer); clearInterval(refreshTimer); dirty.clear();
+  setStatus('removing your profile…', true);
+  try {
+    await historyWrites;
+    await client.forget();
+  } catch (e) {
+    showError(`could not remove everything from this browser: ${sayError(e)}. Reload the page and try again.`);
+    return;
+  }
+  letGo();
+  reloadSaying('removed');
+});
+/** Starts the page again, empty; the fragment (not storage) says what just happened. */
+function reloadSaying(what) {
+  location.replace(`${location.pathname}${location.search}#signed-out-${what}`);
+  location.reload();
+}
+const SIGNED_OUT = {
+  kept: 'You signed out. Your profile stays in this browser: type your name to open it again.',
+  removed: 'You signed out, and your profile was removed from this browser.',
+};
 
 // ---- signing in --------------------------------------------------------------------------------
 
@@ -795,6 +846,8 @@ $('connect-view').addEventListener('submit', (ev) => {
   let name = null;
   try { name = await lastUser(); if (name && !(await hasProfile(name))) name = null; } catch { name = null; }
   if (name) { setStatus(`signing in as ${name}…`); await signIn(name); return; }
+  const out = /^#signed-out-(kept|removed)$/.exec(location.hash);
+  if (out) { showInfo(SIGNED_OUT[out[1]]); history.replaceState(null, '', `${location.pathname}${location.search}`); }
   $('connect-view').hidden = false;
   $('name').focus();
 })();

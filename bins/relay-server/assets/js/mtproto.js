@@ -822,6 +822,42 @@ export async function loadPendingRecoveryCode(name) {
 }
 export async function clearPendingRecoveryCode(name) { await idbPut('vault', `recovery/${name}`, undefined); }
 
+/**
+ * Removes everything this browser keeps of `name` (sign out, "remove from this browser"): its
+ * profile (identity private key, session and auth key, conversation keys, contacts, outbox),
+ * every conversation's history, a pending recovery code, and the last-user record when it names
+ * `name`. When no other profile is left (and no other tab is signing one in), every store is
+ * emptied, the origin's storage key with it, so that a copy of a deleted record left behind by
+ * the browser's storage engine can never be opened. The caller stops every writer first
+ * (RelayClient.forget does).
+ */
+export async function deleteProfile(name) {
+  const db = await idb();
+  const last = await lastUser();
+  const history = (await idbKeys('history')).filter((k) => typeof k === 'string' && k.startsWith(`${name}\u0000`));
+  await new Promise((resolve, reject) => {
+    const tx = db.transaction(STORES, 'readwrite');
+    tx.objectStore('profiles').delete(name);
+    for (const k of history) tx.objectStore('history').delete(k);
+    tx.objectStore('vault').delete(`recovery/${name}`);
+    if (last === name || last === null) tx.objectStore('vault').delete('last');
+    tx.oncomplete = () => resolve();
+    tx.onerror = () => reject(tx.error);
+  });
+  // Another tab signing another name in holds its profile's Web Lock (client_ui's holdProfile)
+  // and may not have stored its profile yet: the key stays for it.
+  const others = navigator.locks ? (await navigator.locks.query()).held.filter((l) => l.name.startsWith('mtproto-relay/profile/') && l.name !== `mtproto-relay/profile/${name}`) : [];
+  if ((await idbKeys('profiles')).length === 0 && others.length === 0) {
+    await new Promise((resolve, reject) => {
+      const tx = db.transaction(STORES, 'readwrite');
+      for (const s of STORES) tx.objectStore(s).clear();
+      tx.oncomplete = () => resolve();
+      tx.onerror = () => reject(tx.error);
+    });
+    vaultKey = null;
+  }
+}
+
 // ---- The client: what both pages use ---------------------------------------------------------------
 
 /** Most names in one exact `/peers` lookup (relay_core::api::MAX_LOOKUP_NAMES). */
@@ -1026,6 +1062,18 @@ export class RelayClient extends EventTarget {
   async confirmRecoveryCode() {
     this.recoveryCode = null;
     if (this.persist) await clearPendingRecoveryCode(this.name);
+  }
+  /**
+   * Signs out for good on this browser: stops, lets the saves under way finish, then deletes
+   * the profile, its history and any pending recovery code (deleteProfile). The relay keeps the
+   * name: only the recovery code moves it to a new key.
+   */
+  async forget() {
+    this.stop();
+    const persisted = this.persist;
+    this.persist = false;
+    await this.saveChain;
+    if (persisted) await deleteProfile(this.name);
   }
   async ownFingerprint() { return identityShortFingerprint(this.identity.pub); }
   /** A directory entry with `status`: no_key, new, known or changed (against the accepted key). */
