@@ -30,6 +30,134 @@ const headBadge = (page) => page.evaluate(() => document.querySelector('#conv-ba
 /** What a profile stored says of `peer` (`peers[peer]`), read as the page reads it. */
 const storedPeer = (page, me, peer) => page.evaluate(async ({ me, peer }) => (await (await import('/js/mtproto.js')).loadProfile(me)).peers[peer], { me, peer });
 
+test('(a) a key reset on either side ends a verification: "verified" drops at once where the reset was made; the peer gets the warning, stays unverified after a reload and after accepting', async () => {
+  const ctxA = await newContext(), ctxB = await newContext();
+  try {
+    const dave = await connect(ctxA, 'vr-dave', server.url);
+    const erin = await connect(ctxB, 'vr-erin', server.url);
+    await openPeer(dave, 'vr-erin');
+    await say(dave, 'hello erin');
+    await openPeer(erin, 'vr-dave');
+    await inbound(erin, 'hello erin');
+    for (const [page, peer] of [[dave, 'vr-erin'], [erin, 'vr-dave']]) {
+      await page.click('#verify');
+      await page.click('#verify-ok');
+      await page.waitForSelector(`.peer[data-peer="${peer}"] .badge.verified`);
+    }
+
+    // Erin resets her key: her verification of Dave was of the old safety number, gone at once.
+    const fp = await erin.textContent('#own-fp');
+    await erin.click('#rotate');
+    await erin.click('#rotate-ok');
+    await until(async () => (await erin.textContent('#own-fp')) !== fp, 'the new key');
+    await until(async () => (await listBadge(erin, 'vr-dave')) === '', 'no "verified" after her own reset', 3000);
+    assert.equal(await headBadge(erin), '');
+    assert.equal((await storedPeer(erin, 'vr-erin', 'vr-dave')).verified, false, 'stored as not verified');
+    await erin.reload();
+    await signIn(erin, 'vr-erin');
+    await erin.waitForSelector('.peer[data-peer="vr-dave"]');
+    assert.equal(await listBadge(erin, 'vr-dave'), '', 'and not after a reload');
+
+    // Dave: the key-change warning replaces "verified", and stays so after a reload and after
+    // accepting (unverified until compared again).
+    await dave.waitForSelector('#keychange-dialog[open]', { timeout: 20000 });
+    assert.equal(await listBadge(dave, 'vr-erin'), 'key changed');
+    assert.equal(await headBadge(dave), 'key changed');
+    assert.equal((await storedPeer(dave, 'vr-dave', 'vr-erin')).verified, false, 'the old verification is dropped when the key changes');
+    await dave.click('#keychange-cancel');
+    await dave.reload();
+    await signIn(dave, 'vr-dave');
+    await dave.waitForSelector('.peer[data-peer="vr-erin"] .badge.changed');
+    await openPeer(dave, 'vr-erin');
+    await dave.click('#blocked-review');
+    await dave.click('#keychange-accept');
+    await until(async () => (await listBadge(dave, 'vr-erin')) === '', 'no badge once accepted (not verified)');
+    assert.equal(await dave.locator('#messages li.msg.system:has-text("Verify it when you can")').count(), 1);
+  } finally { await ctxA.close(); await ctxB.close(); }
+});
+
+test('(b) resetting one\'s own key is confirmed by a status line: the new key, what contacts must do', async () => {
+  const ctx = await newContext();
+  try {
+    const page = await connect(ctx, 'rs-user', server.url);
+    const fp = await page.textContent('#own-fp');
+    await page.click('#rotate');
+    await page.click('#rotate-ok');
+    await until(async () => (await page.textContent('#own-fp')) !== fp, 'the new key');
+    await until(async () => /your key was reset/i.test(await page.textContent('#info')), 'a status line about the reset', 5000);
+    const line = await page.textContent('#info');
+    assert.match(line, new RegExp(`new key is ${(await page.textContent('#own-fp')).replace('key ', '')}`));
+    assert.match(line, /contacts .*accept/);
+    assert.match(line, /verified/);
+    assert.equal(await page.textContent('#error'), '', 'not an error');
+    assert.ok(await page.isVisible('#info-bar') && !(await page.isVisible('#error-bar')));
+    assert.equal(await focused(page), 'rotate', 'the focus back where it was');
+    assert.deepEqual(await axeViolations(page), [], 'axe: the status line after a reset');
+    await shoot(page, 'client_ui_key_reset_notice');
+  } finally { await ctx.close(); }
+});
+
+test('(g) "Keep blocked" is asked once per key: not again on polls, on opening the conversation or after a reload; a newer key asks again', async () => {
+  const ctx = await newContext();
+  const g = await scripted(browser, server, 'kb-peer');
+  try {
+    let page = await connect(ctx, 'kb-user', server.url);
+    // Every opening of the warning, counted across reloads.
+    await ctx.addInitScript(() => {
+      addEventListener('DOMContentLoaded', () => {
+        const d = document.getElementById('keychange-dialog');
+        new MutationObserver(() => { if (d.open) sessionStorage.setItem('opens', String(Number(sessionStorage.getItem('opens') || 0) + 1)); })
+          .observe(d, { attributes: true, attributeFilter: ['open'] });
+      });
+    });
+    await page.reload();
+    await signIn(page, 'kb-user');
+    const opens = () => page.evaluate(() => Number(sessionStorage.getItem('opens') || 0));
+    await g.evaluate(() => c.send('kb-user', 'hello'));
+    await openPeer(page, 'kb-peer');
+    await inbound(page, 'hello');
+
+    await g.evaluate(() => c.rotateIdentity());
+    await g.evaluate(() => c.send('kb-user', 'from the new key'));
+    await page.waitForSelector('#keychange-dialog[open]', { timeout: 20000 });
+    await until(async () => /^\d{5}/.test(await page.textContent('#keychange-fp')), 'the safety number');
+    await page.click('#keychange-cancel');
+    assert.equal(await opens(), 1);
+    // More from the new key, polls and contact refreshes (every 4 s): the bar, not the dialog.
+    await g.evaluate(() => c.send('kb-user', 'still the new key'));
+    await sleep(6000);
+    assert.equal(await opens(), 1, 'not asked again on polls and refreshes');
+    assert.ok(await page.isVisible('#blocked-bar'), 'the bar says it');
+    assert.ok(await page.isVisible('#blocked-review'), 'with its Review button');
+    // Opening the conversation again does not ask either.
+    await page.click('.peer[data-peer="kb-peer"]');
+    await sleep(1500);
+    assert.equal(await opens(), 1, 'not asked again when the conversation opens');
+    assert.equal(await page.evaluate(() => document.activeElement?.id), 'blocked-review', 'the focus on Review while the composer is off');
+    // Nor after a reload (the choice is kept with the profile).
+    await page.reload();
+    await signIn(page, 'kb-user');
+    await openPeer(page, 'kb-peer');
+    await page.waitForSelector('#blocked-bar:not([hidden])');
+    await sleep(5000);
+    assert.equal(await opens(), 1, 'not asked again after a reload');
+    assert.equal(await page.locator('#messages li.msg.in:has-text("new key")').count(), 0, 'nothing from the blocked key shows');
+    assert.deepEqual(await axeViolations(page), [], 'axe: kept blocked');
+    await shoot(page, 'client_ui_kept_blocked');
+    // Review opens it on request.
+    await page.click('#blocked-review');
+    await page.waitForSelector('#keychange-dialog[open]');
+    assert.equal(await opens(), 2);
+    await page.click('#keychange-cancel');
+    // A newer key is a new question.
+    await g.evaluate(() => c.rotateIdentity());
+    await g.evaluate(() => c.send('kb-user', 'from a newer key'));
+    await until(async () => (await opens()) === 3, 'the warning for the newer key', 20000);
+    await page.click('#keychange-accept');
+    await inbound(page, 'from a newer key');
+  } finally { await ctx.close(); await g.close(); }
+});
+
 test('(d) notices: what needs no action is neutral (a status), not the red error banner (an alert); both can be dismissed', async () => {
   const ctx = await newContext();
   const g = await scripted(browser, server, 'nu-peer');

@@ -43,8 +43,6 @@ const unread = new Map();
 const info = new Map(); // contact -> its directory entry from the last lookup (with `status`)
 const looked = new Set(); // the names that lookup asked for (a contact asked and absent is gone)
 const search = { prefix: '', next: null, results: [], asked: 0, timer: null };
-/** Peers the user chose to keep blocked: a new message under their new key does not ask again. */
-const keptBlocked = new Set();
 
 // ---- words for people ------------------------------------------------------------------------
 
@@ -172,6 +170,8 @@ function peerRow(cls, name, extra = []) {
 function badgeFor(name) {
   const p = info.get(name);
   if (client.blocked.has(name) || (p && p.status === 'changed')) { const w = document.createElement('span'); w.className = 'badge changed'; w.textContent = 'key changed'; return w; }
+  // Verified means: the safety number of this key and ours was compared. A key change on either
+  // side clears it (RelayClient.block, rotateIdentity).
   if (client.peers.get(name)?.verified) { const v = document.createElement('span'); v.className = 'badge verified'; v.textContent = '✓ verified'; v.title = 'You compared safety numbers'; return v; }
   return null;
 }
@@ -443,9 +443,11 @@ async function openConversation(name) {
   const added = await client.addContact(peer);
   if (search.prefix) clearSearch();
   renderPeers(); renderMessages(); renderHead();
-  $('text').focus();
+  // The composer, or while the conversation is blocked the bar's Review button.
+  (client.blocked.has(peer) ? $('blocked-review') : $('text')).focus();
   if (added || !info.has(peer)) await refreshContacts();
-  if (client.blocked.has(peer)) await warnKeyChange(peer);
+  // Asked once per new key: after "Keep blocked" the bar and its Review button say it.
+  if (client.blocked.has(peer) && !keptBlocked(peer)) await warnKeyChange(peer);
 }
 
 function backToList() {
@@ -457,19 +459,40 @@ function backToList() {
   (row || $('search')).focus();
 }
 
+/**
+ * Whether the user chose "Keep blocked" for `peer`'s key as the directory has it now (a newer key
+ * asks again). Before the first lookup of this page, the key kept is taken as current.
+ */
+function keptBlocked(peer) {
+  const key = info.get(peer)?.identity_key;
+  return client.isKeptBlocked(peer, key || null);
+}
+
+/** The key the warning shows (base64), for "Keep blocked" to remember. */
+let warnedKey = null;
 async function warnKeyChange(peer) {
   const d = $('keychange-dialog');
   if (d.open && $('keychange-peer').textContent === peer) return;
   $('keychange-peer').textContent = peer;
   $('keychange-fp').textContent = '…';
+  warnedKey = null;
   if (!d.open) d.showModal();
   $('keychange-cancel').focus();
-  try { $('keychange-fp').textContent = await client.pendingFingerprint(peer); } catch (e) { $('keychange-fp').textContent = `(cannot compute it now: ${sayError(e, peer)})`; }
+  try {
+    const { key, fingerprint } = await client.pendingKey(peer);
+    if ($('keychange-peer').textContent !== peer) return;
+    warnedKey = key; $('keychange-fp').textContent = fingerprint;
+  } catch (e) { $('keychange-fp').textContent = `(cannot compute it now: ${sayError(e, peer)})`; }
+}
+/** "Keep blocked" (or Escape): not asked again about this key; the bar offers Review. */
+async function keepBlocked() {
+  const peer = $('keychange-peer').textContent;
+  const key = warnedKey || info.get(peer)?.identity_key;
+  if (key) await client.keepBlocked(peer, key);
 }
 
 async function acceptKey(verified) {
   const peer = $('keychange-peer').textContent;
-  keptBlocked.delete(peer);
   $('keychange-dialog').close();
   try {
     await client.acceptPeerKey(peer);
@@ -481,8 +504,8 @@ async function acceptKey(verified) {
 }
 $('keychange-accept').addEventListener('click', () => acceptKey(false));
 $('keychange-verify').addEventListener('click', () => acceptKey(true));
-$('keychange-cancel').addEventListener('click', () => { keptBlocked.add($('keychange-peer').textContent); $('keychange-dialog').close(); });
-$('keychange-dialog').addEventListener('cancel', () => keptBlocked.add($('keychange-peer').textContent)); // Escape
+$('keychange-cancel').addEventListener('click', () => { keepBlocked(); $('keychange-dialog').close(); });
+$('keychange-dialog').addEventListener('cancel', () => { keepBlocked(); }); // Escape
 $('keychange-dialog').addEventListener('close', () => { rerender(current); if (current) $('blocked-review').focus(); });
 $('blocked-review').addEventListener('click', () => warnKeyChange(current));
 
@@ -522,9 +545,12 @@ $('rotate-ok').addEventListener('click', async () => {
   $('rotate-dialog').close();
   try {
     await client.rotateIdentity();
-    $('own-fp').textContent = `key ${await client.ownFingerprint()}`;
-    $('me').textContent = `You are ${client.name} · key ${await client.ownFingerprint()}`;
+    const fp = await client.ownFingerprint();
+    $('own-fp').textContent = `key ${fp}`;
+    $('me').textContent = `You are ${client.name} · key ${fp}`;
     showError('');
+    showInfo(standingNotice = `Your key was reset: your new key is ${fp}. Your contacts are asked to accept it before you can talk again, and your safety numbers changed: compare them again with the people you had verified.`);
+    renderPeers(); renderHead();
   } catch (e) { showError(`could not reset your key: ${sayError(e)}`); }
 });
 $('rotate-dialog').addEventListener('close', () => $('rotate').focus());
@@ -807,8 +833,8 @@ async function start(notice = '') {
   });
   client.addEventListener('key_changed', async ({ detail: d }) => {
     await refreshContacts(); rerender(d.peer);
-    // Asked once; after "Keep blocked" the badge and the bar say it, until the user reviews it.
-    if (!keptBlocked.has(d.peer)) await warnKeyChange(d.peer);
+    // Asked once per key; after "Keep blocked" the badge and the bar say it, until the user reviews it.
+    if (!keptBlocked(d.peer)) await warnKeyChange(d.peer);
   });
   client.addEventListener('rejected', ({ detail: d }) => system(d.from, `A message claiming to be from ${d.from} could not be opened and was dropped.`, true));
   client.addEventListener('expired', ({ detail: d }) => system(d.to, `A message you sent to ${d.to} expired before they came online, and was not delivered.`, true));

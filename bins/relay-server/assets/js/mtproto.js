@@ -923,6 +923,9 @@ export class RelayClient extends EventTarget {
     this.sealing = Promise.resolve();
     // Peers whose key changed and was neither accepted nor verified: nothing goes to them.
     this.blocked = new Set();
+    // Blocked peers the user chose to keep blocked, with the key they were shown (base64): the
+    // page does not ask again about that key, only about a newer one.
+    this.keptBlocked = new Map();
     // Saves run one at a time, each writing the state as it is when it starts.
     this.saveChain = Promise.resolve(); this.saveWanted = false;
     // Awaited before receipts go out: the page keeps what it was given (its history) first.
@@ -939,7 +942,8 @@ export class RelayClient extends EventTarget {
       const chats = {}; for (const [k, c] of this.chats) chats[k] = c.toJSON();
       // Serialized now (synchronously): what changes during the encryption waits for the next save.
       const json = packJson({ session: this.session.toJSON(), chats, peers: Object.fromEntries(this.peers), contacts: [...this.contacts],
-        outbox: this.outbox, nextOutboxId: this.nextOutboxId, blocked: [...this.blocked], identityPub: this.identity.pub });
+        outbox: this.outbox, nextOutboxId: this.nextOutboxId, blocked: [...this.blocked], keptBlocked: Object.fromEntries(this.keptBlocked),
+        identityPub: this.identity.pub });
       await saveProfileJson(this.name, this.identity, json);
     });
     this.saveChain = run.catch(() => {});
@@ -967,6 +971,7 @@ export class RelayClient extends EventTarget {
       c.outbox = saved.outbox || [];
       c.nextOutboxId = Math.max(saved.nextOutboxId || 1, ...c.outbox.map((e) => e.id + 1));
       for (const k of saved.blocked || []) c.blocked.add(k);
+      for (const [k, key] of Object.entries(saved.keptBlocked || {})) c.keptBlocked.set(k, key);
       // A code registered before a reload (or a crash) and not yet confirmed written down.
       if (!recoveryCode) c.recoveryCode = await loadPendingRecoveryCode(c.name);
       if (c.session) trace('resumed', { auth_key_id: hex((await sha1(c.session.authKey)).slice(12, 20)) });
@@ -1098,18 +1103,36 @@ export class RelayClient extends EventTarget {
     for (const p of out) if (p.status === 'changed') await this.block(p.client_id);
     return out;
   }
-  /** Blocks `peer` (its key changed); emits 'key_changed' when it was not blocked yet. */
+  /**
+   * Blocks `peer` (its key changed); emits 'key_changed' when it was not blocked yet. A
+   * verification was of the old key: it no longer holds.
+   */
   async block(peer) {
     if (this.blocked.has(peer)) return;
     this.blocked.add(peer);
+    const known = this.peers.get(peer);
+    if (known) known.verified = false;
     await this.save();
     this.emit('key_changed', { peer });
   }
   /** The safety number `peer`'s current key in the directory would give (to compare before accepting it). */
-  async pendingFingerprint(name) {
+  async pendingFingerprint(name) { return (await this.pendingKey(name)).fingerprint; }
+  /** `peer`'s current key in the directory: {key (base64), fingerprint (its safety number with us)}. */
+  async pendingKey(name) {
     const p = await this.lookupPeer(canonicalName(name));
     if (!p || !p.identity_key) throw new Error(`${name} has no identity key`);
-    return safetyNumber(await chatKey(this.identity, fromB64(p.identity_key)));
+    const key = fromB64(p.identity_key);
+    return { key: b64(key), fingerprint: await safetyNumber(await chatKey(this.identity, key)) };
+  }
+  /** The user keeps `peer` blocked after seeing its new key `key` (base64): kept with the profile. */
+  async keepBlocked(name, key) {
+    this.keptBlocked.set(canonicalName(name), b64(fromB64(key)));
+    await this.save();
+  }
+  /** Whether the user chose to keep `peer` blocked when shown `key` (base64; null: any key). */
+  isKeptBlocked(name, key = null) {
+    const kept = this.keptBlocked.get(canonicalName(name));
+    return !!kept && (key === null || kept === b64(fromB64(key)));
   }
   /** One directory entry, or null. */
   async lookupPeer(name) { return (await this.lookupPeers([name]))[0] || null; }
@@ -1166,6 +1189,7 @@ export class RelayClient extends EventTarget {
     this.peers.set(peer, { key: p.identity_key, version: p.key_version, verified: false });
     this.chats.set(peer, await Chat.create(this.identity, fromB64(p.identity_key)));
     this.blocked.delete(peer);
+    this.keptBlocked.delete(peer);
     this.held.clear();
     await this.save();
   }
@@ -1176,9 +1200,14 @@ export class RelayClient extends EventTarget {
     k.verified = verified;
     await this.save();
   }
+  /**
+   * A new identity key, published. Every safety number changes with it: verifications no longer
+   * hold (each contact's `verified` is cleared).
+   */
   async rotateIdentity() {
     this.identity = await generateIdentity();
     this.chats.clear();
+    for (const k of this.peers.values()) k.verified = false;
     await this.call('/publish_key', { method: 'publish_key', identity_key: b64(this.identity.pub) });
     await this.save();
   }
