@@ -158,6 +158,107 @@ test('(g) "Keep blocked" is asked once per key: not again on polls, on opening t
   } finally { await ctx.close(); await g.close(); }
 });
 
+/** `name` signed in on a new page, and the scripted `peer` who sent it `count` messages, shown. */
+async function withMessages(name, peer, count) {
+  const ctx = await newContext();
+  const g = await scripted(browser, server, peer);
+  const page = await connect(ctx, name, server.url);
+  await g.evaluate(async ({ name, count }) => { for (let i = 1; i <= count; i++) await c.send(name, `earlier message ${i}`); }, { name, count });
+  await page.waitForSelector(`.peer[data-peer="${peer}"]`, { timeout: 20000 });
+  return { ctx, g, page, async close() { await ctx.close(); await g.close(); } };
+}
+
+test('(h) Enter in the search box opens the first match', async () => {
+  const t = await withMessages('se-user', 'se-peer', 1);
+  try {
+    const { page } = t;
+    await page.click('#search');
+    await page.keyboard.type('se-p');
+    await page.keyboard.press('Enter');
+    await until(async () => (await page.textContent('#conv-title')) === 'se-peer', 'the first match to open');
+    await until(async () => (await focused(page)) === 'text', 'the focus in the composer');
+    assert.ok(await page.isHidden('#search-box'), 'the search is cleared');
+    // Nobody matches: nothing opens, the note says so.
+    await page.fill('#search', 'nobody-matches-this');
+    await page.press('#search', 'Enter');
+    await page.waitForSelector('#search-note:has-text("Nobody")');
+    assert.equal(await page.textContent('#conv-title'), 'se-peer');
+  } finally { await t.close(); }
+});
+
+test('(c) scrolled up when messages arrive: the list stays, "new messages ↓" says how many and scrolls down when clicked', async () => {
+  const t = await withMessages('nb-user', 'nb-peer', 40);
+  try {
+    const { page, g } = t;
+    await openPeer(page, 'nb-peer');
+    await until(async () => (await received(page)).length === 40, 'all 40 to show');
+    const atBottom = () => page.evaluate(() => { const ul = document.getElementById('messages'); return ul.scrollHeight - ul.scrollTop - ul.clientHeight < 2; });
+    assert.ok(await atBottom(), 'opened at the newest');
+    await page.evaluate(() => { document.getElementById('messages').scrollTop = 0; });
+    assert.ok(await page.isHidden('#new-below'));
+    await g.evaluate(async () => { await c.send('nb-user', 'newer one'); await c.send('nb-user', 'newer two'); });
+    await inbound(page, 'newer two');
+    await page.waitForSelector('#new-below:visible', { timeout: 5000 });
+    assert.equal(await page.textContent('#new-below'), '2 new messages ↓');
+    assert.equal(await page.evaluate(() => document.getElementById('messages').scrollTop), 0, 'the list did not jump');
+    assert.deepEqual(await axeViolations(page), [], 'axe: new messages below');
+    await shoot(page, 'client_ui_new_messages_below');
+    await page.click('#new-below');
+    await until(atBottom, 'the list at the newest');
+    assert.ok(await page.isHidden('#new-below'));
+    assert.equal(await focused(page), 'text');
+    // Scrolled down by hand: the button goes too.
+    await page.evaluate(() => { document.getElementById('messages').scrollTop = 0; });
+    await g.evaluate(() => c.send('nb-user', 'newer three'));
+    await page.waitForSelector('#new-below:visible', { timeout: 20000 });
+    assert.equal(await page.textContent('#new-below'), '1 new message ↓');
+    await page.evaluate(() => { const ul = document.getElementById('messages'); ul.scrollTop = ul.scrollHeight; });
+    await page.waitForSelector('#new-below', { state: 'hidden' });
+    // At the bottom, a new message scrolls into view (no button).
+    await g.evaluate(() => c.send('nb-user', 'newer four'));
+    await inbound(page, 'newer four');
+    await sleep(300);
+    assert.ok(await atBottom() && await page.isHidden('#new-below'));
+  } finally { await t.close(); }
+});
+
+test('(f) Shift+Enter starts a new line, Enter sends', async () => {
+  const t = await withMessages('ml-user', 'ml-peer', 1);
+  try {
+    const { page, g } = t;
+    await openPeer(page, 'ml-peer');
+    await page.click('#text');
+    await page.keyboard.type('first line');
+    await page.keyboard.press('Shift+Enter');
+    await page.keyboard.type('second line');
+    assert.equal(await page.inputValue('#text'), 'first line\nsecond line', 'still in the box');
+    assert.equal(await mine(page, 'first line').count(), 0, 'Shift+Enter did not send');
+    assert.deepEqual(await axeViolations(page), [], 'axe: two lines in the composer');
+    await shoot(page, 'client_ui_two_lines');
+    await page.keyboard.press('Enter');
+    await until(async () => /^(sent|delivered)/.test(await mine(page, 'first line').getAttribute('data-state') || ''), 'the two lines to be stored');
+    assert.equal(await mine(page, 'first line').locator('.body').textContent(), 'first line\nsecond line');
+    assert.equal(await page.inputValue('#text'), '');
+    await until(async () => { await g.evaluate(() => c.poll(0)); return (await g.evaluate(() => got.map((x) => x.text))).includes('first line\nsecond line'); }, 'the peer to get both lines');
+    await shoot(page, 'client_ui_two_lines_sent');
+  } finally { await t.close(); }
+});
+
+test('(e) after a tap on Send the focus is back in the message box', async () => {
+  const t = await withMessages('fs-user', 'fs-peer', 1);
+  try {
+    const { page } = t;
+    await openPeer(page, 'fs-peer');
+    await page.fill('#text', 'tapped send');
+    await page.click('#send');
+    await until(async () => (await mine(page, 'tapped send').count()) === 1, 'the message');
+    assert.equal(await focused(page), 'text', 'the focus is back in the message box');
+    await page.keyboard.type('and typed on');
+    await page.keyboard.press('Enter');
+    await until(async () => (await mine(page, 'and typed on').count()) === 1, 'the next one, typed without a click');
+  } finally { await t.close(); }
+});
+
 test('(d) notices: what needs no action is neutral (a status), not the red error banner (an alert); both can be dismissed', async () => {
   const ctx = await newContext();
   const g = await scripted(browser, server, 'nu-peer');

@@ -300,9 +300,26 @@ function renderMessages() {
     items.push(e);
   }
   ul.replaceChildren(...items);
-  if (atBottom || ul.dataset.peer !== current) ul.scrollTop = ul.scrollHeight;
+  if (atBottom || ul.dataset.peer !== current) { ul.scrollTop = ul.scrollHeight; newBelow = 0; }
   ul.dataset.peer = current || '';
+  renderNewBelow();
 }
+
+/** Messages that arrived in the open conversation while the user was scrolled up. */
+let newBelow = 0;
+const nearBottom = (ul = $('messages')) => ul.scrollHeight - ul.scrollTop - ul.clientHeight < 40;
+function renderNewBelow() {
+  const b = $('new-below');
+  b.hidden = !newBelow;
+  b.textContent = newBelow === 1 ? '1 new message ↓' : `${newBelow} new messages ↓`;
+}
+$('messages').addEventListener('scroll', () => { if (newBelow && nearBottom()) { newBelow = 0; renderNewBelow(); } });
+$('new-below').addEventListener('click', () => {
+  const ul = $('messages');
+  ul.scrollTop = ul.scrollHeight;
+  newBelow = 0; renderNewBelow();
+  (!$('text').disabled ? $('text') : ul).focus();
+});
 
 function renderHead() {
   const p = info.get(current);
@@ -345,6 +362,8 @@ function push(peer, m) {
   } else list.push(m);
   if (list.length > KEEP_MESSAGES + 100) list.splice(0, list.length - KEEP_MESSAGES);
   if (m.dir === 'in' && (peer !== current || document.hidden)) unread.set(peer, (unread.get(peer) || 0) + 1);
+  // Arrived below what the user is reading: said by "new messages ↓" instead of a jump.
+  if (m.dir === 'in' && peer === current && !nearBottom()) newBelow += 1;
   remember(peer);
   rerender(peer);
 }
@@ -410,7 +429,7 @@ async function sendText(peer, text) {
     const r = await client.send(peer, text);
     if (r && r.state === 'stored' && $('info').textContent === OFFLINE_NOTE) showInfo(standingNotice);
   } catch (e) {
-    if (e.keyChanged) { rerender(peer); await warnKeyChange(peer); $('text').value = $('text').value || text; return; }
+    if (e.keyChanged) { rerender(peer); await warnKeyChange(peer); $('text').value = $('text').value || text; fitComposer(); return; }
     push(peer, { dir: 'out', text, state: 'not sent', reason: sayError(e, peer) });
   }
 }
@@ -438,6 +457,7 @@ function refreshContacts() {
 async function openConversation(name) {
   const peer = canonicalName(name);
   current = peer; unread.delete(peer);
+  newBelow = 0;
   $('conv-title').textContent = peer;
   $('main-view').classList.add('conv-open');
   const added = await client.addContact(peer);
@@ -529,13 +549,38 @@ $('verify-dialog').addEventListener('close', () => $('text').focus());
 $('composer').addEventListener('submit', (ev) => {
   ev.preventDefault();
   const text = $('text').value.trim();
+  // After a tap on Send the focus goes back to the message box, for the next one.
+  if (!$('text').disabled) $('text').focus();
   if (!text || !current) return;
   $('text').value = '';
+  fitComposer();
+  // What the user sends is shown: the list goes to the end.
+  $('messages').scrollTop = $('messages').scrollHeight;
   sendText(current, text);
 });
+// Enter sends; Shift+Enter starts a new line (and Enter that ends an IME composition does neither).
+$('text').addEventListener('keydown', (ev) => {
+  if (ev.key !== 'Enter' || ev.shiftKey || ev.isComposing || ev.keyCode === 229) return;
+  ev.preventDefault();
+  $('composer').requestSubmit();
+});
+/** The message box grows with its lines, up to its max-height (then it scrolls). */
+function fitComposer() {
+  const t = $('text');
+  t.style.height = '';
+  if (t.scrollHeight > t.clientHeight) t.style.height = `${t.scrollHeight + 2}px`;
+}
+$('text').addEventListener('input', fitComposer);
 
 $('search').addEventListener('input', () => { clearTimeout(search.timer); search.timer = setTimeout(() => runSearch(false), 250); });
-$('search-form').addEventListener('submit', (ev) => { ev.preventDefault(); clearTimeout(search.timer); runSearch(false).then(() => { const first = document.querySelector('#search-results .result'); if (first) first.focus(); }); });
+// Enter in the search box opens the first match.
+$('search-form').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  clearTimeout(search.timer);
+  await runSearch(false);
+  const first = document.querySelector('#search-results .result');
+  if (first) await openConversation(first.dataset.peer);
+});
 $('search-more').addEventListener('click', () => runSearch(true));
 $('back').addEventListener('click', backToList);
 
