@@ -296,3 +296,29 @@ test('(d) notices: what needs no action is neutral (a status), not the red error
     assert.ok(await page.isHidden('#error-bar'), 'the error dismissed');
   } finally { await ctx.close(); await g.close(); }
 });
+
+test('(i) unread counts survive a reload', async () => {
+  const ctx = await newContext();
+  const g = await scripted(browser, server, 'ur-peer');
+  try {
+    const page = await connect(ctx, 'ur-user', server.url);
+    // Three messages while the conversation is not open: unread 3, and still 3 after a reload.
+    await g.evaluate(async () => { for (const t of ['one', 'two', 'three']) await c.send('ur-user', `unread ${t}`); });
+    await until(async () => (await page.textContent('.peer[data-peer="ur-peer"] .unread')) === '3', 'three unread');
+    await sleep(600); // the history is written 0.3 s after a change
+    await page.reload();
+    await signIn(page, 'ur-user');
+    await page.waitForSelector('.peer[data-peer="ur-peer"]');
+    assert.equal(await page.textContent('.peer[data-peer="ur-peer"] .unread'), '3', 'the count survives a reload');
+    await until(async () => (await page.title()) === '(3) mtproto-relay', 'the count in the title after a reload');
+    await shoot(page, 'client_ui_unread_after_reload');
+    // Read, then reloaded: none.
+    await openPeer(page, 'ur-peer');
+    await sleep(600);
+    await page.reload();
+    await signIn(page, 'ur-user');
+    await page.waitForSelector('.peer[data-peer="ur-peer"]');
+    assert.equal(await page.textContent('.peer[data-peer="ur-peer"] .unread'), '', 'read stays read');
+    assert.equal(await page.title(), 'mtproto-relay');
+  } finally { await ctx.close(); await g.close(); }
+});

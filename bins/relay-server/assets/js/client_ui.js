@@ -9,9 +9,10 @@
 // "not sent: <reason>" with retry and discard.
 //
 // History: every conversation is kept in IndexedDB, sealed under the origin's non-extractable
-// AES-GCM key (mtproto.js, saveHistory), with the profile; the last user is signed in again by
-// itself on the next visit. Received messages are shown in the sender's order (their seq), and a
-// note "earlier messages missing" stays only while a number before them is still missing.
+// AES-GCM key (mtproto.js, saveHistory), with its unread count and the profile; the last user is
+// signed in again by itself on the next visit. Received messages are shown in the sender's order
+// (their seq), and a note "earlier messages missing" stays only while a number before them is
+// still missing.
 //
 // Signing out either keeps the profile in this browser (anyone here can open it again by typing
 // the name) or removes it (RelayClient.forget: profile, keys, history, nothing left to read);
@@ -130,7 +131,7 @@ let forgetting = false;
 function remember(peer) { if (forgetting) return; dirty.add(peer); clearTimeout(saveTimer); saveTimer = setTimeout(flushHistory, 300); }
 /** The history writes, one after another (a removal waits for the last). */
 let historyWrites = Promise.resolve();
-/** Writes every changed conversation (sealed). Resolves when they are stored. */
+/** Writes every changed conversation (sealed), with its unread count. Resolves when they are stored. */
 function flushHistory() {
   clearTimeout(saveTimer);
   const run = historyWrites.then(async () => {
@@ -139,11 +140,17 @@ function flushHistory() {
     for (const peer of peers) {
       const list = (convs.get(peer) || []).slice(-KEEP_MESSAGES).map(({ dir, text, at, seq, rid, state, reason, id, mailboxSeq, gap, delivery, epoch, warn, warnLevel }) =>
         ({ dir, text, at, seq, rid, state, reason, id, mailboxSeq, gap, delivery, epoch, warn, warnLevel }));
-      try { await saveHistory(client.name, peer, list); } catch { dirty.add(peer); }
+      try { await saveHistory(client.name, peer, list, { unread: unread.get(peer) || 0 }); } catch { dirty.add(peer); }
     }
   });
   historyWrites = run.catch(() => {});
   return run;
+}
+/** `peer`'s conversation is seen: its unread count goes (and is stored so). */
+function markRead(peer) {
+  if (!unread.has(peer)) return;
+  unread.delete(peer);
+  remember(peer);
 }
 
 // ---- the people list -------------------------------------------------------------------------
@@ -456,7 +463,7 @@ function refreshContacts() {
 
 async function openConversation(name) {
   const peer = canonicalName(name);
-  current = peer; unread.delete(peer);
+  current = peer; markRead(peer);
   newBelow = 0;
   $('conv-title').textContent = peer;
   $('main-view').classList.add('conv-open');
@@ -831,7 +838,8 @@ async function start(notice = '') {
   const code = client.takeRecoveryCode();
   if (code) showRecoveryCode(code);
   // The history first, then what waited in the outbox (from before a reload) on top of it.
-  for (const [peer, list] of await loadHistory(client.name)) {
+  for (const [peer, { items: list, unread: n }] of await loadHistory(client.name)) {
+    if (n) unread.set(peer, n);
     const pending = new Set(client.outbox.map((e) => e.id));
     for (const m of list) {
       if (m.dir === 'out' && m.id !== undefined) {
@@ -892,7 +900,7 @@ async function start(notice = '') {
     if (!connected) { setStatus('reconnecting…', true); showInfo(OFFLINE_NOTE); } else { setStatus(`connected as ${client.name}`); showError(''); showInfo(standingNotice); refreshContacts(); }
     renderPeers(); renderHead();
   });
-  document.addEventListener('visibilitychange', () => { if (!document.hidden && current) { unread.delete(current); renderPeers(); } });
+  document.addEventListener('visibilitychange', () => { if (!document.hidden && current) { markRead(current); renderPeers(); } });
   addEventListener('pagehide', () => { flushHistory(); });
   client.addEventListener('name_moved', ({ detail: d }) => nameMoved(d.name));
   client.addEventListener('recovery_code', () => { const code = client.takeRecoveryCode(); if (code) showRecoveryCode(code); });

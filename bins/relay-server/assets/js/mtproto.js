@@ -791,19 +791,26 @@ export async function lastUser() {
 }
 export async function setLastUser(name) { await idbPut('vault', 'last', name ? await sealRecord({ name }, 'last-user') : undefined); }
 
-/** The history of `name`'s conversations: Map peer -> array of what the page keeps of each message. */
+/**
+ * The history of `name`'s conversations: Map peer -> {items, unread}: what the page keeps of each
+ * message, and how many of them the user has not seen. (Records of earlier releases are the
+ * bare array of items: read with unread 0.)
+ */
 export async function loadHistory(name) {
   const out = new Map();
   const prefix = `${name}\u0000`;
   for (const k of await idbKeys('history')) {
     if (typeof k !== 'string' || !k.startsWith(prefix)) continue;
-    try { out.set(k.slice(prefix.length), await openRecord(await idbGet('history', k), `history/${k}`)); } catch { /* unreadable: skipped */ }
+    try {
+      const rec = await openRecord(await idbGet('history', k), `history/${k}`);
+      out.set(k.slice(prefix.length), Array.isArray(rec) ? { items: rec, unread: 0 } : { items: rec.items || [], unread: Number(rec.unread) || 0 });
+    } catch { /* unreadable: skipped */ }
   }
   return out;
 }
-export async function saveHistory(name, peer, items) {
+export async function saveHistory(name, peer, items, { unread = 0 } = {}) {
   const k = `${name}\u0000${peer}`;
-  await idbPut('history', k, await sealRecord(items, `history/${k}`));
+  await idbPut('history', k, await sealRecord({ items, unread }, `history/${k}`));
 }
 
 /**
