@@ -297,7 +297,7 @@ test('(d) notices: what needs no action is neutral (a status), not the red error
   } finally { await ctx.close(); await g.close(); }
 });
 
-test('(i) unread counts survive a reload', async () => {
+test('(i) unread counts survive a reload; a history record of an earlier release still opens', async () => {
   const ctx = await newContext();
   const g = await scripted(browser, server, 'ur-peer');
   try {
@@ -320,5 +320,24 @@ test('(i) unread counts survive a reload', async () => {
     await page.waitForSelector('.peer[data-peer="ur-peer"]');
     assert.equal(await page.textContent('.peer[data-peer="ur-peer"] .unread'), '', 'read stays read');
     assert.equal(await page.title(), 'mtproto-relay');
+    // A history record of an earlier release (the bare array of messages) still opens.
+    await page.close();
+    const lab = await ctx.newPage();
+    await lab.goto(`${server.url}/`);
+    await lab.evaluate(async () => {
+      const m = await import('/js/mtproto.js');
+      const k = 'ur-user\u0000ur-peer';
+      const rec = await m.sealRecord([{ dir: 'in', text: 'kept by an earlier release', at: Date.now(), seq: 0 }], `history/${k}`);
+      const db = await new Promise((res) => { const r = indexedDB.open('mtproto-relay'); r.onsuccess = () => res(r.result); });
+      await new Promise((res, rej) => { const tx = db.transaction('history', 'readwrite'); tx.objectStore('history').put(rec, k); tx.oncomplete = res; tx.onerror = rej; });
+      db.close();
+    });
+    await lab.close();
+    const again = await ctx.newPage();
+    await again.goto(`${server.url}/client_ui.html`);
+    await signIn(again, 'ur-user');
+    await openPeer(again, 'ur-peer');
+    await inbound(again, 'kept by an earlier release');
+    assert.equal(await again.textContent('.peer[data-peer="ur-peer"] .unread'), '');
   } finally { await ctx.close(); await g.close(); }
 });
