@@ -48,6 +48,10 @@ test('axe-core: no serious or critical violation in any state of client_ui.html'
     await page.fill('#name', 'axe-user');
     await page.click('#connect');
     await page.waitForSelector('#main-view.on', { timeout: 20000 });
+    // A reload before the code was confirmed: the dialog again.
+    await page.reload();
+    await page.waitForSelector('#code-dialog[open]', { timeout: 20000 });
+    found.push(...await audit(page, 'code-dialog-after-reload'));
     await keepRecoveryCode(page);
     found.push(...await audit(page, 'connected'));
     await g.evaluate(() => c.send('axe-user', 'hello from the script'));
@@ -61,6 +65,26 @@ test('axe-core: no serious or critical violation in any state of client_ui.html'
     await say(page, 'a reply');
     await until(async () => /^(sent|delivered)/.test(await mine(page, 'a reply').getAttribute('data-state')), 'the reply to be stored');
     found.push(...await audit(page, 'conversation'));
+    // Scrolled up while messages arrive: "new messages ↓".
+    await g.evaluate(async () => { for (let i = 0; i < 30; i++) await c.send('axe-user', `filler ${i}`); });
+    await page.waitForSelector('#messages li.msg.in:has-text("filler 29")', { timeout: 20000 });
+    await page.evaluate(() => { document.getElementById('messages').scrollTop = 0; });
+    await g.evaluate(() => c.send('axe-user', 'below the fold'));
+    await page.waitForSelector('#new-below:visible', { timeout: 20000 });
+    found.push(...await audit(page, 'new-messages-below'));
+    await page.click('#new-below');
+    // Two lines in the composer.
+    await page.keyboard.type('one');
+    await page.keyboard.press('Shift+Enter');
+    await page.keyboard.type('two');
+    found.push(...await audit(page, 'composer-two-lines'));
+    await page.fill('#text', '');
+    // The relay cannot be reached: the neutral notice with its Dismiss button.
+    await ctx.setOffline(true);
+    await page.waitForSelector('#info-bar:visible', { timeout: 30000 });
+    found.push(...await audit(page, 'offline-notice'));
+    await ctx.setOffline(false);
+    await until(async () => (await page.textContent('#status')) === 'connected as axe-user', 'back online', 30000);
     await page.click('#verify');
     found.push(...await audit(page, 'verify-dialog'));
     await page.click('#verify-close');
@@ -78,6 +102,19 @@ test('axe-core: no serious or critical violation in any state of client_ui.html'
     await page.setViewportSize(PHONE);
     await page.click('#back');
     found.push(...await audit(page, 'phone-list'));
+    // Our own key reset: the status line.
+    await page.click('#rotate');
+    await page.click('#rotate-ok');
+    await page.waitForSelector('#info-bar:visible', { timeout: 20000 });
+    found.push(...await audit(page, 'key-reset-notice'));
+    // Signing out: the dialog, then the fresh page with its notice.
+    await page.click('#signout');
+    await page.waitForSelector('#signout-dialog[open]');
+    found.push(...await audit(page, 'signout-dialog'));
+    await page.click('#signout-remove');
+    await page.waitForSelector('#connect-view:not([hidden])', { timeout: 20000 });
+    await page.waitForSelector('#info-bar:visible');
+    found.push(...await audit(page, 'signed-out-removed'));
   } finally { await ctx.close(); await g.close(); }
   assert.deepEqual(found, []);
 });
@@ -96,8 +133,7 @@ test('keyboard only: sign up, find a contact, open the conversation and send', a
     await keepRecoveryCode(page);
     await until(async () => (await page.evaluate(() => document.activeElement?.id)) === 'search', 'the focus in the search box');
     await page.keyboard.type('kbd-p');
-    await page.keyboard.press('Enter');
-    await until(async () => (await page.evaluate(() => document.activeElement?.dataset.peer)) === 'kbd-peer', 'the first result to take the focus');
+    // Enter in the search box opens the first match.
     await page.keyboard.press('Enter');
     await until(async () => (await page.evaluate(() => document.activeElement?.id)) === 'text', 'the composer to take the focus');
     assert.equal(await page.textContent('#conv-title'), 'kbd-peer');

@@ -202,8 +202,10 @@ test('history stays: a reload signs in by itself and restores conversations, con
     assert.match(await second.textContent('#error'), /already open in another tab/);
     assert.ok(await second.isVisible('#connect-view'));
     await second.close();
-    // Signing out forgets who signed in last (the profile stays), and shows the sign-in form.
+    // Signing out and keeping the profile forgets who signed in last, and shows the sign-in form
+    // (signout.test.mjs has the removal).
     await page.click('#signout');
+    await page.click('#signout-keep');
     await page.waitForSelector('#connect-view:not([hidden])');
     await shoot(page, 'client_ui_signed_out');
   } finally { await ctx.close(); await g.close(); }

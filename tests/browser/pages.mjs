@@ -124,3 +124,19 @@ export async function pageFromRevision(context, rev = process.env.RECOVERY_TEST_
     await route.fulfill({ status: 200, headers, body });
   });
 }
+
+/**
+ * The keys of every IndexedDB store of the page's origin (`{ store: [key, …] }`, keys as
+ * strings), and the number of localStorage and sessionStorage entries: what a browser keeps.
+ */
+export async function storedKeys(page) {
+  return page.evaluate(async () => {
+    const out = { localStorage: localStorage.length, sessionStorage: sessionStorage.length };
+    const db = await new Promise((res, rej) => { const r = indexedDB.open('mtproto-relay'); r.onsuccess = () => res(r.result); r.onerror = () => rej(r.error); });
+    for (const name of db.objectStoreNames) {
+      out[name] = await new Promise((res) => { const r = db.transaction(name).objectStore(name).getAllKeys(); r.onsuccess = () => res(r.result.map(String)); });
+    }
+    db.close();
+    return out;
+  });
+}

@@ -1,8 +1,10 @@
 // Account recovery in client_ui.html (issue 13, defect 4; docs/protocol.md §1 "Recovery"), in real
-// Chromium against the real relay-server: the code is shown once at sign-up and never stored; a
-// taken name is explained with a way forward; a wrong code changes nothing; the right code moves
-// the name to a fresh browser, the peer is warned of the key change and, once he accepts, they
-// talk again; the old browser is told its name moved. Screenshots go to test-artifacts/.
+// Chromium against the real relay-server: the code is shown at sign-up until the user confirms it
+// is written down — kept sealed in IndexedDB until then, so a reload or a crash shows it again,
+// and deleted after; a taken name is explained with a way forward; a wrong code changes nothing;
+// the right code moves the name to a fresh browser, the peer is warned of the key change and,
+// once he accepts, they talk again; the old browser is told its name moved. Screenshots go to
+// test-artifacts/.
 //
 // RECOVERY_TEST_PAGE_REV=<git revision> serves the page's files (client_ui.html, js/) from that
 // revision instead of the relay's own copy: how these checks were seen failing on the page before
@@ -10,12 +12,12 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { launchBrowser, startServer, until, binDir } from './helpers.mjs';
-import { DESKTOP, connect, openPeer, say, inbound, shoot, pageFromRevision, keepRecoveryCode } from './pages.mjs';
+import { launchBrowser, startServer, until, binDir, freePort } from './helpers.mjs';
+import { DESKTOP, connect, openPeer, say, inbound, shoot, pageFromRevision, keepRecoveryCode, storedKeys } from './pages.mjs';
 import { axeViolations } from './axe.mjs';
 
 let server, browser;
@@ -128,7 +130,7 @@ test('recovery: the code shown once, a taken name explained, a wrong code refuse
     await alice2.waitForSelector('#main-view.on', { timeout: 20000 });
     await until(async () => (await alice2.textContent('#status')) === 'connected as rc-alice', 'the new browser to be signed in');
     assert.equal(await alice2.locator('#code-dialog[open]').count(), 0, 'a recovery keeps the code the user has');
-    assert.match(await alice2.textContent('#error'), /moved to this browser/);
+    assert.match(await alice2.textContent('#info'), /moved to this browser/);
 
     // Bob is warned: the new key's safety number, the very one Alice's new browser shows.
     await bob.waitForSelector('#keychange-dialog[open]', { timeout: 20000 });
@@ -158,6 +160,88 @@ test('recovery: the code shown once, a taken name explained, a wrong code refuse
     assert.deepEqual(await axeViolations(alice), [], 'axe: the old browser told');
     await shoot(alice, 'recovery_old_device_told');
   } finally { await ctxA.close(); await ctxB.close(); await ctxC.close(); }
+});
+
+/** Whether the recovery code `code` (as shown) appears in clear anywhere in the page's IndexedDB. */
+async function codeInClear(page, code) {
+  const stored = await storedText(page);
+  return [code, code.replace(/-/g, '')].some((form) => stored.includes(form));
+}
+
+test('the recovery code survives a reload or a crash until the user confirms it: shown again, sealed at rest, deleted after Done', async () => {
+  const ctx = await newContext();
+  try {
+    let page = await ctx.newPage();
+    await page.goto(`${server.url}/client_ui.html`);
+    await page.fill('#name', 'rc-reload');
+    await page.click('#connect');
+    await page.waitForSelector('#code-dialog[open]', { timeout: 20000 });
+    const code = (await page.textContent('#code-shown')).trim();
+    assert.match(code, CODE);
+
+    // A reload while the dialog is open: the same code again, the dialog still modal.
+    await page.reload();
+    await page.waitForSelector('#main-view.on', { timeout: 20000 });
+    await until(async () => (await page.locator('#code-dialog[open]').count()) === 1, 'the code dialog after a reload', 5000);
+    assert.equal((await page.textContent('#code-shown')).trim(), code, 'the same code after a reload');
+    // Kept while it waits: one sealed record in the vault, the code nowhere in clear.
+    assert.ok((await storedKeys(page)).vault.includes('recovery/rc-reload'), 'the pending code is stored');
+    assert.equal(await codeInClear(page, code), false, 'the pending code is sealed');
+    assert.ok(await page.locator('#code-done').isDisabled(), 'Done still waits for the confirmation');
+    assert.match(await page.textContent('#code-text'), /cannot show it again/);
+    assert.deepEqual(await axeViolations(page), [], 'axe: the code dialog after a reload');
+    await shoot(page, 'recovery_code_after_reload');
+
+    // A crash: the tab goes without running anything; a new tab signs in and shows it again.
+    await page.close({ runBeforeUnload: false });
+    page = await ctx.newPage();
+    await page.goto(`${server.url}/client_ui.html`);
+    await page.waitForSelector('#code-dialog[open]', { timeout: 20000 });
+    assert.equal((await page.textContent('#code-shown')).trim(), code, 'the same code after a crash');
+
+    // Confirmed: the stored copy goes, and a reload shows no code.
+    assert.equal(await keepRecoveryCode(page), code);
+    await until(async () => !(await storedKeys(page)).vault.includes('recovery/rc-reload'), 'the pending code to be deleted');
+    await page.reload();
+    await page.waitForSelector('#main-view.on', { timeout: 20000 });
+    await until(async () => (await page.textContent('#status')) === 'connected as rc-reload', 'signed in again');
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(await page.locator('#code-dialog[open]').count(), 0, 'no code after it was confirmed');
+    assert.equal(await codeInClear(page, code), false);
+  } finally { await ctx.close(); }
+});
+
+test('a code issued again (the relay lost its data and the page registered anew) is kept the same way until confirmed', async () => {
+  const port = await freePort();
+  const keyDir = mkdtempSync(join(tmpdir(), 'relay-key-'));
+  const keyArgs = ['--key-file', join(keyDir, 'server_key'), '--pow-bits', '0'];
+  let relay = await startServer(keyArgs, { bind: `127.0.0.1:${port}` });
+  const ctx = await newContext();
+  try {
+    const page = await ctx.newPage();
+    await page.goto(`${relay.url}/client_ui.html`);
+    await page.fill('#name', 'rc-again');
+    await page.click('#connect');
+    await page.waitForSelector('#main-view.on', { timeout: 20000 });
+    const first = await keepRecoveryCode(page);
+    assert.match(first || '', CODE);
+    await until(async () => (await storedKeys(page)).vault.includes('recovery/rc-again') === false, 'the first code to be deleted once confirmed');
+    // The relay loses its data: the page registers again, with a new code.
+    await relay.stop();
+    relay = await startServer([...keyArgs, '--start-fresh'], { bind: `127.0.0.1:${port}` });
+    await page.waitForSelector('#code-dialog[open]', { timeout: 40000 });
+    const second = (await page.textContent('#code-shown')).trim();
+    assert.match(second, CODE);
+    assert.notEqual(second, first, 'a new code');
+    // A reload before it is confirmed shows it again.
+    await page.reload();
+    await page.waitForSelector('#main-view.on', { timeout: 20000 });
+    await until(async () => (await page.locator('#code-dialog[open]').count()) === 1, 'the new code dialog after a reload', 5000);
+    assert.equal((await page.textContent('#code-shown')).trim(), second);
+    assert.ok((await storedKeys(page)).vault.includes('recovery/rc-again'), 'the new code is kept until confirmed');
+    assert.equal(await keepRecoveryCode(page), second);
+    await until(async () => !(await storedKeys(page)).vault.includes('recovery/rc-again'), 'the new code to be deleted once confirmed');
+  } finally { await ctx.close(); await relay.stop(); rmSync(keyDir, { recursive: true, force: true }); }
 });
 
 /** relay-chat (the Rust client) as `name` with `args`; its output lines in `lines`. */

@@ -216,7 +216,7 @@ test('after the server loses its data, open pages shake hands again, republish k
     for (const [page, name] of [[frank, 'frank'], [grace, 'grace']]) {
       await until(async () => (await page.textContent('#status')) === `connected as ${name}`, `${name} to reconnect`, 30000);
       // …and each is told that what the relay held may be gone.
-      await until(async () => (await page.textContent('#error')).includes('may have been lost'), `${name} to be told of the loss`);
+      await until(async () => (await page.textContent('#info')).includes('may have been lost'), `${name} to be told of the loss`);
       // Registered again, so a new account: its new recovery code is shown (the old one is void).
       assert.match(await keepRecoveryCode(page) || '', /^[0-9a-f]{4}(-[0-9a-f]{4}){7}$/, `${name} is shown a new recovery code`);
     }

@@ -1,8 +1,13 @@
 //! `relay-chat --server URL --name alice`: a terminal chat over mtproto-relay.
 //!
 //! Commands: `/peers`, `/open NAME`, `/fp [NAME]`, `/verify NAME`, `/accept NAME`, `/rotate`,
-//! `/outbox`, `/retry ID`, `/abandon ID`, `/help`, `/quit`; any other line is sent to the open
-//! conversation. Incoming messages are printed as they arrive.
+//! `/outbox`, `/retry ID`, `/abandon ID`, `/recovery [done]`, `/help`, `/quit`; any other line is
+//! sent to the open conversation. Incoming messages are printed as they arrive.
+//!
+//! The recovery code of a new account is printed when it is made: at the start, or when the relay
+//! lost its data and the client registered again (the old code then no longer works). It is not
+//! kept in the profile; this process holds it, and `/recovery` shows it again, until
+//! `/recovery done`.
 //!
 //! Every message sent shows one of three states: `sending… (#ID)` (kept in the outbox and
 //! retried with every poll), `sent #N` (stored by the relay, mailbox sequence number N) or
@@ -11,13 +16,14 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
 use mtproto_crypto::ServerKeyFingerprint;
 use relay_client::{
-    Client, ClientConfig, ClientError, ErrorCode, Event, KeyStatus, OutboxId, Pin, Receipt, SendState,
+    Client, ClientConfig, ClientError, ErrorCode, Event, KeyStatus, OutboxId, Pin, Receipt, RecoveryCode,
+    SendState,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -69,10 +75,30 @@ fn show(r: &Receipt) -> String {
     }
 }
 
+/// What `/recovery` says: the code this process registered and still holds, or why there is none.
+fn recovery_text(held: Option<&RecoveryCode>) -> String {
+    match held {
+        Some(code) => format!(
+            "your recovery code: {code}\n\
+             It moves your name to a new device (relay-chat --recover CODE, or \"This is my name\" in the browser). \
+             It is not in your profile and the relay has only its public half: write it down, then type /recovery done."
+        ),
+        None => "your recovery code was shown when this name was registered and is not kept anywhere (not in the profile; \
+                 the relay has only its public half), so it cannot be shown again. It moves your name to a new device: \
+                 relay-chat --recover CODE."
+            .to_owned(),
+    }
+}
+
 fn outbox_id(word: Option<&str>) -> Result<OutboxId, ClientError> {
     word.and_then(|w| w.trim_start_matches('#').parse().ok())
         .map(OutboxId)
         .ok_or_else(|| ClientError::Invalid("give the message's id, e.g. /retry 3".into()))
+}
+
+/// Replaces the recovery code this process holds (the old one is dropped, and wiped).
+fn hold(slot: &Mutex<Option<RecoveryCode>>, code: Option<RecoveryCode>) {
+    *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = code;
 }
 
 async fn run(args: Args) -> Result<(), ClientError> {
@@ -114,10 +140,13 @@ async fn run(args: Args) -> Result<(), ClientError> {
         }
         other => other?,
     });
+    // The code this process registered, until the user says it is written down (`/recovery done`).
+    let recovery: Arc<Mutex<Option<RecoveryCode>>> = Arc::new(Mutex::new(None));
     if let Some(code) = client.take_recovery_code().await {
         say(&format!(
-            "your recovery code (write it down now, it is shown only once; it moves your name to a new device): {code}"
+            "your recovery code (write it down now; it moves your name to a new device; /recovery shows it again until /recovery done): {code}"
         ));
+        hold(&recovery, Some(code));
     }
     if let Some(k) = client.server_key().await {
         say(&format!(
@@ -129,6 +158,7 @@ async fn run(args: Args) -> Result<(), ClientError> {
     say("type /help for commands");
     let receiver = {
         let client = client.clone();
+        let recovery = recovery.clone();
         tokio::spawn(async move {
             loop {
                 // poll() resends the outbox first: messages left "sending" go out again here.
@@ -172,9 +202,18 @@ async fn run(args: Args) -> Result<(), ClientError> {
                                     "!! a message from {from} waits on the relay: {reason}"
                                 )),
                                 Event::Outbox(r) => say(&show(&r)),
-                                Event::RelayLostData => say(
-                                    "!! the relay had lost its data (it no longer knew us): registered again. Messages waiting for you there, and undelivered ones you sent, may have been lost.",
-                                ),
+                                Event::RelayLostData => {
+                                    say(
+                                        "!! the relay had lost its data (it no longer knew us): registered again. Messages waiting for you there, and undelivered ones you sent, may have been lost.",
+                                    );
+                                    // Registered again: a new account, so a new code (the old one is void).
+                                    if let Some(code) = client.take_recovery_code().await {
+                                        say(&format!(
+                                            "!! your NEW recovery code (the old one no longer works; write this one down; /recovery shows it again until /recovery done): {code}"
+                                        ));
+                                        hold(&recovery, Some(code));
+                                    }
+                                }
                             }
                         }
                     }
@@ -198,8 +237,20 @@ async fn run(args: Args) -> Result<(), ClientError> {
             (Some("/quit"), _) => break,
             (Some("/help"), _) => {
                 say(
-                    "/peers (contacts)  /search PREFIX  /open NAME  /fp [NAME]  /verify NAME  /accept NAME  /outbox  /retry ID  /abandon ID  /quit; other lines are sent",
+                    "/peers (contacts)  /search PREFIX  /open NAME  /fp [NAME]  /verify NAME  /accept NAME  /outbox  /retry ID  /abandon ID  /recovery [done]  /quit; other lines are sent",
                 );
+                Ok(())
+            }
+            (Some("/recovery"), Some("done")) => {
+                hold(&recovery, None);
+                say("the recovery code is forgotten here; /recovery can no longer show it");
+                Ok(())
+            }
+            (Some("/recovery"), _) => {
+                let held = recovery.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                for l in recovery_text(held.as_ref()).lines() {
+                    say(l);
+                }
                 Ok(())
             }
             (Some("/peers"), _) => client.contacts().await.map(|peers| {

@@ -237,3 +237,51 @@ fn the_terminal_shows_sending_sent_and_not_sent() {
     let _ = stop.send(());
     thread.join().unwrap().unwrap();
 }
+
+/// The recovery code: printed when the account is made, shown again by `/recovery` until
+/// `/recovery done`; when the relay lost its data and the client registered again, the new code
+/// is printed (it used to be dropped: the old code was void and the new one never shown), and it
+/// is the one that moves the name.
+#[test]
+fn the_terminal_shows_a_new_recovery_code_after_the_relay_lost_its_data() {
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("server_key");
+    let key = key_file.to_str().unwrap();
+    let first = tempfile::tempdir().unwrap();
+    let profiles = tempfile::tempdir().unwrap();
+    let (url, pin, stop, thread) = relay(first.path(), "127.0.0.1:0", &["--key-file", key]);
+    let addr = url.trim_start_matches("http://").to_owned();
+    let mut alice = Chat::start(&url, "alice", &pin, profiles.path());
+    let line = alice.expect("your recovery code");
+    let old = line.rsplit(' ').next().unwrap().to_owned();
+    alice.expect("connected as alice");
+    alice.type_line("/recovery");
+    alice.expect(&format!("your recovery code: {old}"));
+    alice.type_line("/recovery done");
+    alice.expect("forgotten");
+    alice.type_line("/recovery");
+    alice.expect("cannot be shown again");
+
+    // The relay comes back on an empty store (same key, same address): alice registers again.
+    let _ = stop.send(());
+    thread.join().unwrap().unwrap();
+    let second = tempfile::tempdir().unwrap();
+    let (_, _, stop, thread) = relay(second.path(), &addr, &["--key-file", key, "--start-fresh"]);
+    let line = alice.expect("your NEW recovery code");
+    let new = line.rsplit(' ').next().unwrap().to_owned();
+    assert_ne!(new, old);
+    alice.type_line("/recovery");
+    alice.expect(&format!("your recovery code: {new}"));
+
+    // The new code is the one that moves the name.
+    let elsewhere = profiles.path().join("alice-new-device.json");
+    let mut moved = Chat::start_with(&url, "alice", &pin, &elsewhere, &["--recover", &new]);
+    moved.expect("connected as alice");
+    moved.type_line("/quit");
+    assert!(moved.child.wait().unwrap().success());
+
+    alice.type_line("/quit");
+    let _ = alice.child.wait();
+    let _ = stop.send(());
+    thread.join().unwrap().unwrap();
+}

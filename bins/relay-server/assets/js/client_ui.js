@@ -9,9 +9,17 @@
 // "not sent: <reason>" with retry and discard.
 //
 // History: every conversation is kept in IndexedDB, sealed under the origin's non-extractable
-// AES-GCM key (mtproto.js, saveHistory), with the profile; the last user is signed in again by
-// itself on the next visit. Received messages are shown in the sender's order (their seq), and a
-// note "earlier messages missing" stays only while a number before them is still missing.
+// AES-GCM key (mtproto.js, saveHistory), with its unread count and the profile; the last user is
+// signed in again by itself on the next visit. Received messages are shown in the sender's order
+// (their seq), and a note "earlier messages missing" stays only while a number before them is
+// still missing.
+//
+// Signing out either keeps the profile in this browser (anyone here can open it again by typing
+// the name) or removes it (RelayClient.forget: profile, keys, history, nothing left to read);
+// after a removal only the recovery code gives the name back.
+//
+// Notices: errors in the red banner (role alert), what needs no action in a neutral one (role
+// status); both can be dismissed.
 import {
   RelayClient, RelayError, canonicalName, humanError, refusalText, MAX_PEERS_PAGE,
   loadHistory, saveHistory, lastUser, setLastUser, hasProfile, formatRecoveryCode, parseRecoveryCode,
@@ -36,8 +44,6 @@ const unread = new Map();
 const info = new Map(); // contact -> its directory entry from the last lookup (with `status`)
 const looked = new Set(); // the names that lookup asked for (a contact asked and absent is gone)
 const search = { prefix: '', next: null, results: [], asked: 0, timer: null };
-/** Peers the user chose to keep blocked: a new message under their new key does not ask again. */
-const keptBlocked = new Set();
 
 // ---- words for people ------------------------------------------------------------------------
 
@@ -58,8 +64,21 @@ function sayError(e, peer) {
   }
   return text.replace(/\s*\(?\b[a-z]+(_[a-z]+)+\b\)?:?/g, ' ').replace(/\s+/g, ' ').trim() || 'something went wrong. Try again.';
 }
-function showError(msg) { $('error').textContent = msg; $('error').classList.toggle('on', !!msg); }
+function showError(msg) { $('error').textContent = msg; $('error').classList.toggle('on', !!msg); $('error-bar').hidden = !msg; }
+/** A notice that asks nothing of the user (the link is down, the name moved here, a key reset). */
+function showInfo(msg) { $('info').textContent = msg; $('info-bar').hidden = !msg; }
+/** The info notice that stays until dismissed (a status change shows it again after OFFLINE_NOTE). */
 let standingNotice = '';
+/** After a banner is dismissed the focus goes where the user works. */
+function focusWork() {
+  if ($('main-view').classList.contains('on')) (current && !$('text').disabled ? $('text') : $('search')).focus();
+  else $('name').focus();
+}
+$('error-dismiss').addEventListener('click', () => { showError(''); focusWork(); });
+$('info-dismiss').addEventListener('click', () => {
+  if ($('info').textContent === standingNotice) standingNotice = '';
+  showInfo(''); focusWork();
+});
 function setStatus(text, offline) { $('status').textContent = text; $('status').classList.toggle('offline', !!offline); }
 
 let countdown = null;
@@ -107,16 +126,31 @@ function ago(secs) {
 
 const dirty = new Set();
 let saveTimer = null;
-function remember(peer) { dirty.add(peer); clearTimeout(saveTimer); saveTimer = setTimeout(flushHistory, 300); }
-/** Writes every changed conversation (sealed). Resolves when they are stored. */
-async function flushHistory() {
+/** Set once the profile is being removed: nothing may be written again. */
+let forgetting = false;
+function remember(peer) { if (forgetting) return; dirty.add(peer); clearTimeout(saveTimer); saveTimer = setTimeout(flushHistory, 300); }
+/** The history writes, one after another (a removal waits for the last). */
+let historyWrites = Promise.resolve();
+/** Writes every changed conversation (sealed), with its unread count. Resolves when they are stored. */
+function flushHistory() {
   clearTimeout(saveTimer);
-  const peers = [...dirty]; dirty.clear();
-  for (const peer of peers) {
-    const list = (convs.get(peer) || []).slice(-KEEP_MESSAGES).map(({ dir, text, at, seq, rid, state, reason, id, mailboxSeq, gap, delivery, epoch, warn, warnLevel }) =>
-      ({ dir, text, at, seq, rid, state, reason, id, mailboxSeq, gap, delivery, epoch, warn, warnLevel }));
-    try { await saveHistory(client.name, peer, list); } catch { dirty.add(peer); }
-  }
+  const run = historyWrites.then(async () => {
+    if (forgetting) return;
+    const peers = [...dirty]; dirty.clear();
+    for (const peer of peers) {
+      const list = (convs.get(peer) || []).slice(-KEEP_MESSAGES).map(({ dir, text, at, seq, rid, state, reason, id, mailboxSeq, gap, delivery, epoch, warn, warnLevel }) =>
+        ({ dir, text, at, seq, rid, state, reason, id, mailboxSeq, gap, delivery, epoch, warn, warnLevel }));
+      try { await saveHistory(client.name, peer, list, { unread: unread.get(peer) || 0 }); } catch { dirty.add(peer); }
+    }
+  });
+  historyWrites = run.catch(() => {});
+  return run;
+}
+/** `peer`'s conversation is seen: its unread count goes (and is stored so). */
+function markRead(peer) {
+  if (!unread.has(peer)) return;
+  unread.delete(peer);
+  remember(peer);
 }
 
 // ---- the people list -------------------------------------------------------------------------
@@ -143,6 +177,8 @@ function peerRow(cls, name, extra = []) {
 function badgeFor(name) {
   const p = info.get(name);
   if (client.blocked.has(name) || (p && p.status === 'changed')) { const w = document.createElement('span'); w.className = 'badge changed'; w.textContent = 'key changed'; return w; }
+  // Verified means: the safety number of this key and ours was compared. A key change on either
+  // side clears it (RelayClient.block, rotateIdentity).
   if (client.peers.get(name)?.verified) { const v = document.createElement('span'); v.className = 'badge verified'; v.textContent = '✓ verified'; v.title = 'You compared safety numbers'; return v; }
   return null;
 }
@@ -271,9 +307,26 @@ function renderMessages() {
     items.push(e);
   }
   ul.replaceChildren(...items);
-  if (atBottom || ul.dataset.peer !== current) ul.scrollTop = ul.scrollHeight;
+  if (atBottom || ul.dataset.peer !== current) { ul.scrollTop = ul.scrollHeight; newBelow = 0; }
   ul.dataset.peer = current || '';
+  renderNewBelow();
 }
+
+/** Messages that arrived in the open conversation while the user was scrolled up. */
+let newBelow = 0;
+const nearBottom = (ul = $('messages')) => ul.scrollHeight - ul.scrollTop - ul.clientHeight < 40;
+function renderNewBelow() {
+  const b = $('new-below');
+  b.hidden = !newBelow;
+  b.textContent = newBelow === 1 ? '1 new message ↓' : `${newBelow} new messages ↓`;
+}
+$('messages').addEventListener('scroll', () => { if (newBelow && nearBottom()) { newBelow = 0; renderNewBelow(); } });
+$('new-below').addEventListener('click', () => {
+  const ul = $('messages');
+  ul.scrollTop = ul.scrollHeight;
+  newBelow = 0; renderNewBelow();
+  (!$('text').disabled ? $('text') : ul).focus();
+});
 
 function renderHead() {
   const p = info.get(current);
@@ -316,6 +369,8 @@ function push(peer, m) {
   } else list.push(m);
   if (list.length > KEEP_MESSAGES + 100) list.splice(0, list.length - KEEP_MESSAGES);
   if (m.dir === 'in' && (peer !== current || document.hidden)) unread.set(peer, (unread.get(peer) || 0) + 1);
+  // Arrived below what the user is reading: said by "new messages ↓" instead of a jump.
+  if (m.dir === 'in' && peer === current && !nearBottom()) newBelow += 1;
   remember(peer);
   rerender(peer);
 }
@@ -379,9 +434,9 @@ async function discardMessage(m) {
 async function sendText(peer, text) {
   try {
     const r = await client.send(peer, text);
-    if (r && r.state === 'stored') { standingNotice = ''; showError(''); }
+    if (r && r.state === 'stored' && $('info').textContent === OFFLINE_NOTE) showInfo(standingNotice);
   } catch (e) {
-    if (e.keyChanged) { rerender(peer); await warnKeyChange(peer); $('text').value = $('text').value || text; return; }
+    if (e.keyChanged) { rerender(peer); await warnKeyChange(peer); $('text').value = $('text').value || text; fitComposer(); return; }
     push(peer, { dir: 'out', text, state: 'not sent', reason: sayError(e, peer) });
   }
 }
@@ -408,15 +463,18 @@ function refreshContacts() {
 
 async function openConversation(name) {
   const peer = canonicalName(name);
-  current = peer; unread.delete(peer);
+  current = peer; markRead(peer);
+  newBelow = 0;
   $('conv-title').textContent = peer;
   $('main-view').classList.add('conv-open');
   const added = await client.addContact(peer);
   if (search.prefix) clearSearch();
   renderPeers(); renderMessages(); renderHead();
-  $('text').focus();
+  // The composer, or while the conversation is blocked the bar's Review button.
+  (client.blocked.has(peer) ? $('blocked-review') : $('text')).focus();
   if (added || !info.has(peer)) await refreshContacts();
-  if (client.blocked.has(peer)) await warnKeyChange(peer);
+  // Asked once per new key: after "Keep blocked" the bar and its Review button say it.
+  if (client.blocked.has(peer) && !keptBlocked(peer)) await warnKeyChange(peer);
 }
 
 function backToList() {
@@ -428,19 +486,40 @@ function backToList() {
   (row || $('search')).focus();
 }
 
+/**
+ * Whether the user chose "Keep blocked" for `peer`'s key as the directory has it now (a newer key
+ * asks again). Before the first lookup of this page, the key kept is taken as current.
+ */
+function keptBlocked(peer) {
+  const key = info.get(peer)?.identity_key;
+  return client.isKeptBlocked(peer, key || null);
+}
+
+/** The key the warning shows (base64), for "Keep blocked" to remember. */
+let warnedKey = null;
 async function warnKeyChange(peer) {
   const d = $('keychange-dialog');
   if (d.open && $('keychange-peer').textContent === peer) return;
   $('keychange-peer').textContent = peer;
   $('keychange-fp').textContent = '…';
+  warnedKey = null;
   if (!d.open) d.showModal();
   $('keychange-cancel').focus();
-  try { $('keychange-fp').textContent = await client.pendingFingerprint(peer); } catch (e) { $('keychange-fp').textContent = `(cannot compute it now: ${sayError(e, peer)})`; }
+  try {
+    const { key, fingerprint } = await client.pendingKey(peer);
+    if ($('keychange-peer').textContent !== peer) return;
+    warnedKey = key; $('keychange-fp').textContent = fingerprint;
+  } catch (e) { $('keychange-fp').textContent = `(cannot compute it now: ${sayError(e, peer)})`; }
+}
+/** "Keep blocked" (or Escape): not asked again about this key; the bar offers Review. */
+async function keepBlocked() {
+  const peer = $('keychange-peer').textContent;
+  const key = warnedKey || info.get(peer)?.identity_key;
+  if (key) await client.keepBlocked(peer, key);
 }
 
 async function acceptKey(verified) {
   const peer = $('keychange-peer').textContent;
-  keptBlocked.delete(peer);
   $('keychange-dialog').close();
   try {
     await client.acceptPeerKey(peer);
@@ -452,8 +531,8 @@ async function acceptKey(verified) {
 }
 $('keychange-accept').addEventListener('click', () => acceptKey(false));
 $('keychange-verify').addEventListener('click', () => acceptKey(true));
-$('keychange-cancel').addEventListener('click', () => { keptBlocked.add($('keychange-peer').textContent); $('keychange-dialog').close(); });
-$('keychange-dialog').addEventListener('cancel', () => keptBlocked.add($('keychange-peer').textContent)); // Escape
+$('keychange-cancel').addEventListener('click', () => { keepBlocked(); $('keychange-dialog').close(); });
+$('keychange-dialog').addEventListener('cancel', () => { keepBlocked(); }); // Escape
 $('keychange-dialog').addEventListener('close', () => { rerender(current); if (current) $('blocked-review').focus(); });
 $('blocked-review').addEventListener('click', () => warnKeyChange(current));
 
@@ -477,13 +556,38 @@ $('verify-dialog').addEventListener('close', () => $('text').focus());
 $('composer').addEventListener('submit', (ev) => {
   ev.preventDefault();
   const text = $('text').value.trim();
+  // After a tap on Send the focus goes back to the message box, for the next one.
+  if (!$('text').disabled) $('text').focus();
   if (!text || !current) return;
   $('text').value = '';
+  fitComposer();
+  // What the user sends is shown: the list goes to the end.
+  $('messages').scrollTop = $('messages').scrollHeight;
   sendText(current, text);
 });
+// Enter sends; Shift+Enter starts a new line (and Enter that ends an IME composition does neither).
+$('text').addEventListener('keydown', (ev) => {
+  if (ev.key !== 'Enter' || ev.shiftKey || ev.isComposing || ev.keyCode === 229) return;
+  ev.preventDefault();
+  $('composer').requestSubmit();
+});
+/** The message box grows with its lines, up to its max-height (then it scrolls). */
+function fitComposer() {
+  const t = $('text');
+  t.style.height = '';
+  if (t.scrollHeight > t.clientHeight) t.style.height = `${t.scrollHeight + 2}px`;
+}
+$('text').addEventListener('input', fitComposer);
 
 $('search').addEventListener('input', () => { clearTimeout(search.timer); search.timer = setTimeout(() => runSearch(false), 250); });
-$('search-form').addEventListener('submit', (ev) => { ev.preventDefault(); clearTimeout(search.timer); runSearch(false).then(() => { const first = document.querySelector('#search-results .result'); if (first) first.focus(); }); });
+// Enter in the search box opens the first match.
+$('search-form').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  clearTimeout(search.timer);
+  await runSearch(false);
+  const first = document.querySelector('#search-results .result');
+  if (first) await openConversation(first.dataset.peer);
+});
 $('search-more').addEventListener('click', () => runSearch(true));
 $('back').addEventListener('click', backToList);
 
@@ -493,18 +597,59 @@ $('rotate-ok').addEventListener('click', async () => {
   $('rotate-dialog').close();
   try {
     await client.rotateIdentity();
-    $('own-fp').textContent = `key ${await client.ownFingerprint()}`;
-    $('me').textContent = `You are ${client.name} · key ${await client.ownFingerprint()}`;
+    const fp = await client.ownFingerprint();
+    $('own-fp').textContent = `key ${fp}`;
+    $('me').textContent = `You are ${client.name} · key ${fp}`;
     showError('');
+    showInfo(standingNotice = `Your key was reset: your new key is ${fp}. Your contacts are asked to accept it before you can talk again, and your safety numbers changed: compare them again with the people you had verified.`);
+    renderPeers(); renderHead();
   } catch (e) { showError(`could not reset your key: ${sayError(e)}`); }
 });
 $('rotate-dialog').addEventListener('close', () => $('rotate').focus());
-$('signout').addEventListener('click', async () => {
+$('signout').addEventListener('click', () => {
+  $('signout-name').textContent = client.name;
+  const waiting = client.waiting().length;
+  $('signout-outbox').hidden = !waiting;
+  $('signout-outbox').textContent = waiting ? `${waiting === 1 ? '1 message has' : `${waiting} messages have`} not been sent yet: removing the profile discards ${waiting === 1 ? 'it' : 'them'}.` : '';
+  $('signout-dialog').showModal();
+});
+$('signout-cancel').addEventListener('click', () => $('signout-dialog').close());
+$('signout-dialog').addEventListener('close', () => { if (!forgetting && !leaving) $('signout').focus(); });
+let leaving = false;
+// Sign out, keep the profile: this browser forgets who signed in last; typing the name opens it again.
+$('signout-keep').addEventListener('click', async () => {
+  leaving = true;
+  $('signout-dialog').close();
   await flushHistory();
   await setLastUser(null);
   client.stop();
-  location.reload();
+  reloadSaying('kept');
 });
+// Sign out and remove: nothing of the profile stays in this browser (RelayClient.forget).
+$('signout-remove').addEventListener('click', async () => {
+  forgetting = true;
+  $('signout-dialog').close();
+  clearTimeout(saveTimer); clearInterval(refreshTimer); dirty.clear();
+  setStatus('removing your profile…', true);
+  try {
+    await historyWrites;
+    await client.forget();
+  } catch (e) {
+    showError(`could not remove everything from this browser: ${sayError(e)}. Reload the page and try again.`);
+    return;
+  }
+  letGo();
+  reloadSaying('removed');
+});
+/** Starts the page again, empty; the fragment (not storage) says what just happened. */
+function reloadSaying(what) {
+  location.replace(`${location.pathname}${location.search}#signed-out-${what}`);
+  location.reload();
+}
+const SIGNED_OUT = {
+  kept: 'You signed out. Your profile stays in this browser: type your name to open it again.',
+  removed: 'You signed out, and your profile was removed from this browser.',
+};
 
 // ---- signing in --------------------------------------------------------------------------------
 
@@ -618,7 +763,11 @@ $('name').addEventListener('input', () => { if (!nameMovedAway) $('recovery').hi
 
 // ---- the recovery code, shown once ------------------------------------------------------------
 
-/** Shows a new account's recovery code until the user says it is written down; then forgets it. */
+/**
+ * Shows a new account's recovery code until the user says it is written down; then forgets it.
+ * Until then it is also kept sealed in this browser (RelayClient.keepRecoveryCode): a reload or a
+ * crash shows it again.
+ */
 function showRecoveryCode(code) {
   const d = $('code-dialog');
   $('code-shown').textContent = formatRecoveryCode(code);
@@ -636,10 +785,12 @@ $('code-copy').addEventListener('click', async () => {
     $('code-note').textContent = 'This browser did not let the page copy: select the code and copy it yourself, or write it down.';
   }
 });
-$('code-done').addEventListener('click', () => {
+$('code-done').addEventListener('click', async () => {
   if (!$('code-saved').checked) return;
   $('code-shown').textContent = '';
   $('code-dialog').close();
+  // Written down: the sealed copy kept for a reload goes.
+  try { await client.confirmRecoveryCode(); } catch { /* it is shown again after a reload */ }
 });
 // Escape does not lose the code silently: the dialog stays and says why.
 $('code-dialog').addEventListener('cancel', (ev) => {
@@ -667,13 +818,14 @@ async function nameMoved(name) {
   $('name').readOnly = true; $('connect').hidden = true; $('recover').disabled = false;
   $('handshake-log').textContent = ''; $('own-fp').textContent = '';
   setStatus('signed out', true);
-  showError('');
+  showError(''); showInfo('');
   offerRecovery(name, `Your name “${name}” moved to another device: someone signed in with its recovery code. This browser can no longer send or receive as ${name}. If that was not you, enter your recovery code to take your name back here. Otherwise, choose another name.`);
 }
 
 let refreshTimer = null;
 async function start(notice = '') {
-  showError(standingNotice = notice);
+  showError('');
+  showInfo(standingNotice = notice);
   connected = !client.needPublish;
   setStatus(connected ? `connected as ${client.name}` : 'reconnecting…', !connected);
   const fp = await client.ownFingerprint();
@@ -686,7 +838,8 @@ async function start(notice = '') {
   const code = client.takeRecoveryCode();
   if (code) showRecoveryCode(code);
   // The history first, then what waited in the outbox (from before a reload) on top of it.
-  for (const [peer, list] of await loadHistory(client.name)) {
+  for (const [peer, { items: list, unread: n }] of await loadHistory(client.name)) {
+    if (n) unread.set(peer, n);
     const pending = new Set(client.outbox.map((e) => e.id));
     for (const m of list) {
       if (m.dir === 'out' && m.id !== undefined) {
@@ -699,7 +852,7 @@ async function start(notice = '') {
   }
   client.addEventListener('outbox', ({ detail: r }) => showOutbox(r));
   for (const r of client.waiting()) showOutbox(r);
-  if (!connected) showError(OFFLINE_NOTE);
+  if (!connected) showInfo(OFFLINE_NOTE);
   client.beforeReceipts = flushHistory;
   client.addEventListener('message', ({ detail: d }) => {
     const m = { dir: 'in', text: d.text, seq: d.seq, rid: d.rid, at: d.at || Date.now(), delivery: d.delivery };
@@ -733,21 +886,21 @@ async function start(notice = '') {
   });
   client.addEventListener('key_changed', async ({ detail: d }) => {
     await refreshContacts(); rerender(d.peer);
-    // Asked once; after "Keep blocked" the badge and the bar say it, until the user reviews it.
-    if (!keptBlocked.has(d.peer)) await warnKeyChange(d.peer);
+    // Asked once per key; after "Keep blocked" the badge and the bar say it, until the user reviews it.
+    if (!keptBlocked(d.peer)) await warnKeyChange(d.peer);
   });
   client.addEventListener('rejected', ({ detail: d }) => system(d.from, `A message claiming to be from ${d.from} could not be opened and was dropped.`, true));
   client.addEventListener('expired', ({ detail: d }) => system(d.to, `A message you sent to ${d.to} expired before they came online, and was not delivered.`, true));
-  client.addEventListener('relay_lost_data', () => showError(standingNotice = 'The relay had lost its data and no longer knew you, so you are registered again. Messages that were waiting for you there, and messages you sent that were not yet delivered, may have been lost.'));
+  client.addEventListener('relay_lost_data', () => showInfo(standingNotice = 'The relay had lost its data and no longer knew you, so you are registered again. Messages that were waiting for you there, and messages you sent that were not yet delivered, may have been lost.'));
   client.addEventListener('busy', ({ detail: d }) => showBusy($('status'), d.seconds, `connected as ${client.name}`));
   client.addEventListener('status', ({ detail: d }) => {
     if (nameMovedAway) return;
     clearInterval(countdown);
     connected = d.state !== 'offline';
-    if (!connected) { setStatus('reconnecting…', true); showError(`${OFFLINE_NOTE}`); } else { setStatus(`connected as ${client.name}`); showError(standingNotice); refreshContacts(); }
+    if (!connected) { setStatus('reconnecting…', true); showInfo(OFFLINE_NOTE); } else { setStatus(`connected as ${client.name}`); showError(''); showInfo(standingNotice); refreshContacts(); }
     renderPeers(); renderHead();
   });
-  document.addEventListener('visibilitychange', () => { if (!document.hidden && current) { unread.delete(current); renderPeers(); } });
+  document.addEventListener('visibilitychange', () => { if (!document.hidden && current) { markRead(current); renderPeers(); } });
   addEventListener('pagehide', () => { flushHistory(); });
   client.addEventListener('name_moved', ({ detail: d }) => nameMoved(d.name));
   client.addEventListener('recovery_code', () => { const code = client.takeRecoveryCode(); if (code) showRecoveryCode(code); });
@@ -772,6 +925,8 @@ $('connect-view').addEventListener('submit', (ev) => {
   let name = null;
   try { name = await lastUser(); if (name && !(await hasProfile(name))) name = null; } catch { name = null; }
   if (name) { setStatus(`signing in as ${name}…`); await signIn(name); return; }
+  const out = /^#signed-out-(kept|removed)$/.exec(location.hash);
+  if (out) { showInfo(SIGNED_OUT[out[1]]); history.replaceState(null, '', `${location.pathname}${location.search}`); }
   $('connect-view').hidden = false;
   $('name').focus();
 })();

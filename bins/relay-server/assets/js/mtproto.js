@@ -791,19 +791,78 @@ export async function lastUser() {
 }
 export async function setLastUser(name) { await idbPut('vault', 'last', name ? await sealRecord({ name }, 'last-user') : undefined); }
 
-/** The history of `name`'s conversations: Map peer -> array of what the page keeps of each message. */
+/**
+ * The history of `name`'s conversations: Map peer -> {items, unread}: what the page keeps of each
+ * message, and how many of them the user has not seen. (Records of earlier releases are the
+ * bare array of items: read with unread 0.)
+ */
 export async function loadHistory(name) {
   const out = new Map();
   const prefix = `${name}\u0000`;
   for (const k of await idbKeys('history')) {
     if (typeof k !== 'string' || !k.startsWith(prefix)) continue;
-    try { out.set(k.slice(prefix.length), await openRecord(await idbGet('history', k), `history/${k}`)); } catch { /* unreadable: skipped */ }
+    try {
+      const rec = await openRecord(await idbGet('history', k), `history/${k}`);
+      out.set(k.slice(prefix.length), Array.isArray(rec) ? { items: rec, unread: 0 } : { items: rec.items || [], unread: Number(rec.unread) || 0 });
+    } catch { /* unreadable: skipped */ }
   }
   return out;
 }
-export async function saveHistory(name, peer, items) {
+export async function saveHistory(name, peer, items, { unread = 0 } = {}) {
   const k = `${name}\u0000${peer}`;
-  await idbPut('history', k, await sealRecord(items, `history/${k}`));
+  await idbPut('history', k, await sealRecord({ items, unread }, `history/${k}`));
+}
+
+/**
+ * A new account's recovery code (16 bytes) waiting for the user to say it is written down: kept
+ * sealed in the vault (`recovery/<name>`) so that a reload or a crash while it is on screen does
+ * not lose it; deleted once confirmed (clearPendingRecoveryCode). docs/security.md.
+ */
+export async function savePendingRecoveryCode(name, code) {
+  await idbPut('vault', `recovery/${name}`, await sealRecord({ code }, `recovery/${name}`));
+}
+/** The code savePendingRecoveryCode kept for `name`, or null. */
+export async function loadPendingRecoveryCode(name) {
+  const rec = await idbGet('vault', `recovery/${name}`);
+  if (!rec) return null;
+  try { return (await openRecord(rec, `recovery/${name}`)).code; } catch { return null; }
+}
+export async function clearPendingRecoveryCode(name) { await idbPut('vault', `recovery/${name}`, undefined); }
+
+/**
+ * Removes everything this browser keeps of `name` (sign out, "remove from this browser"): its
+ * profile (identity private key, session and auth key, conversation keys, contacts, outbox),
+ * every conversation's history, a pending recovery code, and the last-user record when it names
+ * `name`. When no other profile is left (and no other tab is signing one in), every store is
+ * emptied, the origin's storage key with it, so that a copy of a deleted record left behind by
+ * the browser's storage engine can never be opened. The caller stops every writer first
+ * (RelayClient.forget does).
+ */
+export async function deleteProfile(name) {
+  const db = await idb();
+  const last = await lastUser();
+  const history = (await idbKeys('history')).filter((k) => typeof k === 'string' && k.startsWith(`${name}\u0000`));
+  await new Promise((resolve, reject) => {
+    const tx = db.transaction(STORES, 'readwrite');
+    tx.objectStore('profiles').delete(name);
+    for (const k of history) tx.objectStore('history').delete(k);
+    tx.objectStore('vault').delete(`recovery/${name}`);
+    if (last === name || last === null) tx.objectStore('vault').delete('last');
+    tx.oncomplete = () => resolve();
+    tx.onerror = () => reject(tx.error);
+  });
+  // Another tab signing another name in holds its profile's Web Lock (client_ui's holdProfile)
+  // and may not have stored its profile yet: the key stays for it.
+  const others = navigator.locks ? (await navigator.locks.query()).held.filter((l) => l.name.startsWith('mtproto-relay/profile/') && l.name !== `mtproto-relay/profile/${name}`) : [];
+  if ((await idbKeys('profiles')).length === 0 && others.length === 0) {
+    await new Promise((resolve, reject) => {
+      const tx = db.transaction(STORES, 'readwrite');
+      for (const s of STORES) tx.objectStore(s).clear();
+      tx.oncomplete = () => resolve();
+      tx.onerror = () => reject(tx.error);
+    });
+    vaultKey = null;
+  }
 }
 
 // ---- The client: what both pages use ---------------------------------------------------------------
@@ -871,6 +930,9 @@ export class RelayClient extends EventTarget {
     this.sealing = Promise.resolve();
     // Peers whose key changed and was neither accepted nor verified: nothing goes to them.
     this.blocked = new Set();
+    // Blocked peers the user chose to keep blocked, with the key they were shown (base64): the
+    // page does not ask again about that key, only about a newer one.
+    this.keptBlocked = new Map();
     // Saves run one at a time, each writing the state as it is when it starts.
     this.saveChain = Promise.resolve(); this.saveWanted = false;
     // Awaited before receipts go out: the page keeps what it was given (its history) first.
@@ -887,7 +949,8 @@ export class RelayClient extends EventTarget {
       const chats = {}; for (const [k, c] of this.chats) chats[k] = c.toJSON();
       // Serialized now (synchronously): what changes during the encryption waits for the next save.
       const json = packJson({ session: this.session.toJSON(), chats, peers: Object.fromEntries(this.peers), contacts: [...this.contacts],
-        outbox: this.outbox, nextOutboxId: this.nextOutboxId, blocked: [...this.blocked], identityPub: this.identity.pub });
+        outbox: this.outbox, nextOutboxId: this.nextOutboxId, blocked: [...this.blocked], keptBlocked: Object.fromEntries(this.keptBlocked),
+        identityPub: this.identity.pub });
       await saveProfileJson(this.name, this.identity, json);
     });
     this.saveChain = run.catch(() => {});
@@ -898,7 +961,9 @@ export class RelayClient extends EventTarget {
    * code: `takeRecoveryCode()` gives it once). With `recoveryCode` (the 16 bytes of
    * parseRecoveryCode) the handshake proves it and takes the name over from a lost device
    * (docs/protocol.md §1 "Recovery"); a saved profile of that name keeps its identity and
-   * conversations. The code is used by this handshake only, and never stored.
+   * conversations. The typed code is used by this handshake only, and never stored. A code this
+   * client registered is kept sealed until confirmRecoveryCode() (a reload before that gives it
+   * again through takeRecoveryCode()).
    */
   static async connect({ base = '', name, pin, persist = true, trace = () => {}, recoveryCode = null }) {
     const c = new RelayClient(base, canonicalName(name), pin, persist);
@@ -913,13 +978,17 @@ export class RelayClient extends EventTarget {
       c.outbox = saved.outbox || [];
       c.nextOutboxId = Math.max(saved.nextOutboxId || 1, ...c.outbox.map((e) => e.id + 1));
       for (const k of saved.blocked || []) c.blocked.add(k);
+      for (const [k, key] of Object.entries(saved.keptBlocked || {})) c.keptBlocked.set(k, key);
+      // A code registered before a reload (or a crash) and not yet confirmed written down.
+      if (!recoveryCode) c.recoveryCode = await loadPendingRecoveryCode(c.name);
       if (c.session) trace('resumed', { auth_key_id: hex((await sha1(c.session.authKey)).slice(12, 20)) });
     } else {
       c.identity = await generateIdentity();
     }
     if (!c.session) {
       c.session = await handshake(base, c.name, pin, trace, { proveWith: recoveryCode });
-      c.recoveryCode = c.session.recoveryCode; c.session.recoveryCode = null;
+      if (c.session.recoveryCode) await c.keepRecoveryCode(c.session.recoveryCode);
+      c.session.recoveryCode = null;
     }
     try { await c.call('/publish_key', { method: 'publish_key', identity_key: b64(c.identity.pub) }); } catch (e) {
       // A saved profile opens while the relay is away: its outbox is shown and waits; the key
@@ -976,7 +1045,8 @@ export class RelayClient extends EventTarget {
       throw e;
     }
     this.session = this.attach(session);
-    this.recoveryCode = session.recoveryCode; session.recoveryCode = null;
+    if (session.recoveryCode) await this.keepRecoveryCode(session.recoveryCode);
+    session.recoveryCode = null;
     await this.save();
     // The relay no longer knew our key: it lost its data (or was restored from an old backup).
     this.emit('relay_lost_data', {});
@@ -986,8 +1056,37 @@ export class RelayClient extends EventTarget {
       await this.session.call('/publish_key', { method: 'publish_key', identity_key: b64(this.identity.pub) }, (w) => this.emit('wire', w));
     }
   }
-  /** The recovery code (16 bytes) the last handshake registered, once: the page shows it and forgets it. */
+  /**
+   * Holds a code the relay just registered for us, and keeps it sealed (when persisting) until
+   * the user confirms it is written down: a new one replaces one not yet confirmed (which no
+   * longer works).
+   */
+  async keepRecoveryCode(code) {
+    this.recoveryCode = code;
+    if (this.persist) await savePendingRecoveryCode(this.name, code);
+  }
+  /**
+   * The recovery code (16 bytes) registered and not yet confirmed, once per page: the page shows
+   * it. The sealed copy stays until confirmRecoveryCode().
+   */
   takeRecoveryCode() { const code = this.recoveryCode || null; this.recoveryCode = null; return code; }
+  /** The user wrote the code down: the sealed copy is deleted (it cannot be shown again). */
+  async confirmRecoveryCode() {
+    this.recoveryCode = null;
+    if (this.persist) await clearPendingRecoveryCode(this.name);
+  }
+  /**
+   * Signs out for good on this browser: stops, lets the saves under way finish, then deletes
+   * the profile, its history and any pending recovery code (deleteProfile). The relay keeps the
+   * name: only the recovery code moves it to a new key.
+   */
+  async forget() {
+    this.stop();
+    const persisted = this.persist;
+    this.persist = false;
+    await this.saveChain;
+    if (persisted) await deleteProfile(this.name);
+  }
   async ownFingerprint() { return identityShortFingerprint(this.identity.pub); }
   /** A directory entry with `status`: no_key, new, known or changed (against the accepted key). */
   annotate(p) {
@@ -1011,18 +1110,36 @@ export class RelayClient extends EventTarget {
     for (const p of out) if (p.status === 'changed') await this.block(p.client_id);
     return out;
   }
-  /** Blocks `peer` (its key changed); emits 'key_changed' when it was not blocked yet. */
+  /**
+   * Blocks `peer` (its key changed); emits 'key_changed' when it was not blocked yet. A
+   * verification was of the old key: it no longer holds.
+   */
   async block(peer) {
     if (this.blocked.has(peer)) return;
     this.blocked.add(peer);
+    const known = this.peers.get(peer);
+    if (known) known.verified = false;
     await this.save();
     this.emit('key_changed', { peer });
   }
   /** The safety number `peer`'s current key in the directory would give (to compare before accepting it). */
-  async pendingFingerprint(name) {
+  async pendingFingerprint(name) { return (await this.pendingKey(name)).fingerprint; }
+  /** `peer`'s current key in the directory: {key (base64), fingerprint (its safety number with us)}. */
+  async pendingKey(name) {
     const p = await this.lookupPeer(canonicalName(name));
     if (!p || !p.identity_key) throw new Error(`${name} has no identity key`);
-    return safetyNumber(await chatKey(this.identity, fromB64(p.identity_key)));
+    const key = fromB64(p.identity_key);
+    return { key: b64(key), fingerprint: await safetyNumber(await chatKey(this.identity, key)) };
+  }
+  /** The user keeps `peer` blocked after seeing its new key `key` (base64): kept with the profile. */
+  async keepBlocked(name, key) {
+    this.keptBlocked.set(canonicalName(name), b64(fromB64(key)));
+    await this.save();
+  }
+  /** Whether the user chose to keep `peer` blocked when shown `key` (base64; null: any key). */
+  isKeptBlocked(name, key = null) {
+    const kept = this.keptBlocked.get(canonicalName(name));
+    return !!kept && (key === null || kept === b64(fromB64(key)));
   }
   /** One directory entry, or null. */
   async lookupPeer(name) { return (await this.lookupPeers([name]))[0] || null; }
@@ -1079,6 +1196,7 @@ export class RelayClient extends EventTarget {
     this.peers.set(peer, { key: p.identity_key, version: p.key_version, verified: false });
     this.chats.set(peer, await Chat.create(this.identity, fromB64(p.identity_key)));
     this.blocked.delete(peer);
+    this.keptBlocked.delete(peer);
     this.held.clear();
     await this.save();
   }
@@ -1089,9 +1207,14 @@ export class RelayClient extends EventTarget {
     k.verified = verified;
     await this.save();
   }
+  /**
+   * A new identity key, published. Every safety number changes with it: verifications no longer
+   * hold (each contact's `verified` is cleared).
+   */
   async rotateIdentity() {
     this.identity = await generateIdentity();
     this.chats.clear();
+    for (const k of this.peers.values()) k.verified = false;
     await this.call('/publish_key', { method: 'publish_key', identity_key: b64(this.identity.pub) });
     await this.save();
   }
