@@ -42,8 +42,8 @@ cargo package --no-verify --allow-dirty --workspace --exclude relay-test-support
   --exclude relay-chat --exclude relay-load --exclude mtproto-relay
 echo "== cargo test"
 cargo test --workspace
-echo "== examples/two_peers"
-cargo run -q --example two_peers
+echo "== crates/relay-client/examples/two_peers"
+cargo run -q -p relay-client --example two_peers
 echo "== browser tests (Debian Chromium, playwright-core)"
 cargo build -q -p relay-server -p relay-chat
 (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error && npm test)

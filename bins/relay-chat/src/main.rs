@@ -143,6 +143,9 @@ async fn run(args: Args) -> Result<(), ClientError> {
     // The code this process registered, until the user says it is written down (`/recovery done`).
     let recovery: Arc<Mutex<Option<RecoveryCode>>> = Arc::new(Mutex::new(None));
     if let Some(code) = client.take_recovery_code().await {
+        if args.recover.is_some() {
+            say("your name is on this device now; the recovery code you used no longer works.");
+        }
         say(&format!(
             "your recovery code (write it down now; it moves your name to a new device; /recovery shows it again until /recovery done): {code}"
         ));

@@ -147,9 +147,21 @@ fn two_people_chat_in_the_terminal() {
         "refused: the name is taken"
     );
     let mut back = Chat::start_with(&url, "alice", &pin, &elsewhere, &["--recover", &code]);
+    back.expect("the recovery code you used no longer works");
+    let line = back.expect("your recovery code");
+    let new_code = line.rsplit(' ').next().unwrap().trim().to_owned();
+    assert_ne!(new_code, code, "a recovery registers a new code");
     back.expect("connected as alice");
     back.type_line("/quit");
     assert!(back.child.wait().unwrap().success());
+    // The used code is refused now; the new one moves the name again.
+    let third_device = dir.path().join("alice-third-device.json");
+    let mut stale = Chat::start_with(&url, "alice", &pin, &third_device, &["--recover", &code]);
+    assert!(!stale.child.wait().unwrap().success(), "the used code is refused");
+    let mut third = Chat::start_with(&url, "alice", &pin, &third_device, &["--recover", &new_code]);
+    third.expect("connected as alice");
+    third.type_line("/quit");
+    assert!(third.child.wait().unwrap().success());
 
     for c in [&mut alice, &mut bob] {
         c.type_line("/quit");

@@ -44,7 +44,7 @@ mod replay;
 mod salt;
 mod secret;
 pub mod session;
-mod state;
+mod session_codec;
 mod time;
 pub mod wire;
 pub mod work;

@@ -117,7 +117,9 @@ impl Client {
         // A new account registers a fresh recovery code; a recovery proves the old one (the
         // relay keeps it).
         let recover = st.recover_with.take();
-        let fresh = recover.is_none().then(|| RecoveryCode::generate(&mut OsRng));
+        // A new code every time one is registered — a recovery too: the code used to recover
+        // (typed on a new device, perhaps seen by someone) stops working, the new one is shown.
+        let fresh = Some(RecoveryCode::generate(&mut OsRng));
         c.prove_recovery(
             &mut req,
             fresh.as_ref().map(RecoveryCode::public),

@@ -222,9 +222,10 @@ impl Client {
         Ok(client)
     }
 
-    /// The recovery code this client registered with the relay when it created its account
-    /// (or created it again after the relay lost its data), once: show it to the user to write
-    /// down — it is not kept anywhere. `None` when there is none to show.
+    /// The recovery code this client registered with the relay when it created its account,
+    /// recovered it (the code used for the recovery stops working: a new one replaces it), or
+    /// created it again after the relay lost its data — once: show it to the user to write
+    /// down; it is not kept anywhere. `None` when there is none to show.
     pub async fn take_recovery_code(&self) -> Option<RecoveryCode> {
         self.state.lock().await.recovery_code.take()
     }

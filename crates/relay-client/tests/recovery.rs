@@ -67,10 +67,11 @@ async fn a_lost_device_is_replaced_with_the_recovery_code_and_peers_see_a_key_ch
     // The code as the user typed it back.
     let typed = RecoveryCode::parse(&code.to_string().to_uppercase()).unwrap();
     let new = Client::connect(cfg().with_recovery_code(typed)).await.unwrap();
-    assert!(
-        new.take_recovery_code().await.is_none(),
-        "the old code stays valid"
-    );
+    let second = new
+        .take_recovery_code()
+        .await
+        .expect("a recovery registers a new code, shown once");
+    assert_ne!(second.to_string(), code.to_string());
 
     bob.send("alice", b"after the recovery").await.unwrap();
     let got_by_thief = thief_poll.1.await.unwrap();
@@ -106,11 +107,19 @@ async fn a_lost_device_is_replaced_with_the_recovery_code_and_peers_see_a_key_ch
     }
     assert_eq!(got, vec![b"welcome back".to_vec()]);
 
-    // The code works again from yet another device.
-    let again = Client::connect(cfg().with_recovery_code(code)).await.unwrap();
+    // The code used for the recovery no longer works; the new one does, from yet another device.
+    assert_eq!(
+        refused_with(Client::connect(cfg().with_recovery_code(code)).await),
+        (403, ErrorCode::RecoveryRefused)
+    );
+    let again = Client::connect(cfg().with_recovery_code(second)).await.unwrap();
     assert!(
         new.poll(Duration::from_millis(100)).await.is_err(),
         "the previous device is out"
+    );
+    assert!(
+        again.take_recovery_code().await.is_some(),
+        "and a third code replaces it"
     );
     drop(again);
     server.stop().await;

@@ -24,16 +24,16 @@ pub struct RelayConfig {
     pub accounts: AccountExpiry,
     /// The proof of work asked of new handshakes.
     pub work: WorkPolicy,
-    /// Per-source limits on unauthenticated work ([`Relay::sources`]; the HTTP layer applies
+    /// Per-source limits on unauthenticated work ([`Relay::sources`](crate::Relay::sources); the HTTP layer applies
     /// them).
     pub sources: SourceLimitsConfig,
-    /// Authenticated requests per account ([`KeyLimits`]: a request is one token, plus one per
+    /// Authenticated requests per account ([`KeyLimits`](crate::limits::KeyLimits): a request is one token, plus one per
     /// 16 acknowledgements).
     pub account_rate: Rate,
     /// Most acknowledgements in one poll (a poll answer holds at most `poll_limit` entries).
     pub max_acks: usize,
-    /// How often the node runs [`Relay::purge`] (and, every tenth time,
-    /// [`Relay::purge_accounts`]).
+    /// How often the node runs [`Relay::purge`](crate::Relay::purge) (and, every tenth time,
+    /// [`Relay::purge_accounts`](crate::Relay::purge_accounts)).
     pub purge_interval: Duration,
     /// How long an unacknowledged message is kept, seconds.
     pub message_ttl_secs: u64,

@@ -1,6 +1,6 @@
 //! Two peers talking through the relay.
 //!
-//! `cargo run --example two_peers` starts a relay in this process on a free loopback port with a
+//! `cargo run -p relay-client --example two_peers` starts a relay in this process on a free loopback port with a
 //! temporary SQLite store (or uses `--server URL`), creates alice and bob, performs both
 //! handshakes, lets them discover each other, shows both fingerprints, exchanges messages both
 //! ways, prints the transcript, and shows what the relay stored: ciphertext only.

@@ -2,7 +2,7 @@
 //! session with every request they accept (the relay's SQLite and Redis engines).
 //!
 //! JSON of a session with a full replay window is about 2.2 KB; this form is about 0.7 KB
-//! (2,258 and 676 bytes measured with requests 5 ms apart, `cargo bench --bench session`),
+//! (2,258 and 676 bytes measured with requests 5 ms apart, `cargo bench -p mtproto-session --bench session`),
 //! because the window's msg_ids are sorted and close together: they are stored as varint
 //! deltas, and so are their seq_nos (which never decrease along the window).
 //!
