@@ -77,25 +77,7 @@ impl Chat {
 #[test]
 fn two_people_chat_in_the_terminal() {
     let dir = tempfile::tempdir().unwrap();
-    let config =
-        relay_server::Config::parse_from(["relay-server", "--data-dir", dir.path().to_str().unwrap()]);
-    let relay = tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(relay_server::build_relay(&config))
-        .unwrap();
-    let pin = relay.server_key().public().fingerprint().to_string();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(relay_server::run(relay, listener, Some(1), false, async move {
-            let _ = stop_rx.await;
-        }))
-    });
+    let (url, pin, server) = relay(dir.path(), "127.0.0.1:0", &[]);
 
     let mut alice = Chat::start(&url, "alice", &pin, dir.path());
     let line = alice.expect("your recovery code");
@@ -167,41 +149,21 @@ fn two_people_chat_in_the_terminal() {
         c.type_line("/quit");
         assert!(c.child.wait().unwrap().success());
     }
-    let _ = stop_tx.send(());
-    server.join().unwrap().unwrap();
+    server.stop().unwrap();
 }
 
-/// A relay on `dir` listening on `addr`, in its own thread; returns its url, pin and stopper.
-fn relay(
-    dir: &std::path::Path,
-    addr: &str,
-    extra: &[&str],
-) -> (
-    String,
-    String,
-    tokio::sync::oneshot::Sender<()>,
-    std::thread::JoinHandle<std::io::Result<()>>,
-) {
+/// A relay on `dir` listening on `addr`, in its own thread; returns its url, pin and handle.
+fn relay(dir: &std::path::Path, addr: &str, extra: &[&str]) -> (String, String, relay_server::RunningServer) {
     let mut args = vec!["relay-server", "--data-dir", dir.to_str().unwrap()];
     args.extend_from_slice(extra);
     let config = relay_server::Config::parse_from(args);
-    let relay = tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(relay_server::build_relay(&config))
-        .unwrap();
-    let pin = relay.server_key().public().fingerprint().to_string();
     let listener = std::net::TcpListener::bind(addr).unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(relay_server::run(relay, listener, Some(1), false, async move {
-            let _ = stop_rx.await;
-        }))
-    });
-    (url, pin, stop_tx, thread)
+    let server = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(relay_server::spawn(&config, listener))
+        .unwrap();
+    let pin = server.relay().server_key().public().fingerprint().to_string();
+    (server.url().to_owned(), pin, server)
 }
 
 /// The three states of a message on screen: "sending…" while the relay is down (then "sent #N"
@@ -210,7 +172,7 @@ fn relay(
 fn the_terminal_shows_sending_sent_and_not_sent() {
     let data = tempfile::tempdir().unwrap();
     let profiles = tempfile::tempdir().unwrap();
-    let (url, pin, stop, thread) = relay(data.path(), "127.0.0.1:0", &["--sender-cap", "2"]);
+    let (url, pin, server) = relay(data.path(), "127.0.0.1:0", &["--sender-cap", "2"]);
     let addr = url.trim_start_matches("http://").to_owned();
     let mut alice = Chat::start(&url, "alice", &pin, profiles.path());
     alice.expect("connected as alice");
@@ -222,12 +184,11 @@ fn the_terminal_shows_sending_sent_and_not_sent() {
     bob.expect("[alice] first");
 
     // The relay goes down while alice types: the line stays in her outbox, "sending…".
-    let _ = stop.send(());
-    thread.join().unwrap().unwrap();
+    server.stop().unwrap();
     alice.type_line("while the relay is down");
     alice.expect("sending…");
     // It comes back on the same data: alice's poll loop resends, bob gets it once.
-    let (_, _, stop, thread) = relay(data.path(), &addr, &["--sender-cap", "2"]);
+    let (_, _, server) = relay(data.path(), &addr, &["--sender-cap", "2"]);
     alice.expect("sent #");
     bob.expect("[alice] while the relay is down");
 
@@ -246,8 +207,7 @@ fn the_terminal_shows_sending_sent_and_not_sent() {
 
     alice.type_line("/quit");
     assert!(alice.child.wait().unwrap().success());
-    let _ = stop.send(());
-    thread.join().unwrap().unwrap();
+    server.stop().unwrap();
 }
 
 /// The recovery code: printed when the account is made, shown again by `/recovery` until
@@ -261,7 +221,7 @@ fn the_terminal_shows_a_new_recovery_code_after_the_relay_lost_its_data() {
     let key = key_file.to_str().unwrap();
     let first = tempfile::tempdir().unwrap();
     let profiles = tempfile::tempdir().unwrap();
-    let (url, pin, stop, thread) = relay(first.path(), "127.0.0.1:0", &["--key-file", key]);
+    let (url, pin, server) = relay(first.path(), "127.0.0.1:0", &["--key-file", key]);
     let addr = url.trim_start_matches("http://").to_owned();
     let mut alice = Chat::start(&url, "alice", &pin, profiles.path());
     let line = alice.expect("your recovery code");
@@ -275,10 +235,9 @@ fn the_terminal_shows_a_new_recovery_code_after_the_relay_lost_its_data() {
     alice.expect("cannot be shown again");
 
     // The relay comes back on an empty store (same key, same address): alice registers again.
-    let _ = stop.send(());
-    thread.join().unwrap().unwrap();
+    server.stop().unwrap();
     let second = tempfile::tempdir().unwrap();
-    let (_, _, stop, thread) = relay(second.path(), &addr, &["--key-file", key, "--start-fresh"]);
+    let (_, _, server) = relay(second.path(), &addr, &["--key-file", key, "--start-fresh"]);
     let line = alice.expect("your NEW recovery code");
     let new = line.rsplit(' ').next().unwrap().to_owned();
     assert_ne!(new, old);
@@ -294,6 +253,5 @@ fn the_terminal_shows_a_new_recovery_code_after_the_relay_lost_its_data() {
 
     alice.type_line("/quit");
     let _ = alice.child.wait();
-    let _ = stop.send(());
-    thread.join().unwrap().unwrap();
+    server.stop().unwrap();
 }

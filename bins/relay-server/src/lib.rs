@@ -22,6 +22,7 @@ mod config;
 mod conn;
 mod http;
 pub mod metrics;
+mod spawn;
 mod startup;
 pub mod tls;
 
@@ -31,6 +32,7 @@ use http::{client_error, reload_on_sighup, request_log, termination_signal, InFl
 pub use http::{
     error_response, routes, serve_https_redirect, serve_stats, status_of, MAX_BODY_BYTES, OPENAPI, REQUEST_ID,
 };
+pub use spawn::{spawn, RunningServer};
 pub use startup::{
     build_relay, check_database, load_or_create_key, open_engine, run_command, secure_data_dir, StartError,
 };

@@ -49,25 +49,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "--data-dir",
                 dir.path().to_str().unwrap_or("."),
             ]);
-            let relay = relay_server::build_relay(&config).await?;
-            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-            let url = format!("http://{}", listener.local_addr()?);
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let r = relay.clone();
-            let thread = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                rt.block_on(relay_server::run(r, listener, Some(1), false, async move {
-                    let _ = rx.await;
-                }))
-            });
+            let server = relay_server::spawn(&config, std::net::TcpListener::bind("127.0.0.1:0")?).await?;
+            let relay = server.relay().clone();
+            let url = server.url().to_owned();
             let pin = Pin::Fingerprint(relay.server_key().public().fingerprint());
             println!(
                 "relay started at {url} (key fingerprint {})",
                 relay.server_key().public().fingerprint()
             );
-            (url, Some(relay), pin, Some((tx, thread)))
+            (url, Some(relay), pin, Some(server))
         }
     };
 
@@ -135,9 +125,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     bob.ack().await?;
     println!("\nthe relay stored only ciphertext; both messages delivered and acknowledged.");
 
-    if let Some((tx, thread)) = stop {
-        let _ = tx.send(());
-        let _ = thread.join();
+    if let Some(server) = stop {
+        server.stop_async().await?;
     }
     Ok(())
 }

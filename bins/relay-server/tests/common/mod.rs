@@ -20,8 +20,7 @@ pub struct Server {
     pub url: String,
     pub relay: Arc<Relay>,
     pub dir: tempfile::TempDir,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    running: Option<relay_server::RunningServer>,
 }
 
 impl Server {
@@ -39,35 +38,15 @@ impl Server {
             "2",
         ];
         args.extend_from_slice(extra);
+        args.push("--echo");
         let config = relay_server::Config::parse_from(args);
-        let limits = relay_server::ConnLimits::from_config(&config);
-        let relay = relay_server::build_relay(&config).await.unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        // actix's server future is not `Send`: it runs on its own thread and runtime.
-        let r = relay.clone();
-        let task = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(relay_server::run_with_limits(
-                r,
-                listener,
-                Some(2),
-                true,
-                limits,
-                async move {
-                    let _ = rx.await;
-                },
-            ))
-        });
+        let running = relay_server::spawn(&config, listener).await.unwrap();
         Self {
-            url,
-            relay,
+            url: running.url().to_owned(),
+            relay: running.relay().clone(),
             dir,
-            stop: Some(tx),
-            task: Some(task),
+            running: Some(running),
         }
     }
 
@@ -76,11 +55,8 @@ impl Server {
     }
 
     pub async fn stop(mut self) -> tempfile::TempDir {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.task.take() {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        if let Some(running) = self.running.take() {
+            let _ = running.stop_async().await;
         }
         // Let the engine's writer thread see the last handle go.
         let dir = tempfile::tempdir().unwrap();

@@ -11,8 +11,7 @@ use relay_client::{Client, ClientConfig, Delivery, Event, Pin};
 pub struct Server {
     pub url: String,
     pub relay: Arc<relay_core::Relay>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    running: relay_server::RunningServer,
 }
 
 impl Server {
@@ -22,24 +21,12 @@ impl Server {
 
     pub async fn start_with(args: &[&str], bind: &str) -> Self {
         let config = relay_server::Config::parse_from(args);
-        let relay = relay_server::build_relay(&config).await.unwrap();
         let listener = std::net::TcpListener::bind(bind).unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let r = relay.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(relay_server::run(r, listener, Some(1), false, async move {
-                let _ = rx.await;
-            }))
-        });
+        let running = relay_server::spawn(&config, listener).await.unwrap();
         Self {
-            url,
-            relay,
-            stop: Some(tx),
-            thread: Some(thread),
+            url: running.url().to_owned(),
+            relay: running.relay().clone(),
+            running,
         }
     }
 
@@ -54,17 +41,8 @@ impl Server {
             .unwrap()
     }
 
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            tokio::task::spawn_blocking(move || t.join())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
-        }
+    pub async fn stop(self) {
+        self.running.stop_async().await.unwrap();
     }
 }
 
