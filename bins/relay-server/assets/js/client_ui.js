@@ -520,6 +520,7 @@ const onePane = () => matchMedia('(max-width: 700px)').matches;
 
 async function openConversation(name, { fromHistory = false } = {}) {
   const peer = canonicalName(name);
+  if (popping) await popping;
   // What was typed stays with the conversation it was typed in.
   if (current && current !== peer) setDraft(current, $('text').value);
   current = peer; markRead(peer);
@@ -658,9 +659,23 @@ $('search-form').addEventListener('submit', async (ev) => {
   if (first) await openConversation(first.dataset.peer);
 });
 $('search-more').addEventListener('click', () => runSearch(true));
-// Back to the list: through the history entry the conversation pushed, if it did.
-$('back').addEventListener('click', () => { if (history.state?.conv) history.back(); else backToList(); });
+// Back to the list at once, and out of the history entry the conversation pushed, if it did. A
+// conversation opened before that entry is left waits for it (`popping`): its own entry must not
+// be the one left.
+let popping = null, popped = null;
+$('back').addEventListener('click', () => {
+  const pushed = !!history.state?.conv;
+  backToList();
+  if (!pushed) return;
+  popping = new Promise((resolve) => {
+    const done = () => { if (popped === done) { popped = null; popping = null; } resolve(); };
+    popped = done;
+    setTimeout(done, 1000);
+  });
+  history.back();
+});
 addEventListener('popstate', (ev) => {
+  if (popped) { popped(); return; } // the ← Chats above
   if (!$('main-view').classList.contains('on')) return;
   const conv = ev.state?.conv;
   if (conv && conv !== current && client.contacts.has(conv)) openConversation(conv, { fromHistory: true });
