@@ -894,7 +894,7 @@ async function signIn(rawName, recoveryCode = null, { retrying = false } = {}) {
       return;
     }
     if (e instanceof RelayError && e.code === 'client_id_taken') {
-      offerRecovery(name, `The name “${name}” is already registered — to a key this browser does not have. If it is yours (a new device, or this browser lost its data), enter the recovery code you wrote down when you signed up and your name moves here. Otherwise, choose another name.`);
+      offerRecovery(name, `The name “${name}” is already registered — to a key this browser does not have. If it is yours (a new device, or this browser lost its data), enter your recovery code (the latest one you wrote down) and your name moves here. Otherwise, choose another name.`);
       showError(`could not sign in: ${sayError(e)}`);
       return;
     }
