@@ -116,7 +116,9 @@ export async function pageFromRevision(context, rev = process.env.RECOVERY_TEST_
   if (!rev) return;
   await context.route(/\/(client_ui\.html|js\/[a-z_]+\.js)(\?.*)?$/, async (route) => {
     const path = new URL(route.request().url()).pathname.slice(1);
-    const res = await route.fetch();
+    let res;
+    // The relay is down: as it would be without the route (the browser's own error page).
+    try { res = await route.fetch(); } catch { await route.abort('connectionrefused'); return; }
     let body = execFileSync('git', ['show', `${rev}:bins/relay-server/assets/${path}`], { cwd: root, encoding: 'utf8' });
     if (path.endsWith('.html')) body = body.replace('{{SERVER_FINGERPRINT}}', /name="relay-fingerprint" content="([0-9a-f]*)"/.exec(await res.text())[1]);
     const headers = { ...res.headers() };

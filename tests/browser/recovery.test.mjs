@@ -124,12 +124,14 @@ test('recovery: the code shown once, a taken name explained, a wrong code refuse
     await say(alice, 'still mine');
     await inbound(bob, 'still mine');
 
-    // The right code, typed in capitals with spaces: signed in, no new code to write down.
+    // The right code, typed in capitals with spaces: signed in, with a new code to write down
+    // (the one just typed no longer works: the next test).
     await alice2.fill('#recovery-code', code.toUpperCase().replace(/-/g, ' '));
     await alice2.press('#recovery-code', 'Enter');
     await alice2.waitForSelector('#main-view.on', { timeout: 20000 });
+    const renewed = await keepRecoveryCode(alice2);
+    assert.match(renewed || '', CODE, 'a recovery shows a new code');
     await until(async () => (await alice2.textContent('#status')) === 'connected as rc-alice', 'the new browser to be signed in');
-    assert.equal(await alice2.locator('#code-dialog[open]').count(), 0, 'a recovery keeps the code the user has');
     assert.match(await alice2.textContent('#info'), /moved to this browser/);
 
     // Bob is warned: the new key's safety number, the very one Alice's new browser shows.
@@ -160,6 +162,59 @@ test('recovery: the code shown once, a taken name explained, a wrong code refuse
     assert.deepEqual(await axeViolations(alice), [], 'axe: the old browser told');
     await shoot(alice, 'recovery_old_device_told');
   } finally { await ctxA.close(); await ctxB.close(); await ctxC.close(); }
+});
+
+test('a recovery registers a new code, shown once like at sign-up: the code used is refused after it, the new one works', async () => {
+  const ctxA = await newContext(), ctxB = await newContext(), ctxC = await newContext(), ctxD = await newContext();
+  try {
+    const a = await ctxA.newPage();
+    await a.goto(`${server.url}/client_ui.html`);
+    await a.fill('#name', 'rn-alice');
+    await a.click('#connect');
+    await a.waitForSelector('#main-view.on', { timeout: 20000 });
+    const codeA = await keepRecoveryCode(a);
+    assert.match(codeA || '', CODE);
+
+    /** A fresh browser asks for the name and gives `code`; resolves when signed in or refused. */
+    const recover = async (ctx, code) => {
+      const p = await ctx.newPage();
+      await p.goto(`${server.url}/client_ui.html`);
+      await p.fill('#name', 'rn-alice');
+      await p.click('#connect');
+      await p.waitForSelector('#recovery:not([hidden])', { timeout: 20000 });
+      await p.fill('#recovery-code', code);
+      await p.click('#recover');
+      await p.waitForSelector('#main-view.on, #recovery-error:not(:empty)', { timeout: 20000 });
+      return p;
+    };
+    // Recovered with code A: a new code B, said to replace A, kept sealed until Done.
+    const b = await recover(ctxB, codeA);
+    await b.waitForSelector('#code-dialog[open]', { timeout: 20000 });
+    assert.equal(await b.textContent('#code-title'), 'Your new recovery code');
+    assert.match(await b.textContent('#code-text'), /the code you just used no longer works/);
+    const codeB = (await b.textContent('#code-shown')).trim();
+    assert.match(codeB, CODE);
+    assert.notEqual(codeB, codeA, 'a new code');
+    assert.deepEqual(await axeViolations(b), [], 'axe: the new code after a recovery');
+    await shoot(b, 'recovery_new_code');
+    await b.reload();
+    await b.waitForSelector('#code-dialog[open]', { timeout: 20000 });
+    assert.equal((await b.textContent('#code-shown')).trim(), codeB, 'the same new code after a reload');
+    assert.equal(await b.textContent('#code-title'), 'Your new recovery code', 'still said to be the new one');
+    assert.equal(await codeInClear(b, codeB), false, 'sealed while it waits');
+    assert.equal(await keepRecoveryCode(b), codeB);
+
+    // Code A no longer works (recovery_refused); code B does.
+    const c = await recover(ctxC, codeA);
+    await until(async () => /does not match this name/.test(await c.textContent('#recovery-error')), 'the old code to be refused');
+    assert.equal(await c.locator('#main-view.on').count(), 0, 'not signed in with the old code');
+    const d = await recover(ctxD, codeB);
+    await d.waitForSelector('#main-view.on', { timeout: 20000 });
+    const codeC = await keepRecoveryCode(d);
+    assert.match(codeC || '', CODE);
+    assert.ok(codeC !== codeB && codeC !== codeA, 'and again a new one');
+    await until(async () => (await d.textContent('#status')) === 'connected as rn-alice', 'signed in with the new code');
+  } finally { await ctxA.close(); await ctxB.close(); await ctxC.close(); await ctxD.close(); }
 });
 
 /** Whether the recovery code `code` (as shown) appears in clear anywhere in the page's IndexedDB. */
@@ -233,6 +288,8 @@ test('a code issued again (the relay lost its data and the page registered anew)
     const second = (await page.textContent('#code-shown')).trim();
     assert.match(second, CODE);
     assert.notEqual(second, first, 'a new code');
+    assert.equal(await page.textContent('#code-title'), 'Your new recovery code');
+    assert.match(await page.textContent('#code-text'), /lost its data.*no longer works/s);
     // A reload before it is confirmed shows it again.
     await page.reload();
     await page.waitForSelector('#main-view.on', { timeout: 20000 });

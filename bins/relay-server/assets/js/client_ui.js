@@ -20,6 +20,12 @@
 //
 // Notices: errors in the red banner (role alert), what needs no action in a neutral one (role
 // status); both can be dismissed.
+//
+// Drafts: what is typed and not sent belongs to its conversation (kept sealed with its history);
+// switching conversations never carries it to another person.
+//
+// Phone width (one pane): opening a conversation pushes a history entry, so the browser's Back
+// returns to the chat list instead of leaving the page.
 import {
   RelayClient, RelayError, canonicalName, humanError, refusalText, MAX_PEERS_PAGE,
   loadHistory, saveHistory, lastUser, setLastUser, hasProfile, formatRecoveryCode, parseRecoveryCode,
@@ -43,7 +49,12 @@ const byOutbox = new Map(); // outbox id -> its message in convs
 const unread = new Map();
 const info = new Map(); // contact -> its directory entry from the last lookup (with `status`)
 const looked = new Set(); // the names that lookup asked for (a contact asked and absent is gone)
-const search = { prefix: '', next: null, results: [], asked: 0, timer: null };
+const search = { prefix: '', next: null, results: [], asked: 0, timer: null, self: false };
+const drafts = new Map(); // peer -> the unsent text of its composer (sealed with its history)
+/** Contacts that have not yet accepted our new key (after "Reset my key"), until a word from them. */
+const awaiting = new Set();
+/** Counts sign-ins in this page: the listeners of a signed-out client no longer act. */
+let generation = 0;
 
 // ---- words for people ------------------------------------------------------------------------
 
@@ -79,7 +90,8 @@ $('info-dismiss').addEventListener('click', () => {
   if ($('info').textContent === standingNotice) standingNotice = '';
   showInfo(''); focusWork();
 });
-function setStatus(text, offline) { $('status').textContent = text; $('status').classList.toggle('offline', !!offline); }
+/** The status chip; a long name is cut with "…" on screen, so the whole text is its title too. */
+function setStatus(text, offline) { $('status').textContent = text; $('status').title = text; $('status').classList.toggle('offline', !!offline); }
 
 let countdown = null;
 function showBusy(el, seconds, after) {
@@ -140,7 +152,7 @@ function flushHistory() {
     for (const peer of peers) {
       const list = (convs.get(peer) || []).slice(-KEEP_MESSAGES).map(({ dir, text, at, seq, rid, state, reason, id, mailboxSeq, gap, delivery, epoch, warn, warnLevel }) =>
         ({ dir, text, at, seq, rid, state, reason, id, mailboxSeq, gap, delivery, epoch, warn, warnLevel }));
-      try { await saveHistory(client.name, peer, list, { unread: unread.get(peer) || 0 }); } catch { dirty.add(peer); }
+      try { await saveHistory(client.name, peer, list, { unread: unread.get(peer) || 0, draft: drafts.get(peer) || '', awaiting: awaiting.has(peer) }); } catch { dirty.add(peer); }
     }
   });
   historyWrites = run.catch(() => {});
@@ -184,6 +196,7 @@ function badgeFor(name) {
 }
 
 function renderPeers() {
+  if (!client) return;
   const names = [...client.contacts];
   // Most recent conversation first; then by name.
   names.sort((a, b) => ((last(b)?.at || 0) - (last(a)?.at || 0)) || a.localeCompare(b));
@@ -221,7 +234,7 @@ function searchNote(text) { $('search-note').textContent = text; $('search-note'
 
 async function runSearch(more = false) {
   const prefix = more ? search.prefix : $('search').value.trim().toLowerCase();
-  if (!more) { search.prefix = prefix; search.next = null; search.results = []; }
+  if (!more) { search.prefix = prefix; search.next = null; search.results = []; search.self = false; }
   searchNote('');
   if (!prefix) { renderSearch(); return; }
   try { canonicalName(prefix); } catch { renderSearch(); searchNote('Names use only letters, digits, "_", "." and "-".'); return; }
@@ -230,10 +243,16 @@ async function runSearch(more = false) {
   try {
     const page = await client.searchPeers(prefix, { after: more ? search.next : null, limit: SEARCH_LIMIT });
     if (asked !== search.asked) return;
+    if (page.peers.some((p) => p.client_id === client.name)) search.self = true;
     search.results.push(...page.peers.filter((p) => p.client_id !== client.name));
     search.next = page.next;
     renderSearch();
-    if (!search.results.length && !search.next) searchNote(`Nobody's name starts with “${prefix}”.`);
+    if (!search.results.length && !search.next) {
+      // Our own name is never a result: said so, rather than "nobody".
+      searchNote(!search.self ? `Nobody's name starts with “${prefix}”.`
+        : prefix === client.name ? `“${prefix}” is you. Nobody else's name starts with it.`
+          : `Only you (${client.name}) have a name that starts with “${prefix}”.`);
+    }
   } catch (e) {
     if (asked === search.asked) searchNote(`Search failed: ${sayError(e)}`);
   } finally { $('search-more').disabled = false; }
@@ -329,6 +348,7 @@ $('new-below').addEventListener('click', () => {
 });
 
 function renderHead() {
+  if (!client) return;
   const p = info.get(current);
   $('presence').textContent = current ? presence(p).text : '';
   const badge = current ? badgeFor(current) : null;
@@ -336,9 +356,23 @@ function renderHead() {
   const blocked = !!current && client.blocked.has(current);
   $('blocked-bar').hidden = !blocked;
   if (blocked) $('blocked-text').textContent = `${current}'s security key changed. Nothing goes to or comes from them until you accept or verify the new key.`;
+  // After our key reset: what we send waits with the relay until they accept the new key.
+  const waits = !!current && !blocked && awaiting.has(current);
+  $('await-bar').hidden = !waits;
+  if (waits) $('await-bar').textContent = `Waiting for ${current} to accept your new key. What you send now reaches them once they do.`;
   for (const id of ['text', 'send']) $(id).disabled = !current || blocked;
   $('verify').disabled = !current;
+  const verified = !!current && !blocked && !!client.peers.get(current)?.verified;
+  $('verify').classList.toggle('done', verified);
+  if (verified) {
+    const more = document.createElement('span'); more.className = 'wide'; more.textContent = ' — view safety number';
+    $('verify').replaceChildren('Verified ✓', more);
+    $('verify').title = `You verified ${current}. Show the safety number again.`;
+  } else { $('verify').textContent = 'Verify'; $('verify').title = ''; }
 }
+
+/** A message or receipt from `peer` opened under our current key: they accepted it. */
+function heardFrom(peer) { if (awaiting.delete(peer)) { remember(peer); rerender(peer); } }
 
 function rerender(peer) {
   if (peer === current) { renderMessages(); renderHead(); }
@@ -436,7 +470,13 @@ async function sendText(peer, text) {
     const r = await client.send(peer, text);
     if (r && r.state === 'stored' && $('info').textContent === OFFLINE_NOTE) showInfo(standingNotice);
   } catch (e) {
-    if (e.keyChanged) { rerender(peer); await warnKeyChange(peer); $('text').value = $('text').value || text; fitComposer(); return; }
+    if (e.keyChanged) {
+      rerender(peer);
+      // The text goes back to its own conversation's composer (never another's).
+      if (peer === current) { $('text').value = $('text').value || text; fitComposer(); setDraft(peer, $('text').value); } else if (!drafts.get(peer)) setDraft(peer, text);
+      await warnKeyChange(peer);
+      return;
+    }
     push(peer, { dir: 'out', text, state: 'not sent', reason: sayError(e, peer) });
   }
 }
@@ -456,17 +496,43 @@ function refreshContacts() {
       if (nameMovedAway) return; // said on the form
       if (!e.transport && !(e instanceof RelayError && e.status >= 500)) showError(`could not load your contacts: ${sayError(e)}`);
     } finally { refreshing = null; }
+    if (!client) return; // signed out meanwhile
     renderPeers(); renderHead();
   })();
   return refreshing;
 }
 
-async function openConversation(name) {
+/** Keeps `text` as `peer`'s draft (sealed with its history); an empty one goes. */
+function setDraft(peer, text) {
+  if (!peer) return;
+  if ((drafts.get(peer) || '') === text) return;
+  if (text) drafts.set(peer, text); else drafts.delete(peer);
+  remember(peer);
+}
+/** The composer shows `peer`'s own draft, and nobody else's. */
+function showDraft(peer) {
+  $('text').value = (peer && drafts.get(peer)) || '';
+  fitComposer();
+}
+
+/** The one-pane layout (phone width): the list and a conversation are not on screen together. */
+const onePane = () => matchMedia('(max-width: 700px)').matches;
+
+async function openConversation(name, { fromHistory = false } = {}) {
   const peer = canonicalName(name);
+  if (popping) await popping;
+  // What was typed stays with the conversation it was typed in.
+  if (current && current !== peer) setDraft(current, $('text').value);
   current = peer; markRead(peer);
+  showDraft(peer);
   newBelow = 0;
   $('conv-title').textContent = peer;
   $('main-view').classList.add('conv-open');
+  // One pane: the browser's Back returns to the list (popstate), not away from the page.
+  if (!fromHistory && onePane()) {
+    if (history.state?.conv) history.replaceState({ conv: peer }, '');
+    else history.pushState({ conv: peer }, '');
+  }
   const added = await client.addContact(peer);
   if (search.prefix) clearSearch();
   renderPeers(); renderMessages(); renderHead();
@@ -479,8 +545,10 @@ async function openConversation(name) {
 
 function backToList() {
   const was = current;
+  if (was) setDraft(was, $('text').value);
   // The conversation is out of sight: what arrives in it now is unread.
   current = null;
+  showDraft(null);
   $('main-view').classList.remove('conv-open');
   const row = was && document.querySelector(`.peer[data-peer="${CSS.escape(was)}"]`);
   (row || $('search')).focus();
@@ -500,7 +568,7 @@ let warnedKey = null;
 async function warnKeyChange(peer) {
   const d = $('keychange-dialog');
   if (d.open && $('keychange-peer').textContent === peer) return;
-  $('keychange-peer').textContent = peer;
+  $('keychange-peer').textContent = peer; $('keychange-peer2').textContent = peer;
   $('keychange-fp').textContent = '…';
   warnedKey = null;
   if (!d.open) d.showModal();
@@ -530,6 +598,7 @@ async function acceptKey(verified) {
   if (peer === current) $('text').focus();
 }
 $('keychange-accept').addEventListener('click', () => acceptKey(false));
+// Marking verified is a separate, deliberate step: it says the numbers were compared.
 $('keychange-verify').addEventListener('click', () => acceptKey(true));
 $('keychange-cancel').addEventListener('click', () => { keepBlocked(); $('keychange-dialog').close(); });
 $('keychange-dialog').addEventListener('cancel', () => { keepBlocked(); }); // Escape
@@ -560,6 +629,7 @@ $('composer').addEventListener('submit', (ev) => {
   if (!$('text').disabled) $('text').focus();
   if (!text || !current) return;
   $('text').value = '';
+  setDraft(current, '');
   fitComposer();
   // What the user sends is shown: the list goes to the end.
   $('messages').scrollTop = $('messages').scrollHeight;
@@ -577,7 +647,7 @@ function fitComposer() {
   t.style.height = '';
   if (t.scrollHeight > t.clientHeight) t.style.height = `${t.scrollHeight + 2}px`;
 }
-$('text').addEventListener('input', fitComposer);
+$('text').addEventListener('input', () => { fitComposer(); setDraft(current, $('text').value); });
 
 $('search').addEventListener('input', () => { clearTimeout(search.timer); search.timer = setTimeout(() => runSearch(false), 250); });
 // Enter in the search box opens the first match.
@@ -589,7 +659,28 @@ $('search-form').addEventListener('submit', async (ev) => {
   if (first) await openConversation(first.dataset.peer);
 });
 $('search-more').addEventListener('click', () => runSearch(true));
-$('back').addEventListener('click', backToList);
+// Back to the list at once, and out of the history entry the conversation pushed, if it did. A
+// conversation opened before that entry is left waits for it (`popping`): its own entry must not
+// be the one left.
+let popping = null, popped = null;
+$('back').addEventListener('click', () => {
+  const pushed = !!history.state?.conv;
+  backToList();
+  if (!pushed) return;
+  popping = new Promise((resolve) => {
+    const done = () => { if (popped === done) { popped = null; popping = null; } resolve(); };
+    popped = done;
+    setTimeout(done, 1000);
+  });
+  history.back();
+});
+addEventListener('popstate', (ev) => {
+  if (popped) { popped(); return; } // the ← Chats above
+  if (!$('main-view').classList.contains('on')) return;
+  const conv = ev.state?.conv;
+  if (conv && conv !== current && client.contacts.has(conv)) openConversation(conv, { fromHistory: true });
+  else if (!conv && current) backToList();
+});
 
 $('rotate').addEventListener('click', () => $('rotate-dialog').showModal());
 $('rotate-cancel').addEventListener('click', () => $('rotate-dialog').close());
@@ -602,6 +693,8 @@ $('rotate-ok').addEventListener('click', async () => {
     $('me').textContent = `You are ${client.name} · key ${fp}`;
     showError('');
     showInfo(standingNotice = `Your key was reset: your new key is ${fp}. Your contacts are asked to accept it before you can talk again, and your safety numbers changed: compare them again with the people you had verified.`);
+    // Each conversation says it waits for them, until a word (a message, a receipt) under the new key.
+    for (const peer of client.contacts) { awaiting.add(peer); remember(peer); }
     renderPeers(); renderHead();
   } catch (e) { showError(`could not reset your key: ${sayError(e)}`); }
 });
@@ -641,10 +734,48 @@ $('signout-remove').addEventListener('click', async () => {
   letGo();
   reloadSaying('removed');
 });
-/** Starts the page again, empty; the fragment (not storage) says what just happened. */
-function reloadSaying(what) {
-  location.replace(`${location.pathname}${location.search}#signed-out-${what}`);
-  location.reload();
+/**
+ * Starts the page again, empty; the fragment (not storage) says what just happened. While the
+ * relay (which serves this page) cannot be reached a reload would end on the browser's own error
+ * page: the page is emptied in place instead.
+ */
+async function reloadSaying(what) {
+  let up = false;
+  try { up = (await fetch(`${location.pathname}${location.search}`, { method: 'HEAD', cache: 'no-store', signal: AbortSignal.timeout(4000) })).ok; } catch { up = false; }
+  if (up) {
+    location.replace(`${location.pathname}${location.search}#signed-out-${what}`);
+    location.reload();
+    return;
+  }
+  signedOutInPlace(what);
+}
+/** The signed-out page without a reload: nothing of the last user stays on screen or in memory. */
+function signedOutInPlace(what) {
+  generation += 1; // the old client's events no longer reach the page
+  client.stop();
+  clearInterval(refreshTimer); clearTimeout(saveTimer); clearInterval(countdown); clearTimeout(search.timer);
+  for (const m of [convs, byOutbox, unread, info, drafts]) m.clear();
+  for (const x of [looked, awaiting, dirty]) x.clear();
+  current = null; newBelow = 0; standingNotice = '';
+  clearSearch();
+  $('text').value = ''; fitComposer();
+  $('peers').replaceChildren(); $('messages').replaceChildren(); $('messages').dataset.peer = '';
+  $('conv-title').textContent = 'Select someone to talk to';
+  $('own-fp').textContent = ''; $('me').textContent = '';
+  delete document.body.dataset.user;
+  document.title = 'mtproto-relay';
+  $('main-view').classList.remove('on', 'conv-open');
+  if (history.state?.conv) history.replaceState(null, '');
+  letGo();
+  client = null;
+  forgetting = false; leaving = false;
+  $('connect-view').hidden = false;
+  $('name').value = ''; $('handshake-log').textContent = '';
+  $('connect').disabled = false; $('recover').disabled = false;
+  setStatus('not connected', true);
+  showError('');
+  showInfo(`${SIGNED_OUT[what]} (The relay cannot be reached right now.)`);
+  $('name').focus();
 }
 const SIGNED_OUT = {
   kept: 'You signed out. Your profile stays in this browser: type your name to open it again.',
@@ -679,7 +810,50 @@ function holdProfile(name) {
  * Signs `rawName` in: its saved profile, or a new account (whose recovery code is then shown
  * once), or with `recoveryCode` (16 bytes) the name taken over from a lost device.
  */
-async function signIn(rawName, recoveryCode = null) {
+const CONNECT_TITLE = 'Sign in or create an account';
+
+/**
+ * A sign-in the relay did not answer (unreachable, or failing with a 5xx) is tried again by
+ * itself, after 2, 4, 8, 15, 15… s, SIGNIN_TRIES times in all; the form says when. Editing it
+ * stops the waiting; Connect tries at once.
+ */
+const SIGNIN_TRIES = 8;
+const signInRetry = { timer: null, tries: 0 };
+const unansweredSignIn = (e) => !!(e && e.transport) || (e instanceof RelayError && (e.status >= 500 || e.code === 'http'));
+function stopSignInRetry() {
+  const waiting = !!signInRetry.timer;
+  clearInterval(signInRetry.timer); signInRetry.timer = null;
+  return waiting;
+}
+function retrySignInLater(rawName, recoveryCode) {
+  signInRetry.tries += 1;
+  const log = $('handshake-log');
+  if (signInRetry.tries >= SIGNIN_TRIES) {
+    signInRetry.tries = 0;
+    log.textContent = `Tried ${SIGNIN_TRIES} times without an answer. Check your connection, then press Connect to try again.`;
+    return false;
+  }
+  let left = Math.min(2 ** signInRetry.tries, 15);
+  const tick = () => {
+    if (left <= 0) { stopSignInRetry(); log.textContent = 'trying again…'; signIn(rawName, recoveryCode, { retrying: true }); return; }
+    log.textContent = `Trying again in ${left} s (try ${signInRetry.tries + 1} of ${SIGNIN_TRIES}). Changing the name stops this.`;
+    left -= 1;
+  };
+  tick();
+  signInRetry.timer = setInterval(tick, 1000);
+  return true;
+}
+// Editing the form ends the waiting: the next try is the user's.
+for (const id of ['name', 'recovery-code']) {
+  $(id).addEventListener('input', () => {
+    signInRetry.tries = 0;
+    if (stopSignInRetry()) { $('handshake-log').textContent = ''; showError(''); }
+  });
+}
+
+async function signIn(rawName, recoveryCode = null, { retrying = false } = {}) {
+  stopSignInRetry();
+  if (!retrying) signInRetry.tries = 0;
   let name;
   try { name = canonicalName(rawName); } catch (e) { showError(e.message); $('name').focus(); return; }
   $('connect').disabled = true; $('recover').disabled = true;
@@ -707,27 +881,31 @@ async function signIn(rawName, recoveryCode = null) {
     $('connect').disabled = false; $('recover').disabled = false; setStatus('not connected', true);
     log.textContent = '';
     letGo();
+    // Not answered: tried again by itself (bounded), said on the form.
+    const again = unansweredSignIn(e) && retrySignInLater(rawName, recoveryCode);
+    const said = unansweredSignIn(e) && !again && e.transport
+      ? 'the relay cannot be reached. Check your connection, then press Connect to try again.' : sayError(e);
     if (recoveryCode) {
       // The error goes beside the code; the form stays as it was.
       $('recovery-error').textContent = e instanceof RelayError && e.code === 'client_id_taken'
         ? `${name} has no recovery code on this relay (it was registered before recovery codes existed), so it cannot be moved. Choose another name.`
-        : `Could not use the code: ${sayError(e)}`;
-      $('recovery-code').focus();
+        : `Could not use the code: ${said}`;
+      if (!retrying) $('recovery-code').focus();
       return;
     }
     if (e instanceof RelayError && e.code === 'client_id_taken') {
-      offerRecovery(name, `The name “${name}” is already registered — to a key this browser does not have. If it is yours (a new device, or this browser lost its data), enter the recovery code you wrote down when you signed up and your name moves here. Otherwise, choose another name.`);
+      offerRecovery(name, `The name “${name}” is already registered — to a key this browser does not have. If it is yours (a new device, or this browser lost its data), enter your recovery code (the latest one you wrote down) and your name moves here. Otherwise, choose another name.`);
       showError(`could not sign in: ${sayError(e)}`);
       return;
     }
-    showError(`could not sign in: ${sayError(e)}`);
-    $('name').focus();
+    showError(`could not sign in: ${said}`);
+    if (!retrying) $('name').focus();
     return;
   }
   $('recovery').hidden = true; $('recovery-code').value = ''; $('recover').disabled = false;
   if (nameMovedAway) {
     nameMovedAway = false;
-    $('connect-title').textContent = 'Sign in'; $('name').readOnly = false; $('connect').hidden = false;
+    $('connect-title').textContent = CONNECT_TITLE; $('name').readOnly = false; $('connect').hidden = false;
   }
   await setLastUser(client.name);
   await start(recoveryCode ? `Your name moved to this browser. Your contacts will see that your security key changed, and must accept it before you can talk again.` : '');
@@ -768,9 +946,22 @@ $('name').addEventListener('input', () => { if (!nameMovedAway) $('recovery').hi
  * Until then it is also kept sealed in this browser (RelayClient.keepRecoveryCode): a reload or a
  * crash shows it again.
  */
-function showRecoveryCode(code) {
+const CODE_WHY = {
+  new: ['Your recovery code', 'Write it down and keep it somewhere safe. It moves your name to a new device if you lose this one or clear this browser.'],
+  recovered: ['Your new recovery code', 'Your name moved here, and it has a new recovery code: the code you just used no longer works. Write the new one down and keep it somewhere safe.'],
+  again: ['Your new recovery code', 'The relay had lost its data, so your name was registered again, with a new recovery code: the one you wrote down before no longer works. Write the new one down and keep it somewhere safe.'],
+};
+const CODE_ONCE = ' Once you choose Done, we cannot show it again: this browser deletes it, and the relay never had it. (Until then it stays here, encrypted, so that a reload shows it again.)';
+function showRecoveryCode(code, reason = 'new') {
   const d = $('code-dialog');
-  $('code-shown').textContent = formatRecoveryCode(code);
+  const [title, why] = CODE_WHY[reason] || CODE_WHY.new;
+  $('code-title').textContent = title;
+  $('code-text').textContent = why + CODE_ONCE;
+  // Two halves of four groups, each unbroken: a line never ends inside a group or between
+  // groups of one half.
+  const groups = formatRecoveryCode(code).split('-');
+  const half = (g, tail) => { const s = document.createElement('span'); s.className = 'half'; s.textContent = g.join('-') + tail; return s; };
+  $('code-shown').replaceChildren(half(groups.slice(0, 4), '-'), half(groups.slice(4), ''));
   code.fill(0);
   $('code-saved').checked = false; $('code-done').disabled = true; $('code-note').textContent = '';
   if (!d.open) d.showModal();
@@ -824,6 +1015,9 @@ async function nameMoved(name) {
 
 let refreshTimer = null;
 async function start(notice = '') {
+  // This sign-in's events only: after a sign-out in place (signedOutInPlace) they are ignored.
+  const gen = ++generation, c = client;
+  const on = (type, fn) => c.addEventListener(type, (ev) => { if (gen === generation) fn(ev); });
   showError('');
   showInfo(standingNotice = notice);
   connected = !client.needPublish;
@@ -836,10 +1030,12 @@ async function start(notice = '') {
   $('main-view').classList.add('on');
   // A new account: its recovery code, once, in the same task as the page appears.
   const code = client.takeRecoveryCode();
-  if (code) showRecoveryCode(code);
+  if (code) showRecoveryCode(code, client.recoveryCodeReason);
   // The history first, then what waited in the outbox (from before a reload) on top of it.
-  for (const [peer, { items: list, unread: n }] of await loadHistory(client.name)) {
+  for (const [peer, { items: list, unread: n, draft, awaiting: waits }] of await loadHistory(client.name)) {
     if (n) unread.set(peer, n);
+    if (draft) drafts.set(peer, draft);
+    if (waits) awaiting.add(peer);
     const pending = new Set(client.outbox.map((e) => e.id));
     for (const m of list) {
       if (m.dir === 'out' && m.id !== undefined) {
@@ -850,11 +1046,12 @@ async function start(notice = '') {
     }
     convs.set(peer, list);
   }
-  client.addEventListener('outbox', ({ detail: r }) => showOutbox(r));
+  on('outbox', ({ detail: r }) => showOutbox(r));
   for (const r of client.waiting()) showOutbox(r);
   if (!connected) showInfo(OFFLINE_NOTE);
   client.beforeReceipts = flushHistory;
-  client.addEventListener('message', ({ detail: d }) => {
+  on('message', ({ detail: d }) => {
+    heardFrom(d.from);
     const m = { dir: 'in', text: d.text, seq: d.seq, rid: d.rid, at: d.at || Date.now(), delivery: d.delivery };
     const gap = /^after_gap:(\d+)-(\d+)$/.exec(d.delivery);
     if (gap) m.gap = [Number(gap[1]), Number(gap[2])];
@@ -865,8 +1062,8 @@ async function start(notice = '') {
     if (!info.has(d.from)) refreshContacts();
   });
   // A late message (or receipt) may fill a gap: notes are recomputed.
-  client.addEventListener('control', ({ detail: d }) => { if (d.from === current) renderMessages(); });
-  client.addEventListener('delivered', ({ detail: d }) => {
+  on('control', ({ detail: d }) => { heardFrom(d.from); if (d.from === current) renderMessages(); });
+  on('delivered', ({ detail: d }) => {
     let changed = false;
     for (const m of convs.get(d.from) || []) {
       if (m.dir !== 'out' || !d.seqs.includes(m.seq) || /^delivered/.test(m.state || '') || m.state === 'not sent') continue;
@@ -877,34 +1074,40 @@ async function start(notice = '') {
     }
     if (changed) { remember(d.from); rerender(d.from); }
   });
-  client.addEventListener('lost', ({ detail: d }) => {
+  on('lost', ({ detail: d }) => {
     const n = d.runs.reduce((a, [x, y]) => a + (y - x), 0);
     system(d.from, `${n} message${n === 1 ? '' : 's'} from ${d.from} never arrived and ${n === 1 ? 'is' : 'are'} now counted lost.`, true);
   });
-  client.addEventListener('restored_profile', ({ detail: d }) => {
+  on('restored_profile', ({ detail: d }) => {
     system(d.peer, `${d.peer} has received more of your messages than this browser remembers sending: your profile here may be an older copy. Your next messages continue after theirs.`, true);
   });
-  client.addEventListener('key_changed', async ({ detail: d }) => {
+  on('key_changed', async ({ detail: d }) => {
     await refreshContacts(); rerender(d.peer);
     // Asked once per key; after "Keep blocked" the badge and the bar say it, until the user reviews it.
     if (!keptBlocked(d.peer)) await warnKeyChange(d.peer);
   });
-  client.addEventListener('rejected', ({ detail: d }) => system(d.from, `A message claiming to be from ${d.from} could not be opened and was dropped.`, true));
-  client.addEventListener('expired', ({ detail: d }) => system(d.to, `A message you sent to ${d.to} expired before they came online, and was not delivered.`, true));
-  client.addEventListener('relay_lost_data', () => showInfo(standingNotice = 'The relay had lost its data and no longer knew you, so you are registered again. Messages that were waiting for you there, and messages you sent that were not yet delivered, may have been lost.'));
-  client.addEventListener('busy', ({ detail: d }) => showBusy($('status'), d.seconds, `connected as ${client.name}`));
-  client.addEventListener('status', ({ detail: d }) => {
+  // Sealed for our previous key (they wrote before our reset or recovery): said plainly, not as
+  // an attack. Anything else that does not open is not shown either.
+  on('rejected', ({ detail: d }) => system(d.from, d.staleKey
+    ? `A message from ${d.from} could not be opened: it was sent to your previous key (most likely before you reset your key or moved your name here with your recovery code), which this browser no longer has. Ask ${d.from} to send it again.`
+    : `A message from ${d.from} could not be opened (it was damaged, or not sealed with ${d.from}'s key), so it is not shown.`, !d.staleKey));
+  on('expired', ({ detail: d }) => system(d.to, `A message you sent to ${d.to} expired before they came online, and was not delivered.`, true));
+  on('relay_lost_data', () => showInfo(standingNotice = 'The relay had lost its data and no longer knew you, so you are registered again. Messages that were waiting for you there, and messages you sent that were not yet delivered, may have been lost.'));
+  on('busy', ({ detail: d }) => showBusy($('status'), d.seconds, `connected as ${client.name}`));
+  on('status', ({ detail: d }) => {
     if (nameMovedAway) return;
     clearInterval(countdown);
     connected = d.state !== 'offline';
     if (!connected) { setStatus('reconnecting…', true); showInfo(OFFLINE_NOTE); } else { setStatus(`connected as ${client.name}`); showError(''); showInfo(standingNotice); refreshContacts(); }
     renderPeers(); renderHead();
   });
-  document.addEventListener('visibilitychange', () => { if (!document.hidden && current) { markRead(current); renderPeers(); } });
-  addEventListener('pagehide', () => { flushHistory(); });
-  client.addEventListener('name_moved', ({ detail: d }) => nameMoved(d.name));
-  client.addEventListener('recovery_code', () => { const code = client.takeRecoveryCode(); if (code) showRecoveryCode(code); });
+  document.addEventListener('visibilitychange', () => { if (gen === generation && !document.hidden && current) { markRead(current); renderPeers(); } });
+  addEventListener('pagehide', () => { if (gen === generation) flushHistory(); });
+  on('name_moved', ({ detail: d }) => nameMoved(d.name));
+  on('recovery_code', () => { const code = client.takeRecoveryCode(); if (code) showRecoveryCode(code, client.recoveryCodeReason); });
   renderPeers(); renderHead();
+  // A reload in an open conversation at phone width (its history entry stays): it opens again.
+  if (history.state?.conv && onePane() && client.contacts.has(history.state.conv)) openConversation(history.state.conv, { fromHistory: true });
   if (!$('code-dialog').open) $('search').focus();
   await refreshContacts();
   clearInterval(refreshTimer);

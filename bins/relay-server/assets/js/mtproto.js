@@ -536,11 +536,12 @@ export async function handshake(base, clientId, pin, trace = () => {}, recovery 
 }
 
 /**
- * One handshake. Recovery (docs/protocol.md §1 "Recovery"): with `recovery.proveWith` (a code's
- * 16 bytes) it sends `recovery_proof` for this handshake's key, taking the name over from a lost
- * device; otherwise it registers a fresh code's public half (`recovery_key`) and the returned
- * session carries that code in `recoveryCode` (never saved: Session.toJSON leaves it out) for the
- * caller to show once. `recovery.register === false` sends neither.
+ * One handshake. Recovery (docs/protocol.md §1 "Recovery"): it registers a fresh code's public
+ * half (`recovery_key`) and the returned session carries that code in `recoveryCode` (never saved:
+ * Session.toJSON leaves it out) for the caller to show once. With `recovery.proveWith` (a code's
+ * 16 bytes) it also sends `recovery_proof` for this handshake's key, taking the name over from a
+ * lost device: the relay then keeps the fresh code's key instead, so the code just used no longer
+ * works. `recovery.register === false` sends no `recovery_key`.
  */
 async function handshakeOnce(base, name, pin, trace, { proveWith = null, register = true } = {}) {
   // The relay keeps names in lower case, and the key confirmation binds the name it kept.
@@ -584,7 +585,8 @@ async function handshakeOnce(base, name, pin, trace, { proveWith = null, registe
   const digest = await sha1(authKey);
   const setDh = { nonce: b64(nonce), server_nonce: b64(sn), g_b: hex(gbBytes), client_id: clientId };
   // The auth_key_id (SHA1(auth_key)[12..20]) is known before the relay answers: the proof names it.
-  const fresh = !proveWith && register ? newRecoveryCode() : null;
+  // A recovery registers a new code too: the one typed (perhaps seen by someone) stops working.
+  const fresh = register ? newRecoveryCode() : null;
   if (fresh) setDh.recovery_key = b64(await recoveryPublicKey(fresh));
   if (proveWith) {
     setDh.recovery_proof = b64(await recoveryProof(proveWith, clientId, sn, digest.slice(12, 20)));
@@ -803,14 +805,19 @@ export async function loadHistory(name) {
     if (typeof k !== 'string' || !k.startsWith(prefix)) continue;
     try {
       const rec = await openRecord(await idbGet('history', k), `history/${k}`);
-      out.set(k.slice(prefix.length), Array.isArray(rec) ? { items: rec, unread: 0 } : { items: rec.items || [], unread: Number(rec.unread) || 0 });
+      out.set(k.slice(prefix.length), Array.isArray(rec) ? { items: rec, unread: 0, draft: '', awaiting: false }
+        : { items: rec.items || [], unread: Number(rec.unread) || 0, draft: typeof rec.draft === 'string' ? rec.draft : '', awaiting: !!rec.awaiting });
     } catch { /* unreadable: skipped */ }
   }
   return out;
 }
-export async function saveHistory(name, peer, items, { unread = 0 } = {}) {
+/**
+ * Seals one conversation: its messages, unread count, the unsent draft of its composer, and
+ * whether it waits for the peer to accept our new key (`awaiting`).
+ */
+export async function saveHistory(name, peer, items, { unread = 0, draft = '', awaiting = false } = {}) {
   const k = `${name}\u0000${peer}`;
-  await idbPut('history', k, await sealRecord({ items, unread }, `history/${k}`));
+  await idbPut('history', k, await sealRecord({ items, unread, draft, awaiting }, `history/${k}`));
 }
 
 /**
@@ -818,14 +825,18 @@ export async function saveHistory(name, peer, items, { unread = 0 } = {}) {
  * sealed in the vault (`recovery/<name>`) so that a reload or a crash while it is on screen does
  * not lose it; deleted once confirmed (clearPendingRecoveryCode). docs/security.md.
  */
-export async function savePendingRecoveryCode(name, code) {
-  await idbPut('vault', `recovery/${name}`, await sealRecord({ code }, `recovery/${name}`));
+export async function savePendingRecoveryCode(name, code, reason = 'new') {
+  await idbPut('vault', `recovery/${name}`, await sealRecord({ code, reason }, `recovery/${name}`));
 }
-/** The code savePendingRecoveryCode kept for `name`, or null. */
+/**
+ * The code savePendingRecoveryCode kept for `name` and why it was made ('new': a new account,
+ * 'recovered': a recovery replaced the old code, 'again': the relay lost its data): {code,
+ * reason}, or null.
+ */
 export async function loadPendingRecoveryCode(name) {
   const rec = await idbGet('vault', `recovery/${name}`);
   if (!rec) return null;
-  try { return (await openRecord(rec, `recovery/${name}`)).code; } catch { return null; }
+  try { const r = await openRecord(rec, `recovery/${name}`); return r.code ? { code: r.code, reason: r.reason || 'new' } : null; } catch { return null; }
 }
 export async function clearPendingRecoveryCode(name) { await idbPut('vault', `recovery/${name}`, undefined); }
 
@@ -899,7 +910,7 @@ function dropEnvelope(entry) {
 
 /**
  * A relay client in the page. Events: 'message' {from, text, seq, delivery}, 'key_changed' {peer},
- * 'rejected' {from, reason}, 'expired' {to, seq}, 'wire' (see Session.call), 'status' {state, detail},
+ * 'rejected' {from, reason, staleKey}, 'expired' {to, seq}, 'wire' (see Session.call), 'status' {state, detail},
  * 'busy' {seconds} (the relay answered rate_limited; the request is resent after that wait),
  * 'outbox' (a receipt: see `receipt`; also state 'stored' with mailboxSeq, or 'abandoned').
  *
@@ -980,14 +991,17 @@ export class RelayClient extends EventTarget {
       for (const k of saved.blocked || []) c.blocked.add(k);
       for (const [k, key] of Object.entries(saved.keptBlocked || {})) c.keptBlocked.set(k, key);
       // A code registered before a reload (or a crash) and not yet confirmed written down.
-      if (!recoveryCode) c.recoveryCode = await loadPendingRecoveryCode(c.name);
+      if (!recoveryCode) {
+        const pending = await loadPendingRecoveryCode(c.name);
+        if (pending) { c.recoveryCode = pending.code; c.recoveryCodeReason = pending.reason; }
+      }
       if (c.session) trace('resumed', { auth_key_id: hex((await sha1(c.session.authKey)).slice(12, 20)) });
     } else {
       c.identity = await generateIdentity();
     }
     if (!c.session) {
       c.session = await handshake(base, c.name, pin, trace, { proveWith: recoveryCode });
-      if (c.session.recoveryCode) await c.keepRecoveryCode(c.session.recoveryCode);
+      if (c.session.recoveryCode) await c.keepRecoveryCode(c.session.recoveryCode, recoveryCode ? 'recovered' : 'new');
       c.session.recoveryCode = null;
     }
     try { await c.call('/publish_key', { method: 'publish_key', identity_key: b64(c.identity.pub) }); } catch (e) {
@@ -1045,7 +1059,7 @@ export class RelayClient extends EventTarget {
       throw e;
     }
     this.session = this.attach(session);
-    if (session.recoveryCode) await this.keepRecoveryCode(session.recoveryCode);
+    if (session.recoveryCode) await this.keepRecoveryCode(session.recoveryCode, 'again');
     session.recoveryCode = null;
     await this.save();
     // The relay no longer knew our key: it lost its data (or was restored from an old backup).
@@ -1061,13 +1075,15 @@ export class RelayClient extends EventTarget {
    * the user confirms it is written down: a new one replaces one not yet confirmed (which no
    * longer works).
    */
-  async keepRecoveryCode(code) {
+  async keepRecoveryCode(code, reason = 'new') {
     this.recoveryCode = code;
-    if (this.persist) await savePendingRecoveryCode(this.name, code);
+    this.recoveryCodeReason = reason;
+    if (this.persist) await savePendingRecoveryCode(this.name, code, reason);
   }
   /**
    * The recovery code (16 bytes) registered and not yet confirmed, once per page: the page shows
-   * it. The sealed copy stays until confirmRecoveryCode().
+   * it (`recoveryCodeReason` says why it was made). The sealed copy stays until
+   * confirmRecoveryCode().
    */
   takeRecoveryCode() { const code = this.recoveryCode || null; this.recoveryCode = null; return code; }
   /** The user wrote the code down: the sealed copy is deleted (it cannot be shown again). */
@@ -1503,7 +1519,12 @@ export class RelayClient extends EventTarget {
       const p = await this.lookupPeer(m.from);
       if (p && p.status === 'changed') { if (!this.held.has(m.seq)) { this.held.add(m.seq); this.emit('key_changed', { peer: m.from }); } return null; }
       this.toAck.push({ seq: m.seq, ts: m.timestamp_ms });
-      this.emit('rejected', { from: m.from, reason: e.message });
+      // The key id in front of the packet is public: a packet sealed under another key than
+      // this conversation's (the peer still had our previous key, from before a reset or a
+      // recovery) says so without opening anything. `staleKey` tells the page which it was.
+      let staleKey = false;
+      try { staleKey = !equalBytes(fromB64(m.payload).slice(0, 8), await keyId(chat.key)); } catch { /* not even a key id */ }
+      this.emit('rejected', { from: m.from, reason: e.message, staleKey });
       return null;
     }
   }
