@@ -326,7 +326,12 @@ test('Rust and browser codes are one format: a browser code moves the name to re
     assert.match(code, CODE);
     const rust = relayChat('rc-cross', ['--recover', code]);
     await until(() => rust.lines.some((l) => l.includes('connected as rc-cross')), `relay-chat to take the name over (${rust.lines.join(' | ')})`);
-    assert.ok(!rust.lines.some((l) => l.includes('your recovery code')), 'a recovery shows no new code');
+    // A recovery registers a new code (the one used stops working): relay-chat says so and shows it.
+    await until(() => rust.lines.some((l) => l.includes('your recovery code')), `relay-chat to show its new code (${rust.lines.join(' | ')})`);
+    assert.ok(rust.lines.some((l) => l.includes('the recovery code you used no longer works')), rust.lines.join(' | '));
+    const renewed = rust.lines.find((l) => l.includes('your recovery code')).trim().split(' ').pop();
+    assert.match(renewed, CODE);
+    assert.notEqual(renewed, code, 'a new code, not the one used');
     await page.waitForSelector('#recovery:not([hidden])', { timeout: 40000 });
     assert.match(await page.textContent('#recovery-text'), /moved to another device/);
     await rust.quit();
