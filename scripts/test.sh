@@ -39,7 +39,7 @@ echo "== cargo doc (broken or private intra-doc links fail)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace
 echo "== cargo package (the library crates' manifests and file lists)"
 cargo package --no-verify --allow-dirty --workspace --exclude relay-test-support --exclude relay-server \
-  --exclude relay-chat --exclude relay-load --exclude mtproto-relay
+  --exclude relay-chat --exclude relay-load
 echo "== cargo test"
 cargo test --workspace
 echo "== crates/relay-client/examples/two_peers"

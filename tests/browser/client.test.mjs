@@ -7,7 +7,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { launchBrowser, startServer, until, artifacts } from './helpers.mjs';
-import { DESKTOP, PHONE, connect, signIn, openPeer, say, burst, received, mine, inbound, shoot, scripted } from './pages.mjs';
+import { DESKTOP, PHONE, connect, signIn, openPeer, say, burst, received, mine, inbound, shoot, scripted, storedText } from './pages.mjs';
 
 let server, browser;
 before(async () => {
@@ -18,28 +18,6 @@ after(async () => { await browser?.close(); await server?.stop(); });
 
 const newContext = (viewport = DESKTOP) => browser.newContext({ viewport });
 const SAFETY_NUMBER = /^\d{5} \d{5} \d{5} \d{5}\n\d{5} \d{5} \d{5} \d{5}\n\d{5} \d{5} \d{5} \d{5}$/;
-
-/** Every string and byte array in the page's IndexedDB, as text (bytes read as Latin-1 and UTF-8). */
-async function storedText(page) {
-  return page.evaluate(async () => {
-    const db = await new Promise((res, rej) => { const r = indexedDB.open('mtproto-relay'); r.onsuccess = () => res(r.result); r.onerror = () => rej(r.error); });
-    const out = [];
-    const walk = (v) => {
-      if (v == null) return;
-      if (typeof v === 'string') out.push(v);
-      else if (v instanceof Uint8Array || v instanceof ArrayBuffer) {
-        const b = new Uint8Array(v);
-        out.push(new TextDecoder('latin1').decode(b), new TextDecoder().decode(b));
-      } else if (Array.isArray(v)) v.forEach(walk);
-      else if (typeof v === 'object' && !(v instanceof CryptoKey)) Object.values(v).forEach(walk);
-    };
-    for (const name of db.objectStoreNames) {
-      const all = await new Promise((res) => { const r = db.transaction(name).objectStore(name).getAll(); r.onsuccess = () => res(r.result); });
-      walk(all);
-    }
-    return out.join('\n');
-  });
-}
 
 test('a key change blocks both ways until accepted or verified; the warning shows the safety number as Verify does; verified lasts', async () => {
   const ctxA = await newContext(), ctxB = await newContext();

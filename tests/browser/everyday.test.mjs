@@ -7,7 +7,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { launchBrowser, startServer, until } from './helpers.mjs';
-import { DESKTOP, PHONE, connect, signIn, openPeer, say, inbound, received, mine, shoot, scripted, pageFromRevision } from './pages.mjs';
+import { PHONE, connect, signIn, openPeer, say, inbound, received, mine, shoot, scripted, pageFromRevision, revisionContext, sleep } from './pages.mjs';
 import { axeViolations } from './axe.mjs';
 
 let server, browser;
@@ -17,12 +17,7 @@ before(async () => {
 });
 after(async () => { await browser?.close(); await server?.stop(); });
 
-async function newContext(viewport = DESKTOP) {
-  const ctx = await browser.newContext({ viewport });
-  await pageFromRevision(ctx);
-  return ctx;
-}
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const newContext = (viewport) => revisionContext(browser, viewport);
 const focused = (page) => page.evaluate(() => document.activeElement?.id);
 /** The badge the contact list shows beside `peer` ('' for none). */
 const listBadge = (page, peer) => page.evaluate((p) => document.querySelector(`.peer[data-peer="${p}"] .badge`)?.textContent || '', peer);

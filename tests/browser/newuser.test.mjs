@@ -8,7 +8,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { launchBrowser, startServer, until } from './helpers.mjs';
-import { DESKTOP, PHONE, connect, signIn, openPeer, say, inbound, mine, shoot, scripted, pageFromRevision, keepRecoveryCode } from './pages.mjs';
+import { DESKTOP, PHONE, connect, signIn, openPeer, say, inbound, mine, shoot, scripted, pageFromRevision, keepRecoveryCode, revisionContext, sleep, storedText } from './pages.mjs';
 import { axeViolations } from './axe.mjs';
 
 let server, browser;
@@ -18,28 +18,8 @@ before(async () => {
 });
 after(async () => { await browser?.close(); await server?.stop(); });
 
-async function newContext(viewport = DESKTOP) {
-  const ctx = await browser.newContext({ viewport });
-  await pageFromRevision(ctx);
-  return ctx;
-}
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const newContext = (viewport) => revisionContext(browser, viewport);
 const focused = (page) => page.evaluate(() => document.activeElement?.id || document.activeElement?.dataset?.peer || '');
-/** Every string in the page's IndexedDB (what a browser keeps), joined. */
-const storedStrings = (page) => page.evaluate(async () => {
-  const db = await new Promise((res, rej) => { const r = indexedDB.open('mtproto-relay'); r.onsuccess = () => res(r.result); r.onerror = () => rej(r.error); });
-  const out = [];
-  const walk = (v) => {
-    if (v == null) return;
-    if (typeof v === 'string') out.push(v);
-    else if (v instanceof Uint8Array || v instanceof ArrayBuffer) out.push(new TextDecoder('latin1').decode(new Uint8Array(v)));
-    else if (Array.isArray(v)) v.forEach(walk);
-    else if (typeof v === 'object' && !(v instanceof CryptoKey)) Object.values(v).forEach(walk);
-  };
-  for (const name of db.objectStoreNames) walk(await new Promise((res) => { const r = db.transaction(name).objectStore(name).getAll(); r.onsuccess = () => res(r.result); }));
-  db.close();
-  return out.join('\n');
-});
 
 test('(1) a draft stays with its conversation: another conversation never shows it, one Enter there sends nothing, and it survives a reload (sealed)', async () => {
   const ctx = await newContext();
@@ -60,7 +40,7 @@ test('(1) a draft stays with its conversation: another conversation never shows 
     await shoot(page, 'newuser_draft');
     // Kept sealed with the conversation: after a reload each conversation has its own again.
     await sleep(800);
-    assert.ok(!(await storedStrings(page)).includes('for bob only'), 'the draft is not stored in clear');
+    assert.ok(!(await storedText(page)).includes('for bob only'), 'the draft is not stored in clear');
     await page.reload();
     await signIn(page, 'dr-alice');
     await openPeer(page, 'dr-carol');

@@ -127,6 +127,38 @@ export async function pageFromRevision(context, rev = process.env.RECOVERY_TEST_
   });
 }
 
+/** A new context of `browser` at `viewport`, with the page from RECOVERY_TEST_PAGE_REV when set. */
+export async function revisionContext(browser, viewport = DESKTOP) {
+  const ctx = await browser.newContext({ viewport });
+  await pageFromRevision(ctx);
+  return ctx;
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Every string and byte array in the page's IndexedDB, as text (bytes read as Latin-1 and UTF-8). */
+export async function storedText(page) {
+  return page.evaluate(async () => {
+    const db = await new Promise((res, rej) => { const r = indexedDB.open('mtproto-relay'); r.onsuccess = () => res(r.result); r.onerror = () => rej(r.error); });
+    const out = [];
+    const walk = (v) => {
+      if (v == null) return;
+      if (typeof v === 'string') out.push(v);
+      else if (v instanceof Uint8Array || v instanceof ArrayBuffer) {
+        const b = new Uint8Array(v);
+        out.push(new TextDecoder('latin1').decode(b), new TextDecoder().decode(b));
+      } else if (Array.isArray(v)) v.forEach(walk);
+      else if (typeof v === 'object' && !(v instanceof CryptoKey)) Object.values(v).forEach(walk);
+    };
+    for (const name of db.objectStoreNames) {
+      const all = await new Promise((res) => { const r = db.transaction(name).objectStore(name).getAll(); r.onsuccess = () => res(r.result); });
+      walk(all);
+    }
+    db.close();
+    return out.join('\n');
+  });
+}
+
 /**
  * The keys of every IndexedDB store of the page's origin (`{ store: [key, …] }`, keys as
  * strings), and the number of localStorage and sessionStorage entries: what a browser keeps.

@@ -17,7 +17,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { launchBrowser, startServer, until, binDir, freePort } from './helpers.mjs';
-import { DESKTOP, connect, openPeer, say, inbound, shoot, pageFromRevision, keepRecoveryCode, storedKeys } from './pages.mjs';
+import { connect, openPeer, say, inbound, shoot, keepRecoveryCode, storedKeys, revisionContext, storedText } from './pages.mjs';
 import { axeViolations } from './axe.mjs';
 
 let server, browser;
@@ -30,31 +30,7 @@ after(async () => { await browser?.close(); await server?.stop(); });
 const CODE = /^[0-9a-f]{4}(-[0-9a-f]{4}){7}$/;
 const SAFETY_NUMBER = /^\d{5} \d{5} \d{5} \d{5}\n\d{5} \d{5} \d{5} \d{5}\n\d{5} \d{5} \d{5} \d{5}$/;
 
-async function newContext() {
-  const ctx = await browser.newContext({ viewport: DESKTOP });
-  await pageFromRevision(ctx);
-  return ctx;
-}
-
-/** Every string and byte array in the page's IndexedDB, as text (bytes read as Latin-1). */
-async function storedText(page) {
-  return page.evaluate(async () => {
-    const db = await new Promise((res, rej) => { const r = indexedDB.open('mtproto-relay'); r.onsuccess = () => res(r.result); r.onerror = () => rej(r.error); });
-    const out = [];
-    const walk = (v) => {
-      if (v == null) return;
-      if (typeof v === 'string') out.push(v);
-      else if (v instanceof Uint8Array || v instanceof ArrayBuffer) out.push(new TextDecoder('latin1').decode(new Uint8Array(v)));
-      else if (Array.isArray(v)) v.forEach(walk);
-      else if (typeof v === 'object' && !(v instanceof CryptoKey)) Object.values(v).forEach(walk);
-    };
-    for (const name of db.objectStoreNames) {
-      const all = await new Promise((res) => { const r = db.transaction(name).objectStore(name).getAll(); r.onsuccess = () => res(r.result); });
-      walk(all);
-    }
-    return out.join('\n');
-  });
-}
+const newContext = () => revisionContext(browser);
 
 test('recovery: the code shown once, a taken name explained, a wrong code refused, the right one moves the name; the peer is warned, the old browser told', async () => {
   const ctxA = await newContext(), ctxB = await newContext(), ctxC = await newContext();

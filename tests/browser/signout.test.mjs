@@ -10,7 +10,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { launchBrowser, startServer, until } from './helpers.mjs';
-import { DESKTOP, signIn, openPeer, say, inbound, mine, shoot, scripted, keepRecoveryCode, storedKeys, pageFromRevision } from './pages.mjs';
+import { signIn, openPeer, say, inbound, mine, shoot, scripted, keepRecoveryCode, storedKeys, pageFromRevision, revisionContext } from './pages.mjs';
 import { axeViolations } from './axe.mjs';
 
 let server, browser;
@@ -20,11 +20,7 @@ before(async () => {
 });
 after(async () => { await browser?.close(); await server?.stop(); });
 
-async function newContext() {
-  const ctx = await browser.newContext({ viewport: DESKTOP });
-  await pageFromRevision(ctx);
-  return ctx;
-}
+const newContext = () => revisionContext(browser);
 
 /** Signs `name` up on a new page of `ctx`; returns the page and the recovery code it showed. */
 async function signUp(ctx, name) {

@@ -20,7 +20,12 @@ pub const MAX_BODY_BYTES: usize = 512 * 1024;
 /// The HTTP status of a relay error: its code's ([`ErrorCode::http_status`], one table for
 /// the server, the clients and the OpenAPI document).
 pub fn status_of(e: &RelayError) -> StatusCode {
-    StatusCode::from_u16(e.code().http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    status_for(e.code())
+}
+
+/// [`ErrorCode::http_status`] as actix's type (every code's status is a valid one).
+fn status_for(code: ErrorCode) -> StatusCode {
+    StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 /// The JSON error response for `e`.
@@ -76,8 +81,7 @@ pub fn error_response(e: &RelayError) -> HttpResponse {
 /// A refusal made by the HTTP layer itself (the body could not be read or parsed, no route).
 pub(crate) fn client_error(code: ErrorCode, message: String) -> HttpResponse {
     metrics::metrics().refusal(code.as_str());
-    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
-    HttpResponse::build(status).json(ErrorBody::new(code, message))
+    HttpResponse::build(status_for(code)).json(ErrorBody::new(code, message))
 }
 
 /// Reads a JSON body, answering malformed or oversized input with a JSON error.

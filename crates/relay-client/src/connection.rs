@@ -114,23 +114,16 @@ impl Client {
         let (c, mut req) = c
             .handle_server_dh_params(&res, now(), &mut OsRng)
             .map_err(untrusted)?;
-        // A new account registers a fresh recovery code; a recovery proves the old one (the
-        // relay keeps it).
+        // Every handshake registers a fresh recovery code — a recovery too, which also proves the
+        // old one: the code used to recover (typed on a new device, perhaps seen by someone)
+        // stops working, and the new one is shown.
         let recover = st.recover_with.take();
-        // A new code every time one is registered — a recovery too: the code used to recover
-        // (typed on a new device, perhaps seen by someone) stops working, the new one is shown.
-        let fresh = Some(RecoveryCode::generate(&mut OsRng));
-        c.prove_recovery(
-            &mut req,
-            fresh.as_ref().map(RecoveryCode::public),
-            recover.as_ref(),
-        );
+        let fresh = RecoveryCode::generate(&mut OsRng);
+        c.prove_recovery(&mut req, Some(fresh.public()), recover.as_ref());
         let server_key = *c.server_key();
         let res: DhGenOk = self.post_json("/set_client_dh_params", &req).await?;
         let session = c.handle_dh_gen_ok(&res)?;
-        if fresh.is_some() {
-            st.recovery_code = fresh;
-        }
+        st.recovery_code = Some(fresh);
         tracing::info!(client_id = %st.client_id, server = %server_key.fingerprint(), "handshake complete");
         st.server_key = Some(server_key);
         st.session = Some(session);

@@ -225,24 +225,9 @@ impl From<mtproto_session::Error> for RelayError {
                 field: what.into(),
                 reason: format!("over the limit of {max}"),
             },
-            // Client-side failures of the handshake and the end-to-end layer: the relay never
-            // runs them; should one reach it, it is the request's fault, said as such.
-            E::UntrustedServer { .. }
-            | E::BadSignature
-            | E::KeyConfirmation
-            | E::Duplicate { .. }
-            | E::E2eReplay { .. }
-            | E::E2eProtocol { .. }
-            | E::BadPrekeySignature
-            | E::PeerIdentityMismatch
-            | E::UnknownPrekey { .. }
-            | E::MessageKeyGone { .. }
-            | E::TooManySkipped { .. } => Self::InvalidField {
-                field: "message".into(),
-                reason: e.to_string(),
-            },
-            // `mtproto_session::Error` is non_exhaustive: a variant added later is the request's
-            // fault until it gets its own arm here.
+            // The rest are client-side failures (server key, signature, key confirmation, the
+            // end-to-end layer) that the relay never runs, and variants added later
+            // (`mtproto_session::Error` is non_exhaustive): the request's fault, said as such.
             _ => Self::InvalidField {
                 field: "message".into(),
                 reason: e.to_string(),

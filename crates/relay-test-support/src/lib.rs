@@ -48,35 +48,37 @@ fn spawn(port: u16, dir: &std::path::Path, extra: &[&str]) -> Child {
         })
 }
 
-/// Waits (at most 15 s: the whole suite shares two cores) until the server on `port` accepts a
-/// connection. `None` when `child` exited first (typically: another process took the port
-/// between [`free_port`] and the bind).
-fn try_connect(port: u16, child: &mut Child) -> Option<redis::Connection> {
+/// Tries (at most 15 s: the whole suite shares two cores) to connect to the server on `port`;
+/// `None` as soon as `gone()` says the server exited.
+fn connect_unless(port: u16, mut gone: impl FnMut() -> bool) -> Option<redis::Connection> {
     for _ in 0..600 {
         if let Ok(c) =
             redis::Client::open(format!("redis://127.0.0.1:{port}")).and_then(|c| c.get_connection())
         {
             return Some(c);
         }
-        if matches!(child.try_wait(), Ok(Some(_))) {
+        if gone() {
             return None;
         }
         std::thread::sleep(Duration::from_millis(25));
     }
-    stop(child);
-    panic!("redis-server did not start on port {port} within 15 s");
+    None
+}
+
+/// A connection to the server `child` runs on `port`. `None` when `child` exited first
+/// (typically: another process took the port between [`free_port`] and the bind).
+fn try_connect(port: u16, child: &mut Child) -> Option<redis::Connection> {
+    let conn = connect_unless(port, || matches!(child.try_wait(), Ok(Some(_))));
+    if conn.is_none() && matches!(child.try_wait(), Ok(None)) {
+        stop(child);
+        panic!("redis-server did not start on port {port} within 15 s");
+    }
+    conn
 }
 
 fn connect(port: u16) -> redis::Connection {
-    for _ in 0..600 {
-        if let Ok(c) =
-            redis::Client::open(format!("redis://127.0.0.1:{port}")).and_then(|c| c.get_connection())
-        {
-            return c;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("redis-server on port {port} does not accept connections");
+    connect_unless(port, || false)
+        .unwrap_or_else(|| panic!("redis-server on port {port} does not accept connections"))
 }
 
 /// Starts a server on a fresh free port, trying another port (up to 5 times) when the chosen

@@ -625,7 +625,7 @@ impl Engine for SqliteEngine {
                     message_seq: as_u64(seq),
                 };
                 // A sender that is not (or no longer) registered has no mailbox to tell.
-                let seq = match reserve(c, sender.as_str(), RELAY_SENDER, 0, None) {
+                let seq = match reserve(c, sender.as_str(), RELAY_SENDER, 0, None, None) {
                     Ok(seq) => seq,
                     Err(EngineError::UnknownPeer) => continue,
                     Err(e) => return Err(e),

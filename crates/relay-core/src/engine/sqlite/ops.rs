@@ -96,14 +96,17 @@ pub(super) fn row_to_peer(
 }
 
 /// Takes the next sequence number of `to`'s mailbox for an entry of `len` payload bytes from
-/// `from`, counting it, unless a quota refuses it or `to` is unknown — then nothing is written
-/// and the refusal is returned. `quota: None` (relay notices) counts against nothing.
+/// `from`, counting it, unless a quota refuses it, `to` is unknown or its key is not
+/// `key_version` (when given) — then nothing is written and the refusal is returned. The key
+/// check is part of the same UPDATE, so an accepted send costs no extra read. `quota: None`
+/// (relay notices) counts against nothing.
 pub(super) fn reserve(
     conn: &Connection,
     to: &str,
     from: &str,
     len: usize,
     quota: Option<&SendQuota>,
+    key_version: Option<u32>,
 ) -> Result<i64, EngineError> {
     if let Some(q) = quota {
         let (count, bytes): (i64, i64) = conn
@@ -116,11 +119,7 @@ pub(super) fn reserve(
         if as_u64(count) >= q.sender_entries as u64
             || as_u64(bytes).saturating_add(len as u64) > q.sender_bytes
         {
-            return if get_peer(conn, to)?.is_some() {
-                Err(EngineError::SenderQuota)
-            } else {
-                Err(EngineError::UnknownPeer)
-            };
+            return Err(refusal(conn, to, key_version, EngineError::SenderQuota)?);
         }
     }
     let (max_entries, max_bytes) = quota.map_or((u64::MAX / 2, u64::MAX / 2), |q| {
@@ -131,22 +130,54 @@ pub(super) fn reserve(
         .prepare_cached(
             "UPDATE peers SET next_seq = next_seq + 1, mailbox_count = mailbox_count + 1, \
              mailbox_bytes = mailbox_bytes + ?3 \
-             WHERE client_id = ?1 AND mailbox_count < ?2 AND mailbox_bytes + ?3 <= ?4 RETURNING next_seq",
+             WHERE client_id = ?1 AND mailbox_count < ?2 AND mailbox_bytes + ?3 <= ?4 \
+             AND (?5 IS NULL OR key_version = ?5) RETURNING next_seq",
         )
         .map_err(storage)?
-        .query_row(params![to, as_i64(max_entries), len, as_i64(max_bytes)], |r| {
-            r.get(0)
-        })
+        .query_row(
+            params![
+                to,
+                as_i64(max_entries),
+                len,
+                as_i64(max_bytes),
+                key_version.map(i64::from)
+            ],
+            |r| r.get(0),
+        )
         .optional()
         .map_err(storage)?;
     match (seq, quota) {
         (Some(seq), _) => Ok(seq),
-        // Tell the two refusals apart (the rare path).
-        (None, Some(q)) if get_peer(conn, to)?.is_some() => Err(EngineError::MailboxFull {
-            cap: q.mailbox_entries,
-        }),
-        (None, _) => Err(EngineError::UnknownPeer),
+        // Tell the refusals apart (the rare path).
+        (None, Some(q)) => Err(refusal(
+            conn,
+            to,
+            key_version,
+            EngineError::MailboxFull {
+                cap: q.mailbox_entries,
+            },
+        )?),
+        (None, None) => Err(refusal(conn, to, key_version, EngineError::UnknownPeer)?),
     }
+}
+
+/// Why a send to `to` was refused, read after the fact: an unknown recipient, then a key
+/// version other than the one the send was sealed for, else `otherwise` (a quota).
+fn refusal(
+    conn: &Connection,
+    to: &str,
+    key_version: Option<u32>,
+    otherwise: EngineError,
+) -> Result<EngineError, EngineError> {
+    Ok(match get_peer(conn, to)? {
+        None => EngineError::UnknownPeer,
+        Some((peer, _)) if key_version.is_some_and(|v| v != peer.key_version) => {
+            EngineError::PeerKeyChanged {
+                current: peer.key_version,
+            }
+        }
+        Some(_) => otherwise,
+    })
 }
 
 /// Gives back what [`reserve`] took (the same request then failed before anything else).
@@ -230,18 +261,6 @@ pub(super) fn insert_entry(
     Ok(())
 }
 
-/// Refuses a send sealed for another key version than `to`'s current one (before any write).
-pub(super) fn expect_key_version(c: &Connection, to: &str, expected: u32) -> Result<(), EngineError> {
-    let (peer, _) = get_peer(c, to)?.ok_or(EngineError::UnknownPeer)?;
-    if peer.key_version == expected {
-        Ok(())
-    } else {
-        Err(EngineError::PeerKeyChanged {
-            current: peer.key_version,
-        })
-    }
-}
-
 /// One request's commit (see [`Engine::commit`]), inside the writer's transaction.
 ///
 /// Every refusal comes before anything is written (see `SqliteEngine::call`): a send first
@@ -257,15 +276,10 @@ pub(super) fn commit_in(c: &Connection, cm: &Commit) -> Result<Outcome, EngineEr
             payload,
             key_version,
             ..
-        } => {
-            if let Some(expected) = *key_version {
-                expect_key_version(c, to.as_str(), expected)?;
-            }
-            Some((
-                to.as_str(),
-                reserve(c, to.as_str(), me, payload.len(), Some(quota))?,
-            ))
-        }
+        } => Some((
+            to.as_str(),
+            reserve(c, to.as_str(), me, payload.len(), Some(quota), *key_version)?,
+        )),
         Op::PublishKey { .. } if get_peer(c, me)?.is_none() => return Err(EngineError::UnknownPeer),
         _ => None,
     };
