@@ -324,3 +324,44 @@ test('(9) texts: the sign-in title, your own name in the search, the recovery co
     await other.close();
   } finally { await ctx.close(); await g.close(); }
 });
+
+test('(review 13b) a stranger\'s huge messages cannot freeze or fill the page: a bubble shows at most 2,000 characters or 40 lines with "copy all", and a conversation keeps at most 1,000,000 characters', async () => {
+  const ctx = await newContext(PHONE);
+  await ctx.grantPermissions(['clipboard-read', 'clipboard-write']);
+  const g = await scripted(browser, server, 'hx-stranger');
+  try {
+    const page = await connect(ctx, 'hx-user', server.url);
+    // One line of 60,000 characters with nowhere to break it, and 3,000 empty lines.
+    await g.evaluate(() => c.send('hx-user', 'wide:' + 'A'.repeat(59995)));
+    await g.evaluate(() => c.send('hx-user', 'tall:' + '\n'.repeat(3000) + 'end'));
+    await openPeer(page, 'hx-stranger');
+    await inbound(page, 'tall:');
+    const bodies = await page.locator('#messages li.msg.in .body').evaluateAll((l) => l.map((b) => b.textContent));
+    assert.equal(bodies.length, 2);
+    assert.ok(bodies[0].startsWith('wide:') && bodies[0].length <= 2001, `the wide one is shown in part (${bodies[0].length})`);
+    assert.ok(bodies[1].split('\n').length <= 41, `the tall one is shown in part (${bodies[1].split('\n').length} lines)`);
+    assert.equal(await page.locator('#messages li.msg.in button.copy-all').count(), 2);
+    const preview = await page.textContent('.peer[data-peer="hx-stranger"] .preview');
+    assert.ok(preview.length <= 200, `the list's preview is short (${preview.length})`);
+    await page.locator('#messages li.msg.in button.copy-all').first().click();
+    await until(async () => (await page.evaluate(() => navigator.clipboard.readText())).length === 60000, 'the whole message copied');
+    await shoot(page, 'newuser_long_message');
+    assert.deepEqual(await axeViolations(page), [], 'axe: a long message');
+
+    // Twenty more of 60,000 characters: the oldest go, the conversation stays within 1,000,000.
+    for (let i = 0; i < 20; i++) await g.evaluate((i) => c.send('hx-user', `big${i}:` + 'B'.repeat(59990)), i);
+    await inbound(page, 'big19:');
+    const stored = () => page.evaluate(async () => {
+      const m = await import('/js/mtproto.js');
+      const conv = [...await m.loadHistory('hx-user')].find(([peer]) => peer === 'hx-stranger');
+      return conv ? conv[1].items.map((x) => x.text || '') : [];
+    });
+    let kept = [];
+    await until(async () => (kept = await stored()).some((t) => t.startsWith('big19:')), 'the newest message stored');
+    kept = kept.map((t) => t.length);
+    const total = kept.reduce((a, b) => a + b, 0);
+    assert.ok(total <= 1_000_000, `stored text ${total} ≤ 1,000,000`);
+    assert.ok(kept.length < 22, `the oldest were dropped (${kept.length} kept)`);
+    assert.ok(await page.locator('#messages li.msg.in:has-text("big19:")').count() === 1, 'the newest is shown');
+  } finally { await ctx.close(); await g.close(); }
+});

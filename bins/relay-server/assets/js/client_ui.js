@@ -40,6 +40,36 @@ const ONLINE_SECS = 15;
 const REFRESH_MS = 4000;
 /** Most messages kept per conversation. */
 const KEEP_MESSAGES = 2000;
+/**
+ * Most text kept per conversation, in characters (about 2 MB): besides the count, so that a
+ * stranger's large messages cannot grow the stored history and the page's memory without bound.
+ */
+const KEEP_CHARS = 1_000_000;
+/**
+ * What a bubble shows of a long message: the rest is offered to copy, never laid out (a 60,000-
+ * character message without spaces took 15 s to lay out on every render — review 13b).
+ */
+const SHOW_CHARS = 2000, SHOW_LINES = 40;
+
+/** The part of `text` a bubble shows, or null when it shows all of it. */
+function shownPart(text) {
+  let cut = Math.min(text.length, SHOW_CHARS);
+  let at = -1;
+  for (let n = 0; n < SHOW_LINES; n++) {
+    at = text.indexOf('\n', at + 1);
+    if (at === -1 || at >= cut) { at = -1; break; }
+  }
+  if (at !== -1) cut = at;
+  return cut < text.length ? text.slice(0, cut) : null;
+}
+
+/** Drops a conversation's oldest messages beyond KEEP_MESSAGES or KEEP_CHARS. */
+function trimHistory(list) {
+  if (list.length > KEEP_MESSAGES + 100) list.splice(0, list.length - KEEP_MESSAGES);
+  let chars = 0, keep = list.length;
+  while (keep > 0 && chars + (list[keep - 1].text?.length || 0) <= KEEP_CHARS) chars += list[--keep].text?.length || 0;
+  if (keep > 0) list.splice(0, keep);
+}
 
 let client = null;
 let current = null;
@@ -209,7 +239,7 @@ function renderPeers() {
     side.append(u);
     const badge = badgeFor(name);
     const { li, b, who } = peerRow('peer', name, badge ? [badge, side] : [side]);
-    if (m) { const pv = document.createElement('span'); pv.className = 'preview'; pv.textContent = (m.dir === 'out' ? 'You: ' : '') + m.text; who.append(pv); }
+    if (m) { const pv = document.createElement('span'); pv.className = 'preview'; pv.textContent = (m.dir === 'out' ? 'You: ' : '') + (m.text || '').slice(0, 200); who.append(pv); }
     b.setAttribute('aria-current', String(name === current));
     if (looked.has(name) && !info.has(name)) { b.classList.add('gone'); b.title = 'not on the relay any more'; }
     return li;
@@ -295,8 +325,20 @@ function renderMessages() {
     li.dataset.state = m.state || '';
     if (m.seq !== undefined && m.dir === 'in') li.dataset.seq = String(m.seq);
     if (m.mailboxSeq !== undefined) li.dataset.mailboxSeq = String(m.mailboxSeq);
-    const body = document.createElement('span'); body.className = 'body'; body.textContent = m.text;
+    const body = document.createElement('span'); body.className = 'body';
+    const part = shownPart(m.text || '');
+    body.textContent = part === null ? m.text : `${part}…`;
     li.append(body);
+    if (part !== null) {
+      const more = document.createElement('span'); more.className = 'msg-actions long';
+      const note = document.createElement('small');
+      note.textContent = `a long message: ${m.text.length.toLocaleString()} characters, shown in part`;
+      const copy = document.createElement('button'); copy.type = 'button'; copy.className = 'text copy-all'; copy.textContent = 'copy all';
+      copy.addEventListener('click', () => navigator.clipboard.writeText(m.text).then(
+        () => { copy.textContent = 'copied'; }, () => { copy.textContent = 'could not copy'; }));
+      more.append(note, copy);
+      li.append(more);
+    }
     if (m.at && m.dir !== 'system') {
       const t = document.createElement('span'); t.className = 'time'; t.dataset.time = hm(m.at);
       t.title = new Date(m.at).toLocaleString();
@@ -401,7 +443,7 @@ function push(peer, m) {
     }
     list.splice(i, 0, m);
   } else list.push(m);
-  if (list.length > KEEP_MESSAGES + 100) list.splice(0, list.length - KEEP_MESSAGES);
+  trimHistory(list);
   if (m.dir === 'in' && (peer !== current || document.hidden)) unread.set(peer, (unread.get(peer) || 0) + 1);
   // Arrived below what the user is reading: said by "new messages ↓" instead of a jump.
   if (m.dir === 'in' && peer === current && !nearBottom()) newBelow += 1;
@@ -1044,6 +1086,7 @@ async function start(notice = '') {
         if (pending.has(m.id)) byOutbox.set(m.id, m);
       }
     }
+    trimHistory(list);
     convs.set(peer, list);
   }
   on('outbox', ({ detail: r }) => showOutbox(r));
