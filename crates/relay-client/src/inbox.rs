@@ -124,14 +124,10 @@ impl Client {
             timeout_ms: Some(wait.as_millis() as u64),
             limit: None,
         };
-        let answer: PollAnswer = match self.call(&call).await {
-            Ok(a) => a,
-            Err(e) => {
-                // Not acknowledged: keep them for the next poll.
-                self.state.lock().await.to_ack.extend(ack);
-                return Err(e);
-            }
-        };
+        // On an error, or if this future is dropped mid-request, the acks stay queued for the
+        // next poll (an ack for an entry already gone is ignored by the relay).
+        let answer: PollAnswer = self.call(&call).await?;
+        self.acknowledged(&ack).await;
         let mut events: Vec<Event> = {
             let mut st = self.state.lock().await;
             let lost = std::mem::take(&mut st.relay_lost_data);
@@ -366,10 +362,18 @@ impl Client {
 
     /// The acknowledgements for the next poll: at most the relay's limit, oldest first; the
     /// rest go with the one after.
+    /// The acks one poll carries. They stay queued until the relay has answered
+    /// ([`Client::acknowledged`]): a poll cancelled mid-request must not lose them.
     pub(crate) async fn acks_for_one_poll(&self) -> Vec<AckRef> {
-        let mut st = self.state.lock().await;
-        let n = st.to_ack.len().min(MAX_ACKS_PER_POLL);
-        st.to_ack.drain(..n).collect()
+        let st = self.state.lock().await;
+        st.to_ack.iter().take(MAX_ACKS_PER_POLL).copied().collect()
+    }
+
+    /// The relay answered a request that carried `sent`: they are no longer queued.
+    async fn acknowledged(&self, sent: &[AckRef]) {
+        if !sent.is_empty() {
+            self.state.lock().await.to_ack.retain(|a| !sent.contains(a));
+        }
     }
 
     /// Acknowledges everything handed out so far without waiting for the next poll.
@@ -382,11 +386,12 @@ impl Client {
             return Ok(());
         }
         let call = Call::PollMessages {
-            ack,
+            ack: ack.clone(),
             timeout_ms: Some(0),
             limit: Some(1),
         };
         let _: PollAnswer = self.call(&call).await?;
+        self.acknowledged(&ack).await;
         Ok(())
     }
 

@@ -225,3 +225,32 @@ async fn receipts_become_delivered_events() {
     );
     server.stop().await;
 }
+
+/// A poll that is cancelled while its request is in flight (relay-chat's `/quit` aborts its
+/// receive loop) must not take the acknowledgements it carried with it: the next `ack()` (or
+/// poll) sends them again. The relay ignores an ack for an entry already gone, so sending one
+/// twice is harmless; not sending it leaves a read message in the mailbox, counted against the
+/// sender's quota, and handed out again later. (Seen as a flaky `relay-chat` terminal test:
+/// the quit's `ack()` found nothing to send.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_poll_keeps_its_acknowledgements() {
+    use futures::FutureExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "127.0.0.1:0").await;
+    let alice = server.connect("alice").await;
+    let bob = server.connect("bob").await;
+    alice.send("bob", b"read it").await.unwrap();
+    assert_eq!(messages(&bob).await.len(), 1);
+    assert_eq!(
+        bob_mailbox_len(&server).await,
+        1,
+        "handed out, not yet acknowledged"
+    );
+
+    // One step of a long poll: it takes its acks and starts its request; then it is dropped.
+    let in_flight = bob.poll(Duration::from_secs(25)).now_or_never();
+    assert!(in_flight.is_none(), "a long poll cannot finish in one step");
+    bob.ack().await.unwrap();
+    assert_eq!(bob_mailbox_len(&server).await, 0, "the ack was sent again");
+}
