@@ -340,3 +340,70 @@ test('(i) unread counts survive a reload; a history record of an earlier release
     assert.equal(await again.textContent('.peer[data-peer="ur-peer"] .unread'), '');
   } finally { await ctx.close(); await g.close(); }
 });
+
+// key_version (docs/protocol.md §2.3): the page seals for the recipient key it knows and says
+// which; the relay refuses a packet sealed for a key the recipient has replaced, so it is never
+// stored where it can never be read. Before, such a message was stored and the sender saw "sent ✓".
+test('(k) module: a message sealed for a key the recipient has replaced is refused (peer_key_changed), nothing stored; once the new key is accepted, retry seals it again and it is read', async () => {
+  const a = await scripted(browser, server, 'kv-alice');
+  const b = await scripted(browser, server, 'kv-bob');
+  try {
+    await a.evaluate(() => { window.wire = []; c.addEventListener('wire', (e) => { if (e.detail.dir === 'out' && e.detail.path === '/secure_message') wire.push(e.detail.plaintext); }); });
+    assert.equal(await a.evaluate(async () => (await c.send('kv-bob', 'under the first key')).state), 'stored');
+    assert.equal(await a.evaluate(() => wire[0].key_version), 1, 'the send names the key version it was sealed for');
+    await until(async () => { await b.evaluate(() => c.poll(0)); return (await b.evaluate(() => got.map((x) => x.text))).includes('under the first key'); }, 'bob to read the first');
+
+    await b.evaluate(() => c.rotateIdentity());
+    // Alice's page has not looked bob up since: it seals for the key it knows.
+    const r = await a.evaluate(async () => {
+      window.changed = [];
+      c.addEventListener('key_changed', (e) => changed.push(e.detail.peer));
+      return c.send('kv-bob', 'sealed for the old key');
+    });
+    assert.equal(r.state, 'refused');
+    assert.equal(r.code, 'peer_key_changed');
+    assert.match(await a.evaluate((r) => m.refusalText(r), r), /security key changed.*nothing was stored/);
+    assert.deepEqual(await a.evaluate(() => changed), ['kv-bob'], 'the refusal looks bob up: his new key blocks him, once');
+    assert.equal(await a.evaluate(() => c.blocked.has('kv-bob')), true);
+    assert.deepEqual(await b.evaluate(async () => { await c.poll(0); return got.map((x) => x.text); }), ['under the first key'], 'nothing was stored for bob');
+    // Blocked: a retry is refused by the page itself, before anything is sealed.
+    assert.equal(await a.evaluate(async (id) => { try { await c.retry(id); return 'sent'; } catch (e) { return e.keyChanged ? 'key changed' : e.message; } }, r.id), 'key changed');
+
+    await a.evaluate(() => c.acceptPeerKey('kv-bob'));
+    const again = await a.evaluate((id) => c.retry(id), r.id);
+    assert.equal(again.state, 'stored');
+    const last = await a.evaluate(() => wire[wire.length - 1]);
+    assert.equal(last.key_version, 2, 'sealed again for the new key');
+    await until(async () => { await b.evaluate(() => c.poll(0)); return (await b.evaluate(() => got.map((x) => x.text))).includes('sealed for the old key'); }, 'bob to read it under his new key');
+    assert.deepEqual(await b.evaluate(() => got.map((x) => x.text)), ['under the first key', 'sealed for the old key'], 'once each');
+  } finally { await a.close(); await b.close(); }
+});
+
+test('(k) page: a message the relay refused because the peer\'s key changed says so, the warning opens, and after accepting, Retry delivers it', async () => {
+  const ctx = await newContext();
+  const g = await scripted(browser, server, 'kv-peer');
+  try {
+    const page = await connect(ctx, 'kv-user', server.url);
+    await openPeer(page, 'kv-peer');
+    await say(page, 'hello before the reset');
+    await until(async () => /^(sent|delivered)/.test(await mine(page, 'hello before the reset').getAttribute('data-state') || ''), 'the first to be stored');
+    // The page's directory refresh (every 4 s) would block kv-peer before the send once it sees
+    // the new key; held off here so the send goes out sealed for the old one, as it does when
+    // the reset lands between two refreshes.
+    await page.route('**/peers', (route) => route.abort('connectionrefused'));
+    await g.evaluate(() => c.rotateIdentity());
+    await say(page, 'typed right after their reset');
+    await until(async () => (await mine(page, 'typed right after their reset').getAttribute('data-state')) === 'not sent', 'the refusal to show');
+    const note = await mine(page, 'typed right after their reset').locator('small').last().textContent();
+    assert.match(note, /security key changed/);
+    assert.ok(!/peer_key_changed|409/.test(note), `no code in "${note}"`);
+    await page.unroute('**/peers');
+    await page.waitForSelector('#keychange-dialog[open]', { timeout: 20000 });
+    await shoot(page, 'client_ui_refused_key_changed');
+    await page.click('#keychange-accept');
+    await page.waitForSelector('#keychange-dialog', { state: 'hidden' });
+    await mine(page, 'typed right after their reset').locator('button.retry').click();
+    await until(async () => /^(sent|delivered)/.test(await mine(page, 'typed right after their reset').getAttribute('data-state') || ''), 'the retry to be stored');
+    await until(async () => { await g.evaluate(() => c.poll(0)); return (await g.evaluate(() => got.map((x) => x.text))).includes('typed right after their reset'); }, 'the peer to read it under the new key');
+  } finally { await ctx.close(); await g.close(); }
+});

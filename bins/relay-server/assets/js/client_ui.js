@@ -492,7 +492,8 @@ async function retryMessage(m) {
     await sendText(current, m.text);
     return;
   }
-  try { await client.retry(m.id); } catch (e) { showError(sayError(e, current)); }
+  const peer = current;
+  try { await client.retry(m.id); } catch (e) { if (e.keyChanged) await warnKeyChange(peer); else showError(sayError(e, peer)); }
 }
 
 async function discardMessage(m) {

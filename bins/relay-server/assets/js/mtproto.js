@@ -467,6 +467,7 @@ export function humanError(e, peer = 'they') {
     case 'msg_id_reused': return 'this page made a mistake (a message id was used twice). Reload the page and send again.';
     case 'payload_too_large': return 'the message is too long.';
     case 'unknown_peer': return `${peer} is not known to the relay.`;
+    case 'peer_key_changed': return `${peer}'s security key changed before this message reached the relay: nothing was stored. Accept or verify the new key, then retry.`;
     case 'client_id_taken': return 'this name belongs to someone else (another key). Pick another name.';
     case 'storage_unavailable': case 'busy': return 'the relay cannot store anything right now. Try again shortly.';
     case 'internal': return 'the relay failed (a bug on its side). Try again later.';
@@ -891,7 +892,7 @@ export const MAX_OUTBOX = 1000;
  */
 export const REUSE_ENVELOPE_SECS = 3000; // the relay keeps outcomes 3,600 s and answers a resend from them
 /** Refusals that settle a message (relay_client::outbox::is_final_refusal); others leave it sending. */
-const FINAL_REFUSALS = new Set(['unknown_peer', 'mailbox_full', 'sender_quota', 'payload_too_large', 'invalid_field']);
+const FINAL_REFUSALS = new Set(['unknown_peer', 'mailbox_full', 'sender_quota', 'payload_too_large', 'invalid_field', 'peer_key_changed']);
 
 /** The reason a person reads for a refused outbox receipt. */
 export function refusalText(r) { return humanError(new RelayError(0, { error: r.code, message: r.message || '' }), r.to); }
@@ -1276,7 +1277,11 @@ export class RelayClient extends EventTarget {
   }
   async sealEntry(id, chat, to, body, control) {
     const sealed = await chat.seal(body);
+    // The recipient's key version it is sealed for: the relay refuses it (peer_key_changed)
+    // once they have another key, instead of storing what they can never read.
+    const version = this.peers.get(to)?.version;
     return { id, to, body, control, packet: sealed.packet, seq: sealed.seq, randomId: hex(sealed.randomId), sentAt: Date.now(), envelope: null,
+      keyVersion: Number.isSafeInteger(version) ? version : null,
       maybeStored: false, released: false, state: 'sending', code: null, message: null, lastError: null };
   }
   /** What the page shows of an outbox entry: {id, to, seq, randomId, control, text, state, code, message, lastError, sentAt}. */
@@ -1350,6 +1355,7 @@ export class RelayClient extends EventTarget {
       if (!entry) return null;
       const s = this.attach(this.session);
       const call = { method: 'send_message', target_peer: entry.to, payload: b64(entry.packet) };
+      if (Number.isSafeInteger(entry.keyVersion)) call.key_version = entry.keyVersion;
       // docs/protocol.md §3.1: the same envelope while the relay can still recognise its msg_id
       // (same session, within the msg_id window with a minute to spare), else a new envelope
       // around the same end-to-end packet.
@@ -1413,12 +1419,18 @@ export class RelayClient extends EventTarget {
           const chat = this.chats.get(entry.to);
           if (!entry.maybeStored && chat) entry.released = chat.releaseUnsent(entry.seq);
           Object.assign(entry, { state: 'refused', code: err.code, message: err.body.message || '', lastError: null });
-          // A receipt whose seq was given back leaves no hole: dropped. Otherwise it goes again later.
-          if (entry.control && entry.released) this.outbox.splice(this.outbox.indexOf(entry), 1);
+          const keyChanged = err.code === 'peer_key_changed';
+          // A receipt whose seq was given back leaves no hole, and one sealed for a key the peer
+          // has replaced can never be read (the conversation starts again under the new key):
+          // dropped. Otherwise it goes again later.
+          if (entry.control && (entry.released || keyChanged)) this.outbox.splice(this.outbox.indexOf(entry), 1);
           else if (entry.control) this.retryControlLater(entry);
           await this.save();
           const r = this.receipt(entry);
           this.emit('outbox', r);
+          // The recipient has another key now: the lookup blocks them ('key_changed'), so the
+          // user is asked to accept or verify it before anything else goes to them.
+          if (keyChanged) await this.lookupPeer(entry.to).catch(() => {});
           return r;
         }
       }
@@ -1436,11 +1448,19 @@ export class RelayClient extends EventTarget {
     await this.exclusive(async () => {
       const entry = this.outbox.find((e) => e.id === id);
       if (!entry || entry.state !== 'refused') return;
-      if (entry.released) {
-        const chat = this.chats.get(entry.to);
-        if (!chat) throw new Error(`no conversation with ${entry.to}`);
+      if (this.blocked.has(entry.to)) {
+        const e = new Error(`${entry.to}'s identity key CHANGED`); e.keyChanged = true;
+        e.human = `${entry.to}'s security key changed. Accept or verify the new key, then retry.`;
+        throw e;
+      }
+      // Sealed for a key the user has replaced since (by accepting the new one): sealed again
+      // under the conversation with the accepted key, as is a message whose seq was given back.
+      const version = this.peers.get(entry.to)?.version;
+      const staleKey = Number.isSafeInteger(entry.keyVersion) && entry.keyVersion !== version;
+      if (entry.released || staleKey) {
+        const chat = await this.chatWith(entry.to);
         const fresh = await this.sealEntry(entry.id, chat, entry.to, entry.body, entry.control);
-        Object.assign(entry, { packet: fresh.packet, seq: fresh.seq, envelope: null, maybeStored: false, released: false });
+        Object.assign(entry, { packet: fresh.packet, seq: fresh.seq, keyVersion: fresh.keyVersion, envelope: null, maybeStored: false, released: false });
       }
       Object.assign(entry, { state: 'sending', code: null, message: null, lastError: null });
       await this.save();
