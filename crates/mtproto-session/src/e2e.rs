@@ -37,7 +37,7 @@ use mtproto_crypto::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{wire::fixed, Error, Result, SecretBytes, UnixTime};
+use crate::{wire::fixed, E2eError, Result, SecretBytes, UnixTime};
 
 /// The framing of end-to-end packets.
 pub const E2E: Framing = Framing::new(Mode::Cbc, Layout::LENGTH_PREFIXED);
@@ -121,8 +121,8 @@ pub(crate) struct Inner {
 
 impl Inner {
     /// Splits decrypted data into the inner header and the body.
-    pub(crate) fn parse(d: &[u8]) -> Result<Self> {
-        let part = |r: Range<usize>| d.get(r).ok_or(Error::Decrypt);
+    pub(crate) fn parse(d: &[u8]) -> Result<Self, E2eError> {
+        let part = |r: Range<usize>| d.get(r).ok_or(E2eError::Decrypt);
         Ok(Self {
             random_id: fixed("random_id", part(0..8)?)?,
             seq: u32::from_le_bytes(fixed("out_seq", part(8..12)?)?),
@@ -175,8 +175,8 @@ impl ChatState {
     /// A new conversation with `peer`.
     ///
     /// # Errors
-    /// [`Error::Dh`] when the peer's key is a low-order point.
-    pub fn new(own: &IdentitySecret, peer: IdentityPublic) -> Result<Self> {
+    /// [`E2eError::Dh`] when the peer's key is a low-order point.
+    pub fn new(own: &IdentitySecret, peer: IdentityPublic) -> Result<Self, E2eError> {
         Ok(Self {
             key: own.chat_key(&peer)?,
             own: own.public(),
@@ -192,12 +192,22 @@ impl ChatState {
     /// Restores a saved conversation.
     ///
     /// # Errors
-    /// [`Error::Malformed`] when the saved key is not 256 bytes, or the saved window is wider
-    /// than [`MAX_GAPS`] or remembers more than [`MAX_GIVEN_UP_RANGES`] runs.
-    pub fn restore(data: ChatStateData) -> Result<Self> {
-        let window_ok = data.recv_above.len() <= MAX_GAPS
-            && data.given_up.len() <= MAX_GIVEN_UP_RANGES
-            && data.recv_above.first().is_none_or(|&f| f >= data.recv_low)
+    /// [`E2eError::TooManyGaps`] when the saved window holds more than [`MAX_GAPS`] gaps or
+    /// [`MAX_GIVEN_UP_RANGES`] given-up runs; [`E2eError::Malformed`] when the saved key is not
+    /// 256 bytes or the window is inconsistent.
+    pub fn restore(data: ChatStateData) -> Result<Self, E2eError> {
+        for (got, max) in [
+            (data.recv_above.len(), MAX_GAPS),
+            (data.given_up.len(), MAX_GIVEN_UP_RANGES),
+        ] {
+            if got > max {
+                return Err(E2eError::TooManyGaps {
+                    got: got as u64,
+                    max: max as u64,
+                });
+            }
+        }
+        let window_ok = data.recv_above.first().is_none_or(|&f| f >= data.recv_low)
             && data
                 .recv_above
                 .last()
@@ -208,13 +218,13 @@ impl ChatState {
                 .all(|r| r.start < r.end && r.end <= data.recv_low)
             && data.seen_ids.len() <= MAX_REMEMBERED_IDS;
         if !window_ok {
-            return Err(Error::Malformed {
+            return Err(E2eError::Malformed {
                 field: "chat window",
                 reason: "inconsistent or over its bounds",
             });
         }
         Ok(Self {
-            key: ChatKey::from_slice(data.key.expose()).map_err(|_| Error::Malformed {
+            key: ChatKey::from_slice(data.key.expose()).map_err(|_| E2eError::Malformed {
                 field: "chat key",
                 reason: "must be 256 bytes",
             })?,
@@ -264,21 +274,22 @@ impl ChatState {
     /// Seals `body` as the next message.
     ///
     /// # Errors
-    /// [`Error::Limit`] when the body is over the framing's limit.
+    /// [`E2eError::TooLarge`] when the body is over the framing's limit.
     pub fn seal(
         &mut self,
         body: &[u8],
         now: UnixTime,
         rng: &mut (impl RngCore + CryptoRng),
-    ) -> Result<Sealed> {
+    ) -> Result<Sealed, E2eError> {
         let mut random_id = [0u8; 8];
         rng.fill_bytes(&mut random_id);
         let seq = self.sent;
         let data_len = INNER_HEADER + body.len();
-        let len = u32::try_from(data_len).map_err(|_| Error::Limit {
-            what: "message",
-            max: u64::from(u32::MAX),
-        })?;
+        let too_big = E2eError::TooLarge {
+            got: data_len as u64,
+            max: mtproto_crypto::MAX_DATA_LEN as u64,
+        };
+        let len = u32::try_from(data_len).map_err(|_| too_big.clone())?;
         let mut payload = Vec::with_capacity(4 + data_len);
         payload.extend_from_slice(&len.to_le_bytes());
         payload.extend_from_slice(&random_id);
@@ -288,10 +299,7 @@ impl ChatState {
         payload.extend_from_slice(body);
         let packet = E2E
             .seal(&self.key, self.send_dir(), &payload, rng)
-            .map_err(|_| Error::Limit {
-                what: "message",
-                max: mtproto_crypto::MAX_DATA_LEN as u64,
-            })?;
+            .map_err(|_| too_big)?;
         self.sent = self.sent.wrapping_add(1);
         Ok(Sealed {
             packet,
@@ -325,10 +333,10 @@ impl ChatState {
     /// ([`Delivery::Reused`]: the peer's state went back); with the same id it is a replay.
     ///
     /// # Errors
-    /// [`Error::Decrypt`] for anything forged, corrupted or reflected; [`Error::E2eReplay`] for a
+    /// [`E2eError::Decrypt`] for anything forged, corrupted or reflected; [`E2eError::Replay`] for a
     /// message already received (or given up so long ago that it is no longer remembered);
-    /// [`Error::E2eProtocol`] for impossible counters. No error changes the state.
-    pub fn open(&mut self, packet: &[u8]) -> Result<Received> {
+    /// [`E2eError::Protocol`] for impossible counters. No error changes the state.
+    pub fn open(&mut self, packet: &[u8]) -> Result<Received, E2eError> {
         let inner = self.decode(packet)?;
         self.accept(inner)
     }
@@ -358,7 +366,7 @@ impl ChatState {
 
     /// The window bookkeeping of [`ChatState::open`] for an authenticated inner header; also
     /// the double ratchet's hook. No error changes the state.
-    pub(crate) fn accept(&mut self, inner: Inner) -> Result<Received> {
+    pub(crate) fn accept(&mut self, inner: Inner) -> Result<Received, E2eError> {
         let Inner {
             random_id,
             seq,
@@ -373,13 +381,13 @@ impl ChatState {
             (true, None) => match self.seen_ids.get(&seq) {
                 // Another message under a number we have: the peer's state went back.
                 Some(&seen) if seen != id => true,
-                _ => return Err(Error::E2eReplay { seq }),
+                _ => return Err(E2eError::Replay { seq }),
             },
             _ => false,
         };
         let own_counter_moved = if in_seq > self.sent {
             if in_seq - self.sent > MAX_OWN_ROLLBACK {
-                return Err(Error::E2eProtocol {
+                return Err(E2eError::Protocol {
                     reason: "peer acknowledges messages never sent",
                 });
             }
@@ -442,10 +450,10 @@ impl ChatState {
     /// relay (never acknowledged). The result says [`Delivery::InOrder`], with nothing lost.
     ///
     /// # Errors
-    /// [`Error::Decrypt`] as for [`ChatState::open`]; [`Error::E2eProtocol`] for a message this
+    /// [`E2eError::Decrypt`] as for [`ChatState::open`]; [`E2eError::Protocol`] for a message this
     /// state has not received (open it with [`ChatState::open`]) or whose number was received
     /// with another message.
-    pub fn open_again(&self, packet: &[u8]) -> Result<Received> {
+    pub fn open_again(&self, packet: &[u8]) -> Result<Received, E2eError> {
         let inner = self.decode(packet)?;
         let seq = inner.seq;
         let received = (seq < self.recv_low && !self.given_up.iter().any(|r| r.contains(&seq)))
@@ -455,7 +463,7 @@ impl ChatState {
             .get(&seq)
             .is_none_or(|&id| id == u64::from_le_bytes(inner.random_id));
         if !(received && same) {
-            return Err(Error::E2eProtocol {
+            return Err(E2eError::Protocol {
                 reason: "not a message received before",
             });
         }
@@ -471,7 +479,7 @@ impl ChatState {
     }
 
     /// Authenticates and decrypts a packet from the peer and splits its inner header.
-    fn decode(&self, packet: &[u8]) -> Result<Inner> {
+    fn decode(&self, packet: &[u8]) -> Result<Inner, E2eError> {
         let opened = E2E.open(&self.key, self.send_dir().reverse(), packet)?;
         Inner::parse(opened.data())
     }

@@ -1,4 +1,5 @@
-//! The one error type of this crate, and MTProto's bad_msg_notification codes.
+//! The errors of this crate (one enum per operation, wrapped by [`Error`]), and MTProto's
+//! bad_msg_notification codes.
 
 use serde::{Deserialize, Serialize};
 
@@ -76,33 +77,45 @@ impl BadMsgCode {
     }
 }
 
-/// Every way an operation of this crate can fail, sorted by who is at fault.
+/// A field that could not be decoded (bad base64 or hex, a wrong length, bad JSON). Every
+/// operation's error wraps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("malformed {field}: {reason}")]
+pub struct Malformed {
+    /// The field.
+    pub field: &'static str,
+    /// What was wrong (a fixed description, never secret data).
+    pub reason: &'static str,
+}
+
+/// Why a handshake step failed ([`crate::handshake`], [`crate::work`]), on either side.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    // --- malformed input -------------------------------------------------------------------
-    /// A field could not be decoded (bad base64/hex, wrong length, bad JSON).
+pub enum HandshakeError {
+    /// A field of the step could not be decoded.
     #[error("malformed {field}: {reason}")]
     Malformed {
         /// The field.
         field: &'static str,
-        /// What was wrong (a fixed description, never secret data).
+        /// What was wrong.
         reason: &'static str,
     },
-
-    // --- a peer breaking the protocol ------------------------------------------------------
-    /// A packet failed to decrypt or authenticate. Opaque on purpose.
-    #[error("message rejected")]
-    Decrypt,
-    /// A nonce in a handshake message did not match this handshake.
+    /// A nonce in the message did not match this handshake.
     #[error("{which} does not match this handshake")]
     NonceMismatch {
         /// `nonce` or `server_nonce`.
         which: &'static str,
     },
-    /// The client's answer to the pq proof of work is wrong.
+    /// The client's answer to the pq proof of work is wrong (or missing).
     #[error("wrong proof-of-work answer")]
     BadProofOfWork,
+    /// The server asked for a proof of work harder than a client accepts to do.
+    #[error("the server asks for {bits} bits of proof of work, more than {max}")]
+    WorkTooHard {
+        /// The bits asked.
+        bits: u8,
+        /// The most a client does.
+        max: u8,
+    },
     /// The server's key is not the pinned one.
     #[error("server key fingerprint {got} is not the pinned {expected}")]
     UntrustedServer {
@@ -120,6 +133,34 @@ pub enum Error {
     /// The key confirmation (new_nonce_hash1) did not match: the server does not hold our key.
     #[error("key confirmation failed")]
     KeyConfirmation,
+    /// The pending handshake expired.
+    #[error("handshake expired")]
+    Expired,
+    /// A step came out of order (a step repeated, or one skipped).
+    #[error("handshake step {got} out of order: the handshake is at {expected}")]
+    StepOutOfOrder {
+        /// The step the handshake waits for.
+        expected: &'static str,
+        /// The step that came.
+        got: &'static str,
+    },
+}
+
+/// Why an envelope (the auth-key layer between a client and the relay, [`crate::session`])
+/// could not be made or was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    /// A field could not be decoded.
+    #[error("malformed {field}: {reason}")]
+    Malformed {
+        /// The field.
+        field: &'static str,
+        /// What was wrong.
+        reason: &'static str,
+    },
+    /// The packet failed to decrypt or authenticate. Opaque on purpose.
+    #[error("message rejected")]
+    Decrypt,
     /// The message is for another session.
     #[error("unknown session")]
     WrongSession,
@@ -139,30 +180,73 @@ pub enum Error {
         /// The repeated id.
         msg_id: u64,
     },
-    /// End-to-end: a message was already received (same sequence number): a replay or a resend.
+    /// The body (or the packet around it) is over the limit.
+    #[error("envelope of {got} bytes, over the limit of {max}")]
+    TooLarge {
+        /// Its size.
+        got: u64,
+        /// The limit.
+        max: u64,
+    },
+}
+
+/// Why the end-to-end layer between two peers ([`crate::e2e`], [`crate::x3dh`],
+/// [`crate::ratchet`], [`crate::ratchet_chat`]) refused a packet, a start or a state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum E2eError {
+    /// A field or a saved state could not be decoded.
+    #[error("malformed {field}: {reason}")]
+    Malformed {
+        /// The field.
+        field: &'static str,
+        /// What was wrong.
+        reason: &'static str,
+    },
+    /// The packet failed to decrypt or authenticate. Opaque on purpose: forged, corrupted and
+    /// reflected packets all look the same.
+    #[error("message rejected")]
+    Decrypt,
+    /// A message was already received (same sequence number): a replay or a resend.
     #[error("end-to-end replay of message {seq}")]
-    E2eReplay {
+    Replay {
         /// The repeated sequence number.
         seq: u32,
     },
-    /// End-to-end: the peer's counters are impossible (it claims to have received more than
-    /// we sent, or its counter went back).
+    /// The peer's counters are impossible (it claims to have received more than we sent, or
+    /// its counter went back), or a call came in the wrong state.
     #[error("end-to-end protocol violation: {reason}")]
-    E2eProtocol {
+    Protocol {
         /// What was violated.
         reason: &'static str,
     },
-
-    /// End-to-end: the bundle's signed prekey signature does not verify under the bundle's
-    /// identity signing key.
+    /// The message is over the framing's limit.
+    #[error("message of {got} bytes, over the limit of {max}")]
+    TooLarge {
+        /// Its size (bytes of framed data).
+        got: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A saved window holds more gaps (or given-up runs) than allowed.
+    #[error("{got} gaps, more than {max}")]
+    TooManyGaps {
+        /// Gaps in the saved state.
+        got: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A key is a low-order point, or a DH output is zero.
+    #[error("Diffie-Hellman check failed: {0}")]
+    Dh(mtproto_crypto::Error),
+    /// The bundle's signed prekey signature does not verify under its identity signing key.
     #[error("the signed prekey's signature is invalid")]
     BadPrekeySignature,
-    /// End-to-end: a prekey bundle or start message names another identity than the one expected
-    /// (pinned) for this peer.
+    /// A prekey bundle or start message names another identity than the one expected (pinned)
+    /// for this peer.
     #[error("the prekey bundle belongs to another identity")]
     PeerIdentityMismatch,
-    /// End-to-end: a start message names a prekey this side does not hold (never made, rotated
-    /// out, or a one-time prekey already used: a replayed start).
+    /// A start message names a prekey this side does not hold (never made, rotated out, or a
+    /// one-time prekey already used: a replayed start).
     #[error("unknown {which} prekey {id}")]
     UnknownPrekey {
         /// `signed` or `one-time`.
@@ -170,17 +254,21 @@ pub enum Error {
         /// The prekey id named.
         id: u32,
     },
-    /// End-to-end (double ratchet): the message key for this message was already used (a
-    /// replay) or dropped (too old, evicted from the skipped-key store, or the chain moved on).
+    /// More one-time prekeys than a client keeps.
+    #[error("more than {max} one-time prekeys")]
+    TooManyPrekeys {
+        /// The limit.
+        max: u64,
+    },
+    /// The double ratchet's message key for this message was already used (a replay) or
+    /// dropped (too old, evicted from the skipped-key store, or the chain moved on).
     #[error("message key {n} of its chain is gone (replay, or too late)")]
     MessageKeyGone {
         /// The message number in its chain.
         n: u32,
     },
-
-    // --- limits ------------------------------------------------------------------------------
-    /// End-to-end (double ratchet): opening this message would skip more message keys in one
-    /// chain than [`crate::ratchet::MAX_SKIP`] allows.
+    /// Opening this message would skip more message keys in one chain than
+    /// [`crate::ratchet::MAX_SKIP`] allows.
     #[error("message skips {skip} keys of one chain, more than {max}")]
     TooManySkipped {
         /// Keys it would skip.
@@ -188,32 +276,59 @@ pub enum Error {
         /// The limit.
         max: u32,
     },
-    /// A pending handshake expired.
-    #[error("handshake expired")]
-    HandshakeExpired,
-    /// A handshake step came out of order (a step repeated, or one skipped).
-    #[error("handshake step {got} out of order: the handshake is at {expected}")]
-    StepOutOfOrder {
-        /// The step the handshake waits for.
-        expected: &'static str,
-        /// The step that came.
-        got: &'static str,
-    },
-    /// A size or count limit was exceeded.
-    #[error("{what} exceeds the limit of {max}")]
-    Limit {
-        /// What.
-        what: &'static str,
-        /// The limit.
-        max: u64,
-    },
+    /// 2³² − 1 messages were sent in one sending chain.
+    #[error("the sending chain is exhausted")]
+    ChainExhausted,
 }
 
-impl From<mtproto_crypto::Error> for Error {
+/// Every way an operation of this crate can fail: one enum per operation, and the codec's
+/// [`Malformed`]. Match on the operation's own error where you call it; this one is for code
+/// that drives several (`?` converts each into it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// A field or a saved record could not be decoded.
+    #[error("malformed {field}: {reason}")]
+    Malformed {
+        /// The field.
+        field: &'static str,
+        /// What was wrong.
+        reason: &'static str,
+    },
+    /// A handshake step.
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    /// An envelope between a client and the relay.
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    /// The end-to-end layer between two peers.
+    #[error(transparent)]
+    E2e(#[from] E2eError),
+}
+
+macro_rules! from_malformed {
+    ($($t:ty),*) => {$(
+        impl From<Malformed> for $t {
+            fn from(Malformed { field, reason }: Malformed) -> Self {
+                Self::Malformed { field, reason }
+            }
+        }
+    )*};
+}
+from_malformed!(Error, HandshakeError, EnvelopeError, E2eError);
+
+impl From<mtproto_crypto::Error> for HandshakeError {
+    fn from(e: mtproto_crypto::Error) -> Self {
+        match e {
+            mtproto_crypto::Error::BadSignature => Self::BadSignature,
+            other => Self::Dh(other),
+        }
+    }
+}
+
+impl From<mtproto_crypto::Error> for E2eError {
     fn from(e: mtproto_crypto::Error) -> Self {
         match e {
             mtproto_crypto::Error::Decrypt => Self::Decrypt,
-            mtproto_crypto::Error::BadSignature => Self::BadSignature,
             other => Self::Dh(other),
         }
     }

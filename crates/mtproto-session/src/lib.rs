@@ -51,7 +51,7 @@ pub mod work;
 pub mod x3dh;
 
 pub use e2e::{ChatState, ChatStateData, Delivery, Received, Sealed};
-pub use error::{BadMsgCode, Error, Result};
+pub use error::{BadMsgCode, E2eError, EnvelopeError, Error, HandshakeError, Malformed, Result};
 pub use handshake::{
     AwaitingDhGen, AwaitingDhParams, AwaitingResPq, ClientHandshake, DhGenOk, Established, PendingHandshake,
     ReqDhParams, ReqPq, ResPq, ServerDhParams, ServerHandshake, ServerPin, SetClientDhParams, Stage,

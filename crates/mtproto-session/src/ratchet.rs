@@ -27,18 +27,18 @@ use mtproto_crypto::{
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::{wire, x3dh::X25519KeyPair, Error, Result, SecretKey32, UnixTime};
+use crate::{wire, x3dh::X25519KeyPair, E2eError, Result, SecretKey32, UnixTime};
 
 /// Most message keys one received message may skip in one chain (Signal's `MAX_SKIP`).
 pub const MAX_SKIP: u32 = 1000;
 /// Most skipped message keys a conversation stores; beyond, the oldest are evicted (their
-/// messages then fail with [`Error::MessageKeyGone`]).
+/// messages then fail with [`E2eError::MessageKeyGone`]).
 pub const MAX_SKIPPED_KEYS: usize = 2000;
 /// Skipped message keys older than this are deleted (30 days): a message that late fails with
-/// [`Error::MessageKeyGone`].
+/// [`E2eError::MessageKeyGone`].
 pub const MAX_SKIPPED_AGE_SECS: u64 = 30 * 24 * 3600;
 /// How many earlier remote ratchet keys are remembered, so that a replayed message of an old
-/// chain is reported as [`Error::MessageKeyGone`] rather than taken for a new DH step.
+/// chain is reported as [`E2eError::MessageKeyGone`] rather than taken for a new DH step.
 pub const MAX_PREVIOUS_CHAINS: usize = 64;
 /// The HKDF `info` of the root chain.
 pub const ROOT_INFO: &[u8] = b"mtproto-relay/ratchet/root/v1";
@@ -120,7 +120,7 @@ struct SkippedKey {
 }
 
 /// `KDF_RK` (§5.2).
-fn kdf_rk(rk: &SecretKey32, dh_out: &[u8; 32]) -> Result<(SecretKey32, SecretKey32)> {
+fn kdf_rk(rk: &SecretKey32, dh_out: &[u8; 32]) -> Result<(SecretKey32, SecretKey32), E2eError> {
     let mut out = Zeroizing::new([0u8; 64]);
     hkdf_sha256(rk.expose(), dh_out, ROOT_INFO, &mut out[..])?;
     let (a, b) = out.split_at(32);
@@ -240,10 +240,10 @@ fn skip(
     from: u32,
     to: u32,
     out: &mut Vec<([u8; 32], u32, SecretKey32)>,
-) -> Result<SecretKey32> {
+) -> Result<SecretKey32, E2eError> {
     let count = u64::from(to).saturating_sub(u64::from(from));
     if count > u64::from(MAX_SKIP) {
-        return Err(Error::TooManySkipped {
+        return Err(E2eError::TooManySkipped {
             skip: count,
             max: MAX_SKIP,
         });
@@ -262,12 +262,12 @@ impl Ratchet {
     /// responder's signed prekey as its first remote ratchet key, and a fresh ratchet key pair.
     ///
     /// # Errors
-    /// [`Error::Dh`] when `remote` is a low-order point.
+    /// [`E2eError::Dh`] when `remote` is a low-order point.
     pub fn init_initiator(
         sk: &SecretKey32,
         remote: &[u8; 32],
         rng: &mut (impl RngCore + CryptoRng),
-    ) -> Result<Self> {
+    ) -> Result<Self, E2eError> {
         Self::init_initiator_with(sk, remote, X25519KeyPair::generate(rng))
     }
 
@@ -275,7 +275,11 @@ impl Ratchet {
     ///
     /// # Errors
     /// As [`Ratchet::init_initiator`].
-    pub fn init_initiator_with(sk: &SecretKey32, remote: &[u8; 32], dh_self: X25519KeyPair) -> Result<Self> {
+    pub fn init_initiator_with(
+        sk: &SecretKey32,
+        remote: &[u8; 32],
+        dh_self: X25519KeyPair,
+    ) -> Result<Self, E2eError> {
         let dh = dh_self.diffie_hellman(remote)?;
         let (root, send) = kdf_rk(sk, &dh)?;
         Ok(Self {
@@ -312,17 +316,14 @@ impl Ratchet {
     /// The header and key of the next message to send (§3.4 `RatchetEncrypt`): one chain step.
     ///
     /// # Errors
-    /// [`Error::E2eProtocol`] before the responder received anything (it has no sending chain
-    /// yet); [`Error::Limit`] after 2³² − 1 messages in one chain.
-    pub fn next_send(&mut self) -> Result<(Header, MessageKey)> {
-        let ck = self.send.as_ref().ok_or(Error::E2eProtocol {
+    /// [`E2eError::Protocol`] before the responder received anything (it has no sending chain
+    /// yet); [`E2eError::ChainExhausted`] after 2³² − 1 messages in one chain.
+    pub fn next_send(&mut self) -> Result<(Header, MessageKey), E2eError> {
+        let ck = self.send.as_ref().ok_or(E2eError::Protocol {
             reason: "no sending chain before the first received message",
         })?;
         let n = self.ns;
-        let ns = n.checked_add(1).ok_or(Error::Limit {
-            what: "messages in one sending chain",
-            max: u64::from(u32::MAX),
-        })?;
+        let ns = n.checked_add(1).ok_or(E2eError::ChainExhausted)?;
         let (next, mk) = kdf_ck(ck);
         self.send = Some(next);
         self.ns = ns;
@@ -348,14 +349,14 @@ impl Ratchet {
     /// draws a new ratchet key pair from `rng`). Changes nothing.
     ///
     /// # Errors
-    /// [`Error::MessageKeyGone`] for a message whose key was used or dropped;
-    /// [`Error::TooManySkipped`] beyond [`MAX_SKIP`]; [`Error::Dh`] for a low-order key.
+    /// [`E2eError::MessageKeyGone`] for a message whose key was used or dropped;
+    /// [`E2eError::TooManySkipped`] beyond [`MAX_SKIP`]; [`E2eError::Dh`] for a low-order key.
     pub fn plan_open(
         &self,
         header: &Header,
         now: UnixTime,
         rng: &mut (impl RngCore + CryptoRng),
-    ) -> Result<OpenPlan> {
+    ) -> Result<OpenPlan, E2eError> {
         if let Some(s) = self.find_skipped(&header.dh, header.n, now) {
             return Ok(OpenPlan {
                 key: MessageKey(s.key.clone()),
@@ -365,14 +366,14 @@ impl Ratchet {
             });
         }
         if self.previous_remote.contains(&Remote(header.dh)) {
-            return Err(Error::MessageKeyGone { n: header.n });
+            return Err(E2eError::MessageKeyGone { n: header.n });
         }
         let mut newly_skipped = Vec::new();
         let same_chain = self.dh_remote == Some(header.dh);
         let next = match (&self.recv, same_chain) {
             (Some(ck), true) => {
                 if header.n < self.nr {
-                    return Err(Error::MessageKeyGone { n: header.n });
+                    return Err(E2eError::MessageKeyGone { n: header.n });
                 }
                 let ck = skip(ck, &header.dh, self.nr, header.n, &mut newly_skipped)?;
                 let (recv, mk) = kdf_ck(&ck);
@@ -395,7 +396,7 @@ impl Ratchet {
             (None, true) => {
                 // The initiator's first remote key is the responder's signed prekey, which
                 // never carries messages: nothing can be received under it.
-                return Err(Error::E2eProtocol {
+                return Err(E2eError::Protocol {
                     reason: "message under the signed prekey",
                 });
             }
@@ -406,7 +407,7 @@ impl Ratchet {
                 }
                 // Check the new chain's bound before any DH work.
                 if header.n > MAX_SKIP {
-                    return Err(Error::TooManySkipped {
+                    return Err(E2eError::TooManySkipped {
                         skip: u64::from(header.n),
                         max: MAX_SKIP,
                     });
@@ -503,9 +504,9 @@ impl Ratchet {
     }
 
     /// Checks the bounds of a restored state.
-    pub(crate) fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<(), E2eError> {
         if self.skipped.len() > MAX_SKIPPED_KEYS || self.previous_remote.len() > MAX_PREVIOUS_CHAINS {
-            return Err(Error::Malformed {
+            return Err(E2eError::Malformed {
                 field: "ratchet",
                 reason: "more skipped keys than allowed",
             });

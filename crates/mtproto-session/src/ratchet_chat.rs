@@ -63,7 +63,7 @@ use crate::{
     ratchet::{Header, MessageKey, Ratchet, HEADER_LEN},
     wire,
     x3dh::{self, PrekeyBundle, Prekeys, Start, X25519KeyPair},
-    ChatState, ChatStateData, Error, Received, Result, Sealed, UnixTime,
+    ChatState, ChatStateData, E2eError, Received, Result, Sealed, UnixTime,
 };
 
 /// First byte of a ratchet message.
@@ -134,18 +134,18 @@ struct Prefix {
     len: usize,
 }
 
-fn take<const N: usize>(b: &[u8], at: &mut usize) -> Result<[u8; N]> {
-    let end = at.checked_add(N).ok_or(Error::Decrypt)?;
+fn take<const N: usize>(b: &[u8], at: &mut usize) -> Result<[u8; N], E2eError> {
+    let end = at.checked_add(N).ok_or(E2eError::Decrypt)?;
     let out = b
         .get(*at..end)
         .and_then(|s| <[u8; N]>::try_from(s).ok())
-        .ok_or(Error::Decrypt)?;
+        .ok_or(E2eError::Decrypt)?;
     *at = end;
     Ok(out)
 }
 
-/// Parses a prefix. Malformed is [`Error::Decrypt`]: it is attacker-controlled input.
-fn decode_prefix(packet: &[u8]) -> Result<Prefix> {
+/// Parses a prefix. Malformed is [`E2eError::Decrypt`]: it is attacker-controlled input.
+fn decode_prefix(packet: &[u8]) -> Result<Prefix, E2eError> {
     let mut at = 1;
     let start = match packet.first() {
         Some(&KIND_RATCHET) => None,
@@ -158,7 +158,7 @@ fn decode_prefix(packet: &[u8]) -> Result<Prefix> {
             let one_time_prekey_id = match has_opk {
                 0 if opk == 0 => None,
                 1 => Some(opk),
-                _ => return Err(Error::Decrypt),
+                _ => return Err(E2eError::Decrypt),
             };
             Some(Start {
                 identity,
@@ -167,7 +167,7 @@ fn decode_prefix(packet: &[u8]) -> Result<Prefix> {
                 one_time_prekey_id,
             })
         }
-        _ => return Err(Error::Decrypt),
+        _ => return Err(E2eError::Decrypt),
     };
     let header = Header::decode(&take::<HEADER_LEN>(packet, &mut at)?);
     Ok(Prefix {
@@ -178,7 +178,7 @@ fn decode_prefix(packet: &[u8]) -> Result<Prefix> {
 }
 
 /// `K = HKDF-SHA256(salt = PACKET_KEY_LABEL, ikm = mk, info = AD, L = 256)`.
-fn packet_key(mk: &MessageKey, ad: &[u8; 64]) -> Result<ChatKey> {
+fn packet_key(mk: &MessageKey, ad: &[u8; 64]) -> Result<ChatKey, E2eError> {
     let mut okm = Zeroizing::new([0u8; 256]);
     hkdf_sha256(PACKET_KEY_LABEL, mk.expose(), ad, &mut okm[..])?;
     Ok(ChatKey::from_bytes(*okm))
@@ -253,13 +253,13 @@ impl RatchetChat {
     /// key (32 bytes).
     ///
     /// # Errors
-    /// [`Error::PeerIdentityMismatch`], [`Error::BadPrekeySignature`], [`Error::Dh`].
+    /// [`E2eError::PeerIdentityMismatch`], [`E2eError::BadPrekeySignature`], [`E2eError::Dh`].
     pub fn initiate(
         own: &IdentitySecret,
         bundle: &PrekeyBundle,
         expected_peer: &IdentityPublic,
         rng: &mut (impl RngCore + CryptoRng),
-    ) -> Result<(Self, Started)> {
+    ) -> Result<(Self, Started), E2eError> {
         let ephemeral = X25519KeyPair::generate(rng);
         let ratchet_key = X25519KeyPair::generate(rng);
         Self::initiate_with(own, bundle, expected_peer, &ephemeral, ratchet_key)
@@ -276,7 +276,7 @@ impl RatchetChat {
         expected_peer: &IdentityPublic,
         ephemeral: &X25519KeyPair,
         ratchet_key: X25519KeyPair,
-    ) -> Result<(Self, Started)> {
+    ) -> Result<(Self, Started), E2eError> {
         let agreement = x3dh::initiate_with_ephemeral(own, bundle, expected_peer, ephemeral)?;
         let ratchet =
             Ratchet::init_initiator_with(agreement.shared_secret(), &agreement.signed_prekey, ratchet_key)?;
@@ -298,11 +298,11 @@ impl RatchetChat {
 
     /// Opens a start message from a new peer (X3DH responder, then `RatchetInitBob`, then the
     /// message). The one-time prekey it used is deleted from `prekeys` once the message opened,
-    /// so a replayed start is refused ([`Error::UnknownPrekey`]).
+    /// so a replayed start is refused ([`E2eError::UnknownPrekey`]).
     ///
     /// # Errors
-    /// [`Error::E2eProtocol`] for a packet that is not a start; [`Error::UnknownPrekey`];
-    /// [`Error::Decrypt`]; as [`RatchetChat::open`]. On error nothing changes.
+    /// [`E2eError::Protocol`] for a packet that is not a start; [`E2eError::UnknownPrekey`];
+    /// [`E2eError::Decrypt`]; as [`RatchetChat::open`]. On error nothing changes.
     ///
     /// # Security
     /// A start without a one-time prekey can be replayed to open a second, identical
@@ -314,9 +314,9 @@ impl RatchetChat {
         packet: &[u8],
         now: UnixTime,
         rng: &mut (impl RngCore + CryptoRng),
-    ) -> Result<(Self, Accepted)> {
+    ) -> Result<(Self, Accepted), E2eError> {
         let prefix = decode_prefix(packet)?;
-        let start = prefix.start.ok_or(Error::E2eProtocol {
+        let start = prefix.start.ok_or(E2eError::Protocol {
             reason: "not a start message",
         })?;
         let agreement = x3dh::respond(own, prekeys, &start)?;
@@ -365,22 +365,22 @@ impl RatchetChat {
     /// drawn: the random id (8 bytes), then the framing's padding (76 bytes).
     ///
     /// # Errors
-    /// [`Error::Limit`] when the body is over the framing's limit (checked before the chain
-    /// moves); [`Error::E2eProtocol`] as [`Ratchet::next_send`].
+    /// [`E2eError::TooLarge`] when the body is over the framing's limit (checked before the chain
+    /// moves); [`E2eError::Protocol`] as [`Ratchet::next_send`].
     pub fn seal(
         &mut self,
         body: &[u8],
         now: UnixTime,
         rng: &mut (impl RngCore + CryptoRng),
-    ) -> Result<Sealed> {
+    ) -> Result<Sealed, E2eError> {
         let prefix_len = if self.pending_start.is_some() {
             START_PREFIX_LEN
         } else {
             RATCHET_PREFIX_LEN
         };
         let data_len = prefix_len + INNER_HEADER + body.len();
-        let too_big = Error::Limit {
-            what: "message",
+        let too_big = E2eError::TooLarge {
+            got: data_len as u64,
             max: mtproto_crypto::MAX_DATA_LEN as u64,
         };
         let len = u32::try_from(data_len).map_err(|_| too_big.clone())?;
@@ -418,24 +418,27 @@ impl RatchetChat {
     /// Only then does the state change: the key is deleted, skipped keys stored.
     ///
     /// # Errors
-    /// [`Error::Decrypt`] for anything forged, corrupted or reflected;
-    /// [`Error::MessageKeyGone`] for a replay or a message whose key was dropped;
-    /// [`Error::TooManySkipped`] beyond [`crate::ratchet::MAX_SKIP`]; the window's errors as
+    /// [`E2eError::Decrypt`] for anything forged, corrupted or reflected;
+    /// [`E2eError::MessageKeyGone`] for a replay or a message whose key was dropped;
+    /// [`E2eError::TooManySkipped`] beyond [`crate::ratchet::MAX_SKIP`]; the window's errors as
     /// [`ChatState::open`]. No error changes the state.
     pub fn open(
         &mut self,
         packet: &[u8],
         now: UnixTime,
         rng: &mut (impl RngCore + CryptoRng),
-    ) -> Result<Received> {
+    ) -> Result<Received, E2eError> {
         let prefix = decode_prefix(packet)?;
-        let (clear_prefix, frame) = packet.split_at_checked(prefix.len).ok_or(Error::Decrypt)?;
+        let (clear_prefix, frame) = packet.split_at_checked(prefix.len).ok_or(E2eError::Decrypt)?;
         let plan = self.ratchet.plan_open(&prefix.header, now, rng)?;
         let key = packet_key(plan.message_key(), &self.ad())?;
         let opened = E2E.open(&key, self.send_dir().reverse(), frame)?;
-        let (inner_prefix, rest) = opened.data().split_at_checked(prefix.len).ok_or(Error::Decrypt)?;
+        let (inner_prefix, rest) = opened
+            .data()
+            .split_at_checked(prefix.len)
+            .ok_or(E2eError::Decrypt)?;
         if inner_prefix != clear_prefix {
-            return Err(Error::Decrypt);
+            return Err(E2eError::Decrypt);
         }
         let received = self.window.accept(Inner::parse(rest)?)?;
         self.ratchet.commit(plan, now);
@@ -481,11 +484,11 @@ impl RatchetChat {
     /// Restores a saved conversation.
     ///
     /// # Errors
-    /// [`Error::Malformed`] for a state over its bounds or whose window names other keys.
-    pub fn restore(data: RatchetChatData) -> Result<Self> {
+    /// [`E2eError::Malformed`] for a state over its bounds or whose window names other keys.
+    pub fn restore(data: RatchetChatData) -> Result<Self, E2eError> {
         data.ratchet.check()?;
         if data.window.own != data.own || data.window.peer != data.peer {
-            return Err(Error::Malformed {
+            return Err(E2eError::Malformed {
                 field: "ratchet chat",
                 reason: "window and identities disagree",
             });

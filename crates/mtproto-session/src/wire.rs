@@ -128,9 +128,9 @@ pub(crate) mod b64_64 {
 /// Fixed-length conversion of a decoded field.
 ///
 /// # Errors
-/// [`crate::Error::Malformed`] naming `field` when the length is wrong.
-pub fn fixed<const N: usize>(field: &'static str, bytes: &[u8]) -> crate::Result<[u8; N]> {
-    bytes.try_into().map_err(|_| crate::Error::Malformed {
+/// [`crate::Malformed`] naming `field` when the length is wrong.
+pub fn fixed<const N: usize>(field: &'static str, bytes: &[u8]) -> Result<[u8; N], crate::Malformed> {
+    bytes.try_into().map_err(|_| crate::Malformed {
         field,
         reason: "wrong length",
     })

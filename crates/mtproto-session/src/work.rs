@@ -21,7 +21,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::{Error, Result};
+use crate::{HandshakeError, Result};
 
 /// The domain-separation label hashed first.
 pub const LABEL: &[u8] = b"mtproto-relay/pow/v1";
@@ -62,12 +62,12 @@ pub fn check(nonce: &[u8; 16], server_nonce: &[u8; 16], bits: u8, pow_nonce: &[u
 /// Finds a `pow_nonce` with `bits` of work (counting up from zero, big-endian).
 ///
 /// # Errors
-/// [`Error::Limit`] when `bits` is over [`MAX_CLIENT_BITS`].
-pub fn solve(nonce: &[u8; 16], server_nonce: &[u8; 16], bits: u8) -> Result<[u8; 8]> {
+/// [`HandshakeError::WorkTooHard`] when `bits` is over [`MAX_CLIENT_BITS`].
+pub fn solve(nonce: &[u8; 16], server_nonce: &[u8; 16], bits: u8) -> Result<[u8; 8], HandshakeError> {
     if bits > MAX_CLIENT_BITS {
-        return Err(Error::Limit {
-            what: "proof-of-work bits asked by the server",
-            max: u64::from(MAX_CLIENT_BITS),
+        return Err(HandshakeError::WorkTooHard {
+            bits,
+            max: MAX_CLIENT_BITS,
         });
     }
     // The prefix's hash state is computed once; each try hashes only the last 8 bytes.
@@ -84,7 +84,7 @@ pub fn solve(nonce: &[u8; 16], server_nonce: &[u8; 16], bits: u8) -> Result<[u8;
             return Ok(candidate);
         }
     }
-    Err(Error::BadProofOfWork)
+    Err(HandshakeError::BadProofOfWork)
 }
 
 #[cfg(test)]
@@ -111,7 +111,7 @@ mod tests {
         assert!(check(&n, &s, 0, &weak));
         assert!(matches!(
             solve(&n, &s, MAX_CLIENT_BITS + 1),
-            Err(Error::Limit { .. })
+            Err(HandshakeError::WorkTooHard { .. })
         ));
     }
 

@@ -49,7 +49,7 @@ use mtproto_crypto::{
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::{wire, Error, Result, SecretKey32, UnixTime};
+use crate::{wire, E2eError, Result, SecretKey32, UnixTime};
 
 /// The HKDF `info` of the X3DH key derivation (X3DH §2.1 "info").
 pub const X3DH_INFO: &[u8] = b"mtproto-relay/x3dh/v1";
@@ -102,8 +102,8 @@ impl X25519KeyPair {
     /// X25519 with `peer`.
     ///
     /// # Errors
-    /// [`Error::Dh`] when `peer` is a low-order point.
-    pub fn diffie_hellman(&self, peer: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>> {
+    /// [`E2eError::Dh`] when `peer` is a low-order point.
+    pub fn diffie_hellman(&self, peer: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>, E2eError> {
         Ok(hazmat::x25519(self.secret.expose(), peer)?)
     }
 }
@@ -167,13 +167,13 @@ impl PrekeyBundle {
     /// Checks the signed prekey's signature under the bundle's signing key.
     ///
     /// # Errors
-    /// [`Error::BadPrekeySignature`].
-    pub fn verify(&self) -> Result<()> {
+    /// [`E2eError::BadPrekeySignature`].
+    pub fn verify(&self) -> Result<(), E2eError> {
         let statement =
             signed_prekey_statement(&self.identity, self.signed_prekey.id, &self.signed_prekey.public);
         IdentitySigningPublic::from_bytes(self.signing_key)
             .verify(&statement, &self.signed_prekey.signature)
-            .map_err(|_| Error::BadPrekeySignature)
+            .map_err(|_| E2eError::BadPrekeySignature)
     }
 }
 
@@ -275,15 +275,14 @@ impl Prekeys {
     /// Makes `count` new one-time prekeys and returns them for publication.
     ///
     /// # Errors
-    /// [`Error::Limit`] when that would hold more than [`MAX_ONE_TIME_PREKEYS`]; nothing is made.
+    /// [`E2eError::TooManyPrekeys`] when that would hold more than [`MAX_ONE_TIME_PREKEYS`]; nothing is made.
     pub fn generate_one_time(
         &mut self,
         count: usize,
         rng: &mut (impl RngCore + CryptoRng),
-    ) -> Result<Vec<OneTimePrekeyPublic>> {
+    ) -> Result<Vec<OneTimePrekeyPublic>, E2eError> {
         if self.one_time.len().saturating_add(count) > MAX_ONE_TIME_PREKEYS {
-            return Err(Error::Limit {
-                what: "one-time prekeys",
+            return Err(E2eError::TooManyPrekeys {
                 max: MAX_ONE_TIME_PREKEYS as u64,
             });
         }
@@ -321,12 +320,12 @@ impl Prekeys {
         }
     }
 
-    fn signed_pair(&self, id: u32) -> Result<&X25519KeyPair> {
+    fn signed_pair(&self, id: u32) -> Result<&X25519KeyPair, E2eError> {
         self.signed
             .iter()
             .find(|s| s.id == id)
             .map(|s| &s.pair)
-            .ok_or(Error::UnknownPrekey { which: "signed", id })
+            .ok_or(E2eError::UnknownPrekey { which: "signed", id })
     }
 }
 
@@ -382,7 +381,7 @@ impl fmt::Debug for Agreement {
 
 /// `SK = HKDF(salt = 0×32, ikm = 0xFF×32 ‖ DH1 ‖ DH2 ‖ DH3 [‖ DH4], info = X3DH_INFO, L = 32)`
 /// (X3DH §2.2 "KDF": F is 32 0xFF bytes for X25519; salt a zero-filled hash-length sequence).
-fn kdf(dhs: &[&[u8; 32]]) -> Result<SecretKey32> {
+fn kdf(dhs: &[&[u8; 32]]) -> Result<SecretKey32, E2eError> {
     let mut ikm = Zeroizing::new(Vec::with_capacity(32 * (1 + dhs.len())));
     ikm.extend_from_slice(&[0xFF; 32]);
     for dh in dhs {
@@ -405,14 +404,14 @@ fn ad(initiator: &[u8; 32], responder: &[u8; 32]) -> [u8; 64] {
 /// `expected_peer` (the identity pinned for this contact), and agrees with a fresh ephemeral key.
 ///
 /// # Errors
-/// [`Error::PeerIdentityMismatch`]; [`Error::BadPrekeySignature`]; [`Error::Dh`] for a
+/// [`E2eError::PeerIdentityMismatch`]; [`E2eError::BadPrekeySignature`]; [`E2eError::Dh`] for a
 /// low-order key in the bundle.
 pub fn initiate(
     own: &IdentitySecret,
     bundle: &PrekeyBundle,
     expected_peer: &IdentityPublic,
     rng: &mut (impl RngCore + CryptoRng),
-) -> Result<Agreement> {
+) -> Result<Agreement, E2eError> {
     initiate_with_ephemeral(own, bundle, expected_peer, &X25519KeyPair::generate(rng))
 }
 
@@ -425,9 +424,9 @@ pub fn initiate_with_ephemeral(
     bundle: &PrekeyBundle,
     expected_peer: &IdentityPublic,
     ephemeral: &X25519KeyPair,
-) -> Result<Agreement> {
+) -> Result<Agreement, E2eError> {
     if bundle.identity != *expected_peer.as_bytes() {
-        return Err(Error::PeerIdentityMismatch);
+        return Err(E2eError::PeerIdentityMismatch);
     }
     bundle.verify()?;
     let spk = &bundle.signed_prekey.public;
@@ -459,20 +458,20 @@ pub fn initiate_with_ephemeral(
 /// unauthenticated start must not burn a prekey).
 ///
 /// # Errors
-/// [`Error::UnknownPrekey`] for a prekey not held (a one-time prekey already used means a
-/// replayed start); [`Error::Dh`] for a low-order key.
+/// [`E2eError::UnknownPrekey`] for a prekey not held (a one-time prekey already used means a
+/// replayed start); [`E2eError::Dh`] for a low-order key.
 ///
 /// # Security
 /// The caller checks `start.identity` against the identity it knows for that peer (the
 /// directory, a pinned key, safety numbers) before trusting the conversation.
-pub fn respond(own: &IdentitySecret, prekeys: &Prekeys, start: &Start) -> Result<Agreement> {
+pub fn respond(own: &IdentitySecret, prekeys: &Prekeys, start: &Start) -> Result<Agreement, E2eError> {
     let spk = prekeys.signed_pair(start.signed_prekey_id)?;
     let dh1 = spk.diffie_hellman(&start.identity)?;
     let dh2 = own.diffie_hellman(&start.ephemeral)?;
     let dh3 = spk.diffie_hellman(&start.ephemeral)?;
     let shared = match start.one_time_prekey_id {
         Some(id) => {
-            let opk = prekeys.one_time.get(&id).ok_or(Error::UnknownPrekey {
+            let opk = prekeys.one_time.get(&id).ok_or(E2eError::UnknownPrekey {
                 which: "one-time",
                 id,
             })?;
@@ -490,6 +489,6 @@ pub fn respond(own: &IdentitySecret, prekeys: &Prekeys, start: &Start) -> Result
 }
 
 /// The responder's signed prekey pair named by a start: its first ratchet key pair.
-pub(crate) fn signed_prekey_pair(prekeys: &Prekeys, id: u32) -> Result<X25519KeyPair> {
+pub(crate) fn signed_prekey_pair(prekeys: &Prekeys, id: u32) -> Result<X25519KeyPair, E2eError> {
     prekeys.signed_pair(id).cloned()
 }

@@ -8,7 +8,7 @@
 )]
 
 use mtproto_crypto::{rand_core::OsRng, IdentitySecret};
-use mtproto_session::{ChatState, ChatStateData, Delivery, Error, UnixTime};
+use mtproto_session::{ChatState, ChatStateData, Delivery, E2eError, UnixTime};
 
 fn pair() -> (ChatState, ChatState) {
     let a = IdentitySecret::generate(&mut OsRng);
@@ -45,7 +45,7 @@ fn a_replayed_message_is_refused() {
     let (mut alice, mut bob) = pair();
     let m = alice.seal(b"once", now(), &mut OsRng).unwrap();
     bob.open(&m.packet).unwrap();
-    assert_eq!(bob.open(&m.packet).unwrap_err(), Error::E2eReplay { seq: 0 });
+    assert_eq!(bob.open(&m.packet).unwrap_err(), E2eError::Replay { seq: 0 });
 }
 
 #[test]
@@ -67,7 +67,7 @@ fn reordering_and_drops_are_reported() {
     assert_eq!(bob.open(&m[3].packet).unwrap().delivery, Delivery::InOrder);
     // Every one of them replayed now is refused.
     for x in &m {
-        assert!(matches!(bob.open(&x.packet), Err(Error::E2eReplay { .. })));
+        assert!(matches!(bob.open(&x.packet), Err(E2eError::Replay { .. })));
     }
     // A dropped message stays reported.
     let lost = alice.seal(b"lost", now(), &mut OsRng).unwrap();
@@ -88,14 +88,14 @@ fn forged_corrupted_and_reflected_messages_are_refused() {
     for bit in (0..m.packet.len() * 8).step_by(5) {
         let mut bad = m.packet.clone();
         bad[bit / 8] ^= 1 << (bit % 8);
-        assert_eq!(bob.open(&bad).unwrap_err(), Error::Decrypt, "bit {bit}");
+        assert_eq!(bob.open(&bad).unwrap_err(), E2eError::Decrypt, "bit {bit}");
     }
     // Alice's own message reflected back to her: wrong direction.
-    assert_eq!(alice.open(&m.packet).unwrap_err(), Error::Decrypt);
+    assert_eq!(alice.open(&m.packet).unwrap_err(), E2eError::Decrypt);
     // A third party's chat key.
     let (mut eve, _) = pair();
     let forged = eve.seal(b"hi bob", now(), &mut OsRng).unwrap();
-    assert_eq!(bob.open(&forged.packet).unwrap_err(), Error::Decrypt);
+    assert_eq!(bob.open(&forged.packet).unwrap_err(), E2eError::Decrypt);
     // The untouched message still opens: nothing above advanced bob's state.
     assert_eq!(bob.open(&m.packet).unwrap().body, b"hello");
 }
@@ -152,7 +152,7 @@ fn one_lost_message_then_five_thousand_all_open() {
         (r.seq, r.delivery, r.body),
         (0, Delivery::Recovered, b"lost".to_vec())
     );
-    assert_eq!(bob.open(&lost.packet).unwrap_err(), Error::E2eReplay { seq: 0 });
+    assert_eq!(bob.open(&lost.packet).unwrap_err(), E2eError::Replay { seq: 0 });
 }
 
 /// A given-up message that arrives later is told apart from a replay of a received one.
@@ -170,9 +170,9 @@ fn a_message_later_than_the_window_is_not_a_replay() {
     }
     assert_eq!(lost, (1..11).collect::<Vec<u32>>());
     // 0 was received: a replay. 5 was given up: it opens, once.
-    assert_eq!(bob.open(&m[0].packet).unwrap_err(), Error::E2eReplay { seq: 0 });
+    assert_eq!(bob.open(&m[0].packet).unwrap_err(), E2eError::Replay { seq: 0 });
     assert_eq!(bob.open(&m[5].packet).unwrap().delivery, Delivery::Recovered);
-    assert_eq!(bob.open(&m[5].packet).unwrap_err(), Error::E2eReplay { seq: 5 });
+    assert_eq!(bob.open(&m[5].packet).unwrap_err(), E2eError::Replay { seq: 5 });
     assert_eq!(bob.open(&m[4].packet).unwrap().delivery, Delivery::Recovered);
     assert_eq!(bob.open(&m[6].packet).unwrap().delivery, Delivery::Recovered);
 }
@@ -258,8 +258,8 @@ fn a_peer_restored_from_an_older_copy_is_heard_not_dropped() {
         (Delivery::Reused, b"after restore".to_vec())
     );
     // Copies, old or new, are still replays.
-    assert_eq!(bob.open(&again.packet).unwrap_err(), Error::E2eReplay { seq: 0 });
-    assert_eq!(bob.open(&old[1].packet).unwrap_err(), Error::E2eReplay { seq: 1 });
+    assert_eq!(bob.open(&again.packet).unwrap_err(), E2eError::Replay { seq: 0 });
+    assert_eq!(bob.open(&old[1].packet).unwrap_err(), E2eError::Replay { seq: 1 });
     // Bob's reply says he received 3: alice's counter moves to 3, her next message is in order.
     let mut b_alice = ChatState::restore(bob.data()).unwrap();
     let reply = b_alice.seal(b"reply", now(), &mut OsRng).unwrap();
@@ -280,7 +280,7 @@ fn an_in_seq_far_beyond_our_counter_is_refused() {
     let mut liar = ChatState::restore(d).unwrap();
     let m = liar.seal(b"x", now(), &mut OsRng).unwrap();
     let before = serde_json::to_string(&alice.data()).unwrap();
-    assert!(matches!(alice.open(&m.packet), Err(Error::E2eProtocol { .. })));
+    assert!(matches!(alice.open(&m.packet), Err(E2eError::Protocol { .. })));
     assert_eq!(serde_json::to_string(&alice.data()).unwrap(), before);
 }
 

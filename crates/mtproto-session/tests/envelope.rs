@@ -12,8 +12,8 @@ use mtproto_crypto::{
 };
 use mtproto_session::{
     session::{open_envelope_with, ENVELOPE, MAX_BODY},
-    BadMsgCode, ClientHandshake, ClientId, ClientSession, Error, Established, MsgId, Notice, ServerHandshake,
-    ServerPin, ServerSalt, SessionId, UnixTime,
+    BadMsgCode, ClientHandshake, ClientId, ClientSession, EnvelopeError, Established, MsgId, Notice,
+    ServerHandshake, ServerPin, ServerSalt, SessionId, UnixTime,
 };
 
 fn connect(now: UnixTime) -> (ClientSession, Established) {
@@ -61,9 +61,9 @@ fn raw(
         .unwrap()
 }
 
-fn bad_code(e: Error) -> BadMsgCode {
+fn bad_code(e: EnvelopeError) -> BadMsgCode {
     match e {
-        Error::BadMsg { code, .. } => code,
+        EnvelopeError::BadMsg { code, .. } => code,
         other => panic!("expected a bad message, got {other:?}"),
     }
 }
@@ -104,12 +104,12 @@ fn a_replayed_envelope_is_a_duplicate_even_much_later() {
         est.session
             .decode_request(&est.auth_key, &out.packet, t0())
             .unwrap_err(),
-        Error::Duplicate { msg_id: out.msg_id.0 }
+        EnvelopeError::Duplicate { msg_id: out.msg_id.0 }
     );
     assert!(matches!(
         est.session
             .decode_request(&est.auth_key, &out.packet, t0().plus_secs(1000)),
-        Err(Error::Duplicate { .. })
+        Err(EnvelopeError::Duplicate { .. })
     ));
     // Server answers replayed to the client are refused too.
     let a = est
@@ -119,7 +119,7 @@ fn a_replayed_envelope_is_a_duplicate_even_much_later() {
     client.decode_response(&a.packet, t0()).unwrap();
     assert!(matches!(
         client.decode_response(&a.packet, t0()),
-        Err(Error::Duplicate { .. })
+        Err(EnvelopeError::Duplicate { .. })
     ));
 }
 
@@ -284,7 +284,7 @@ fn wrong_session_truncated_and_oversized_envelopes() {
         &raw(key, client.salt(), other, (t0().as_secs() << 32) | 4, 1, b"x"),
         t0(),
     );
-    assert_eq!(err.unwrap_err(), Error::WrongSession);
+    assert_eq!(err.unwrap_err(), EnvelopeError::WrongSession);
     let out = client.encode_request(b"truncate me", t0(), &mut OsRng).unwrap();
     for cut in [0, 7, 8, 24, 40, out.packet.len() - 16, out.packet.len() - 1] {
         assert!(
@@ -296,15 +296,15 @@ fn wrong_session_truncated_and_oversized_envelopes() {
     longer.extend_from_slice(&[0; 16]);
     assert_eq!(
         est.session.decode_request(key, &longer, t0()).unwrap_err(),
-        Error::Decrypt
+        EnvelopeError::Decrypt
     );
     assert!(matches!(
         client.encode_request(&vec![0; MAX_BODY + 1], t0(), &mut OsRng),
-        Err(Error::Limit { .. })
+        Err(EnvelopeError::TooLarge { .. })
     ));
     assert!(matches!(
         est.session.decode_request(key, &vec![0; MAX_BODY + 2000], t0()),
-        Err(Error::Limit { .. })
+        Err(EnvelopeError::TooLarge { .. })
     ));
     // Another key: opaque.
     let stranger = AuthKey::from_bytes(core::array::from_fn(|i| i as u8));
@@ -312,7 +312,7 @@ fn wrong_session_truncated_and_oversized_envelopes() {
         est.session
             .decode_request(&stranger, &out.packet, t0())
             .unwrap_err(),
-        Error::Decrypt
+        EnvelopeError::Decrypt
     );
 }
 
@@ -381,7 +381,7 @@ fn mtproto_vectors_replay_through_the_envelope_parser() {
         flipped[30] ^= 1;
         assert_eq!(
             open_envelope_with(ige, &key, dir, &flipped).unwrap_err(),
-            Error::Decrypt
+            EnvelopeError::Decrypt
         );
         seen += 1;
     }

@@ -10,8 +10,8 @@
 use mtproto_crypto::{rand_core::OsRng, DhGroup, ServerSigningKey};
 use mtproto_session::{
     handshake::HANDSHAKE_TTL_SECS, wire::Hex, AwaitingDhGen, AwaitingDhParams, ClientHandshake, ClientId,
-    ClientSession, DhGenOk, Error, PendingHandshake, ReqDhParams, ServerDhParams, ServerHandshake, ServerPin,
-    SetClientDhParams, UnixTime,
+    ClientSession, DhGenOk, HandshakeError, PendingHandshake, ReqDhParams, ServerDhParams, ServerHandshake,
+    ServerPin, SetClientDhParams, UnixTime,
 };
 
 struct Pair {
@@ -135,7 +135,7 @@ fn wrong_nonces_are_refused_at_every_step() {
     res.nonce.0[0] ^= 1;
     assert_eq!(
         c.handle_res_pq(&res).unwrap_err(),
-        Error::NonceMismatch { which: "nonce" }
+        HandshakeError::NonceMismatch { which: "nonce" }
     );
     // req_dh_params with another server_nonce.
     let (_, mut req, mut pending) = pair.to_dh_params(pair.pin());
@@ -144,7 +144,7 @@ fn wrong_nonces_are_refused_at_every_step() {
         pair.server()
             .handle_req_dh_params(&mut pending, &req, pair.now, &mut OsRng)
             .unwrap_err(),
-        Error::NonceMismatch {
+        HandshakeError::NonceMismatch {
             which: "server_nonce"
         }
     );
@@ -157,7 +157,7 @@ fn wrong_nonces_are_refused_at_every_step() {
     res.nonce.0[15] ^= 1;
     assert!(matches!(
         c.handle_server_dh_params(&res, pair.now, &mut OsRng),
-        Err(Error::NonceMismatch { .. })
+        Err(HandshakeError::NonceMismatch { .. })
     ));
     // set_client_dh_params with another nonce.
     let (_, mut req, pending, _) = pair.to_client_dh();
@@ -165,7 +165,7 @@ fn wrong_nonces_are_refused_at_every_step() {
     assert!(matches!(
         pair.server()
             .handle_set_client_dh_params(pending, &req, pair.now, &mut OsRng),
-        Err(Error::NonceMismatch { which: "nonce" })
+        Err(HandshakeError::NonceMismatch { which: "nonce" })
     ));
 }
 
@@ -179,13 +179,13 @@ fn bad_proof_of_work_is_refused_before_dh_work() {
         pair.server()
             .handle_req_dh_params(&mut pending, &req, pair.now, &mut OsRng)
             .unwrap_err(),
-        Error::BadProofOfWork
+        HandshakeError::BadProofOfWork
     );
     req.p = Hex(vec![0, 1]); // not minimal
     assert!(matches!(
         pair.server()
             .handle_req_dh_params(&mut pending, &req, pair.now, &mut OsRng),
-        Err(Error::Malformed { field: "q" | "p", .. })
+        Err(HandshakeError::Malformed { field: "q" | "p", .. })
     ));
     assert_eq!(format!("{:?}", pending.stage), before, "no DH secret drawn");
 }
@@ -200,7 +200,7 @@ fn a_server_nonce_serves_once_and_steps_cannot_be_skipped_or_repeated() {
     assert!(matches!(
         pair.server()
             .handle_req_dh_params(&mut pending, &req, pair.now, &mut OsRng),
-        Err(Error::StepOutOfOrder {
+        Err(HandshakeError::StepOutOfOrder {
             expected: "set_client_dh_params",
             got: "req_dh_params"
         })
@@ -214,7 +214,7 @@ fn a_server_nonce_serves_once_and_steps_cannot_be_skipped_or_repeated() {
     assert!(matches!(
         pair.server()
             .handle_set_client_dh_params(pending2, &req3, pair.now, &mut OsRng),
-        Err(Error::StepOutOfOrder {
+        Err(HandshakeError::StepOutOfOrder {
             expected: "req_dh_params",
             got: "set_client_dh_params"
         })
@@ -230,13 +230,13 @@ fn expired_handshakes_are_refused() {
         pair.server()
             .handle_req_dh_params(&mut pending, &req, late, &mut OsRng)
             .unwrap_err(),
-        Error::HandshakeExpired
+        HandshakeError::Expired
     );
     let (_, req, pending, _) = pair.to_client_dh();
     assert!(matches!(
         pair.server()
             .handle_set_client_dh_params(pending, &req, late, &mut OsRng),
-        Err(Error::HandshakeExpired)
+        Err(HandshakeError::Expired)
     ));
 }
 
@@ -258,7 +258,7 @@ fn g_b_out_of_range_is_refused() {
         assert!(matches!(
             pair.server()
                 .handle_set_client_dh_params(pending, &req, pair.now, &mut OsRng),
-            Err(Error::Dh(_) | Error::Malformed { .. })
+            Err(HandshakeError::Dh(_) | HandshakeError::Malformed { .. })
         ));
     }
 }
@@ -275,7 +275,7 @@ fn forged_signature_and_unpinned_servers_are_refused() {
     res.signature.0[10] ^= 1;
     assert_eq!(
         c.handle_server_dh_params(&res, pair.now, &mut OsRng).unwrap_err(),
-        Error::BadSignature
+        HandshakeError::BadSignature
     );
     // A changed g_a with the original signature (a man in the middle).
     let (c, req, mut pending) = pair.to_dh_params(pair.pin());
@@ -286,7 +286,7 @@ fn forged_signature_and_unpinned_servers_are_refused() {
     res.g_a.0[100] ^= 1;
     assert_eq!(
         c.handle_server_dh_params(&res, pair.now, &mut OsRng).unwrap_err(),
-        Error::BadSignature
+        HandshakeError::BadSignature
     );
     // Another server (its own valid signature) while the client pins ours.
     let impostor = Pair {
@@ -300,7 +300,7 @@ fn forged_signature_and_unpinned_servers_are_refused() {
         .unwrap();
     assert!(matches!(
         c.handle_res_pq(&res),
-        Err(Error::UntrustedServer { .. })
+        Err(HandshakeError::UntrustedServer { .. })
     ));
     // The impostor lies about its fingerprint in resPQ but must sign with its own key.
     let (c, req) = ClientHandshake::start(pair.pin(), ClientId::new("a").unwrap(), &mut OsRng);
@@ -316,7 +316,7 @@ fn forged_signature_and_unpinned_servers_are_refused() {
         .unwrap();
     assert!(matches!(
         c.handle_server_dh_params(&res, pair.now, &mut OsRng),
-        Err(Error::UntrustedServer { .. })
+        Err(HandshakeError::UntrustedServer { .. })
     ));
     // Trust on first use accepts any key and reports it.
     let (c, req, mut pending) = impostor.to_dh_params(ServerPin::TrustOnFirstUse);
@@ -328,7 +328,7 @@ fn forged_signature_and_unpinned_servers_are_refused() {
     assert_eq!(c.server_key(), &impostor.key.public());
 }
 
-fn tampered(f: impl Fn(&mut DhGenOk)) -> Error {
+fn tampered(f: impl Fn(&mut DhGenOk)) -> HandshakeError {
     let pair = Pair::new();
     let (c, req, pending, _) = pair.to_client_dh();
     let (_, mut res) = pair
@@ -341,12 +341,24 @@ fn tampered(f: impl Fn(&mut DhGenOk)) -> Error {
 
 #[test]
 fn tampered_key_confirmation_is_refused() {
-    assert_eq!(tampered(|r| r.key_confirmation.0[0] ^= 1), Error::KeyConfirmation);
-    assert_eq!(tampered(|r| r.auth_key_id.0[7] ^= 1), Error::KeyConfirmation);
+    assert_eq!(
+        tampered(|r| r.key_confirmation.0[0] ^= 1),
+        HandshakeError::KeyConfirmation
+    );
+    assert_eq!(
+        tampered(|r| r.auth_key_id.0[7] ^= 1),
+        HandshakeError::KeyConfirmation
+    );
     // session_id and salt are bound into the confirmation.
-    assert_eq!(tampered(|r| r.session_id.0[0] ^= 1), Error::KeyConfirmation);
-    assert_eq!(tampered(|r| r.salt.0[0] ^= 1), Error::KeyConfirmation);
-    assert!(matches!(tampered(|r| r.salt.0.push(0)), Error::Malformed { .. }));
+    assert_eq!(
+        tampered(|r| r.session_id.0[0] ^= 1),
+        HandshakeError::KeyConfirmation
+    );
+    assert_eq!(tampered(|r| r.salt.0[0] ^= 1), HandshakeError::KeyConfirmation);
+    assert!(matches!(
+        tampered(|r| r.salt.0.push(0)),
+        HandshakeError::Malformed { .. }
+    ));
 }
 
 #[test]
@@ -359,7 +371,10 @@ fn a_changed_client_id_fails_the_confirmation() {
         .handle_set_client_dh_params(pending, &req, pair.now, &mut OsRng)
         .unwrap();
     assert_eq!(est.client_id.as_str(), "mallory");
-    assert_eq!(c.handle_dh_gen_ok(&res).unwrap_err(), Error::KeyConfirmation);
+    assert_eq!(
+        c.handle_dh_gen_ok(&res).unwrap_err(),
+        HandshakeError::KeyConfirmation
+    );
 }
 
 #[test]

@@ -24,7 +24,7 @@ use mtproto_session::{
     ratchet::ROOT_INFO,
     ratchet::{MAX_SKIP, MAX_SKIPPED_AGE_SECS, MAX_SKIPPED_KEYS},
     ratchet_chat::{PACKET_KEY_LABEL, RATCHET_PREFIX_LEN, START_PREFIX_LEN},
-    ChatState, Delivery, Error, PacketKind, RatchetChat, UnixTime,
+    ChatState, Delivery, E2eError, PacketKind, RatchetChat, UnixTime,
 };
 use proptest::prelude::*;
 
@@ -91,7 +91,7 @@ fn the_start_message_carries_x3dh_and_is_repeated_until_answered() {
     let again = RatchetChat::accept(&p.bob, &mut p.bob_prekeys, &m1.packet, now(), &mut p.rng);
     assert!(matches!(
         again,
-        Err(Error::UnknownPrekey {
+        Err(E2eError::UnknownPrekey {
             which: "one-time",
             ..
         })
@@ -118,13 +118,13 @@ fn bundles_for_another_identity_or_with_a_bad_signature_are_refused() {
     let mallory = mtproto_crypto::IdentitySecret::generate(&mut p.rng);
     assert_eq!(
         RatchetChat::initiate(&p.alice, &bundle, &mallory.public(), &mut p.rng).unwrap_err(),
-        Error::PeerIdentityMismatch
+        E2eError::PeerIdentityMismatch
     );
     let mut forged = bundle.clone();
     forged.signed_prekey.public[0] ^= 1;
     assert_eq!(
         RatchetChat::initiate(&p.alice, &forged, &p.bob.public(), &mut p.rng).unwrap_err(),
-        Error::BadPrekeySignature
+        E2eError::BadPrekeySignature
     );
     // A relay substituting its own signing key and signed prekey: the signature verifies under
     // the substituted key, so the bundle is only as good as that key (docs/crypto.md); a
@@ -132,7 +132,7 @@ fn bundles_for_another_identity_or_with_a_bad_signature_are_refused() {
     let other = IdentitySigningKey::generate(&mut p.rng);
     let mut resigned = bundle.clone();
     resigned.signing_key = *other.public().as_bytes();
-    assert_eq!(resigned.verify().unwrap_err(), Error::BadPrekeySignature);
+    assert_eq!(resigned.verify().unwrap_err(), E2eError::BadPrekeySignature);
     // A start naming an unknown signed prekey.
     let mut stale = bundle;
     stale.signed_prekey.id = 999;
@@ -155,7 +155,7 @@ fn a_rotated_signed_prekey_still_accepts_starts_in_flight() {
     }
     assert!(matches!(
         RatchetChat::accept(&p.bob, &mut p.bob_prekeys, &m.packet, now(), &mut p.rng),
-        Err(Error::UnknownPrekey { which: "signed", .. })
+        Err(E2eError::UnknownPrekey { which: "signed", .. })
     ));
 }
 
@@ -263,7 +263,7 @@ fn forward_secrecy_for_the_recipient() {
     let mut thief = load(&after);
     assert_eq!(
         thief.open(&n.packet, now(), &mut p.rng).unwrap_err(),
-        Error::MessageKeyGone { n: 1 }
+        E2eError::MessageKeyGone { n: 1 }
     );
     assert!(!state_opens(&after, &n.packet, &ad));
 }
@@ -349,7 +349,7 @@ fn skipping_more_than_max_skip_is_a_clear_error_and_changes_nothing() {
     let last = sent.last().unwrap();
     assert_eq!(
         b.open(&last.packet, now(), &mut p.rng).unwrap_err(),
-        Error::TooManySkipped {
+        E2eError::TooManySkipped {
             skip: u64::from(MAX_SKIP) + 1,
             max: MAX_SKIP
         }
@@ -386,7 +386,7 @@ fn the_skipped_key_store_is_capped_and_the_oldest_are_evicted() {
     // The oldest chain's keys were evicted: a clear error, not a panic.
     assert!(matches!(
         b.open(&first_of_chain[0].packet, now(), &mut p.rng),
-        Err(Error::MessageKeyGone { .. })
+        Err(E2eError::MessageKeyGone { .. })
     ));
     // The newest chain's are kept.
     assert!(b.open(&first_of_chain[2].packet, now(), &mut p.rng).is_ok());
@@ -410,7 +410,7 @@ fn skipped_keys_expire() {
     let mut b2 = load(&saved(&b));
     assert_eq!(
         b2.open(&lost.packet, later, &mut p.rng).unwrap_err(),
-        Error::MessageKeyGone { n: 1 }
+        E2eError::MessageKeyGone { n: 1 }
     );
     // Within the age it opens.
     assert_eq!(
@@ -448,11 +448,11 @@ fn tampered_reflected_and_replayed_packets_are_refused_without_changing_state() 
     // A clear prefix that disagrees with its encrypted copy (pn changed, same key chain).
     let mut t = m.packet.clone();
     t[33] ^= 1;
-    assert_eq!(b.open(&t, now(), &mut p.rng).unwrap_err(), Error::Decrypt);
+    assert_eq!(b.open(&t, now(), &mut p.rng).unwrap_err(), E2eError::Decrypt);
     assert_eq!(b.open(&m.packet, now(), &mut p.rng).unwrap().body, b"payload");
     assert_eq!(
         b.open(&m.packet, now(), &mut p.rng).unwrap_err(),
-        Error::MessageKeyGone { n: 0 }
+        E2eError::MessageKeyGone { n: 0 }
     );
     // A replay from an earlier chain, after DH steps, is reported the same way.
     let r = b.seal(b"r", now(), &mut p.rng).unwrap();
@@ -461,7 +461,7 @@ fn tampered_reflected_and_replayed_packets_are_refused_without_changing_state() 
     b.open(&m2.packet, now(), &mut p.rng).unwrap();
     assert!(matches!(
         b.open(&m.packet, now(), &mut p.rng),
-        Err(Error::MessageKeyGone { .. })
+        Err(E2eError::MessageKeyGone { .. })
     ));
 }
 
@@ -530,7 +530,7 @@ fn run_script(script: &[(bool, bool, u16)], seed: u64) {
         } else {
             a.open(&packet, now(), rng)
         };
-        assert!(matches!(again, Err(Error::MessageKeyGone { .. })), "{again:?}");
+        assert!(matches!(again, Err(E2eError::MessageKeyGone { .. })), "{again:?}");
     };
     for &(send, from_alice, pick) in script {
         if send {
@@ -580,7 +580,7 @@ proptest! {
         t[37..41].copy_from_slice(&n.to_le_bytes());
         let before = saved(&b);
         let e = b.open(&t, now(), &mut p.rng).unwrap_err();
-        prop_assert!(matches!(e, Error::TooManySkipped { max: MAX_SKIP, .. } | Error::Dh(_)), "{e:?}");
+        prop_assert!(matches!(e, E2eError::TooManySkipped { max: MAX_SKIP, .. } | E2eError::Dh(_)), "{e:?}");
         prop_assert_eq!(saved(&b), before);
         prop_assert_eq!(b.open(&m.packet, now(), &mut p.rng).unwrap().body, b"x".to_vec());
     }

@@ -101,11 +101,11 @@ impl Client {
     pub(crate) async fn handshake(&self, st: &mut State) -> Result<(), ClientError> {
         // A key seen before (trust on first use, or pinned by the profile) is pinned exactly.
         let pin = st.server_key.map_or(self.pin, Pin::Key);
-        let untrusted = |e: mtproto_session::Error| match e {
-            mtproto_session::Error::UntrustedServer { got, expected } => {
+        let untrusted = |e: mtproto_session::HandshakeError| match e {
+            mtproto_session::HandshakeError::UntrustedServer { got, expected } => {
                 ClientError::UntrustedServer { got, expected }
             }
-            other => ClientError::Protocol(other),
+            other => other.into(),
         };
         let (c, req) = ClientHandshake::start(pin, st.client_id.clone(), &mut OsRng);
         let res: ResPq = self.post_json("/req_pq", &req).await?;

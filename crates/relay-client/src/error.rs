@@ -64,6 +64,23 @@ pub enum ClientError {
     NotInOutbox(OutboxId),
 }
 
+/// Each operation's error of `mtproto-session` is a protocol failure of the client.
+macro_rules! protocol_error {
+    ($($t:ty),*) => {$(
+        impl From<$t> for ClientError {
+            fn from(e: $t) -> Self {
+                Self::Protocol(e.into())
+            }
+        }
+    )*};
+}
+protocol_error!(
+    mtproto_session::HandshakeError,
+    mtproto_session::EnvelopeError,
+    mtproto_session::E2eError,
+    mtproto_session::Malformed
+);
+
 /// A refusal from the server, with the sealed notice it may carry.
 pub(crate) struct Refusal {
     pub(crate) status: u16,

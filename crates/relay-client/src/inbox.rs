@@ -235,7 +235,7 @@ impl Client {
                 }
                 self.hand_out(st, from, r)
             }
-            Err(mtproto_session::Error::Decrypt) => {
+            Err(mtproto_session::E2eError::Decrypt) => {
                 // Under another key: perhaps the peer rotated. Hold it and say so once.
                 drop(guard);
                 let changed = match self.lookup(&[from]).await {
@@ -256,7 +256,7 @@ impl Client {
                     reason: "message failed authentication".into(),
                 }];
             }
-            Err(mtproto_session::Error::E2eReplay { .. }) => {
+            Err(mtproto_session::E2eError::Replay { .. }) => {
                 // Handed out by an earlier run that did not acknowledge it (it may have died
                 // before the application kept it): handed out again.
                 let again = st

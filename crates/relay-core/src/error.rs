@@ -203,6 +203,60 @@ impl From<EngineError> for RelayError {
     }
 }
 
+impl From<mtproto_session::HandshakeError> for RelayError {
+    fn from(e: mtproto_session::HandshakeError) -> Self {
+        use mtproto_session::HandshakeError as E;
+        match e {
+            E::Malformed { field, reason } => Self::InvalidField {
+                field: field.into(),
+                reason: reason.into(),
+            },
+            E::NonceMismatch { which } => Self::NonceMismatch(which),
+            E::BadProofOfWork => Self::BadProofOfWork,
+            E::Dh(_) => Self::BadDh,
+            E::Expired => Self::HandshakeExpired,
+            E::StepOutOfOrder { .. } => Self::HandshakeOutOfOrder,
+            // The client's side of the handshake: the relay never runs it, but if it did, the
+            // request (not the relay) would be at fault.
+            E::WorkTooHard { max, .. } => Self::InvalidField {
+                field: "proof-of-work bits".into(),
+                reason: format!("over the limit of {max}"),
+            },
+            E::UntrustedServer { .. } | E::BadSignature | E::KeyConfirmation => Self::InvalidField {
+                field: "handshake".into(),
+                reason: e.to_string(),
+            },
+        }
+    }
+}
+
+impl From<mtproto_session::EnvelopeError> for RelayError {
+    fn from(e: mtproto_session::EnvelopeError) -> Self {
+        use mtproto_session::EnvelopeError as E;
+        match e {
+            E::Malformed { field, reason } => Self::InvalidField {
+                field: field.into(),
+                reason: reason.into(),
+            },
+            E::Decrypt => Self::DecryptFailed,
+            E::WrongSession => Self::BadSession,
+            E::BadMsg { code, .. } => Self::BadMsg { code, notice: None },
+            // The pipeline answers a duplicate from its stored outcome before this conversion.
+            E::Duplicate { .. } => Self::InvalidField {
+                field: "message".into(),
+                reason: e.to_string(),
+            },
+            E::TooLarge { max, .. } => Self::InvalidField {
+                field: "envelope".into(),
+                reason: format!("over the limit of {max}"),
+            },
+        }
+    }
+}
+
+/// The crate-level error: each operation's error as above; a codec error is the request's
+/// malformed field; the end-to-end layer never runs on the relay (a client-side library error,
+/// said as the request's fault if it ever came here).
 impl From<mtproto_session::Error> for RelayError {
     fn from(e: mtproto_session::Error) -> Self {
         use mtproto_session::Error as E;
@@ -211,26 +265,11 @@ impl From<mtproto_session::Error> for RelayError {
                 field: field.into(),
                 reason: reason.into(),
             },
-            E::Decrypt => Self::DecryptFailed,
-            E::NonceMismatch { which } => Self::NonceMismatch(which),
-            E::BadProofOfWork => Self::BadProofOfWork,
-            E::Dh(_) => Self::BadDh,
-            E::WrongSession => Self::BadSession,
-            E::BadMsg { code, .. } => Self::BadMsg { code, notice: None },
-            E::HandshakeExpired => Self::HandshakeExpired,
-            E::StepOutOfOrder { .. } => Self::HandshakeOutOfOrder,
-            // A size limit: the field named is over it (an envelope body over MAX_BODY, a
-            // proof-of-work difficulty over its cap).
-            E::Limit { what, max } => Self::InvalidField {
-                field: what.into(),
-                reason: format!("over the limit of {max}"),
-            },
-            // The rest are client-side failures (server key, signature, key confirmation, the
-            // end-to-end layer) that the relay never runs, and variants added later
-            // (`mtproto_session::Error` is non_exhaustive): the request's fault, said as such.
-            _ => Self::InvalidField {
+            E::Handshake(h) => h.into(),
+            E::Envelope(v) => v.into(),
+            E::E2e(x) => Self::InvalidField {
                 field: "message".into(),
-                reason: e.to_string(),
+                reason: x.to_string(),
             },
         }
     }

@@ -9,7 +9,7 @@ use subtle::ConstantTimeEq;
 use crate::{
     session::ClientSession,
     wire::{fixed, Bytes, Hex},
-    ClientId, Error, Result, ServerSalt, SessionId, UnixTime,
+    ClientId, HandshakeError, Result, ServerSalt, SessionId, UnixTime,
 };
 
 use super::*;
@@ -70,11 +70,11 @@ impl ClientHandshake {
     }
 }
 
-pub(super) fn same_nonce(which: &'static str, ours: &Nonce128, theirs: &Bytes) -> Result<()> {
+pub(super) fn same_nonce(which: &'static str, ours: &Nonce128, theirs: &Bytes) -> Result<(), HandshakeError> {
     if theirs.0.as_slice() == ours.as_bytes() {
         Ok(())
     } else {
-        Err(Error::NonceMismatch { which })
+        Err(HandshakeError::NonceMismatch { which })
     }
 }
 
@@ -90,9 +90,9 @@ impl AwaitingResPq {
     /// Checks `resPQ` (nonce, a pinned fingerprint) and solves the proof of work.
     ///
     /// # Errors
-    /// [`Error::NonceMismatch`], [`Error::Malformed`], [`Error::UntrustedServer`], or
-    /// [`Error::Dh`] when pq cannot be factored.
-    pub fn handle_res_pq(self, res: &ResPq) -> Result<(AwaitingDhParams, ReqDhParams)> {
+    /// [`HandshakeError::NonceMismatch`], [`HandshakeError::Malformed`], [`HandshakeError::UntrustedServer`], or
+    /// [`HandshakeError::Dh`] when pq cannot be factored.
+    pub fn handle_res_pq(self, res: &ResPq) -> Result<(AwaitingDhParams, ReqDhParams), HandshakeError> {
         same_nonce("nonce", &self.nonce, &res.nonce)?;
         let server_nonce = nonce("server_nonce", &res.server_nonce)?;
         let fp = ServerKeyFingerprint::from_bytes(fixed("fingerprint", &res.fingerprint.0)?);
@@ -102,7 +102,7 @@ impl AwaitingResPq {
             ServerPin::TrustOnFirstUse => true,
         };
         if !fp_ok {
-            return Err(Error::UntrustedServer {
+            return Err(HandshakeError::UntrustedServer {
                 got: fp.to_string(),
                 expected: self.pin.expected(),
             });
@@ -155,23 +155,23 @@ impl AwaitingDhParams {
     /// signature over the transcript, the group and `g_a`; then picks `b` and computes the key.
     ///
     /// # Errors
-    /// [`Error::NonceMismatch`], [`Error::UntrustedServer`], [`Error::BadSignature`],
-    /// [`Error::Dh`], [`Error::Malformed`].
+    /// [`HandshakeError::NonceMismatch`], [`HandshakeError::UntrustedServer`], [`HandshakeError::BadSignature`],
+    /// [`HandshakeError::Dh`], [`HandshakeError::Malformed`].
     pub fn handle_server_dh_params(
         self,
         res: &ServerDhParams,
         now: UnixTime,
         rng: &mut (impl RngCore + CryptoRng),
-    ) -> Result<(AwaitingDhGen, SetClientDhParams)> {
+    ) -> Result<(AwaitingDhGen, SetClientDhParams), HandshakeError> {
         same_nonce("nonce", &self.nonce, &res.nonce)?;
         same_nonce("server_nonce", &self.server_nonce, &res.server_nonce)?;
         let server_key =
-            ServerPublicKey::from_slice(&res.server_public_key.0).map_err(|_| Error::Malformed {
+            ServerPublicKey::from_slice(&res.server_public_key.0).map_err(|_| HandshakeError::Malformed {
                 field: "server_public_key",
                 reason: "must be 32 bytes",
             })?;
         if server_key.fingerprint() != self.fingerprint || !self.pin.accepts(&server_key) {
-            return Err(Error::UntrustedServer {
+            return Err(HandshakeError::UntrustedServer {
                 got: server_key.fingerprint().to_string(),
                 expected: self.pin.expected(),
             });
@@ -196,7 +196,7 @@ impl AwaitingDhParams {
             DhGroup::from_received(res.g, &res.dh_prime.0)?
         };
         if res.g_a.0.len() != 256 {
-            return Err(Error::Malformed {
+            return Err(HandshakeError::Malformed {
                 field: "g_a",
                 reason: "must be 256 bytes",
             });
@@ -249,8 +249,8 @@ impl AwaitingDhGen {
     /// Only this builds a [`ClientSession`].
     ///
     /// # Errors
-    /// [`Error::NonceMismatch`], [`Error::Malformed`], [`Error::KeyConfirmation`].
-    pub fn handle_dh_gen_ok(self, res: &DhGenOk) -> Result<ClientSession> {
+    /// [`HandshakeError::NonceMismatch`], [`HandshakeError::Malformed`], [`HandshakeError::KeyConfirmation`].
+    pub fn handle_dh_gen_ok(self, res: &DhGenOk) -> Result<ClientSession, HandshakeError> {
         same_nonce("nonce", &self.nonce, &res.nonce)?;
         same_nonce("server_nonce", &self.server_nonce, &res.server_nonce)?;
         let session_id = SessionId(fixed("session_id", &res.session_id.0)?);
@@ -268,7 +268,7 @@ impl AwaitingDhGen {
         );
         let id_ok = res.auth_key_id.0.as_slice().ct_eq(self.auth_key.id().as_bytes());
         if !bool::from(expected.ct_eq(&confirmation) & id_ok) {
-            return Err(Error::KeyConfirmation);
+            return Err(HandshakeError::KeyConfirmation);
         }
         Ok(ClientSession::established(
             self.auth_key,

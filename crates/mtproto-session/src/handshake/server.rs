@@ -10,7 +10,7 @@ use subtle::ConstantTimeEq;
 use crate::{
     session::ServerSession,
     wire::{fixed, Bytes, Hex},
-    ClientId, Error, Result, SecretBytes, ServerSalt, SessionId, UnixTime,
+    ClientId, HandshakeError, Result, SecretBytes, ServerSalt, SessionId, UnixTime,
 };
 
 use super::*;
@@ -55,19 +55,24 @@ impl PendingHandshake {
         now.secs_since(self.created_at) >= HANDSHAKE_TTL_SECS || now < self.created_at
     }
 
-    fn check(&self, now: UnixTime, nonce_field: &Bytes, server_nonce_field: &Bytes) -> Result<()> {
+    fn check(
+        &self,
+        now: UnixTime,
+        nonce_field: &Bytes,
+        server_nonce_field: &Bytes,
+    ) -> Result<(), HandshakeError> {
         if self.is_expired(now) {
-            return Err(Error::HandshakeExpired);
+            return Err(HandshakeError::Expired);
         }
         if !bool::from(nonce("nonce", nonce_field)?.as_bytes().ct_eq(&self.nonce)) {
-            return Err(Error::NonceMismatch { which: "nonce" });
+            return Err(HandshakeError::NonceMismatch { which: "nonce" });
         }
         if !bool::from(
             nonce("server_nonce", server_nonce_field)?
                 .as_bytes()
                 .ct_eq(&self.server_nonce),
         ) {
-            return Err(Error::NonceMismatch {
+            return Err(HandshakeError::NonceMismatch {
                 which: "server_nonce",
             });
         }
@@ -115,13 +120,13 @@ impl<'a> ServerHandshake<'a> {
     /// returned record under its `server_nonce` (bounded in number, see the relay).
     ///
     /// # Errors
-    /// [`Error::Malformed`] when the nonce is not 16 bytes.
+    /// [`HandshakeError::Malformed`] when the nonce is not 16 bytes.
     pub fn handle_req_pq(
         &self,
         req: &ReqPq,
         now: UnixTime,
         rng: &mut (impl RngCore + CryptoRng),
-    ) -> Result<(PendingHandshake, ResPq)> {
+    ) -> Result<(PendingHandshake, ResPq), HandshakeError> {
         let client_nonce = nonce("nonce", &req.nonce)?;
         let mut server_nonce = [0u8; 16];
         rng.fill_bytes(&mut server_nonce);
@@ -150,32 +155,33 @@ impl<'a> ServerHandshake<'a> {
     /// draws the DH secret and signs the answer. Updates `pending` to the next stage.
     ///
     /// # Errors
-    /// [`Error::HandshakeExpired`], [`Error::NonceMismatch`], [`Error::Malformed`],
-    /// [`Error::BadProofOfWork`], or [`Error::StepOutOfOrder`] when this step was already done.
+    /// [`HandshakeError::Expired`], [`HandshakeError::NonceMismatch`], [`HandshakeError::Malformed`],
+    /// [`HandshakeError::BadProofOfWork`], or [`HandshakeError::StepOutOfOrder`] when this step was already done.
     pub fn handle_req_dh_params(
         &self,
         pending: &mut PendingHandshake,
         req: &ReqDhParams,
         now: UnixTime,
         rng: &mut (impl RngCore + CryptoRng),
-    ) -> Result<ServerDhParams> {
+    ) -> Result<ServerDhParams, HandshakeError> {
         pending.check(now, &req.nonce, &req.server_nonce)?;
         if !matches!(pending.stage, Stage::AwaitingDhParams) {
-            return Err(Error::StepOutOfOrder {
+            return Err(HandshakeError::StepOutOfOrder {
                 expected: "set_client_dh_params",
                 got: "req_dh_params",
             });
         }
         if pending.pow_bits > 0 {
-            let answer = req.pow_nonce.as_ref().ok_or(Error::BadProofOfWork)?;
+            let answer = req.pow_nonce.as_ref().ok_or(HandshakeError::BadProofOfWork)?;
             let answer: [u8; 8] = fixed("pow_nonce", &answer.0)?;
             if !crate::work::check(&pending.nonce, &pending.server_nonce, pending.pow_bits, &answer) {
-                return Err(Error::BadProofOfWork);
+                return Err(HandshakeError::BadProofOfWork);
             }
         }
-        let challenge = PqChallenge::from_factors(pending.p, pending.q).map_err(|_| Error::BadProofOfWork)?;
+        let challenge =
+            PqChallenge::from_factors(pending.p, pending.q).map_err(|_| HandshakeError::BadProofOfWork)?;
         if !challenge.verify(parse_factor("p", &req.p)?, parse_factor("q", &req.q)?) {
-            return Err(Error::BadProofOfWork);
+            return Err(HandshakeError::BadProofOfWork);
         }
         let (a, g_a) = self.group.generate(rng)?;
         let server_time = now.as_secs();
@@ -213,24 +219,24 @@ impl<'a> ServerHandshake<'a> {
     /// confirmation. Consumes the pending record: a `server_nonce` serves once.
     ///
     /// # Errors
-    /// [`Error::HandshakeExpired`], [`Error::NonceMismatch`], [`Error::Malformed`],
-    /// [`Error::Dh`] when `g_b` is out of range, [`Error::StepOutOfOrder`] when step 2 was skipped.
+    /// [`HandshakeError::Expired`], [`HandshakeError::NonceMismatch`], [`HandshakeError::Malformed`],
+    /// [`HandshakeError::Dh`] when `g_b` is out of range, [`HandshakeError::StepOutOfOrder`] when step 2 was skipped.
     pub fn handle_set_client_dh_params(
         &self,
         pending: PendingHandshake,
         req: &SetClientDhParams,
         now: UnixTime,
         rng: &mut (impl RngCore + CryptoRng),
-    ) -> Result<(Established, DhGenOk)> {
+    ) -> Result<(Established, DhGenOk), HandshakeError> {
         pending.check(now, &req.nonce, &req.server_nonce)?;
         let Stage::AwaitingClientDh { a, g_a } = &pending.stage else {
-            return Err(Error::StepOutOfOrder {
+            return Err(HandshakeError::StepOutOfOrder {
                 expected: "req_dh_params",
                 got: "set_client_dh_params",
             });
         };
         if req.g_b.0.len() != 256 {
-            return Err(Error::Malformed {
+            return Err(HandshakeError::Malformed {
                 field: "g_b",
                 reason: "must be 256 bytes",
             });

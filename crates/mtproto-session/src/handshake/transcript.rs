@@ -4,7 +4,7 @@ use mtproto_crypto::{kdf::sha256, legacy, AuthKey, Nonce128, Nonce256, ServerPub
 
 use crate::{
     wire::{fixed, Bytes, Hex},
-    ClientId, Error, Result, ServerSalt, SessionId,
+    ClientId, HandshakeError, Result, ServerSalt, SessionId,
 };
 
 /// The values of a `req_dh_params` answer that the server's signature covers.
@@ -80,7 +80,7 @@ pub fn key_confirmation(
     legacy::new_nonce_hash(&new_nonce, 1, auth_key.aux_hash())
 }
 
-pub(super) fn nonce(field: &'static str, b: &Bytes) -> Result<Nonce128> {
+pub(super) fn nonce(field: &'static str, b: &Bytes) -> Result<Nonce128, HandshakeError> {
     Ok(Nonce128::from_bytes(fixed(field, &b.0)?))
 }
 
@@ -90,10 +90,10 @@ pub(super) fn minimal_be(v: u32) -> Vec<u8> {
     b.get(skip..).unwrap_or_default().to_vec()
 }
 
-pub(super) fn parse_factor(field: &'static str, h: &Hex) -> Result<u64> {
+pub(super) fn parse_factor(field: &'static str, h: &Hex) -> Result<u64, HandshakeError> {
     // Minimal big-endian, at most 4 bytes, as MTProto's p and q strings.
     if h.0.is_empty() || h.0.len() > 4 || h.0.first() == Some(&0) {
-        return Err(Error::Malformed {
+        return Err(HandshakeError::Malformed {
             field,
             reason: "minimal big-endian bytes of a 32-bit number",
         });

@@ -12,7 +12,8 @@ use super::{open_envelope, seal, Header, Incoming, Notice, Outgoing};
 use crate::{
     replay::{ReplayWindow, Verdict},
     wire::fixed,
-    ClientId, Error, MsgIdGen, Result, SecretBytes, Sender, SeqNoGen, ServerSalt, SessionId, UnixTime,
+    ClientId, EnvelopeError, MsgIdGen, Result, SecretBytes, Sender, SeqNoGen, ServerSalt, SessionId,
+    UnixTime,
 };
 
 /// How many sent msg_ids the client remembers, to check that a notice is about one of them.
@@ -83,12 +84,13 @@ impl ClientSession {
     /// Restores a saved session.
     ///
     /// # Errors
-    /// [`Error::Malformed`] when the saved auth key is not 256 bytes.
-    pub fn restore(state: ClientSessionState) -> Result<Self> {
-        let auth_key = AuthKey::from_slice(state.auth_key.expose()).map_err(|_| Error::Malformed {
-            field: "auth_key",
-            reason: "must be 256 bytes",
-        })?;
+    /// [`EnvelopeError::Malformed`] when the saved auth key is not 256 bytes.
+    pub fn restore(state: ClientSessionState) -> Result<Self, EnvelopeError> {
+        let auth_key =
+            AuthKey::from_slice(state.auth_key.expose()).map_err(|_| EnvelopeError::Malformed {
+                field: "auth_key",
+                reason: "must be 256 bytes",
+            })?;
         Ok(Self {
             auth_key,
             client_id: state.client_id,
@@ -156,13 +158,13 @@ impl ClientSession {
     /// Seals a request (content-related: odd seq_no) with a fresh msg_id at server time.
     ///
     /// # Errors
-    /// [`Error::Limit`] for a body over [`MAX_BODY`](super::MAX_BODY).
+    /// [`EnvelopeError::TooLarge`] for a body over [`MAX_BODY`](super::MAX_BODY).
     pub fn encode_request(
         &mut self,
         body: &[u8],
         now: UnixTime,
         rng: &mut (impl RngCore + CryptoRng),
-    ) -> Result<Outgoing> {
+    ) -> Result<Outgoing, EnvelopeError> {
         let msg_id = self
             .msg_ids
             .next(Sender::Client, now.offset_secs(self.time_offset));
@@ -190,13 +192,13 @@ impl ClientSession {
     /// `docs/protocol.md`).
     ///
     /// # Errors
-    /// [`Error::Decrypt`], [`Error::WrongSession`], [`Error::BadMsg`], [`Error::Duplicate`].
-    pub fn decode_response(&mut self, packet: &[u8], now: UnixTime) -> Result<Incoming> {
+    /// [`EnvelopeError::Decrypt`], [`EnvelopeError::WrongSession`], [`EnvelopeError::BadMsg`], [`EnvelopeError::Duplicate`].
+    pub fn decode_response(&mut self, packet: &[u8], now: UnixTime) -> Result<Incoming, EnvelopeError> {
         let env = open_envelope(&self.auth_key, Direction::ServerToClient, packet)?;
         if env.session_id != self.session_id {
-            return Err(Error::WrongSession);
+            return Err(EnvelopeError::WrongSession);
         }
-        let bad = |code| Error::BadMsg {
+        let bad = |code| EnvelopeError::BadMsg {
             code,
             bad_msg_id: env.msg_id.0,
             bad_msg_seqno: env.seq_no,
@@ -210,7 +212,7 @@ impl ClientSession {
         // Server answers are checked by msg_id only: answers to concurrent requests may be
         // produced by different workers or nodes, so their seq_nos carry no order (0 = ids only).
         match self.seen.check(env.msg_id, 0).map_err(bad)? {
-            Verdict::Duplicate => return Err(Error::Duplicate { msg_id: env.msg_id.0 }),
+            Verdict::Duplicate => return Err(EnvelopeError::Duplicate { msg_id: env.msg_id.0 }),
             Verdict::Fresh => self.seen.record(env.msg_id, 0),
         }
         Ok(Incoming {

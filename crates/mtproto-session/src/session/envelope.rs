@@ -5,7 +5,7 @@ use mtproto_crypto::{
     AuthKey, AuthKeyId, Direction, Framing, Layout, Mode,
 };
 
-use crate::{wire::fixed, Error, MsgId, Result, ServerSalt, SessionId};
+use crate::{wire::fixed, EnvelopeError, MsgId, Result, ServerSalt, SessionId};
 
 /// The framing of every envelope: AES-256-CBC, MTProto's header with opaque (JSON) data.
 pub const ENVELOPE: Framing = Framing::new(Mode::Cbc, Layout::MTPROTO_OPAQUE);
@@ -30,8 +30,8 @@ pub struct Envelope {
 /// Opens a packet under `key` (crypto checks only: length, key id, msg_key, padding).
 ///
 /// # Errors
-/// [`Error::Decrypt`] for every failure.
-pub fn open_envelope(key: &AuthKey, direction: Direction, packet: &[u8]) -> Result<Envelope> {
+/// [`EnvelopeError::Decrypt`] for every failure.
+pub fn open_envelope(key: &AuthKey, direction: Direction, packet: &[u8]) -> Result<Envelope, EnvelopeError> {
     open_envelope_with(ENVELOPE, key, direction, packet)
 }
 
@@ -39,29 +39,32 @@ pub fn open_envelope(key: &AuthKey, direction: Direction, packet: &[u8]) -> Resu
 /// `Layout::MTPROTO`): the header parsing is the same.
 ///
 /// # Errors
-/// [`Error::Decrypt`] for every cryptographic failure; [`Error::Limit`] for a body over
+/// [`EnvelopeError::Decrypt`] for every cryptographic failure; [`EnvelopeError::TooLarge`] for a body over
 /// [`MAX_BODY`].
 pub fn open_envelope_with(
     framing: Framing,
     key: &AuthKey,
     direction: Direction,
     packet: &[u8],
-) -> Result<Envelope> {
+) -> Result<Envelope, EnvelopeError> {
     if packet.len() > MAX_BODY + 32 + 24 + mtproto_crypto::MAX_PADDING {
-        return Err(Error::Limit {
-            what: "envelope",
+        return Err(EnvelopeError::TooLarge {
+            got: packet.len() as u64,
             max: MAX_BODY as u64,
         });
     }
-    let opened = framing.open(key, direction, packet)?;
+    // Every failure of the framing is the one opaque answer.
+    let opened = framing
+        .open(key, direction, packet)
+        .map_err(|_| EnvelopeError::Decrypt)?;
     let p = opened.payload();
-    let field = |r: core::ops::Range<usize>| p.get(r).ok_or(Error::Decrypt);
-    let salt = ServerSalt(fixed("salt", field(0..8)?).map_err(|_| Error::Decrypt)?);
-    let session_id = SessionId(fixed("session_id", field(8..16)?).map_err(|_| Error::Decrypt)?);
+    let field = |r: core::ops::Range<usize>| p.get(r).ok_or(EnvelopeError::Decrypt);
+    let salt = ServerSalt(fixed("salt", field(0..8)?).map_err(|_| EnvelopeError::Decrypt)?);
+    let session_id = SessionId(fixed("session_id", field(8..16)?).map_err(|_| EnvelopeError::Decrypt)?);
     let msg_id = MsgId(u64::from_le_bytes(
-        fixed("msg_id", field(16..24)?).map_err(|_| Error::Decrypt)?,
+        fixed("msg_id", field(16..24)?).map_err(|_| EnvelopeError::Decrypt)?,
     ));
-    let seq_no = u32::from_le_bytes(fixed("seq_no", field(24..28)?).map_err(|_| Error::Decrypt)?);
+    let seq_no = u32::from_le_bytes(fixed("seq_no", field(24..28)?).map_err(|_| EnvelopeError::Decrypt)?);
     Ok(Envelope {
         salt,
         session_id,
@@ -74,9 +77,9 @@ pub fn open_envelope_with(
 /// The auth key id a packet names (its first 8 bytes), to find the key.
 ///
 /// # Errors
-/// [`Error::Malformed`] for a packet shorter than 8 bytes.
-pub fn packet_key_id(packet: &[u8]) -> Result<AuthKeyId> {
-    let id = packet.get(..8).ok_or(Error::Malformed {
+/// [`EnvelopeError::Malformed`] for a packet shorter than 8 bytes.
+pub fn packet_key_id(packet: &[u8]) -> Result<AuthKeyId, EnvelopeError> {
+    let id = packet.get(..8).ok_or(EnvelopeError::Malformed {
         field: "packet",
         reason: "too short",
     })?;
@@ -97,7 +100,7 @@ pub(super) fn seal(
     h: Header,
     body: &[u8],
     rng: &mut (impl RngCore + CryptoRng),
-) -> Result<Vec<u8>> {
+) -> Result<Vec<u8>, EnvelopeError> {
     let Header {
         salt,
         session_id,
@@ -105,8 +108,8 @@ pub(super) fn seal(
         seq_no,
     } = h;
     if body.len() > MAX_BODY {
-        return Err(Error::Limit {
-            what: "envelope body",
+        return Err(EnvelopeError::TooLarge {
+            got: body.len() as u64,
             max: MAX_BODY as u64,
         });
     }
@@ -117,7 +120,12 @@ pub(super) fn seal(
     p.extend_from_slice(&seq_no.to_le_bytes());
     p.extend_from_slice(&(body.len() as u32).to_le_bytes());
     p.extend_from_slice(body);
-    Ok(ENVELOPE.seal(key, direction, &p, rng)?)
+    ENVELOPE
+        .seal(key, direction, &p, rng)
+        .map_err(|_| EnvelopeError::TooLarge {
+            got: body.len() as u64,
+            max: MAX_BODY as u64,
+        })
 }
 
 /// A sealed envelope ready to send.

@@ -8,7 +8,7 @@
 //!
 //! Requests travel with x = 0 (client → server), answers with x = 8. Decoding runs every check
 //! and names the one that failed with MTProto's bad_msg_notification code, except that every
-//! cryptographic failure is the one opaque [`Error::Decrypt`](crate::Error::Decrypt).
+//! cryptographic failure is the one opaque [`EnvelopeError::Decrypt`](crate::EnvelopeError::Decrypt).
 
 mod client;
 mod envelope;

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{wire::Bytes, BadMsgCode, Error, ServerSalt};
+use crate::{wire::Bytes, BadMsgCode, EnvelopeError, ServerSalt};
 
 /// A server's notice about a bad message (MTProto's `bad_server_salt` and
 /// `bad_msg_notification`), sent as the body of a server envelope (msg_id ≡ 3 mod 4).
@@ -33,8 +33,8 @@ pub enum Notice {
 
 impl Notice {
     /// The notice that answers `err`, if it is a bad-message error.
-    pub fn for_error(err: &Error, current_salt: ServerSalt) -> Option<Self> {
-        let Error::BadMsg {
+    pub fn for_error(err: &EnvelopeError, current_salt: ServerSalt) -> Option<Self> {
+        let EnvelopeError::BadMsg {
             code,
             bad_msg_id,
             bad_msg_seqno,

@@ -10,7 +10,7 @@ use super::{open_envelope, seal, Envelope, Header, Incoming, Notice, Outgoing};
 use crate::{
     replay::{ReplayWindow, Verdict},
     salt::SaltSchedule,
-    BadMsgCode, Error, MsgId, MsgIdGen, Result, Sender, SeqNoGen, ServerSalt, SessionId, UnixTime,
+    BadMsgCode, EnvelopeError, MsgId, MsgIdGen, Result, Sender, SeqNoGen, ServerSalt, SessionId, UnixTime,
 };
 
 /// The server's state of one client session. It holds no secret, so a store can keep it as is.
@@ -73,12 +73,12 @@ impl ServerSession {
     /// (20, 32, 33).
     ///
     /// # Errors
-    /// [`Error::WrongSession`], [`Error::Duplicate`], [`Error::BadMsg`].
-    pub fn accept(&mut self, env: Envelope, now: UnixTime) -> Result<Incoming> {
+    /// [`EnvelopeError::WrongSession`], [`EnvelopeError::Duplicate`], [`EnvelopeError::BadMsg`].
+    pub fn accept(&mut self, env: Envelope, now: UnixTime) -> Result<Incoming, EnvelopeError> {
         if env.session_id != self.session_id {
-            return Err(Error::WrongSession);
+            return Err(EnvelopeError::WrongSession);
         }
-        let bad = |code| Error::BadMsg {
+        let bad = |code| EnvelopeError::BadMsg {
             code,
             bad_msg_id: env.msg_id.0,
             bad_msg_seqno: env.seq_no,
@@ -87,7 +87,7 @@ impl ServerSession {
             return Err(bad(BadMsgCode::MsgIdBadLowBits));
         }
         if self.seen.contains(env.msg_id) {
-            return Err(Error::Duplicate { msg_id: env.msg_id.0 });
+            return Err(EnvelopeError::Duplicate { msg_id: env.msg_id.0 });
         }
         env.msg_id.validate(Sender::Client, now).map_err(bad)?;
         if !self.salts.accepts(env.salt, now) {
@@ -97,7 +97,7 @@ impl ServerSession {
             return Err(bad(BadMsgCode::SeqNoExpectedOdd));
         }
         match self.seen.check(env.msg_id, env.seq_no).map_err(bad)? {
-            Verdict::Duplicate => return Err(Error::Duplicate { msg_id: env.msg_id.0 }),
+            Verdict::Duplicate => return Err(EnvelopeError::Duplicate { msg_id: env.msg_id.0 }),
             Verdict::Fresh => self.seen.record(env.msg_id, env.seq_no),
         }
         Ok(Incoming {
@@ -111,7 +111,12 @@ impl ServerSession {
     ///
     /// # Errors
     /// As [`open_envelope`] and [`ServerSession::accept`].
-    pub fn decode_request(&mut self, key: &AuthKey, packet: &[u8], now: UnixTime) -> Result<Incoming> {
+    pub fn decode_request(
+        &mut self,
+        key: &AuthKey,
+        packet: &[u8],
+        now: UnixTime,
+    ) -> Result<Incoming, EnvelopeError> {
         let env = open_envelope(key, Direction::ClientToServer, packet)?;
         self.accept(env, now)
     }
@@ -123,7 +128,7 @@ impl ServerSession {
         response: bool,
         now: UnixTime,
         rng: &mut (impl RngCore + CryptoRng),
-    ) -> Result<Outgoing> {
+    ) -> Result<Outgoing, EnvelopeError> {
         self.rotate_salts(now, rng);
         let mut r = self.responder();
         let out = r.encode(key, body, response, now, rng)?;
@@ -147,29 +152,29 @@ impl ServerSession {
     /// Seals an answer to a request (msg_id ≡ 1 mod 4, content-related seq_no).
     ///
     /// # Errors
-    /// [`Error::Limit`] for a body over [`MAX_BODY`](super::MAX_BODY).
+    /// [`EnvelopeError::TooLarge`] for a body over [`MAX_BODY`](super::MAX_BODY).
     pub fn encode_response(
         &mut self,
         key: &AuthKey,
         body: &[u8],
         now: UnixTime,
         rng: &mut (impl RngCore + CryptoRng),
-    ) -> Result<Outgoing> {
+    ) -> Result<Outgoing, EnvelopeError> {
         self.encode(key, body, true, now, rng)
     }
 
     /// Seals a notice (msg_id ≡ 3 mod 4, not content-related).
     ///
     /// # Errors
-    /// [`Error::Limit`] never in practice (notices are small).
+    /// [`EnvelopeError::TooLarge`] never in practice (notices are small).
     pub fn encode_notice(
         &mut self,
         key: &AuthKey,
         notice: &Notice,
         now: UnixTime,
         rng: &mut (impl RngCore + CryptoRng),
-    ) -> Result<Outgoing> {
-        let body = serde_json::to_vec(notice).map_err(|_| Error::Malformed {
+    ) -> Result<Outgoing, EnvelopeError> {
+        let body = serde_json::to_vec(notice).map_err(|_| EnvelopeError::Malformed {
             field: "notice",
             reason: "unserializable",
         })?;
@@ -190,14 +195,14 @@ impl Responder {
     /// As [`ServerSession::encode_response`].
     ///
     /// # Errors
-    /// [`Error::Limit`] for a body over [`MAX_BODY`](super::MAX_BODY).
+    /// [`EnvelopeError::TooLarge`] for a body over [`MAX_BODY`](super::MAX_BODY).
     pub fn encode_response(
         &mut self,
         key: &AuthKey,
         body: &[u8],
         now: UnixTime,
         rng: &mut (impl RngCore + CryptoRng),
-    ) -> Result<Outgoing> {
+    ) -> Result<Outgoing, EnvelopeError> {
         self.encode(key, body, true, now, rng)
     }
 
@@ -221,7 +226,7 @@ impl Responder {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Limit`] for a body over [`MAX_BODY`](super::MAX_BODY).
+    /// [`EnvelopeError::TooLarge`] for a body over [`MAX_BODY`](super::MAX_BODY).
     pub fn encode_response_to(
         &mut self,
         key: &AuthKey,
@@ -229,7 +234,7 @@ impl Responder {
         request: MsgId,
         now: UnixTime,
         rng: &mut (impl RngCore + CryptoRng),
-    ) -> Result<Outgoing> {
+    ) -> Result<Outgoing, EnvelopeError> {
         let salt = self.salts.current(now).unwrap_or(ServerSalt([0; 8]));
         // A request's msg_id is ≡ 0 mod 4 (checked on accept); | 1 makes it a response's.
         let msg_id = MsgId((request.0 & !3) | 1);
@@ -261,7 +266,7 @@ impl Responder {
         response: bool,
         now: UnixTime,
         rng: &mut (impl RngCore + CryptoRng),
-    ) -> Result<Outgoing> {
+    ) -> Result<Outgoing, EnvelopeError> {
         let salt = self.salts.current(now).unwrap_or(ServerSalt([0; 8]));
         let msg_id = self.msg_ids.next(Sender::Server { response }, now);
         let seq_no = self.seq.next(response);

@@ -9,7 +9,7 @@ use mtproto_crypto::{
 };
 use mtproto_session::{
     session::{open_envelope, packet_key_id},
-    Error as SessionError, Notice,
+    EnvelopeError as SessionError, Notice,
 };
 
 use super::{long_poll::arm, Relay};
