@@ -274,7 +274,7 @@ export class Prekeys {
     };
   }
   static fromRecord({ keys, data }) {
-    if (data?.v !== 1 || data.signed.length !== keys.signed.length || data.signed.length > MAX_SIGNED_PREKEYS || data.signed.length === 0
+    if (data?.v !== 1 || !isU32(data.nextId) || data.signed.length !== keys.signed.length || data.signed.length > MAX_SIGNED_PREKEYS || data.signed.length === 0
       || data.oneTime.length !== keys.oneTime.length || data.oneTime.length > MAX_ONE_TIME_PREKEYS) throw malformed('prekeys');
     return new Prekeys({
       identity: bytesOf(data.identity, 32, 'identity'), signingKey: bytesOf(data.signingKey, 32, 'signing key'), nextId: data.nextId,
@@ -655,7 +655,7 @@ export class RatchetChat {
     const own = bytesOf(data.own, 32, 'own'), peer = bytesOf(data.peer, 32, 'peer');
     const w = data.window;
     if (!equalBytes(bytesOf(w.own, 32, 'window'), own) || !equalBytes(bytesOf(w.peer, 32, 'window'), peer)
-      || !(w.key instanceof Uint8Array) || w.key.length !== 256
+      || !(w.key instanceof Uint8Array) || w.key.length !== 256 || !isU32(w.sent) || !isU32(w.recvLow)
       || !Array.isArray(w.recvAbove) || w.recvAbove.length > 1024 || !Array.isArray(w.givenUp) || w.givenUp.length > 64
       || !Array.isArray(w.recvIds) || w.recvIds.length > 4096) throw malformed('window');
     const ps = data.pendingStart;
