@@ -31,7 +31,7 @@ const JS: &str = "text/javascript; charset=utf-8";
 const PIN_SLOT: &str = "{{SERVER_FINGERPRINT}}";
 
 /// Every file served: its path, type and source, and whether it carries the pin.
-const FILES: [(&str, &str, &str, bool); 6] = [
+const FILES: [(&str, &str, &str, bool); 7] = [
     ("/", HTML, include_str!("../assets/index.html"), false),
     (
         "/client_ui.html",
@@ -49,6 +49,12 @@ const FILES: [(&str, &str, &str, bool); 6] = [
         "/js/mtproto.js",
         JS,
         include_str!("../assets/js/mtproto.js"),
+        false,
+    ),
+    (
+        "/js/ratchet.js",
+        JS,
+        include_str!("../assets/js/ratchet.js"),
         false,
     ),
     (

@@ -17,7 +17,7 @@ use common::Server;
 use reqwest::{header, StatusCode};
 
 /// Every file served, with its source; the pages with a pin carry the server's fingerprint.
-const FILES: [(&str, &str, bool); 6] = [
+const FILES: [(&str, &str, bool); 7] = [
     ("/", include_str!("../assets/index.html"), false),
     ("/client_ui.html", include_str!("../assets/client_ui.html"), true),
     (
@@ -26,6 +26,7 @@ const FILES: [(&str, &str, bool); 6] = [
         true,
     ),
     ("/js/mtproto.js", include_str!("../assets/js/mtproto.js"), false),
+    ("/js/ratchet.js", include_str!("../assets/js/ratchet.js"), false),
     (
         "/js/client_ui.js",
         include_str!("../assets/js/client_ui.js"),

@@ -56,6 +56,7 @@ async fn every_answer_has_security_headers_and_a_request_id_found_in_the_json_lo
     for path in [
         "/client_ui.html",
         "/js/mtproto.js",
+        "/js/ratchet.js",
         "/healthz",
         "/server_key",
         "/",

@@ -384,26 +384,36 @@ export class Chat {
   }
   async open(packet) {
     const payload = await open(this.key, 8 - this.sendX, packet, LAYOUT_E2E);
-    const d = payload.slice(4);
+    return this.accept(payload.slice(4));
+  }
+  /**
+   * The receive window (§3.1) for decrypted data `random_id ‖ out_seq ‖ in_seq ‖ sent_at_ms ‖
+   * body`, shared with the double ratchet (ratchet.js). Synchronous, and it throws before it
+   * changes anything: a refused message leaves the window as it was.
+   */
+  accept(d) {
     if (d.length < 24) throw new Error('decrypt');
     const seq = readU32(d, 8), inSeq = readU32(d, 12);
     const randomId = d.slice(0, 8), rid = hex(randomId);
     const base = { body: d.slice(24), seq, lost: [], randomId, sentAtMs: Number(readU64(d, 16)), ahead: 0 };
-    // in_seq above what we sent: this profile is older than the one that sent those messages (a
-    // restored copy). Not the peer's fault and not a reason to drop its message: open it, say so,
-    // and seal from in_seq on, so our next messages do not reuse numbers the peer already has.
-    // A jump past MAX_AHEAD is no restored copy but a broken or hostile peer (it would wrap our
-    // u32 seqs): refused, as before.
-    if (inSeq > this.sent + MAX_AHEAD) throw new Error('peer acknowledges messages never sent');
-    if (inSeq > this.sent) { base.ahead = inSeq - this.sent; this.sent = inSeq; }
     // A seq below the window opens once if it was given up (it arrived after all); a seq seen
     // before is a replay when it carries a random_id seen under it (or one too old to be kept),
     // and a new message when it carries another one (F2: the sender's profile was restored from
     // an older copy and sealed it again). docs/protocol.md §3.1.
     const run = seq < this.recvLow ? this.givenUp.findIndex(([a, b]) => seq >= a && seq < b) : -1;
-    if ((seq < this.recvLow && run < 0) || this.recvAbove.has(seq)) {
+    const seen = (seq < this.recvLow && run < 0) || this.recvAbove.has(seq);
+    if (seen) {
       const ids = this.recvIds.get(seq);
       if (!ids || ids.includes(rid)) { const e = new Error('replay'); e.replay = true; throw e; }
+    }
+    // in_seq above what we sent: this profile is older than the one that sent those messages (a
+    // restored copy). Not the peer's fault and not a reason to drop its message: open it, say so,
+    // and seal from in_seq on, so our next messages do not reuse numbers the peer already has.
+    // A jump past MAX_AHEAD is no restored copy but a broken or hostile peer (it would wrap our
+    // u32 seqs): refused, as before. (Checked after the replay test, as ChatState::accept does.)
+    if (inSeq > this.sent + MAX_AHEAD) throw new Error('peer acknowledges messages never sent');
+    if (inSeq > this.sent) { base.ahead = inSeq - this.sent; this.sent = inSeq; }
+    if (seen) {
       this.keepId(seq, rid);
       return { ...base, delivery: 'reused' };
     }
