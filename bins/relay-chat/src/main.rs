@@ -211,10 +211,13 @@ async fn run(args: Args) -> Result<(), ClientError> {
                                     );
                                     // Registered again: a new account, so a new code (the old one is void).
                                     if let Some(code) = client.take_recovery_code().await {
-                                        say(&format!(
+                                        // Kept before it is shown: a /recovery typed as soon as
+                                        // the line appears must find it.
+                                        let line = format!(
                                             "!! your NEW recovery code (the old one no longer works; write this one down; /recovery shows it again until /recovery done): {code}"
-                                        ));
+                                        );
                                         hold(&recovery, Some(code));
+                                        say(&line);
                                     }
                                 }
                             }
