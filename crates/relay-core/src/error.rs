@@ -203,14 +203,19 @@ impl From<EngineError> for RelayError {
     }
 }
 
+/// The request's field `field` is wrong: `reason`.
+fn invalid(field: &str, reason: impl Into<String>) -> RelayError {
+    RelayError::InvalidField {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
 impl From<mtproto_session::HandshakeError> for RelayError {
     fn from(e: mtproto_session::HandshakeError) -> Self {
         use mtproto_session::HandshakeError as E;
         match e {
-            E::Malformed { field, reason } => Self::InvalidField {
-                field: field.into(),
-                reason: reason.into(),
-            },
+            E::Malformed { field, reason } => invalid(field, reason),
             E::NonceMismatch { which } => Self::NonceMismatch(which),
             E::BadProofOfWork => Self::BadProofOfWork,
             E::Dh(_) => Self::BadDh,
@@ -218,14 +223,10 @@ impl From<mtproto_session::HandshakeError> for RelayError {
             E::StepOutOfOrder { .. } => Self::HandshakeOutOfOrder,
             // The client's side of the handshake: the relay never runs it, but if it did, the
             // request (not the relay) would be at fault.
-            E::WorkTooHard { max, .. } => Self::InvalidField {
-                field: "proof-of-work bits".into(),
-                reason: format!("over the limit of {max}"),
-            },
-            E::UntrustedServer { .. } | E::BadSignature | E::KeyConfirmation => Self::InvalidField {
-                field: "handshake".into(),
-                reason: e.to_string(),
-            },
+            E::WorkTooHard { max, .. } => invalid("proof-of-work bits", format!("over the limit of {max}")),
+            E::UntrustedServer { .. } | E::BadSignature | E::KeyConfirmation => {
+                invalid("handshake", e.to_string())
+            }
         }
     }
 }
@@ -234,22 +235,13 @@ impl From<mtproto_session::EnvelopeError> for RelayError {
     fn from(e: mtproto_session::EnvelopeError) -> Self {
         use mtproto_session::EnvelopeError as E;
         match e {
-            E::Malformed { field, reason } => Self::InvalidField {
-                field: field.into(),
-                reason: reason.into(),
-            },
+            E::Malformed { field, reason } => invalid(field, reason),
             E::Decrypt => Self::DecryptFailed,
             E::WrongSession => Self::BadSession,
             E::BadMsg { code, .. } => Self::BadMsg { code, notice: None },
             // The pipeline answers a duplicate from its stored outcome before this conversion.
-            E::Duplicate { .. } => Self::InvalidField {
-                field: "message".into(),
-                reason: e.to_string(),
-            },
-            E::TooLarge { max, .. } => Self::InvalidField {
-                field: "envelope".into(),
-                reason: format!("over the limit of {max}"),
-            },
+            E::Duplicate { .. } => invalid("message", e.to_string()),
+            E::TooLarge { max, .. } => invalid("envelope", format!("over the limit of {max}")),
         }
     }
 }
@@ -261,16 +253,10 @@ impl From<mtproto_session::Error> for RelayError {
     fn from(e: mtproto_session::Error) -> Self {
         use mtproto_session::Error as E;
         match e {
-            E::Malformed { field, reason } => Self::InvalidField {
-                field: field.into(),
-                reason: reason.into(),
-            },
+            E::Malformed { field, reason } => invalid(field, reason),
             E::Handshake(h) => h.into(),
             E::Envelope(v) => v.into(),
-            E::E2e(x) => Self::InvalidField {
-                field: "message".into(),
-                reason: x.to_string(),
-            },
+            E::E2e(x) => invalid("message", x.to_string()),
         }
     }
 }
