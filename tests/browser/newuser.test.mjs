@@ -214,8 +214,11 @@ test('(7, 10) after a key reset: the conversation says it waits for the peer to 
     await say(page, 'after my reset');
     await until(async () => /^sent/.test(await mine(page, 'after my reset').getAttribute('data-state') || ''), 'sent');
     assert.ok(await page.isVisible('#await-bar'), 'the note stays while they have not accepted');
-    // (7) The peer, not yet aware, writes to the old key: said for what it most likely is.
-    await g.evaluate(() => c.send('rs-user', 'to your old key'));
+    // (7) The peer, not yet aware, writes to the old key. This page names the key version it
+    // sealed for and the relay refuses such a message (everyday.test.mjs (k)); a client that
+    // does not (an earlier release, here the scripted page with the version forgotten) has it
+    // stored, and the reader cannot open it: said for what it most likely is.
+    await g.evaluate(() => { c.peers.get('rs-user').version = null; return c.send('rs-user', 'to your old key'); });
     await page.waitForSelector('#messages li.msg.system:has-text("previous key")', { timeout: 20000 });
     const note = await page.textContent('#messages li.msg.system:has-text("previous key")');
     assert.match(note, /send it again/);
