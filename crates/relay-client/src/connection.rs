@@ -158,7 +158,7 @@ impl Client {
             tracing::warn!(
                 "the relay no longer knew our auth key: registered again; undelivered messages may be lost"
             );
-            self.save(&st)?;
+            self.save(&st).await?;
         }
         if publish {
             let key = self.state.lock().await.identity.public();
@@ -184,7 +184,7 @@ impl Client {
                     .as_mut()
                     .ok_or_else(|| ClientError::Invalid("no session".into()))?;
                 let out = session.encode_request(&body, now(), &mut OsRng)?;
-                self.save(&st)?;
+                self.save(&st).await?;
                 out.packet
             };
             let raw = match self.post_raw(path, &EnvelopeRequest::packet(packet)).await? {
@@ -208,7 +208,7 @@ impl Client {
                 .as_mut()
                 .ok_or_else(|| ClientError::Invalid("no session".into()))?;
             let incoming = session.decode_response(&answer.packet.0, now())?;
-            self.save(&st)?;
+            self.save(&st).await?;
             return serde_json::from_slice(&incoming.body)
                 .map_err(|e| ClientError::Transport(format!("bad body: {e}")));
         }
@@ -224,7 +224,7 @@ impl Client {
             return Ok(false);
         };
         let applied = session.handle_notice(&incoming, now()).is_some();
-        self.save(&st)?;
+        self.save(&st).await?;
         Ok(applied)
     }
 
@@ -249,7 +249,7 @@ impl Client {
             let mut st = self.state.lock().await;
             st.identity = IdentitySecret::generate(&mut OsRng);
             st.chats.clear();
-            self.save(&st)?;
+            self.save(&st).await?;
         }
         self.publish_key().await
     }

@@ -166,7 +166,7 @@ impl Client {
             let chat = ChatState::new(&st.identity, key)?;
             st.chats.insert(peer.to_owned(), chat);
         }
-        self.save(&st)
+        self.save(&st).await
     }
 
     /// Accepts `peer`'s current directory key (after the user verified it), starting a new chat.
@@ -180,7 +180,7 @@ impl Client {
         accept_key(&mut st, peer, key, key_version)?;
         st.key_changed.remove(peer);
         st.held.clear();
-        self.save(&st)
+        self.save(&st).await
     }
 
     /// `peer`'s identity key and its version as the directory shows them now.
@@ -223,6 +223,6 @@ impl Client {
             .get_mut(peer)
             .ok_or_else(|| ClientError::NoPeerKey(peer.into()))?;
         known.verified = true;
-        self.save(&st)
+        self.save(&st).await
     }
 }

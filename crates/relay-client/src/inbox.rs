@@ -113,7 +113,7 @@ impl Client {
         if self.receipts {
             let mut st = self.state.lock().await;
             self.queue_receipts(&mut st)?;
-            self.save(&st)?;
+            self.save(&st).await?;
         }
         if let Err(e) = self.flush_outbox_for(None).await {
             tracing::warn!(error = %e, "outbox flush failed");
@@ -163,7 +163,7 @@ impl Client {
             }
         }
         let st = self.state.lock().await;
-        if let Err(e) = self.save(&st) {
+        if let Err(e) = self.save(&st).await {
             // The events are handed out anyway: losing them would be worse than a profile
             // one poll behind (its chats then report later messages after a gap).
             tracing::warn!(error = %e, "saving the profile after a poll failed");

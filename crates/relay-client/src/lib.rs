@@ -216,7 +216,7 @@ impl Client {
             if st.session.is_none() {
                 client.handshake(&mut st).await?;
             }
-            client.save(&st)?;
+            client.save(&st).await?;
         }
         client.publish_key().await?;
         Ok(client)
@@ -245,11 +245,14 @@ impl Client {
         self.state.lock().await.server_key
     }
 
-    fn save(&self, st: &State) -> Result<(), ClientError> {
-        let Some(path) = &self.profile_path else {
+    /// Writes the profile as `st` is now (atomically, fsynced). The write runs on the blocking
+    /// pool, not on the async executor's threads; the caller waits for it (the order of saves
+    /// is the order of the calls, and a caller that saves before it sends knows it is on disk).
+    async fn save(&self, st: &State) -> Result<(), ClientError> {
+        let Some(path) = self.profile_path.clone() else {
             return Ok(());
         };
-        Profile {
+        let profile = Profile {
             client_id: st.client_id.to_string(),
             identity: SecretBytes::new(st.identity.to_bytes().to_vec()),
             server_key: st.server_key.map(|k| *k.as_bytes()),
@@ -258,7 +261,9 @@ impl Client {
             chats: st.chats.iter().map(|(k, v)| (k.clone(), v.data())).collect(),
             outbox: st.outbox.values().cloned().collect(),
             handed_out: st.to_ack.clone(),
-        }
-        .save(path)
+        };
+        tokio::task::spawn_blocking(move || profile.save(&path))
+            .await
+            .map_err(|e| ClientError::Profile(format!("the profile writer failed: {e}")))?
     }
 }

@@ -40,7 +40,7 @@ impl Client {
             let entry = self.seal_entry(&mut st, &peer, body)?;
             let id = entry.id;
             st.outbox.insert(id, entry);
-            self.save(&st)?;
+            self.save(&st).await?;
             id
         };
         self.flush_and_report(id).await
@@ -151,7 +151,7 @@ impl Client {
                         None => e.state = SendState::Sending { last_error: None },
                     }
                 }
-                self.save(&st)?;
+                self.save(&st).await?;
             }
         }
         self.flush_and_report(id).await
@@ -177,7 +177,7 @@ impl Client {
                 entry.released = chat.release_unsent(entry.seq);
             }
         }
-        self.save(&st)?;
+        self.save(&st).await?;
         Ok(entry.receipt())
     }
 
@@ -270,7 +270,7 @@ impl Client {
                     .map(|e| e.packet.0.clone())
                     .unwrap_or_default();
                 // Saved before it leaves: a restarted client resends these very bytes.
-                self.save(st)?;
+                self.save(st).await?;
                 packet
             };
             let req = EnvelopeRequest::packet(packet);
@@ -365,7 +365,7 @@ impl Client {
                     st.outbox.remove(&id);
                 }
             }
-            self.save(st)?;
+            self.save(st).await?;
             return Ok(Some(state));
         }
         self.leave_sending(id, "gave up after repeated refusals".into())
@@ -385,7 +385,7 @@ impl Client {
             last_error: Some(why),
         };
         let state = entry.state.clone();
-        self.save(&st)?;
+        self.save(&st).await?;
         Ok(Some(state))
     }
 
