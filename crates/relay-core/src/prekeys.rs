@@ -7,10 +7,11 @@
 //! over a hash and a list. The conformance suite holds all three to it.
 //!
 //! The rule:
-//! - prekeys are stored for the identity key the account has published *now*, recorded by its
-//!   `key_version`; once the account publishes another key (or a recovery withdraws it), a
-//!   fetch answers `no_prekeys` until it publishes prekeys again, and that publish drops the
-//!   one-time prekeys left from the old key;
+//! - prekeys are stored for the identity key the account has published *now*, recorded by the
+//!   key and its `key_version` (both: a name removed for disuse and registered again starts its
+//!   versions over, with another key); once the account publishes another key (or a recovery
+//!   withdraws it), a fetch answers `no_prekeys` until it publishes prekeys again, and that
+//!   publish drops the one-time prekeys left from the old key;
 //! - a publish replaces the signing key and the signed prekey and adds the one-time prekeys
 //!   whose ids are not held yet (the others are ignored); if the account would then hold more
 //!   than [`MAX_ONE_TIME_PREKEYS`], nothing is stored;
@@ -43,8 +44,10 @@ pub struct PrekeyUpload {
 /// An account's prekeys as the memory and SQLite engines store them (JSON in SQLite).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct StoredPrekeys {
-    /// The account's `key_version` when they were published: they belong to that identity key.
+    /// The account's `key_version` when they were published…
     pub(crate) key_version: u32,
+    /// … and its identity key then: they belong to that key.
+    pub(crate) identity: [u8; 32],
     /// The Ed25519 identity signing key.
     pub(crate) signing_key: [u8; 32],
     /// The signed prekey.
@@ -54,7 +57,7 @@ pub(crate) struct StoredPrekeys {
 }
 
 impl StoredPrekeys {
-    /// The record after `upload`, published by an account whose identity key is at
+    /// The record after `upload`, published by an account whose identity key is `identity` at
     /// `key_version`, over what it held before (`previous`).
     ///
     /// # Errors
@@ -62,12 +65,12 @@ impl StoredPrekeys {
     /// one-time prekeys (the caller then stores nothing).
     pub(crate) fn publish(
         previous: Option<Self>,
-        key_version: u32,
+        (identity, key_version): ([u8; 32], u32),
         upload: &PrekeyUpload,
     ) -> Result<Self, EngineError> {
         // One-time prekeys of an earlier identity key are of no use to anyone: dropped.
         let mut one_time = previous
-            .filter(|p| p.key_version == key_version)
+            .filter(|p| p.key_version == key_version && p.identity == identity)
             .map(|p| p.one_time)
             .unwrap_or_default();
         let mut held: BTreeSet<u32> = one_time.iter().map(|k| k.id).collect();
@@ -83,6 +86,7 @@ impl StoredPrekeys {
         one_time.extend(adding.into_iter().cloned());
         Ok(Self {
             key_version,
+            identity,
             signing_key: upload.signing_key,
             signed_prekey: upload.signed_prekey.clone(),
             one_time,
@@ -97,7 +101,7 @@ impl StoredPrekeys {
     /// published for another one.
     pub(crate) fn hand_out(&mut self, peer: &Peer, take: bool) -> Result<(PrekeyBundle, u32), EngineError> {
         let identity = match peer.identity_key {
-            Some(k) if self.key_version == peer.key_version => k,
+            Some(k) if k == self.identity && self.key_version == peer.key_version => k,
             _ => return Err(EngineError::NoPrekeys),
         };
         let one_time_prekey = if take { self.one_time.pop_front() } else { None };
@@ -150,27 +154,30 @@ mod tests {
 
     #[test]
     fn held_ids_are_kept_the_cap_refuses_whole_and_an_old_key_drops_its_keys() {
-        let first = StoredPrekeys::publish(None, 1, &upload(1..=150)).unwrap();
+        let first = StoredPrekeys::publish(None, ([9; 32], 1), &upload(1..=150)).unwrap();
         assert_eq!(first.one_time.len(), 150);
         // 1..=150 are held: only 151..=200 count, exactly up to the cap.
-        let full = StoredPrekeys::publish(Some(first.clone()), 1, &upload(100..=200)).unwrap();
+        let full = StoredPrekeys::publish(Some(first.clone()), ([9; 32], 1), &upload(100..=200)).unwrap();
         assert_eq!(full.one_time.len(), MAX_ONE_TIME_PREKEYS);
         assert_eq!(
-            StoredPrekeys::publish(Some(full.clone()), 1, &upload([201])),
+            StoredPrekeys::publish(Some(full.clone()), ([9; 32], 1), &upload([201])),
             Err(EngineError::PrekeyQuota {
                 held: 200,
                 adding: 1,
                 max: 200
             })
         );
-        // Another identity key (version 2): the old one-time prekeys are gone.
-        let fresh = StoredPrekeys::publish(Some(full), 2, &upload([500])).unwrap();
+        // Another identity key (version 2), or another key at the same version (a name
+        // registered again): the old one-time prekeys are gone.
+        let fresh = StoredPrekeys::publish(Some(full.clone()), ([9; 32], 2), &upload([500])).unwrap();
         assert_eq!(fresh.one_time.iter().map(|k| k.id).collect::<Vec<_>>(), [500]);
+        let other = StoredPrekeys::publish(Some(full), ([8; 32], 1), &upload([500])).unwrap();
+        assert_eq!(other.one_time.len(), 1);
     }
 
     #[test]
     fn hand_out_takes_the_oldest_once_and_only_for_the_current_key() {
-        let mut s = StoredPrekeys::publish(None, 3, &upload([7, 8])).unwrap();
+        let mut s = StoredPrekeys::publish(None, ([9; 32], 3), &upload([7, 8])).unwrap();
         let (b, v) = s.hand_out(&peer(3, Some([9; 32])), true).unwrap();
         assert_eq!(
             (b.one_time_prekey.map(|k| k.id), v, b.identity),
@@ -184,6 +191,10 @@ mod tests {
             Err(EngineError::NoPrekeys)
         );
         assert_eq!(s.hand_out(&peer(3, None), true), Err(EngineError::NoPrekeys));
+        assert_eq!(
+            s.hand_out(&peer(3, Some([8; 32])), true),
+            Err(EngineError::NoPrekeys)
+        );
         assert_eq!(s.one_time.len(), 1);
     }
 }

@@ -268,13 +268,12 @@ impl Engine for MemoryEngine {
             Op::PublishPrekeys { key_version, prekeys } => {
                 let account = s.accounts.get_mut(&c.client).ok_or(EngineError::UnknownPeer)?;
                 let peer = account.peer.as_ref().ok_or(EngineError::UnknownPeer)?;
-                if peer.identity_key.is_none() {
-                    return Err(EngineError::NoIdentityKey);
-                }
+                let identity = peer.identity_key.ok_or(EngineError::NoIdentityKey)?;
                 if peer.key_version != *key_version {
                     return Err(EngineError::Conflict);
                 }
-                let stored = StoredPrekeys::publish(account.prekeys.clone(), *key_version, prekeys)?;
+                let stored =
+                    StoredPrekeys::publish(account.prekeys.clone(), (identity, *key_version), prekeys)?;
                 let one_time_prekeys = stored.one_time.len();
                 account.prekeys = Some(stored);
                 Outcome::PrekeysPublished { one_time_prekeys }

@@ -51,7 +51,7 @@ elseif op == 'publish' then
   result = {'published', changed, kv}
   stored = 'published|' .. changed .. '|' .. kv
 elseif op == 'prekeys' then
-  -- The rule of crate::prekeys::StoredPrekeys. KEYS[10] prekey hash (kv, signed), KEYS[11]
+  -- The rule of crate::prekeys::StoredPrekeys. KEYS[10] prekey hash (kv, key, signed), KEYS[11]
   -- one-time prekeys (JSON, oldest first). ARGV: 7 the identity key version checked, 8 the
   -- signing key and signed prekey (JSON), 9 the cap, 10.. the one-time prekeys (JSON).
   local p = redis.call('HMGET', KEYS[3], 'key', 'kv')
@@ -60,7 +60,8 @@ elseif op == 'prekeys' then
   if p[2] ~= ARGV[7] then return redis.error_reply('CONFLICT') end
   local held = {}
   local count = 0
-  if redis.call('HGET', KEYS[10], 'kv') == ARGV[7] then
+  local was = redis.call('HMGET', KEYS[10], 'kv', 'key')
+  if was[1] == ARGV[7] and was[2] == p[1] then
     for _, e in ipairs(redis.call('LRANGE', KEYS[11], 0, -1)) do
       held[string.match(e, '"id":(%d+)') or ''] = true
       count = count + 1
@@ -77,10 +78,10 @@ elseif op == 'prekeys' then
   if count + #adding > tonumber(ARGV[9]) then
     return redis.error_reply('PREKEY_QUOTA:' .. count .. ':' .. #adding)
   end
-  -- Nothing held for this key version: whatever the list holds is an earlier key's.
+  -- Nothing held for this key: whatever the list holds is an earlier key's.
   if count == 0 then redis.call('DEL', KEYS[11]) end
   for _, e in ipairs(adding) do redis.call('RPUSH', KEYS[11], e) end
-  redis.call('HSET', KEYS[10], 'kv', ARGV[7], 'signed', ARGV[8])
+  redis.call('HSET', KEYS[10], 'kv', ARGV[7], 'key', p[1], 'signed', ARGV[8])
   result = {'prekeys', count + #adding, 0}
   stored = 'prekeys|' .. (count + #adding) .. '|0'
 elseif op == 'bundle' then

@@ -19,8 +19,8 @@
 //! P:{u:<to>}:dup:<key_id>:<msg_id>      STRING sequence number a send got (Cluster), EX 3600
 //! P:{u:<client>}:senders        HASH   n:<sender>, b:<sender>: messages, payload bytes waiting
 //! P:{u:<client>}:gone           STRING key id (hex) of a removed account until its key record goes
-//! P:{u:<client>}:pk             HASH   kv (the identity key version they are for), signed (JSON:
-//!                                      signing key and signed prekey)
+//! P:{u:<client>}:pk             HASH   kv, key (the identity key and version they are for), signed
+//!                                      (JSON: signing key and signed prekey)
 //! P:{u:<client>}:otp            LIST   one-time prekeys (JSON), oldest first, at most 200
 //! P:{u:<peer>}:ptake:<key_id>:<msg_id>  STRING the bundle a fetch took (JSON), EX 3600
 //! P:peers                       SET    the directory: every registered client

@@ -18,13 +18,11 @@ pub(super) fn plan(c: &Connection, cm: &Commit) -> Result<Option<Planned>, Engin
         Op::PublishPrekeys { key_version, prekeys } => {
             let me = cm.client.as_str();
             let (peer, _) = get_peer(c, me)?.ok_or(EngineError::UnknownPeer)?;
-            if peer.identity_key.is_none() {
-                return Err(EngineError::NoIdentityKey);
-            }
+            let identity = peer.identity_key.ok_or(EngineError::NoIdentityKey)?;
             if peer.key_version != *key_version {
                 return Err(EngineError::Conflict);
             }
-            let stored = StoredPrekeys::publish(read(c, me)?, *key_version, prekeys)?;
+            let stored = StoredPrekeys::publish(read(c, me)?, (identity, *key_version), prekeys)?;
             let one_time_prekeys = stored.one_time.len();
             (
                 Some((me.to_owned(), stored)),
