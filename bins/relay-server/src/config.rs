@@ -92,6 +92,10 @@ pub struct Config {
     /// Authenticated requests per second one account may make in the long run.
     #[arg(long, env = "RELAY_ACCOUNT_RATE", default_value_t = 30.0)]
     pub account_rate: f64,
+    /// One-time prekeys one account may be handed out per hour by this node (`/prekey_bundle`);
+    /// past it, bundles come without a one-time prekey.
+    #[arg(long, env = "RELAY_PREKEY_HANDOUTS_PER_HOUR", default_value_t = 50)]
+    pub prekey_handouts_per_hour: u32,
     /// Most acknowledgements in one poll.
     #[arg(long, env = "RELAY_MAX_ACKS", default_value_t = 1024)]
     pub max_acks: usize,
@@ -257,6 +261,10 @@ impl Config {
             account_rate: Rate {
                 burst: self.account_burst,
                 per_sec: self.account_rate,
+            },
+            prekey_handouts: Rate {
+                burst: self.prekey_handouts_per_hour,
+                per_sec: f64::from(self.prekey_handouts_per_hour) / 3600.0,
             },
             max_acks: self.max_acks,
             message_ttl_secs: self.message_ttl_secs,

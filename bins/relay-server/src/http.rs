@@ -341,21 +341,15 @@ pub(crate) async fn termination_signal() {
 pub fn routes(cfg: &mut web::ServiceConfig, echo_route: bool) {
     cfg.route("/req_pq", web::post().to(req_pq))
         .route("/req_dh_params", web::post().to(req_dh_params))
-        .route("/set_client_dh_params", web::post().to(set_client_dh_params))
-        .route(
-            "/secure_message",
-            web::post().to(|r, b| envelope(r, Endpoint::SecureMessage, b)),
-        )
-        .route(
-            "/poll_messages",
-            web::post().to(|r, b| envelope(r, Endpoint::PollMessages, b)),
-        )
-        .route("/peers", web::post().to(|r, b| envelope(r, Endpoint::Peers, b)))
-        .route(
-            "/publish_key",
-            web::post().to(|r, b| envelope(r, Endpoint::PublishKey, b)),
-        )
-        .route("/healthz", web::get().to(healthz))
+        .route("/set_client_dh_params", web::post().to(set_client_dh_params));
+    // Every authenticated endpoint, from the one list relay-api keeps.
+    for endpoint in Endpoint::ALL {
+        cfg.route(
+            endpoint.path(),
+            web::post().to(move |r, b| envelope(r, endpoint, b)),
+        );
+    }
+    cfg.route("/healthz", web::get().to(healthz))
         .route("/healthz", web::head().to(healthz))
         .route("/server_key", web::get().to(server_key))
         .route("/server_key", web::head().to(server_key))

@@ -64,7 +64,7 @@ pub struct Metrics {
 const ENGINE_COUNTERS: [&str; 4] = ["fsyncs", "commits", "requests", "redis_round_trips"];
 
 /// The paths that get their own label; everything else is `other` (pages, 404s).
-const ENDPOINTS: [&str; 10] = [
+const ENDPOINTS: [&str; 12] = [
     "/req_pq",
     "/req_dh_params",
     "/set_client_dh_params",
@@ -72,6 +72,8 @@ const ENDPOINTS: [&str; 10] = [
     "/poll_messages",
     "/peers",
     "/publish_key",
+    "/publish_prekeys",
+    "/prekey_bundle",
     "/healthz",
     "/server_key",
     "/echo",

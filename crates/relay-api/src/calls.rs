@@ -7,6 +7,7 @@ use mtproto_session::{
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::answers::{AckRef, SendAnswer};
+use crate::prekeys::{OneTimePrekeyUpload, SignedPrekeyUpload};
 
 /// A 64-bit id given as a JSON number or a decimal string (the original API used strings);
 /// written as a number.
@@ -163,6 +164,26 @@ pub enum Call {
         /// 32 bytes.
         identity_key: Bytes,
     },
+    /// `/publish_prekeys`: publish (replace) the signed prekey and add one-time prekeys, for
+    /// the identity key published now. An empty `one_time_prekeys` only replaces the signed
+    /// prekey and asks how many one-time prekeys the relay holds.
+    PublishPrekeys {
+        /// The Ed25519 identity signing key (32 bytes) the signed prekey's signature verifies
+        /// under.
+        signing_key: Bytes,
+        /// The signed prekey: replaces the one published before.
+        signed_prekey: SignedPrekeyUpload,
+        /// One-time prekeys to add, at most [`crate::MAX_PREKEYS_PER_PUBLISH`]; the relay holds
+        /// at most [`crate::MAX_ONE_TIME_PREKEYS`] in all.
+        #[serde(default)]
+        one_time_prekeys: Vec<OneTimePrekeyUpload>,
+    },
+    /// `/prekey_bundle`: a peer's prekey bundle, with at most one of its one-time prekeys,
+    /// which the relay then never hands out again.
+    PrekeyBundle {
+        /// The peer.
+        peer: ClientId,
+    },
 }
 
 impl Call {
@@ -198,6 +219,8 @@ impl Call {
             Self::PollMessages { .. } => Endpoint::PollMessages,
             Self::ListPeers { .. } => Endpoint::Peers,
             Self::PublishKey { .. } => Endpoint::PublishKey,
+            Self::PublishPrekeys { .. } => Endpoint::PublishPrekeys,
+            Self::PrekeyBundle { .. } => Endpoint::PrekeyBundle,
         }
     }
 }
@@ -213,15 +236,21 @@ pub enum Endpoint {
     Peers,
     /// `POST /publish_key`.
     PublishKey,
+    /// `POST /publish_prekeys`.
+    PublishPrekeys,
+    /// `POST /prekey_bundle`.
+    PrekeyBundle,
 }
 
 impl Endpoint {
     /// Every authenticated endpoint.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 6] = [
         Self::SecureMessage,
         Self::PollMessages,
         Self::Peers,
         Self::PublishKey,
+        Self::PublishPrekeys,
+        Self::PrekeyBundle,
     ];
 
     /// Its HTTP path.
@@ -231,6 +260,8 @@ impl Endpoint {
             Self::PollMessages => "/poll_messages",
             Self::Peers => "/peers",
             Self::PublishKey => "/publish_key",
+            Self::PublishPrekeys => "/publish_prekeys",
+            Self::PrekeyBundle => "/prekey_bundle",
         }
     }
 }
@@ -281,6 +312,21 @@ mod tests {
             Call::PublishKey {
                 identity_key: Bytes(vec![0; 32]),
             },
+            Call::PublishPrekeys {
+                signing_key: Bytes(vec![1; 32]),
+                signed_prekey: SignedPrekeyUpload {
+                    id: 1,
+                    public: Bytes(vec![2; 32]),
+                    signature: Bytes(vec![3; 64]),
+                },
+                one_time_prekeys: vec![OneTimePrekeyUpload {
+                    id: 2,
+                    public: Bytes(vec![4; 32]),
+                }],
+            },
+            Call::PrekeyBundle {
+                peer: ClientId::new("bob").unwrap(),
+            },
         ];
         for (call, endpoint) in calls.iter().zip(Endpoint::ALL) {
             assert_eq!(call.endpoint(), endpoint);
@@ -291,8 +337,23 @@ mod tests {
         }
         assert_eq!(
             Endpoint::ALL.map(Endpoint::path),
-            ["/secure_message", "/poll_messages", "/peers", "/publish_key"]
+            [
+                "/secure_message",
+                "/poll_messages",
+                "/peers",
+                "/publish_key",
+                "/publish_prekeys",
+                "/prekey_bundle"
+            ]
         );
+        // An unknown field inside an upload is refused like one in the call.
+        let nested = r#"{"method":"publish_prekeys","signing_key":"AA==","signed_prekey":{"id":1,"public":"AA==","signature":"AA==","extra":1}}"#;
+        assert!(serde_json::from_str::<Call>(nested).is_err());
+        let bare = r#"{"method":"publish_prekeys","signing_key":"AA==","signed_prekey":{"id":1,"public":"AA==","signature":"AA=="}}"#;
+        assert!(matches!(
+            serde_json::from_str::<Call>(bare).unwrap(),
+            Call::PublishPrekeys { one_time_prekeys, .. } if one_time_prekeys.is_empty()
+        ));
     }
 
     #[test]

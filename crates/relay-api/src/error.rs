@@ -65,6 +65,14 @@ pub enum ErrorCode {
     SenderQuota,
     /// The msg_id was used before for another request.
     MsgIdReused,
+    /// `/publish_prekeys` before the account published its identity key (`/publish_key`):
+    /// prekeys are signed for an identity key, so there must be one.
+    NoIdentityKey,
+    /// `/publish_prekeys` would leave the relay holding more than
+    /// [`crate::MAX_ONE_TIME_PREKEYS`] one-time prekeys for the account (nothing was stored).
+    PrekeyQuota,
+    /// `/prekey_bundle`: the peer has published no prekeys for its current identity key.
+    NoPrekeys,
     /// Too many requests from this account or address: retry after `Retry-After` seconds.
     RateLimited,
     /// Too many handshakes in progress: retry shortly.
@@ -80,7 +88,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code the relay answers (not [`ErrorCode::Unknown`]).
-    pub const ALL: [Self; 30] = [
+    pub const ALL: [Self; 33] = [
         Self::InvalidField,
         Self::MalformedJson,
         Self::BadRequest,
@@ -107,6 +115,9 @@ impl ErrorCode {
         Self::MailboxFull,
         Self::SenderQuota,
         Self::MsgIdReused,
+        Self::NoIdentityKey,
+        Self::PrekeyQuota,
+        Self::NoPrekeys,
         Self::RateLimited,
         Self::Busy,
         Self::StorageUnavailable,
@@ -142,6 +153,9 @@ impl ErrorCode {
             Self::MailboxFull => "mailbox_full",
             Self::SenderQuota => "sender_quota",
             Self::MsgIdReused => "msg_id_reused",
+            Self::NoIdentityKey => "no_identity_key",
+            Self::PrekeyQuota => "prekey_quota",
+            Self::NoPrekeys => "no_prekeys",
             Self::RateLimited => "rate_limited",
             Self::Busy => "busy",
             Self::StorageUnavailable => "storage_unavailable",
@@ -153,9 +167,13 @@ impl ErrorCode {
     /// The HTTP status the relay answers with this code ([`ErrorCode::Unknown`]: 400).
     pub const fn http_status(self) -> u16 {
         match self {
-            Self::UnknownHandshake | Self::UnknownPeer | Self::NotFound => 404,
+            Self::UnknownHandshake | Self::UnknownPeer | Self::NotFound | Self::NoPrekeys => 404,
             Self::HandshakeExpired => 410,
-            Self::ClientIdTaken | Self::MsgIdReused | Self::PeerKeyChanged => 409,
+            Self::ClientIdTaken
+            | Self::MsgIdReused
+            | Self::PeerKeyChanged
+            | Self::NoIdentityKey
+            | Self::PrekeyQuota => 409,
             Self::RecoveryRefused => 403,
             Self::UnknownAuthKey => 401,
             Self::MailboxFull | Self::SenderQuota | Self::RateLimited => 429,

@@ -4,6 +4,7 @@
 mod answers;
 mod calls;
 mod error;
+mod prekeys;
 mod time;
 
 pub use answers::{
@@ -12,4 +13,8 @@ pub use answers::{
 };
 pub use calls::{Call, Endpoint, EnvelopeRequest, EnvelopeResponse, U64Field};
 pub use error::{ErrorBody, ErrorCode};
+pub use prekeys::{
+    OneTimePrekeyUpload, PrekeyBundleAnswer, PublishPrekeysAnswer, SignedPrekeyUpload, MAX_ONE_TIME_PREKEYS,
+    MAX_PREKEYS_PER_PUBLISH,
+};
 pub use time::iso8601;

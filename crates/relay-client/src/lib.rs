@@ -49,6 +49,7 @@ mod directory;
 mod error;
 mod inbox;
 mod outbox;
+mod prekeys;
 mod profile;
 mod sending;
 

@@ -31,6 +31,22 @@ pub enum EngineError {
         /// The recipient's key version now.
         current: u32,
     },
+    /// The requester publishes prekeys without an identity key.
+    #[error("no identity key published")]
+    NoIdentityKey,
+    /// A publish would leave more one-time prekeys than `max` (`held` already, `adding` new).
+    #[error("{held} one-time prekeys held and {adding} more would exceed {max}")]
+    PrekeyQuota {
+        /// One-time prekeys held now.
+        held: usize,
+        /// New ones in the publish (ids not held yet).
+        adding: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// The peer has no prekeys for its current identity key.
+    #[error("no prekeys for the current identity key")]
+    NoPrekeys,
     /// Too many handshakes are pending.
     #[error("too many pending handshakes ({max})")]
     TooManyHandshakes {
@@ -119,6 +135,23 @@ pub enum RelayError {
         /// The recipient's key version now.
         current: u32,
     },
+    /// Prekeys published before the identity key they are signed for.
+    #[error("publish the identity key (/publish_key) before prekeys")]
+    NoIdentityKey,
+    /// A publish would leave the relay holding more one-time prekeys than the cap: nothing
+    /// was stored.
+    #[error("{held} one-time prekeys held; {adding} more would exceed the {max} the relay keeps")]
+    PrekeyQuota {
+        /// One-time prekeys held now.
+        held: usize,
+        /// New ones in the publish.
+        adding: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// The peer published no prekeys for its current identity key.
+    #[error("the peer has no prekeys for its current identity key")]
+    NoPrekeys,
     /// The msg_id was already used by a request to another endpoint (a client bug: msg_ids
     /// must be unique per session).
     #[error("msg_id already used by another request")]
@@ -179,6 +212,9 @@ impl RelayError {
             Self::SenderQuota => ErrorCode::SenderQuota,
             Self::PeerKeyChanged { .. } => ErrorCode::PeerKeyChanged,
             Self::MsgIdReused => ErrorCode::MsgIdReused,
+            Self::NoIdentityKey => ErrorCode::NoIdentityKey,
+            Self::PrekeyQuota { .. } => ErrorCode::PrekeyQuota,
+            Self::NoPrekeys => ErrorCode::NoPrekeys,
             Self::RateLimited { .. } => ErrorCode::RateLimited,
             Self::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             Self::Busy => ErrorCode::Busy,
@@ -197,6 +233,9 @@ impl From<EngineError> for RelayError {
             EngineError::SenderQuota => Self::SenderQuota,
             EngineError::PeerKeyChanged { current } => Self::PeerKeyChanged { current },
             EngineError::TooManyHandshakes { .. } => Self::Busy,
+            EngineError::NoIdentityKey => Self::NoIdentityKey,
+            EngineError::PrekeyQuota { held, adding, max } => Self::PrekeyQuota { held, adding, max },
+            EngineError::NoPrekeys => Self::NoPrekeys,
             EngineError::Conflict => Self::Unavailable("unresolved concurrent update".into()),
             EngineError::Storage(s) => Self::Unavailable(s),
         }

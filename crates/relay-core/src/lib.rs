@@ -23,6 +23,7 @@ pub mod limits;
 mod model;
 mod notify;
 mod observe;
+mod prekeys;
 mod relay;
 pub mod seal;
 
@@ -37,5 +38,6 @@ pub use model::{
 };
 pub use notify::Notifier;
 pub use observe::{NoObserver, Observer};
+pub use prekeys::PrekeyUpload;
 pub use relay::{Clock, Relay, RelayConfig, SystemClock, RESERVED_CLIENT_IDS};
 pub use relay_api::{AckRef, EntryKind, STATUS_RECEIVED};

@@ -129,6 +129,19 @@ pub enum Outcome {
         /// The key version now.
         key_version: u32,
     },
+    /// Prekeys were published.
+    PrekeysPublished {
+        /// How many one-time prekeys the account holds now.
+        one_time_prekeys: usize,
+    },
+    /// A peer's prekey bundle was handed out (with the one-time prekey it took, if any: a
+    /// resend gets this same bundle and takes nothing more).
+    PrekeyBundle {
+        /// The bundle.
+        bundle: mtproto_session::PrekeyBundle,
+        /// The peer's identity key version.
+        key_version: u32,
+    },
 }
 
 /// The effect a request has, applied atomically with the session update.
@@ -159,6 +172,25 @@ pub enum Op {
     PublishKey {
         /// The X25519 public key.
         key: [u8; 32],
+    },
+    /// Publish the requester's prekeys for its identity key at `key_version` (the relay checked
+    /// the signature against that key). Refused with [`EngineError::NoIdentityKey`] when the
+    /// requester has no identity key, [`EngineError::Conflict`] when its key is no longer at
+    /// `key_version` (the relay reads and checks again), [`EngineError::PrekeyQuota`].
+    PublishPrekeys {
+        /// The requester's identity key version the upload was checked against.
+        key_version: u32,
+        /// The checked upload.
+        prekeys: crate::PrekeyUpload,
+    },
+    /// Hand out `peer`'s prekey bundle, taking one of its one-time prekeys if `one_time` and
+    /// one is left. Refused with [`EngineError::UnknownPeer`] or [`EngineError::NoPrekeys`].
+    TakePrekeyBundle {
+        /// Whose bundle.
+        peer: ClientId,
+        /// Whether to take a one-time prekey (false when the requester's hand-out budget is
+        /// spent).
+        one_time: bool,
     },
 }
 

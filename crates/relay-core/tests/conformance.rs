@@ -64,7 +64,7 @@ async fn redis_cluster_passes_the_suite() {
         };
     }
     suite::for_each_case!(on_cluster, cluster);
-    assert_eq!(ran.len(), 18, "{ran:?}");
+    assert_eq!(ran.len(), 24, "{ran:?}");
     // The harness is a real cluster: a script over two users' slots is refused, which is why
     // the engine splits a send in two there.
     let client = ::redis::cluster::ClusterClient::new(cluster.urls.clone()).unwrap();
@@ -130,6 +130,42 @@ async fn redis_cluster_carries_on_after_a_primary_fails_over() {
         port,
         "a replica was promoted"
     );
+}
+
+/// Two relay nodes sharing one Redis hand out one peer's one-time prekeys: four requesters, two
+/// on each node, all at once; every one-time prekey is handed out exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_nodes_sharing_one_redis_hand_out_each_one_time_prekey_once() {
+    let server = suite::RedisServer::start();
+    let node1 = relay_core::RedisEngine::connect(&server.url, "shared")
+        .await
+        .unwrap();
+    let node2 = relay_core::RedisEngine::connect(&server.url, "shared")
+        .await
+        .unwrap();
+    let bob = suite::account(&node1, "bob", 2).await;
+    let v = suite::publish_key(&node1, &bob, 9).await;
+    assert_eq!(
+        suite::publish_prekeys(&node2, &bob, v, suite::prekey_upload(1, 1..=30)).await,
+        Ok(30)
+    );
+    let mut requesters = Vec::new();
+    for i in 0..4u8 {
+        let node: &dyn relay_core::Engine = if i % 2 == 0 { &node1 } else { &node2 };
+        requesters.push((node, suite::account(node, &format!("r{i}"), 10 + i).await));
+    }
+    let runs = requesters.into_iter().map(|(node, who)| async move {
+        let mut got = Vec::new();
+        for _ in 0..12 {
+            got.push(suite::fetch_bundle(node, &who, "bob").await.unwrap().0);
+        }
+        got
+    });
+    let all = futures::future::join_all(runs).await;
+    let handed: Vec<u32> = all.iter().flatten().flatten().copied().collect();
+    let distinct: std::collections::BTreeSet<u32> = handed.iter().copied().collect();
+    assert_eq!(handed.len(), 30, "{all:?}");
+    assert_eq!(distinct, (1..=30).collect());
 }
 
 #[tokio::test]
@@ -238,7 +274,7 @@ async fn sqlite_upgrades_a_first_release_database() {
     drop(e);
     let c = rusqlite::Connection::open(&path).unwrap();
     let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     // The upgrade counted what was waiting (alice's 2-byte message), and the send after it
     // (17 bytes) added to that.
     let (count, bytes): (i64, i64) = c

@@ -7,8 +7,8 @@ use mtproto_session::{wire::Bytes, ClientId, PendingHandshake, ServerSession, St
 
 use super::{Engine, NEVER_EXPIRES, OUTCOME_TTL_SECS, RELAY_SENDER};
 use crate::{
-    AccountExpiry, AuthKeyRecord, Commit, EngineError, EntryKind, MailboxEntry, Op, Outcome, Peer,
-    SessionRecord,
+    prekeys::StoredPrekeys, AccountExpiry, AuthKeyRecord, Commit, EngineError, EntryKind, MailboxEntry, Op,
+    Outcome, Peer, SessionRecord,
 };
 
 #[derive(Default)]
@@ -20,6 +20,8 @@ struct Account {
     bytes: u64,
     /// Messages (entries, payload bytes) waiting per sender.
     senders: HashMap<String, (usize, u64)>,
+    /// Its published prekeys.
+    prekeys: Option<StoredPrekeys>,
 }
 
 impl Account {
@@ -262,6 +264,27 @@ impl Engine for MemoryEngine {
                     changed,
                     key_version: peer.key_version,
                 }
+            }
+            Op::PublishPrekeys { key_version, prekeys } => {
+                let account = s.accounts.get_mut(&c.client).ok_or(EngineError::UnknownPeer)?;
+                let peer = account.peer.as_ref().ok_or(EngineError::UnknownPeer)?;
+                let identity = peer.identity_key.ok_or(EngineError::NoIdentityKey)?;
+                if peer.key_version != *key_version {
+                    return Err(EngineError::Conflict);
+                }
+                let stored =
+                    StoredPrekeys::publish(account.prekeys.clone(), (identity, *key_version), prekeys)?;
+                let one_time_prekeys = stored.one_time.len();
+                account.prekeys = Some(stored);
+                Outcome::PrekeysPublished { one_time_prekeys }
+            }
+            Op::TakePrekeyBundle { peer, one_time } => {
+                let account = s.accounts.get_mut(peer).ok_or(EngineError::UnknownPeer)?;
+                let owner = account.peer.clone().ok_or(EngineError::UnknownPeer)?;
+                let mut stored = account.prekeys.clone().ok_or(EngineError::NoPrekeys)?;
+                let (bundle, key_version) = stored.hand_out(&owner, *one_time)?;
+                account.prekeys = Some(stored);
+                Outcome::PrekeyBundle { bundle, key_version }
             }
         };
         if let Some(peer) = s.accounts.get_mut(&c.client).and_then(|a| a.peer.as_mut()) {

@@ -9,7 +9,7 @@ use super::{long_poll::Armed, Relay};
 use crate::{
     api::{
         iso8601, Call, Endpoint, EnvelopeRequest, EnvelopeResponse, PeersAnswer, PollAnswer, PolledEntry,
-        PublishAnswer, SendAnswer, MAX_PEERS_PAGE, STATUS_RECEIVED,
+        PrekeyBundleAnswer, PublishAnswer, PublishPrekeysAnswer, SendAnswer, MAX_PEERS_PAGE, STATUS_RECEIVED,
     },
     Outcome, RelayError,
 };
@@ -87,6 +87,12 @@ impl Relay {
                     None,
                 )
             }
+            (Call::PublishPrekeys { .. }, Outcome::PrekeysPublished { one_time_prekeys }) => {
+                (to_body(&PublishPrekeysAnswer { one_time_prekeys })?, None)
+            }
+            (Call::PrekeyBundle { .. }, Outcome::PrekeyBundle { bundle, key_version }) => {
+                (to_body(&PrekeyBundleAnswer { bundle, key_version })?, None)
+            }
             _ => return Err(RelayError::Internal("outcome does not match the call".into())),
         };
         let out = responder
@@ -125,6 +131,13 @@ impl Relay {
                 return Err(RelayError::MsgIdReused)
             }
             (Call::PublishKey { .. }, Some(o)) if !matches!(o, Outcome::KeyPublished { .. }) => {
+                return Err(RelayError::MsgIdReused)
+            }
+            (Call::PublishPrekeys { .. }, Some(o)) if !matches!(o, Outcome::PrekeysPublished { .. }) => {
+                return Err(RelayError::MsgIdReused)
+            }
+            // A resent fetch gets the bundle it got the first time, and takes nothing more.
+            (Call::PrekeyBundle { .. }, Some(o)) if !matches!(o, Outcome::PrekeyBundle { .. }) => {
                 return Err(RelayError::MsgIdReused)
             }
             (Call::PollMessages { .. } | Call::ListPeers { .. }, Some(_)) => {

@@ -30,6 +30,10 @@ pub struct RelayConfig {
     /// Authenticated requests per account ([`KeyLimits`](crate::limits::KeyLimits): a request is one token, plus one per
     /// 16 acknowledgements).
     pub account_rate: Rate,
+    /// One-time prekeys one account may be handed out (`/prekey_bundle`), per node
+    /// ([`KeyLimits`](crate::limits::KeyLimits), one token a hand-out): past it, bundles come
+    /// without a one-time prekey, so one account cannot empty a victim's supply quickly.
+    pub prekey_handouts: Rate,
     /// Most acknowledgements in one poll (a poll answer holds at most `poll_limit` entries).
     pub max_acks: usize,
     /// How often the node runs [`Relay::purge`](crate::Relay::purge) (and, every tenth time,
@@ -106,6 +110,10 @@ impl Default for RelayConfig {
             account_rate: Rate {
                 burst: 300,
                 per_sec: 30.0,
+            },
+            prekey_handouts: Rate {
+                burst: 50,
+                per_sec: 50.0 / 3600.0,
             },
             max_acks: 1024,
             message_ttl_secs: 7 * 24 * 3600,

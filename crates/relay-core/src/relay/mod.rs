@@ -18,6 +18,7 @@ mod config;
 mod handshake;
 mod long_poll;
 mod pipeline;
+mod prekeys;
 
 use caches::{CachedKey, KeyLocks};
 pub use config::{Clock, RelayConfig, SystemClock};
@@ -44,6 +45,9 @@ pub struct Relay {
     work: WorkMeter,
     sources: SourceLimits,
     accounts: KeyLimits,
+    /// Per requester: one-time prekeys this node may still hand out to it
+    /// ([`RelayConfig::prekey_handouts`]).
+    handouts: KeyLimits,
     /// When each key's last request was committed (unix seconds), so that a client that only
     /// polls still counts as active for account expiry without a write on every poll.
     touched: std::sync::Mutex<std::collections::HashMap<[u8; 8], u64>>,
@@ -83,8 +87,10 @@ impl Relay {
         let work = WorkMeter::new(config.work);
         let sources = SourceLimits::new(config.sources.clone());
         let accounts = KeyLimits::new(config.account_rate);
+        let handouts = KeyLimits::new(config.prekey_handouts);
         Self {
             accounts,
+            handouts,
             seal,
             work,
             sources,

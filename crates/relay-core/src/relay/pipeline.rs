@@ -136,7 +136,11 @@ impl Relay {
                 }
                 Err(e) => return Err(e.into()),
             };
-            let (op, keep_outcome) = self.op_for(&call)?;
+            let (op, keep_outcome) = match self.prekey_op(&call, key_id, client_id).await? {
+                // Both change state (a one-time prekey handed out is gone): kept for resends.
+                Some(op) => (op, true),
+                None => self.op_for(&call)?,
+            };
             self.mark_present(client_id, now);
             let responder = session.responder();
             if matches!(&op, Op::Ack { seqs } if seqs.is_empty()) && !self.touch_due(key_id, now) {
@@ -192,6 +196,7 @@ impl Relay {
                 .storage_commit(started.elapsed(), matches!(committed, Err(EngineError::Conflict)));
             let (outcome, fetched) = match committed {
                 Ok(o) => {
+                    self.charge_handout(key_id, &o.0);
                     self.cache_session(
                         key_id,
                         crate::SessionRecord {
@@ -307,6 +312,11 @@ impl Relay {
                     });
                 }
                 (Op::Touch, false)
+            }
+            Call::PublishPrekeys { .. } | Call::PrekeyBundle { .. } => {
+                return Err(RelayError::Internal(
+                    "a prekey call's op is made by prekey_op".into(),
+                ));
             }
             Call::PublishKey { identity_key } => {
                 // A low-order point would give every peer an all-zero shared secret.

@@ -15,6 +15,15 @@ use relay_core::{
     AccountExpiry, AckRef, AuthKeyRecord, Commit, Engine, EngineError, EntryKind, Op, Outcome, SendQuota,
 };
 
+mod prekeys;
+pub use prekeys::{
+    a_new_identity_key_makes_old_prekeys_unusable, a_publish_over_the_cap_is_refused_whole,
+    a_purged_account_leaves_no_prekeys, a_retried_fetch_takes_one_one_time_prekey,
+    one_time_prekeys_are_handed_out_once_under_concurrent_fetches,
+    prekeys_need_an_identity_key_and_keep_held_ids,
+};
+pub use prekeys::{fetch as fetch_bundle, publish as publish_prekeys, publish_key, upload as prekey_upload};
+
 pub fn t0() -> UnixTime {
     UnixTime::from_secs(1_800_000_000)
 }
@@ -151,6 +160,12 @@ macro_rules! for_each_case {
         $callback!($($args,)* unused_accounts_are_removed_and_their_names_freed);
         $callback!($($args,)* an_ack_never_removes_another_message_with_the_same_seq);
         $callback!($($args,)* a_recovery_moves_the_name_and_keeps_the_mailbox);
+        $callback!($($args,)* prekeys_need_an_identity_key_and_keep_held_ids);
+        $callback!($($args,)* a_publish_over_the_cap_is_refused_whole);
+        $callback!($($args,)* one_time_prekeys_are_handed_out_once_under_concurrent_fetches);
+        $callback!($($args,)* a_new_identity_key_makes_old_prekeys_unusable);
+        $callback!($($args,)* a_retried_fetch_takes_one_one_time_prekey);
+        $callback!($($args,)* a_purged_account_leaves_no_prekeys);
     };
 }
 pub(crate) use for_each_case;

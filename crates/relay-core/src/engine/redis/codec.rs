@@ -30,6 +30,19 @@ pub(super) fn script_error(e: redis::RedisError) -> EngineError {
         EngineError::UnknownPeer
     } else if text.contains("TAKEN") {
         EngineError::ClientIdTaken
+    } else if text.contains("NO_IDENTITY_KEY") {
+        EngineError::NoIdentityKey
+    } else if text.contains("NO_PREKEYS") {
+        EngineError::NoPrekeys
+    } else if let Some(rest) = text.split("PREKEY_QUOTA:").nth(1) {
+        let mut n = rest
+            .split(|c: char| !c.is_ascii_digit())
+            .map(|d| d.parse::<usize>().unwrap_or(0));
+        EngineError::PrekeyQuota {
+            held: n.next().unwrap_or(0),
+            adding: n.next().unwrap_or(0),
+            max: relay_api::MAX_ONE_TIME_PREKEYS,
+        }
     } else {
         storage(text)
     }
@@ -67,6 +80,9 @@ pub(super) fn quota_args(q: &SendQuota) -> [String; 4] {
 }
 
 pub(super) fn parse_outcome(s: &str) -> Result<Outcome, EngineError> {
+    if let Some(json) = s.strip_prefix("json|") {
+        return serde_json::from_str(json).map_err(storage);
+    }
     let mut it = s.split('|');
     let (kind, a, b) = (
         it.next().unwrap_or(""),
@@ -86,6 +102,9 @@ pub(super) fn parse_outcome(s: &str) -> Result<Outcome, EngineError> {
             changed: a == "1",
             key_version: u32::try_from(n(b)?).unwrap_or(0),
         },
+        "prekeys" => Outcome::PrekeysPublished {
+            one_time_prekeys: usize::try_from(n(a)?).unwrap_or(0),
+        },
         "done" => Outcome::Done,
         other => return Err(storage(format!("unknown outcome {other}"))),
     })
@@ -103,6 +122,10 @@ pub(super) fn parse_entries(raw: Vec<String>, now: UnixTime) -> Result<Vec<Mailb
 }
 
 pub(super) fn to_outcome((kind, a, rest): &CommitReply) -> Result<Outcome, EngineError> {
+    if kind == "json" {
+        let json: String = redis::from_redis_value(rest).map_err(storage)?;
+        return serde_json::from_str(&json).map_err(storage);
+    }
     let b: u64 = redis::from_redis_value::<String>(rest)
         .ok()
         .and_then(|s| s.parse().ok())
@@ -118,6 +141,9 @@ pub(super) fn to_outcome((kind, a, rest): &CommitReply) -> Result<Outcome, Engin
         "published" => Outcome::KeyPublished {
             changed: *a == 1,
             key_version: u32::try_from(b).unwrap_or(0),
+        },
+        "prekeys" => Outcome::PrekeysPublished {
+            one_time_prekeys: usize::try_from(*a).unwrap_or(0),
         },
         "done" => Outcome::Done,
         other => return Err(storage(format!("unknown commit reply {other}"))),

@@ -50,6 +50,44 @@ elseif op == 'publish' then
   end
   result = {'published', changed, kv}
   stored = 'published|' .. changed .. '|' .. kv
+elseif op == 'prekeys' then
+  -- The rule of crate::prekeys::StoredPrekeys. KEYS[10] prekey hash (kv, key, signed), KEYS[11]
+  -- one-time prekeys (JSON, oldest first). ARGV: 7 the identity key version checked, 8 the
+  -- signing key and signed prekey (JSON), 9 the cap, 10.. the one-time prekeys (JSON).
+  local p = redis.call('HMGET', KEYS[3], 'key', 'kv')
+  if not p[2] then return redis.error_reply('UNKNOWN_PEER') end
+  if not p[1] or p[1] == '' then return redis.error_reply('NO_IDENTITY_KEY') end
+  if p[2] ~= ARGV[7] then return redis.error_reply('CONFLICT') end
+  local held = {}
+  local count = 0
+  local was = redis.call('HMGET', KEYS[10], 'kv', 'key')
+  if was[1] == ARGV[7] and was[2] == p[1] then
+    for _, e in ipairs(redis.call('LRANGE', KEYS[11], 0, -1)) do
+      held[string.match(e, '"id":(%d+)') or ''] = true
+      count = count + 1
+    end
+  end
+  local adding = {}
+  for i = 10, #ARGV do
+    local id = string.match(ARGV[i], '"id":(%d+)')
+    if id and not held[id] then
+      held[id] = true
+      adding[#adding + 1] = ARGV[i]
+    end
+  end
+  if count + #adding > tonumber(ARGV[9]) then
+    return redis.error_reply('PREKEY_QUOTA:' .. count .. ':' .. #adding)
+  end
+  -- Nothing held for this key: whatever the list holds is an earlier key's.
+  if count == 0 then redis.call('DEL', KEYS[11]) end
+  for _, e in ipairs(adding) do redis.call('RPUSH', KEYS[11], e) end
+  redis.call('HSET', KEYS[10], 'kv', ARGV[7], 'key', p[1], 'signed', ARGV[8])
+  result = {'prekeys', count + #adding, 0}
+  stored = 'prekeys|' .. (count + #adding) .. '|0'
+elseif op == 'bundle' then
+  -- The requester's half of a bundle fetch: `TAKE_PREKEY` took it; ARGV[7] is the outcome (JSON).
+  result = {'json', 0, ARGV[7]}
+  stored = 'json|' .. ARGV[7]
 else
   result = {'done', 0, 0}
   stored = 'done|0|0'

@@ -24,6 +24,9 @@ pub(super) enum ScriptOp<'a> {
     Whole(&'a Op),
     /// Cluster send, second step: the sender's side of a send `DELIVER` stored as `seq`.
     Delivered { seq: u64 },
+    /// A bundle fetch, second step: the requester's side, storing the outcome (JSON) of what
+    /// `TAKE_PREKEY` took.
+    Bundle(&'a str),
 }
 
 impl RedisEngine {
@@ -73,6 +76,13 @@ impl RedisEngine {
                 ],
             ),
             ScriptOp::Whole(Op::PublishKey { key }) => (me, "publish", vec![hex(key)]),
+            ScriptOp::Whole(Op::PublishPrekeys { key_version, prekeys }) => {
+                (me, "prekeys", prekey_args(*key_version, prekeys)?)
+            }
+            ScriptOp::Bundle(outcome) => (me, "bundle", vec![outcome.to_owned()]),
+            ScriptOp::Whole(Op::TakePrekeyBundle { .. }) => {
+                return Err(storage("a bundle fetch is committed in two steps"));
+            }
         };
         let mut inv = self.scripts.commit.prepare_invoke();
         inv.key(self.sess(me, &c.key_id))
@@ -84,6 +94,8 @@ impl RedisEngine {
             .key(self.u(target, "mbox"))
             .key(self.u(target, "expiry"))
             .key(self.u(target, "senders"))
+            .key(self.u(me, "pk"))
+            .key(self.u(me, "otp"))
             .arg(c.expected_version.to_string())
             .arg(c.session.to_bytes())
             .arg(name)

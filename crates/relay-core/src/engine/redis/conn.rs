@@ -134,6 +134,7 @@ impl RedisEngine {
                 create_account: Script::new(CREATE_ACCOUNT),
                 take_over_account: Script::new(TAKE_OVER_ACCOUNT),
                 commit: Script::new(COMMIT),
+                take_prekey: Script::new(TAKE_PREKEY),
                 deliver: Script::new(DELIVER),
                 scan_expired: Script::new(SCAN_EXPIRED),
                 remove_expired: Script::new(REMOVE_EXPIRED),

@@ -19,12 +19,17 @@
 //! P:{u:<to>}:dup:<key_id>:<msg_id>      STRING sequence number a send got (Cluster), EX 3600
 //! P:{u:<client>}:senders        HASH   n:<sender>, b:<sender>: messages, payload bytes waiting
 //! P:{u:<client>}:gone           STRING key id (hex) of a removed account until its key record goes
+//! P:{u:<client>}:pk             HASH   kv, key (the identity key and version they are for), signed
+//!                                      (JSON: signing key and signed prekey)
+//! P:{u:<client>}:otp            LIST   one-time prekeys (JSON), oldest first, at most 200
+//! P:{u:<peer>}:ptake:<key_id>:<msg_id>  STRING the bundle a fetch took (JSON), EX 3600
 //! P:peers                       SET    the directory: every registered client
 //! P:names                       ZSET   clients that published an identity key, score 0 (by name)
 //! P:wake                        pub/sub channel: recipient ids, a hint for long-polls on any node
 //! ```
 //!
-//! A commit touches only its client's slot, except a send, which also touches the recipient's.
+//! A commit touches only its client's slot, except a send, which also touches the recipient's,
+//! and a prekey bundle fetch, which takes from the peer's (always two scripts; see `prekeys`).
 //! On a single Redis a send is one script over both. On Cluster it is two: first the
 //! recipient's script, which refuses without writing (unknown recipient, full mailbox) or
 //! appends the entry with a marker keyed by the sender's key and msg_id — run twice, it appends
@@ -52,6 +57,7 @@ mod codec;
 mod commit;
 mod conn;
 mod keys;
+mod prekeys;
 mod purge;
 mod scripts;
 mod upgrade;
@@ -63,6 +69,7 @@ use crate::{
 use codec::*;
 use commit::*;
 use conn::Conn;
+use prekeys::prekey_args;
 use purge::PURGE_USERS_PER_CALL;
 use scripts::*;
 
@@ -371,6 +378,9 @@ impl Engine for RedisEngine {
         }
         if let (true, Op::Send { .. }) = (self.cluster, &c.op) {
             return self.cluster_send(&c).await;
+        }
+        if let Op::TakePrekeyBundle { peer, one_time } = &c.op {
+            return self.commit_bundle(&c, peer, *one_time).await;
         }
         to_outcome(&self.run_commit(&c, ScriptOp::Whole(&c.op), 0).await?)
     }

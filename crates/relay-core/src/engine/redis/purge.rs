@@ -97,6 +97,8 @@ impl RedisEngine {
             .key(self.u(user, "expiry"))
             .key(self.u(user, "outidx"))
             .key(self.u(user, "gone"))
+            .key(self.u(user, "pk"))
+            .key(self.u(user, "otp"))
             .arg(now.as_secs())
             .arg(policy.unpublished_secs)
             .arg(policy.idle_secs)

@@ -13,7 +13,7 @@ local now = tonumber(ARGV[1])
 local unpublished = (not p[1] or p[1] == '') and math.max(0, now - tonumber(p[2] or ARGV[1])) >= tonumber(ARGV[2])
 local idle = math.max(0, now - tonumber(p[3] or ARGV[1])) >= tonumber(ARGV[3])
 if not (unpublished or idle) then return {0, '', stale} end
-redis.call('DEL', KEYS[1], KEYS[3], KEYS[4], KEYS[5])
+redis.call('DEL', KEYS[1], KEYS[3], KEYS[4], KEYS[5], KEYS[8], KEYS[9])
 for _, k in ipairs(redis.call('ZRANGE', KEYS[6], 0, -1)) do redis.call('DEL', k) end
 redis.call('DEL', KEYS[6])
 if owner then

@@ -26,7 +26,9 @@ pub(super) const TAKE_OVER_ACCOUNT: &str = include_str!("take_over_account.lua")
 /// then per op — send: 7 to, 8 from, 9 payload, 10 ts_ms, 11 expires, 12-15 the quota
 /// (mailbox entries, mailbox bytes, sender entries, sender bytes), 16 payload length,
 /// 17 channel; ack: 7 seqs (comma-separated), 8 fetch limit; publish: 7 key hex; delivered
-/// (Cluster, the sender's half of a send whose entry `DELIVER` stored): 7 seq, 8 ts_ms.
+/// (Cluster, the sender's half of a send whose entry `DELIVER` stored): 7 seq, 8 ts_ms;
+/// prekeys (10 my prekey hash, 11 my one-time prekeys): 7 key version, 8 signed prekey (JSON),
+/// 9 cap, 10.. one-time prekeys (JSON); bundle (what `TAKE_PREKEY` took): 7 the outcome (JSON).
 pub(super) const COMMIT: &str = concat!(include_str!("quota.lua"), include_str!("commit.lua"));
 
 /// Recipient's slot: appends once per marker. KEYS: 1 peer, 2 mailbox, 3 expiry, 4 marker,
@@ -47,8 +49,13 @@ pub(super) const SCAN_EXPIRED: &str = include_str!("scan_expired.lua");
 pub(super) const REMOVE_EXPIRED: &str =
     concat!(include_str!("quota.lua"), include_str!("remove_expired.lua"));
 
+/// The peer's slot: hands out its bundle once per marker. KEYS: 1 peer, 2 prekey hash,
+/// 3 one-time prekeys, 4 marker. ARGV: 1 take a one-time prekey (`1`/`0`), 2 marker TTL.
+pub(super) const TAKE_PREKEY: &str = include_str!("take_prekey.lua");
+
 /// One user's slot: removes the account if it is unused (`purge_accounts`). KEYS: 1 peer,
-/// 2 mailbox, 3 owner, 4 senders, 5 expiry, 6 outcome index, 7 tomb. ARGV: 1 now,
+/// 2 mailbox, 3 owner, 4 senders, 5 expiry, 6 outcome index, 7 tomb, 8 prekey hash, 9 one-time
+/// prekeys. ARGV: 1 now,
 /// 2 unpublished_secs, 3 idle_secs, 4 the user's key prefix (its session and outcomes are
 /// found from there, in the same slot). Returns `{status, removed key id, stale key id}`:
 /// status 1 removed, 0 kept, 2 no account (a directory entry left behind); the stale key id
@@ -67,6 +74,7 @@ pub(super) struct Scripts {
     pub(super) scan_expired: Script,
     pub(super) remove_expired: Script,
     pub(super) purge_account: Script,
+    pub(super) take_prekey: Script,
 }
 
 /// Copies a version-1 session (JSON under the key's tag) to its version-2 place (binary, under

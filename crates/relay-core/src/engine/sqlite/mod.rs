@@ -29,6 +29,7 @@ use zeroize::Zeroizing;
 
 pub mod backup;
 mod ops;
+mod prekeys;
 mod schema;
 mod writer;
 
@@ -559,6 +560,8 @@ impl Engine for SqliteEngine {
                 c.execute("DELETE FROM peers WHERE client_id = ?1", params![name])
                     .map_err(storage)?;
                 c.execute("DELETE FROM senders WHERE recipient = ?1", params![name])
+                    .map_err(storage)?;
+                c.execute("DELETE FROM prekeys WHERE client_id = ?1", params![name])
                     .map_err(storage)?;
                 if let Some(key) = key {
                     c.execute("DELETE FROM sessions WHERE key_id = ?1", params![key])

@@ -283,6 +283,7 @@ pub(super) fn commit_in(c: &Connection, cm: &Commit) -> Result<Outcome, EngineEr
         Op::PublishKey { .. } if get_peer(c, me)?.is_none() => return Err(EngineError::UnknownPeer),
         _ => None,
     };
+    let prekeys = prekeys::plan(c, cm)?;
     let updated = c
         .prepare_cached(
             "UPDATE sessions SET data = ?2, version = version + 1 WHERE key_id = ?1 AND version = ?3",
@@ -349,6 +350,12 @@ pub(super) fn commit_in(c: &Connection, cm: &Commit) -> Result<Outcome, EngineEr
                 changed,
                 key_version: version,
             }
+        }
+        (Op::PublishPrekeys { .. } | Op::TakePrekeyBundle { .. }, _) => {
+            let (write, outcome) =
+                prekeys.ok_or_else(|| EngineError::Storage("prekey op without its plan".into()))?;
+            prekeys::write(c, write.as_ref())?;
+            outcome
         }
         (Op::Touch, _) => Outcome::Done,
         (Op::Send { .. }, None) => {

@@ -3,7 +3,7 @@
 use super::*;
 
 /// The schema this code writes, kept in `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 3;
+pub(super) const SCHEMA_VERSION: i64 = 4;
 
 /// Version 2. Laid out so that one request dirties few pages, because every dirty page is
 /// written to the WAL at commit (and copied again by the checkpoint). Mailbox rows (a few
@@ -40,6 +40,14 @@ CREATE TABLE senders (recipient TEXT NOT NULL, sender TEXT NOT NULL, count INTEG
 CREATE TABLE health (id INTEGER PRIMARY KEY, at INTEGER NOT NULL);
 ";
 
+/// Version 4: each account's prekeys (`crate::prekeys::StoredPrekeys` as JSON: the signed
+/// prekey and up to 200 one-time prekeys, at most about 15 KB), one row per account. One row,
+/// not one per one-time prekey, so that the rule of `StoredPrekeys` is the only one; a fetch
+/// rewrites the row (a few pages), and fetches are rare (one per new conversation).
+pub(super) const SCHEMA_V4_TABLES: &str = "
+CREATE TABLE prekeys (client_id TEXT PRIMARY KEY, data TEXT NOT NULL);
+";
+
 /// From version 2: the byte count beside the entry count, the per-sender table filled from the
 /// mailboxes, and the entry counts recomputed (version 2 did not lower them when messages
 /// expired).
@@ -53,8 +61,8 @@ INSERT INTO senders (recipient, sender, count, bytes)
     WHERE sender <> 'relay' GROUP BY recipient, sender;
 ";
 
-/// Creates the schema, or upgrades a version-1 database (the first release's layout) in one
-/// transaction: outcomes are dropped (they only answer resends inside the replay window, and a
+/// Creates the schema, or upgrades a database of version 1, 2 or 3 in one transaction (3 to 4
+/// only adds the `prekeys` table). From version 1 (the first release's layout): outcomes are dropped (they only answer resends inside the replay window, and a
 /// resend without one is refused, never run twice); sessions stay as they are (JSON rows are
 /// still read, and rewritten compactly on their next commit); the rest is unchanged.
 pub(super) fn migrate(conn: &Connection) -> Result<(), EngineError> {
@@ -70,9 +78,14 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), EngineError> {
         .map_err(storage)?;
     let script = match (version, has_mailbox) {
         (SCHEMA_VERSION, true) => return Ok(()),
-        (_, false) => format!("{SCHEMA}{SCHEMA_V2_TABLES}{SCHEMA_V3_TABLES}"),
-        (0, true) => format!("{}{SCHEMA_V3_TABLES}{UPGRADE_FROM_V2}", upgrade_from_v1()),
-        (2, true) => format!("{SCHEMA_V3_TABLES}{UPGRADE_FROM_V2}"),
+        (_, false) => format!("{SCHEMA}{SCHEMA_V2_TABLES}{SCHEMA_V3_TABLES}{SCHEMA_V4_TABLES}"),
+        (0, true) => format!(
+            "{}{SCHEMA_V3_TABLES}{UPGRADE_FROM_V2}{SCHEMA_V4_TABLES}",
+            upgrade_from_v1()
+        ),
+        (2, true) => format!("{SCHEMA_V3_TABLES}{UPGRADE_FROM_V2}{SCHEMA_V4_TABLES}"),
+        // Version 3 to 4: a new table, nothing to move.
+        (3, true) => SCHEMA_V4_TABLES.to_owned(),
         (v, true) => {
             return Err(EngineError::Storage(format!(
                 "database schema version {v} is not one this relay knows (it writes {SCHEMA_VERSION})"
