@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 n="${1:-10000}"; engine="${2:-sqlite}"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 cargo build --release -q -p relay-server -p relay-load
+echo "machine: $(nproc) cores; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); load average $(cut -d' ' -f1-3 /proc/loadavg); open files $(ulimit -n)"
 tmp="$(mktemp -d)"
 RUST_LOG=warn target/release/relay-server --engine "$engine" --bind 127.0.0.1:18095 --data-dir "$tmp" --poll-max-secs 30 \
   --max-pending-handshakes 100000 --max-conns-per-source 1000000 --account-burst 1000000 --account-rate 1000000 --register-burst 1000000 --handshake-burst 1000000 --pending-per-source 1000000 --sender-cap 1000000000 --sender-bytes 1000000000000 --mailbox-bytes 1000000000000 > "$tmp/server.out" 2>&1 &
@@ -28,3 +29,13 @@ all=$(rss)
 echo "server RSS with $n long-polls waiting: ${all} KiB"
 echo "per waiting client: $(( (all - base) * 1024 / n )) bytes (engine $engine)"
 kill $load 2>/dev/null || true
+wait $load 2>/dev/null || true
+# The clients are gone (their sockets closed with the process): what does the relay keep?
+for _ in $(seq 60); do
+  conns=$(ls "/proc/$srv/fd" 2>/dev/null | wc -l)
+  [ "$conns" -lt 100 ] && break
+  sleep 0.5
+done
+sleep 5
+after=$(rss)
+echo "server RSS 5 s after the clients left: ${after} KiB (kept: $(( after - base )) KiB over the start)"

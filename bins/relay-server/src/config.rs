@@ -96,6 +96,10 @@ pub struct Config {
     /// past it, bundles come without a one-time prekey.
     #[arg(long, env = "RELAY_PREKEY_HANDOUTS_PER_HOUR", default_value_t = 50)]
     pub prekey_handouts_per_hour: u32,
+    /// One-time prekeys of one account that this node may hand out per hour, to all
+    /// requesters together; past it, bundles for that account come without one.
+    #[arg(long, env = "RELAY_PREKEY_TARGET_HANDOUTS_PER_HOUR", default_value_t = 100)]
+    pub prekey_target_handouts_per_hour: u32,
     /// Most acknowledgements in one poll.
     #[arg(long, env = "RELAY_MAX_ACKS", default_value_t = 1024)]
     pub max_acks: usize,
@@ -265,6 +269,10 @@ impl Config {
             prekey_handouts: Rate {
                 burst: self.prekey_handouts_per_hour,
                 per_sec: f64::from(self.prekey_handouts_per_hour) / 3600.0,
+            },
+            prekey_handouts_per_target: Rate {
+                burst: self.prekey_target_handouts_per_hour,
+                per_sec: f64::from(self.prekey_target_handouts_per_hour) / 3600.0,
             },
             max_acks: self.max_acks,
             message_ttl_secs: self.message_ttl_secs,

@@ -4,7 +4,7 @@
 
 use core::fmt;
 
-use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use rand_core::{CryptoRng, RngCore};
 use zeroize::Zeroizing;
 
@@ -101,21 +101,78 @@ impl IdentitySigningPublic {
         hex(&self.0)
     }
 
-    /// Verifies an Ed25519 signature with the same rules as
-    /// [`ServerPublicKey::verify`](crate::ServerPublicKey::verify) (RFC 8032 without the
-    /// cofactor; non-canonical `S` refused).
+    /// A signing key as published: 32 bytes that are the canonical encoding of a curve point
+    /// of more than small order. A small-order key (the identity point among them) has signatures that verify for
+    /// many messages without any secret: refused.
+    ///
+    /// # Errors
+    /// [`Error::InvalidLength`] for another length, [`Error::BadSignature`] for a key that is
+    /// not a point or is of small order.
+    pub fn validated(bytes: &[u8]) -> Result<Self> {
+        let key = Self::from_slice(bytes)?;
+        match VerifyingKey::from_bytes(&key.0) {
+            // Canonical too: the point's own encoding, not one of its aliases (y ≥ p).
+            Ok(k) if !k.is_weak() && k.to_edwards().compress().to_bytes() == key.0 => Ok(key),
+            _ => Err(Error::BadSignature),
+        }
+    }
+
+    /// Verifies an Ed25519 signature strictly (RFC 8032 without the cofactor; non-canonical
+    /// `S`, and small-order keys or `R`, refused: ed25519-dalek's `verify_strict`), so no
+    /// signature verifies without the key's secret.
     ///
     /// # Errors
     /// [`Error::BadSignature`], whatever the cause.
     pub fn verify(&self, msg: &[u8], sig: &[u8]) -> Result<()> {
         let key = VerifyingKey::from_bytes(&self.0).map_err(|_| Error::BadSignature)?;
         let sig = ed25519_dalek::Signature::from_slice(sig).map_err(|_| Error::BadSignature)?;
-        key.verify(msg, &sig).map_err(|_| Error::BadSignature)
+        key.verify_strict(msg, &sig).map_err(|_| Error::BadSignature)
     }
 }
 
 impl fmt::Debug for IdentitySigningPublic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "IdentitySigningPublic({})", self.to_hex())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    /// The identity point as a key, with R = identity and S = 0: a "signature" that a
+    /// cofactorless, non-strict check accepts for every message (found by the review of issue
+    /// 15). Refused as a key and as a signature.
+    #[test]
+    fn small_order_keys_and_signatures_are_refused() {
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let mut forged = [0u8; 64];
+        forged[0] = 1;
+        let key = IdentitySigningPublic::from_bytes(identity);
+        assert_eq!(key.verify(b"any statement", &forged), Err(Error::BadSignature));
+        assert_eq!(
+            IdentitySigningPublic::validated(&identity),
+            Err(Error::BadSignature)
+        );
+        // Not a point / a non-canonical alias / a wrong length.
+        assert_eq!(
+            IdentitySigningPublic::validated(&[0xff; 32]),
+            Err(Error::BadSignature)
+        );
+        assert!(matches!(
+            IdentitySigningPublic::validated(&[9; 31]),
+            Err(Error::InvalidLength { .. })
+        ));
+        // A real key passes both.
+        let real = IdentitySigningKey::from_seed([3; 32]);
+        let sig = real.sign(b"statement");
+        assert_eq!(
+            IdentitySigningPublic::validated(real.public().as_bytes()),
+            Ok(real.public())
+        );
+        assert_eq!(real.public().verify(b"statement", &sig), Ok(()));
+        assert_eq!(real.public().verify(b"another", &sig), Err(Error::BadSignature));
     }
 }

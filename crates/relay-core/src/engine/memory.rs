@@ -181,8 +181,11 @@ impl Engine for MemoryEngine {
         s.sessions.insert(id, SessionRecord { session, version: 0 });
         if let Some(peer) = s.accounts.get_mut(&client).and_then(|a| a.peer.as_mut()) {
             // A new registration as far as expiry goes: the new device has the unpublished
-            // account's hour to publish, counted from now.
-            peer.identity_key = None;
+            // account's hour to publish, counted from now. A withdrawn key is a key change:
+            // key_version + 1, so a message sealed for the old key is refused.
+            if peer.identity_key.take().is_some() {
+                peer.key_version = peer.key_version.saturating_add(1);
+            }
             peer.registered_at = now.as_secs();
             peer.last_seen = now.as_secs();
         }

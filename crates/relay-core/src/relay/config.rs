@@ -31,9 +31,14 @@ pub struct RelayConfig {
     /// 16 acknowledgements).
     pub account_rate: Rate,
     /// One-time prekeys one account may be handed out (`/prekey_bundle`), per node
-    /// ([`KeyLimits`](crate::limits::KeyLimits), one token a hand-out): past it, bundles come
-    /// without a one-time prekey, so one account cannot empty a victim's supply quickly.
+    /// ([`KeyLimits`](crate::limits::KeyLimits), one token a fetch, taken before its commit):
+    /// past it, bundles come without a one-time prekey, so one account cannot empty a
+    /// victim's supply quickly. A burst of 0 hands out none.
     pub prekey_handouts: Rate,
+    /// One-time prekeys of one account that may be handed out, to all requesters together,
+    /// per node: many accounts together cannot empty a victim's supply faster than this
+    /// either. A burst of 0 hands out none.
+    pub prekey_handouts_per_target: Rate,
     /// Most acknowledgements in one poll (a poll answer holds at most `poll_limit` entries).
     pub max_acks: usize,
     /// How often the node runs [`Relay::purge`](crate::Relay::purge) (and, every tenth time,
@@ -114,6 +119,10 @@ impl Default for RelayConfig {
             prekey_handouts: Rate {
                 burst: 50,
                 per_sec: 50.0 / 3600.0,
+            },
+            prekey_handouts_per_target: Rate {
+                burst: 100,
+                per_sec: 100.0 / 3600.0,
             },
             max_acks: 1024,
             message_ttl_secs: 7 * 24 * 3600,

@@ -45,9 +45,12 @@ pub struct Relay {
     work: WorkMeter,
     sources: SourceLimits,
     accounts: KeyLimits,
-    /// Per requester: one-time prekeys this node may still hand out to it
+    /// Per requesting account: one-time prekeys this node may still hand out to it
     /// ([`RelayConfig::prekey_handouts`]).
     handouts: KeyLimits,
+    /// Per peer: its one-time prekeys this node may still hand out, to anyone
+    /// ([`RelayConfig::prekey_handouts_per_target`]).
+    target_handouts: KeyLimits,
     /// When each key's last request was committed (unix seconds), so that a client that only
     /// polls still counts as active for account expiry without a write on every poll.
     touched: std::sync::Mutex<std::collections::HashMap<[u8; 8], u64>>,
@@ -88,9 +91,11 @@ impl Relay {
         let sources = SourceLimits::new(config.sources.clone());
         let accounts = KeyLimits::new(config.account_rate);
         let handouts = KeyLimits::new(config.prekey_handouts);
+        let target_handouts = KeyLimits::new(config.prekey_handouts_per_target);
         Self {
             accounts,
             handouts,
+            target_handouts,
             seal,
             work,
             sources,

@@ -136,7 +136,7 @@ impl Relay {
                 }
                 Err(e) => return Err(e.into()),
             };
-            let (op, keep_outcome) = match self.prekey_op(&call, key_id, client_id).await? {
+            let (op, keep_outcome) = match self.prekey_op(&call, client_id).await? {
                 // Both change state (a one-time prekey handed out is gone): kept for resends.
                 Some(op) => (op, true),
                 None => self.op_for(&call)?,
@@ -196,7 +196,6 @@ impl Relay {
                 .storage_commit(started.elapsed(), matches!(committed, Err(EngineError::Conflict)));
             let (outcome, fetched) = match committed {
                 Ok(o) => {
-                    self.charge_handout(key_id, &o.0);
                     self.cache_session(
                         key_id,
                         crate::SessionRecord {

@@ -14,7 +14,7 @@ use mtproto_session::{
 use super::Relay;
 use crate::{
     api::{Call, OneTimePrekeyUpload, SignedPrekeyUpload, MAX_PREKEYS_PER_PUBLISH},
-    Op, Outcome, PrekeyUpload, RelayError,
+    Op, PrekeyUpload, RelayError,
 };
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> RelayError {
@@ -52,8 +52,17 @@ fn check_shape(
             format!("at most {MAX_PREKEYS_PER_PUBLISH} in one call"),
         ));
     }
-    let signing_key = <[u8; 32]>::try_from(signing_key.0.as_slice())
-        .map_err(|_| invalid("signing_key", "must be 32 bytes"))?;
+    let signing_key = *mtproto_crypto::IdentitySigningPublic::validated(&signing_key.0)
+        .map_err(|e| {
+            invalid(
+                "signing_key",
+                match e {
+                    mtproto_crypto::Error::InvalidLength { .. } => "must be 32 bytes",
+                    _ => "not an Ed25519 public key of large order",
+                },
+            )
+        })?
+        .as_bytes();
     let signature = <[u8; 64]>::try_from(signed_prekey.signature.0.as_slice())
         .map_err(|_| invalid("signed_prekey.signature", "must be 64 bytes"))?;
     let signed_prekey = SignedPrekeyPublic {
@@ -87,12 +96,7 @@ impl Relay {
     /// # Errors
     /// 400 `invalid_field` naming the field, 409 `no_identity_key`, 401 `unknown_auth_key`
     /// when the caller's account is gone.
-    pub(crate) async fn prekey_op(
-        &self,
-        call: &Call,
-        key_id: [u8; 8],
-        client: &ClientId,
-    ) -> Result<Option<Op>, RelayError> {
+    pub(crate) async fn prekey_op(&self, call: &Call, client: &ClientId) -> Result<Option<Op>, RelayError> {
         match call {
             Call::PublishPrekeys {
                 signing_key,
@@ -124,26 +128,36 @@ impl Relay {
                     prekeys,
                 }))
             }
-            Call::PrekeyBundle { peer } => Ok(Some(Op::TakePrekeyBundle {
-                peer: peer.clone(),
-                one_time: self.handouts.has_token(key_id, Instant::now()),
-            })),
+            Call::PrekeyBundle { peer } => {
+                // Both budgets are paid before the commit, whatever becomes of it: a fetch whose
+                // commit loses a race after its one-time prekey was taken (on Redis the take
+                // comes first, in the peer's slot) is paid for like one that succeeded, so
+                // failed fetches cannot drain a peer for free (review of issue 15, finding 1).
+                // The requester's budget first: an exhausted requester spends nothing of the
+                // peer's.
+                let now = Instant::now();
+                let one_time = self.config.prekey_handouts.burst > 0
+                    && self.config.prekey_handouts_per_target.burst > 0
+                    && self.handouts.admit(name_key(client), 1, now).is_ok()
+                    && self.target_handouts.admit(name_key(peer), 1, now).is_ok();
+                Ok(Some(Op::TakePrekeyBundle {
+                    peer: peer.clone(),
+                    one_time,
+                }))
+            }
             _ => Ok(None),
         }
     }
+}
 
-    /// Charges `key_id`'s hand-out budget for a committed fetch that took a one-time prekey.
-    /// Called under the key's lock, after [`Relay::prekey_op`] saw a token, so one node never
-    /// hands out more than the budget.
-    pub(crate) fn charge_handout(&self, key_id: [u8; 8], outcome: &Outcome) {
-        if let Outcome::PrekeyBundle { bundle, .. } = outcome {
-            if bundle.one_time_prekey.is_some() {
-                // The token was seen under this key's lock: taking it cannot fail but for a
-                // clock step, and then the budget is only a little more generous.
-                let _ = self.handouts.admit(key_id, 1, Instant::now());
-            }
-        }
-    }
+/// The bucket key of an account's name in the hand-out budgets: per account, not per auth key
+/// (a recovery or a new handshake does not refill it). 64 bits of SHA-256, so no name can
+/// be chosen to share another's bucket.
+fn name_key(client: &ClientId) -> [u8; 8] {
+    let h = mtproto_crypto::kdf::sha256(&[b"mtproto-relay/prekey-budget/v1", client.as_str().as_bytes()]);
+    let mut k = [0u8; 8];
+    k.copy_from_slice(h.get(..8).unwrap_or(&[0; 8]));
+    k
 }
 
 #[cfg(test)]
@@ -154,6 +168,12 @@ mod tests {
     #[test]
     fn a_bad_upload_names_its_field() {
         let good = Bytes(vec![9; 32]);
+        let signer = Bytes(
+            mtproto_crypto::IdentitySigningKey::from_seed([1; 32])
+                .public()
+                .as_bytes()
+                .to_vec(),
+        );
         let spk = |public: Bytes, signature: Bytes| SignedPrekeyUpload {
             id: 1,
             public,
@@ -172,12 +192,21 @@ mod tests {
             )),
             "signing_key"
         );
+        // Not a point, and a small-order point (the identity): named as the signing key.
+        let mut identity_point = vec![0; 32];
+        identity_point[0] = 1;
+        for bad in [vec![0xff; 32], identity_point] {
+            assert_eq!(
+                field(check_shape(&Bytes(bad), &spk(good.clone(), sig.clone()), &[])),
+                "signing_key"
+            );
+        }
         assert_eq!(
-            field(check_shape(&good, &spk(Bytes(vec![0; 32]), sig.clone()), &[])),
+            field(check_shape(&signer, &spk(Bytes(vec![0; 32]), sig.clone()), &[])),
             "signed_prekey.public"
         );
         assert_eq!(
-            field(check_shape(&good, &spk(good.clone(), Bytes(vec![0; 63])), &[])),
+            field(check_shape(&signer, &spk(good.clone(), Bytes(vec![0; 63])), &[])),
             "signed_prekey.signature"
         );
         let low = OneTimePrekeyUpload {
@@ -190,7 +219,7 @@ mod tests {
         };
         assert_eq!(
             field(check_shape(
-                &good,
+                &signer,
                 &spk(good.clone(), sig.clone()),
                 &[fine.clone(), low]
             )),
@@ -198,9 +227,9 @@ mod tests {
         );
         let many = vec![fine; MAX_PREKEYS_PER_PUBLISH + 1];
         assert_eq!(
-            field(check_shape(&good, &spk(good.clone(), sig.clone()), &many)),
+            field(check_shape(&signer, &spk(good.clone(), sig.clone()), &many)),
             "one_time_prekeys"
         );
-        assert!(check_shape(&good, &spk(good.clone(), sig), &many[..MAX_PREKEYS_PER_PUBLISH]).is_ok());
+        assert!(check_shape(&signer, &spk(good.clone(), sig), &many[..MAX_PREKEYS_PER_PUBLISH]).is_ok());
     }
 }

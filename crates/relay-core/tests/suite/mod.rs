@@ -826,6 +826,20 @@ pub async fn a_recovery_moves_the_name_and_keeps_the_mailbox(e: &dyn Engine) {
     assert!(e.session([3; 8], &bob.client).await.unwrap().is_some());
     let peer = e.peer(&bob.client).await.unwrap().unwrap();
     assert_eq!(peer.identity_key, None);
+    // The withdrawal is a key change: version 1 (the published key) becomes 2, so a message
+    // sealed for the withdrawn key is refused (review of issue 15: it was stored, unreadable).
+    assert_eq!(peer.key_version, 2);
+    let sealed_for_old = Op::Send {
+        to: bob.client.clone(),
+        payload: vec![1],
+        quota: entries(10),
+        ttl_secs: 60,
+        key_version: Some(1),
+    };
+    assert_eq!(
+        commit_op(e, &alice, sealed_for_old, 900, true, t0()).await,
+        Err(EngineError::PeerKeyChanged { current: 2 })
+    );
     // Expiry counts the unpublished hour from the recovery, not from the first registration.
     assert_eq!(peer.registered_at, later.as_secs());
     let got = e.fetch(&bob.client, 10, t0()).await.unwrap();

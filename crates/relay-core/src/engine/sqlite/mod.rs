@@ -394,8 +394,10 @@ impl Engine for SqliteEngine {
             )
             .map_err(storage)?;
             // A new registration as far as expiry goes (the unpublished hour counts from now).
+            // A withdrawn key is a key change: key_version + 1 (SET reads the old row).
             c.execute(
-                "UPDATE peers SET identity_key = NULL, registered_at = ?2, last_seen = ?2 WHERE client_id = ?1",
+                "UPDATE peers SET key_version = MIN(key_version + (identity_key IS NOT NULL), 4294967295), \
+                 identity_key = NULL, registered_at = ?2, last_seen = ?2 WHERE client_id = ?1",
                 params![key.client_id.as_str(), as_i64(now.as_secs())],
             )
             .map_err(storage)?;
