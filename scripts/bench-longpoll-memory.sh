@@ -36,6 +36,8 @@ for _ in $(seq 60); do
   [ "$conns" -lt 100 ] && break
   sleep 0.5
 done
-sleep 5
-after=$(rss)
-echo "server RSS 5 s after the clients left: ${after} KiB (kept: $(( after - base )) KiB over the start)"
+for wait in 5 15; do
+  sleep "$wait"
+  after=$(rss)
+  echo "server RSS $wait s later, the clients gone: ${after} KiB (kept: $(( after - base )) KiB over the start)"
+done

@@ -10,6 +10,11 @@ use relay_server::{
     build_relay, raise_open_file_limit, run_with_limits, Config, ConnLimits, EngineKind, LogFormat,
 };
 
+/// mimalloc gives the memory of connections that have gone back to the system (glibc's
+/// allocator kept all of it: docs/benchmarks.md, "Memory per waiting long-poll").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
