@@ -12,6 +12,7 @@ need=()
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v cc >/dev/null 2>&1 || need+=(gcc)  # the linker, bundled SQLite, jemalloc
 command -v make >/dev/null 2>&1 || need+=(make)  # jemalloc (relay-server's allocator) builds with make
 command -v openssl >/dev/null 2>&1 || need+=(openssl)  # certificates for the TLS browser test
 [ -x /usr/bin/chromium ] || need+=(chromium)

@@ -243,7 +243,7 @@ impl From<EngineError> for RelayError {
 }
 
 /// The request's field `field` is wrong: `reason`.
-fn invalid(field: &str, reason: impl Into<String>) -> RelayError {
+pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> RelayError {
     RelayError::InvalidField {
         field: field.into(),
         reason: reason.into(),

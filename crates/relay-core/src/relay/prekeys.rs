@@ -12,17 +12,11 @@ use mtproto_session::{
 };
 
 use super::Relay;
+use crate::error::invalid;
 use crate::{
     api::{Call, OneTimePrekeyUpload, SignedPrekeyUpload, MAX_PREKEYS_PER_PUBLISH},
     Op, PrekeyUpload, RelayError,
 };
-
-fn invalid(field: impl Into<String>, reason: impl Into<String>) -> RelayError {
-    RelayError::InvalidField {
-        field: field.into(),
-        reason: reason.into(),
-    }
-}
 
 /// An X25519 public key of an upload: 32 bytes, not a low-order point (which would give
 /// every start an all-zero DH output).
