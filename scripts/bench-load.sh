@@ -24,11 +24,35 @@ start() { # engine port
   echo "server $1 did not start" >&2; exit 1
 }
 
-echo "machine: $(nproc) cores; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+# CPU seconds (user + system) a process has used so far.
+hz="$(getconf CLK_TCK)"
+cpu_of() { awk -v hz="$hz" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
+
+# One generator run against the relay with pid $1; then how much of the machine the generator
+# and the relay each took during it (the two share the cores: a busy generator understates the
+# relay's figures — issue 17).
+run() {
+  local relay="$1"; shift
+  local before t0 t1
+  before="$(cpu_of "$relay")"; t0="$(date +%s.%N)"
+  TIMEFORMAT='%U %S'
+  exec 3>&2
+  { time "$bin/relay-load" "$@" 2>&3; } 2> "$tmp/time"
+  exec 3>&-
+  t1="$(date +%s.%N)"
+  read -r user sys < "$tmp/time"
+  awk -v u="$user" -v s="$sys" -v b="$before" -v a="$(cpu_of "$relay")" -v t0="$t0" -v t1="$t1" -v n="$(nproc)" 'BEGIN {
+    w = t1 - t0; g = u + s; r = a - b
+    printf "  CPU over %.1f s: load generator %.2f s (%.0f%% of one core), relay %.2f s (%.0f%%); machine: %d cores\n",
+      w, g, 100 * g / w, r, 100 * r / w, n }'
+}
+
+echo "machine: $(nproc) cores; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); load average $(cut -d' ' -f1-3 /proc/loadavg)"
 start memory 18081
 start sqlite 18082
-"$bin/relay-load" --server http://127.0.0.1:18081 --mode echo --users "$users" --duration-secs "$secs" --payload "$payload"
-"$bin/relay-load" --server http://127.0.0.1:18081 --mode relay --users "$users" --duration-secs "$secs" --payload "$payload" --prefix mem
-"$bin/relay-load" --server http://127.0.0.1:18082 --mode relay --users "$users" --duration-secs "$secs" --payload "$payload" --prefix sql
-"$bin/relay-load" --server http://127.0.0.1:18081 --mode send --users "$users" --duration-secs "$secs" --payload "$payload" --prefix memsend
-"$bin/relay-load" --server http://127.0.0.1:18082 --mode send --users "$users" --duration-secs "$secs" --payload "$payload" --prefix sqlsend
+mem="${pids[0]}"; sql="${pids[1]}"
+run "$mem" --server http://127.0.0.1:18081 --mode echo --users "$users" --duration-secs "$secs" --payload "$payload"
+run "$mem" --server http://127.0.0.1:18081 --mode relay --users "$users" --duration-secs "$secs" --payload "$payload" --prefix mem
+run "$sql" --server http://127.0.0.1:18082 --mode relay --users "$users" --duration-secs "$secs" --payload "$payload" --prefix sql
+run "$mem" --server http://127.0.0.1:18081 --mode send --users "$users" --duration-secs "$secs" --payload "$payload" --prefix memsend
+run "$sql" --server http://127.0.0.1:18082 --mode send --users "$users" --duration-secs "$secs" --payload "$payload" --prefix sqlsend

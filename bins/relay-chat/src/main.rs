@@ -9,6 +9,10 @@
 //! kept in the profile; this process holds it, and `/recovery` shows it again, until
 //! `/recovery done`.
 //!
+//! Conversations go under the double ratchet (forward secret) when the peer's app publishes
+//! prekeys, else under the static chat key; `/fp NAME` says which. A conversation that started
+//! without a one-time prekey (the relay had none left) is announced with one line.
+//!
 //! Every message sent shows one of three states: `sending… (#ID)` (kept in the outbox and
 //! retried with every poll), `sent #N` (stored by the relay, mailbox sequence number N) or
 //! `not sent: REASON` (refused by the relay; `/retry ID` or `/abandon ID`).
@@ -22,8 +26,8 @@ use std::time::Duration;
 use clap::Parser;
 use mtproto_crypto::ServerKeyFingerprint;
 use relay_client::{
-    Client, ClientConfig, ClientError, ErrorCode, Event, KeyStatus, OutboxId, Pin, Receipt, RecoveryCode,
-    SendState,
+    Client, ClientConfig, ClientError, Conversation, ErrorCode, Event, KeyStatus, OutboxId, Pin, Receipt,
+    RecoveryCode, SendState,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -72,6 +76,22 @@ fn show(r: &Receipt) -> String {
             "not sent: {message} ({code}; message #{} to {}: /retry {} or /abandon {})",
             r.id, r.to, r.id, r.id
         ),
+    }
+}
+
+/// What `/fp` says about the conversation's protection.
+fn protection(peer: &str, c: Option<&Conversation>) -> String {
+    match c {
+        Some(c) if c.forward_secret => format!(
+            "forward secret: yes (double ratchet{}{})",
+            if c.initiated { ", started by you" } else { ", started by them" },
+            if c.without_one_time_prekey { ", without a one-time prekey" } else { "" }
+        ),
+        Some(c) if c.peer_has_no_prekeys => format!(
+            "forward secret: no (static key: {peer}'s app publishes no prekeys; it is asked again before a later message)"
+        ),
+        _ => "forward secret: not yet (your next message starts a double-ratchet conversation if they publish prekeys)"
+            .to_owned(),
     }
 }
 
@@ -205,6 +225,10 @@ async fn run(args: Args) -> Result<(), ClientError> {
                                     "!! a message from {from} waits on the relay: {reason}"
                                 )),
                                 Event::Outbox(r) => say(&show(&r)),
+                                Event::StartedWithoutOneTimePrekey { peer, initiated } => say(&format!(
+                                    "!! the conversation with {peer} started without a one-time prekey ({}): it is forward secret, but its first messages are only as safe as {peer}'s signed prekey until it rotates",
+                                    if initiated { "their relay had none left" } else { "your relay had none left" }
+                                )),
                                 Event::RelayLostData => {
                                     say(
                                         "!! the relay had lost its data (it no longer knew us): registered again. Messages waiting for you there, and undelivered ones you sent, may have been lost.",
@@ -303,12 +327,19 @@ async fn run(args: Args) -> Result<(), ClientError> {
                 Ok(())
             }
             (Some("/fp"), name) => match name.map(str::to_owned).or_else(|| open.clone()) {
-                Some(peer) => client.fingerprint(&peer).await.map(|fp| {
-                    say(&format!("fingerprint with {peer} (compare it with theirs):"));
-                    for l in fp.to_string().lines() {
-                        say(&format!("  {l}"));
+                Some(peer) => match client.fingerprint(&peer).await {
+                    Ok(fp) => {
+                        say(&format!("fingerprint with {peer} (compare it with theirs):"));
+                        for l in fp.to_string().lines() {
+                            say(&format!("  {l}"));
+                        }
+                        client
+                            .conversation(&peer)
+                            .await
+                            .map(|c| say(&protection(&peer, c.as_ref())))
                     }
-                }),
+                    Err(e) => Err(e),
+                },
                 None => Err(ClientError::Invalid("no conversation open".into())),
             },
             (Some("/outbox"), _) => {

@@ -112,9 +112,12 @@ fn two_people_chat_in_the_terminal() {
     alice.type_line("/fp bob");
     alice.expect("fingerprint with bob");
     let a = alice.expect("  ");
+    // Alice's first message started a double-ratchet conversation.
+    alice.expect("forward secret: yes (double ratchet, started by you)");
     bob.type_line("/fp alice");
     bob.expect("fingerprint with alice");
     let b = bob.expect("  ");
+    bob.expect("forward secret: yes (double ratchet, started by them)");
     assert_eq!(a, b);
     bob.type_line("/verify alice");
     bob.expect("alice marked verified");

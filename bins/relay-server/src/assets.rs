@@ -31,7 +31,7 @@ const JS: &str = "text/javascript; charset=utf-8";
 const PIN_SLOT: &str = "{{SERVER_FINGERPRINT}}";
 
 /// Every file served: its path, type and source, and whether it carries the pin.
-const FILES: [(&str, &str, &str, bool); 7] = [
+const FILES: [(&str, &str, &str, bool); 15] = [
     ("/", HTML, include_str!("../assets/index.html"), false),
     (
         "/client_ui.html",
@@ -51,10 +51,33 @@ const FILES: [(&str, &str, &str, bool); 7] = [
         include_str!("../assets/js/mtproto.js"),
         false,
     ),
+    ("/js/bytes.js", JS, include_str!("../assets/js/bytes.js"), false),
+    ("/js/crypto.js", JS, include_str!("../assets/js/crypto.js"), false),
+    ("/js/chat.js", JS, include_str!("../assets/js/chat.js"), false),
+    (
+        "/js/session.js",
+        JS,
+        include_str!("../assets/js/session.js"),
+        false,
+    ),
+    ("/js/store.js", JS, include_str!("../assets/js/store.js"), false),
+    ("/js/client.js", JS, include_str!("../assets/js/client.js"), false),
     (
         "/js/ratchet.js",
         JS,
         include_str!("../assets/js/ratchet.js"),
+        false,
+    ),
+    (
+        "/js/ratchet_chat.js",
+        JS,
+        include_str!("../assets/js/ratchet_chat.js"),
+        false,
+    ),
+    (
+        "/js/conversations.js",
+        JS,
+        include_str!("../assets/js/conversations.js"),
         false,
     ),
     (

@@ -17,19 +17,24 @@ fn now() -> UnixTime {
     UnixTime::from_secs(1_800_000_000)
 }
 
-fn pair() -> (RatchetChat, RatchetChat) {
+/// A conversation and its peer's window, as a client keeps them.
+type Side = (RatchetChat, ChatState);
+
+fn pair() -> (Side, Side) {
     let (alice, bob) = (
         IdentitySecret::generate(&mut OsRng),
         IdentitySecret::generate(&mut OsRng),
     );
     let mut prekeys = Prekeys::new(&bob, &IdentitySigningKey::generate(&mut OsRng), now(), &mut OsRng);
     let opk = prekeys.generate_one_time(1, &mut OsRng).unwrap().pop();
+    let mut aw = ChatState::new(&alice, bob.public()).unwrap();
+    let mut bw = ChatState::new(&bob, alice.public()).unwrap();
     let (mut a, _) = RatchetChat::initiate(&alice, &prekeys.bundle(opk), &bob.public(), &mut OsRng).unwrap();
-    let m = a.seal(b"hi", now(), &mut OsRng).unwrap();
-    let (mut b, _) = RatchetChat::accept(&bob, &mut prekeys, &m.packet, now(), &mut OsRng).unwrap();
-    let r = b.seal(b"hi", now(), &mut OsRng).unwrap();
-    a.open(&r.packet, now(), &mut OsRng).unwrap();
-    (a, b)
+    let m = a.seal(&mut aw, b"hi", now(), &mut OsRng).unwrap();
+    let (mut b, _) = RatchetChat::accept(&bob, &mut prekeys, &mut bw, &m.packet, now(), &mut OsRng).unwrap();
+    let r = b.seal(&mut bw, b"hi", now(), &mut OsRng).unwrap();
+    a.open(&mut aw, &r.packet, now(), &mut OsRng).unwrap();
+    ((a, aw), (b, bw))
 }
 
 fn per_message(c: &mut Criterion) {
@@ -49,21 +54,21 @@ fn per_message(c: &mut Criterion) {
         })
     });
 
-    let (mut a, mut b) = pair();
+    let ((mut a, mut aw), (mut b, mut bw)) = pair();
     g.bench_function("ratchet_seal_open_one_way", |bench| {
         bench.iter(|| {
-            let m = a.seal(BODY, now(), &mut OsRng).unwrap();
-            black_box(b.open(&m.packet, now(), &mut OsRng).unwrap());
+            let m = a.seal(&mut aw, BODY, now(), &mut OsRng).unwrap();
+            black_box(b.open(&mut bw, &m.packet, now(), &mut OsRng).unwrap());
         })
     });
 
-    let (mut a, mut b) = pair();
+    let ((mut a, mut aw), (mut b, mut bw)) = pair();
     g.bench_function("ratchet_seal_open_ping_pong_2_messages", |bench| {
         bench.iter(|| {
-            let m = a.seal(BODY, now(), &mut OsRng).unwrap();
-            black_box(b.open(&m.packet, now(), &mut OsRng).unwrap());
-            let r = b.seal(BODY, now(), &mut OsRng).unwrap();
-            black_box(a.open(&r.packet, now(), &mut OsRng).unwrap());
+            let m = a.seal(&mut aw, BODY, now(), &mut OsRng).unwrap();
+            black_box(b.open(&mut bw, &m.packet, now(), &mut OsRng).unwrap());
+            let r = b.seal(&mut bw, BODY, now(), &mut OsRng).unwrap();
+            black_box(a.open(&mut aw, &r.packet, now(), &mut OsRng).unwrap());
         })
     });
     g.finish();
@@ -88,11 +93,15 @@ fn start(c: &mut Criterion) {
     });
     g.bench_function("session_start_initiate_seal_accept", |b| {
         b.iter(|| {
+            // Fresh windows (each a static chat key: the cost `initiate` and `accept` carried
+            // when they made their own windows).
+            let mut aw = ChatState::new(&alice, bob.public()).unwrap();
+            let mut bw = ChatState::new(&bob, alice.public()).unwrap();
             let (mut chat, _) = RatchetChat::initiate(&alice, &bundle, &bob.public(), &mut OsRng).unwrap();
-            let m = chat.seal(BODY, now(), &mut OsRng).unwrap();
+            let m = chat.seal(&mut aw, BODY, now(), &mut OsRng).unwrap();
             // `accept` deletes the one-time prekey; a copy of the store per iteration keeps it.
             let mut p = prekeys.clone();
-            black_box(RatchetChat::accept(&bob, &mut p, &m.packet, now(), &mut OsRng).unwrap());
+            black_box(RatchetChat::accept(&bob, &mut p, &mut bw, &m.packet, now(), &mut OsRng).unwrap());
         })
     });
     g.finish();

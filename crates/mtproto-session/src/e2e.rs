@@ -37,7 +37,7 @@ use mtproto_crypto::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{wire::fixed, E2eError, Result, SecretBytes, UnixTime};
+use crate::{skip_budget::SkipBudget, wire::fixed, E2eError, Result, SecretBytes, UnixTime};
 
 /// The framing of end-to-end packets.
 pub const E2E: Framing = Framing::new(Mode::Cbc, Layout::LENGTH_PREFIXED);
@@ -69,8 +69,10 @@ pub struct Sealed {
     pub seq: u32,
 }
 
-/// How a received message fits the conversation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How a received message fits the conversation. Serializable, so that a client can keep an
+/// opened message until its application took it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Delivery {
     /// The next message in order.
     InOrder,
@@ -144,6 +146,8 @@ pub struct ChatState {
     recv_above: BTreeSet<u32>,
     given_up: Vec<Range<u32>>,
     seen_ids: BTreeMap<u32, u64>,
+    /// What the peer may still make us derive for ratchet messages (not saved).
+    skip_budget: SkipBudget,
 }
 
 /// The saved form of a [`ChatState`]. Holds the chat key.
@@ -186,6 +190,7 @@ impl ChatState {
             recv_above: BTreeSet::new(),
             given_up: Vec::new(),
             seen_ids: BTreeMap::new(),
+            skip_budget: SkipBudget::default(),
         })
     }
 
@@ -235,7 +240,15 @@ impl ChatState {
             recv_above: data.recv_above,
             given_up: data.given_up,
             seen_ids: data.seen_ids,
+            skip_budget: SkipBudget::default(),
         })
+    }
+
+    /// The peer's skip budget: the chain steps its ratchet messages may still make us derive
+    /// ([`crate::skip_budget`]). Kept with the window because the window is the peer's one
+    /// receive-side state across all its conversations; not part of [`ChatState::data`].
+    pub fn skip_budget(&mut self) -> &mut SkipBudget {
+        &mut self.skip_budget
     }
 
     /// The state to save.

@@ -279,6 +279,15 @@ pub enum E2eError {
     /// 2³² − 1 messages were sent in one sending chain.
     #[error("the sending chain is exhausted")]
     ChainExhausted,
+    /// Opening this message would derive more chain steps than the sender's
+    /// [`crate::skip_budget::SkipBudget`] has left (it refills within the hour).
+    #[error("the sender's skip budget is spent: {need} chain steps needed, {left} left")]
+    SkipBudget {
+        /// Chain steps the message needs.
+        need: u64,
+        /// Chain steps left in the budget.
+        left: u64,
+    },
 }
 
 /// Every way an operation of this crate can fail: one enum per operation, and the codec's

@@ -146,6 +146,20 @@ impl SeqNoGen {
             base
         }
     }
+
+    /// Moves the counter up (never down) so that the next content-related seq_no is the highest
+    /// odd number at most `max_next`: for a session whose counter went back (code 32).
+    ///
+    /// ```
+    /// let mut g = mtproto_session::SeqNoGen::resume(3); // next: 7
+    /// g.skip_to(100);
+    /// assert_eq!(g.next(true), 99);
+    /// g.skip_to(50); // never back
+    /// assert_eq!(g.next(true), 101);
+    /// ```
+    pub fn skip_to(&mut self, max_next: u32) {
+        self.content_sent = self.content_sent.max(max_next.saturating_sub(1) / 2);
+    }
 }
 
 macro_rules! id8 {

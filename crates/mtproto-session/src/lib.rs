@@ -45,6 +45,7 @@ mod salt;
 mod secret;
 pub mod session;
 mod session_codec;
+pub mod skip_budget;
 mod time;
 pub mod wire;
 pub mod work;
@@ -60,8 +61,10 @@ pub use ids::{
     ClientId, MsgId, MsgIdGen, Sender, SeqNoGen, ServerSalt, SessionId, MSG_ID_MAX_FUTURE_SECS,
     MSG_ID_MAX_PAST_SECS,
 };
-pub use ratchet::{Header, Ratchet, MAX_SKIP, MAX_SKIPPED_AGE_SECS, MAX_SKIPPED_KEYS};
-pub use ratchet_chat::{packet_kind, Accepted, PacketKind, RatchetChat, RatchetChatData, Started};
+pub use ratchet::{
+    Header, Ratchet, MAX_SKIP, MAX_SKIPPED_AGE_SECS, MAX_SKIPPED_KEYS, MAX_SKIPPED_KEYS_TOTAL,
+};
+pub use ratchet_chat::{packet_kind, start_of, Accepted, PacketKind, RatchetChat, RatchetChatData, Started};
 pub use replay::{ReplayWindow, Verdict, MAX_SEQ_NO_STEP, REPLAY_WINDOW};
 pub use salt::{FutureSalt, SaltSchedule, SALT_GRACE_SECS, SALT_PERIOD_SECS};
 pub use secret::{SecretBytes, SecretKey32};

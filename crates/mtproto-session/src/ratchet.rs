@@ -13,10 +13,11 @@
 //! speaker changed, §3.5); a chain step on every message. Each message key is used once and
 //! deleted. Keys skipped by out-of-order delivery are kept in a bounded store (§3.5
 //! `SkipMessageKeys`): at most [`MAX_SKIP`] per chain and per message, at most
-//! [`MAX_SKIPPED_KEYS`] in all (the oldest evicted first), none older than
-//! [`MAX_SKIPPED_AGE_SECS`]. Opening computes a plan without changing the state; the state
-//! changes only once the packet authenticated ([`Ratchet::commit`]), as §3.5 asks ("if an
-//! exception is raised … discard any changes").
+//! [`MAX_SKIPPED_KEYS`] per conversation (the oldest evicted first), none older than
+//! [`MAX_SKIPPED_AGE_SECS`]; a client also bounds the sum over all its conversations
+//! ([`MAX_SKIPPED_KEYS_TOTAL`], with [`Ratchet::drop_oldest_skipped`]). Opening computes a plan
+//! without changing the state; the state changes only once the packet authenticated
+//! ([`Ratchet::commit`]), as §3.5 asks ("if an exception is raised … discard any changes").
 
 use std::collections::VecDeque;
 
@@ -34,6 +35,15 @@ pub const MAX_SKIP: u32 = 1000;
 /// Most skipped message keys a conversation stores; beyond, the oldest are evicted (their
 /// messages then fail with [`E2eError::MessageKeyGone`]).
 pub const MAX_SKIPPED_KEYS: usize = 2000;
+/// Most skipped message keys a client stores across ALL its conversations (`docs/protocol.md`
+/// §3.3). Without it, an attacker with N accounts gives a victim N conversations of
+/// [`MAX_SKIPPED_KEYS`] each (about 250 KB of saved state each, rewritten at every save). 4000
+/// is two conversations' worth: one conversation may still use its whole store, and the saved
+/// skipped keys of a client stay near 500 KB however many accounts write to it. The client
+/// enforces it after every commit that stores skipped keys and when it loads its state: while
+/// over, the oldest keys of the conversation holding the most are evicted
+/// ([`Ratchet::drop_oldest_skipped`]), so the largest stores are levelled down first.
+pub const MAX_SKIPPED_KEYS_TOTAL: usize = 4000;
 /// Skipped message keys older than this are deleted (30 days): a message that late fails with
 /// [`E2eError::MessageKeyGone`].
 pub const MAX_SKIPPED_AGE_SECS: u64 = 30 * 24 * 3600;
@@ -197,6 +207,10 @@ pub struct OpenPlan {
     skipped_used: Option<([u8; 32], u32)>,
     /// Keys skipped on the way (stored on commit).
     newly_skipped: Vec<([u8; 32], u32, SecretKey32)>,
+    /// The rest of the previous receiving chain, `(ck, dh, from, to)`: its skipped keys are
+    /// derived only on commit, once the packet authenticated (a forged header's `pn` costs
+    /// nothing), and stored before `newly_skipped`.
+    deferred: Option<(SecretKey32, [u8; 32], u32, u32)>,
     /// The new chain state, when the message was not from the store.
     next: Option<Next>,
 }
@@ -217,6 +231,16 @@ impl OpenPlan {
     pub fn message_key(&self) -> &MessageKey {
         &self.key
     }
+
+    /// How many skipped message keys the plan stores on commit: the skip budget's charge once
+    /// the packet authenticated ([`crate::skip_budget`]).
+    pub fn skipped_len(&self) -> u64 {
+        let deferred = self
+            .deferred
+            .as_ref()
+            .map_or(0, |(_, _, from, to)| to.saturating_sub(*from));
+        self.newly_skipped.len() as u64 + u64::from(deferred)
+    }
 }
 
 impl core::fmt::Debug for OpenPlan {
@@ -232,6 +256,18 @@ impl core::fmt::Debug for OpenPlan {
     }
 }
 
+/// Refuses to skip more than [`MAX_SKIP`] keys from `from` to `to`.
+fn check_skip(from: u32, to: u32) -> Result<(), E2eError> {
+    let count = u64::from(to).saturating_sub(u64::from(from));
+    if count > u64::from(MAX_SKIP) {
+        return Err(E2eError::TooManySkipped {
+            skip: count,
+            max: MAX_SKIP,
+        });
+    }
+    Ok(())
+}
+
 /// Derives the keys `from..to` of chain `ck` as skipped keys under `dh`, and returns the chain
 /// key at `to`.
 fn skip(
@@ -241,13 +277,7 @@ fn skip(
     to: u32,
     out: &mut Vec<([u8; 32], u32, SecretKey32)>,
 ) -> Result<SecretKey32, E2eError> {
-    let count = u64::from(to).saturating_sub(u64::from(from));
-    if count > u64::from(MAX_SKIP) {
-        return Err(E2eError::TooManySkipped {
-            skip: count,
-            max: MAX_SKIP,
-        });
-    }
+    check_skip(from, to)?;
     let mut ck = ck.clone();
     for n in from..to {
         let (next, mk) = kdf_ck(&ck);
@@ -344,6 +374,36 @@ impl Ratchet {
             .find(|s| s.n == n && s.dh == *dh && now.secs_since(s.stored_at) <= MAX_SKIPPED_AGE_SECS)
     }
 
+    /// Whether a message with `header` belongs to a chain this state has seen: the current
+    /// receiving chain, an earlier one, or a stored skipped key. A client with two
+    /// conversations with one peer tries such a conversation first (`docs/protocol.md` §3.3).
+    pub fn recognizes(&self, header: &Header, now: UnixTime) -> bool {
+        self.dh_remote == Some(header.dh)
+            || self.previous_remote.contains(&Remote(header.dh))
+            || self.find_skipped(&header.dh, header.n, now).is_some()
+    }
+
+    /// The chain steps opening a message with `header` walks before its packet can be
+    /// authenticated: the numbers before it in its chain (none for a key in the store, a
+    /// message in order, or a header [`Ratchet::plan_open`] refuses before any step). The skip
+    /// budget's charge before authentication ([`crate::skip_budget`]).
+    pub fn walk_cost(&self, header: &Header, now: UnixTime) -> u64 {
+        if self.find_skipped(&header.dh, header.n, now).is_some()
+            || self.previous_remote.contains(&Remote(header.dh))
+        {
+            return 0;
+        }
+        let from = match (&self.recv, self.dh_remote == Some(header.dh)) {
+            (Some(_), true) => self.nr,
+            (None, true) => return 0,
+            (_, false) => 0,
+        };
+        match header.n.saturating_sub(from) {
+            steps if steps > MAX_SKIP => 0,
+            steps => u64::from(steps),
+        }
+    }
+
     /// Computes what opening a message with `header` needs (§3.5 `RatchetDecrypt`): a stored
     /// skipped key, or chain steps in the current receiving chain, or a DH ratchet step (which
     /// draws a new ratchet key pair from `rng`). Changes nothing.
@@ -362,6 +422,7 @@ impl Ratchet {
                 key: MessageKey(s.key.clone()),
                 skipped_used: Some((s.dh, s.n)),
                 newly_skipped: Vec::new(),
+                deferred: None,
                 next: None,
             });
         }
@@ -369,6 +430,7 @@ impl Ratchet {
             return Err(E2eError::MessageKeyGone { n: header.n });
         }
         let mut newly_skipped = Vec::new();
+        let mut deferred = None;
         let same_chain = self.dh_remote == Some(header.dh);
         let next = match (&self.recv, same_chain) {
             (Some(ck), true) => {
@@ -381,6 +443,7 @@ impl Ratchet {
                     key: MessageKey(mk),
                     skipped_used: None,
                     newly_skipped,
+                    deferred: None,
                     next: Some(Next {
                         root: self.root.clone(),
                         dh_self: self.dh_self.clone(),
@@ -401,16 +464,19 @@ impl Ratchet {
                 });
             }
             (recv, false) => {
-                // §3.5: skip the rest of the previous receiving chain, then DHRatchet.
-                if let (Some(ck), Some(dh)) = (recv, &self.dh_remote) {
-                    skip(ck, dh, self.nr, header.pn.max(self.nr), &mut newly_skipped)?;
-                }
-                // Check the new chain's bound before any DH work.
+                // Check the new chain's bound before any derivation or DH work.
                 if header.n > MAX_SKIP {
                     return Err(E2eError::TooManySkipped {
                         skip: u64::from(header.n),
                         max: MAX_SKIP,
                     });
+                }
+                // §3.5: skip the rest of the previous receiving chain (derived on commit),
+                // then DHRatchet.
+                if let (Some(ck), Some(dh)) = (recv, &self.dh_remote) {
+                    let to = header.pn.max(self.nr);
+                    check_skip(self.nr, to)?;
+                    deferred = Some((ck.clone(), *dh, self.nr, to));
                 }
                 let dh = self.dh_self.diffie_hellman(&header.dh)?;
                 let (root, recv) = kdf_rk(&self.root, &dh)?;
@@ -435,6 +501,7 @@ impl Ratchet {
             key: MessageKey(mk),
             skipped_used: None,
             newly_skipped,
+            deferred,
             next: Some(Next {
                 recv,
                 nr: header.n.saturating_add(1),
@@ -444,19 +511,26 @@ impl Ratchet {
     }
 
     /// Applies a plan once its message authenticated: the used key is deleted, skipped keys
-    /// stored (the oldest evicted beyond [`MAX_SKIPPED_KEYS`]), expired keys deleted.
+    /// stored — the rest of the previous receiving chain derived now — (the oldest evicted
+    /// beyond [`MAX_SKIPPED_KEYS`]), expired keys deleted.
     pub fn commit(&mut self, plan: OpenPlan, now: UnixTime) {
         let OpenPlan {
             key,
             skipped_used,
             newly_skipped,
+            deferred,
             next,
         } = plan;
         drop(key);
         if let Some((dh, n)) = skipped_used {
             self.skipped.retain(|s| !(s.n == n && s.dh == dh));
         }
-        for (dh, n, key) in newly_skipped {
+        let mut previous = Vec::new();
+        if let Some((ck, dh, from, to)) = deferred {
+            // Checked against MAX_SKIP when planned: cannot fail.
+            let _ = skip(&ck, &dh, from, to, &mut previous);
+        }
+        for (dh, n, key) in previous.into_iter().chain(newly_skipped) {
             self.skipped.push_back(SkippedKey {
                 dh,
                 n,
@@ -496,6 +570,16 @@ impl Ratchet {
     /// How many skipped message keys are stored.
     pub fn skipped_count(&self) -> usize {
         self.skipped.len()
+    }
+
+    /// Evicts (zeroizes) the `n` oldest skipped message keys, or all when fewer are stored;
+    /// returns how many went. Their messages then fail with [`E2eError::MessageKeyGone`], as any
+    /// evicted key's. For the client-wide bound [`MAX_SKIPPED_KEYS_TOTAL`].
+    pub fn drop_oldest_skipped(&mut self, n: usize) -> usize {
+        let n = n.min(self.skipped.len());
+        // SecretKey32 zeroizes on drop.
+        self.skipped.drain(..n);
+        n
     }
 
     /// The current ratchet public key (sent in every header).

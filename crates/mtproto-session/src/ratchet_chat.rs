@@ -23,28 +23,40 @@
 //! `≡ 1 (mod 16)` for `0x01`, `≡ 10 (mod 16)` for `0x02`, and `≡ 8 (mod 16)` for the static
 //! chat key's packets: [`packet_kind`] tells them apart.
 //!
+//! Every message to or from a peer — under the static chat key or in any ratchet conversation
+//! with that peer — is numbered by and checked against one receive window, the peer's
+//! [`ChatState`]: the caller keeps one per peer and passes it to [`RatchetChat::seal`],
+//! [`RatchetChat::open`] and [`RatchetChat::accept`]. A replay is refused even when it comes
+//! through another conversation (a replayed start without a one-time prekey, say).
+//!
 //! ```
 //! use mtproto_crypto::{rand_core::OsRng, IdentitySecret, IdentitySigningKey};
-//! use mtproto_session::{x3dh::Prekeys, RatchetChat, UnixTime};
+//! use mtproto_session::{x3dh::Prekeys, ChatState, RatchetChat, UnixTime};
 //!
 //! let now = UnixTime::from_secs(1_800_000_000);
 //! let (alice, bob) = (IdentitySecret::generate(&mut OsRng), IdentitySecret::generate(&mut OsRng));
 //! let mut bob_prekeys = Prekeys::new(&bob, &IdentitySigningKey::generate(&mut OsRng), now, &mut OsRng);
 //! let opk = bob_prekeys.generate_one_time(1, &mut OsRng)?.pop();
 //! let bundle = bob_prekeys.bundle(opk); // what the relay hands Alice
+//! // Each side's window with the other (the static conversation they may already have).
+//! let mut alice_window = ChatState::new(&alice, bob.public())?;
+//! let mut bob_window = ChatState::new(&bob, alice.public())?;
 //!
 //! let (mut a, started) = RatchetChat::initiate(&alice, &bundle, &bob.public(), &mut OsRng)?;
 //! assert!(started.one_time_prekey.is_some());
-//! let first = a.seal(b"hi Bob", now, &mut OsRng)?;
-//! let (mut b, accepted) = RatchetChat::accept(&bob, &mut bob_prekeys, &first.packet, now, &mut OsRng)?;
+//! let first = a.seal(&mut alice_window, b"hi Bob", now, &mut OsRng)?;
+//! let (mut b, accepted) =
+//!     RatchetChat::accept(&bob, &mut bob_prekeys, &mut bob_window, &first.packet, now, &mut OsRng)?;
 //! assert_eq!(accepted.received.body, b"hi Bob");
 //! assert_eq!(accepted.peer, alice.public());
+//! assert_eq!(a.start_ephemeral(), b.start_ephemeral());
 //!
-//! let reply = b.seal(b"hi Alice", now, &mut OsRng)?;
-//! assert_eq!(a.open(&reply.packet, now, &mut OsRng)?.body, b"hi Alice");
+//! let reply = b.seal(&mut bob_window, b"hi Alice", now, &mut OsRng)?;
+//! assert_eq!(a.open(&mut alice_window, &reply.packet, now, &mut OsRng)?.body, b"hi Alice");
 //! // Each key opens once: a replay is refused.
-//! assert!(a.open(&reply.packet, now, &mut OsRng).is_err());
-//! assert_eq!(a.fingerprint(), b.fingerprint());
+//! assert!(a.open(&mut alice_window, &reply.packet, now, &mut OsRng).is_err());
+//! // The safety number is the static chat's: the window's.
+//! assert_eq!(alice_window.fingerprint(), bob_window.fingerprint());
 //! # Ok::<(), mtproto_session::Error>(())
 //! ```
 
@@ -53,9 +65,10 @@ use core::fmt;
 use mtproto_crypto::{
     kdf::hkdf_sha256,
     rand_core::{CryptoRng, RngCore},
-    ChatKey, Direction, Fingerprint, IdentityPublic, IdentitySecret,
+    ChatKey, Direction, IdentityPublic, IdentitySecret,
 };
 use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::{
@@ -63,7 +76,7 @@ use crate::{
     ratchet::{Header, MessageKey, Ratchet, HEADER_LEN},
     wire,
     x3dh::{self, PrekeyBundle, Prekeys, Start, X25519KeyPair},
-    ChatState, ChatStateData, E2eError, Received, Result, Sealed, UnixTime,
+    ChatState, E2eError, Received, Result, Sealed, UnixTime,
 };
 
 /// First byte of a ratchet message.
@@ -107,6 +120,19 @@ pub fn packet_kind(packet: &[u8]) -> Option<PacketKind> {
     } else {
         None
     }
+}
+
+/// The X3DH start a start message carries (its clear prefix; nothing is decrypted, so nothing
+/// in it is authenticated yet): who claims to start, and `EK_A`, which tells a repeated start of
+/// a conversation ([`RatchetChat::start_ephemeral`]) from a new one.
+///
+/// # Errors
+/// [`E2eError::Protocol`] for a packet that is not a start; [`E2eError::Decrypt`] for a
+/// malformed prefix.
+pub fn start_of(packet: &[u8]) -> Result<Start, E2eError> {
+    decode_prefix(packet)?.start.ok_or(E2eError::Protocol {
+        reason: "not a start message",
+    })
 }
 
 /// The encoded prefix of a message.
@@ -207,11 +233,11 @@ pub struct Accepted {
 /// One side of a conversation under the double ratchet. `Debug` prints public values only.
 pub struct RatchetChat {
     ratchet: Ratchet,
-    window: ChatState,
     own: IdentityPublic,
     peer: IdentityPublic,
     initiator: bool,
     pending_start: Option<Start>,
+    start_ephemeral: [u8; 32],
 }
 
 /// The saved form of a [`RatchetChat`]. Holds the ratchet's secrets: store it encrypted.
@@ -219,9 +245,6 @@ pub struct RatchetChat {
 pub struct RatchetChatData {
     /// The double ratchet.
     pub ratchet: Ratchet,
-    /// The receive window and counters (its `key` is the static chat key, which only gives the
-    /// fingerprint here).
-    pub window: ChatStateData,
     /// Whether this side started the conversation (`AD = IK_initiator ‖ IK_responder`).
     pub initiator: bool,
     /// The start the initiator repeats until it receives a message.
@@ -232,6 +255,10 @@ pub struct RatchetChatData {
     /// The peer's identity public key.
     #[serde(with = "wire::b64_32")]
     pub peer: [u8; 32],
+    /// The start's ephemeral key `EK_A` (both roles): tells a repeated start of this
+    /// conversation from a new one ([`RatchetChat::start_ephemeral`]).
+    #[serde(with = "wire::b64_32")]
+    pub start_ephemeral: [u8; 32],
 }
 
 impl fmt::Debug for RatchetChat {
@@ -242,6 +269,7 @@ impl fmt::Debug for RatchetChat {
             .field("initiator", &self.initiator)
             .field("ratchet", &self.ratchet)
             .field("start_pending", &self.pending_start.is_some())
+            .field("start_ephemeral", &self.start_ephemeral)
             .finish_non_exhaustive()
     }
 }
@@ -282,10 +310,10 @@ impl RatchetChat {
             Ratchet::init_initiator_with(agreement.shared_secret(), &agreement.signed_prekey, ratchet_key)?;
         let chat = Self {
             ratchet,
-            window: ChatState::new(own, *expected_peer)?,
             own: own.public(),
             peer: *expected_peer,
             initiator: true,
+            start_ephemeral: agreement.start.ephemeral,
             pending_start: Some(agreement.start),
         };
         Ok((
@@ -296,21 +324,26 @@ impl RatchetChat {
         ))
     }
 
-    /// Opens a start message from a new peer (X3DH responder, then `RatchetInitBob`, then the
-    /// message). The one-time prekey it used is deleted from `prekeys` once the message opened,
-    /// so a replayed start is refused ([`E2eError::UnknownPrekey`]).
+    /// Opens a start message from the peer of `window` (X3DH responder, then `RatchetInitBob`,
+    /// then the message, numbered in `window`). The one-time prekey it used is deleted from
+    /// `prekeys` once the message opened, so a replayed start is refused
+    /// ([`E2eError::UnknownPrekey`]).
     ///
     /// # Errors
-    /// [`E2eError::Protocol`] for a packet that is not a start; [`E2eError::UnknownPrekey`];
-    /// [`E2eError::Decrypt`]; as [`RatchetChat::open`]. On error nothing changes.
+    /// [`E2eError::Protocol`] for a packet that is not a start; [`E2eError::PeerIdentityMismatch`]
+    /// for a start whose identity key is not `window.peer()`; [`E2eError::UnknownPrekey`];
+    /// [`E2eError::Decrypt`]; as [`RatchetChat::open`]. On error nothing changes (neither
+    /// `prekeys` nor `window`), except the window's skip budget as [`RatchetChat::open`] says.
     ///
     /// # Security
     /// A start without a one-time prekey can be replayed to open a second, identical
-    /// conversation: the caller keeps one conversation per peer and refuses a start for a peer
-    /// it already talks with under the same start (X3DH §4.2).
+    /// conversation. Its messages are numbered in the shared `window`, so the replayed first
+    /// message is refused as [`E2eError::Replay`]: the caller keeps one window per peer and
+    /// keeps the conversation it has when a start is refused (X3DH §4.2).
     pub fn accept(
         own: &IdentitySecret,
         prekeys: &mut Prekeys,
+        window: &mut ChatState,
         packet: &[u8],
         now: UnixTime,
         rng: &mut (impl RngCore + CryptoRng),
@@ -319,18 +352,21 @@ impl RatchetChat {
         let start = prefix.start.ok_or(E2eError::Protocol {
             reason: "not a start message",
         })?;
+        if !bool::from(start.identity.ct_eq(window.peer().as_bytes())) {
+            return Err(E2eError::PeerIdentityMismatch);
+        }
         let agreement = x3dh::respond(own, prekeys, &start)?;
         let spk = x3dh::signed_prekey_pair(prekeys, start.signed_prekey_id)?;
         let peer = IdentityPublic::from_bytes(start.identity);
         let mut chat = Self {
             ratchet: Ratchet::init_responder(agreement.shared_secret(), spk),
-            window: ChatState::new(own, peer)?,
             own: own.public(),
             peer,
             initiator: false,
             pending_start: None,
+            start_ephemeral: start.ephemeral,
         };
-        let received = chat.open(packet, now, rng)?;
+        let received = chat.open(window, packet, now, rng)?;
         if let Some(id) = start.one_time_prekey_id {
             prekeys.consume_one_time(id);
         }
@@ -361,14 +397,26 @@ impl RatchetChat {
         self.own.send_direction(&self.peer)
     }
 
-    /// Seals `body` as the next message: one chain step, the key used once. The randomness
-    /// drawn: the random id (8 bytes), then the framing's padding (76 bytes).
+    /// Refuses a window for another peer (the numbering would mix two conversations).
+    fn check_window(&self, window: &ChatState) -> Result<(), E2eError> {
+        if bool::from(window.peer().as_bytes().ct_eq(self.peer.as_bytes())) {
+            Ok(())
+        } else {
+            Err(E2eError::PeerIdentityMismatch)
+        }
+    }
+
+    /// Seals `body` as the next message: one chain step, the key used once; its number is the
+    /// next of `window` (the peer's one window: static and ratchet messages share it). The
+    /// randomness drawn: the random id (8 bytes), then the framing's padding (76 bytes).
     ///
     /// # Errors
     /// [`E2eError::TooLarge`] when the body is over the framing's limit (checked before the chain
-    /// moves); [`E2eError::Protocol`] as [`Ratchet::next_send`].
+    /// moves); [`E2eError::PeerIdentityMismatch`] for a window with another peer;
+    /// [`E2eError::Protocol`] as [`Ratchet::next_send`].
     pub fn seal(
         &mut self,
+        window: &mut ChatState,
         body: &[u8],
         now: UnixTime,
         rng: &mut (impl RngCore + CryptoRng),
@@ -387,13 +435,14 @@ impl RatchetChat {
         if data_len > mtproto_crypto::MAX_DATA_LEN {
             return Err(too_big);
         }
+        self.check_window(window)?;
         let mut random_id = [0u8; 8];
         rng.fill_bytes(&mut random_id);
         let (header, mk) = self.ratchet.next_send()?;
         let prefix = encode_prefix(self.pending_start.as_ref(), &header);
         let key = packet_key(&mk, &self.ad())?;
         drop(mk);
-        let (inner, seq) = self.window.next_inner_header(random_id, now);
+        let (inner, seq) = window.next_inner_header(random_id, now);
         let mut payload = Zeroizing::new(Vec::with_capacity(4 + data_len));
         payload.extend_from_slice(&len.to_le_bytes());
         payload.extend_from_slice(&prefix);
@@ -404,7 +453,7 @@ impl RatchetChat {
             .map_err(|_| too_big)?;
         let mut packet = prefix;
         packet.extend_from_slice(&frame);
-        self.window.mark_sealed();
+        window.mark_sealed();
         Ok(Sealed {
             packet,
             random_id,
@@ -414,22 +463,33 @@ impl RatchetChat {
 
     /// Opens a packet from the peer: finds the message key (a stored skipped key, chain steps,
     /// or a DH ratchet step drawing a new ratchet key of 32 bytes from `rng`), checks and
-    /// decrypts the frame, checks the encrypted copy of the prefix, then the receive window.
-    /// Only then does the state change: the key is deleted, skipped keys stored.
+    /// decrypts the frame, checks the encrypted copy of the prefix, then the receive window
+    /// `window` (the peer's one window). Only then does the state change: the key is deleted,
+    /// skipped keys stored, the message recorded in `window`.
     ///
     /// # Errors
     /// [`E2eError::Decrypt`] for anything forged, corrupted or reflected;
     /// [`E2eError::MessageKeyGone`] for a replay or a message whose key was dropped;
-    /// [`E2eError::TooManySkipped`] beyond [`crate::ratchet::MAX_SKIP`]; the window's errors as
-    /// [`ChatState::open`]. No error changes the state.
+    /// [`E2eError::TooManySkipped`] beyond [`crate::ratchet::MAX_SKIP`];
+    /// [`E2eError::SkipBudget`] when the peer's skip budget cannot pay the chain steps; the
+    /// window's errors as [`ChatState::open`] ([`E2eError::Replay`] for a number `window` has
+    /// received, through any conversation); [`E2eError::PeerIdentityMismatch`] for a window
+    /// with another peer. No error changes the state nor `window`, except that the steps derived
+    /// stay paid from the window's skip budget ([`crate::skip_budget`]): a forged packet costs
+    /// its sender's budget what it cost us.
     pub fn open(
         &mut self,
+        window: &mut ChatState,
         packet: &[u8],
         now: UnixTime,
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Result<Received, E2eError> {
+        self.check_window(window)?;
         let prefix = decode_prefix(packet)?;
         let (clear_prefix, frame) = packet.split_at_checked(prefix.len).ok_or(E2eError::Decrypt)?;
+        // The steps walked before the packet can be authenticated are paid first, forged or not.
+        let walk = self.ratchet.walk_cost(&prefix.header, now);
+        window.skip_budget().spend(walk, now)?;
         let plan = self.ratchet.plan_open(&prefix.header, now, rng)?;
         let key = packet_key(plan.message_key(), &self.ad())?;
         let opened = E2E.open(&key, self.send_dir().reverse(), frame)?;
@@ -440,23 +500,48 @@ impl RatchetChat {
         if inner_prefix != clear_prefix {
             return Err(E2eError::Decrypt);
         }
-        let received = self.window.accept(Inner::parse(rest)?)?;
+        // Authenticated: the skipped keys it stores are paid too (the browser derives them only
+        // now); a budget that cannot pay refuses the message.
+        window.skip_budget().spend(plan.skipped_len(), now)?;
+        let received = window.accept(Inner::parse(rest)?)?;
         self.ratchet.commit(plan, now);
         // The responder has the conversation: stop repeating the start.
         self.pending_start = None;
         Ok(received)
     }
 
-    /// The fingerprint both users compare: the same safety number as the static chat
-    /// ([`ChatState::fingerprint`]), from the two identity keys. A new signed prekey or ratchet
-    /// key is not a key change.
-    pub fn fingerprint(&self) -> Fingerprint {
-        self.window.fingerprint()
+    /// Whether `packet` (a ratchet or start packet) belongs to a chain this conversation has
+    /// seen ([`Ratchet::recognizes`]); false for anything that is not a ratchet packet.
+    pub fn recognizes(&self, packet: &[u8], now: UnixTime) -> bool {
+        decode_prefix(packet).is_ok_and(|p| self.ratchet.recognizes(&p.header, now))
     }
 
     /// The peer's identity key.
     pub fn peer(&self) -> &IdentityPublic {
         &self.peer
+    }
+
+    /// Whether this side started the conversation (sent the start). After simultaneous
+    /// starts, both sides send with the conversation whose initiator has the lower identity
+    /// key (`docs/protocol.md` §3).
+    pub fn initiator(&self) -> bool {
+        self.initiator
+    }
+
+    /// The identity key of the side that started the conversation.
+    pub fn initiator_key(&self) -> &IdentityPublic {
+        if self.initiator {
+            &self.own
+        } else {
+            &self.peer
+        }
+    }
+
+    /// The start's ephemeral key `EK_A`, on both sides: a start message carrying it belongs
+    /// to this conversation (the initiator repeats its start until it hears back); another
+    /// one is a new conversation.
+    pub fn start_ephemeral(&self) -> &[u8; 32] {
+        &self.start_ephemeral
     }
 
     /// Whether the initiator still sends the start (it has received nothing yet).
@@ -469,32 +554,43 @@ impl RatchetChat {
         &self.ratchet
     }
 
+    /// Evicts the `n` oldest skipped message keys of this conversation (see
+    /// [`Ratchet::drop_oldest_skipped`]); returns how many went.
+    pub fn drop_oldest_skipped(&mut self, n: usize) -> usize {
+        self.ratchet.drop_oldest_skipped(n)
+    }
+
     /// The state to save.
     pub fn data(&self) -> RatchetChatData {
         RatchetChatData {
             ratchet: self.ratchet.clone(),
-            window: self.window.data(),
             initiator: self.initiator,
             pending_start: self.pending_start.clone(),
             own: *self.own.as_bytes(),
             peer: *self.peer.as_bytes(),
+            start_ephemeral: self.start_ephemeral,
         }
     }
 
     /// Restores a saved conversation.
     ///
     /// # Errors
-    /// [`E2eError::Malformed`] for a state over its bounds or whose window names other keys.
+    /// [`E2eError::Malformed`] for a state over its bounds, or an initiator's state whose
+    /// pending start has another ephemeral key.
     pub fn restore(data: RatchetChatData) -> Result<Self, E2eError> {
         data.ratchet.check()?;
-        if data.window.own != data.own || data.window.peer != data.peer {
+        if data
+            .pending_start
+            .as_ref()
+            .is_some_and(|s| !data.initiator || s.ephemeral != data.start_ephemeral)
+        {
             return Err(E2eError::Malformed {
                 field: "ratchet chat",
-                reason: "window and identities disagree",
+                reason: "pending start disagrees with the conversation",
             });
         }
         Ok(Self {
-            window: ChatState::restore(data.window)?,
+            start_ephemeral: data.start_ephemeral,
             ratchet: data.ratchet,
             own: IdentityPublic::from_bytes(data.own),
             peer: IdentityPublic::from_bytes(data.peer),

@@ -299,6 +299,34 @@ impl Prekeys {
         Ok(out)
     }
 
+    /// Makes room for `count` new one-time prekeys within [`MAX_ONE_TIME_PREKEYS`] by deleting
+    /// the oldest unused ones (the lowest ids: made first). Returns how many were deleted. A
+    /// start that names a deleted one is refused ([`E2eError::UnknownPrekey`]): call it only
+    /// when the newer keys matter more (a client tops up the relay's copies; the oldest were
+    /// handed out longest ago, or are the relay's oldest).
+    ///
+    /// ```
+    /// # use mtproto_crypto::{rand_core::OsRng, IdentitySecret, IdentitySigningKey};
+    /// # use mtproto_session::{x3dh::{Prekeys, MAX_ONE_TIME_PREKEYS}, UnixTime};
+    /// let id = IdentitySecret::generate(&mut OsRng);
+    /// let mut p = Prekeys::new(&id, &IdentitySigningKey::generate(&mut OsRng), UnixTime::from_secs(0), &mut OsRng);
+    /// let first = p.generate_one_time(MAX_ONE_TIME_PREKEYS, &mut OsRng)?;
+    /// assert_eq!(p.make_room_for_one_time(10), 10);
+    /// p.generate_one_time(10, &mut OsRng)?;
+    /// assert!(!p.consume_one_time(first[0].id), "the oldest went first");
+    /// assert!(p.consume_one_time(first[10].id));
+    /// # Ok::<(), mtproto_session::E2eError>(())
+    /// ```
+    pub fn make_room_for_one_time(&mut self, count: usize) -> usize {
+        let keep = MAX_ONE_TIME_PREKEYS.saturating_sub(count);
+        let mut deleted = 0;
+        while self.one_time.len() > keep {
+            self.one_time.pop_first();
+            deleted += 1;
+        }
+        deleted
+    }
+
     /// How many one-time prekeys are unused (the client replenishes below a threshold).
     pub fn one_time_count(&self) -> usize {
         self.one_time.len()

@@ -29,7 +29,7 @@ use mtproto_session::{
     ratchet::ROOT_INFO,
     ratchet_chat::PACKET_KEY_LABEL,
     x3dh::{self, Prekeys, X25519KeyPair, X3DH_INFO},
-    RatchetChat, UnixTime,
+    ChatState, RatchetChat, UnixTime,
 };
 use serde_json::{json, Value};
 
@@ -138,13 +138,16 @@ fn build() -> Value {
     assert_eq!(a0["root"], h(&rk_ck[..32]));
     assert_eq!(a0["send_chain"], h(&rk_ck[32..]));
 
+    // Each side's one window with the other, fresh: it numbers from 0 as before.
+    let mut aw = ChatState::new(&alice, bob.public()).unwrap();
+    let mut bw = ChatState::new(&bob, alice.public()).unwrap();
     let mut arng = TestRng::new(b"alice");
     let mut brng = TestRng::new(b"bob");
     let t = |s: u64| UnixTime::from_secs(now().as_secs() + s);
     let mut steps = Vec::new();
 
     // 1. Alice's start; checked against the documented layout with the spec's KDF_CK.
-    let m0 = a.seal(b"hello Bob", t(0), &mut arng).unwrap();
+    let m0 = a.seal(&mut aw, b"hello Bob", t(0), &mut arng).unwrap();
     let mk = hmac_sha256(&rk_ck[32..], &[&[1]]);
     let mut k = [0u8; 256];
     hkdf_sha256(PACKET_KEY_LABEL, &mk[..], &ad, &mut k).unwrap();
@@ -166,25 +169,25 @@ fn build() -> Value {
         &(now().as_secs() * 1000).to_le_bytes()
     );
     assert_eq!(&data[prefix_len + 24..], b"hello Bob");
-    let (mut b, acc) = RatchetChat::accept(&bob, &mut prekeys, &m0.packet, t(1), &mut brng).unwrap();
+    let (mut b, acc) = RatchetChat::accept(&bob, &mut prekeys, &mut bw, &m0.packet, t(1), &mut brng).unwrap();
     assert_eq!(acc.received.body, b"hello Bob");
     steps.push(json!({"from": "alice", "body": h(b"hello Bob"), "sent_at": t(0).as_secs(), "opened_at": t(1).as_secs(),
         "message_key": h(&mk[..]), "packet_key_sha256": h(&mtproto_crypto::kdf::sha256(&[&k])),
         "packet": h(&m0.packet), "alice": keys(&a), "bob": keys(&b)}));
 
     // 2..: both ways, with a late message, so that DH steps and a skipped key appear.
-    let m1 = a.seal(b"second", t(2), &mut arng).unwrap();
-    let r0 = b.seal(b"hi Alice", t(3), &mut brng).unwrap();
-    a.open(&r0.packet, t(4), &mut arng).unwrap();
+    let m1 = a.seal(&mut aw, b"second", t(2), &mut arng).unwrap();
+    let r0 = b.seal(&mut bw, b"hi Alice", t(3), &mut brng).unwrap();
+    a.open(&mut aw, &r0.packet, t(4), &mut arng).unwrap();
     steps.push(
         json!({"from": "bob", "body": h(b"hi Alice"), "sent_at": t(3).as_secs(), "opened_at": t(4).as_secs(),
         "packet": h(&r0.packet), "alice": keys(&a), "bob": keys(&b)}),
     );
-    let m2 = a.seal(b"third, new chain", t(5), &mut arng).unwrap();
-    b.open(&m2.packet, t(6), &mut brng).unwrap();
+    let m2 = a.seal(&mut aw, b"third, new chain", t(5), &mut arng).unwrap();
+    b.open(&mut bw, &m2.packet, t(6), &mut brng).unwrap();
     steps.push(json!({"from": "alice", "body": h(b"third, new chain"), "sent_at": t(5).as_secs(), "opened_at": t(6).as_secs(),
         "packet": h(&m2.packet), "alice": keys(&a), "bob": keys(&b), "bob_skipped_keys": b.ratchet().skipped_count()}));
-    b.open(&m1.packet, t(7), &mut brng).unwrap();
+    b.open(&mut bw, &m1.packet, t(7), &mut brng).unwrap();
     steps.push(json!({"from": "alice", "body": h(b"second"), "sent_at": t(2).as_secs(), "opened_at": t(7).as_secs(),
         "note": "sealed before step 2, opened last from the skipped-key store",
         "packet": h(&m1.packet), "alice": keys(&a), "bob": keys(&b), "bob_skipped_keys": b.ratchet().skipped_count()}));
@@ -251,12 +254,23 @@ fn every_vector_packet_with_one_bit_flipped_is_refused() {
         prekeys.generate_one_time(1, &mut prng).unwrap();
         let mut t = packet.clone();
         t[bit / 8] ^= 1 << (bit % 8);
-        let r = RatchetChat::accept(&bob, &mut prekeys, &t, now(), &mut TestRng::new(b"bob"));
+        let alice = IdentitySecret::from_bytes(secret("alice identity")).public();
+        let mut window = ChatState::new(&bob, alice).unwrap();
+        let before = format!("{:?}", window.data());
+        let r = RatchetChat::accept(
+            &bob,
+            &mut prekeys,
+            &mut window,
+            &t,
+            now(),
+            &mut TestRng::new(b"bob"),
+        );
         assert!(r.is_err(), "bit {bit}");
         assert_eq!(
             prekeys.one_time_count(),
             1,
             "a refused start must not burn the one-time prekey"
         );
+        assert_eq!(format!("{:?}", window.data()), before, "nor move the window");
     }
 }

@@ -1,6 +1,7 @@
 //! How to connect: the relay's address, how it is trusted, the profile file.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::{Pin, RecoveryCode};
 
@@ -22,7 +23,17 @@ pub struct ClientConfig {
     pub recovery: Option<RecoveryCode>,
     /// Extra PEM root certificates trusted for `https://` relays, beside the usual web roots.
     pub root_certificates: Vec<Vec<u8>>,
+    /// Whether to publish prekeys and start conversations under the double ratchet (on by
+    /// default; see [`ClientConfig::with_prekeys`]).
+    pub prekeys: bool,
+    /// How long a peer's `no_prekeys` answer holds before the client asks again
+    /// ([`NO_PREKEYS_RETRY`] by default).
+    pub no_prekeys_retry: Duration,
 }
+
+/// How long a peer's `no_prekeys` answer holds: its messages go under the static key until
+/// then, and the next send after it asks for its bundle again.
+pub const NO_PREKEYS_RETRY: Duration = Duration::from_secs(600);
 
 impl ClientConfig {
     /// A configuration without a profile file.
@@ -35,7 +46,30 @@ impl ClientConfig {
             receipts: false,
             recovery: None,
             root_certificates: Vec::new(),
+            prekeys: true,
+            no_prekeys_retry: NO_PREKEYS_RETRY,
         }
+    }
+
+    /// With `false`, behaves like a client from before the double ratchet: publishes no
+    /// prekeys and starts no ratchet conversation, so its conversations stay under the static
+    /// chat key. For interoperability tests (an older client), and to turn forward secrecy off.
+    ///
+    /// ```
+    /// use relay_client::{ClientConfig, Pin};
+    /// let old_style = ClientConfig::new("http://127.0.0.1:8080", "bob", Pin::TrustOnFirstUse).with_prekeys(false);
+    /// assert!(!old_style.prekeys);
+    /// ```
+    pub fn with_prekeys(mut self, on: bool) -> Self {
+        self.prekeys = on;
+        self
+    }
+
+    /// How long a peer's `no_prekeys` answer holds ([`NO_PREKEYS_RETRY`], 10 minutes, by
+    /// default; shorter in tests).
+    pub fn with_no_prekeys_retry(mut self, retry: Duration) -> Self {
+        self.no_prekeys_retry = retry;
+        self
     }
 
     /// Trusts `pem` (a PEM certificate) as a root for an `https://` relay — a private CA or a

@@ -155,6 +155,8 @@ impl Client {
             st.session = None;
             self.handshake(&mut st).await?;
             st.relay_lost_data = true;
+            // It lost our prekeys too: published again with the next poll.
+            st.prekeys_due = Some(crate::ONE_TIME_PREKEYS_TARGET);
             tracing::warn!(
                 "the relay no longer knew our auth key: registered again; undelivered messages may be lost"
             );
@@ -240,17 +242,30 @@ impl Client {
         .await
     }
 
-    /// Replaces this client's identity key with a new one (peers will see a key change).
+    /// Replaces this client's identity key with a new one (peers will see a key change), with
+    /// new prekeys for it (published, unless the client was made
+    /// [`with_prekeys(false)`](crate::ClientConfig::with_prekeys)); every conversation starts
+    /// again.
     ///
     /// # Errors
-    /// As [`Client::publish_key`].
+    /// As [`Client::publish_key`]; publishing the new prekeys may fail without an error (they
+    /// go again with the next poll).
     pub async fn rotate_identity(&self) -> Result<PublishAnswer, ClientError> {
         {
-            let mut st = self.state.lock().await;
+            let mut guard = self.state.lock().await;
+            let st = &mut *guard;
             st.identity = IdentitySecret::generate(&mut OsRng);
+            st.prekeys = mtproto_session::x3dh::Prekeys::new(&st.identity, &st.signing, now(), &mut OsRng);
             st.chats.clear();
-            self.save(&st).await?;
+            st.ratchets.clear();
+            st.no_prekeys_until.clear();
+            self.save(st).await?;
         }
-        self.publish_key().await
+        let answer = self.publish_key().await?;
+        if self.prekeys_on {
+            self.state.lock().await.prekeys_due = Some(crate::ONE_TIME_PREKEYS_TARGET);
+            self.prekey_upkeep().await;
+        }
+        Ok(answer)
     }
 }

@@ -35,7 +35,8 @@ pub enum KeyStatus {
     Changed,
 }
 
-/// Records `key` as `peer`'s accepted identity key and starts a new chat under it.
+/// Records `key` as `peer`'s accepted identity key and starts a new chat under it (dropping the
+/// ratchet conversations with the old key).
 fn accept_key(st: &mut State, peer: &str, key: IdentityPublic, key_version: u32) -> Result<(), ClientError> {
     st.peers.insert(
         peer.to_owned(),
@@ -47,6 +48,9 @@ fn accept_key(st: &mut State, peer: &str, key: IdentityPublic, key_version: u32)
     );
     let chat = ChatState::new(&st.identity, key)?;
     st.chats.insert(peer.to_owned(), chat);
+    // The ratchet conversations go with the old static conversation (their window).
+    st.ratchets.remove(peer);
+    st.no_prekeys_until.remove(peer);
     Ok(())
 }
 

@@ -8,7 +8,9 @@ use futures::Stream;
 use mtproto_session::Delivery;
 use relay_api::{AckRef, Call, EntryKind, ErrorCode, PollAnswer};
 
-use crate::{Client, ClientError, KeyStatus, Receipt, SendState, State, MAX_OUTBOX};
+use crate::{
+    Client, ClientError, KeptMessage, KeyStatus, Receipt, SendState, State, MAX_OUTBOX, ONE_TIME_PREKEYS_LOW,
+};
 
 /// Something received.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +81,19 @@ pub enum Event {
         /// Its mailbox sequence number.
         seq: u64,
     },
+    /// A conversation under the double ratchet with `peer` started without a one-time prekey:
+    /// the peer's relay had none left, so the start used its signed prekey only. Tell the
+    /// user: until the peer's signed prekey rotates, a thief of it could read the first
+    /// messages, and a recorded start can be replayed (the receive window refuses its
+    /// message). `initiated`: this client started it (reported with the poll after the send);
+    /// else the peer's start was accepted (reported before its message).
+    /// [`Client::conversation`] tells it too.
+    StartedWithoutOneTimePrekey {
+        /// The peer.
+        peer: String,
+        /// This client started it.
+        initiated: bool,
+    },
 }
 
 /// The JSON of a control message (after its 0x00 byte); unknown fields are ignored.
@@ -110,7 +125,14 @@ impl Client {
     /// through [`Event::Outbox`] and [`Client::outbox`]). Undecryptable entries are events, not
     /// errors.
     pub async fn poll(&self, wait: Duration) -> Result<Vec<Event>, ClientError> {
+        self.prekey_upkeep().await;
         if self.receipts {
+            let due: Vec<String> = self.state.lock().await.receipts_due.keys().cloned().collect();
+            for peer in due {
+                if let Err(e) = self.prepare_conversation(&peer).await {
+                    tracing::debug!(peer, error = %e, "cannot start a conversation for a receipt yet");
+                }
+            }
             let mut st = self.state.lock().await;
             self.queue_receipts(&mut st)?;
             self.save(&st).await?;
@@ -131,9 +153,11 @@ impl Client {
         let mut events: Vec<Event> = {
             let mut st = self.state.lock().await;
             let lost = std::mem::take(&mut st.relay_lost_data);
-            let settled = std::mem::take(&mut st.settled);
+            let settled = st.take_unawaited_receipts();
+            let notices = std::mem::take(&mut st.notices);
             lost.then_some(Event::RelayLostData)
                 .into_iter()
+                .chain(notices)
                 .chain(settled.into_iter().map(Event::Outbox))
                 .collect()
         };
@@ -162,12 +186,16 @@ impl Client {
                 }
             }
         }
-        let st = self.state.lock().await;
-        if let Err(e) = self.save(&st).await {
-            // The events are handed out anyway: losing them would be worse than a profile
-            // one poll behind (its chats then report later messages after a gap).
-            tracing::warn!(error = %e, "saving the profile after a poll failed");
+        {
+            let st = self.state.lock().await;
+            if let Err(e) = self.save(&st).await {
+                // The events are handed out anyway: losing them would be worse than a profile
+                // one poll behind (its chats then report later messages after a gap).
+                tracing::warn!(error = %e, "saving the profile after a poll failed");
+            }
         }
+        // Accepted starts (with or without a one-time prekey): top the relay up if it runs low.
+        self.prekey_upkeep().await;
         Ok(events)
     }
 
@@ -209,7 +237,7 @@ impl Client {
         }
         let mut guard = self.state.lock().await;
         let st = &mut *guard;
-        let Some(chat) = st.chats.get_mut(from) else {
+        if !st.chats.contains_key(from) {
             drop(guard);
             let reason = "no conversation with this sender".to_owned();
             return self
@@ -221,9 +249,10 @@ impl Client {
                     },
                 )
                 .await;
-        };
-        let events = match chat.open(packet) {
-            Ok(r) => {
+        }
+        let events = match self.open_packet(st, from, packet) {
+            Ok(opened) => {
+                let r = opened.received;
                 if let Some(moved) = &r.own_counter_moved {
                     // Our profile went back (restored from an older copy): the chat skipped
                     // the numbers the peer had already received from us.
@@ -233,9 +262,40 @@ impl Client {
                         "the conversation's counter was behind the peer's; moved up"
                     );
                 }
-                self.hand_out(st, from, r)
+                let mut events = Vec::new();
+                if let Some(one_time_prekey) = opened.accepted {
+                    if !one_time_prekey {
+                        events.push(Event::StartedWithoutOneTimePrekey {
+                            peer: from.into(),
+                            initiated: false,
+                        });
+                    }
+                    // Any accepted start makes the client ask the relay how many one-time
+                    // prekeys it holds: one that used none means the relay ran out (drained by
+                    // others, perhaps), and only a check tops it up before the next connect.
+                    if self.prekeys_on {
+                        st.prekeys_due = Some(
+                            st.prekeys_due
+                                .map_or(ONE_TIME_PREKEYS_LOW, |b| b.max(ONE_TIME_PREKEYS_LOW)),
+                        );
+                    }
+                }
+                // Kept until acknowledged: after a crash, the relay's copy of a ratchet
+                // message cannot be opened again.
+                let kept = KeptMessage {
+                    entry_seq: entry.seq,
+                    entry_ts: entry.ts,
+                    from: from.into(),
+                    seq: r.seq,
+                    body: mtproto_session::wire::Bytes(r.body.clone()),
+                    sent_at_ms: r.sent_at_ms,
+                    delivery: r.delivery.clone(),
+                };
+                st.kept.insert(kept.key(), kept);
+                events.extend(self.hand_out(st, from, r));
+                events
             }
-            Err(mtproto_session::E2eError::Decrypt) => {
+            Err(mtproto_session::E2eError::Decrypt | mtproto_session::E2eError::PeerIdentityMismatch) => {
                 // Under another key: perhaps the peer rotated. Hold it and say so once.
                 drop(guard);
                 let changed = match self.lookup(&[from]).await {
@@ -256,14 +316,25 @@ impl Client {
                     reason: "message failed authentication".into(),
                 }];
             }
-            Err(mtproto_session::E2eError::Replay { .. }) => {
+            Err(
+                mtproto_session::E2eError::Replay { .. } | mtproto_session::E2eError::MessageKeyGone { .. },
+            ) => {
                 // Handed out by an earlier run that did not acknowledge it (it may have died
-                // before the application kept it): handed out again.
-                let again = st
-                    .redeliver
-                    .remove(&(entry.seq, entry.ts))
-                    .then(|| chat.open_again(packet).ok())
-                    .flatten();
+                // before the application kept it): the kept copy is handed out again (for a
+                // static packet of an older profile without copies, it is opened again).
+                let key = (entry.seq, entry.ts);
+                let again = if st.redeliver.remove(&key) {
+                    st.kept.get(&key).map(KeptMessage::received).or_else(|| {
+                        let static_packet =
+                            mtproto_session::packet_kind(packet) == Some(mtproto_session::PacketKind::Static);
+                        st.chats
+                            .get(from)
+                            .filter(|_| static_packet)
+                            .and_then(|chat| chat.open_again(packet).ok())
+                    })
+                } else {
+                    None
+                };
                 let events = match again {
                     Some(r) => self.hand_out(st, from, r),
                     // A copy of a message handed out before (our ack did not reach the relay,
@@ -350,6 +421,14 @@ impl Client {
             if st.outbox.len() >= MAX_OUTBOX || !st.chats.contains_key(&peer) {
                 continue;
             }
+            if !st.may_send_static(&peer, self.prekeys_on)
+                && st.ratchets.get_mut(&peer).and_then(|r| r.sender()).is_none()
+            {
+                // No conversation to send it under yet (the bundle could not be fetched):
+                // next poll.
+                st.receipts_due.insert(peer, seqs);
+                continue;
+            }
             let mut body = vec![0u8];
             serde_json::to_writer(&mut body, &serde_json::json!({ "receipt": seqs }))
                 .map_err(|e| ClientError::Invalid(e.to_string()))?;
@@ -372,7 +451,12 @@ impl Client {
     /// The relay answered a request that carried `sent`: they are no longer queued.
     async fn acknowledged(&self, sent: &[AckRef]) {
         if !sent.is_empty() {
-            self.state.lock().await.to_ack.retain(|a| !sent.contains(a));
+            let mut st = self.state.lock().await;
+            st.to_ack.retain(|a| !sent.contains(a));
+            // Acknowledged: the relay deletes them, so the kept copies go too.
+            for a in sent {
+                st.kept.remove(&(a.seq, a.ts));
+            }
         }
     }
 

@@ -8,6 +8,10 @@
 //!   has lost the key;
 //! - a profile (auth key, session, identity key, pinned server key, known peer keys, chats) in an
 //!   owner-only file, so a restarted client resumes without a new handshake or identity;
+//! - forward secrecy: an Ed25519 identity signing key and prekeys (published on connect, topped
+//!   up, rotated weekly), conversations under the double ratchet started from the peer's prekey
+//!   bundle, and the static chat key only for peers that published no prekeys (older clients):
+//!   [`Client::conversation`], [`Event::StartedWithoutOneTimePrekey`];
 //! - the directory, per-peer chat keys and fingerprints, and a loud [`ClientError::PeerKeyChanged`]
 //!   when a peer's identity key changed (never re-keyed silently);
 //! - an outbox: [`Client::send`] seals a message end to end once and keeps it (in the profile)
@@ -39,12 +43,13 @@ use std::path::PathBuf;
 
 use std::time::Duration;
 
-use mtproto_crypto::{rand_core::OsRng, IdentityPublic, IdentitySecret, ServerPublicKey};
-use mtproto_session::{ChatState, ClientId, ClientSession, SecretBytes, UnixTime};
+use mtproto_crypto::{rand_core::OsRng, IdentityPublic, IdentitySecret, IdentitySigningKey, ServerPublicKey};
+use mtproto_session::{x3dh::Prekeys, ChatState, ClientId, ClientSession, SecretBytes, UnixTime};
 use relay_api::AckRef;
 
 mod config;
 mod connection;
+mod conversations;
 mod directory;
 mod error;
 mod inbox;
@@ -53,7 +58,8 @@ mod prekeys;
 mod profile;
 mod sending;
 
-pub use config::ClientConfig;
+pub use config::{ClientConfig, NO_PREKEYS_RETRY};
+pub use conversations::{ConvData, Conversation, KeptMessage, RatchetsData};
 pub use directory::{KeyStatus, PeerView};
 pub use error::ClientError;
 pub use inbox::Event;
@@ -63,9 +69,11 @@ pub use mtproto_session::Delivery;
 /// pinned in the profile). The handshake's own type, re-exported.
 pub use mtproto_session::ServerPin as Pin;
 pub use outbox::{OutboxEntry, OutboxId, PostedEnvelope, Receipt, SendState, MAX_OUTBOX};
+pub use prekeys::{ONE_TIME_PREKEYS_LOW, ONE_TIME_PREKEYS_TARGET, SIGNED_PREKEY_MAX_AGE_SECS};
 pub use profile::{KnownPeer, Profile};
 pub use relay_api::ErrorCode;
 
+use conversations::{KeptKey, PeerRatchets};
 use error::Refusal;
 
 struct State {
@@ -74,7 +82,24 @@ struct State {
     server_key: Option<ServerPublicKey>,
     session: Option<ClientSession>,
     peers: BTreeMap<String, KnownPeer>,
+    /// Per peer, the static conversation: the chat key and THE receive window of the pair,
+    /// which numbers static and ratchet messages alike.
     chats: BTreeMap<String, ChatState>,
+    /// The Ed25519 identity signing key that signs the prekeys.
+    signing: IdentitySigningKey,
+    /// The prekey secrets (signed prekeys, one-time prekeys).
+    prekeys: Prekeys,
+    /// Per peer, the ratchet conversations (`ours`, `theirs`).
+    ratchets: BTreeMap<String, PeerRatchets>,
+    /// Peers whose relay answered `no_prekeys`: under the static key until then.
+    no_prekeys_until: BTreeMap<String, UnixTime>,
+    /// Opened messages handed out and not yet acknowledged, by mailbox entry.
+    kept: BTreeMap<KeptKey, KeptMessage>,
+    /// Events to report with the next poll (conversations this client started).
+    notices: Vec<Event>,
+    /// The relay's prekeys need a check and perhaps a top-up (a start was accepted, with or
+    /// without a one-time prekey; the relay lost our data; or a publish failed).
+    prekeys_due: Option<usize>,
     /// Mailbox entries handed to the caller, acknowledged with the next poll.
     /// Each names the entry's sequence number and store time, so that it can never delete
     /// another message that got the same number after a rollback on the relay.
@@ -87,6 +112,9 @@ struct State {
     next_outbox_id: u64,
     /// Outbox entries settled by a flush, not yet reported (by `send` or as events).
     settled: Vec<Receipt>,
+    /// Outbox entries a `send` or `retry` call is waiting on: their receipts go to that call,
+    /// never to a concurrent poll's events (else the call found nothing: "not in the outbox").
+    awaited: BTreeSet<OutboxId>,
     /// Set when the relay no longer knew our key (see [`Event::RelayLostData`]).
     relay_lost_data: bool,
     /// Entries an earlier run handed out and did not acknowledge (saved in the profile): the
@@ -114,7 +142,13 @@ pub struct Client {
     state: tokio::sync::Mutex<State>,
     /// Held while the outbox is transmitted: one flush at a time, in order.
     flushing: tokio::sync::Mutex<()>,
+    /// Held while prekeys are published: one top-up at a time.
+    publishing: tokio::sync::Mutex<()>,
     receipts: bool,
+    /// Whether this client publishes prekeys and starts ratchet conversations.
+    prekeys_on: bool,
+    /// How long a peer's `no_prekeys` answer is believed.
+    no_prekeys_retry: Duration,
 }
 
 impl std::fmt::Debug for Client {
@@ -122,6 +156,17 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client")
             .field("base", &self.base)
             .finish_non_exhaustive()
+    }
+}
+
+impl State {
+    /// The settled receipts no `send` or `retry` call waits for: reported as events.
+    fn take_unawaited_receipts(&mut self) -> Vec<Receipt> {
+        let (mine, rest): (Vec<Receipt>, Vec<Receipt>) = std::mem::take(&mut self.settled)
+            .into_iter()
+            .partition(|r| self.awaited.contains(&r.id));
+        self.settled = mine;
+        rest
     }
 }
 
@@ -149,18 +194,29 @@ impl Client {
             Some(p) => Profile::load(p)?,
             None => None,
         };
+        let identity = IdentitySecret::generate(&mut OsRng);
+        let signing = IdentitySigningKey::generate(&mut OsRng);
+        let prekeys = Prekeys::new(&identity, &signing, now(), &mut OsRng);
         let mut state = State {
             client_id,
-            identity: IdentitySecret::generate(&mut OsRng),
+            identity,
             server_key: None,
             session: None,
             peers: BTreeMap::new(),
             chats: BTreeMap::new(),
+            signing,
+            prekeys,
+            ratchets: BTreeMap::new(),
+            no_prekeys_until: BTreeMap::new(),
+            kept: BTreeMap::new(),
+            notices: Vec::new(),
+            prekeys_due: None,
             to_ack: Vec::new(),
             held: BTreeSet::new(),
             outbox: BTreeMap::new(),
             next_outbox_id: 1,
             settled: Vec::new(),
+            awaited: BTreeSet::new(),
             relay_lost_data: false,
             redeliver: BTreeSet::new(),
             receipts_due: BTreeMap::new(),
@@ -187,11 +243,43 @@ impl Client {
             for (peer, data) in p.chats {
                 state.chats.insert(peer, ChatState::restore(data)?);
             }
+            if let Some(seed) = &p.signing_key {
+                let seed: [u8; 32] = seed
+                    .expose()
+                    .try_into()
+                    .map_err(|_| ClientError::Profile("identity signing key".into()))?;
+                state.signing = IdentitySigningKey::from_seed(seed);
+            }
+            // Prekeys for this identity and signing key; new ones otherwise (older profiles).
+            let own = state.identity.public();
+            state.prekeys = p
+                .prekeys
+                .filter(|k| {
+                    let b = k.bundle(None);
+                    b.identity == *own.as_bytes() && b.signing_key == *state.signing.public().as_bytes()
+                })
+                .unwrap_or_else(|| Prekeys::new(&state.identity, &state.signing, now(), &mut OsRng));
+            for (peer, data) in p.ratchets {
+                if let Some(window) = state.chats.get(&peer) {
+                    let r = PeerRatchets::restore(data, window.peer())?;
+                    state.ratchets.insert(peer, r);
+                }
+            }
+            // A profile over the client-wide bound (an older version's) is trimmed, not refused.
+            conversations::cap_skipped_keys(&mut state.ratchets);
+            state.no_prekeys_until = p.no_prekeys_until;
             for entry in p.outbox {
                 state.next_outbox_id = state.next_outbox_id.max(entry.id.0 + 1);
                 state.outbox.insert(entry.id, entry);
             }
             state.redeliver = p.handed_out.iter().map(|a| (a.seq, a.ts)).collect();
+            // Kept copies of what was handed out and not acknowledged; no more.
+            state.kept = p
+                .kept
+                .into_iter()
+                .map(|k| (k.key(), k))
+                .filter(|(key, _)| state.redeliver.contains(key))
+                .collect();
         }
         let mut http = reqwest::Client::builder().use_rustls_tls();
         for pem in &config.root_certificates {
@@ -209,8 +297,11 @@ impl Client {
             pin: config.pin,
             profile_path: config.profile,
             receipts: config.receipts,
+            prekeys_on: config.prekeys,
+            no_prekeys_retry: config.no_prekeys_retry,
             state: tokio::sync::Mutex::new(state),
             flushing: tokio::sync::Mutex::new(()),
+            publishing: tokio::sync::Mutex::new(()),
         };
         {
             let mut st = client.state.lock().await;
@@ -220,6 +311,14 @@ impl Client {
             client.save(&st).await?;
         }
         client.publish_key().await?;
+        if client.prekeys_on {
+            // Not fatal: the client still talks (under the static key to whoever cannot start
+            // with it) and tries again with the next poll.
+            if let Err(e) = client.top_up_prekeys(ONE_TIME_PREKEYS_TARGET).await {
+                tracing::warn!(error = %e, "publishing prekeys failed; trying again with the next poll");
+                client.state.lock().await.prekeys_due = Some(ONE_TIME_PREKEYS_TARGET);
+            }
+        }
         Ok(client)
     }
 
@@ -262,6 +361,11 @@ impl Client {
             chats: st.chats.iter().map(|(k, v)| (k.clone(), v.data())).collect(),
             outbox: st.outbox.values().cloned().collect(),
             handed_out: st.to_ack.clone(),
+            signing_key: Some(SecretBytes::new(st.signing.seed().to_vec())),
+            prekeys: Some(st.prekeys.clone()),
+            ratchets: conversations::ratchets_data(&st.ratchets),
+            no_prekeys_until: st.no_prekeys_until.clone(),
+            kept: st.kept.values().cloned().collect(),
         };
         tokio::task::spawn_blocking(move || profile.save(&path))
             .await

@@ -3,10 +3,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use mtproto_session::{ChatStateData, ClientSessionState, SecretBytes};
+use mtproto_session::{x3dh::Prekeys, ChatStateData, ClientSessionState, SecretBytes, UnixTime};
 use serde::{Deserialize, Serialize};
 
-use crate::{ClientError, OutboxEntry};
+use crate::{ClientError, KeptMessage, OutboxEntry, RatchetsData};
 
 /// What the client knows about a peer's identity key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,7 +32,8 @@ pub struct Profile {
     pub session: Option<ClientSessionState>,
     /// Peers whose keys were accepted.
     pub peers: BTreeMap<String, KnownPeer>,
-    /// Conversation states.
+    /// The static conversations: per peer, the static chat key and the one receive window
+    /// (static and ratchet messages are numbered by it).
     pub chats: BTreeMap<String, ChatStateData>,
     /// Messages not yet stored by the relay (sending or refused); absent in older profiles.
     #[serde(default)]
@@ -42,6 +43,24 @@ pub struct Profile {
     /// died before keeping them; it recognises a repeat by sender and `seq`).
     #[serde(default)]
     pub handed_out: Vec<relay_api::AckRef>,
+    /// The Ed25519 identity signing key's seed (secret), which signs the prekeys; absent in
+    /// older profiles (a new one is made).
+    #[serde(default)]
+    pub signing_key: Option<SecretBytes>,
+    /// The prekey secrets: signed prekeys (the current and up to two previous) and unused
+    /// one-time prekeys (at most 200); absent in older profiles.
+    #[serde(default)]
+    pub prekeys: Option<Prekeys>,
+    /// Per peer, the ratchet conversations (`ours`, `theirs`) with their secrets.
+    #[serde(default)]
+    pub ratchets: BTreeMap<String, RatchetsData>,
+    /// Peers whose relay answered `no_prekeys`, and until when that answer holds.
+    #[serde(default)]
+    pub no_prekeys_until: BTreeMap<String, UnixTime>,
+    /// The opened messages of `handed_out`, to hand out again after a crash (the relay's copy
+    /// of a ratchet message cannot be opened twice).
+    #[serde(default)]
+    pub kept: Vec<KeptMessage>,
 }
 
 impl Profile {

@@ -20,6 +20,13 @@ impl Client {
     /// Encrypts `body` end to end for `peer` (once), puts it in the outbox (saved in the
     /// profile), then flushes the outbox: older waiting messages first, then this one.
     ///
+    /// It goes under a ratchet conversation with `peer` when there is one (see
+    /// [`Client::conversation`]); otherwise the client fetches the peer's prekey bundle and
+    /// starts one (without a one-time prekey when the relay had none left:
+    /// [`Event::StartedWithoutOneTimePrekey`](crate::Event::StartedWithoutOneTimePrekey) with
+    /// the next poll). Only a peer that published no prekeys (an older client) gets the message
+    /// under the static chat key.
+    ///
     /// The receipt says what became of it: [`SendState::Stored`]; [`SendState::Sending`] when
     /// the relay could not be reached or was unavailable for about 5 s (it stays in the outbox
     /// and is resent by the next [`Client::flush_outbox`]); [`SendState::Refused`] with the
@@ -27,11 +34,12 @@ impl Client {
     ///
     /// # Errors
     /// [`ClientError::PeerKeyChanged`], [`ClientError::NoPeerKey`] and transport errors while
-    /// looking up a new peer's key, [`ClientError::OutboxFull`], protocol errors while sealing,
+    /// looking up a new peer's key or fetching its prekey bundle, [`ClientError::OutboxFull`], protocol errors while sealing,
     /// profile errors — all before the message is queued, except a profile error.
     pub async fn send(&self, peer: &str, body: &[u8]) -> Result<Receipt, ClientError> {
         let peer = peer_name(peer)?;
         self.ensure_chat(&peer).await?;
+        self.prepare_conversation(&peer).await?;
         let id = {
             let mut st = self.state.lock().await;
             if st.outbox.len() >= MAX_OUTBOX {
@@ -40,7 +48,12 @@ impl Client {
             let entry = self.seal_entry(&mut st, &peer, body)?;
             let id = entry.id;
             st.outbox.insert(id, entry);
-            self.save(&st).await?;
+            // Its receipt is this call's, even if a concurrent poll's flush settles it.
+            st.awaited.insert(id);
+            if let Err(e) = self.save(&st).await {
+                st.awaited.remove(&id);
+                return Err(e);
+            }
             id
         };
         self.flush_and_report(id).await
@@ -48,9 +61,12 @@ impl Client {
 
     /// Flushes the outbox up to `id` and reports where `id` stands: settled (stored or refused,
     /// taken from the unreported ones) or still in the outbox.
+    /// The caller put `id` in `awaited` (under the lock that queued it); it is taken out here.
     pub(crate) async fn flush_and_report(&self, id: OutboxId) -> Result<Receipt, ClientError> {
-        self.flush_outbox_for(Some(id)).await?;
+        let flushed = self.flush_outbox_for(Some(id)).await;
         let mut st = self.state.lock().await;
+        st.awaited.remove(&id);
+        flushed?;
         if let Some(i) = st.settled.iter().position(|r| r.id == id) {
             return Ok(st.settled.remove(i));
         }
@@ -60,18 +76,29 @@ impl Client {
             .ok_or(ClientError::NotInOutbox(id))
     }
 
-    /// Seals `body` as the next message to `peer` in a new outbox entry (not yet inserted).
+    /// Seals `body` as the next message to `peer` in a new outbox entry (not yet inserted):
+    /// under the ratchet conversation that sends, else under the static key when that is
+    /// allowed ([`Client::prepare_conversation`] ran first).
     pub(crate) fn seal_entry(
         &self,
         st: &mut State,
         peer: &str,
         body: &[u8],
     ) -> Result<OutboxEntry, ClientError> {
-        let chat = st
+        let may_send_static = st.may_send_static(peer, self.prekeys_on);
+        let window = st
             .chats
             .get_mut(peer)
             .ok_or_else(|| ClientError::NoPeerKey(peer.into()))?;
-        let sealed = chat.seal(body, now(), &mut OsRng)?;
+        let sealed = match st.ratchets.get_mut(peer).and_then(|r| r.sender()) {
+            Some(conv) => conv.chat.seal(window, body, now(), &mut OsRng)?,
+            None if may_send_static => window.seal(body, now(), &mut OsRng)?,
+            None => {
+                return Err(ClientError::Invalid(format!(
+                    "no conversation with {peer} to send under yet (its prekey bundle was not fetched)"
+                )))
+            }
+        };
         let key_version = st.peers.get(peer).map(|k| k.key_version);
         let id = OutboxId(st.next_outbox_id);
         st.next_outbox_id += 1;
@@ -99,7 +126,7 @@ impl Client {
     /// Profile errors, and protocol errors of a new handshake.
     pub async fn flush_outbox(&self) -> Result<Vec<Receipt>, ClientError> {
         self.flush_outbox_for(None).await?;
-        Ok(std::mem::take(&mut self.state.lock().await.settled))
+        Ok(self.state.lock().await.take_unawaited_receipts())
     }
 
     /// The messages waiting in the outbox: sending or refused, oldest first.
@@ -120,6 +147,11 @@ impl Client {
     /// # Errors
     /// [`ClientError::NotInOutbox`]; as [`Client::flush_outbox`].
     pub async fn retry(&self, id: OutboxId) -> Result<Receipt, ClientError> {
+        let to = self.state.lock().await.outbox.get(&id).map(|e| e.to.clone());
+        if let Some(to) = to {
+            // A message sealed again goes under a ratchet conversation if the peer has prekeys.
+            self.prepare_conversation(&to).await?;
+        }
         {
             let mut st = self.state.lock().await;
             let entry = st.outbox.get(&id).ok_or(ClientError::NotInOutbox(id))?;
@@ -153,6 +185,8 @@ impl Client {
                 }
                 self.save(&st).await?;
             }
+            // Its receipt is this call's, even if a concurrent poll's flush settles it.
+            st.awaited.insert(id);
         }
         self.flush_and_report(id).await
     }

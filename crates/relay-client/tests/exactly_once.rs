@@ -175,6 +175,8 @@ async fn a_profile_restored_from_an_older_copy_loses_no_message() {
     drain(&bob, 2).await;
     drop(alice);
 
+    // The whole older copy: its session's seq_no went back too (the relay refuses that with
+    // code 32, and the client jumps its counter ahead), its conversation state too.
     std::fs::copy(&backup, &profile).unwrap();
     let alice = Client::connect(a_cfg).await.unwrap();
     let c = alice.send("bob", b"c").await.unwrap();

@@ -67,7 +67,11 @@ async fn a_send_stored_but_unanswered_is_never_a_duplicate() {
     let a_cfg = ClientConfig::new(&proxy, "alice", server.pin()).with_profile(&profile);
     let alice = Client::connect(a_cfg.clone()).await.unwrap();
     let bob = server.connect("bob").await;
-    alice.fingerprint("bob").await.unwrap();
+    // The conversation exists before the relay's answers are lost: a first send to a peer
+    // fetches its prekey bundle, which fails (nothing queued) when the relay cannot answer.
+    bob.send("alice", b"hi").await.unwrap();
+    let (bodies, _) = drain(&alice, 1).await;
+    assert_eq!(bodies, vec![b"hi".to_vec()]);
 
     // 1. The relay stores it, the answer is lost every time: "sending", then a flush resends
     //    the same envelope and the relay answers from its stored outcome.

@@ -45,7 +45,12 @@ async fn fetch_six(
 async fn one_time_prekeys_go_to_one_requester_each_through_the_real_server() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), "127.0.0.1:0").await;
-    let bob = server.connect("bob").await;
+    // Bob publishes his own prekeys here (the thin calls), so his client does not.
+    let bob = relay_client::Client::connect(
+        relay_client::ClientConfig::new(&server.url, "bob", server.pin()).with_prekeys(false),
+    )
+    .await
+    .unwrap();
     let alice = server.connect("alice").await;
     let carol = server.connect("carol").await;
 

@@ -36,6 +36,8 @@ pub use error::{EngineError, RelayError};
 pub use model::{
     AccountExpiry, AuthKeyRecord, Commit, MailboxEntry, Op, Outcome, Peer, SendQuota, SessionRecord,
 };
+/// The key id and nonce type [`Engine`] methods take (re-exported: part of this crate's API).
+pub use mtproto_crypto::{AuthKeyId, Nonce128};
 pub use notify::Notifier;
 pub use observe::{NoObserver, Observer};
 pub use prekeys::PrekeyUpload;

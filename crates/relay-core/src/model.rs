@@ -12,7 +12,8 @@ use crate::EngineError;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuthKeyRecord {
     /// `SHA1(auth_key)[12..20]`.
-    pub key_id: [u8; 8],
+    #[serde(with = "key_id_bytes")]
+    pub key_id: AuthKeyId,
     /// The key (secret).
     pub auth_key: SecretBytes,
     /// The client id bound to it.
@@ -25,10 +26,17 @@ pub struct AuthKeyRecord {
     pub recovery_key: Option<[u8; 32]>,
 }
 
-impl AuthKeyRecord {
-    /// The key id as a typed value.
-    pub fn id(&self) -> AuthKeyId {
-        AuthKeyId::from_bytes(self.key_id)
+/// An [`AuthKeyId`] stored as its 8 bytes (as records written before it was typed).
+mod key_id_bytes {
+    use mtproto_crypto::AuthKeyId;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(id: &AuthKeyId, s: S) -> Result<S::Ok, S::Error> {
+        id.as_bytes().serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<AuthKeyId, D::Error> {
+        <[u8; 8]>::deserialize(d).map(AuthKeyId::from_bytes)
     }
 }
 
@@ -256,7 +264,7 @@ pub struct AccountExpiry {
 #[derive(Debug, Clone)]
 pub struct Commit {
     /// The requester's key.
-    pub key_id: [u8; 8],
+    pub key_id: AuthKeyId,
     /// The requester.
     pub client: ClientId,
     /// The session after accepting the request.

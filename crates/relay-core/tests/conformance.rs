@@ -13,6 +13,8 @@
 #[path = "suite/mod.rs"]
 mod suite;
 
+use relay_core::{AuthKeyId, Nonce128};
+
 macro_rules! engine_tests {
     ($engine:ident, $make:expr) => {
         mod $engine {
@@ -208,7 +210,7 @@ async fn sqlite_upgrades_a_first_release_database() {
     let path = dir.path().join("relay.db");
     let session = ServerSession::new(SessionId([1; 8]), ServerSalt([1; 8]), suite::t0());
     let record = relay_core::AuthKeyRecord {
-        key_id: [1; 8],
+        key_id: AuthKeyId::from_bytes([1; 8]),
         auth_key: mtproto_session::SecretBytes::new(vec![1; 256]),
         client_id: mtproto_session::ClientId::new("alice").unwrap(),
         created_at: suite::t0(),
@@ -255,22 +257,38 @@ async fn sqlite_upgrades_a_first_release_database() {
         .unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].payload.0, [1, 2]);
-    let stored = e.session([1; 8], &alice_id).await.unwrap().unwrap();
+    let stored = e
+        .session(AuthKeyId::from_bytes([1; 8]), &alice_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((stored.session, stored.version), (session, 5));
     assert_eq!(
-        e.auth_key([1; 8]).await.unwrap().unwrap().client_id.as_str(),
+        e.auth_key(AuthKeyId::from_bytes([1; 8]))
+            .await
+            .unwrap()
+            .unwrap()
+            .client_id
+            .as_str(),
         "alice"
     );
     // The next commit works and rewrites the session in the compact form.
     let alice = suite::Account {
-        key_id: [1; 8],
+        key_id: AuthKeyId::from_bytes([1; 8]),
         client: mtproto_session::ClientId::new("alice").unwrap(),
     };
     let out = suite::send(&e, &alice, "bob", b"after the upgrade")
         .await
         .unwrap();
     assert!(matches!(out, relay_core::Outcome::Sent { seq: 2, .. }), "{out:?}");
-    assert_eq!(e.session([1; 8], &alice_id).await.unwrap().unwrap().version, 6);
+    assert_eq!(
+        e.session(AuthKeyId::from_bytes([1; 8]), &alice_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        6
+    );
     drop(e);
     let c = rusqlite::Connection::open(&path).unwrap();
     let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
@@ -331,7 +349,7 @@ async fn sqlite_answers_only_what_an_fsync_covered() {
         let (key, to) = if who == "alice" { (1, "bob") } else { (2, "alice") };
         tasks.push(tokio::spawn(async move {
             let from = suite::Account {
-                key_id: [key; 8],
+                key_id: AuthKeyId::from_bytes([key; 8]),
                 client: mtproto_session::ClientId::new(who).unwrap(),
             };
             // Sends of one account race for its session: retry a conflict as the relay does.
@@ -386,7 +404,11 @@ async fn sqlite_a_failing_statement_rolls_back_only_its_batch() {
         "{err:?}"
     );
     // The engine goes on: the first handshake is intact and new requests commit.
-    assert!(e.get_pending([7; 16]).await.unwrap().is_some());
+    assert!(e
+        .get_pending(Nonce128::from_bytes([7; 16]))
+        .await
+        .unwrap()
+        .is_some());
     suite::send(&e, &alice, "bob", b"after").await.unwrap();
     assert_eq!(e.fetch(&bob.client, 10, suite::t0()).await.unwrap().len(), 1);
 }
@@ -399,7 +421,7 @@ async fn redis_upgrades_a_first_release_layout() {
     let server = suite::RedisServer::start();
     let session = ServerSession::new(SessionId([1; 8]), ServerSalt([1; 8]), suite::t0());
     let record = relay_core::AuthKeyRecord {
-        key_id: [1; 8],
+        key_id: AuthKeyId::from_bytes([1; 8]),
         auth_key: mtproto_session::SecretBytes::new(vec![1; 256]),
         client_id: ClientId::new("alice").unwrap(),
         created_at: suite::t0(),
@@ -458,10 +480,14 @@ async fn redis_upgrades_a_first_release_layout() {
         .await
         .unwrap();
     let alice = suite::Account {
-        key_id: [1; 8],
+        key_id: AuthKeyId::from_bytes([1; 8]),
         client: ClientId::new("alice").unwrap(),
     };
-    let stored = e.session([1; 8], &alice.client).await.unwrap().unwrap();
+    let stored = e
+        .session(AuthKeyId::from_bytes([1; 8]), &alice.client)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((stored.session, stored.version), (session, 5));
     let bob = ClientId::new("bob").unwrap();
     assert_eq!(e.fetch(&bob, 10, suite::t0()).await.unwrap()[0].payload.0, [1, 2]);
@@ -477,7 +503,68 @@ async fn redis_upgrades_a_first_release_layout() {
         .await
         .unwrap();
     assert_eq!(
-        e.session([1; 8], &alice.client).await.unwrap().unwrap().version,
+        e.session(AuthKeyId::from_bytes([1; 8]), &alice.client)
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
         6
     );
+}
+
+/// A pending handshake's stage is a field of its own (issue 14): `advance_pending` reads the
+/// field, never the JSON; a record whose JSON and field disagree follows the field. A string
+/// record an earlier release left under the old key name is not read (it expires by itself).
+#[tokio::test]
+async fn redis_keeps_a_pending_handshakes_stage_in_its_own_field() {
+    use ::redis::AsyncCommands;
+    use relay_core::Engine;
+    let server = suite::RedisServer::start();
+    let e = relay_core::RedisEngine::connect(&server.url, "st").await.unwrap();
+    let mut c = ::redis::Client::open(server.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let sn = "01".repeat(16);
+    e.put_pending(suite::pending(1, suite::t0()), 10, suite::t0())
+        .await
+        .unwrap();
+    let key = format!("st:{{hs}}:h:{sn}");
+    let stage: String = c.hget(&key, "stage").await.unwrap();
+    assert_eq!(stage, "AwaitingDhParams");
+    let ttl: i64 = c.pttl(&key).await.unwrap();
+    assert!(ttl > 0, "the record expires: {ttl}");
+
+    // The field says the handshake moved on; its JSON still says the first stage.
+    let _: () = c.hset(&key, "stage", "AwaitingClientDh").await.unwrap();
+    let mut advanced = suite::pending(1, suite::t0());
+    advanced.stage = mtproto_session::Stage::AwaitingClientDh {
+        a: mtproto_session::SecretBytes::new(vec![5; 32]),
+        g_a: vec![6; 256],
+    };
+    assert!(
+        !e.advance_pending(advanced.clone()).await.unwrap(),
+        "the stage field decides, not the JSON"
+    );
+    let _: () = c.hset(&key, "stage", "AwaitingDhParams").await.unwrap();
+    assert!(e.advance_pending(advanced).await.unwrap());
+    let stage: String = c.hget(&key, "stage").await.unwrap();
+    assert_eq!(stage, "AwaitingClientDh");
+    assert!(
+        c.pttl::<_, i64>(&key).await.unwrap() > 0,
+        "advancing keeps the TTL"
+    );
+
+    // An earlier release's string record under the old name is not read.
+    let old = serde_json::to_string(&suite::pending(2, suite::t0())).unwrap();
+    let _: () = c
+        .set(format!("st:{{hs}}:{}", "02".repeat(16)), old)
+        .await
+        .unwrap();
+    assert!(e
+        .get_pending(Nonce128::from_bytes([2; 16]))
+        .await
+        .unwrap()
+        .is_none());
 }

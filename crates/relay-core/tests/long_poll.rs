@@ -19,8 +19,8 @@ use mtproto_session::{
 };
 use relay_core::api::{Call, Endpoint, EnvelopeRequest};
 use relay_core::{
-    AuthKeyRecord, Clock, Commit, Engine, EngineError, MailboxEntry, MemoryEngine, Outcome, Peer, Relay,
-    RelayConfig, SessionRecord, SystemClock,
+    AuthKeyId, AuthKeyRecord, Clock, Commit, Engine, EngineError, MailboxEntry, MemoryEngine, Nonce128,
+    Outcome, Peer, Relay, RelayConfig, SessionRecord, SystemClock,
 };
 use serde_json::Value;
 
@@ -49,13 +49,13 @@ impl Engine for Slow {
     async fn put_pending(&self, p: PendingHandshake, max: usize, now: UnixTime) -> Result<(), EngineError> {
         self.inner.put_pending(p, max, now).await
     }
-    async fn get_pending(&self, sn: [u8; 16]) -> Result<Option<PendingHandshake>, EngineError> {
+    async fn get_pending(&self, sn: Nonce128) -> Result<Option<PendingHandshake>, EngineError> {
         self.inner.get_pending(sn).await
     }
     async fn advance_pending(&self, p: PendingHandshake) -> Result<bool, EngineError> {
         self.inner.advance_pending(p).await
     }
-    async fn take_pending(&self, sn: [u8; 16]) -> Result<Option<PendingHandshake>, EngineError> {
+    async fn take_pending(&self, sn: Nonce128) -> Result<Option<PendingHandshake>, EngineError> {
         self.inner.take_pending(sn).await
     }
     async fn create_account(
@@ -66,7 +66,7 @@ impl Engine for Slow {
     ) -> Result<(), EngineError> {
         self.inner.create_account(k, s, now).await
     }
-    async fn auth_key(&self, key_id: [u8; 8]) -> Result<Option<AuthKeyRecord>, EngineError> {
+    async fn auth_key(&self, key_id: AuthKeyId) -> Result<Option<AuthKeyRecord>, EngineError> {
         self.inner.auth_key(key_id).await
     }
     async fn owner(&self, c: &ClientId) -> Result<Option<AuthKeyRecord>, EngineError> {
@@ -76,12 +76,12 @@ impl Engine for Slow {
         &self,
         k: AuthKeyRecord,
         s: ServerSession,
-        old: [u8; 8],
+        old: AuthKeyId,
         now: UnixTime,
     ) -> Result<(), EngineError> {
         self.inner.take_over_account(k, s, old, now).await
     }
-    async fn session(&self, key_id: [u8; 8], c: &ClientId) -> Result<Option<SessionRecord>, EngineError> {
+    async fn session(&self, key_id: AuthKeyId, c: &ClientId) -> Result<Option<SessionRecord>, EngineError> {
         self.inner.session(key_id, c).await
     }
     async fn commit(&self, c: Commit) -> Result<Outcome, EngineError> {
@@ -98,7 +98,7 @@ impl Engine for Slow {
     }
     async fn outcome(
         &self,
-        key_id: [u8; 8],
+        key_id: AuthKeyId,
         c: &ClientId,
         msg_id: u64,
     ) -> Result<Option<Outcome>, EngineError> {
@@ -128,7 +128,7 @@ impl Engine for Slow {
         now: UnixTime,
         policy: relay_core::AccountExpiry,
         max: usize,
-    ) -> Result<Vec<[u8; 8]>, EngineError> {
+    ) -> Result<Vec<AuthKeyId>, EngineError> {
         self.inner.purge_accounts(now, policy, max).await
     }
     async fn peer(&self, c: &ClientId) -> Result<Option<Peer>, EngineError> {

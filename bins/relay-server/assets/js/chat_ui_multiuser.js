@@ -4,7 +4,10 @@
 // the end-to-end layer inside it (seq, random id, the peer's clock, plaintext) as that user's own
 // chat key opens it. A test bench: it never chooses a recipient by itself and never sends an
 // empty message.
-import { RelayClient, canonicalName, humanError, refusalText, open, LAYOUT_E2E, fromB64, fromUtf8, hex, readU32, readU64 } from './mtproto.js';
+import {
+  RelayClient, canonicalName, humanError, refusalText, open, LAYOUT_E2E, fromB64, fromUtf8, hex, readU32, readU64, bidiBalanced,
+} from './mtproto.js';
+import { packetKind } from './ratchet_chat.js';
 
 const pin = document.querySelector('meta[name=relay-fingerprint]').content;
 document.getElementById('pin').textContent = `pinned server key ${pin}`;
@@ -46,35 +49,47 @@ newestFirst.addEventListener('change', () => {
 });
 
 /**
- * The end-to-end layer of one packet (docs/protocol.md §3: random_id ‖ out_seq ‖ in_seq ‖
+ * The end-to-end layer of one static packet (docs/protocol.md §3: random_id ‖ out_seq ‖ in_seq ‖
  * sent_at_ms ‖ body), opened with `client`'s chat key for `peer` without touching the chat's
- * replay window. Null while there is no chat with `peer` yet (a first message: the client makes
- * it when it opens the message). Throws 'decrypt' when the key does not open it.
+ * replay window: for a packet the client did not open itself (it refused it). Null while there is
+ * no chat with `peer` yet, or for a ratchet packet (its key is used once, by the client). Throws
+ * 'decrypt' when the key does not open it.
  */
 async function openE2e(client, peer, payloadB64, outgoing) {
   const chat = client.chats.get(peer);
-  if (!chat) return null;
+  const packet = fromB64(payloadB64);
+  if (!chat || packetKind(packet) !== 'static') return null;
   // The sender seals with its own side's x; the recipient opens with the sender's.
   const x = outgoing ? chat.sendX : 8 - chat.sendX;
-  const d = (await open(chat.key, x, fromB64(payloadB64), LAYOUT_E2E)).slice(LAYOUT_E2E.dataOffset);
+  const d = (await open(chat.key, x, packet, LAYOUT_E2E)).slice(LAYOUT_E2E.dataOffset);
   if (d.length < 24) throw new Error('decrypt');
   const body = d.slice(24);
   const control = body.length > 0 && body[0] === 0;
   return { randomId: hex(d.slice(0, 8)), seq: readU32(d, 8), inSeq: readU32(d, 12), sentAt: Number(readU64(d, 16)),
-    kind: control ? 'control' : 'text', text: fromUtf8(control ? body.slice(1) : body) };
+    kind: control ? 'control' : 'text', text: fromUtf8(control ? body.slice(1) : body), packet: 'static' };
 }
 
-/** Fills an `.e2e` cell; returns false while the chat key is not there yet (try again later). */
-async function showE2e(cell, client, { peer, payload, outgoing }) {
-  let m;
-  try { m = await openE2e(client, peer, payload, outgoing); } catch (e) {
-    cell.dataset.kind = 'unreadable';
-    cell.textContent = `end-to-end: cannot be opened with the current key for ${peer} (${e.message})`;
-    return true;
+/**
+ * Fills an `.e2e` cell from what the client sealed or opened (its 'e2e' events, in `known` by
+ * payload), else by opening a static packet with the chat key; returns false while neither can
+ * say yet (try again later).
+ */
+async function showE2e(cell, client, known, { peer, payload, outgoing }) {
+  let m = null;
+  const k = known.get(payload);
+  if (k) m = { ...k, kind: k.control ? 'control' : 'text' };
+  else {
+    try { m = await openE2e(client, peer, payload, outgoing); } catch (e) {
+      cell.dataset.kind = 'unreadable';
+      cell.textContent = `end-to-end: cannot be opened with the current key for ${peer} (${e.message})`;
+      return true;
+    }
   }
   if (!m) return false;
-  Object.assign(cell.dataset, { kind: m.kind, seq: String(m.seq), randomId: m.randomId });
-  const head = el('b', '', `end-to-end ${outgoing ? '→' : '←'} ${peer}`);
+  Object.assign(cell.dataset, { kind: m.kind, seq: String(m.seq), randomId: m.randomId, packet: m.packet });
+  // A ratchet packet's key is used once and deleted: what is shown is what the client saw then.
+  const under = m.packet === 'static' ? 'static chat key' : m.packet === 'start' ? 'double ratchet, start' : 'double ratchet';
+  const head = el('b', '', `end-to-end ${outgoing ? '→' : '←'} ${peer} (${under})`);
   const sentAt = new Date(m.sentAt);
   cell.replaceChildren(head, ` seq ${m.seq} · in_seq ${m.inSeq} · random_id ${m.randomId} · sent_at `, timeEl(sentAt.getTime()),
     `\n${m.kind === 'control' ? 'control ' : ''}${m.kind === 'control' ? m.text : JSON.stringify(m.text)}`);
@@ -162,16 +177,23 @@ async function addUser(typed) {
   controls.disabled = false;
   node.querySelector('.fp').textContent = `key ${await client.ownFingerprint()}`;
 
-  // End-to-end cells whose chat did not exist yet when their packet crossed the wire.
+  // End-to-end cells the client had not opened yet when their packet crossed the wire.
   let pending = [];
+  // What the client sealed and opened, by payload (bounded like the log).
+  const known = new Map();
   const retryPending = async () => {
     // Rows dropped from the log are forgotten with them.
     const waiting = pending.filter((p) => p.cell.isConnected); pending = [];
-    for (const p of waiting) if (!(await showE2e(p.cell, client, p.packet))) pending.push(p);
+    for (const p of waiting) if (!(await showE2e(p.cell, client, known, p.packet))) pending.push(p);
   };
+  client.addEventListener('e2e', ({ detail: d }) => {
+    known.set(d.payload, d);
+    for (const k of known.keys()) { if (known.size <= 2 * MAX_ROWS) break; known.delete(k); }
+    retryPending();
+  });
   const decode = async (cell, packet) => {
-    cell.textContent = `end-to-end ${packet.outgoing ? '→' : '←'} ${packet.peer}: waiting for the chat key…`;
-    if (!(await showE2e(cell, client, packet))) pending.push({ cell, packet });
+    cell.textContent = `end-to-end ${packet.outgoing ? '→' : '←'} ${packet.peer}: not opened yet…`;
+    if (!(await showE2e(cell, client, known, packet))) pending.push({ cell, packet });
   };
   client.addEventListener('wire', ({ detail: w }) => {
     const row = el('div', 'wire'); row.dataset.dir = w.dir; row.dataset.path = w.path;
@@ -202,7 +224,9 @@ async function addUser(typed) {
   });
   const inboxLine = (cls, from, words, at) => {
     const p = el('div', cls); p.dataset.from = from;
-    p.append(timeEl(at || Date.now()), ` [${from}] ${words}`);
+    // The words in their own isolated run (dir=auto): bidi controls in a message stay in it.
+    const text = el('bdi', 'words', bidiBalanced(words)); text.dir = 'auto';
+    p.append(timeEl(at || Date.now()), ` [${from}] `, text);
     addRow(inbox, p);
   };
   client.addEventListener('status', ({ detail: d }) => {

@@ -28,7 +28,7 @@
 // returns to the chat list instead of leaving the page.
 import {
   RelayClient, RelayError, canonicalName, humanError, refusalText, MAX_PEERS_PAGE,
-  loadHistory, saveHistory, lastUser, setLastUser, hasProfile, formatRecoveryCode, parseRecoveryCode,
+  loadHistory, saveHistory, lastUser, setLastUser, hasProfile, formatRecoveryCode, parseRecoveryCode, bidiBalanced,
 } from './mtproto.js';
 
 const $ = (id) => document.getElementById(id);
@@ -239,7 +239,7 @@ function renderPeers() {
     side.append(u);
     const badge = badgeFor(name);
     const { li, b, who } = peerRow('peer', name, badge ? [badge, side] : [side]);
-    if (m) { const pv = document.createElement('span'); pv.className = 'preview'; pv.textContent = (m.dir === 'out' ? 'You: ' : '') + (m.text || '').slice(0, 200); who.append(pv); }
+    if (m) { const pv = document.createElement('span'); pv.className = 'preview'; pv.dir = 'auto'; pv.textContent = (m.dir === 'out' ? 'You: ' : '') + bidiBalanced((m.text || '').slice(0, 200)); who.append(pv); }
     b.setAttribute('aria-current', String(name === current));
     if (looked.has(name) && !info.has(name)) { b.classList.add('gone'); b.title = 'not on the relay any more'; }
     return li;
@@ -293,11 +293,20 @@ function clearSearch() { $('search').value = ''; search.prefix = ''; search.next
 // ---- the conversation ------------------------------------------------------------------------
 
 /** Whether `seq` from `peer` (under the current key) has not arrived yet. */
-function stillMissing(peer, seq) {
-  const chat = client.chats.get(peer);
-  if (!chat) return false;
-  if (seq < chat.recvLow) return chat.givenUp.some(([a, b]) => seq >= a && seq < b);
-  return !chat.recvAbove.has(seq);
+const stillMissing = (peer, seq) => client.stillMissing(peer, seq);
+
+/**
+ * What the key panel says about forward secrecy in the conversation with `peer`
+ * (RelayClient.security), in plain words.
+ */
+function forwardSecrecyText(peer) {
+  const s = client.security(peer);
+  if (s.forwardSecret) {
+    return `Forward secrecy: on. Every message has its own key, deleted once used: a key stolen later cannot open earlier messages.${
+      s.oneTimePrekey ? '' : ' It started without a one-time key: the messages before the first reply are less protected (a later theft of the keys could reveal them); everything after is protected as usual.'}`;
+  }
+  if (s.noPrekeys) return `Forward secrecy: off. ${peer}'s app does not offer it yet, so all your messages with ${peer} use one key.`;
+  return `Forward secrecy: not yet. It starts with your next message if ${peer}'s app offers it.`;
 }
 
 function noteFor(peer, m) {
@@ -325,9 +334,11 @@ function renderMessages() {
     li.dataset.state = m.state || '';
     if (m.seq !== undefined && m.dir === 'in') li.dataset.seq = String(m.seq);
     if (m.mailboxSeq !== undefined) li.dataset.mailboxSeq = String(m.mailboxSeq);
-    const body = document.createElement('span'); body.className = 'body';
+    // dir=auto: a message in Arabic or Hebrew reads right to left, and its bidi controls (an
+    // unclosed U+202E) stay inside it (the span is isolated) instead of reversing the time.
+    const body = document.createElement('span'); body.className = 'body'; body.dir = 'auto';
     const part = shownPart(m.text || '');
-    body.textContent = part === null ? m.text : `${part}…`;
+    body.textContent = bidiBalanced(part === null ? m.text : `${part}…`);
     li.append(body);
     if (part !== null) {
       const more = document.createElement('span'); more.className = 'msg-actions long';
@@ -653,6 +664,7 @@ $('verify').addEventListener('click', async () => {
   try {
     $('verify-peer').textContent = current;
     $('safety-number').textContent = await client.fingerprint(current);
+    $('forward-secrecy').textContent = forwardSecrecyText(current);
     $('verify-dialog').showModal();
   } catch (e) { if (e.keyChanged) await warnKeyChange(current); else showError(sayError(e, current)); }
 });
@@ -1096,6 +1108,9 @@ async function start(notice = '') {
   client.beforeReceipts = flushHistory;
   on('message', ({ detail: d }) => {
     heardFrom(d.from);
+    // Handed out again (the relay delivered it again before it had our acknowledgement, e.g.
+    // after a reload): shown once.
+    if ((convs.get(d.from) || []).some((m) => m.dir === 'in' && m.rid === d.rid && m.seq === d.seq && m.epoch === epochOf(d.from))) return;
     const m = { dir: 'in', text: d.text, seq: d.seq, rid: d.rid, at: d.at || Date.now(), delivery: d.delivery };
     const gap = /^after_gap:(\d+)-(\d+)$/.exec(d.delivery);
     if (gap) m.gap = [Number(gap[1]), Number(gap[2])];
@@ -1117,6 +1132,13 @@ async function start(notice = '') {
       m.state = 'delivered ✓✓'; changed = true;
     }
     if (changed) { remember(d.from); rerender(d.from); }
+  });
+  // A secure conversation whose start had no one-time key (the relay had none left): said once, in it.
+  on('ratchet_started', ({ detail: d }) => {
+    if (d.oneTimePrekey) return;
+    system(d.peer, d.initiator
+      ? `Started without a one-time key (the relay had none left for ${d.peer}): your first messages are less protected until ${d.peer} replies — someone who later steals ${d.peer}'s device keys could read them.`
+      : `${d.peer} started this conversation without a one-time key (the relay had none left): their first messages are less protected until you reply — someone who later steals your device keys could read them.`);
   });
   on('lost', ({ detail: d }) => {
     const n = d.runs.reduce((a, [x, y]) => a + (y - x), 0);

@@ -1,7 +1,7 @@
 // Forward secrecy in the browser: X3DH and the double ratchet, byte-identical with the Rust crate
-// (mtproto-session/src/{x3dh,ratchet,ratchet_chat}.rs; docs/protocol.md §3.2, docs/crypto.md).
-// Web Crypto only: X25519 (deriveBits), Ed25519 (sign/verify), HKDF-SHA256, HMAC-SHA256, and
-// mtproto.js's MTProto 2.0 framing (seal/open: msg_key, AES-256-CBC) under each message's key.
+// (mtproto-session/src/{x3dh,ratchet}.rs; docs/protocol.md §3.2, docs/crypto.md). Web Crypto
+// only: X25519 (deriveBits), Ed25519 (sign/verify), HKDF-SHA256, HMAC-SHA256. ratchet_chat.js
+// puts each message's key under crypto.js's MTProto 2.0 framing (msg_key, AES-256-CBC).
 //
 // What stays where (docs/crypto.md "The browser and the double ratchet"):
 // - every private key (identity, Ed25519 signing key, signed and one-time prekeys, ephemeral and
@@ -13,14 +13,10 @@
 //   storage key (mtproto.js sealRecord). Replaced keys are overwritten with zeros (best effort:
 //   the engine may have copied them).
 //
-// Nothing here talks to the relay; RelayClient does not use it yet.
+// Nothing here talks to the relay; conversations.js wires it into RelayClient.
 
-import {
-  concat, utf8, hex, b64, fromB64, u32le, u64le, readU32, randomBytes, equalBytes, sha256,
-  seal as sealFrame, open as openFrame, LAYOUT_E2E, Chat, sealRecord, openRecord,
-} from './mtproto.js';
-
-const subtle = globalThis.crypto.subtle;
+import { concat, utf8, hex, b64, fromB64, u32le, readU32, randomBytes, equalBytes } from './bytes.js';
+import { subtle, PKCS8_ED25519_PREFIX } from './crypto.js';
 
 // ---- constants (the Rust crate's names) ---------------------------------------------------------
 
@@ -28,6 +24,24 @@ const subtle = globalThis.crypto.subtle;
 export const MAX_SKIP = 1000;
 /** Most skipped message keys a conversation stores; beyond, the oldest are evicted. */
 export const MAX_SKIPPED_KEYS = 2000;
+/**
+ * Most skipped message keys a client stores across ALL its conversations (Rust
+ * MAX_SKIPPED_KEYS_TOTAL; docs/protocol.md §3.3): without it an attacker with N accounts gives a
+ * victim N conversations of 2000 keys each (~250 KB each in the page's record, rewritten at every
+ * save). 4000 is two conversations' worth: one may still use its whole store, and the saved keys
+ * stay near 500 KB however many accounts write. conversations.js enforces it after every open
+ * and on load: while over, the oldest keys of the conversation holding the most are evicted.
+ */
+export const MAX_SKIPPED_KEYS_TOTAL = 4000;
+/**
+ * The skip budget (Rust skip_budget; docs/protocol.md §3.3): chain steps one peer may make this
+ * client derive at once and per SKIP_BUDGET_REFILL_SECS, refilled continuously. Before a packet
+ * authenticates, the steps walked to its key are paid (Ratchet.walkCost); after, the skipped keys
+ * it stores (planSkippedLen). A packet the budget cannot pay is refused ('skip_budget') before any
+ * of them is derived. Messages in order cost nothing.
+ */
+export const SKIP_BUDGET = 4000;
+export const SKIP_BUDGET_REFILL_SECS = 3600;
 /** Skipped message keys older than this (30 days) are deleted. */
 export const MAX_SKIPPED_AGE_SECS = 30 * 24 * 3600;
 /** Earlier remote ratchet keys remembered (a replay of an old chain is MessageKeyGone). */
@@ -43,15 +57,14 @@ export const KIND_RATCHET = 0x01;
 export const KIND_START = 0x02;
 export const RATCHET_PREFIX_LEN = 1 + HEADER_LEN;
 export const START_PREFIX_LEN = 1 + 32 + 32 + 4 + 1 + 4 + HEADER_LEN;
-const INNER_HEADER = 24;
-const FRAME_HEAD = 24;
+export const INNER_HEADER = 24;
+export const FRAME_HEAD = 24;
 
 const X3DH_INFO = utf8('mtproto-relay/x3dh/v1');
 const SIGNED_PREKEY_LABEL = utf8('mtproto-relay/signed-prekey/v1');
 const ROOT_INFO = utf8('mtproto-relay/ratchet/root/v1');
 const PACKET_KEY_LABEL = utf8('mtproto-relay/ratchet/packet-key/v1');
 const PKCS8_X25519_PREFIX = Uint8Array.from([0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x04, 0x22, 0x04, 0x20]);
-const PKCS8_ED25519_PREFIX = Uint8Array.from([0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20]);
 const BASE_POINT = (() => { const b = new Uint8Array(32); b[0] = 9; return b; })();
 
 // ---- errors -------------------------------------------------------------------------------------
@@ -60,7 +73,7 @@ const BASE_POINT = (() => { const b = new Uint8Array(32); b[0] = 9; return b; })
  * The errors, as Rust's `Error` variants: `code` is one of
  * 'decrypt' (forged, corrupted, reflected or malformed: one opaque error, no oracle),
  * 'message_key_gone' {n} (a replay, or a message whose key was used, evicted or expired),
- * 'too_many_skipped' {skip, max}, 'replay' {seq} (the receive window), 'dh' (a low-order key),
+ * 'too_many_skipped' {skip, max}, 'skip_budget' {need, left}, 'replay' {seq} (the receive window), 'dh' (a low-order key),
  * 'unknown_prekey' {which, id}, 'bad_prekey_signature', 'peer_identity_mismatch',
  * 'protocol' {reason}, 'limit' {what, max}, 'malformed' {field}.
  */
@@ -72,8 +85,8 @@ export class RatchetError extends Error {
     Object.assign(this, fields);
   }
 }
-const decryptError = () => new RatchetError('decrypt');
-const malformed = (field) => new RatchetError('malformed', { field }, `malformed ${field}`);
+export const decryptError = () => new RatchetError('decrypt');
+export const malformed = (field) => new RatchetError('malformed', { field }, `malformed ${field}`);
 
 // ---- keys ---------------------------------------------------------------------------------------
 
@@ -152,6 +165,11 @@ export async function kdfRk(rk, dh) {
 }
 
 /** KDF_CK(ck) → [ck' = HMAC-SHA256(ck, 0x02), mk = HMAC-SHA256(ck, 0x01)]. */
+/** HMAC-SHA256(ck, 0x02): the next chain key only. */
+export async function kdfCkNext(ck) {
+  const k = await subtle.importKey('raw', ck, { name: 'HMAC', hash: 'SHA-256' }, false, ['sign']);
+  return new Uint8Array(await subtle.sign('HMAC', k, Uint8Array.of(2)));
+}
 export async function kdfCk(ck) {
   const k = await subtle.importKey('raw', ck, { name: 'HMAC', hash: 'SHA-256' }, false, ['sign']);
   const [next, mk] = await Promise.all([subtle.sign('HMAC', k, Uint8Array.of(2)), subtle.sign('HMAC', k, Uint8Array.of(1))]);
@@ -178,7 +196,7 @@ export async function verifyBundle(bundle) {
 }
 
 const isU32 = (v) => Number.isInteger(v) && v >= 0 && v <= 0xFFFFFFFF;
-function bytesOf(v, len, field) {
+export function bytesOf(v, len, field) {
   let b;
   try { b = typeof v === 'string' ? fromB64(v) : v; } catch { throw malformed(field); }
   if (!(b instanceof Uint8Array) || b.length !== len) throw malformed(field);
@@ -248,6 +266,10 @@ export class Prekeys {
     return made.map((pair) => { const id = this.takeId(); this.oneTime.set(id, pair); return { id, public: pair.pub }; });
   }
   oneTimeCount() { return this.oneTime.size; }
+  /** Deletes the `n` oldest one-time prekeys (to make room for new ones: at most 200 are held). */
+  dropOldestOneTime(n) {
+    for (const id of [...this.oneTime.keys()].slice(0, Math.max(0, n))) this.oneTime.delete(id);
+  }
   /** Deletes a one-time prekey once the start that used it opened; whether it was held. */
   consumeOneTime(id) { return this.oneTime.delete(id); }
   /** A bundle as the relay would hand it out, with the current signed prekey. */
@@ -337,15 +359,61 @@ export function decodeHeader(b) { return { dh: b.slice(0, 32), pn: readU32(b, 32
 
 const skipId = (dhHex, n) => `${dhHex}:${n}`;
 
-/** The keys `from..to` of chain `ck` pushed to `out` as [dh, n, mk]; the chain key at `to`. */
-async function skip(ck, dh, from, to, out) {
+const REFILL_MS = SKIP_BUDGET_REFILL_SECS * 1000;
+/**
+ * One peer's skip budget (Rust skip_budget::SkipBudget), kept on its Chat (the receive window),
+ * never saved. Counted in units: a chain step is REFILL_MS units, a millisecond adds SKIP_BUDGET
+ * (exact in a double: at most 1.44e10).
+ */
+export class SkipBudget {
+  constructor() { this.units = 0; this.atMs = 0; }
+  unitsAt(nowMs) {
+    return Math.min(SKIP_BUDGET * REFILL_MS, this.units + Math.max(0, Math.floor(nowMs - this.atMs)) * SKIP_BUDGET);
+  }
+  left(nowMs) { return Math.floor(this.unitsAt(nowMs) / REFILL_MS); }
+  /** Pays `steps` chain steps, or throws RatchetError 'skip_budget' {need, left} changing nothing. */
+  spend(steps, nowMs) {
+    if (steps === 0) return;
+    if (!Number.isFinite(nowMs)) throw new RatchetError('protocol', { reason: 'no valid time' });
+    // The clock went back (a correction): refill from now, not from a future instant.
+    if (nowMs < this.atMs) this.atMs = nowMs;
+    const units = this.unitsAt(nowMs);
+    if (steps * REFILL_MS > units) {
+      throw new RatchetError('skip_budget', { need: steps, left: Math.floor(units / REFILL_MS) },
+        `the sender's skip budget is spent: ${steps} chain steps needed, ${Math.floor(units / REFILL_MS)} left`);
+    }
+    this.units = units - steps * REFILL_MS;
+    this.atMs = nowMs;
+  }
+}
+/** The skipped keys a plan stores once finished: the budget's charge after authentication. */
+export const planSkippedLen = (plan) => plan.deferred.reduce((n, d) => n + Math.max(0, d.to - d.from), 0);
+
+function checkSkip(from, to) {
   const count = Math.max(0, to - from);
   if (count > MAX_SKIP) throw new RatchetError('too_many_skipped', { skip: count, max: MAX_SKIP }, `too many skipped messages (${count} > ${MAX_SKIP})`);
+}
+
+/** The keys `from..to` of chain `ck` pushed to `out` as [dh, n, mk]; the chain key at `to`. */
+async function skip(ck, dh, from, to, out) {
+  checkSkip(from, to);
   for (let n = from; n < to; n++) {
     const [next, mk] = await kdfCk(ck);
     out.push([dh, n, mk]);
     ck = next;
   }
+  return ck;
+}
+
+/**
+ * The chain key at `to` of chain `ck` (at `from`): chain steps only, no message keys. What a
+ * packet needs before it can be authenticated; the skipped message keys on the way are derived
+ * once it did (Ratchet.finishPlan), so a forged packet costs one HMAC per step, not two, and
+ * nothing for the rest of the previous chain (docs/protocol.md §3.2, the cost of a forged packet).
+ */
+async function walk(ck, from, to) {
+  checkSkip(from, to);
+  for (let n = from; n < to; n++) ck = await kdfCkNext(ck);
   return ck;
 }
 
@@ -395,40 +463,85 @@ export class Ratchet {
     return s && nowSecs - s.storedAt <= MAX_SKIPPED_AGE_SECS ? s : null;
   }
 
-  /** What opening a message with `header` needs (§3.5 RatchetDecrypt). Changes nothing. */
+  /**
+   * Whether a message with `header` belongs to a chain this state has seen (Rust
+   * Ratchet::recognizes): the current receiving chain, an earlier one, or a stored skipped key.
+   */
+  recognizes(header, nowSecs) {
+    const dhHex = hex(header.dh);
+    return (this.dhRemote !== null && equalBytes(this.dhRemote, header.dh)) || this.previousRemote.includes(dhHex)
+      || !!this.findSkipped(dhHex, header.n, nowSecs);
+  }
+
+  /**
+   * The chain steps opening a message with `header` walks before its packet can be authenticated
+   * (Rust Ratchet::walk_cost): the numbers before it in its chain; none for a key in the store,
+   * a message in order, or a header planOpen refuses before any step.
+   */
+  walkCost(header, nowSecs) {
+    const dhHex = hex(header.dh);
+    if (this.findSkipped(dhHex, header.n, nowSecs) || this.previousRemote.includes(dhHex)) return 0;
+    const same = this.dhRemote !== null && equalBytes(this.dhRemote, header.dh);
+    if (same && !this.recv) return 0;
+    const steps = Math.max(0, header.n - (same ? this.nr : 0));
+    return steps > MAX_SKIP ? 0 : steps;
+  }
+
+  /**
+   * What opening a message with `header` needs (§3.5 RatchetDecrypt): the message key, and the
+   * skipped keys on the way as chains still to derive (`deferred`, by finishPlan once the packet
+   * authenticated). Changes nothing.
+   */
   async planOpen(header, nowSecs, rng = systemRandom) {
     const dhHex = hex(header.dh);
     const s = this.findSkipped(dhHex, header.n, nowSecs);
-    if (s) return { key: s.key, skippedUsed: skipId(dhHex, header.n), newlySkipped: [], next: null };
+    // A copy: the stored key may be evicted (zeroized) by the client-wide bound while this plan waits.
+    if (s) return { key: s.key.slice(), skippedUsed: skipId(dhHex, header.n), newlySkipped: [], deferred: [], next: null };
     const gone = () => new RatchetError('message_key_gone', { n: header.n }, `the key of message ${header.n} is gone (used, evicted or expired)`);
     if (this.previousRemote.includes(dhHex)) throw gone();
-    const newlySkipped = [];
+    const deferred = [];
     const same = this.dhRemote !== null && equalBytes(this.dhRemote, header.dh);
     if (same && this.recv) {
       if (header.n < this.nr) throw gone();
-      const ck = await skip(this.recv, header.dh, this.nr, header.n, newlySkipped);
+      const ck = await walk(this.recv, this.nr, header.n);
+      deferred.push({ ck: this.recv, dh: header.dh, from: this.nr, to: header.n });
       const [recv, mk] = await kdfCk(ck);
-      return { key: mk, skippedUsed: null, newlySkipped, next: {
+      return { key: mk, skippedUsed: null, newlySkipped: [], deferred, next: {
         root: this.root, dhSelf: this.dhSelf, dhRemote: header.dh, send: this.send, recv,
         ns: this.ns, nr: Math.min(header.n + 1, 0xFFFFFFFF), pn: this.pn } };
     }
     // The initiator's first remote key is the responder's signed prekey, which never carries messages.
     if (same) throw new RatchetError('protocol', { reason: 'message under the signed prekey' });
-    // §3.5: skip the rest of the previous receiving chain, then DHRatchet.
-    if (this.recv && this.dhRemote) await skip(this.recv, this.dhRemote, this.nr, Math.max(header.pn, this.nr), newlySkipped);
-    // The new chain's bound before any DH work.
+    // The new chain's bound before any derivation or DH work.
     if (header.n > MAX_SKIP) throw new RatchetError('too_many_skipped', { skip: header.n, max: MAX_SKIP }, `too many skipped messages (${header.n} > ${MAX_SKIP})`);
+    // §3.5: skip the rest of the previous receiving chain (derived once authenticated), then DHRatchet.
+    if (this.recv && this.dhRemote) {
+      const to = Math.max(header.pn, this.nr);
+      checkSkip(this.nr, to);
+      deferred.push({ ck: this.recv, dh: this.dhRemote, from: this.nr, to });
+    }
     const [root1, recv0] = await kdfRk(this.root, await x25519(this.dhSelf.privateKey, header.dh));
     const dhSelf = await rng.keyPair();
     const [root, send] = await kdfRk(root1, await x25519(dhSelf.privateKey, header.dh));
-    const ck = await skip(recv0, header.dh, 0, header.n, newlySkipped);
+    const ck = await walk(recv0, 0, header.n);
+    deferred.push({ ck: recv0, dh: header.dh, from: 0, to: header.n });
     const [recv, mk] = await kdfCk(ck);
-    return { key: mk, skippedUsed: null, newlySkipped, next: {
+    return { key: mk, skippedUsed: null, newlySkipped: [], deferred, next: {
       root, dhSelf, dhRemote: header.dh, send, recv, ns: 0, nr: Math.min(header.n + 1, 0xFFFFFFFF), pn: this.ns } };
+  }
+
+  /**
+   * Derives the skipped message keys a plan deferred (its packet authenticated). Changes only
+   * the plan: the state changes in commit.
+   */
+  async finishPlan(plan) {
+    for (const d of plan.deferred) await skip(d.ck, d.dh, d.from, d.to, plan.newlySkipped);
+    plan.deferred = [];
   }
 
   /** Applies a plan once its message authenticated: used key deleted, skipped keys stored, old ones expired. */
   commit(plan, nowSecs) {
+    if (plan.deferred.length) throw new RatchetError('protocol', { reason: 'commit before finishPlan' });
     if (plan.skippedUsed) {
       const used = this.skipped.get(plan.skippedUsed);
       this.skipped.delete(plan.skippedUsed);
@@ -457,6 +570,21 @@ export class Ratchet {
       s.key.fill(0);
       this.skipped.delete(id);
     }
+  }
+
+  /**
+   * Evicts (zeroizes) the `n` oldest skipped keys, or all when fewer are stored; returns how many
+   * went (Rust Ratchet::drop_oldest_skipped). Their messages then fail with 'message_key_gone'.
+   */
+  dropOldestSkipped(n) {
+    let dropped = 0;
+    for (const [id, s] of this.skipped) {
+      if (dropped >= n) break;
+      s.key.fill(0);
+      this.skipped.delete(id);
+      dropped++;
+    }
+    return dropped;
   }
 
   /** {keys: {dhSelf: CryptoKey}, data} — copies, so the record does not alias the live state. */
@@ -489,201 +617,3 @@ export class Ratchet {
     });
   }
 }
-
-// ---- a conversation under the double ratchet, in MTProto packets --------------------------------
-
-/** 'static', 'ratchet', 'start' or null, from the length and first byte alone (nothing decrypted). */
-export function packetKind(packet) {
-  const framed = (prefix) => { const rest = packet.length - prefix - FRAME_HEAD; return rest >= 16 && rest % 16 === 0; };
-  if (framed(0)) return 'static';
-  if (packet[0] === KIND_RATCHET && framed(RATCHET_PREFIX_LEN)) return 'ratchet';
-  if (packet[0] === KIND_START && framed(START_PREFIX_LEN)) return 'start';
-  return null;
-}
-
-function encodePrefix(start, header) {
-  if (!start) return concat(Uint8Array.of(KIND_RATCHET), encodeHeader(header));
-  const has = start.oneTimePrekeyId !== null;
-  return concat(Uint8Array.of(KIND_START), start.identity, start.ephemeral, u32le(start.signedPrekeyId),
-    Uint8Array.of(has ? 1 : 0), u32le(has ? start.oneTimePrekeyId : 0), encodeHeader(header));
-}
-
-/** {start|null, header, len}; anything malformed is the opaque 'decrypt' (attacker-controlled input). */
-function decodePrefix(packet) {
-  let start = null, at = 1;
-  if (packet[0] === KIND_START) {
-    if (packet.length < START_PREFIX_LEN) throw decryptError();
-    const has = packet[69], opk = readU32(packet, 70);
-    if (!(has === 1 || (has === 0 && opk === 0))) throw decryptError();
-    start = { identity: packet.slice(1, 33), ephemeral: packet.slice(33, 65), signedPrekeyId: readU32(packet, 65), oneTimePrekeyId: has ? opk : null };
-    at = 74;
-  } else if (packet[0] !== KIND_RATCHET || packet.length < RATCHET_PREFIX_LEN) throw decryptError();
-  return { start, header: decodeHeader(packet.slice(at, at + HEADER_LEN)), len: at + HEADER_LEN };
-}
-
-/**
- * One side of a conversation under the double ratchet (Rust `RatchetChat`): X3DH start, ratchet
- * keys, the MTProto 2.0 framing of mtproto.js under each message's K, and mtproto.js's receive
- * window (Chat.accept) for replays, gaps and late messages. seal and open run one at a time
- * (a chain step must never be read twice).
- */
-export class RatchetChat {
-  constructor({ ratchet, window, own, peer, initiator, pendingStart }) {
-    Object.assign(this, { ratchet, window, own, peer, initiator, pendingStart: pendingStart || null });
-    this.queue = Promise.resolve();
-  }
-  exclusive(fn) {
-    const run = this.queue.then(fn, fn);
-    this.queue = run.catch(() => {});
-    return run;
-  }
-
-  /**
-   * Starts a conversation from the peer's bundle (X3DH, then RatchetInitAlice). `identity` is
-   * {privateKey, pub}; `expectedPeer` the identity key known for that contact. Draws the ephemeral
-   * key, then the first ratchet key. → {chat, oneTimePrekey: id | null (started without one)}.
-   */
-  static async initiate(identity, bundle, expectedPeer, { rng = systemRandom } = {}) {
-    const ephemeral = await rng.keyPair();
-    const ratchetKey = await rng.keyPair();
-    const a = await x3dhInitiate(identity, bundle, expectedPeer, ephemeral);
-    const ratchet = await Ratchet.initInitiator(a.sharedSecret, a.signedPrekey, ratchetKey);
-    a.sharedSecret.fill(0);
-    const chat = new RatchetChat({ ratchet, window: await Chat.create(identity, expectedPeer), own: identity.pub,
-      peer: expectedPeer, initiator: true, pendingStart: a.start });
-    return { chat, oneTimePrekey: a.oneTimePrekey };
-  }
-
-  /**
-   * Opens a start message from a new peer (X3DH responder, RatchetInitBob, then the message). The
-   * one-time prekey is deleted from `prekeys` once the message opened; nothing changes on error.
-   * → {chat, peer (their identity key: check it), oneTimePrekey: id | null, received}.
-   */
-  static async accept(identity, prekeys, packet, { nowMs = Date.now(), rng = systemRandom } = {}) {
-    const prefix = decodePrefix(packet);
-    if (!prefix.start) throw new RatchetError('protocol', { reason: 'not a start message' });
-    const start = prefix.start;
-    const a = await x3dhRespond(identity, prekeys, start);
-    const chat = new RatchetChat({ ratchet: Ratchet.initResponder(a.sharedSecret, prekeys.signedPair(start.signedPrekeyId)),
-      window: await Chat.create(identity, start.identity), own: identity.pub, peer: start.identity, initiator: false, pendingStart: null });
-    a.sharedSecret.fill(0);
-    const received = await chat.open(packet, { nowMs, rng });
-    if (start.oneTimePrekeyId !== null) prekeys.consumeOneTime(start.oneTimePrekeyId);
-    return { chat, peer: start.identity, oneTimePrekey: start.oneTimePrekeyId, received };
-  }
-
-  get ad() { return this.initiator ? concat(this.own, this.peer) : concat(this.peer, this.own); }
-  get startPending() { return this.pendingStart !== null; }
-
-  /**
-   * Seals `body` (bytes) as the next message: one chain step, its key used once. Draws the
-   * random_id (8 bytes) then the padding (76), as Rust. → {packet, randomId, seq}.
-   */
-  seal(body, { nowMs = Date.now(), rng = systemRandom } = {}) {
-    return this.exclusive(async () => {
-      const prefixLen = this.pendingStart ? START_PREFIX_LEN : RATCHET_PREFIX_LEN;
-      const dataLen = prefixLen + INNER_HEADER + body.length;
-      if (dataLen > MAX_DATA_LEN) throw new RatchetError('limit', { what: 'message', max: MAX_DATA_LEN });
-      const randomId = await rng.bytes(8);
-      const { header, mk } = await this.ratchet.nextSend();
-      const prefix = encodePrefix(this.pendingStart, header);
-      const key = await packetKey(mk, this.ad);
-      mk.fill(0);
-      const seq = this.window.sent;
-      const payload = concat(u32le(dataLen), prefix, randomId, u32le(seq), u32le(this.window.recvLow), u64le(Math.floor(nowMs)), body);
-      // Padding as mtproto_crypto's Framing::seal: one draw of 76 bytes, the first picks 0..3 extra blocks.
-      const r = await rng.bytes(76);
-      const min = 12 + ((16 - ((payload.length + 12) % 16)) % 16);
-      const frame = await sealFrame(key, this.window.sendX, payload, r.slice(1, 1 + min + 16 * (r[0] % 4)));
-      key.fill(0); payload.fill(0);
-      this.window.sent = seq + 1;
-      return { packet: concat(prefix, frame), randomId, seq };
-    });
-  }
-
-  /**
-   * Opens a packet from the peer: finds the key (skipped store, chain steps, or a DH step drawing
-   * a new ratchet key), opens the frame, checks the encrypted copy of the prefix, then the receive
-   * window; only then does the state change. → what Chat.open returns ({body, seq, delivery, lost,
-   * randomId, sentAtMs, ahead}). Errors: RatchetError ('decrypt', 'message_key_gone',
-   * 'too_many_skipped', 'replay', 'protocol', 'dh'); none changes the state.
-   */
-  open(packet, { nowMs = Date.now(), rng = systemRandom } = {}) {
-    return this.exclusive(async () => {
-      const nowSecs = Math.floor(nowMs / 1000);
-      const prefix = decodePrefix(packet);
-      const clear = packet.subarray(0, prefix.len);
-      const plan = await this.ratchet.planOpen(prefix.header, nowSecs, rng);
-      const key = await packetKey(plan.key, this.ad);
-      let data;
-      try { data = (await openFrame(key, 8 - this.window.sendX, packet.subarray(prefix.len), LAYOUT_E2E)).subarray(4); } catch { throw decryptError(); } finally { key.fill(0); }
-      if (data.length < prefix.len + INNER_HEADER || !equalBytes(data.subarray(0, prefix.len), clear)) throw decryptError();
-      let received;
-      try { received = this.window.accept(data.slice(prefix.len)); } catch (e) {
-        if (e.replay) throw new RatchetError('replay', { seq: readU32(data, prefix.len + 8) }, 'replay');
-        if (e.message === 'decrypt') throw decryptError();
-        throw new RatchetError('protocol', { reason: e.message }, e.message);
-      }
-      this.ratchet.commit(plan, nowSecs);
-      // The responder has the conversation: stop repeating the start.
-      this.pendingStart = null;
-      return received;
-    });
-  }
-
-  /** The safety number both users compare: the static chat's, from the two identity keys. */
-  fingerprint() { return this.window.fingerprint(); }
-
-  /**
-   * The state to persist: {keys, data}. `keys` holds the ratchet's private key as a
-   * non-extractable CryptoKey (store it by structured clone); `data` holds everything else,
-   * secrets included (root, chains, skipped keys, the static chat key of the window): seal it
-   * (sealChatRecord does both). Taken between two operations, never during one.
-   */
-  toRecord() {
-    const r = this.ratchet.toRecord();
-    const w = this.window.toJSON();
-    return {
-      keys: r.keys,
-      data: { v: 1, ratchet: r.data, initiator: this.initiator, own: this.own.slice(), peer: this.peer.slice(),
-        pendingStart: this.pendingStart && { ...this.pendingStart },
-        window: { ...w, key: w.key.slice(), recvAbove: [...w.recvAbove], givenUp: w.givenUp.map((g) => [...g]), recvIds: w.recvIds.map(([s, ids]) => [s, [...ids]]) } },
-    };
-  }
-  static fromRecord({ keys, data }) {
-    if (data?.v !== 1 || typeof data.initiator !== 'boolean' || !data.window) throw malformed('ratchet chat');
-    const own = bytesOf(data.own, 32, 'own'), peer = bytesOf(data.peer, 32, 'peer');
-    const w = data.window;
-    if (!equalBytes(bytesOf(w.own, 32, 'window'), own) || !equalBytes(bytesOf(w.peer, 32, 'window'), peer)
-      || !(w.key instanceof Uint8Array) || w.key.length !== 256 || !isU32(w.sent) || !isU32(w.recvLow)
-      || !Array.isArray(w.recvAbove) || w.recvAbove.length > 1024 || !Array.isArray(w.givenUp) || w.givenUp.length > 64
-      || !Array.isArray(w.recvIds) || w.recvIds.length > 4096) throw malformed('window');
-    const ps = data.pendingStart;
-    return new RatchetChat({ ratchet: Ratchet.fromRecord({ keys, data: data.ratchet }), window: new Chat(w), own, peer,
-      initiator: data.initiator, pendingStart: ps ? { ...ps, identity: bytesOf(ps.identity, 32, 'start'), ephemeral: bytesOf(ps.ephemeral, 32, 'start') } : null });
-  }
-}
-
-/**
- * The record the page stores for a conversation: {keys (CryptoKeys, non-extractable), sealed
- * (the rest, AES-256-GCM under the origin's non-extractable storage key, bound to `label`)}.
- * Both halves go into IndexedDB by structured clone.
- */
-export async function sealChatRecord(chat, label) {
-  const { keys, data } = chat.toRecord();
-  return { keys, sealed: await sealRecord(data, label) };
-}
-export async function openChatRecord(rec, label) {
-  return RatchetChat.fromRecord({ keys: rec.keys, data: await openRecord(rec.sealed, label) });
-}
-/** The same for the prekey store. */
-export async function sealPrekeysRecord(prekeys, label) {
-  const { keys, data } = prekeys.toRecord();
-  return { keys, sealed: await sealRecord(data, label) };
-}
-export async function openPrekeysRecord(rec, label) {
-  return Prekeys.fromRecord({ keys: rec.keys, data: await openRecord(rec.sealed, label) });
-}
-
-/** The SHA-256 of bytes, hex (for tests and logs: never of a secret shown to a user). */
-export async function digestHex(b) { return hex(await sha256(b)); }

@@ -29,6 +29,21 @@ pub enum Stage {
     },
 }
 
+impl Stage {
+    /// The stage's name, as its serde tag spells it (`AwaitingDhParams`, `AwaitingClientDh`):
+    /// for stores that keep the stage in a field of its own.
+    ///
+    /// ```
+    /// assert_eq!(mtproto_session::Stage::AwaitingDhParams.name(), "AwaitingDhParams");
+    /// ```
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::AwaitingDhParams => "AwaitingDhParams",
+            Self::AwaitingClientDh { .. } => "AwaitingClientDh",
+        }
+    }
+}
+
 /// A server-side handshake between two steps: what a relay stores under `server_nonce`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PendingHandshake {

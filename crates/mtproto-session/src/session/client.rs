@@ -241,6 +241,19 @@ impl ClientSession {
                 self.time_offset =
                     server_secs.saturating_sub(i64::try_from(now.as_secs()).unwrap_or(i64::MAX));
             }
+            Notice::BadMsgNotification {
+                error_code: 32,
+                bad_msg_seqno,
+                ..
+            } => {
+                // Our seq_no went back (a profile restored from an older copy): the relay holds a
+                // higher one, H >= bad_msg_seqno. It accepts up to H + MAX_SEQ_NO_STEP, so a jump
+                // to bad_msg_seqno + MAX_SEQ_NO_STEP is never too high, and a few such jumps
+                // catch up with any H (each notice jumps from its own refused seq_no, so
+                // several at once never add up).
+                self.seq
+                    .skip_to(bad_msg_seqno.saturating_add(crate::MAX_SEQ_NO_STEP));
+            }
             Notice::BadMsgNotification { .. } => {}
         }
         Some(notice)

@@ -2,8 +2,11 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::indexing_slicing)]
 
 use mtproto_crypto::rand_core::{CryptoRng, Error as RandError, RngCore};
-use mtproto_crypto::{IdentitySecret, IdentitySigningKey};
-use mtproto_session::{x3dh::Prekeys, RatchetChat, UnixTime};
+use mtproto_crypto::{Fingerprint, IdentitySecret, IdentitySigningKey};
+use mtproto_session::{
+    x3dh::Prekeys, Accepted, ChatState, E2eError, PrekeyBundle, Ratchet, RatchetChat, Received, Sealed,
+    Started, UnixTime,
+};
 use sha2::{Digest, Sha256};
 
 /// A deterministic stream for tests and vectors: block i = SHA-256("mtproto-relay/test-rng/v1" ‖
@@ -86,29 +89,94 @@ pub fn peers(seed: &[u8]) -> Peers {
     }
 }
 
+/// One side of a ratchet conversation with the peer's one receive window (the static
+/// conversation's [`ChatState`]), as a client keeps them.
+pub struct Side {
+    pub chat: RatchetChat,
+    pub window: ChatState,
+}
+
+impl Side {
+    pub fn seal(&mut self, body: &[u8], now: UnixTime, rng: &mut TestRng) -> Result<Sealed, E2eError> {
+        self.chat.seal(&mut self.window, body, now, rng)
+    }
+    pub fn open(&mut self, packet: &[u8], now: UnixTime, rng: &mut TestRng) -> Result<Received, E2eError> {
+        self.chat.open(&mut self.window, packet, now, rng)
+    }
+    pub fn start_pending(&self) -> bool {
+        self.chat.start_pending()
+    }
+    pub fn ratchet(&self) -> &Ratchet {
+        self.chat.ratchet()
+    }
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.window.fingerprint()
+    }
+    /// Alice's side from Bob's bundle, with a fresh window.
+    pub fn initiate(
+        own: &IdentitySecret,
+        bundle: &PrekeyBundle,
+        peer: &IdentitySecret,
+        rng: &mut TestRng,
+    ) -> Result<(Self, Started), E2eError> {
+        let (chat, started) = RatchetChat::initiate(own, bundle, &peer.public(), rng)?;
+        let window = ChatState::new(own, peer.public())?;
+        Ok((Self { chat, window }, started))
+    }
+    /// Bob's side from a start, with a fresh window.
+    pub fn accept(
+        own: &IdentitySecret,
+        prekeys: &mut Prekeys,
+        peer: &IdentitySecret,
+        packet: &[u8],
+        now: UnixTime,
+        rng: &mut TestRng,
+    ) -> Result<(Self, Accepted), E2eError> {
+        let mut window = ChatState::new(own, peer.public())?;
+        let (chat, acc) = RatchetChat::accept(own, prekeys, &mut window, packet, now, rng)?;
+        Ok((Self { chat, window }, acc))
+    }
+}
+
 /// A started conversation: Alice sent "hello" with a one-time prekey, Bob accepted it.
-pub fn started(seed: &[u8]) -> (Peers, RatchetChat, RatchetChat) {
+pub fn started(seed: &[u8]) -> (Peers, Side, Side) {
     let mut p = peers(seed);
     let opk = p.bob_prekeys.generate_one_time(5, &mut p.rng).unwrap().pop();
     let bundle = p.bob_prekeys.bundle(opk);
-    let (mut a, _) = RatchetChat::initiate(&p.alice, &bundle, &p.bob.public(), &mut p.rng).unwrap();
+    let (mut a, _) = Side::initiate(&p.alice, &bundle, &p.bob, &mut p.rng).unwrap();
     let first = a.seal(b"hello", now(), &mut p.rng).unwrap();
-    let (b, acc) = RatchetChat::accept(&p.bob, &mut p.bob_prekeys, &first.packet, now(), &mut p.rng).unwrap();
+    let (b, acc) = Side::accept(
+        &p.bob,
+        &mut p.bob_prekeys,
+        &p.alice,
+        &first.packet,
+        now(),
+        &mut p.rng,
+    )
+    .unwrap();
     assert_eq!(acc.received.body, b"hello");
     (p, a, b)
 }
 
-/// Save and restore through JSON, as a client's store would.
-pub fn saved(c: &RatchetChat) -> String {
-    serde_json::to_string(&c.data()).unwrap()
+/// Save and restore through JSON, as a client's store would: the conversation's saved form
+/// with its window beside it (under `"window"`).
+pub fn saved(c: &Side) -> String {
+    let mut v = serde_json::to_value(c.chat.data()).unwrap();
+    v["window"] = serde_json::to_value(c.window.data()).unwrap();
+    serde_json::to_string(&v).unwrap()
 }
 
-pub fn load(json: &str) -> RatchetChat {
-    RatchetChat::restore(serde_json::from_str(json).unwrap()).unwrap()
+pub fn load(json: &str) -> Side {
+    let mut v: serde_json::Value = serde_json::from_str(json).unwrap();
+    let window = v.as_object_mut().unwrap().remove("window").unwrap();
+    Side {
+        chat: RatchetChat::restore(serde_json::from_value(v).unwrap()).unwrap(),
+        window: ChatState::restore(serde_json::from_value(window).unwrap()).unwrap(),
+    }
 }
 
 /// A started conversation in which Bob answered once, so Alice's packets carry no start.
-pub fn answered(seed: &[u8]) -> (Peers, RatchetChat, RatchetChat) {
+pub fn answered(seed: &[u8]) -> (Peers, Side, Side) {
     let (mut p, mut a, mut b) = started(seed);
     let r = b.seal(b"answer", now(), &mut p.rng).unwrap();
     a.open(&r.packet, now(), &mut p.rng).unwrap();

@@ -1,5 +1,6 @@
 //! The in-memory engine: for tests and ephemeral runs. Nothing survives the process.
 
+use mtproto_crypto::{AuthKeyId, Nonce128};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
@@ -55,11 +56,11 @@ impl Account {
 
 #[derive(Default)]
 struct State {
-    pending: HashMap<[u8; 16], PendingHandshake>,
-    keys: HashMap<[u8; 8], AuthKeyRecord>,
-    owners: HashMap<ClientId, [u8; 8]>,
-    sessions: HashMap<[u8; 8], SessionRecord>,
-    outcomes: HashMap<([u8; 8], u64), (Outcome, u64)>,
+    pending: HashMap<Nonce128, PendingHandshake>,
+    keys: HashMap<AuthKeyId, AuthKeyRecord>,
+    owners: HashMap<ClientId, AuthKeyId>,
+    sessions: HashMap<AuthKeyId, SessionRecord>,
+    outcomes: HashMap<(AuthKeyId, u64), (Outcome, u64)>,
     accounts: BTreeMap<ClientId, Account>,
 }
 
@@ -103,17 +104,17 @@ impl Engine for MemoryEngine {
                 return Err(EngineError::TooManyHandshakes { max });
             }
         }
-        s.pending.insert(pending.server_nonce, pending);
+        s.pending.insert(pending.server_nonce.into(), pending);
         Ok(())
     }
 
-    async fn get_pending(&self, server_nonce: [u8; 16]) -> Result<Option<PendingHandshake>, EngineError> {
+    async fn get_pending(&self, server_nonce: Nonce128) -> Result<Option<PendingHandshake>, EngineError> {
         Ok(self.lock().pending.get(&server_nonce).cloned())
     }
 
     async fn advance_pending(&self, pending: PendingHandshake) -> Result<bool, EngineError> {
         let mut s = self.lock();
-        match s.pending.get_mut(&pending.server_nonce) {
+        match s.pending.get_mut(&Nonce128::from_bytes(pending.server_nonce)) {
             Some(p) if matches!(p.stage, Stage::AwaitingDhParams) => {
                 *p = pending;
                 Ok(true)
@@ -122,7 +123,7 @@ impl Engine for MemoryEngine {
         }
     }
 
-    async fn take_pending(&self, server_nonce: [u8; 16]) -> Result<Option<PendingHandshake>, EngineError> {
+    async fn take_pending(&self, server_nonce: Nonce128) -> Result<Option<PendingHandshake>, EngineError> {
         Ok(self.lock().pending.remove(&server_nonce))
     }
 
@@ -165,7 +166,7 @@ impl Engine for MemoryEngine {
         &self,
         key: AuthKeyRecord,
         session: ServerSession,
-        old_key_id: [u8; 8],
+        old_key_id: AuthKeyId,
         now: UnixTime,
     ) -> Result<(), EngineError> {
         let mut s = self.lock();
@@ -192,13 +193,13 @@ impl Engine for MemoryEngine {
         Ok(())
     }
 
-    async fn auth_key(&self, key_id: [u8; 8]) -> Result<Option<AuthKeyRecord>, EngineError> {
+    async fn auth_key(&self, key_id: AuthKeyId) -> Result<Option<AuthKeyRecord>, EngineError> {
         Ok(self.lock().keys.get(&key_id).cloned())
     }
 
     async fn session(
         &self,
-        key_id: [u8; 8],
+        key_id: AuthKeyId,
         _client: &ClientId,
     ) -> Result<Option<SessionRecord>, EngineError> {
         Ok(self.lock().sessions.get(&key_id).cloned())
@@ -308,7 +309,7 @@ impl Engine for MemoryEngine {
 
     async fn outcome(
         &self,
-        key_id: [u8; 8],
+        key_id: AuthKeyId,
         _client: &ClientId,
         msg_id: u64,
     ) -> Result<Option<Outcome>, EngineError> {
@@ -365,7 +366,7 @@ impl Engine for MemoryEngine {
         now: UnixTime,
         policy: AccountExpiry,
         max: usize,
-    ) -> Result<Vec<[u8; 8]>, EngineError> {
+    ) -> Result<Vec<AuthKeyId>, EngineError> {
         let mut s = self.lock();
         let secs = now.as_secs();
         let gone: Vec<ClientId> = s

@@ -6,6 +6,7 @@
 //! waiters live in one node's memory; [`Engine::set_notifier`] lets an engine that spans nodes
 //! wake them.
 
+use mtproto_crypto::{AuthKeyId, Nonce128};
 use std::sync::Arc;
 
 use mtproto_session::{ClientId, PendingHandshake, ServerSession, UnixTime};
@@ -53,14 +54,14 @@ pub trait Engine: Send + Sync + 'static {
     ) -> Result<(), EngineError>;
 
     /// The pending handshake stored under `server_nonce`.
-    async fn get_pending(&self, server_nonce: [u8; 16]) -> Result<Option<PendingHandshake>, EngineError>;
+    async fn get_pending(&self, server_nonce: Nonce128) -> Result<Option<PendingHandshake>, EngineError>;
 
     /// Replaces a pending handshake that is still at the first stage; returns false if it is
     /// gone or already advanced (a concurrent duplicate request).
     async fn advance_pending(&self, pending: PendingHandshake) -> Result<bool, EngineError>;
 
     /// Removes and returns the pending handshake under `server_nonce`: a nonce serves once.
-    async fn take_pending(&self, server_nonce: [u8; 16]) -> Result<Option<PendingHandshake>, EngineError>;
+    async fn take_pending(&self, server_nonce: Nonce128) -> Result<Option<PendingHandshake>, EngineError>;
 
     /// Binds `key.client_id` to the key, registers the client in the directory (keeping its
     /// mailbox if it existed) and stores the session.
@@ -89,17 +90,20 @@ pub trait Engine: Send + Sync + 'static {
         &self,
         key: AuthKeyRecord,
         session: ServerSession,
-        old_key_id: [u8; 8],
+        old_key_id: AuthKeyId,
         now: UnixTime,
     ) -> Result<(), EngineError>;
 
     /// The auth key with this id.
-    async fn auth_key(&self, key_id: [u8; 8]) -> Result<Option<AuthKeyRecord>, EngineError>;
+    async fn auth_key(&self, key_id: AuthKeyId) -> Result<Option<AuthKeyRecord>, EngineError>;
 
     /// The session of this key, which belongs to `client` (the key's record names it; engines
     /// that place data by user, such as Redis Cluster, need it to find the session).
-    async fn session(&self, key_id: [u8; 8], client: &ClientId)
-        -> Result<Option<SessionRecord>, EngineError>;
+    async fn session(
+        &self,
+        key_id: AuthKeyId,
+        client: &ClientId,
+    ) -> Result<Option<SessionRecord>, EngineError>;
 
     /// Commits one request atomically: session compare-and-swap, the op, the outcome and
     /// last-seen. On any error nothing is stored.
@@ -143,7 +147,7 @@ pub trait Engine: Send + Sync + 'static {
     /// The stored outcome of a request of `client`'s key `key_id` that was committed.
     async fn outcome(
         &self,
-        key_id: [u8; 8],
+        key_id: AuthKeyId,
         client: &ClientId,
         msg_id: u64,
     ) -> Result<Option<Outcome>, EngineError>;
@@ -178,7 +182,7 @@ pub trait Engine: Send + Sync + 'static {
         now: UnixTime,
         policy: AccountExpiry,
         max: usize,
-    ) -> Result<Vec<[u8; 8]>, EngineError>;
+    ) -> Result<Vec<AuthKeyId>, EngineError>;
 
     /// Removes expired messages (telling each sender with an `expired` entry in its own
     /// mailbox), expired pending handshakes and old outcomes. Returns the clients whose

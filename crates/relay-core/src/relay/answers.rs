@@ -14,19 +14,33 @@ use crate::{
     Outcome, RelayError,
 };
 
+/// What an answer is sealed for: the request's auth key and account, the session's responder
+/// and the request's msg_id and seq_no.
+pub(crate) struct Reply<'a> {
+    pub(crate) key: &'a AuthKey,
+    pub(crate) client: &'a ClientId,
+    pub(crate) responder: mtproto_session::Responder,
+    pub(crate) msg_id: u64,
+    pub(crate) seq_no: u32,
+}
+
 impl Relay {
-    #[allow(clippy::too_many_arguments)]
+    /// The answer to a committed (or read-only) call, sealed for `to`. A poll that found
+    /// nothing (`fetched` empty or `None`) waits here for mail, with no lock held.
     pub(crate) async fn answer(
         &self,
         call: &Call,
         outcome: Outcome,
         fetched: Option<(Vec<crate::MailboxEntry>, Armed)>,
-        key: &AuthKey,
-        client: &ClientId,
-        mut responder: mtproto_session::Responder,
-        msg_id: u64,
-        seq_no: u32,
+        to: Reply<'_>,
     ) -> Result<EnvelopeResponse, RelayError> {
+        let Reply {
+            key,
+            client,
+            mut responder,
+            msg_id,
+            seq_no,
+        } = to;
         let (body, clear) = match (call, outcome) {
             (Call::SendMessage { .. }, Outcome::Sent { seq, timestamp_ms }) => {
                 self.observer.message_stored();
@@ -58,14 +72,8 @@ impl Relay {
                     .clamp(1, self.config.poll_limit);
                 let messages = match fetched {
                     Some((entries, _)) if !entries.is_empty() => entries,
-                    Some((_, armed)) => {
-                        self.long_poll(client, *key.id().as_bytes(), wait, limit, Some(armed))
-                            .await?
-                    }
-                    None => {
-                        self.long_poll(client, *key.id().as_bytes(), wait, limit, None)
-                            .await?
-                    }
+                    Some((_, armed)) => self.long_poll(client, key.id(), wait, limit, Some(armed)).await?,
+                    None => self.long_poll(client, key.id(), wait, limit, None).await?,
                 };
                 let messages = fit_in_answer(messages, self.config.poll_bytes);
                 self.observer.entries_acked(acked);
@@ -110,19 +118,16 @@ impl Relay {
         })
     }
 
-    /// A resent envelope: answer with the original outcome; never execute twice.
-    #[allow(clippy::too_many_arguments)]
+    /// A resent envelope (`body` is its decrypted call): answer with the original outcome;
+    /// never execute twice. `to.seq_no` is not used: the answer carries 0.
     pub(crate) async fn answer_duplicate(
         &self,
         endpoint: Endpoint,
         req: &EnvelopeRequest,
-        key: &AuthKey,
-        key_id: [u8; 8],
-        client_id: &ClientId,
-        responder: mtproto_session::Responder,
-        msg_id: u64,
         body: &[u8],
+        to: Reply<'_>,
     ) -> Result<EnvelopeResponse, RelayError> {
+        let (key_id, client_id, msg_id) = (to.key.id(), to.client, to.msg_id);
         let call = self.parse_call(endpoint, req, body)?;
         let outcome = match (&call, self.engine.outcome(key_id, client_id, msg_id).await?) {
             // The msg_id's stored outcome belongs to another kind of request: a client bug
@@ -155,9 +160,7 @@ impl Relay {
             }
         };
         tracing::debug!(client_id = %client_id, msg_id, "resent envelope answered from its stored outcome");
-        let seq_no = 0;
-        self.answer(&call, outcome, None, key, client_id, responder, msg_id, seq_no)
-            .await
+        self.answer(&call, outcome, None, Reply { seq_no: 0, ..to }).await
     }
 
     pub(crate) async fn peers_answer(&self, call: &Call) -> Result<PeersAnswer, RelayError> {

@@ -1,6 +1,7 @@
 //! What a node keeps in memory besides long-polls: auth keys and sessions (bounded caches,
 //! one lock per key), and presence for the directory.
 
+use mtproto_crypto::AuthKeyId;
 use std::sync::Arc;
 
 use mtproto_crypto::AuthKey;
@@ -24,11 +25,11 @@ pub(crate) const KEY_CACHE_MAX: usize = 200_000;
 /// compare-and-swap (with retries) keeps them consistent.
 #[derive(Default)]
 pub(crate) struct KeyLocks {
-    map: std::sync::Mutex<std::collections::HashMap<[u8; 8], std::sync::Weak<tokio::sync::Mutex<()>>>>,
+    map: std::sync::Mutex<std::collections::HashMap<AuthKeyId, std::sync::Weak<tokio::sync::Mutex<()>>>>,
 }
 
 impl KeyLocks {
-    pub(crate) fn get(&self, key_id: [u8; 8]) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn get(&self, key_id: AuthKeyId) -> Arc<tokio::sync::Mutex<()>> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(l) = map.get(&key_id).and_then(std::sync::Weak::upgrade) {
             return l;
@@ -43,7 +44,7 @@ impl KeyLocks {
 }
 
 impl Relay {
-    pub(crate) async fn auth_key(&self, key_id: [u8; 8]) -> Result<Arc<CachedKey>, RelayError> {
+    pub(crate) async fn auth_key(&self, key_id: AuthKeyId) -> Result<Arc<CachedKey>, RelayError> {
         if let Some(k) = self.keys.read().unwrap_or_else(|p| p.into_inner()).get(&key_id) {
             return Ok(k.clone());
         }
@@ -57,9 +58,12 @@ impl Relay {
             // Written before keys were sealed: still served (docs/security.md, "Data at rest").
             AuthKey::from_slice(stored)
         } else {
-            let plain = self.seal.open(SEAL_AUTH_KEY, &key_id, stored).map_err(|_| {
-                RelayError::Unavailable("a stored auth key does not open under this server key".into())
-            })?;
+            let plain = self
+                .seal
+                .open(SEAL_AUTH_KEY, key_id.as_bytes(), stored)
+                .map_err(|_| {
+                    RelayError::Unavailable("a stored auth key does not open under this server key".into())
+                })?;
             AuthKey::from_slice(&plain)
         }
         .map_err(|_| RelayError::Internal("stored key".into()))?;
@@ -75,7 +79,7 @@ impl Relay {
         Ok(cached)
     }
 
-    pub(crate) fn cached_session(&self, key_id: [u8; 8]) -> Option<crate::SessionRecord> {
+    pub(crate) fn cached_session(&self, key_id: AuthKeyId) -> Option<crate::SessionRecord> {
         self.sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -83,7 +87,7 @@ impl Relay {
             .cloned()
     }
 
-    pub(crate) fn cache_session(&self, key_id: [u8; 8], record: crate::SessionRecord) {
+    pub(crate) fn cache_session(&self, key_id: AuthKeyId, record: crate::SessionRecord) {
         let mut map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= KEY_CACHE_MAX {
             map.clear();
@@ -91,7 +95,7 @@ impl Relay {
         map.insert(key_id, record);
     }
 
-    pub(crate) fn forget_session(&self, key_id: [u8; 8]) {
+    pub(crate) fn forget_session(&self, key_id: AuthKeyId) {
         self.sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -101,7 +105,7 @@ impl Relay {
     /// Whether a request of `key_id` at `now` should be committed even if it changes nothing:
     /// the first on this node, then once every [`TOUCH_EVERY_SECS`] (or a quarter of the idle
     /// expiry, if shorter): it records last-seen.
-    pub(crate) fn touch_due(&self, key_id: [u8; 8], now: UnixTime) -> bool {
+    pub(crate) fn touch_due(&self, key_id: AuthKeyId, now: UnixTime) -> bool {
         let now = now.as_secs();
         // Often enough that an account that only polls never looks idle.
         let every = TOUCH_EVERY_SECS.min(self.config.accounts.idle_secs / 4);

@@ -49,7 +49,7 @@ impl Relay {
         let sn = nonce16("server_nonce", &req.server_nonce)?;
         let mut pending = self
             .engine
-            .get_pending(sn)
+            .get_pending(sn.into())
             .await?
             .ok_or(RelayError::UnknownHandshake)?;
         let res = self
@@ -105,7 +105,7 @@ impl Relay {
         }
         let mut pending = self
             .engine
-            .get_pending(sn)
+            .get_pending(sn.into())
             .await?
             .ok_or(RelayError::UnknownHandshake)?;
         if let mtproto_session::Stage::AwaitingClientDh { a, .. } = &mut pending.stage {
@@ -122,13 +122,13 @@ impl Relay {
             .handle_set_client_dh_params(pending, req, now, &mut OsRng)?;
         // Only now consume the nonce, so a forged request cannot kill someone else's handshake.
         self.engine
-            .take_pending(sn)
+            .take_pending(sn.into())
             .await?
             .ok_or(RelayError::UnknownHandshake)?;
-        let key_id = *est.auth_key.id().as_bytes();
+        let key_id = est.auth_key.id();
         let sealed = self
             .seal
-            .seal(SEAL_AUTH_KEY, &key_id, est.auth_key.expose_secret())
+            .seal(SEAL_AUTH_KEY, key_id.as_bytes(), est.auth_key.expose_secret())
             .map_err(|_| RelayError::Internal("sealing the auth key".into()))?;
         let mut record = AuthKeyRecord {
             key_id,
@@ -146,7 +146,7 @@ impl Relay {
                 // docs/protocol.md §1 "Recovery": the proof names this handshake's key.
                 let stored = old.recovery_key.ok_or(RelayError::RecoveryRefused)?;
                 mtproto_crypto::RecoveryPublic::from_bytes(stored)
-                    .verify(est.client_id.as_str(), &sn, &key_id, &proof.0)
+                    .verify(est.client_id.as_str(), &sn, key_id.as_bytes(), &proof.0)
                     .map_err(|_| RelayError::RecoveryRefused)?;
                 record.recovery_key = record.recovery_key.or(Some(stored));
                 self.engine

@@ -1,5 +1,6 @@
 //! Long-polls: waiting for a mailbox to fill, woken by the notifier, ended at shutdown.
 
+use mtproto_crypto::AuthKeyId;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +27,7 @@ impl Relay {
     pub(crate) async fn long_poll(
         &self,
         client: &ClientId,
-        key_id: [u8; 8],
+        key_id: AuthKeyId,
         wait: Duration,
         limit: usize,
         mut armed: Option<Armed>,

@@ -1,6 +1,7 @@
 //! The relay: handshakes, authenticated calls, long-poll. Brings the clock, the RNG and the
 //! storage to the sans-IO session layer.
 
+use mtproto_crypto::AuthKeyId;
 use std::sync::Arc;
 
 use mtproto_crypto::{DhGroup, ServerSigningKey};
@@ -30,9 +31,9 @@ pub const RESERVED_CLIENT_IDS: &[&str] = &["relay", "server", "admin"];
 pub struct Relay {
     /// Sessions as this node last committed them. A stale entry (another node committed since)
     /// fails the commit's compare-and-swap and is re-read, so the cache only saves reads.
-    sessions: std::sync::Mutex<std::collections::HashMap<[u8; 8], crate::SessionRecord>>,
+    sessions: std::sync::Mutex<std::collections::HashMap<AuthKeyId, crate::SessionRecord>>,
     locks: KeyLocks,
-    keys: std::sync::RwLock<std::collections::HashMap<[u8; 8], Arc<CachedKey>>>,
+    keys: std::sync::RwLock<std::collections::HashMap<AuthKeyId, Arc<CachedKey>>>,
     engine: Arc<dyn Engine>,
     key: ServerSigningKey,
     group: DhGroup,
@@ -53,7 +54,7 @@ pub struct Relay {
     target_handouts: KeyLimits,
     /// When each key's last request was committed (unix seconds), so that a client that only
     /// polls still counts as active for account expiry without a write on every poll.
-    touched: std::sync::Mutex<std::collections::HashMap<[u8; 8], u64>>,
+    touched: std::sync::Mutex<std::collections::HashMap<AuthKeyId, u64>>,
     observer: Arc<dyn crate::Observer>,
     /// Presence: when each client's last authenticated request reached this node (unix
     /// seconds), polls included, kept in memory only (never committed). The directory answers
@@ -154,12 +155,12 @@ impl Relay {
     /// every node.
     fn salt_for(
         &self,
-        key_id: [u8; 8],
+        key_id: AuthKeyId,
         sid: mtproto_session::SessionId,
         since: u64,
     ) -> mtproto_session::ServerSalt {
         let mut info = Vec::with_capacity(24);
-        info.extend_from_slice(&key_id);
+        info.extend_from_slice(key_id.as_bytes());
         info.extend_from_slice(&sid.0);
         info.extend_from_slice(&since.to_le_bytes());
         let mut out = [0u8; 8];

@@ -12,7 +12,7 @@ use mtproto_session::{
     EnvelopeError as SessionError, Notice,
 };
 
-use super::{long_poll::arm, Relay};
+use super::{answers::Reply, long_poll::arm, Relay};
 use crate::{
     api::{Call, Endpoint, EnvelopeRequest, EnvelopeResponse, MAX_LOOKUP_NAMES},
     limits::KeyLimits,
@@ -36,7 +36,7 @@ impl Relay {
             field: "packet".into(),
             reason: "give `packet`, or `auth_key_id`, `message_key` and `encrypted_data`".into(),
         })?;
-        let key_id = *packet_key_id(&packet)?.as_bytes();
+        let key_id = packet_key_id(&packet)?;
         let cached = self.auth_key(key_id).await?;
         let (key, client_id) = (&cached.key, &cached.client_id);
         let env = open_envelope(key, Direction::ClientToServer, &packet)?;
@@ -56,8 +56,11 @@ impl Relay {
             Call::PollMessages { ack, .. } => ack.len(),
             _ => 0,
         };
-        self.accounts
-            .admit(key_id, KeyLimits::cost(acks), std::time::Instant::now())?;
+        self.accounts.admit(
+            *key_id.as_bytes(),
+            KeyLimits::cost(acks),
+            std::time::Instant::now(),
+        )?;
         let lock = self.locks.get(key_id);
         for attempt in 0..COMMIT_ATTEMPTS {
             if attempt > 0 {
@@ -92,11 +95,14 @@ impl Relay {
                     let responder = session.responder();
                     // The answer may long-poll: never hold the key's lock while it waits.
                     drop(guard);
-                    return self
-                        .answer_duplicate(
-                            endpoint, req, key, key_id, client_id, responder, msg_id, &env.body,
-                        )
-                        .await;
+                    let to = Reply {
+                        key,
+                        client: client_id,
+                        responder,
+                        msg_id,
+                        seq_no: env.seq_no,
+                    };
+                    return self.answer_duplicate(endpoint, req, &env.body, to).await;
                 }
                 Err(e @ SessionError::BadMsg { code, .. }) => {
                     // A resend from before the session's time or replay window whose request was
@@ -113,18 +119,14 @@ impl Relay {
                     {
                         let responder = session.responder();
                         drop(guard);
-                        return self
-                            .answer_duplicate(
-                                endpoint,
-                                req,
-                                key,
-                                key_id,
-                                client_id,
-                                responder,
-                                env.msg_id.0,
-                                &env.body,
-                            )
-                            .await;
+                        let to = Reply {
+                            key,
+                            client: client_id,
+                            responder,
+                            msg_id: env.msg_id.0,
+                            seq_no: env.seq_no,
+                        };
+                        return self.answer_duplicate(endpoint, req, &env.body, to).await;
                     }
                     let salt = session
                         .current_salt(now)
@@ -142,23 +144,18 @@ impl Relay {
                 None => self.op_for(&call)?,
             };
             self.mark_present(client_id, now);
-            let responder = session.responder();
+            let to = Reply {
+                key,
+                client: client_id,
+                responder: session.responder(),
+                msg_id: incoming.msg_id.0,
+                seq_no: incoming.seq_no,
+            };
             if matches!(&op, Op::Ack { seqs } if seqs.is_empty()) && !self.touch_due(key_id, now) {
                 // A poll that acknowledges nothing changes nothing: it is checked like every
                 // request but not committed (docs/protocol.md, "Reads are not committed").
                 drop(guard);
-                return self
-                    .answer(
-                        &call,
-                        Outcome::Acked { removed: 0 },
-                        None,
-                        key,
-                        client_id,
-                        responder,
-                        incoming.msg_id.0,
-                        incoming.seq_no,
-                    )
-                    .await;
+                return self.answer(&call, Outcome::Acked { removed: 0 }, None, to).await;
             }
             let commit = Commit {
                 key_id,
@@ -215,18 +212,7 @@ impl Relay {
             if let Call::SendMessage { target_peer, .. } = &call {
                 self.notifier.notify(target_peer.as_str());
             }
-            return self
-                .answer(
-                    &call,
-                    outcome,
-                    fetched,
-                    key,
-                    client_id,
-                    responder,
-                    incoming.msg_id.0,
-                    incoming.seq_no,
-                )
-                .await;
+            return self.answer(&call, outcome, fetched, to).await;
         }
         Err(RelayError::Unavailable("session contended".into()))
     }

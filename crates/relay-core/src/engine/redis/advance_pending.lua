@@ -1,4 +1,4 @@
-local v = redis.call('GET', KEYS[1])
-if not v or not string.find(v, '"stage":"AwaitingDhParams"', 1, true) then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
+-- Only a handshake still at its first stage moves on (HSET keeps the key's TTL).
+if redis.call('HGET', KEYS[1], 'stage') ~= ARGV[3] then return 0 end
+redis.call('HSET', KEYS[1], 'stage', ARGV[2], 'rec', ARGV[1])
 return 1

@@ -1,31 +1,39 @@
 //! Key names (see the module docs for the layout): every key of one user shares a hash tag.
 
-#[allow(clippy::wildcard_imports)] // the engine's own imports and its other parts
 use super::*;
+#[allow(clippy::wildcard_imports)] // the engine's own imports and its other parts
+use mtproto_crypto::{AuthKeyId, Nonce128};
 
 impl RedisEngine {
     pub(super) fn hs(&self, rest: &str) -> String {
         format!("{}:{{hs}}:{rest}", self.prefix)
     }
 
-    pub(super) fn key_record(&self, key_id: &[u8; 8]) -> String {
-        format!("{}:{{k:{}}}:key", self.prefix, hex(key_id))
+    /// A pending handshake (a hash: `stage`, `rec`). Its own `h:` prefix: the string records
+    /// of earlier releases (`P:{hs}:<server_nonce>`, JSON) are never read as hashes; they
+    /// expire by themselves within two minutes.
+    pub(super) fn pending(&self, server_nonce: &Nonce128) -> String {
+        self.hs(&format!("h:{}", hex(server_nonce.as_bytes())))
+    }
+
+    pub(super) fn key_record(&self, key_id: &AuthKeyId) -> String {
+        format!("{}:{{k:{}}}:key", self.prefix, hex(key_id.as_bytes()))
     }
 
     pub(super) fn u(&self, client: &str, rest: &str) -> String {
         format!("{}:{{u:{client}}}:{rest}", self.prefix)
     }
 
-    pub(super) fn sess(&self, client: &str, key_id: &[u8; 8]) -> String {
-        self.u(client, &format!("sess:{}", hex(key_id)))
+    pub(super) fn sess(&self, client: &str, key_id: &AuthKeyId) -> String {
+        self.u(client, &format!("sess:{}", hex(key_id.as_bytes())))
     }
 
-    pub(super) fn out(&self, client: &str, key_id: &[u8; 8], msg_id: u64) -> String {
-        self.u(client, &format!("out:{}:{msg_id}", hex(key_id)))
+    pub(super) fn out(&self, client: &str, key_id: &AuthKeyId, msg_id: u64) -> String {
+        self.u(client, &format!("out:{}:{msg_id}", hex(key_id.as_bytes())))
     }
 
-    pub(super) fn marker(&self, to: &str, key_id: &[u8; 8], msg_id: u64) -> String {
-        self.u(to, &format!("dup:{}:{msg_id}", hex(key_id)))
+    pub(super) fn marker(&self, to: &str, key_id: &AuthKeyId, msg_id: u64) -> String {
+        self.u(to, &format!("dup:{}:{msg_id}", hex(key_id.as_bytes())))
     }
 
     pub(super) fn key_record_hex(&self, key_id_hex: &str) -> String {

@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! P:{hs}:idx                    ZSET   pending handshakes by creation time (the bound)
-//! P:{hs}:<server_nonce>         STRING pending handshake (JSON), PX 2·TTL
+//! P:{hs}:h:<server_nonce>       HASH   pending handshake: stage (its name), rec (JSON); PX 2·TTL
 //! P:{k:<key_id>}:key            STRING auth key record (JSON, names its client): key id → user
 //! P:{u:<client>}:owner          STRING key id (hex) that owns the client id
 //! P:{u:<client>}:peer           HASH   key, kv, reg, seen, next, bytes (payload bytes waiting)
@@ -43,11 +43,12 @@
 //! costs no round trip. The directory is paged from `P:names` (`ZRANGEBYLEX`), which a publish
 //! updates with its own command (on Cluster it lives in another slot than the user).
 
+use mtproto_crypto::{AuthKeyId, Nonce128};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use futures::StreamExt;
-use mtproto_session::{ClientId, PendingHandshake, ServerSession, UnixTime};
+use mtproto_session::{ClientId, PendingHandshake, ServerSession, Stage, UnixTime};
 use redis::{aio::ConnectionManager, AsyncCommands, Script};
 use zeroize::Zeroizing;
 
@@ -180,14 +181,15 @@ impl Engine for RedisEngine {
             .scripts
             .put_pending
             .key(self.hs("idx"))
-            .key(self.hs(&sn))
+            .key(self.pending(&p.server_nonce.into()))
             .arg(p.created_at.as_secs())
             .arg(now.as_secs().saturating_sub(ttl))
             .arg(max)
             .arg(&sn)
             .arg(data.as_str())
             .arg(ttl * 2000)
-            .arg(self.hs(""))
+            .arg(self.hs("h:"))
+            .arg(p.stage.name())
             .invoke_async(&mut conn)
             .await;
         match r {
@@ -197,9 +199,12 @@ impl Engine for RedisEngine {
         }
     }
 
-    async fn get_pending(&self, server_nonce: [u8; 16]) -> Result<Option<PendingHandshake>, EngineError> {
+    async fn get_pending(&self, server_nonce: Nonce128) -> Result<Option<PendingHandshake>, EngineError> {
         let mut conn = self.trip();
-        let v: Option<String> = conn.get(self.hs(&hex(&server_nonce))).await.map_err(storage)?;
+        let v: Option<String> = conn
+            .hget(self.pending(&server_nonce), "rec")
+            .await
+            .map_err(storage)?;
         secret_json(v)
     }
 
@@ -209,21 +214,23 @@ impl Engine for RedisEngine {
         let done: i64 = self
             .scripts
             .advance_pending
-            .key(self.hs(&hex(&p.server_nonce)))
+            .key(self.pending(&p.server_nonce.into()))
             .arg(data.as_str())
+            .arg(p.stage.name())
+            .arg(Stage::AwaitingDhParams.name())
             .invoke_async(&mut conn)
             .await
             .map_err(storage)?;
         Ok(done == 1)
     }
 
-    async fn take_pending(&self, server_nonce: [u8; 16]) -> Result<Option<PendingHandshake>, EngineError> {
-        let sn = hex(&server_nonce);
+    async fn take_pending(&self, server_nonce: Nonce128) -> Result<Option<PendingHandshake>, EngineError> {
+        let sn = server_nonce.to_hex();
         let mut conn = self.trip();
         let v: Option<String> = self
             .scripts
             .take_pending
-            .key(self.hs(&sn))
+            .key(self.pending(&server_nonce))
             .key(self.hs("idx"))
             .arg(&sn)
             .invoke_async(&mut conn)
@@ -260,7 +267,7 @@ impl Engine for RedisEngine {
             .key(self.u(&client, "owner"))
             .key(self.sess(&client, &key.key_id))
             .key(self.u(&client, "peer"))
-            .arg(hex(&key.key_id))
+            .arg(key.key_id.to_hex())
             .arg(session.to_bytes())
             .arg(now.as_secs())
             .invoke_async(&mut conn)
@@ -300,7 +307,7 @@ impl Engine for RedisEngine {
         &self,
         key: AuthKeyRecord,
         session: ServerSession,
-        old_key_id: [u8; 8],
+        old_key_id: AuthKeyId,
         now: UnixTime,
     ) -> Result<(), EngineError> {
         let client = key.client_id.as_str().to_owned();
@@ -318,9 +325,9 @@ impl Engine for RedisEngine {
             .key(self.sess(&client, &key.key_id))
             .key(self.u(&client, "peer"))
             .key(self.sess(&client, &old_key_id))
-            .arg(hex(&key.key_id))
+            .arg(key.key_id.to_hex())
             .arg(session.to_bytes())
-            .arg(hex(&old_key_id))
+            .arg(old_key_id.to_hex())
             .arg(now.as_secs())
             .invoke_async(&mut conn)
             .await;
@@ -337,7 +344,7 @@ impl Engine for RedisEngine {
         }
     }
 
-    async fn auth_key(&self, key_id: [u8; 8]) -> Result<Option<AuthKeyRecord>, EngineError> {
+    async fn auth_key(&self, key_id: AuthKeyId) -> Result<Option<AuthKeyRecord>, EngineError> {
         let mut conn = self.trip();
         let v: Option<String> = conn.get(self.key_record(&key_id)).await.map_err(storage)?;
         secret_json(v)
@@ -345,7 +352,7 @@ impl Engine for RedisEngine {
 
     async fn session(
         &self,
-        key_id: [u8; 8],
+        key_id: AuthKeyId,
         client: &ClientId,
     ) -> Result<Option<SessionRecord>, EngineError> {
         let mut conn = self.trip();
@@ -405,7 +412,7 @@ impl Engine for RedisEngine {
 
     async fn outcome(
         &self,
-        key_id: [u8; 8],
+        key_id: AuthKeyId,
         client: &ClientId,
         msg_id: u64,
     ) -> Result<Option<Outcome>, EngineError> {
@@ -518,7 +525,7 @@ impl Engine for RedisEngine {
         now: UnixTime,
         policy: AccountExpiry,
         max: usize,
-    ) -> Result<Vec<[u8; 8]>, EngineError> {
+    ) -> Result<Vec<AuthKeyId>, EngineError> {
         let mut removed = Vec::new();
         if max == 0 {
             return Ok(removed);

@@ -76,7 +76,7 @@ impl RedisEngine {
         one_time: bool,
     ) -> Result<Outcome, EngineError> {
         let peer = peer.as_str();
-        let marker = self.u(peer, &format!("ptake:{}:{}", hex(&c.key_id), c.msg_id));
+        let marker = self.u(peer, &format!("ptake:{}:{}", c.key_id.to_hex(), c.msg_id));
         let mut conn = self.trip();
         let raw: String = self
             .scripts

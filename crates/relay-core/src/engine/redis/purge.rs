@@ -85,7 +85,7 @@ impl RedisEngine {
         user: &str,
         now: UnixTime,
         policy: AccountExpiry,
-    ) -> Result<Option<Option<[u8; 8]>>, EngineError> {
+    ) -> Result<Option<Option<AuthKeyId>>, EngineError> {
         let mut conn = self.trip();
         let (status, key, stale): (i64, String, String) = self
             .scripts
@@ -143,7 +143,7 @@ impl RedisEngine {
                             .and_then(|d| u8::from_str_radix(d, 16).ok())
                     })
                     .collect();
-                <[u8; 8]>::try_from(bytes.as_slice()).ok()
+                AuthKeyId::from_slice(bytes.as_slice()).ok()
             })
             .flatten();
         Ok(Some(key_id))
@@ -159,7 +159,7 @@ impl RedisEngine {
                 now.as_secs()
                     .saturating_sub(mtproto_session::handshake::HANDSHAKE_TTL_SECS),
             )
-            .arg(self.hs(""))
+            .arg(self.hs("h:"))
             .invoke_async(&mut conn)
             .await
             .map_err(storage)?;

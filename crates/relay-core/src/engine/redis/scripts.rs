@@ -4,10 +4,11 @@
 use super::*;
 
 /// KEYS: handshake index, handshake. ARGV: 1 created_at, 2 expiry cutoff, 3 max, 4 server
-/// nonce (hex), 5 handshake, 6 TTL ms, 7 key prefix of handshakes (same slot).
+/// nonce (hex), 5 handshake (JSON), 6 TTL ms, 7 key prefix of handshakes (same slot), 8 stage.
 pub(super) const PUT_PENDING: &str = include_str!("put_pending.lua");
 
-/// KEYS: handshake. ARGV: the advanced handshake. Returns 1 if it was at the first stage.
+/// KEYS: handshake. ARGV: 1 the advanced handshake (JSON), 2 its stage, 3 the first stage's
+/// name. Returns 1 if it was at the first stage (the `stage` field, never a search in the JSON).
 pub(super) const ADVANCE_PENDING: &str = include_str!("advance_pending.lua");
 
 /// KEYS: handshake, handshake index. ARGV: server nonce (hex).

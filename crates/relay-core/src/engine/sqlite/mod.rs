@@ -17,6 +17,7 @@
 //! overlaps the next batch's work instead of stalling the writer. One fsync covers every batch
 //! committed since the previous one. If an fsync ever fails the engine refuses all further
 //! requests (the state of the file is then unknown; restarting recovers from the WAL).
+use mtproto_crypto::{AuthKeyId, Nonce128};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -30,6 +31,7 @@ use zeroize::Zeroizing;
 pub mod backup;
 mod ops;
 mod prekeys;
+mod purge;
 mod schema;
 mod writer;
 
@@ -241,14 +243,7 @@ impl Engine for SqliteEngine {
                 .query_row("SELECT COUNT(*) FROM pending", [], |r| r.get(0))
                 .map_err(storage)?;
             if as_u64(count) >= max as u64 {
-                let cutoff = now
-                    .as_secs()
-                    .saturating_sub(mtproto_session::handshake::HANDSHAKE_TTL_SECS);
-                c.execute(
-                    "DELETE FROM pending WHERE created_at <= ?1",
-                    params![as_i64(cutoff)],
-                )
-                .map_err(storage)?;
+                purge::expired_handshakes(c, now)?;
                 let count: i64 = c
                     .query_row("SELECT COUNT(*) FROM pending", [], |r| r.get(0))
                     .map_err(storage)?;
@@ -270,12 +265,12 @@ impl Engine for SqliteEngine {
         .await
     }
 
-    async fn get_pending(&self, server_nonce: [u8; 16]) -> Result<Option<PendingHandshake>, EngineError> {
+    async fn get_pending(&self, server_nonce: Nonce128) -> Result<Option<PendingHandshake>, EngineError> {
         self.call(move |c| {
             json_row(
                 c,
                 "SELECT data FROM pending WHERE server_nonce = ?1",
-                params![server_nonce.to_vec()],
+                params![server_nonce.as_bytes().to_vec()],
             )
         })
         .await
@@ -304,12 +299,12 @@ impl Engine for SqliteEngine {
         .await
     }
 
-    async fn take_pending(&self, server_nonce: [u8; 16]) -> Result<Option<PendingHandshake>, EngineError> {
+    async fn take_pending(&self, server_nonce: Nonce128) -> Result<Option<PendingHandshake>, EngineError> {
         self.call(move |c| {
             json_row(
                 c,
                 "DELETE FROM pending WHERE server_nonce = ?1 RETURNING data",
-                params![server_nonce.to_vec()],
+                params![server_nonce.as_bytes().to_vec()],
             )
         })
         .await
@@ -322,17 +317,17 @@ impl Engine for SqliteEngine {
         now: UnixTime,
     ) -> Result<(), EngineError> {
         self.call(move |c| {
-            if owner_key_id(c, &key.client_id)?.is_some_and(|o| o != key.key_id) {
+            if owner_key_id(c, &key.client_id)?.is_some_and(|o| o != key.key_id.as_bytes()) {
                 return Err(EngineError::ClientIdTaken);
             }
             c.execute(
                 "INSERT OR REPLACE INTO auth_keys (key_id, client_id, data) VALUES (?1, ?2, ?3)",
-                params![key.key_id.to_vec(), key.client_id.as_str(), to_json(&key)?.as_str()],
+                params![key.key_id.as_bytes().to_vec(), key.client_id.as_str(), to_json(&key)?.as_str()],
             )
             .map_err(storage)?;
             c.execute(
                 "INSERT OR REPLACE INTO sessions (key_id, data, version) VALUES (?1, ?2, 0)",
-                params![key.key_id.to_vec(), session.to_bytes()],
+                params![key.key_id.as_bytes().to_vec(), session.to_bytes()],
             )
             .map_err(storage)?;
             let t = as_i64(now.as_secs());
@@ -362,27 +357,27 @@ impl Engine for SqliteEngine {
         &self,
         key: AuthKeyRecord,
         session: ServerSession,
-        old_key_id: [u8; 8],
+        old_key_id: AuthKeyId,
         now: UnixTime,
     ) -> Result<(), EngineError> {
         self.call(move |c| {
-            if owner_key_id(c, &key.client_id)?.as_deref() != Some(old_key_id.as_slice()) {
+            if owner_key_id(c, &key.client_id)?.as_deref() != Some(old_key_id.as_bytes().as_slice()) {
                 return Err(EngineError::ClientIdTaken);
             }
             c.execute(
                 "DELETE FROM sessions WHERE key_id = ?1",
-                params![old_key_id.to_vec()],
+                params![old_key_id.as_bytes().to_vec()],
             )
             .map_err(storage)?;
             c.execute(
                 "DELETE FROM auth_keys WHERE key_id = ?1",
-                params![old_key_id.to_vec()],
+                params![old_key_id.as_bytes().to_vec()],
             )
             .map_err(storage)?;
             c.execute(
                 "INSERT INTO auth_keys (key_id, client_id, data) VALUES (?1, ?2, ?3)",
                 params![
-                    key.key_id.to_vec(),
+                    key.key_id.as_bytes().to_vec(),
                     key.client_id.as_str(),
                     to_json(&key)?.as_str()
                 ],
@@ -390,7 +385,7 @@ impl Engine for SqliteEngine {
             .map_err(storage)?;
             c.execute(
                 "INSERT OR REPLACE INTO sessions (key_id, data, version) VALUES (?1, ?2, 0)",
-                params![key.key_id.to_vec(), session.to_bytes()],
+                params![key.key_id.as_bytes().to_vec(), session.to_bytes()],
             )
             .map_err(storage)?;
             // A new registration as far as expiry goes (the unpublished hour counts from now).
@@ -406,12 +401,12 @@ impl Engine for SqliteEngine {
         .await
     }
 
-    async fn auth_key(&self, key_id: [u8; 8]) -> Result<Option<AuthKeyRecord>, EngineError> {
+    async fn auth_key(&self, key_id: AuthKeyId) -> Result<Option<AuthKeyRecord>, EngineError> {
         self.call(move |c| {
             json_row(
                 c,
                 "SELECT data FROM auth_keys WHERE key_id = ?1",
-                params![key_id.to_vec()],
+                params![key_id.as_bytes().to_vec()],
             )
         })
         .await
@@ -419,14 +414,16 @@ impl Engine for SqliteEngine {
 
     async fn session(
         &self,
-        key_id: [u8; 8],
+        key_id: AuthKeyId,
         _client: &ClientId,
     ) -> Result<Option<SessionRecord>, EngineError> {
         self.call(move |c| {
             let row: Option<(rusqlite::types::Value, i64)> = c
                 .prepare_cached("SELECT data, version FROM sessions WHERE key_id = ?1")
                 .map_err(storage)?
-                .query_row(params![key_id.to_vec()], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_row(params![key_id.as_bytes().to_vec()], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
                 .optional()
                 .map_err(storage)?;
             row.map(|(data, v)| {
@@ -465,7 +462,7 @@ impl Engine for SqliteEngine {
 
     async fn outcome(
         &self,
-        key_id: [u8; 8],
+        key_id: AuthKeyId,
         _client: &ClientId,
         msg_id: u64,
     ) -> Result<Option<Outcome>, EngineError> {
@@ -473,7 +470,7 @@ impl Engine for SqliteEngine {
             json_row(
                 c,
                 "SELECT data FROM outcomes WHERE msg_id = ?1 AND key_id = ?2",
-                params![as_i64(msg_id), key_id.to_vec()],
+                params![as_i64(msg_id), key_id.as_bytes().to_vec()],
             )
         })
         .await
@@ -534,121 +531,12 @@ impl Engine for SqliteEngine {
         now: UnixTime,
         policy: AccountExpiry,
         max: usize,
-    ) -> Result<Vec<[u8; 8]>, EngineError> {
-        self.call(move |c| {
-            let secs = now.as_secs();
-            let unpublished = as_i64(secs.saturating_sub(policy.unpublished_secs));
-            let idle = as_i64(secs.saturating_sub(policy.idle_secs));
-            let names: Vec<String> = c
-                .prepare_cached(
-                    "SELECT client_id FROM peers WHERE mailbox_count = 0 AND \
-                     ((identity_key IS NULL AND registered_at <= ?1) OR last_seen <= ?2) LIMIT ?3",
-                )
-                .map_err(storage)?
-                .query_map(params![unpublished, idle, as_i64(max as u64)], |r| r.get(0))
-                .map_err(storage)?
-                .collect::<Result<_, _>>()
-                .map_err(storage)?;
-            let mut keys = Vec::new();
-            for name in names {
-                let key: Option<Vec<u8>> = c
-                    .query_row(
-                        "DELETE FROM auth_keys WHERE client_id = ?1 RETURNING key_id",
-                        params![name],
-                        |r| r.get(0),
-                    )
-                    .optional()
-                    .map_err(storage)?;
-                c.execute("DELETE FROM peers WHERE client_id = ?1", params![name])
-                    .map_err(storage)?;
-                c.execute("DELETE FROM senders WHERE recipient = ?1", params![name])
-                    .map_err(storage)?;
-                c.execute("DELETE FROM prekeys WHERE client_id = ?1", params![name])
-                    .map_err(storage)?;
-                if let Some(key) = key {
-                    c.execute("DELETE FROM sessions WHERE key_id = ?1", params![key])
-                        .map_err(storage)?;
-                    // Its outcomes go with the hourly purge: no one holds the key to ask for them.
-                    keys.extend(<[u8; 8]>::try_from(key.as_slice()).ok());
-                }
-            }
-            Ok(keys)
-        })
-        .await
+    ) -> Result<Vec<AuthKeyId>, EngineError> {
+        self.call(move |c| purge::accounts(c, now, policy, max)).await
     }
 
     async fn purge_expired(&self, now: UnixTime) -> Result<Vec<ClientId>, EngineError> {
-        self.call(move |c| {
-            let secs = as_i64(now.as_secs());
-            let cutoff = now
-                .as_secs()
-                .saturating_sub(mtproto_session::handshake::HANDSHAKE_TTL_SECS);
-            c.execute(
-                "DELETE FROM pending WHERE created_at <= ?1",
-                params![as_i64(cutoff)],
-            )
-            .map_err(storage)?;
-            // msg_ids carry the client's clock, which the session holds within minutes of ours.
-            let oldest = now.as_secs().saturating_sub(OUTCOME_TTL_SECS) << 32;
-            c.execute("DELETE FROM outcomes WHERE msg_id < ?1", params![as_i64(oldest)])
-                .map_err(storage)?;
-            let mut stmt = c
-                .prepare(
-                    "DELETE FROM mailbox WHERE expires_at <= ?1 RETURNING recipient, seq, sender, kind, LENGTH(payload)",
-                )
-                .map_err(storage)?;
-            let rows: Vec<(String, i64, String, String, i64)> = stmt
-                .query_map(params![secs], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-                })
-                .map_err(storage)?
-                .collect::<Result<_, _>>()
-                .map_err(storage)?;
-            drop(stmt);
-            let mut per_recipient: std::collections::BTreeMap<&str, Vec<(String, i64, bool)>> =
-                std::collections::BTreeMap::new();
-            for (to, _, from, kind, len) in &rows {
-                let message = matches!(from_json::<EntryKind>(kind), Ok(EntryKind::Message));
-                per_recipient
-                    .entry(to.as_str())
-                    .or_default()
-                    .push((from.clone(), *len, message));
-            }
-            for (to, removed) in &per_recipient {
-                uncount(c, to, removed)?;
-            }
-            let mut notified = Vec::new();
-            for (to, seq, from, kind, _) in rows {
-                if !matches!(from_json::<EntryKind>(&kind), Ok(EntryKind::Message)) {
-                    continue;
-                }
-                let (Ok(sender), Ok(to)) = (ClientId::new(&from), ClientId::new(&to)) else {
-                    continue;
-                };
-                let notice = EntryKind::Expired {
-                    to,
-                    message_seq: as_u64(seq),
-                };
-                // A sender that is not (or no longer) registered has no mailbox to tell.
-                let seq = match reserve(c, sender.as_str(), RELAY_SENDER, 0, None, None) {
-                    Ok(seq) => seq,
-                    Err(EngineError::UnknownPeer) => continue,
-                    Err(e) => return Err(e),
-                };
-                insert_entry(
-                    c,
-                    sender.as_str(),
-                    seq,
-                    RELAY_SENDER,
-                    &notice,
-                    &[],
-                    (now, NEVER_EXPIRES),
-                )?;
-                notified.push(sender);
-            }
-            Ok(notified)
-        })
-        .await
+        self.call(move |c| purge::expired(c, now)).await
     }
 }
 

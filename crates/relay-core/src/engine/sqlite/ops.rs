@@ -267,7 +267,7 @@ pub(super) fn insert_entry(
 /// reserves its slot in the recipient's mailbox (which refuses without writing), and gives it
 /// back if the session's compare-and-swap then fails.
 pub(super) fn commit_in(c: &Connection, cm: &Commit) -> Result<Outcome, EngineError> {
-    let key = cm.key_id.to_vec();
+    let key = cm.key_id.as_bytes().to_vec();
     let me = cm.client.as_str();
     let reserved = match &cm.op {
         Op::Send {
