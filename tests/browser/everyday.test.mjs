@@ -448,3 +448,38 @@ test('(l) a message with bidi controls (an unclosed U+202E, a stray U+2069) stay
     await shoot(page, 'client_ui_bidi');
   } finally { await ctx.close(); await g.close(); }
 });
+
+test('(m) a tap on a contact that a message re-renders mid-press still opens it; the keyboard focus on a contact stays on it when the list re-orders', async () => {
+  const ctx = await newContext();
+  const one = await scripted(browser, server, 'tp-one'), two = await scripted(browser, server, 'tp-two');
+  const preview = (page, peer) => page.evaluate((p) => document.querySelector(`.peer[data-peer="${p}"] .preview`)?.textContent || '', peer);
+  const focusedPeer = (page) => page.evaluate(() => document.activeElement?.dataset?.peer || document.activeElement?.id || '');
+  try {
+    const page = await connect(ctx, 'tp-user', server.url);
+    await two.evaluate(() => c.send('tp-user', 'first from two'));
+    await page.waitForSelector('.peer[data-peer="tp-two"]', { timeout: 20000 });
+    await one.evaluate(() => c.send('tp-user', 'first from one'));
+    await until(async () => (await page.locator('.peer').first().getAttribute('data-peer')) === 'tp-one', 'tp-one on top');
+    // Pressed on tp-one; a message to tp-one re-renders its row (the preview) before the release.
+    const box = await page.locator('.peer[data-peer="tp-one"]').boundingBox();
+    await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+    await page.mouse.down();
+    await one.evaluate(() => c.send('tp-user', 'second from one'));
+    await until(async () => /second from one/.test(await preview(page, 'tp-one')), 'the row re-rendered under the finger');
+    await page.mouse.up();
+    await until(async () => (await page.textContent('#conv-title')) === 'tp-one', 'the tapped conversation to open');
+    // The keyboard: the focus on tp-one's row survives tp-two moving above it, and tp-one moving back up.
+    await page.focus('.peer[data-peer="tp-one"]');
+    await two.evaluate(() => c.send('tp-user', 'second from two'));
+    await until(async () => (await page.locator('.peer').first().getAttribute('data-peer')) === 'tp-two', 'tp-two on top');
+    assert.equal(await focusedPeer(page), 'tp-one', 'the focus stayed on the row when another moved above it');
+    await one.evaluate(() => c.send('tp-user', 'third from one'));
+    await until(async () => (await page.locator('.peer').first().getAttribute('data-peer')) === 'tp-one', 'tp-one back on top');
+    assert.equal(await focusedPeer(page), 'tp-one', 'the focus moved with the row');
+    await page.keyboard.press('Tab');
+    assert.equal(await focusedPeer(page), 'tp-two', 'Tab goes on to the next row, in the order shown');
+    await page.keyboard.press('Enter');
+    await until(async () => (await page.textContent('#conv-title')) === 'tp-two', 'Enter opens the focused row');
+    await shoot(page, 'client_ui_contacts_kept');
+  } finally { await ctx.close(); await one.close(); await two.close(); }
+});

@@ -225,12 +225,42 @@ function badgeFor(name) {
   return null;
 }
 
+/**
+ * The contact rows, one per name, kept from one render to the next: a poll that re-renders the list
+ * while a finger is on a row must not swallow the tap (a click needs the same element under the
+ * press and the release), nor take the keyboard focus off the row.
+ */
+const peerRows = new Map();
+
+/** Puts `fresh` (a row just built) in the kept row for `name`, touching only what changed. */
+function keepRow(name, fresh) {
+  const kept = peerRows.get(name);
+  if (!kept) { peerRows.set(name, fresh); return fresh.li; }
+  const b = kept.b, f = fresh.b;
+  if (b.innerHTML !== f.innerHTML) b.replaceChildren(...f.childNodes);
+  for (const a of ['class', 'title', 'aria-current']) {
+    if (f.getAttribute(a) === null) b.removeAttribute(a);
+    else if (b.getAttribute(a) !== f.getAttribute(a)) b.setAttribute(a, f.getAttribute(a));
+  }
+  return kept.li;
+}
+
+/** Makes `ul`'s children `rows`, in order, moving only the rows that moved. */
+function placeRows(ul, rows) {
+  const had = document.activeElement;
+  rows.forEach((li, i) => { if (ul.children[i] !== li) ul.insertBefore(li, ul.children[i] || null); });
+  while (ul.children.length > rows.length) ul.lastElementChild.remove();
+  // A moved row loses the focus (the DOM blurs what it moves): give it back.
+  if (had && had !== document.activeElement && ul.contains(had)) had.focus({ preventScroll: true });
+}
+
 function renderPeers() {
   if (!client) return;
   const names = [...client.contacts];
+  for (const n of peerRows.keys()) if (!client.contacts.has(n)) peerRows.delete(n);
   // Most recent conversation first; then by name.
   names.sort((a, b) => ((last(b)?.at || 0) - (last(a)?.at || 0)) || a.localeCompare(b));
-  $('peers').replaceChildren(...names.map((name) => {
+  placeRows($('peers'), names.map((name) => {
     const side = document.createElement('span'); side.className = 'side';
     const m = last(name);
     if (m) { const w = document.createElement('span'); w.className = 'when'; w.textContent = shortWhen(m.at); side.append(w); }
@@ -242,7 +272,8 @@ function renderPeers() {
     if (m) { const pv = document.createElement('span'); pv.className = 'preview'; pv.dir = 'auto'; pv.textContent = (m.dir === 'out' ? 'You: ' : '') + bidiBalanced((m.text || '').slice(0, 200)); who.append(pv); }
     b.setAttribute('aria-current', String(name === current));
     if (looked.has(name) && !info.has(name)) { b.classList.add('gone'); b.title = 'not on the relay any more'; }
-    return li;
+    else if (badge?.title) b.title = badge.title;
+    return keepRow(name, { li, b });
   }));
   $('contacts-empty').hidden = names.length > 0;
   const total = [...unread.values()].reduce((a, n) => a + n, 0);
@@ -814,7 +845,7 @@ function signedOutInPlace(what) {
   current = null; newBelow = 0; standingNotice = '';
   clearSearch();
   $('text').value = ''; fitComposer();
-  $('peers').replaceChildren(); $('messages').replaceChildren(); $('messages').dataset.peer = '';
+  $('peers').replaceChildren(); peerRows.clear(); $('messages').replaceChildren(); $('messages').dataset.peer = '';
   $('conv-title').textContent = 'Select someone to talk to';
   $('own-fp').textContent = ''; $('me').textContent = '';
   delete document.body.dataset.user;
