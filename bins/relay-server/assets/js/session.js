@@ -56,6 +56,8 @@ async function postJson(base, path, body) {
 
 /** The longest the page waits, in all, on `rate_limited` answers to one request. */
 export const RATE_LIMIT_BUDGET_SECS = 60;
+/** How far above every accepted seq_no the relay takes one (Rust mtproto_session::MAX_SEQ_NO_STEP). */
+export const MAX_SEQ_NO_STEP = 4096;
 
 /**
  * postJson, resending the same body:
@@ -223,6 +225,14 @@ export class Session {
     if (n._ === 'bad_server_salt') { this.salt = fromB64(n.new_server_salt); return true; }
     if (n.error_code === 16 || n.error_code === 17) {
       this.timeOffset = Number(inc.msgId >> 32n) - Math.floor(Date.now() / 1000); return true;
+    }
+    if (n.error_code === 32 && Number.isSafeInteger(n.bad_msg_seqno) && n.bad_msg_seqno >= 0) {
+      // Our seq_no went back (a profile restored from an older copy): the relay holds a higher
+      // one, at least bad_msg_seqno, and takes up to MAX_SEQ_NO_STEP above it; a jump to
+      // bad_msg_seqno + MAX_SEQ_NO_STEP is never too high, and never back (Rust SeqNoGen::skip_to).
+      const maxNext = Math.min(n.bad_msg_seqno + MAX_SEQ_NO_STEP, 0xffffffff);
+      this.contentSent = Math.max(this.contentSent, Math.floor((maxNext - 1) / 2));
+      return true;
     }
     return false;
   }
