@@ -91,20 +91,26 @@ export const sentStates = (page) => page.locator('#messages li.msg.out').evaluat
 
 /**
  * A scripted client `name` of `relay` in a blank page of `browser` (mtproto.js's RelayClient as
- * `window.c`, the module as `window.m`, nothing persisted); what it receives is `window.got` (the
+ * `window.c`, the module as `window.m`, nothing persisted unless `persist`); what it receives is `window.got` (the
  * 'message' events), what it refused `window.rejected`, the conversations it started or accepted
  * `window.starts`, and the end-to-end layer of every packet it sealed or opened `window.wire`
  * ({peer, out, kind: 'static' | 'ratchet' | 'start', seq, control, text, payload}). It polls only
  * when told (`c.poll(0)`), so a test decides when it reads. `beforeConnect(page)` runs first.
  */
-export async function scripted(browser, relay, name, { beforeConnect = null } = {}) {
+export async function scripted(browser, relay, name, { beforeConnect = null, persist = false } = {}) {
   const page = await browser.newPage();
   await page.goto(relay.url + '/');
   if (beforeConnect) await beforeConnect(page);
-  await page.evaluate(async ({ name, pin }) => {
+  await scriptIn(page, relay, name, { persist });
+  return page;
+}
+
+/** Connects `name` in `page` (already on the relay) as `scripted` does: after a reload, again. */
+export async function scriptIn(page, relay, name, { persist = false } = {}) {
+  await page.evaluate(async ({ name, pin, persist }) => {
     const m = await import('/js/mtproto.js');
     window.m = m;
-    window.c = await m.RelayClient.connect({ name, pin, persist: false });
+    window.c = await m.RelayClient.connect({ name, pin, persist });
     window.got = []; window.wire = []; window.starts = []; window.rejected = [];
     c.addEventListener('message', (e) => got.push(e.detail));
     c.addEventListener('rejected', (e) => rejected.push(e.detail));
@@ -112,8 +118,7 @@ export async function scripted(browser, relay, name, { beforeConnect = null } = 
     const e2e = wire;
     c.addEventListener('e2e', (e) => e2e.push({ peer: e.detail.peer, out: e.detail.outgoing, kind: e.detail.packet, seq: e.detail.seq, control: e.detail.control, text: e.detail.text, payload: e.detail.payload }));
     c.addEventListener('ratchet_started', (e) => starts.push(e.detail));
-  }, { name, pin: relay.fingerprint });
-  return page;
+  }, { name, pin: relay.fingerprint, persist });
 }
 
 /**

@@ -83,8 +83,9 @@ impl PeerRatchets {
     /// the one that knows the packet's ratchet key, if one does (ratchet keys are fresh random
     /// keys: the other cannot own it, and trying it there would charge a copy or a late
     /// message as a new chain); for a new ratchet key, the sending one (both sides converge on
-    /// it), then the other. An honest peer's packets never pay the wrong conversation's chain
-    /// steps from its skip budget.
+    /// it), then the other. So in the flows the tests cover (simultaneous starts, bursts, copies,
+    /// reordering) an honest peer's packets do not pay the wrong conversation's chain steps from
+    /// its skip budget.
     pub(crate) fn open_order(&mut self, packet: &[u8], now: UnixTime) -> [Option<&mut Conv>; 2] {
         let knows = |c: &Option<Conv>| c.as_ref().is_some_and(|c| c.chat.recognizes(packet, now));
         if knows(&self.theirs) {
@@ -419,6 +420,13 @@ impl Client {
                 let (chat, accepted) =
                     RatchetChat::accept(identity, prekeys, window, packet, time, &mut OsRng)?;
                 let one_time = accepted.one_time_prekey.is_some();
+                // A new start while ours has heard back: the peer no longer has ours (its
+                // profile came back from an older copy). Sending on in ours would be lost
+                // (`docs/protocol.md` §3.3). While ours is still a pending start the two
+                // crossed (simultaneous starts): the peer will accept ours, both stay.
+                if r.ours.as_ref().is_some_and(|o| !o.chat.start_pending()) {
+                    r.ours = None;
+                }
                 r.theirs = Some(Conv {
                     chat,
                     without_one_time_prekey: !one_time,

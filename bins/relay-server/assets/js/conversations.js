@@ -229,7 +229,8 @@ export class Conversations {
    * docs/protocol.md §3.3): only the one that knows the packet's ratchet key, if one does (the
    * other cannot own a fresh random key, and trying it there would charge a copy or a late
    * message as a new chain); for a new ratchet key, the sending one (both sides converge on it),
-   * then the other. So an honest peer's packets never pay the wrong conversation's chain steps.
+   * then the other. So in the flows the tests cover an honest peer's packets do not pay the wrong
+   * conversation's chain steps.
    */
   openOrder(peer, packet) {
     const p = this.peers.get(peer);
@@ -278,7 +279,12 @@ export class Conversations {
       throw e.replay ? e : notOpened();
     }
     const usedOpk = acc.oneTimePrekey !== null;
-    this.slot(peer).theirs = { chat: acc.chat, oneTimePrekey: usedOpk, startedAt: Date.now() };
+    // A new start while ours has heard back: the peer no longer has ours (its profile came back
+    // from an older copy); sending on in ours would be lost (docs/protocol.md §3.3). While ours is
+    // still a pending start the two crossed (simultaneous starts): the peer will accept ours.
+    const slot = this.slot(peer);
+    if (slot.ours && !slot.ours.chat.startPending) slot.ours = null;
+    slot.theirs = { chat: acc.chat, oneTimePrekey: usedOpk, startedAt: Date.now() };
     if (usedOpk && this.relayOneTime !== null) this.relayOneTime = Math.max(0, this.relayOneTime - 1);
     // Without one, the relay has none left (drained?): ask it at the next upkeep, top up if low.
     if (!usedOpk) this.needCount = true;
