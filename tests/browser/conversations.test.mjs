@@ -240,6 +240,54 @@ test('after simultaneous starts, a profile restored from a copy older than both 
   } finally { await x.close(); await y.close(); }
 });
 
+/**
+ * Has `p`'s relay hand out prekeys signed by a new signing key (as a relay substituting prekeys
+ * would): a signed prekey for p's identity key, signed by it, published in p's name. → its b64.
+ */
+const substituteSigningKey = (p) => p.evaluate(async () => {
+  const r = await import('/js/ratchet.js'), { b64 } = await import('/js/bytes.js');
+  const signing = await r.generateSigningKey();
+  const pk = await r.Prekeys.create(c.identity.pub, signing, Math.floor(Date.now() / 1000));
+  const sp = pk.signedPrekey();
+  await c.call('/publish_prekeys', { method: 'publish_prekeys', signing_key: b64(signing.pub),
+    signed_prekey: { id: sp.id, public: b64(sp.public), signature: b64(sp.signature) }, one_time_prekeys: [] });
+  return b64(signing.pub);
+});
+
+test('the signing key of the first start is pinned: a bundle signed by another one starts nothing and sends nothing, the first one works again, and a new identity key starts a new pin', async () => {
+  const a = await client('fs-pin-a'), b = await client('fs-pin-b');
+  try {
+    const own = (p) => p.evaluate(async () => (await import('/js/bytes.js')).b64(c.conv.signing.pub));
+    const pin = () => a.evaluate(() => c.peers.get('fs-pin-b').signingKey || null);
+    assert.equal(await send(a, 'fs-pin-b', 'first'), 'stored');
+    assert.equal(await pin(), await own(b), 'pinned by the first start');
+    const bodies = async () => { await poll(b); return texts(b); };
+    await until(async () => (await bodies()).includes('first'), 'first');
+    // Ann's conversation with Ben is gone (so her next send fetches a bundle again), and the
+    // relay hands out Ben's prekeys signed by another key.
+    await a.evaluate(() => c.conv.dropPeer('fs-pin-b'));
+    const other = await substituteSigningKey(b);
+    const refused = await a.evaluate(() => c.send('fs-pin-b', 'never sent').then(() => null, (e) => ({ code: e.code, human: e.human })));
+    assert.equal(refused?.code, 'signing_key_changed');
+    assert.match(refused.human, /signed by another key than before.*nothing was sent/);
+    assert.equal(await a.evaluate(() => c.conv.peers.has('fs-pin-b') && !!c.conv.peers.get('fs-pin-b').ours), false, 'nothing started');
+    assert.deepEqual(await a.evaluate(() => c.outbox.map((e) => e.state)), [], 'nothing queued');
+    assert.equal(await pin(), await own(b), 'the pin stays');
+    // Ben's own prekeys again: the start goes.
+    await b.evaluate(() => c.conv.publish(0));
+    assert.equal(await send(a, 'fs-pin-b', 'the first key again'), 'stored');
+    await until(async () => (await bodies()).includes('the first key again'), 'the first key again');
+    assert.ok(!(await texts(b)).includes('never sent'));
+    // A new identity key, accepted, starts without a pin: its bundle's signing key is taken.
+    await b.evaluate(() => c.rotateIdentity());
+    const next = await substituteSigningKey(b);
+    assert.notEqual(next, other);
+    await a.evaluate(async () => { await c.lookupPeer('fs-pin-b'); await c.acceptPeerKey('fs-pin-b'); });
+    assert.equal(await send(a, 'fs-pin-b', 'to the new key'), 'stored');
+    assert.equal(await pin(), next);
+  } finally { await a.close(); await b.close(); }
+});
+
 test('out of order: ratchet packets the relay stores in another order (across a chain change) all show, once, in the sender\'s order', async () => {
   const ctx = await browser.newContext({ viewport: DESKTOP });
   const g = await client('fs-shuffler');

@@ -310,7 +310,8 @@ impl Client {
     /// # Errors
     /// Transport and server errors of the fetch (other than `no_prekeys`);
     /// [`ClientError::PeerKeyChanged`] when the bundle is for another identity key than the
-    /// accepted one.
+    /// accepted one; [`ClientError::SigningKeyChanged`] when it is signed by another signing key
+    /// than the one pinned for that identity key.
     pub(crate) async fn prepare_conversation(&self, peer: &str) -> Result<(), ClientError> {
         {
             let st = self.state.lock().await;
@@ -340,8 +341,20 @@ impl Client {
             .get(peer)
             .map(|c| *c.peer())
             .ok_or_else(|| ClientError::NoPeerKey(peer.into()))?;
+        let signing = answer.bundle.signing_key;
+        let pinned = st.peers.get(peer).and_then(|k| k.signing_key);
+        if pinned.is_some_and(|p| p != signing) {
+            return Err(ClientError::SigningKeyChanged {
+                peer: peer.to_owned(),
+            });
+        }
         match RatchetChat::initiate(&st.identity, &answer.bundle, &expected, &mut OsRng) {
             Ok((chat, started)) => {
+                // The bundle's signature checked out for the accepted identity key: its signing
+                // key is pinned from now on (trust on first use).
+                if let Some(k) = st.peers.get_mut(peer) {
+                    k.signing_key.get_or_insert(signing);
+                }
                 let without = started.one_time_prekey.is_none();
                 st.ratchets.entry(peer.to_owned()).or_default().ours = Some(Conv {
                     chat,

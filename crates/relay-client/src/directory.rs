@@ -44,6 +44,7 @@ fn accept_key(st: &mut State, peer: &str, key: IdentityPublic, key_version: u32)
             identity_key: *key.as_bytes(),
             key_version,
             verified: false,
+            signing_key: None,
         },
     );
     let chat = ChatState::new(&st.identity, key)?;

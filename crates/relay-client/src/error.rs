@@ -43,6 +43,16 @@ pub enum ClientError {
         /// The directory's version now.
         new_version: u32,
     },
+    /// The relay handed out a prekey bundle for the peer's accepted identity key signed by
+    /// another identity signing key than the first start with that key used (trust on first
+    /// use, `docs/crypto.md`). Our clients make one signing key per profile and a new profile
+    /// has a new identity key, so this is the relay (or someone) substituting prekeys: nothing
+    /// was started or sent. Ask the peer to compare safety numbers; a key change resets it.
+    #[error("the relay handed out prekeys for {peer} signed by another signing key than before (same identity key): nothing was sent")]
+    SigningKeyChanged {
+        /// The peer.
+        peer: String,
+    },
     /// The peer is not in the directory or has published no identity key.
     #[error("peer {0} has no identity key in the directory")]
     NoPeerKey(String),

@@ -17,6 +17,11 @@ pub struct KnownPeer {
     pub key_version: u32,
     /// Whether the user compared fingerprints and marked it verified.
     pub verified: bool,
+    /// The Ed25519 identity signing key of the first prekey bundle a start used with this
+    /// identity key (trust on first use, `docs/crypto.md`): a bundle signed by another one is
+    /// refused ([`ClientError::SigningKeyChanged`]). A new identity key starts without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key: Option<[u8; 32]>,
 }
 
 /// The profile file's content. It holds secrets: the file is written with owner-only permissions.

@@ -34,7 +34,9 @@ impl Client {
     ///
     /// # Errors
     /// [`ClientError::PeerKeyChanged`], [`ClientError::NoPeerKey`] and transport errors while
-    /// looking up a new peer's key or fetching its prekey bundle, [`ClientError::OutboxFull`], protocol errors while sealing,
+    /// looking up a new peer's key or fetching its prekey bundle,
+    /// [`ClientError::SigningKeyChanged`] for a bundle signed by another key than the first one,
+    /// [`ClientError::OutboxFull`], protocol errors while sealing,
     /// profile errors — all before the message is queued, except a profile error.
     pub async fn send(&self, peer: &str, body: &[u8]) -> Result<Receipt, ClientError> {
         let peer = peer_name(peer)?;

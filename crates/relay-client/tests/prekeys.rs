@@ -136,3 +136,96 @@ async fn bad_prekey_requests_get_a_json_refusal_not_a_server_error() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_signed_by_another_signing_key_than_the_first_is_refused_until_a_key_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let profiles = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "127.0.0.1:0").await;
+    let alice_profile = profiles.path().join("alice.json");
+    let alice_cfg = || {
+        relay_client::ClientConfig::new(&server.url, "alice", server.pin())
+            .with_profile(alice_profile.clone())
+    };
+    // Bob's prekeys are published by the test: what the relay hands out is ours to choose, as a
+    // relay substituting prekeys would.
+    let bob = relay_client::Client::connect(
+        relay_client::ClientConfig::new(&server.url, "bob", server.pin()).with_prekeys(false),
+    )
+    .await
+    .unwrap();
+    let first = IdentitySigningKey::generate(&mut OsRng);
+    bob.publish_prekeys(&bob.new_prekeys(&first).await, &[])
+        .await
+        .unwrap();
+    let alice = relay_client::Client::connect(alice_cfg()).await.unwrap();
+    alice
+        .send("bob", b"started with the first signing key")
+        .await
+        .unwrap();
+    let pinned = |p: &relay_client::Profile| p.peers["bob"].signing_key;
+    let profile = relay_client::Profile::load(&alice_profile).unwrap().unwrap();
+    assert_eq!(pinned(&profile), Some(*first.public().as_bytes()));
+    // Alice's conversation with bob is gone (so her next send fetches a bundle again).
+    drop(alice);
+    let mut profile = profile;
+    profile.ratchets.remove("bob");
+    profile.save(&alice_profile).unwrap();
+
+    // The relay hands out prekeys for bob's identity key signed by another signing key.
+    let other = IdentitySigningKey::generate(&mut OsRng);
+    bob.publish_prekeys(&bob.new_prekeys(&other).await, &[])
+        .await
+        .unwrap();
+    let alice = relay_client::Client::connect(alice_cfg()).await.unwrap();
+    let err = alice.send("bob", b"never sent").await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::SigningKeyChanged { peer } if peer == "bob"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("another signing key"), "{err}");
+    let c = alice.conversation("bob").await.unwrap();
+    assert!(!c.is_some_and(|c| c.forward_secret), "nothing started");
+    assert!(alice.outbox().await.is_empty(), "nothing queued");
+    let stored = |name: &'static str| {
+        let relay = server.relay.clone();
+        async move {
+            relay
+                .engine()
+                .fetch(
+                    &mtproto_session::ClientId::new(name).unwrap(),
+                    100,
+                    mtproto_session::UnixTime::from_system(),
+                )
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+    assert_eq!(
+        stored("bob").await,
+        1,
+        "only the first message reached bob's mailbox"
+    );
+    // The pin survives a restart, and the first signing key is taken again.
+    drop(alice);
+    bob.publish_prekeys(&bob.new_prekeys(&first).await, &[])
+        .await
+        .unwrap();
+    let alice = relay_client::Client::connect(alice_cfg()).await.unwrap();
+    alice.send("bob", b"the first signing key again").await.unwrap();
+    assert_eq!(stored("bob").await, 2);
+
+    // A new identity key (accepted by the user) starts without a pin: its own signing key is
+    // taken and pinned.
+    bob.rotate_identity().await.unwrap();
+    bob.publish_prekeys(&bob.new_prekeys(&other).await, &[])
+        .await
+        .unwrap();
+    alice.lookup(&["bob"]).await.unwrap();
+    alice.accept_peer_key("bob").await.unwrap();
+    alice.send("bob", b"to the new key").await.unwrap();
+    let profile = relay_client::Profile::load(&alice_profile).unwrap().unwrap();
+    assert_eq!(pinned(&profile), Some(*other.public().as_bytes()));
+    server.stop().await;
+}

@@ -13,6 +13,8 @@
 // - received packets by their kind: static → the static conversation; ratchet → the conversation
 //   that knows its ratchet key, else the sending one, then the other (openOrder); start → theirs
 //   when it is the same start (EK_A), else accepted into a new theirs (§3);
+// - a peer's signing key pinned by the first start with its identity key: a bundle signed by
+//   another one starts nothing (trust on first use, docs/crypto.md);
 // - prekeys: an Ed25519 signing key made once per profile, the signed prekey published on
 //   connect and rotated after 7 days, one-time prekeys topped up to 100 when the relay may hold
 //   fewer than 50; every accepted start makes the page ask the relay at its next upkeep (one
@@ -180,10 +182,23 @@ export class Conversations {
       }
       throw e;
     }
-    let started;
+    let started, bundle;
     try {
-      started = await RatchetChat.initiate(this.client.identity, bundleFromJson(answer.bundle), window.peer);
+      bundle = bundleFromJson(answer.bundle);
+      // Trust on first use (Rust ClientError::SigningKeyChanged, docs/crypto.md): the signing key
+      // of the first bundle a start used with this identity key is pinned; a page makes one per
+      // profile and a new profile has a new identity key, so another one is the relay (or
+      // someone) substituting prekeys.
+      const known = this.client.peers.get(peer);
+      if (known?.signingKey && known.signingKey !== b64(bundle.signingKey)) {
+        const err = new Error(`the relay handed out prekeys for ${peer} signed by another signing key than before`);
+        err.code = 'signing_key_changed';
+        err.human = `The relay handed out keys for ${peer} signed by another key than before, although ${peer}'s security key is the same: nothing was sent. Compare safety numbers with ${peer}; if they match, the relay may be tampering.`;
+        throw err;
+      }
+      started = await RatchetChat.initiate(this.client.identity, bundle, window.peer);
     } catch (e) {
+      if (e.code === 'signing_key_changed') throw e;
       if (e.code === 'peer_identity_mismatch') {
         // The relay hands out prekeys of another identity key than the one accepted: the key
         // changed (the lookup blocks the peer and asks the user), or the relay lies.
@@ -197,6 +212,10 @@ export class Conversations {
       throw err;
     }
     const conv = { chat: started.chat, oneTimePrekey: started.oneTimePrekey !== null, startedAt: Date.now() };
+    // Its signature checked out for the accepted identity key: pinned from now on (saved with the
+    // profile, with the conversation; a new identity key starts without one).
+    const known = this.client.peers.get(peer);
+    if (known && !known.signingKey) known.signingKey = b64(bundle.signingKey);
     this.slot(peer).ours = conv;
     this.noPrekeysUntil.delete(peer);
     this.client.emit('ratchet_started', { peer, initiator: true, oneTimePrekey: conv.oneTimePrekey });
