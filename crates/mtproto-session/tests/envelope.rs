@@ -387,3 +387,31 @@ fn mtproto_vectors_replay_through_the_envelope_parser() {
     }
     assert_eq!(seen, 3);
 }
+
+#[test]
+fn a_seq_no_notice_moves_the_counter_only_when_it_names_the_seq_no_we_sent() {
+    let (mut client, mut est) = connect(t0());
+    let out = client.encode_request(b"x", t0(), &mut OsRng).unwrap();
+    let mut notice = |client: &mut mtproto_session::ClientSession, bad_msg_seqno: u32| {
+        let n = Notice::BadMsgNotification {
+            bad_msg_id: out.msg_id.0,
+            bad_msg_seqno,
+            error_code: 32,
+        };
+        let sealed = est
+            .session
+            .encode_notice(&est.auth_key, &n, t0(), &mut OsRng)
+            .unwrap();
+        let incoming = client.decode_response(&sealed.packet, t0()).unwrap();
+        client.handle_notice(&incoming, t0())
+    };
+    // A notice naming another seq_no than the one sent with that msg_id (a faulty relay): not
+    // applied, else one such notice could push the counter to the top for good.
+    assert_eq!(notice(&mut client, u32::MAX - 4), None);
+    let next = client.encode_request(b"x", t0(), &mut OsRng).unwrap();
+    assert_eq!(next.seq_no, out.seq_no + 2);
+    // The real one: the counter jumps to at most MAX_SEQ_NO_STEP above the refused seq_no.
+    assert!(notice(&mut client, out.seq_no).is_some());
+    let after = client.encode_request(b"x", t0(), &mut OsRng).unwrap();
+    assert_eq!(after.seq_no, out.seq_no + mtproto_session::MAX_SEQ_NO_STEP);
+}

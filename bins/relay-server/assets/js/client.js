@@ -532,8 +532,8 @@ export class RelayClient extends EventTarget {
         dropEnvelope(entry);
         const out = await s.encode(utf8(JSON.stringify(call)));
         entry.envelope = { msgId: out.msgId.toString(), sessionId: s.sessionId, seqNo: out.seqNo, packet: out.packet, uncertain: false };
-      } else if (!s.sent.includes(env.msgId)) {
-        s.sent.push(env.msgId); // after a reload: a notice about it is believed
+      } else if (!s.sent.some((e) => e[0] === env.msgId)) {
+        s.sent.push([env.msgId, env.seqNo]); // after a reload: a notice about it is believed
       }
       const envelope = entry.envelope;
       // Saved before it leaves (with the session's counters), and counted as possibly stored

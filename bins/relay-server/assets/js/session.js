@@ -199,7 +199,7 @@ export class Session {
     const seqNo = 2 * this.contentSent + 1;
     this.contentSent += 1;
     const payload = concat(this.salt, this.sessionId, u64le(msgId), u32le(seqNo), u32le(bodyBytes.length), bodyBytes);
-    this.sent.push(msgId.toString()); if (this.sent.length > 256) this.sent.shift();
+    this.sent.push([msgId.toString(), seqNo]); if (this.sent.length > 256) this.sent.shift();
     return { packet: await seal(this.authKey, 0, payload), msgId, seqNo };
   }
   /** Opens a server envelope: session id, msg_id parity and duplicates. */
@@ -221,15 +221,19 @@ export class Session {
     // sent. Read it as the digits it is.
     const text = fromUtf8(inc.body).replace(/"bad_msg_id"\s*:\s*(\d+)/, '"bad_msg_id":"$1"');
     const n = JSON.parse(text);
-    if (!this.sent.includes(String(n.bad_msg_id))) return false;
+    const sent = this.sent.find((e) => e[0] === String(n.bad_msg_id));
+    if (!sent) return false;
     if (n._ === 'bad_server_salt') { this.salt = fromB64(n.new_server_salt); return true; }
     if (n.error_code === 16 || n.error_code === 17) {
       this.timeOffset = Number(inc.msgId >> 32n) - Math.floor(Date.now() / 1000); return true;
     }
-    if (n.error_code === 32 && Number.isSafeInteger(n.bad_msg_seqno) && n.bad_msg_seqno >= 0) {
+    // It must name the seq_no we sent with that msg_id: another one is not about our message, and
+    // one such notice would push the counter to the top for good (Rust handle_notice).
+    if (n.error_code === 32 && n.bad_msg_seqno === sent[1]) {
       // Our seq_no went back (a profile restored from an older copy): the relay holds a higher
       // one, at least bad_msg_seqno, and takes up to MAX_SEQ_NO_STEP above it; a jump to
       // bad_msg_seqno + MAX_SEQ_NO_STEP is never too high, and never back (Rust SeqNoGen::skip_to).
+      // A copy far behind takes one refusal per MAX_SEQ_NO_STEP (docs/protocol.md §3.2, limits).
       const maxNext = Math.min(n.bad_msg_seqno + MAX_SEQ_NO_STEP, 0xffffffff);
       this.contentSent = Math.max(this.contentSent, Math.floor((maxNext - 1) / 2));
       return true;

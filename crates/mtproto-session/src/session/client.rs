@@ -32,7 +32,7 @@ pub struct ClientSession {
     msg_ids: MsgIdGen,
     seq: SeqNoGen,
     seen: ReplayWindow,
-    sent: VecDeque<u64>,
+    sent: VecDeque<(u64, u32)>,
 }
 
 /// Everything a client needs to resume its session later. Holds the auth key.
@@ -179,7 +179,7 @@ impl ClientSession {
         if self.sent.len() >= SENT_MEMORY {
             self.sent.pop_front();
         }
-        self.sent.push_back(msg_id.0);
+        self.sent.push_back((msg_id.0, seq_no));
         Ok(Outgoing {
             msg_id,
             seq_no,
@@ -227,9 +227,8 @@ impl ClientSession {
     /// resend with a fresh msg_id. Other bodies, and notices about unknown ids, return `None`.
     pub fn handle_notice(&mut self, incoming: &Incoming, now: UnixTime) -> Option<Notice> {
         let notice: Notice = serde_json::from_slice(&incoming.body).ok()?;
-        if !self.sent.contains(&notice.bad_msg_id()) {
-            return None;
-        }
+        let bad = notice.bad_msg_id();
+        let sent_seq_no = self.sent.iter().find(|e| e.0 == bad)?.1;
         match &notice {
             Notice::BadServerSalt { new_server_salt, .. } => {
                 self.salt = ServerSalt(fixed("new_server_salt", &new_server_salt.0).ok()?);
@@ -246,11 +245,17 @@ impl ClientSession {
                 bad_msg_seqno,
                 ..
             } => {
+                // The notice must name the seq_no we sent with that msg_id: another one is not
+                // about our message, and trusting it would let one bad notice push the counter
+                // to the top for good (every call then refused with code 33).
+                if *bad_msg_seqno != sent_seq_no {
+                    return None;
+                }
                 // Our seq_no went back (a profile restored from an older copy): the relay holds a
                 // higher one, H >= bad_msg_seqno. It accepts up to H + MAX_SEQ_NO_STEP, so a jump
-                // to bad_msg_seqno + MAX_SEQ_NO_STEP is never too high, and a few such jumps
-                // catch up with any H (each notice jumps from its own refused seq_no, so
-                // several at once never add up).
+                // to bad_msg_seqno + MAX_SEQ_NO_STEP is never too high (each notice jumps from
+                // its own refused seq_no, so several at once never add up). A copy far behind
+                // takes one refusal per MAX_SEQ_NO_STEP: (H - bad_msg_seqno) / 4096 of them.
                 self.seq
                     .skip_to(bad_msg_seqno.saturating_add(crate::MAX_SEQ_NO_STEP));
             }
