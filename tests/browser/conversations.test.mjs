@@ -176,6 +176,70 @@ test('after simultaneous starts, a long burst, a copy of each packet, and then 6
   } finally { await a.close(); await b.close(); }
 });
 
+test('a late copy of the peer\'s first start (refused once, retried after the other conversation heard back) retires ours, which still opens: nothing is lost either way', async () => {
+  // Found by the fourth review: dropping ours there (the fix for the restored copy) lost every
+  // message the peer went on sending in ours. A relay whose mailboxes hold two entries.
+  const small = await startServer(['--engine', 'memory', '--register-burst', '100', '--handshake-burst', '300', '--pow-bits', '0', '--mailbox-cap', '2']);
+  const x = await client('fs-late-x', small), y = await client('fs-late-y', small), carol = await client('fs-late-c', small);
+  try {
+    const key = (p) => p.evaluate(() => [...c.identity.pub]);
+    const [kx, ky] = [await key(x), await key(y)];
+    const i = kx.findIndex((v, j) => v !== ky[j]);
+    // V has the lower key: its conversation is the one both would send in.
+    const [V, Vn, P, Pn] = kx[i] < ky[i] ? [x, 'fs-late-x', y, 'fs-late-y'] : [y, 'fs-late-y', x, 'fs-late-x'];
+    assert.equal(await send(V, Pn, 'a0'), 'stored');
+    assert.equal(await send(carol, Vn, 'c0'), 'stored');
+    assert.equal(await send(carol, Vn, 'c1'), 'stored');
+    // P writes twice before it reads: its own start, refused (V's mailbox is full).
+    const states = await P.evaluate((to) => Promise.all([c.send(to, 'b0'), c.send(to, 'b1')]).then((rs) => rs.map((r) => r.state)), Vn);
+    assert.deepEqual(states, ['refused', 'refused']);
+    const refused = await P.evaluate(() => c.waiting().filter((r) => r.state === 'refused').map((r) => r.id));
+    await poll(V); await poll(V); // Carol's read and acknowledged: room again
+    await until(async () => { await poll(P); return (await texts(P)).includes('a0'); }, 'P to accept V\'s start');
+    assert.equal(await send(P, Vn, 'b2'), 'stored');
+    await until(async () => { await poll(V); return (await texts(V)).includes('b2'); }, 'b2: V\'s conversation heard back');
+    assert.equal(await V.evaluate((p) => c.conv.peers.get(p).ours.chat.startPending, Pn), false);
+    // P's receipt for a0 read too, and all of it acknowledged: room again.
+    await until(async () => { await poll(V); return (await wireOf(V)).some((w) => !w.out && w.control); }, 'P\'s receipt');
+    await poll(V);
+    // P retries: b0 is the same start packet, late (b1, sealed last, is sealed again).
+    const retry = (id) => P.evaluate((id) => c.retry(id).then((r) => [r.state, r.code]), id);
+    for (const [id, text] of [[refused[0], 'b0'], [refused[1], 'b1']]) {
+      assert.deepEqual(await retry(id), ['stored', null], text);
+      await until(async () => { await poll(V); return (await texts(V)).includes(text); }, `${text} to open`);
+      await poll(V);
+    }
+    assert.equal(await V.evaluate((p) => !!c.conv.peers.get(p).ours && c.conv.peers.get(p).oursRetired, Pn), true, 'ours kept, retired');
+    assert.equal((await V.evaluate((p) => c.security(p), Pn)).initiator, 'them', 'V answers in P\'s start');
+    // On, both ways. Two entries per mailbox: a send the relay refuses while the reader's receipts
+    // fill it is retried once the reader has read (what the user's Retry does).
+    const sendSure = async (p, to, text, reader) => {
+      const id = await p.evaluate(([to, text]) => c.send(to, text).then((r) => r.id), [to, text]);
+      await until(async () => {
+        if (!(await p.evaluate((id) => c.waiting().some((w) => w.id === id), id))) return true;
+        await poll(reader); await poll(reader);
+        await p.evaluate((id) => c.retry(id), id);
+        return false;
+      }, `${text} to be stored`);
+    };
+    for (let k = 3; k < 6; k++) {
+      await sendSure(P, Vn, `b${k}`, V);
+      await until(async () => { await poll(V); return (await texts(V)).includes(`b${k}`); }, `b${k}`);
+      await sendSure(V, Pn, `a${k}`, P);
+      await until(async () => { await poll(P); return (await texts(P)).includes(`a${k}`); }, `a${k}`);
+    }
+    assert.deepEqual((await texts(V)).filter((t) => t.startsWith('b')), ['b2', 'b0', 'b1', 'b3', 'b4', 'b5']);
+    assert.deepEqual(await texts(P), ['a0', 'a3', 'a4', 'a5']);
+    assert.deepEqual([await V.evaluate(() => rejected), await P.evaluate(() => rejected)], [[], []]);
+    // Retired is kept across a reload of the record.
+    assert.equal(await V.evaluate(async (p) => {
+      const { Conversations } = await import('/js/conversations.js');
+      const again = Conversations.fromRecord(c, c.conv.toRecord());
+      return again.peers.get(p).oursRetired && again.sending(p) === again.peers.get(p).theirs;
+    }, Pn), true);
+  } finally { await x.close(); await y.close(); await carol.close(); await small.stop(); }
+});
+
 /** Copies every store of the page's database 'mtproto-relay' into database `to` (keys included: CryptoKeys clone). */
 const copyDb = (p, from, to) => p.evaluate(async ([from, to]) => {
   const open = (n) => new Promise((res, rej) => {

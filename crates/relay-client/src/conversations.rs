@@ -53,6 +53,9 @@ pub(crate) struct PeerRatchets {
     pub(crate) ours: Option<Conv>,
     /// Started by the peer.
     pub(crate) theirs: Option<Conv>,
+    /// `ours` sends no more (it is kept to open what the peer sends in it): the peer made a new
+    /// start after ours had heard back (`docs/protocol.md` §3.3).
+    pub(crate) ours_retired: bool,
 }
 
 impl PeerRatchets {
@@ -70,10 +73,11 @@ impl PeerRatchets {
         self.ours.is_none() && self.theirs.is_none()
     }
 
-    /// Whether `ours` is the conversation that sends: the only one, or the one whose initiator
-    /// has the lower identity key.
+    /// Whether `ours` is the conversation that sends: the only one, or, unless retired, the one
+    /// whose initiator has the lower identity key.
     fn ours_sends(&self) -> bool {
         match (&self.ours, &self.theirs) {
+            (Some(_), Some(_)) if self.ours_retired => false,
             (Some(o), Some(t)) => o.chat.initiator_key().as_bytes() < t.chat.initiator_key().as_bytes(),
             (o, _) => o.is_some(),
         }
@@ -111,6 +115,7 @@ impl PeerRatchets {
         RatchetsData {
             ours: conv(&self.ours),
             theirs: conv(&self.theirs),
+            ours_retired: self.ours_retired,
         }
     }
 
@@ -130,6 +135,7 @@ impl PeerRatchets {
         Ok(Self {
             ours: conv(data.ours)?,
             theirs: conv(data.theirs)?,
+            ours_retired: data.ours_retired,
         })
     }
 }
@@ -153,6 +159,9 @@ pub struct RatchetsData {
     /// The conversation the peer started.
     #[serde(default)]
     pub theirs: Option<ConvData>,
+    /// `ours` sends no more, it only opens (`docs/protocol.md` §3.3).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ours_retired: bool,
 }
 
 /// A message handed to the application and not yet acknowledged, kept (in the profile) so
@@ -356,10 +365,12 @@ impl Client {
                     k.signing_key.get_or_insert(signing);
                 }
                 let without = started.one_time_prekey.is_none();
-                st.ratchets.entry(peer.to_owned()).or_default().ours = Some(Conv {
+                let r = st.ratchets.entry(peer.to_owned()).or_default();
+                r.ours = Some(Conv {
                     chat,
                     without_one_time_prekey: without,
                 });
+                r.ours_retired = false;
                 st.no_prekeys_until.remove(peer);
                 if without {
                     st.notices.push(Event::StartedWithoutOneTimePrekey {
@@ -433,12 +444,14 @@ impl Client {
                 let (chat, accepted) =
                     RatchetChat::accept(identity, prekeys, window, packet, time, &mut OsRng)?;
                 let one_time = accepted.one_time_prekey.is_some();
-                // A new start while ours has heard back: the peer no longer has ours (its
-                // profile came back from an older copy). Sending on in ours would be lost
-                // (`docs/protocol.md` §3.3). While ours is still a pending start the two
-                // crossed (simultaneous starts): the peer will accept ours, both stay.
+                // A new start while ours has heard back: the peer may no longer have ours (its
+                // profile came back from an older copy), or this is a late copy of a start it
+                // made before it saw ours (it then still has ours). Ours sends no more, so the
+                // answer goes where the peer surely reads; it stays to open what the peer sends
+                // in it (`docs/protocol.md` §3.3). While ours is still a pending start the two
+                // crossed (simultaneous starts): the peer will accept ours, the usual rule.
                 if r.ours.as_ref().is_some_and(|o| !o.chat.start_pending()) {
-                    r.ours = None;
+                    r.ours_retired = true;
                 }
                 r.theirs = Some(Conv {
                     chat,

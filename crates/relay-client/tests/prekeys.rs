@@ -187,23 +187,8 @@ async fn a_bundle_signed_by_another_signing_key_than_the_first_is_refused_until_
     let c = alice.conversation("bob").await.unwrap();
     assert!(!c.is_some_and(|c| c.forward_secret), "nothing started");
     assert!(alice.outbox().await.is_empty(), "nothing queued");
-    let stored = |name: &'static str| {
-        let relay = server.relay.clone();
-        async move {
-            relay
-                .engine()
-                .fetch(
-                    &mtproto_session::ClientId::new(name).unwrap(),
-                    100,
-                    mtproto_session::UnixTime::from_system(),
-                )
-                .await
-                .unwrap()
-                .len()
-        }
-    };
     assert_eq!(
-        stored("bob").await,
+        server.mailbox("bob").await.len(),
         1,
         "only the first message reached bob's mailbox"
     );
@@ -214,7 +199,7 @@ async fn a_bundle_signed_by_another_signing_key_than_the_first_is_refused_until_
         .unwrap();
     let alice = relay_client::Client::connect(alice_cfg()).await.unwrap();
     alice.send("bob", b"the first signing key again").await.unwrap();
-    assert_eq!(stored("bob").await, 2);
+    assert_eq!(server.mailbox("bob").await.len(), 2);
 
     // A new identity key (accepted by the user) starts without a pin: its own signing key is
     // taken and pinned.

@@ -7,7 +7,8 @@
 //   numbers and checks every message to or from the peer, static or ratchet (spec §1);
 // - per peer at most two ratchet conversations, `ours` (we started it) and `theirs` (the peer
 //   did); with both, the one whose initiator has the lower identity key sends, so both sides
-//   choose the same one after simultaneous starts; with none, the peer's bundle is fetched and a
+//   choose the same one after simultaneous starts — unless ours was retired by a new start of
+//   the peer after ours had heard back (openStart); with none, the peer's bundle is fetched and a
 //   start made; a peer without prekeys (404 no_prekeys: an older client) gets static messages
 //   and is asked again after 10 minutes; never static once a ratchet conversation exists (§2);
 // - received packets by their kind: static → the static conversation; ratchet → the conversation
@@ -117,7 +118,7 @@ export class Conversations {
   }
 
   slot(peer) {
-    if (!this.peers.has(peer)) this.peers.set(peer, { ours: null, theirs: null });
+    if (!this.peers.has(peer)) this.peers.set(peer, { ours: null, theirs: null, oursRetired: false });
     return this.peers.get(peer);
   }
 
@@ -126,6 +127,8 @@ export class Conversations {
     const p = this.peers.get(peer);
     if (!p) return null;
     if (p.ours && p.theirs) {
+      // Retired (a new start from the peer after ours had heard back, openStart): theirs.
+      if (p.oursRetired) return p.theirs;
       // Ours was started by us, theirs by the peer: the lower initiator identity key wins.
       return compareBytes(this.client.identity.pub, p.ours.chat.peer) < 0 ? p.ours : p.theirs;
     }
@@ -216,7 +219,8 @@ export class Conversations {
     // profile, with the conversation; a new identity key starts without one).
     const known = this.client.peers.get(peer);
     if (known && !known.signingKey) known.signingKey = b64(bundle.signingKey);
-    this.slot(peer).ours = conv;
+    const slot = this.slot(peer);
+    slot.ours = conv; slot.oursRetired = false;
     this.noPrekeysUntil.delete(peer);
     this.client.emit('ratchet_started', { peer, initiator: true, oneTimePrekey: conv.oneTimePrekey });
     return conv;
@@ -298,11 +302,13 @@ export class Conversations {
       throw e.replay ? e : notOpened();
     }
     const usedOpk = acc.oneTimePrekey !== null;
-    // A new start while ours has heard back: the peer no longer has ours (its profile came back
-    // from an older copy); sending on in ours would be lost (docs/protocol.md §3.3). While ours is
-    // still a pending start the two crossed (simultaneous starts): the peer will accept ours.
+    // A new start while ours has heard back: the peer may no longer have ours (its profile came
+    // back from an older copy), or this is a late copy of a start it made before it saw ours (it
+    // then still has ours). Ours sends no more, so the answer goes where the peer surely reads; it
+    // stays to open what the peer sends in it (docs/protocol.md §3.3). While ours is still a
+    // pending start the two crossed (simultaneous starts): the peer will accept ours, the usual rule.
     const slot = this.slot(peer);
-    if (slot.ours && !slot.ours.chat.startPending) slot.ours = null;
+    if (slot.ours && !slot.ours.chat.startPending) slot.oursRetired = true;
     slot.theirs = { chat: acc.chat, oneTimePrekey: usedOpk, startedAt: Date.now() };
     if (usedOpk && this.relayOneTime !== null) this.relayOneTime = Math.max(0, this.relayOneTime - 1);
     // Without one, the relay has none left (drained?): ask it at the next upkeep, top up if low.
@@ -464,7 +470,7 @@ export class Conversations {
       const one = (c) => { if (!c) return [null, null]; const r = c.chat.toRecord(); return [r.keys, { chat: r.data, oneTimePrekey: c.oneTimePrekey, startedAt: c.startedAt }]; };
       const [ok, od] = one(p.ours), [tk, td] = one(p.theirs);
       keys.convs[peer] = { ours: ok, theirs: tk };
-      convs[peer] = { ours: od, theirs: td };
+      convs[peer] = { ours: od, theirs: td, ...(p.oursRetired ? { oursRetired: true } : {}) };
     }
     return {
       keys,
@@ -481,7 +487,7 @@ export class Conversations {
     for (const [peer, d] of Object.entries(data.convs || {})) {
       const k = keys.convs?.[peer] || {};
       const one = (rec, key) => (rec && key ? { chat: RatchetChat.fromRecord({ keys: key, data: rec.chat }), oneTimePrekey: !!rec.oneTimePrekey, startedAt: rec.startedAt || 0 } : null);
-      const slot = { ours: one(d.ours, k.ours), theirs: one(d.theirs, k.theirs) };
+      const slot = { ours: one(d.ours, k.ours), theirs: one(d.theirs, k.theirs), oursRetired: d.oursRetired === true };
       if (slot.ours || slot.theirs) c.peers.set(peer, slot);
     }
     for (const [peer, until] of Object.entries(data.noPrekeysUntil || {})) if (Number.isFinite(until)) c.noPrekeysUntil.set(peer, until);

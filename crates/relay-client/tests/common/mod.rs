@@ -44,6 +44,31 @@ impl Server {
     pub async fn stop(self) {
         self.running.stop_async().await.unwrap();
     }
+
+    /// The payloads waiting in `name`'s mailbox, oldest first (read from the engine).
+    pub async fn mailbox(&self, name: &str) -> Vec<Vec<u8>> {
+        self.relay
+            .engine()
+            .fetch(
+                &mtproto_session::ClientId::new(name).unwrap(),
+                100,
+                mtproto_session::UnixTime::from_system(),
+            )
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.payload.0)
+            .collect()
+    }
+
+    /// The kinds of the packets waiting in `name`'s mailbox, oldest first.
+    pub async fn mailbox_kinds(&self, name: &str) -> Vec<Option<mtproto_session::PacketKind>> {
+        self.mailbox(name)
+            .await
+            .iter()
+            .map(|p| mtproto_session::packet_kind(p))
+            .collect()
+    }
 }
 
 /// Everything `c` receives until `n` messages arrived and a further poll brings nothing more.
@@ -109,4 +134,22 @@ pub async fn lossy_proxy(upstream: String, pass: Arc<AtomicBool>) -> String {
         }
     });
     url
+}
+
+/// Polls `c` (at most 20 times) until `n` messages came, whatever their delivery: their bodies,
+/// acknowledged.
+pub async fn read_n(c: &Client, n: usize) -> Vec<Vec<u8>> {
+    let mut bodies = Vec::new();
+    for _ in 0..20 {
+        for ev in c.poll(Duration::from_millis(500)).await.unwrap() {
+            if let Event::Message { body, .. } = ev {
+                bodies.push(body);
+            }
+        }
+        if bodies.len() >= n {
+            break;
+        }
+    }
+    c.ack().await.unwrap();
+    bodies
 }
