@@ -240,6 +240,28 @@ test('a late copy of the peer\'s first start (refused once, retried after the ot
   } finally { await x.close(); await y.close(); await carol.close(); await small.stop(); }
 });
 
+test('a message sealed for the sender\'s new key, being opened while the user accepts that key, is not lost: it opens with the next poll', async () => {
+  // Found by the fourth review (an older bug): the open failed under the old key, the lookup that
+  // followed ran after the accept had stored the new key, said "known", and the message was
+  // acknowledged and reported as not opened. A relay whose /peers answers take a second.
+  const a = await client('fs-acc-a'), b = await client('fs-acc-b');
+  try {
+    assert.equal(await send(b, 'fs-acc-a', 'before'), 'stored');
+    await until(async () => { await poll(a); return (await texts(a)).includes('before'); }, 'before');
+    await b.evaluate(() => c.rotateIdentity());
+    assert.equal(await send(b, 'fs-acc-a', 'for the new key'), 'stored');
+    await a.route('**/peers', async (route) => { await sleep(1000); await route.continue(); });
+    // The user accepts the new key (its lookup takes a second) while a poll opens the message.
+    const accepting = a.evaluate(() => c.acceptPeerKey('fs-acc-b'));
+    await sleep(200);
+    await poll(a);
+    await accepting;
+    await a.unroute('**/peers');
+    await until(async () => { await poll(a); return (await texts(a)).includes('for the new key'); }, 'the message under the accepted key');
+    assert.deepEqual(await a.evaluate(() => rejected), []);
+  } finally { await a.close(); await b.close(); }
+});
+
 /** Copies every store of the page's database 'mtproto-relay' into database `to` (keys included: CryptoKeys clone). */
 const copyDb = (p, from, to) => p.evaluate(async ([from, to]) => {
   const open = (n) => new Promise((res, rej) => {

@@ -712,7 +712,13 @@ export class RelayClient extends EventTarget {
       return { seq: r.seq, rid };
     } catch (e) {
       if (e.replay) { this.toAck.push({ seq: m.seq, ts: m.timestamp_ms }); return null; }
+      // The user accepted a new key for the sender while this was being opened (the accept runs
+      // between our awaits): it may be sealed for that key. Not acknowledged, not reported: the
+      // relay hands it out again with the next poll, and it opens under the accepted key.
+      const replaced = () => this.chats.get(m.from) !== chat;
+      if (replaced()) return null;
       const p = await this.lookupPeer(m.from);
+      if (replaced()) return null;
       if (p && p.status === 'changed') { if (!this.held.has(m.seq)) { this.held.add(m.seq); this.emit('key_changed', { peer: m.from }); } return null; }
       this.toAck.push({ seq: m.seq, ts: m.timestamp_ms });
       // The key id in front of the packet is public: a packet sealed under another key than
