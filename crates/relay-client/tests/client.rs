@@ -306,3 +306,33 @@ async fn messages_arrive_as_a_stream_and_are_acknowledged_after_hand_off() {
     assert!(bob.poll(Duration::ZERO).await.unwrap().is_empty());
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_only_polls_for_hours_is_never_locked_out() {
+    // Found by a review: a poll that acknowledges nothing is not committed, so the relay's stored
+    // replay window kept the seq_no of the last commit while the client's counter climbed 2 per
+    // poll; past MAX_SEQ_NO_STEP (4,096) every call was refused with code 33, for good — an idle
+    // page overnight (about 5.7 h of 10 s long-polls).
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    // The per-account request budget raised: the hours of polls come in seconds.
+    let args = [
+        "relay-server",
+        "--data-dir",
+        d,
+        "--account-burst",
+        "3000",
+        "--account-rate",
+        "3000",
+    ];
+    let server = Server::start_with(&args, "127.0.0.1:0").await;
+    let idle = server.connect("idle").await;
+    let other = server.connect("other").await;
+    for _ in 0..2_100 {
+        assert!(idle.poll(Duration::ZERO).await.unwrap().is_empty());
+    }
+    let r = idle.send("other", b"still here").await.unwrap();
+    assert!(matches!(r.state, SendState::Stored { .. }), "{r:?}");
+    assert_eq!(common::drain(&other, 1).await.0, vec![b"still here".to_vec()]);
+    server.stop().await;
+}

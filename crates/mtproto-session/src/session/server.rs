@@ -35,6 +35,18 @@ impl ServerSession {
         }
     }
 
+    /// The highest seq_no this session accepted and remembers (0 for none): a request more than
+    /// [`crate::MAX_SEQ_NO_STEP`] above it is refused (code 33).
+    ///
+    /// ```
+    /// use mtproto_session::{ServerSalt, ServerSession, SessionId, UnixTime};
+    /// let s = ServerSession::new(SessionId([1; 8]), ServerSalt([2; 8]), UnixTime::from_secs(1_700_000_000));
+    /// assert_eq!(s.highest_seq_no(), 0);
+    /// ```
+    pub fn highest_seq_no(&self) -> u32 {
+        self.seen.entries().last().map_or(0, |e| e.1)
+    }
+
     /// The session id.
     pub fn session_id(&self) -> SessionId {
         self.session_id

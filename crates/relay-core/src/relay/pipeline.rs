@@ -84,6 +84,7 @@ impl Relay {
             };
             let version = stored.version;
             let mut session = stored.session;
+            let highest_stored = session.highest_seq_no();
             // Derived, not drawn: a rotation this request does not commit (a refusal, a poll
             // that changes nothing) is made again identically by the next one, so the salt a
             // bad_server_salt notice announces is the one the next request is checked against.
@@ -151,7 +152,14 @@ impl Relay {
                 msg_id: incoming.msg_id.0,
                 seq_no: incoming.seq_no,
             };
-            if matches!(&op, Op::Ack { seqs } if seqs.is_empty()) && !self.touch_due(key_id, now) {
+            // Committed anyway once its seq_no is half a step above the highest stored: the
+            // client's counter climbs with every poll, and the stored window is what the next
+            // request is checked against (more than MAX_SEQ_NO_STEP above it is refused, 33).
+            // Without this an idle client that only polled locked itself out after 2,048 polls.
+            let drifting =
+                incoming.seq_no.saturating_sub(highest_stored) > mtproto_session::MAX_SEQ_NO_STEP / 2;
+            if matches!(&op, Op::Ack { seqs } if seqs.is_empty()) && !drifting && !self.touch_due(key_id, now)
+            {
                 // A poll that acknowledges nothing changes nothing: it is checked like every
                 // request but not committed (docs/protocol.md, "Reads are not committed").
                 drop(guard);
