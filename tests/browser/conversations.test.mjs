@@ -228,6 +228,12 @@ test('a late copy of the peer\'s first start (refused once, retried after the ot
       await sendSure(V, Pn, `a${k}`, P);
       await until(async () => { await poll(P); return (await texts(P)).includes(`a${k}`); }, `a${k}`);
     }
+    // Both now send in P's start (P's own conversation heard back): one conversation both ways,
+    // so each DH step answers the other's and a stolen state stops opening (the second review
+    // found each side sending in a different one, one direction each, for good).
+    const sendingStart = (p, peer) => p.evaluate((peer) => [...c.conv.sending(peer).chat.startEphemeral].join(','), peer);
+    assert.equal(await sendingStart(V, Pn), await sendingStart(P, Vn), 'one conversation');
+    assert.equal((await P.evaluate((v) => c.security(v), Vn)).initiator, 'us');
     assert.deepEqual((await texts(V)).filter((t) => t.startsWith('b')), ['b2', 'b0', 'b1', 'b3', 'b4', 'b5']);
     assert.deepEqual(await texts(P), ['a0', 'a3', 'a4', 'a5']);
     assert.deepEqual([await V.evaluate(() => rejected), await P.evaluate(() => rejected)], [[], []]);

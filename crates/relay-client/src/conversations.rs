@@ -59,8 +59,7 @@ pub(crate) struct PeerRatchets {
 }
 
 impl PeerRatchets {
-    /// The conversation that sends: the only one, or the one whose initiator has the lower
-    /// identity key.
+    /// The conversation that sends: the only one, or as [`PeerRatchets::ours_sends`] says.
     pub(crate) fn sender(&mut self) -> Option<&mut Conv> {
         if self.ours_sends() {
             self.ours.as_mut()
@@ -73,11 +72,15 @@ impl PeerRatchets {
         self.ours.is_none() && self.theirs.is_none()
     }
 
-    /// Whether `ours` is the conversation that sends: the only one, or, unless retired, the one
-    /// whose initiator has the lower identity key.
+    /// Whether `ours` is the conversation that sends (`docs/protocol.md` §3.3): the only one;
+    /// with both, not when retired; when it has heard back (the peer sends in it: after
+    /// simultaneous starts only the lower initiator's does, so this changes nothing there, and
+    /// after a retirement at the peer both converge on one conversation); else the one whose
+    /// initiator has the lower identity key.
     fn ours_sends(&self) -> bool {
         match (&self.ours, &self.theirs) {
             (Some(_), Some(_)) if self.ours_retired => false,
+            (Some(o), Some(_)) if !o.chat.start_pending() => true,
             (Some(o), Some(t)) => o.chat.initiator_key().as_bytes() < t.chat.initiator_key().as_bytes(),
             (o, _) => o.is_some(),
         }

@@ -8,7 +8,7 @@
 // - per peer at most two ratchet conversations, `ours` (we started it) and `theirs` (the peer
 //   did); with both, the one whose initiator has the lower identity key sends, so both sides
 //   choose the same one after simultaneous starts — unless ours was retired by a new start of
-//   the peer after ours had heard back (openStart); with none, the peer's bundle is fetched and a
+//   the peer after ours had heard back (openStart: theirs), or ours has heard back (ours); with none, the peer's bundle is fetched and a
 //   start made; a peer without prekeys (404 no_prekeys: an older client) gets static messages
 //   and is asked again after 10 minutes; never static once a ratchet conversation exists (§2);
 // - received packets by their kind: static → the static conversation; ratchet → the conversation
@@ -129,6 +129,10 @@ export class Conversations {
     if (p.ours && p.theirs) {
       // Retired (a new start from the peer after ours had heard back, openStart): theirs.
       if (p.oursRetired) return p.theirs;
+      // Ours has heard back: the peer sends in it. After simultaneous starts only the lower
+      // initiator's does (no change there); after a retirement at the peer, both converge on one
+      // conversation, so each DH step answers the other's (Rust PeerRatchets::ours_sends).
+      if (!p.ours.chat.startPending) return p.ours;
       // Ours was started by us, theirs by the peer: the lower initiator identity key wins.
       return compareBytes(this.client.identity.pub, p.ours.chat.peer) < 0 ? p.ours : p.theirs;
     }
