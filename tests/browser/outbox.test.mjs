@@ -5,7 +5,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { launchBrowser, startServer, until, freePort } from './helpers.mjs';
-import { openPeer, say, shoot, keepRecoveryCode } from './pages.mjs';
+import { openPeer, say, shoot, keepRecoveryCode, scripted } from './pages.mjs';
 
 let browser;
 before(async () => { browser = await launchBrowser(); });
@@ -147,6 +147,32 @@ test('an answer lost on the way back: the same envelope is resent and answered f
   } finally {
     await ctxA.close(); await ctxB.close(); await relay.stop();
   }
+});
+
+test('a message whose envelope fell below the relay\'s replay window (resent after 135 other calls) goes in a new envelope, once', async () => {
+  // Found by a review (both clients): the relay refuses it with code 20 and a notice nothing
+  // applies to, and the same envelope was resent, refused the same way, for up to 3,000 s (and
+  // everything queued behind it with it).
+  const relay = await startServer(['--engine', 'memory', '--pow-bits', '0']);
+  const a = await scripted(browser, relay, 'rw-a'), b = await scripted(browser, relay, 'rw-b');
+  const read = () => b.evaluate(async () => { await c.poll(0); return got.map((g) => g.text); });
+  try {
+    await a.evaluate(() => c.send('rw-b', 'hello'));
+    await until(async () => (await read()).includes('hello'), 'hello');
+    // The next send never reaches the relay: it waits, its envelope kept.
+    await a.route('**/secure_message', (route) => route.abort('connectionrefused'));
+    assert.equal(await a.evaluate(() => c.send('rw-b', 'held back').then((r) => r.state)), 'sending');
+    await a.unroute('**/secure_message');
+    // 135 committed calls meanwhile: that envelope's msg_id is below the relay's 128-entry window.
+    await a.evaluate(async () => {
+      const { b64 } = await import('/js/bytes.js');
+      for (let i = 0; i < 135; i++) await c.call('/publish_key', { method: 'publish_key', identity_key: b64(c.identity.pub) });
+    });
+    await a.evaluate(() => c.flushOutbox());
+    assert.deepEqual(await a.evaluate(() => c.waiting().map((w) => [w.text, w.state, w.code])), [], 'stored');
+    await until(async () => (await read()).includes('held back'), 'held back');
+    assert.deepEqual(await read(), ['hello', 'held back'], 'once');
+  } finally { await a.close(); await b.close(); await relay.stop(); }
 });
 
 test('a refused message says why, offers retry and discard, and a retry after the peer read goes through once with no gap', async () => {

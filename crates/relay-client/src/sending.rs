@@ -328,8 +328,14 @@ impl Client {
                             }
                             continue;
                         }
-                        let why = format!("{}: {}", refusal.body.error, refusal.body.message);
-                        return self.leave_sending(id, why).await;
+                        if refusal.body.error != ErrorCode::BadMsg {
+                            let why = format!("{}: {}", refusal.body.error, refusal.body.message);
+                            return self.leave_sending(id, why).await;
+                        }
+                        // A bad_msg notice with nothing to apply (20: this envelope fell below
+                        // the relay's replay window): a new envelope, below; resending this one
+                        // would be refused the same way every time.
+                        st = self.state.lock().await;
                     }
                     let code = refusal.body.error;
                     if code == ErrorCode::UnknownAuthKey {

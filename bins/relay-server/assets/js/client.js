@@ -562,9 +562,14 @@ export class RelayClient extends EventTarget {
       if (err instanceof RelayError) {
         if (err.body.notice) {
           // A stale salt or clock, checked before anything is stored: a new envelope.
+          const maybe = envelope.uncertain;
           envelope.uncertain = wasUncertain;
           if (await s.applyNotice(err.body.notice)) { dropEnvelope(entry); continue; }
-          return this.leaveSending(entry, humanError(err, entry.to));
+          if (err.code !== 'bad_msg') return this.leaveSending(entry, humanError(err, entry.to));
+          // A bad_msg notice with nothing to apply (20: this envelope fell below the relay's
+          // replay window, e.g. resent after many other calls): as below, a new envelope —
+          // resending this one would be refused the same way every time.
+          envelope.uncertain = maybe;
         }
         if (err.code === 'unknown_auth_key') {
           envelope.uncertain = wasUncertain;
