@@ -7,28 +7,10 @@
 
 mod common;
 
-use common::{client, envelope, relay_at};
+use common::{client, idle_poll as poll, relay_at};
 
-use mtproto_crypto::rand_core::OsRng;
-use mtproto_session::{BadMsgCode, ClientSession, UnixTime};
-use relay_core::api::{Call, Endpoint};
-use relay_core::{Relay, RelayError};
-
-async fn poll(relay: &Relay, c: &mut ClientSession, at: UnixTime) -> Result<(), RelayError> {
-    let call = Call::PollMessages {
-        ack: Vec::new(),
-        timeout_ms: Some(0),
-        limit: None,
-    };
-    let packet = c
-        .encode_request(&serde_json::to_vec(&call).unwrap(), at, &mut OsRng)
-        .unwrap()
-        .packet;
-    relay
-        .handle(Endpoint::PollMessages, &envelope(&packet))
-        .await
-        .map(|_| ())
-}
+use mtproto_session::{BadMsgCode, UnixTime};
+use relay_core::RelayError;
 
 #[tokio::test]
 async fn a_salt_announced_after_a_quiet_spell_is_accepted_by_every_later_request() {

@@ -62,11 +62,14 @@ impl Relay {
             std::time::Instant::now(),
         )?;
         let lock = self.locks.get(key_id);
+        // Set when a refusal came from this node's cached session: read storage at once.
+        let mut recheck = false;
         for attempt in 0..COMMIT_ATTEMPTS {
-            if attempt > 0 {
+            if attempt > 0 && !recheck {
                 // Another node won the race: back off a little before reading again.
                 tokio::time::sleep(Duration::from_millis(1 + u64::from(OsRng.next_u32() % 10))).await;
             }
+            recheck = false;
             let guard = lock.lock().await;
             let now = self.clock.now();
             let cached = if attempt == 0 {
@@ -74,6 +77,7 @@ impl Relay {
             } else {
                 None
             };
+            let from_cache = cached.is_some();
             let stored = match cached {
                 Some(s) => s,
                 None => self
@@ -104,6 +108,15 @@ impl Relay {
                         seq_no: env.seq_no,
                     };
                     return self.answer_duplicate(endpoint, req, &env.body, to).await;
+                }
+                Err(SessionError::BadMsg { .. }) if from_cache => {
+                    // Checked against this node's cached copy, which another node's commits may
+                    // have left behind (a client whose polls went elsewhere is far ahead: 33).
+                    // Checked again against storage before refusing.
+                    self.forget_session(key_id);
+                    drop(guard);
+                    recheck = true;
+                    continue;
                 }
                 Err(e @ SessionError::BadMsg { code, .. }) => {
                     // A resend from before the session's time or replay window whose request was

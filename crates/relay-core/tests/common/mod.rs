@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use mtproto_crypto::{rand_core::OsRng, ServerSigningKey};
 use mtproto_session::{wire::Bytes, ClientHandshake, ClientId, ClientSession, ServerPin, UnixTime};
-use relay_core::api::EnvelopeRequest;
-use relay_core::{Clock, MemoryEngine, Relay, RelayConfig};
+use relay_core::api::{Call, Endpoint, EnvelopeRequest};
+use relay_core::{Clock, MemoryEngine, Relay, RelayConfig, RelayError};
 
 /// A clock the test moves (unix seconds).
 pub struct Manual(pub AtomicU64);
@@ -56,4 +56,21 @@ pub fn envelope(packet: &[u8]) -> EnvelopeRequest {
         packet: Some(Bytes(packet.to_vec())),
         ..EnvelopeRequest::default()
     }
+}
+
+/// A poll of `c` at `at` that acknowledges nothing and does not wait (not committed, unless due).
+pub async fn idle_poll(relay: &Relay, c: &mut ClientSession, at: UnixTime) -> Result<(), RelayError> {
+    let call = Call::PollMessages {
+        ack: Vec::new(),
+        timeout_ms: Some(0),
+        limit: None,
+    };
+    let packet = c
+        .encode_request(&serde_json::to_vec(&call).unwrap(), at, &mut OsRng)
+        .unwrap()
+        .packet;
+    relay
+        .handle(Endpoint::PollMessages, &envelope(&packet))
+        .await
+        .map(|_| ())
 }
