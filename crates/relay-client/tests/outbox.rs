@@ -24,8 +24,7 @@ async fn a_send_during_an_outage_stays_queued_and_arrives_once_after_a_restart()
     let profiles = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), "127.0.0.1:0").await;
     let addr = server.url.trim_start_matches("http://").to_owned();
-    let a_cfg = ClientConfig::new(&server.url, "alice", server.pin())
-        .with_profile(profiles.path().join("alice.json"));
+    let a_cfg = server.config_in(profiles.path(), "alice");
     let alice = Client::connect(a_cfg.clone()).await.unwrap();
     let bob = server.connect("bob").await;
     let r = alice.send("bob", b"before").await.unwrap();
@@ -239,8 +238,7 @@ async fn a_kept_envelope_below_the_relays_replay_window_goes_again_in_a_new_one(
     let profiles = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), "127.0.0.1:0").await;
     let addr = server.url.trim_start_matches("http://").to_owned();
-    let a_cfg = ClientConfig::new(&server.url, "alice", server.pin())
-        .with_profile(profiles.path().join("alice.json"));
+    let a_cfg = server.config_in(profiles.path(), "alice");
     let alice = Client::connect(a_cfg.clone()).await.unwrap();
     let bob = server.connect("bob").await;
     alice.send("bob", b"before").await.unwrap();

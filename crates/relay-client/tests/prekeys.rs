@@ -143,10 +143,7 @@ async fn a_bundle_signed_by_another_signing_key_than_the_first_is_refused_until_
     let profiles = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), "127.0.0.1:0").await;
     let alice_profile = profiles.path().join("alice.json");
-    let alice_cfg = || {
-        relay_client::ClientConfig::new(&server.url, "alice", server.pin())
-            .with_profile(alice_profile.clone())
-    };
+    let alice_cfg = || server.config_in(profiles.path(), "alice");
     // Bob's prekeys are published by the test: what the relay hands out is ours to choose, as a
     // relay substituting prekeys would.
     let bob = relay_client::Client::connect(

@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{drain, Server};
+use common::{by_key, drain, Server};
 use mtproto_crypto::rand_core::OsRng;
 use mtproto_session::{
     packet_kind, wire::Bytes, ChatState, PacketKind, RatchetChat, UnixTime, MAX_SKIPPED_KEYS_TOTAL,
@@ -478,28 +478,14 @@ async fn after_simultaneous_starts_a_long_burst_then_reordered_messages_all_open
     let profiles = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), "127.0.0.1:0").await;
     let path = |n: &str| profiles.path().join(format!("{n}.json"));
-    let connect = |name: &'static str| {
-        let p = path(name);
-        let url = server.url.clone();
-        let pin = server.pin();
-        async move {
-            Client::connect(ClientConfig::new(&url, name, pin).with_profile(&p))
-                .await
-                .unwrap()
-        }
-    };
-    let (alice, bob) = (connect("sa").await, connect("sb").await);
+    let connect = |name: &'static str| Client::connect(server.config_in(profiles.path(), name));
+    let (alice, bob) = (connect("sa").await.unwrap(), connect("sb").await.unwrap());
     let (a, b) = tokio::join!(alice.send("sb", b"a0"), bob.send("sa", b"b0"));
     a.unwrap();
     b.unwrap();
     drain(&alice, 1).await;
     drain(&bob, 1).await;
-    let alice_lower = alice.identity_key().await.as_bytes() < bob.identity_key().await.as_bytes();
-    let (low, high, low_name, high_name) = if alice_lower {
-        (alice, bob, "sa", "sb")
-    } else {
-        (bob, alice, "sb", "sa")
-    };
+    let ((low, low_name), (high, high_name)) = by_key((alice, "sa"), (bob, "sb")).await;
     // The higher key's side writes 150 messages in a row: the lower side holds two
     // conversations with it and opens them in the one that sends. The packets are kept as the
     // relay stored them (two rounds: a look at a mailbox shows at most 100).
@@ -525,7 +511,7 @@ async fn after_simultaneous_starts_a_long_burst_then_reordered_messages_all_open
     let mut p = Profile::load(&path(high_name)).unwrap().unwrap();
     queue_packets(&mut p, low_name, copies.into_iter().map(|c| (c, 0)));
     p.save(&path(high_name)).unwrap();
-    let high = connect(high_name).await;
+    let high = connect(high_name).await.unwrap();
     for r in high.flush_outbox().await.unwrap() {
         assert!(matches!(r.state, SendState::Stored { .. }), "{r:?}");
     }
@@ -552,7 +538,7 @@ async fn after_simultaneous_starts_a_long_burst_then_reordered_messages_all_open
     let bodies_in: Vec<&[u8]> = texts.iter().map(Vec::as_slice).collect();
     let reversed: Vec<usize> = (0..60).rev().collect();
     reorder_next(&path(high_name), low_name, &bodies_in, &reversed);
-    let high = connect(high_name).await;
+    let high = connect(high_name).await.unwrap();
     let (bodies, rejected) = flush_then_read(&high, &low, 60).await;
     assert_eq!(rejected, vec![], "nothing refused");
     assert_eq!(bodies, texts.into_iter().rev().collect::<Vec<_>>());

@@ -15,9 +15,9 @@
 
 mod common;
 
-use common::{drain, read_n, Server};
+use common::{by_key, drain, read_n, Server};
 use mtproto_session::PacketKind;
-use relay_client::{Client, ClientConfig, Profile};
+use relay_client::{Client, Profile};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_profile_comes_back_from_an_older_copy_the_peer_answers_in_its_new_start() {
@@ -29,16 +29,11 @@ async fn after_a_profile_comes_back_from_an_older_copy_the_peer_answers_in_its_n
     let profiles = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), "127.0.0.1:0").await;
     let path = |name: &str| profiles.path().join(format!("{name}.json"));
-    let cfg = |name: &str| ClientConfig::new(&server.url, name, server.pin()).with_profile(path(name));
+    let cfg = |name: &str| server.config_in(profiles.path(), name);
     let alice = Client::connect(cfg("alice")).await.unwrap();
     let bob = Client::connect(cfg("bob")).await.unwrap();
     // `high` is restored; `low`'s conversation is the one both send in (the lower initiator).
-    let alice_lower = alice.identity_key().await.as_bytes() < bob.identity_key().await.as_bytes();
-    let ((low, low_name), (high, high_name)) = if alice_lower {
-        ((alice, "alice"), (bob, "bob"))
-    } else {
-        ((bob, "bob"), (alice, "alice"))
-    };
+    let ((low, low_name), (high, high_name)) = by_key((alice, "alice"), (bob, "bob")).await;
     let copy = profiles.path().join("older-copy.json");
     std::fs::copy(path(high_name), &copy).unwrap();
 

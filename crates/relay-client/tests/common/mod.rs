@@ -34,6 +34,11 @@ impl Server {
         Pin::Fingerprint(self.relay.server_key().public().fingerprint())
     }
 
+    /// A config for `name` pinned to this server, its profile kept at `dir/<name>.json`.
+    pub fn config_in(&self, dir: &std::path::Path, name: &str) -> ClientConfig {
+        ClientConfig::new(&self.url, name, self.pin()).with_profile(dir.join(format!("{name}.json")))
+    }
+
     /// A client named `name` with a fresh in-memory profile, pinned to this server.
     pub async fn connect(&self, name: &str) -> Client {
         Client::connect(ClientConfig::new(&self.url, name, self.pin()))
@@ -152,4 +157,17 @@ pub async fn read_n(c: &Client, n: usize) -> Vec<Vec<u8>> {
     }
     c.ack().await.unwrap();
     bodies
+}
+
+/// The two clients with their names, the one with the lower identity key first (its
+/// conversation is the one both send in after simultaneous starts).
+pub async fn by_key<'a>(
+    a: (Client, &'a str),
+    b: (Client, &'a str),
+) -> ((Client, &'a str), (Client, &'a str)) {
+    if a.0.identity_key().await.as_bytes() < b.0.identity_key().await.as_bytes() {
+        (a, b)
+    } else {
+        (b, a)
+    }
 }
