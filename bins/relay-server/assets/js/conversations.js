@@ -192,20 +192,8 @@ export class Conversations {
     let started, bundle;
     try {
       bundle = bundleFromJson(answer.bundle);
-      // Trust on first use (Rust ClientError::SigningKeyChanged, docs/crypto.md): the signing key
-      // of the first bundle a start used with this identity key is pinned; a page makes one per
-      // profile and a new profile has a new identity key, so another one is the relay (or
-      // someone) substituting prekeys.
-      const known = this.client.peers.get(peer);
-      if (known?.signingKey && known.signingKey !== b64(bundle.signingKey)) {
-        const err = new Error(`the relay handed out prekeys for ${peer} signed by another signing key than before`);
-        err.code = 'signing_key_changed';
-        err.human = `The relay handed out keys for ${peer} signed by another key than before, although ${peer}'s security key is the same: nothing was sent. Compare safety numbers with ${peer}; if they match, the relay may be tampering.`;
-        throw err;
-      }
       started = await RatchetChat.initiate(this.client.identity, bundle, window.peer);
     } catch (e) {
-      if (e.code === 'signing_key_changed') throw e;
       if (e.code === 'peer_identity_mismatch') {
         // The relay hands out prekeys of another identity key than the one accepted: the key
         // changed (the lookup blocks the peer and asks the user), or the relay lies.
@@ -218,11 +206,21 @@ export class Conversations {
       err.human = `${peer}'s keys on the relay are not correctly signed, so no secure conversation was started and nothing was sent.`;
       throw err;
     }
-    const conv = { chat: started.chat, oneTimePrekey: started.oneTimePrekey !== null, startedAt: Date.now() };
-    // Its signature checked out for the accepted identity key: pinned from now on (saved with the
-    // profile, with the conversation; a new identity key starts without one).
+    // Trust on first use (Rust ClientError::SigningKeyChanged, docs/crypto.md): the signing key
+    // of the first bundle a start used with this identity key is pinned (saved with the profile;
+    // a new identity key starts without one). A page makes one per profile and a new profile has
+    // a new identity key, so another one is the relay (or someone) substituting prekeys: the
+    // start just made is dropped, nothing was sealed.
     const known = this.client.peers.get(peer);
-    if (known && !known.signingKey) known.signingKey = b64(bundle.signingKey);
+    const signingKey = b64(bundle.signingKey);
+    if (known?.signingKey && known.signingKey !== signingKey) {
+      const err = new Error(`the relay handed out prekeys for ${peer} signed by another signing key than before`);
+      err.code = 'signing_key_changed';
+      err.human = `The relay handed out keys for ${peer} signed by another key than before, although ${peer}'s security key is the same: nothing was sent. Compare safety numbers with ${peer}; if they match, the relay may be tampering.`;
+      throw err;
+    }
+    if (known) known.signingKey = signingKey;
+    const conv = { chat: started.chat, oneTimePrekey: started.oneTimePrekey !== null, startedAt: Date.now() };
     const slot = this.slot(peer);
     slot.ours = conv; slot.oursRetired = false;
     this.noPrekeysUntil.delete(peer);
