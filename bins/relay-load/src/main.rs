@@ -21,10 +21,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use mtproto_crypto::{rand_core::OsRng, ServerPublicKey};
-use mtproto_session::{wire::Bytes, ClientHandshake, ClientId, ClientSession, ServerPin, UnixTime};
-use relay_api::{Call, EnvelopeRequest, EnvelopeResponse, PeersAnswer, PollAnswer, SendAnswer};
-use tokio::sync::Mutex;
+use mtproto_crypto::ServerPublicKey;
+use mtproto_session::{wire::Bytes, ClientId, UnixTime};
+use relay_api::{Call, PeersAnswer, PollAnswer, SendAnswer};
+use relay_client::{ClientConfig, Connection, Pin, Transport};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Mode {
@@ -80,11 +80,6 @@ fn fail(msg: impl std::fmt::Display) -> String {
     msg.to_string()
 }
 
-struct User {
-    name: String,
-    session: Mutex<ClientSession>,
-}
-
 async fn post(
     http: &reqwest::Client,
     url: &str,
@@ -93,86 +88,6 @@ async fn post(
     let r = http.post(url).json(body).send().await.map_err(fail)?;
     let s = r.status().as_u16();
     Ok((s, r.bytes().await.map_err(fail)?.to_vec()))
-}
-
-async fn handshake(
-    http: &reqwest::Client,
-    base: &str,
-    name: &str,
-    key: ServerPublicKey,
-) -> Result<User, String> {
-    let (c, req) = ClientHandshake::start(
-        ServerPin::Key(key),
-        ClientId::new(name).map_err(fail)?,
-        &mut OsRng,
-    );
-    let (_, res) = post(
-        http,
-        &format!("{base}/req_pq"),
-        &serde_json::to_value(&req).map_err(fail)?,
-    )
-    .await?;
-    let (c, req) = c
-        .handle_res_pq(&serde_json::from_slice(&res).map_err(fail)?)
-        .map_err(fail)?;
-    let (_, res) = post(
-        http,
-        &format!("{base}/req_dh_params"),
-        &serde_json::to_value(&req).map_err(fail)?,
-    )
-    .await?;
-    let (c, req) = c
-        .handle_server_dh_params(&serde_json::from_slice(&res).map_err(fail)?, now(), &mut OsRng)
-        .map_err(fail)?;
-    let (s, res) = post(
-        http,
-        &format!("{base}/set_client_dh_params"),
-        &serde_json::to_value(&req).map_err(fail)?,
-    )
-    .await?;
-    if s != 200 {
-        return Err(format!(
-            "handshake for {name}: {s} {}",
-            String::from_utf8_lossy(&res)
-        ));
-    }
-    let session = c
-        .handle_dh_gen_ok(&serde_json::from_slice(&res).map_err(fail)?)
-        .map_err(fail)?;
-    Ok(User {
-        name: name.to_owned(),
-        session: Mutex::new(session),
-    })
-}
-
-/// One call; returns the decoded inner answer.
-async fn call<T: serde::de::DeserializeOwned>(
-    http: &reqwest::Client,
-    base: &str,
-    user: &User,
-    c: &Call,
-) -> Result<T, String> {
-    let path = c.endpoint().path();
-    let body = serde_json::to_vec(c).map_err(fail)?;
-    let packet = user
-        .session
-        .lock()
-        .await
-        .encode_request(&body, now(), &mut OsRng)
-        .map_err(fail)?
-        .packet;
-    let (s, res) = post(http, &format!("{base}{path}"), &EnvelopeRequest::packet(packet)).await?;
-    if s != 200 {
-        return Err(format!("{path}: {s} {}", String::from_utf8_lossy(&res)));
-    }
-    let answer: EnvelopeResponse = serde_json::from_slice(&res).map_err(fail)?;
-    let incoming = user
-        .session
-        .lock()
-        .await
-        .decode_response(&answer.packet.0, now())
-        .map_err(fail)?;
-    serde_json::from_slice(&incoming.body).map_err(fail)
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -200,16 +115,30 @@ async fn server_key(http: &reqwest::Client, base: &str) -> Result<ServerPublicKe
     ServerPublicKey::from_slice(&pk.0).map_err(fail)
 }
 
-async fn setup(http: &reqwest::Client, args: &Args) -> Result<Vec<Arc<User>>, String> {
+/// The users' configuration: one attempt per request (a load tool reports refusals, it does
+/// not wait them out), the server key pinned.
+fn user_config(args: &Args, name: &str, key: ServerPublicKey) -> ClientConfig {
+    ClientConfig::new(&args.server, name, Pin::Key(key)).with_retries(false)
+}
+
+fn user_name(prefix: &str, i: usize) -> String {
+    format!("{prefix}u{i}")
+}
+
+/// Every user's handshake (16 at a time), all over one HTTP connection pool.
+async fn setup(http: &reqwest::Client, args: &Args) -> Result<Vec<Arc<Connection>>, String> {
     let key = server_key(http, &args.server).await?;
+    let transport = Transport::new(&user_config(args, "load", key)).map_err(fail)?;
     let sem = Arc::new(tokio::sync::Semaphore::new(16));
     let mut tasks = Vec::new();
     for i in 0..args.users {
-        let (http, base, sem) = (http.clone(), args.server.clone(), sem.clone());
-        let name = format!("{}u{i}", args.prefix);
+        let (transport, sem) = (transport.clone(), sem.clone());
+        let config = user_config(args, &user_name(&args.prefix, i), key);
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire().await.map_err(fail)?;
-            handshake(&http, &base, &name, key).await
+            Connection::open_on(transport, &config)
+                .await
+                .map_err(|e| format!("handshake for {}: {e}", config.name))
         }));
     }
     let mut users = Vec::new();
@@ -231,24 +160,21 @@ async fn relay_mode(http: reqwest::Client, args: Args, poll: bool) -> Result<(),
     let errors = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
     let mut tasks = Vec::new();
-    let targets: Vec<String> = match &args.peer_prefix {
-        Some(p) => (0..users.len()).map(|i| format!("{p}u{i}")).collect(),
-        None => (0..users.len())
-            .map(|i| {
-                users
-                    .get((i + 1) % users.len())
-                    .map(|u| u.name.clone())
-                    .unwrap_or_default()
-            })
-            .collect(),
-    };
+    // Each user sends to the next one around the ring, or to its namesake of the other
+    // generator.
+    let targets: Vec<String> = (0..users.len())
+        .map(|i| match &args.peer_prefix {
+            Some(p) => user_name(p, i),
+            None => user_name(&args.prefix, (i + 1) % users.len()),
+        })
+        .collect();
     if args.peer_prefix.is_some() {
         // Wait (bounded) until the other generator's users exist.
         let probe = users.first().cloned().ok_or("no users")?;
         let want = targets.last().cloned().unwrap_or_default();
         let mut found = false;
         for _ in 0..300 {
-            let v: PeersAnswer = call(&http, &args.server, &probe, &Call::list_peers()).await?;
+            let v: PeersAnswer = probe.call(&Call::list_peers()).await.map_err(fail)?;
             if v.peers.iter().any(|p| p.client_id.as_str() == want) {
                 found = true;
                 break;
@@ -262,13 +188,7 @@ async fn relay_mode(http: reqwest::Client, args: Args, poll: bool) -> Result<(),
     let deadline = Instant::now() + Duration::from_secs(args.duration_secs);
     for (i, user) in users.iter().enumerate() {
         let target = targets.get(i).cloned().unwrap_or_default();
-        let (h, base, u, sent, errs) = (
-            http.clone(),
-            args.server.clone(),
-            user.clone(),
-            sent.clone(),
-            errors.clone(),
-        );
+        let (u, sent, errs) = (user.clone(), sent.clone(), errors.clone());
         let size = args.payload.max(8);
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
@@ -279,7 +199,7 @@ async fn relay_mode(http: reqwest::Client, args: Args, poll: bool) -> Result<(),
                     payload: Bytes(payload),
                     key_version: None,
                 };
-                match call::<SendAnswer>(&h, &base, &u, &c).await {
+                match u.call::<SendAnswer>(&c).await {
                     Ok(_) => sent.fetch_add(1, Ordering::Relaxed),
                     Err(e) => {
                         if errs.fetch_add(1, Ordering::Relaxed) < 3 {
@@ -294,13 +214,7 @@ async fn relay_mode(http: reqwest::Client, args: Args, poll: bool) -> Result<(),
         if !poll {
             continue;
         }
-        let (http, base, user, latencies, errors) = (
-            http.clone(),
-            args.server.clone(),
-            user.clone(),
-            latencies.clone(),
-            errors.clone(),
-        );
+        let (user, latencies, errors) = (user.clone(), latencies.clone(), errors.clone());
         tasks.push(tokio::spawn(async move {
             let mut ack = Vec::new();
             // Keep draining a little past the deadline so messages sent at the end are counted.
@@ -310,7 +224,7 @@ async fn relay_mode(http: reqwest::Client, args: Args, poll: bool) -> Result<(),
                     timeout_ms: Some(500),
                     limit: None,
                 };
-                match call::<PollAnswer>(&http, &base, &user, &c).await {
+                match user.call::<PollAnswer>(&c).await {
                     Ok(v) => {
                         let now = unix_micros();
                         let mut lat = Vec::new();
@@ -416,7 +330,7 @@ async fn idle_mode(http: reqwest::Client, args: Args) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(args.duration_secs);
     let mut tasks = Vec::new();
     for user in users {
-        let (http, base, waiting) = (http.clone(), args.server.clone(), waiting.clone());
+        let waiting = waiting.clone();
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
                 waiting.fetch_add(1, Ordering::Relaxed);
@@ -426,9 +340,9 @@ async fn idle_mode(http: reqwest::Client, args: Args) -> Result<(), String> {
                     timeout_ms: Some(left.min(30_000)),
                     limit: None,
                 };
-                let r = call::<PollAnswer>(&http, &base, &user, &c).await;
+                let r = user.call::<PollAnswer>(&c).await;
                 waiting.fetch_sub(1, Ordering::Relaxed);
-                r?;
+                r.map_err(fail)?;
             }
             Ok::<(), String>(())
         }));
@@ -492,9 +406,12 @@ async fn flood_mode(args: Args) -> Result<(), String> {
     let mut n = 0u32;
     while Instant::now() + Duration::from_secs(1) < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let newcomer = client(newcomer_at(n))?;
+        let config =
+            user_config(&args, &format!("{}-new{n}", args.prefix), key).with_local_address(newcomer_at(n));
+        // The HTTP client is built before the clock starts: the figure is the handshake's.
+        let transport = Transport::new(&config).map_err(fail)?;
         let t = Instant::now();
-        match handshake(&newcomer, &args.server, &format!("{}-new{n}", args.prefix), key).await {
+        match Connection::open_on(transport, &config).await {
             Ok(_) => times.push(t.elapsed()),
             Err(e) => {
                 refused += 1;

@@ -249,33 +249,10 @@ async fn bad_inputs_get_json_errors_and_store_nothing() {
     // Client id taken by another key.
     let other = Raw::connect(&server.url, "carol", server.server_key()).await;
     drop(other);
-    let http2 = reqwest::Client::new();
-    let (c, req) = mtproto_session::ClientHandshake::start(
-        mtproto_session::ServerPin::Key(server.server_key()),
-        ClientId::new("alice").unwrap(),
-        &mut mtproto_crypto::rand_core::OsRng,
-    );
-    let (_, res) = post(&http2, &url("/req_pq"), &serde_json::to_value(&req).unwrap()).await;
-    let (c, req) = c.handle_res_pq(&serde_json::from_value(res).unwrap()).unwrap();
-    let (_, res) = post(
-        &http2,
-        &url("/req_dh_params"),
-        &serde_json::to_value(&req).unwrap(),
-    )
-    .await;
-    let (_, req) = c
-        .handle_server_dh_params(
-            &serde_json::from_value(res).unwrap(),
-            common::now(),
-            &mut mtproto_crypto::rand_core::OsRng,
-        )
+    let (s, body) = Raw::try_connect(&server.url, "alice", server.server_key(), reqwest::Client::new())
+        .await
+        .err()
         .unwrap();
-    let (s, body) = post(
-        &http2,
-        &url("/set_client_dh_params"),
-        &serde_json::to_value(&req).unwrap(),
-    )
-    .await;
     assert_eq!((s, body["error"].as_str()), (409, Some("client_id_taken")));
     // Only the one accepted message was stored for bob.
     assert_eq!(payloads(&bob.poll(vec![], 0).await).len(), 1);

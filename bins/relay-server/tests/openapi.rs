@@ -103,6 +103,7 @@ async fn the_served_document_matches_the_routes_the_answers_and_the_error_table(
     matches(&doc, "SetClientDhParams", &serde_json::to_value(&req).unwrap());
     let res = post("/set_client_dh_params", serde_json::to_value(&req).unwrap()).await;
     matches(&doc, "DhGenOk", &res);
+    assert!(res.get("auth_key").is_none(), "the auth key must never be sent");
     c.handle_dh_gen_ok(&serde_json::from_value(res).unwrap()).unwrap();
     let refused = post("/req_pq", serde_json::json!({"nonce": "short"})).await;
     matches(&doc, "Error", &refused);

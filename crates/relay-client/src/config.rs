@@ -1,5 +1,6 @@
 //! How to connect: the relay's address, how it is trusted, the profile file.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -29,6 +30,11 @@ pub struct ClientConfig {
     /// How long a peer's `no_prekeys` answer holds before the client asks again
     /// ([`NO_PREKEYS_RETRY`] by default).
     pub no_prekeys_retry: Duration,
+    /// The local address requests leave from (the system's choice when `None`).
+    pub local_address: Option<IpAddr>,
+    /// Whether transport failures and 503 answers are retried (about 5 s) and rate limits
+    /// waited out (up to 60 s): on by default; see [`ClientConfig::with_retries`].
+    pub retries: bool,
 }
 
 /// How long a peer's `no_prekeys` answer holds: its messages go under the static key until
@@ -48,6 +54,8 @@ impl ClientConfig {
             root_certificates: Vec::new(),
             prekeys: true,
             no_prekeys_retry: NO_PREKEYS_RETRY,
+            local_address: None,
+            retries: true,
         }
     }
 
@@ -102,6 +110,21 @@ impl ClientConfig {
     /// Keeps the profile in `path`.
     pub fn with_profile(mut self, path: impl Into<PathBuf>) -> Self {
         self.profile = Some(path.into());
+        self
+    }
+
+    /// Sends requests from `address` (a multi-homed host choosing its interface; tests that
+    /// play several machines on loopback).
+    pub fn with_local_address(mut self, address: IpAddr) -> Self {
+        self.local_address = Some(address);
+        self
+    }
+
+    /// With `false`, every request is made once: a transport failure, a 503 or a rate limit is
+    /// reported at once instead of retried or waited out — for load tools and tests that must
+    /// see each refusal. A client used by people keeps the default (`true`).
+    pub fn with_retries(mut self, on: bool) -> Self {
+        self.retries = on;
         self
     }
 }

@@ -1,147 +1,291 @@
-//! The connection to the relay, without the end-to-end layer: HTTP with retries, the
-//! handshake (and a new one when the relay lost our key), authenticated calls in envelopes, and
-//! the sealed notices that correct a stale salt or clock.
+//! The connection to the relay without the end-to-end layer: the handshake, authenticated calls
+//! in envelopes, and the sealed notices that correct a stale salt or clock. [`Connection`] keeps
+//! its session in memory; [`Client`] keeps it in its profile (saved before every request leaves)
+//! and runs the same code through [`SessionHost`].
 
-use std::time::Duration;
+use mtproto_crypto::{rand_core::OsRng, ServerPublicKey};
+use mtproto_session::{ClientHandshake, ClientId, ClientSession, DhGenOk, ResPq, ServerDhParams};
+use relay_api::{Call, EnvelopeRequest, EnvelopeResponse};
 
-use mtproto_crypto::{rand_core::OsRng, IdentitySecret};
-use mtproto_session::{wire::Bytes, ClientHandshake, DhGenOk, ResPq, ServerDhParams};
-use relay_api::{Call, EnvelopeRequest, EnvelopeResponse, ErrorBody, ErrorCode, PublishAnswer};
+use crate::{now, Client, ClientConfig, ClientError, Pin, RecoveryCode, Transport};
 
-use crate::{now, Client, ClientError, Pin, RecoveryCode, Refusal, State};
-
-/// Attempts per request when the relay is unreachable or answers 503 (storage unavailable,
-/// too busy): waits 0.2, 0.4, 0.8, 1.6 and 2 s between them, about 5 s in all — long enough
-/// for a Redis restart or failover.
-const RETRIES: usize = 6;
-
-fn backoff(attempt: usize) -> Duration {
-    Duration::from_millis((200u64 << attempt.saturating_sub(1).min(4)).min(2000))
+/// What a handshake gives: the session, the server key it proved, and the recovery code it
+/// registered for the name.
+pub(crate) struct Established {
+    pub(crate) session: ClientSession,
+    pub(crate) server_key: ServerPublicKey,
+    pub(crate) recovery_code: RecoveryCode,
 }
 
-/// The longest the client waits in all for a rate limit (429 `rate_limited`, `Retry-After`)
-/// before it reports the refusal.
-const RATE_LIMIT_PATIENCE: Duration = Duration::from_secs(60);
+/// The three handshake steps over `transport`. Every handshake registers a fresh recovery code —
+/// a recovery with `recover` too, which also proves the old one: the code used to recover (typed
+/// on a new device, perhaps seen by someone) stops working, and the new one is shown.
+pub(crate) async fn handshake(
+    transport: &Transport,
+    pin: Pin,
+    client_id: ClientId,
+    recover: Option<&RecoveryCode>,
+) -> Result<Established, ClientError> {
+    let untrusted = |e: mtproto_session::HandshakeError| match e {
+        mtproto_session::HandshakeError::UntrustedServer { got, expected } => {
+            ClientError::UntrustedServer { got, expected }
+        }
+        other => other.into(),
+    };
+    let (c, req) = ClientHandshake::start(pin, client_id, &mut OsRng);
+    let res: ResPq = transport.post_json("/req_pq", &req).await?;
+    let (c, req) = c.handle_res_pq(&res).map_err(untrusted)?;
+    let res: ServerDhParams = transport.post_json("/req_dh_params", &req).await?;
+    let (c, mut req) = c
+        .handle_server_dh_params(&res, now(), &mut OsRng)
+        .map_err(untrusted)?;
+    let fresh = RecoveryCode::generate(&mut OsRng);
+    c.prove_recovery(&mut req, Some(fresh.public()), recover);
+    let server_key = *c.server_key();
+    let res: DhGenOk = transport.post_json("/set_client_dh_params", &req).await?;
+    let session = c.handle_dh_gen_ok(&res)?;
+    tracing::info!(client_id = %session.client_id(), server = %server_key.fingerprint(), "handshake complete");
+    Ok(Established {
+        session,
+        server_key,
+        recovery_code: fresh,
+    })
+}
+
+/// Where a session lives between the steps of a call: each step runs under the holder's lock
+/// and leaves the session's new state where the holder keeps it.
+pub(crate) trait SessionHost {
+    /// Seals `body` as this session's next request.
+    async fn seal(&self, body: &[u8]) -> Result<Vec<u8>, ClientError>;
+    /// Opens the relay's answer to one of this session's requests; returns its body.
+    async fn open(&self, packet: &[u8]) -> Result<Vec<u8>, ClientError>;
+    /// Applies a refusal's sealed notice, if it authenticates and names a message this session
+    /// sent; whether it did.
+    async fn apply_notice(&self, notice: &[u8]) -> Result<bool, ClientError>;
+}
+
+/// One authenticated call: seals `call`, posts it, opens the answer. A stale salt or clock is
+/// corrected from the refusal's notice and the call sealed again (with a fresh msg_id), at most
+/// three times; transport failures are retried as the transport says (the same envelope, which
+/// the relay answers only once).
+pub(crate) async fn sealed_call<T: serde::de::DeserializeOwned>(
+    transport: &Transport,
+    host: &impl SessionHost,
+    call: &Call,
+) -> Result<T, ClientError> {
+    let path = call.endpoint().path();
+    let body = serde_json::to_vec(call).map_err(|e| ClientError::Invalid(e.to_string()))?;
+    for _ in 0..3 {
+        let packet = host.seal(&body).await?;
+        let raw = match transport.post_raw(path, &EnvelopeRequest::packet(packet)).await? {
+            Ok(raw) => raw,
+            Err(r) => {
+                if let Some(notice) = &r.body.notice {
+                    if host.apply_notice(&notice.0).await? {
+                        continue;
+                    }
+                }
+                return Err(r.into());
+            }
+        };
+        let answer: EnvelopeResponse =
+            serde_json::from_slice(&raw).map_err(|e| ClientError::Transport(format!("bad answer: {e}")))?;
+        let inner = host.open(&answer.packet.0).await?;
+        return serde_json::from_slice(&inner).map_err(|e| ClientError::Transport(format!("bad body: {e}")));
+    }
+    Err(ClientError::Transport("gave up after repeated refusals".into()))
+}
+
+/// Applies `notice` to `session`: `None` when it does not authenticate (nothing changed),
+/// else whether it corrected the session.
+fn apply_notice_to(session: &mut ClientSession, notice: &[u8]) -> Option<bool> {
+    let incoming = session.decode_response(notice, now()).ok()?;
+    Some(session.handle_notice(&incoming, now()).is_some())
+}
+
+/// An authenticated connection to the relay without the end-to-end layer: one handshake, then
+/// sealed calls ([`Call`]) whose answers come back opened. The session is kept in memory only
+/// (a [`Client`] keeps it in its profile). For tools that speak the relay's API directly — a
+/// load generator, a bot that only reads the directory, tests.
+///
+/// A call is refused with [`ClientError::Server`]; a stale salt or clock is corrected from the
+/// relay's sealed notice and the call made again. A relay that lost the auth key answers
+/// [`ErrorCode::UnknownAuthKey`](crate::ErrorCode::UnknownAuthKey) — an answer it cannot seal,
+/// so anyone on the path can forge it: open a new connection **pinned to the key this one
+/// proved** (`Pin::Key(conn.server_key())`), never with [`Pin::TrustOnFirstUse`] again, or a
+/// forged refusal hands the next handshake to whoever answers it.
+///
+/// ```no_run
+/// # async fn demo(fingerprint: relay_client::ServerKeyFingerprint) -> Result<(), relay_client::ClientError> {
+/// use relay_client::api::{Call, PeersAnswer};
+/// use relay_client::{ClientConfig, Connection, Pin};
+/// // The relay's key fingerprint, as its operator publishes it (`relay-server` prints it).
+/// let config = ClientConfig::new("http://127.0.0.1:8080", "directory-bot", Pin::Fingerprint(fingerprint));
+/// let conn = Connection::open(&config).await?;
+/// let peers: PeersAnswer = conn.call(&Call::list_peers()).await?;
+/// println!("{} peers", peers.peers.len());
+/// # Ok(()) }
+/// ```
+pub struct Connection {
+    transport: Transport,
+    server_key: ServerPublicKey,
+    recovery_code: RecoveryCode,
+    session: tokio::sync::Mutex<ClientSession>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("transport", &self.transport)
+            .field("server_key", &self.server_key.fingerprint().to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// A handshake with `config.server` as `config.name`, trusting the server as `config.pin`
+    /// says and recovering the name with `config.recovery` when set. Uses the config's
+    /// transport settings (root certificates, local address, retries); the profile and the
+    /// end-to-end settings are the [`Client`]'s.
+    ///
+    /// # Errors
+    /// [`ClientError::UntrustedServer`] for a server that is not the pinned one;
+    /// [`ClientError::Server`] when the relay refuses the handshake (a name taken, a rate
+    /// limit); transport and protocol errors.
+    pub async fn open(config: &ClientConfig) -> Result<Self, ClientError> {
+        Self::open_on(Transport::new(config)?, config).await
+    }
+
+    /// As [`Connection::open`], over `transport` (shared with other connections: one HTTP
+    /// connection pool for many users, as a load generator wants). The relay's address, TLS
+    /// roots, local address and retry policy are the transport's; `config` gives only the name,
+    /// the pin and the recovery code.
+    ///
+    /// # Errors
+    /// As [`Connection::open`].
+    pub async fn open_on(transport: Transport, config: &ClientConfig) -> Result<Self, ClientError> {
+        let client_id = ClientId::new(&config.name).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let done = handshake(&transport, config.pin, client_id, config.recovery.as_ref()).await?;
+        Ok(Self {
+            transport,
+            server_key: done.server_key,
+            recovery_code: done.recovery_code,
+            session: tokio::sync::Mutex::new(done.session),
+        })
+    }
+
+    /// One authenticated call, answered with `T` (the call's answer type in `relay_api`).
+    ///
+    /// # Errors
+    /// [`ClientError::Server`] for a refusal; transport and protocol errors.
+    pub async fn call<T: serde::de::DeserializeOwned>(&self, call: &Call) -> Result<T, ClientError> {
+        sealed_call(&self.transport, self, call).await
+    }
+
+    /// The server key the handshake proved.
+    pub fn server_key(&self) -> ServerPublicKey {
+        self.server_key
+    }
+
+    /// The recovery code the handshake registered for the name: whoever holds it can take the
+    /// name over (see [`ClientConfig::with_recovery_code`]). Secret; show it only to the user.
+    pub fn recovery_code(&self) -> &RecoveryCode {
+        &self.recovery_code
+    }
+
+    /// The transport, to open more connections over the same HTTP pool.
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    /// The session, for tests that seal requests by hand (a session cannot be turned back into
+    /// a connection). The recovery code goes with the connection: read
+    /// [`recovery_code`](Self::recovery_code) first if it is needed.
+    pub fn into_session(self) -> ClientSession {
+        self.session.into_inner()
+    }
+}
+
+impl SessionHost for Connection {
+    async fn seal(&self, body: &[u8]) -> Result<Vec<u8>, ClientError> {
+        let mut session = self.session.lock().await;
+        Ok(session.encode_request(body, now(), &mut OsRng)?.packet)
+    }
+
+    async fn open(&self, packet: &[u8]) -> Result<Vec<u8>, ClientError> {
+        let mut session = self.session.lock().await;
+        Ok(session.decode_response(packet, now())?.body)
+    }
+
+    async fn apply_notice(&self, notice: &[u8]) -> Result<bool, ClientError> {
+        Ok(apply_notice_to(&mut *self.session.lock().await, notice).unwrap_or(false))
+    }
+}
+
+/// The client's session lives in its state and is saved with the profile after every step, so
+/// a restarted client never reuses a msg_id or seq_no it sent.
+impl SessionHost for Client {
+    async fn seal(&self, body: &[u8]) -> Result<Vec<u8>, ClientError> {
+        let mut st = self.state.lock().await;
+        let session = st
+            .session
+            .as_mut()
+            .ok_or_else(|| ClientError::Invalid("no session".into()))?;
+        let packet = session.encode_request(body, now(), &mut OsRng)?.packet;
+        self.save(&st).await?;
+        Ok(packet)
+    }
+
+    async fn open(&self, packet: &[u8]) -> Result<Vec<u8>, ClientError> {
+        let mut st = self.state.lock().await;
+        let session = st
+            .session
+            .as_mut()
+            .ok_or_else(|| ClientError::Invalid("no session".into()))?;
+        let body = session.decode_response(packet, now())?.body;
+        self.save(&st).await?;
+        Ok(body)
+    }
+
+    async fn apply_notice(&self, notice: &[u8]) -> Result<bool, ClientError> {
+        let mut st = self.state.lock().await;
+        let Some(session) = st.session.as_mut() else {
+            return Ok(false);
+        };
+        // A notice that does not authenticate changed nothing: no write for it.
+        let Some(applied) = apply_notice_to(session, notice) else {
+            return Ok(false);
+        };
+        self.save(&st).await?;
+        Ok(applied)
+    }
+}
 
 impl Client {
-    pub(crate) async fn post_json<T: serde::de::DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &impl serde::Serialize,
-    ) -> Result<T, ClientError> {
-        let resp = self.post_raw(path, body).await??;
-        serde_json::from_slice(&resp).map_err(|e| ClientError::Transport(format!("{path}: bad answer: {e}")))
-    }
-
-    /// POSTs JSON; retries transport failures and 503 answers (the same bytes each time: the
-    /// relay answers a resent envelope from its stored outcome, never running it twice). The
-    /// outer error is the transport's, the inner one the server's refusal.
-    pub(crate) async fn post_raw(
-        &self,
-        path: &str,
-        body: &impl serde::Serialize,
-    ) -> Result<Result<Vec<u8>, Refusal>, ClientError> {
-        let url = format!("{}{}", self.base, path);
-        let mut last = String::new();
-        let mut rate_limited = Duration::ZERO;
-        let mut attempt = 0;
-        while attempt < RETRIES {
-            if attempt > 0 {
-                tokio::time::sleep(backoff(attempt)).await;
-            }
-            attempt += 1;
-            let resp = match self.http.post(&url).json(body).send().await {
-                Ok(r) => r,
-                Err(e) => {
-                    last = e.to_string();
-                    continue;
-                }
-            };
-            let status = resp.status();
-            let retry_after = resp
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok());
-            let bytes = match resp.bytes().await {
-                Ok(b) => b.to_vec(),
-                Err(e) => {
-                    last = e.to_string();
-                    continue;
-                }
-            };
-            if status.is_success() {
-                return Ok(Ok(bytes));
-            }
-            let body: ErrorBody = serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| ErrorBody::new(ErrorCode::Unknown, status.to_string()));
-            if status == reqwest::StatusCode::SERVICE_UNAVAILABLE && attempt < RETRIES {
-                tracing::debug!(path, code = %body.error, "relay unavailable; retrying");
-                continue;
-            }
-            if status == reqwest::StatusCode::TOO_MANY_REQUESTS && body.error == ErrorCode::RateLimited {
-                // The relay says when a retry can pass: wait that long, within our patience.
-                let wait = Duration::from_secs(retry_after.unwrap_or(1).clamp(1, 30));
-                if rate_limited + wait <= RATE_LIMIT_PATIENCE {
-                    tracing::info!(path, wait_secs = wait.as_secs(), "relay rate limit; waiting");
-                    rate_limited += wait;
-                    tokio::time::sleep(wait).await;
-                    attempt = 0;
-                    continue;
-                }
-            }
-            return Ok(Err(Refusal {
-                status: status.as_u16(),
-                body,
-            }));
-        }
-        Err(ClientError::Transport(last))
-    }
-
-    pub(crate) async fn handshake(&self, st: &mut State) -> Result<(), ClientError> {
+    /// A handshake for this client: the pinned key (or the one seen first), the recovery code
+    /// to recover the name with on the first one only.
+    pub(crate) async fn handshake(&self, st: &mut crate::State) -> Result<(), ClientError> {
         // A key seen before (trust on first use, or pinned by the profile) is pinned exactly.
         let pin = st.server_key.map_or(self.pin, Pin::Key);
-        let untrusted = |e: mtproto_session::HandshakeError| match e {
-            mtproto_session::HandshakeError::UntrustedServer { got, expected } => {
-                ClientError::UntrustedServer { got, expected }
-            }
-            other => other.into(),
-        };
-        let (c, req) = ClientHandshake::start(pin, st.client_id.clone(), &mut OsRng);
-        let res: ResPq = self.post_json("/req_pq", &req).await?;
-        let (c, req) = c.handle_res_pq(&res).map_err(untrusted)?;
-        let res: ServerDhParams = self.post_json("/req_dh_params", &req).await?;
-        let (c, mut req) = c
-            .handle_server_dh_params(&res, now(), &mut OsRng)
-            .map_err(untrusted)?;
-        // Every handshake registers a fresh recovery code — a recovery too, which also proves the
-        // old one: the code used to recover (typed on a new device, perhaps seen by someone)
-        // stops working, and the new one is shown.
         let recover = st.recover_with.take();
-        let fresh = RecoveryCode::generate(&mut OsRng);
-        c.prove_recovery(&mut req, Some(fresh.public()), recover.as_ref());
-        let server_key = *c.server_key();
-        let res: DhGenOk = self.post_json("/set_client_dh_params", &req).await?;
-        let session = c.handle_dh_gen_ok(&res)?;
-        st.recovery_code = Some(fresh);
-        tracing::info!(client_id = %st.client_id, server = %server_key.fingerprint(), "handshake complete");
-        st.server_key = Some(server_key);
-        st.session = Some(session);
+        let done = handshake(&self.transport, pin, st.client_id.clone(), recover.as_ref()).await?;
+        st.recovery_code = Some(done.recovery_code);
+        st.server_key = Some(done.server_key);
+        st.session = Some(done.session);
         Ok(())
     }
 
-    /// One authenticated call: seals `call`, posts it, opens the answer. Handles a stale salt or
-    /// a clock notice (resends with a fresh msg_id), a lost auth key (new handshake), and
-    /// transport failures (resends the same envelope, which the relay answers only once).
+    /// One authenticated call ([`sealed_call`]); when the relay lost our auth key, a new
+    /// handshake and the call once more.
     pub(crate) async fn call<T: serde::de::DeserializeOwned>(&self, call: &Call) -> Result<T, ClientError> {
-        match self.call_inner(call).await {
+        match sealed_call(&self.transport, self, call).await {
             Err(ClientError::Server {
-                code: ErrorCode::UnknownAuthKey,
+                code: crate::ErrorCode::UnknownAuthKey,
                 ..
             }) => {
                 self.handshake_again(!matches!(call, Call::PublishKey { .. }))
                     .await?;
-                self.call_inner(call).await
+                sealed_call(&self.transport, self, call).await
             }
             other => other,
         }
@@ -163,109 +307,9 @@ impl Client {
             self.save(&st).await?;
         }
         if publish {
-            let key = self.state.lock().await.identity.public();
-            let publish = Call::PublishKey {
-                identity_key: Bytes(key.as_bytes().to_vec()),
-            };
-            let _: PublishAnswer = self.call_inner(&publish).await?;
+            let _: relay_api::PublishAnswer =
+                sealed_call(&self.transport, self, &self.publish_call().await).await?;
         }
         Ok(())
-    }
-
-    pub(crate) async fn call_inner<T: serde::de::DeserializeOwned>(
-        &self,
-        call: &Call,
-    ) -> Result<T, ClientError> {
-        let path = call.endpoint().path();
-        let body = serde_json::to_vec(call).map_err(|e| ClientError::Invalid(e.to_string()))?;
-        for _ in 0..3 {
-            let packet = {
-                let mut st = self.state.lock().await;
-                let session = st
-                    .session
-                    .as_mut()
-                    .ok_or_else(|| ClientError::Invalid("no session".into()))?;
-                let out = session.encode_request(&body, now(), &mut OsRng)?;
-                self.save(&st).await?;
-                out.packet
-            };
-            let raw = match self.post_raw(path, &EnvelopeRequest::packet(packet)).await? {
-                Ok(raw) => raw,
-                Err(r) => {
-                    // A stale salt or clock: the refusal carries a sealed notice; it is applied
-                    // only if it authenticates and names a message this session sent.
-                    if let Some(notice) = &r.body.notice {
-                        if self.apply_notice(&notice.0).await? {
-                            continue;
-                        }
-                    }
-                    return Err(r.into());
-                }
-            };
-            let answer: EnvelopeResponse = serde_json::from_slice(&raw)
-                .map_err(|e| ClientError::Transport(format!("bad answer: {e}")))?;
-            let mut st = self.state.lock().await;
-            let session = st
-                .session
-                .as_mut()
-                .ok_or_else(|| ClientError::Invalid("no session".into()))?;
-            let incoming = session.decode_response(&answer.packet.0, now())?;
-            self.save(&st).await?;
-            return serde_json::from_slice(&incoming.body)
-                .map_err(|e| ClientError::Transport(format!("bad body: {e}")));
-        }
-        Err(ClientError::Transport("gave up after repeated refusals".into()))
-    }
-
-    pub(crate) async fn apply_notice(&self, notice: &[u8]) -> Result<bool, ClientError> {
-        let mut st = self.state.lock().await;
-        let Some(session) = st.session.as_mut() else {
-            return Ok(false);
-        };
-        let Ok(incoming) = session.decode_response(notice, now()) else {
-            return Ok(false);
-        };
-        let applied = session.handle_notice(&incoming, now()).is_some();
-        self.save(&st).await?;
-        Ok(applied)
-    }
-
-    /// Publishes this client's identity key (done by `connect`; call again after a rotation).
-    ///
-    /// # Errors
-    /// Transport, protocol and server errors.
-    pub async fn publish_key(&self) -> Result<PublishAnswer, ClientError> {
-        let key = self.state.lock().await.identity.public();
-        self.call(&Call::PublishKey {
-            identity_key: Bytes(key.as_bytes().to_vec()),
-        })
-        .await
-    }
-
-    /// Replaces this client's identity key with a new one (peers will see a key change), with
-    /// new prekeys for it (published, unless the client was made
-    /// [`with_prekeys(false)`](crate::ClientConfig::with_prekeys)); every conversation starts
-    /// again.
-    ///
-    /// # Errors
-    /// As [`Client::publish_key`]; publishing the new prekeys may fail without an error (they
-    /// go again with the next poll).
-    pub async fn rotate_identity(&self) -> Result<PublishAnswer, ClientError> {
-        {
-            let mut guard = self.state.lock().await;
-            let st = &mut *guard;
-            st.identity = IdentitySecret::generate(&mut OsRng);
-            st.prekeys = mtproto_session::x3dh::Prekeys::new(&st.identity, &st.signing, now(), &mut OsRng);
-            st.chats.clear();
-            st.ratchets.clear();
-            st.no_prekeys_until.clear();
-            self.save(st).await?;
-        }
-        let answer = self.publish_key().await?;
-        if self.prekeys_on {
-            self.state.lock().await.prekeys_due = Some(crate::ONE_TIME_PREKEYS_TARGET);
-            self.prekey_upkeep().await;
-        }
-        Ok(answer)
     }
 }

@@ -1,11 +1,11 @@
-//! The directory: looking peers up, their keys as this client accepted them, key changes,
-//! safety numbers.
+//! The directory: our identity key in it (published, rotated); looking peers up, their keys as
+//! this client accepted them, key changes, safety numbers.
 
-use mtproto_crypto::{Fingerprint, IdentityPublic};
-use mtproto_session::{ChatState, ClientId};
-use relay_api::{Call, PeersAnswer, MAX_LOOKUP_NAMES};
+use mtproto_crypto::{rand_core::OsRng, Fingerprint, IdentityPublic, IdentitySecret};
+use mtproto_session::{wire::Bytes, ChatState, ClientId};
+use relay_api::{Call, PeersAnswer, PublishAnswer, MAX_LOOKUP_NAMES};
 
-use crate::{peer_name, Client, ClientError, KnownPeer, State};
+use crate::{now, peer_name, Client, ClientError, KnownPeer, State};
 
 /// A peer as the directory shows it, with what this client thinks of its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,5 +229,51 @@ impl Client {
             .ok_or_else(|| ClientError::NoPeerKey(peer.into()))?;
         known.verified = true;
         self.save(&st).await
+    }
+}
+
+/// Our identity key in the directory.
+impl Client {
+    /// Publishes this client's identity key (done by `connect`; call again after a rotation).
+    ///
+    /// # Errors
+    /// Transport, protocol and server errors.
+    pub async fn publish_key(&self) -> Result<PublishAnswer, ClientError> {
+        self.call(&self.publish_call().await).await
+    }
+
+    /// The call that publishes this client's identity key as it is now.
+    pub(crate) async fn publish_call(&self) -> Call {
+        let key = self.state.lock().await.identity.public();
+        Call::PublishKey {
+            identity_key: Bytes(key.as_bytes().to_vec()),
+        }
+    }
+
+    /// Replaces this client's identity key with a new one (peers will see a key change), with
+    /// new prekeys for it (published, unless the client was made
+    /// [`with_prekeys(false)`](crate::ClientConfig::with_prekeys)); every conversation starts
+    /// again.
+    ///
+    /// # Errors
+    /// As [`Client::publish_key`]; publishing the new prekeys may fail without an error (they
+    /// go again with the next poll).
+    pub async fn rotate_identity(&self) -> Result<PublishAnswer, ClientError> {
+        {
+            let mut guard = self.state.lock().await;
+            let st = &mut *guard;
+            st.identity = IdentitySecret::generate(&mut OsRng);
+            st.prekeys = mtproto_session::x3dh::Prekeys::new(&st.identity, &st.signing, now(), &mut OsRng);
+            st.chats.clear();
+            st.ratchets.clear();
+            st.no_prekeys_until.clear();
+            self.save(st).await?;
+        }
+        let answer = self.publish_key().await?;
+        if self.prekeys_on {
+            self.state.lock().await.prekeys_due = Some(crate::ONE_TIME_PREKEYS_TARGET);
+            self.prekey_upkeep().await;
+        }
+        Ok(answer)
     }
 }

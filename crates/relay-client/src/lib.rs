@@ -57,13 +57,15 @@ mod outbox;
 mod prekeys;
 mod profile;
 mod sending;
+mod transport;
 
 pub use config::{ClientConfig, NO_PREKEYS_RETRY};
+pub use connection::Connection;
 pub use conversations::{ConvData, Conversation, KeptMessage, RatchetsData};
 pub use directory::{KeyStatus, PeerView};
 pub use error::ClientError;
 pub use inbox::Event;
-pub use mtproto_crypto::RecoveryCode;
+pub use mtproto_crypto::{RecoveryCode, ServerKeyFingerprint};
 pub use mtproto_session::Delivery;
 /// How the client trusts the server: a key, its fingerprint, or the first key seen (then
 /// pinned in the profile). The handshake's own type, re-exported.
@@ -71,7 +73,10 @@ pub use mtproto_session::ServerPin as Pin;
 pub use outbox::{OutboxEntry, OutboxId, PostedEnvelope, Receipt, SendState, MAX_OUTBOX};
 pub use prekeys::{ONE_TIME_PREKEYS_LOW, ONE_TIME_PREKEYS_TARGET, SIGNED_PREKEY_MAX_AGE_SECS};
 pub use profile::{KnownPeer, Profile};
+/// The wire contract (relay-api): the calls a [`Connection`] makes and their answers.
+pub use relay_api as api;
 pub use relay_api::ErrorCode;
+pub use transport::Transport;
 
 use conversations::{KeptKey, PeerRatchets};
 use error::Refusal;
@@ -135,8 +140,7 @@ struct State {
 
 /// A connected client. Cheap to share behind an `Arc`; methods take `&self`.
 pub struct Client {
-    http: reqwest::Client,
-    base: String,
+    transport: Transport,
     pin: Pin,
     profile_path: Option<PathBuf>,
     state: tokio::sync::Mutex<State>,
@@ -154,7 +158,7 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("base", &self.base)
+            .field("base", &self.transport.base())
             .finish_non_exhaustive()
     }
 }
@@ -222,7 +226,7 @@ impl Client {
             receipts_due: BTreeMap::new(),
             recovery_code: None,
             key_changed: BTreeMap::new(),
-            recover_with: config.recovery,
+            recover_with: config.recovery.clone(),
         };
         if let Some(p) = profile {
             if p.client_id != config.name {
@@ -281,19 +285,9 @@ impl Client {
                 .filter(|(key, _)| state.redeliver.contains(key))
                 .collect();
         }
-        let mut http = reqwest::Client::builder().use_rustls_tls();
-        for pem in &config.root_certificates {
-            let cert = reqwest::Certificate::from_pem(pem)
-                .map_err(|e| ClientError::Invalid(format!("root certificate: {e}")))?;
-            http = http.add_root_certificate(cert);
-        }
-        let http = http
-            .timeout(Duration::from_secs(40))
-            .build()
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let transport = Transport::new(&config)?;
         let client = Self {
-            http,
-            base: config.server.trim_end_matches('/').to_owned(),
+            transport,
             pin: config.pin,
             profile_path: config.profile,
             receipts: config.receipts,

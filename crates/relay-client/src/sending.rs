@@ -4,6 +4,7 @@ use mtproto_crypto::rand_core::OsRng;
 use mtproto_session::{wire::Bytes, ClientId, MsgId};
 use relay_api::{Call, EnvelopeRequest, EnvelopeResponse, ErrorCode, SendAnswer, OUTCOME_TTL_SECS};
 
+use crate::connection::SessionHost;
 use crate::{
     now, outbox, peer_name, Client, ClientError, OutboxEntry, OutboxId, PostedEnvelope, Receipt, SendState,
     State, MAX_OUTBOX,
@@ -311,6 +312,7 @@ impl Client {
             };
             let req = EnvelopeRequest::packet(packet);
             let answer = self
+                .transport
                 .post_raw(relay_api::Endpoint::SecureMessage.path(), &req)
                 .await;
             let mut st = self.state.lock().await;
@@ -322,7 +324,7 @@ impl Client {
                         // A stale salt or clock (checked before anything is stored): apply the
                         // notice and make a new envelope.
                         drop(st);
-                        if self.apply_notice(&notice.0).await? {
+                        if SessionHost::apply_notice(self, &notice.0).await? {
                             if let Some(e) = self.state.lock().await.outbox.get_mut(&id) {
                                 e.drop_envelope();
                             }

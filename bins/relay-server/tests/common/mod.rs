@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use clap::Parser;
 use mtproto_crypto::{rand_core::OsRng, ServerPublicKey};
-use mtproto_session::{wire::Bytes, ClientHandshake, ClientId, ClientSession, ServerPin, UnixTime};
+use mtproto_session::{wire::Bytes, ClientId, ClientSession, ServerPin, UnixTime};
+use relay_client::{ClientConfig, ClientError, Connection, Transport};
 use relay_core::{api::Call, Relay};
 use serde_json::Value;
 
@@ -152,8 +153,7 @@ pub fn now() -> UnixTime {
     relay_core::Clock::now(&relay_core::SystemClock)
 }
 
-/// A client speaking the protocol directly: handshake through mtproto-session, calls sealed by
-/// hand, so tests can replay, tamper and send what a real client never would.
+/// A client speaking the protocol directly: relay-client's handshake, then calls sealed by hand, so tests can replay, tamper and send what a real client never would.
 pub struct Raw {
     pub http: reqwest::Client,
     pub base: String,
@@ -183,27 +183,19 @@ impl Raw {
         key: ServerPublicKey,
         http: reqwest::Client,
     ) -> Result<Self, (u16, Value)> {
-        let (c, req) = ClientHandshake::start(ServerPin::Key(key), ClientId::new(name).unwrap(), &mut OsRng);
-        let step = |path: &'static str, body: Value| {
-            let http = http.clone();
-            async move {
-                let (s, res) = post(&http, &format!("{base}/{path}"), &body).await;
-                if s == 200 {
-                    Ok(res)
-                } else {
-                    Err((s, res))
-                }
-            }
+        // The handshake as relay-client makes it, one attempt per request; then the session
+        // is ours to seal by hand.
+        let config = ClientConfig::new(base, name, ServerPin::Key(key)).with_retries(false);
+        let transport = Transport::with_http_client(http.clone(), &config);
+        let session = match Connection::open_on(transport, &config).await {
+            Ok(conn) => conn.into_session(),
+            Err(ClientError::Server {
+                status,
+                code,
+                message,
+            }) => return Err((status, serde_json::json!({ "error": code, "message": message }))),
+            Err(e) => panic!("handshake failed: {e}"),
         };
-        let res = step("req_pq", serde_json::to_value(&req).unwrap()).await?;
-        let (c, req) = c.handle_res_pq(&serde_json::from_value(res).unwrap()).unwrap();
-        let res = step("req_dh_params", serde_json::to_value(&req).unwrap()).await?;
-        let (c, req) = c
-            .handle_server_dh_params(&serde_json::from_value(res).unwrap(), now(), &mut OsRng)
-            .unwrap();
-        let res = step("set_client_dh_params", serde_json::to_value(&req).unwrap()).await?;
-        assert!(res.get("auth_key").is_none(), "the auth key must never be sent");
-        let session = c.handle_dh_gen_ok(&serde_json::from_value(res).unwrap()).unwrap();
         Ok(Self {
             http,
             base: base.to_owned(),
