@@ -31,7 +31,7 @@ const JS: &str = "text/javascript; charset=utf-8";
 const PIN_SLOT: &str = "{{SERVER_FINGERPRINT}}";
 
 /// Every file served: its path, type and source, and whether it carries the pin.
-const FILES: [(&str, &str, &str, bool); 15] = [
+const FILES: [(&str, &str, &str, bool); 20] = [
     ("/", HTML, include_str!("../assets/index.html"), false),
     (
         "/client_ui.html",
@@ -62,6 +62,7 @@ const FILES: [(&str, &str, &str, bool); 15] = [
     ),
     ("/js/store.js", JS, include_str!("../assets/js/store.js"), false),
     ("/js/client.js", JS, include_str!("../assets/js/client.js"), false),
+    ("/js/outbox.js", JS, include_str!("../assets/js/outbox.js"), false),
     (
         "/js/ratchet.js",
         JS,
@@ -84,6 +85,30 @@ const FILES: [(&str, &str, &str, bool); 15] = [
         "/js/client_ui.js",
         JS,
         include_str!("../assets/js/client_ui.js"),
+        false,
+    ),
+    (
+        "/js/ui_state.js",
+        JS,
+        include_str!("../assets/js/ui_state.js"),
+        false,
+    ),
+    (
+        "/js/ui_people.js",
+        JS,
+        include_str!("../assets/js/ui_people.js"),
+        false,
+    ),
+    (
+        "/js/ui_conversation.js",
+        JS,
+        include_str!("../assets/js/ui_conversation.js"),
+        false,
+    ),
+    (
+        "/js/ui_actions.js",
+        JS,
+        include_str!("../assets/js/ui_actions.js"),
         false,
     ),
     (

@@ -17,7 +17,7 @@ use common::Server;
 use reqwest::{header, StatusCode};
 
 /// Every file served, with its source; the pages with a pin carry the server's fingerprint.
-const FILES: [(&str, &str, bool); 15] = [
+const FILES: [(&str, &str, bool); 20] = [
     ("/", include_str!("../assets/index.html"), false),
     ("/client_ui.html", include_str!("../assets/client_ui.html"), true),
     (
@@ -32,6 +32,7 @@ const FILES: [(&str, &str, bool); 15] = [
     ("/js/session.js", include_str!("../assets/js/session.js"), false),
     ("/js/store.js", include_str!("../assets/js/store.js"), false),
     ("/js/client.js", include_str!("../assets/js/client.js"), false),
+    ("/js/outbox.js", include_str!("../assets/js/outbox.js"), false),
     ("/js/ratchet.js", include_str!("../assets/js/ratchet.js"), false),
     (
         "/js/ratchet_chat.js",
@@ -46,6 +47,22 @@ const FILES: [(&str, &str, bool); 15] = [
     (
         "/js/client_ui.js",
         include_str!("../assets/js/client_ui.js"),
+        false,
+    ),
+    ("/js/ui_state.js", include_str!("../assets/js/ui_state.js"), false),
+    (
+        "/js/ui_people.js",
+        include_str!("../assets/js/ui_people.js"),
+        false,
+    ),
+    (
+        "/js/ui_conversation.js",
+        include_str!("../assets/js/ui_conversation.js"),
+        false,
+    ),
+    (
+        "/js/ui_actions.js",
+        include_str!("../assets/js/ui_actions.js"),
         false,
     ),
     (
