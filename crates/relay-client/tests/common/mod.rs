@@ -171,3 +171,16 @@ pub async fn by_key<'a>(
         (b, a)
     }
 }
+
+/// Messages (from, body, seq) and the other events of one poll.
+pub async fn poll_messages(c: &Client) -> (Vec<(String, Vec<u8>, u32)>, Vec<Event>) {
+    let mut msgs = Vec::new();
+    let mut others = Vec::new();
+    for ev in c.poll(Duration::from_millis(500)).await.unwrap() {
+        match ev {
+            Event::Message { from, body, seq, .. } => msgs.push((from, body, seq)),
+            other => others.push(other),
+        }
+    }
+    (msgs, others)
+}
