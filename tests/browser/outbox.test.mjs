@@ -175,6 +175,56 @@ test('a message whose envelope fell below the relay\'s replay window (resent aft
   } finally { await a.close(); await b.close(); await relay.stop(); }
 });
 
+test('an envelope refused with a salt or clock notice stays possibly stored: a later final refusal gives no number back, and a retry is not shown twice', async () => {
+  // Found by a review: the page counted such an envelope as stored nowhere (relay-client does
+  // not). A relay that stores it and answers with a notice, then refuses the next envelope for
+  // good, got the page to give its number back; the retry re-sealed under that number and the
+  // peer showed the message twice (the second as "reused").
+  const relay = await startServer(['--engine', 'memory', '--pow-bits', '0']);
+  const a = await scripted(browser, relay, 'hn-a'), b = await scripted(browser, relay, 'hn-b');
+  const read = () => b.evaluate(async () => { await c.poll(0); return got.map((g) => [g.text, g.delivery]); });
+  try {
+    await a.evaluate(() => c.send('hn-b', 'hello'));
+    await until(async () => (await read()).length === 1, 'hello');
+    // A genuine sealed notice for a request of a's session: one sent 400 s in the past (16).
+    const refusal = await a.evaluate(async () => {
+      const s = c.attach(c.session);
+      const [offset, last] = [s.timeOffset, s.lastMsgId];
+      s.timeOffset -= 400; s.lastMsgId = 0n;
+      const call = { method: 'publish_key', identity_key: m.b64(c.identity.pub) };
+      const { packet } = await s.encode(m.utf8(JSON.stringify(call)));
+      s.timeOffset = offset; s.lastMsgId = last;
+      const res = await fetch('/publish_key', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ packet: m.b64(packet) }) });
+      return { status: res.status, body: await res.json() };
+    });
+    assert.equal(refusal.status, 400);
+    assert.equal(refusal.body.mtproto_code, 16);
+    assert.ok(refusal.body.notice, 'the relay sealed a notice');
+    // The relay stores the next message but answers with that notice; then refuses for good.
+    let posts = 0;
+    await a.route('**/secure_message', async (route) => {
+      posts += 1;
+      if (posts === 1) {
+        await route.fetch();
+        await route.fulfill({ status: 400, contentType: 'application/json', body: JSON.stringify(refusal.body) });
+      } else {
+        await route.fulfill({ status: 404, contentType: 'application/json', body: JSON.stringify({ error: 'unknown_peer', message: 'no such client' }) });
+      }
+    });
+    const r = await a.evaluate(() => c.send('hn-b', 'stored, then refused'));
+    assert.equal(posts, 2);
+    assert.equal(r.state, 'refused');
+    assert.equal(r.maybeStored, true, 'the first envelope may have been stored');
+    await a.unroute('**/secure_message');
+    const again = await a.evaluate((id) => c.retry(id), r.id);
+    assert.equal(again.state, 'stored');
+    await until(async () => (await read()).length >= 2, 'the message');
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const texts = (await read()).map((g) => g[0]);
+    assert.deepEqual(texts, ['hello', 'stored, then refused'], 'shown once, not again under a reused number');
+  } finally { await a.close(); await b.close(); await relay.stop(); }
+});
+
 test('a refused message says why, offers retry and discard, and a retry after the peer read goes through once with no gap', async () => {
   // One message of one sender may wait in a mailbox.
   const relay = await startServer(['--sender-cap', '1']);

@@ -193,19 +193,18 @@ export class Outbox extends EventTarget {
         return r;
       }
       if (err instanceof RelayError) {
+        // Below, the envelope stays counted as possibly stored (as relay-client does): an honest
+        // relay checks salt, clock and key before it stores anything, but a relay that stored it
+        // anyway and refused must never get its number given back (the retry would reuse it).
         if (err.body.notice) {
-          // A stale salt or clock, checked before anything is stored: a new envelope.
-          const maybe = envelope.uncertain;
-          envelope.uncertain = wasUncertain;
+          // A stale salt or clock: a new envelope.
           if (await s.applyNotice(err.body.notice)) { dropEnvelope(entry); continue; }
           if (err.code !== 'bad_msg') return this.leaveSending(entry, humanError(err, entry.to));
           // A bad_msg notice with nothing to apply (20: this envelope fell below the relay's
           // replay window, e.g. resent after many other calls): as below, a new envelope —
           // resending this one would be refused the same way every time.
-          envelope.uncertain = maybe;
         }
         if (err.code === 'unknown_auth_key') {
-          envelope.uncertain = wasUncertain;
           await this.handshakeAgain(true, s);
           continue;
         }
