@@ -148,6 +148,97 @@ async fn setup(http: &reqwest::Client, args: &Args) -> Result<Vec<Arc<Connection
     Ok(users)
 }
 
+/// What the send and poll loops count, shared by all users.
+#[derive(Default)]
+struct Tally {
+    sent: AtomicU64,
+    errors: AtomicU64,
+    /// Send → delivery, microseconds.
+    latencies: std::sync::Mutex<Vec<u64>>,
+}
+
+impl Tally {
+    /// Counts a failure; the first three are printed.
+    fn failed(&self, what: &str, e: impl std::fmt::Display) {
+        if self.errors.fetch_add(1, Ordering::Relaxed) < 3 {
+            eprintln!("relay-load: {what} failed: {e}");
+        }
+    }
+}
+
+/// One user's sends to `target` until `deadline`, one in flight; each payload starts with its
+/// send time.
+async fn send_loop(
+    user: Arc<Connection>,
+    target: String,
+    size: usize,
+    deadline: Instant,
+    tally: Arc<Tally>,
+) -> Result<(), String> {
+    let target = ClientId::new(&target).map_err(fail)?;
+    while Instant::now() < deadline {
+        let mut payload = vec![0x5a; size];
+        payload[..8].copy_from_slice(&unix_micros().to_le_bytes());
+        let c = Call::SendMessage {
+            target_peer: target.clone(),
+            payload: Bytes(payload),
+            key_version: None,
+        };
+        match user.call::<SendAnswer>(&c).await {
+            Ok(_) => {
+                tally.sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => tally.failed("send", e),
+        }
+    }
+    Ok(())
+}
+
+/// One user's long polls with acks until a little past `deadline` (so that messages sent at
+/// the end are counted), recording each message's latency.
+async fn poll_loop(user: Arc<Connection>, deadline: Instant, tally: Arc<Tally>) -> Result<(), String> {
+    let mut ack = Vec::new();
+    while Instant::now() < deadline + Duration::from_millis(500) {
+        let c = Call::PollMessages {
+            ack: std::mem::take(&mut ack),
+            timeout_ms: Some(500),
+            limit: None,
+        };
+        match user.call::<PollAnswer>(&c).await {
+            Ok(v) => {
+                let now = unix_micros();
+                let mut lat = Vec::new();
+                for m in v.messages {
+                    ack.push(m.ack());
+                    let ts = m
+                        .payload
+                        .0
+                        .get(..8)
+                        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                        .map(u64::from_le_bytes)
+                        .unwrap_or(now);
+                    lat.push(now.saturating_sub(ts));
+                }
+                tally.latencies.lock().map_err(fail)?.extend(lat);
+            }
+            Err(e) => tally.failed("poll", e),
+        }
+    }
+    Ok(())
+}
+
+/// Waits (bounded) until the other generator's user `want` exists.
+async fn await_peer(probe: &Connection, want: &str) -> Result<(), String> {
+    for _ in 0..300 {
+        let v: PeersAnswer = probe.call(&Call::list_peers()).await.map_err(fail)?;
+        if v.peers.iter().any(|p| p.client_id.as_str() == want) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("peer users ({want}) never appeared"))
+}
+
 async fn relay_mode(http: reqwest::Client, args: Args, poll: bool) -> Result<(), String> {
     let t = Instant::now();
     let users = setup(&http, &args).await?;
@@ -156,10 +247,6 @@ async fn relay_mode(http: reqwest::Client, args: Args, poll: bool) -> Result<(),
         users.len(),
         t.elapsed().as_secs_f64()
     );
-    let sent = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let latencies = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
-    let mut tasks = Vec::new();
     // Each user sends to the next one around the ring, or to its namesake of the other
     // generator.
     let targets: Vec<String> = (0..users.len())
@@ -169,95 +256,32 @@ async fn relay_mode(http: reqwest::Client, args: Args, poll: bool) -> Result<(),
         })
         .collect();
     if args.peer_prefix.is_some() {
-        // Wait (bounded) until the other generator's users exist.
-        let probe = users.first().cloned().ok_or("no users")?;
-        let want = targets.last().cloned().unwrap_or_default();
-        let mut found = false;
-        for _ in 0..300 {
-            let v: PeersAnswer = probe.call(&Call::list_peers()).await.map_err(fail)?;
-            if v.peers.iter().any(|p| p.client_id.as_str() == want) {
-                found = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        if !found {
-            return Err(format!("peer users ({want}) never appeared"));
-        }
+        let probe = users.first().ok_or("no users")?;
+        await_peer(probe, targets.last().map_or("", String::as_str)).await?;
     }
+    let tally = Arc::new(Tally::default());
     let deadline = Instant::now() + Duration::from_secs(args.duration_secs);
-    for (i, user) in users.iter().enumerate() {
-        let target = targets.get(i).cloned().unwrap_or_default();
-        let (u, sent, errs) = (user.clone(), sent.clone(), errors.clone());
+    let mut tasks = Vec::new();
+    for (user, target) in users.iter().zip(targets) {
         let size = args.payload.max(8);
-        tasks.push(tokio::spawn(async move {
-            while Instant::now() < deadline {
-                let mut payload = vec![0x5a; size];
-                payload[..8].copy_from_slice(&unix_micros().to_le_bytes());
-                let c = Call::SendMessage {
-                    target_peer: ClientId::new(&target).map_err(fail)?,
-                    payload: Bytes(payload),
-                    key_version: None,
-                };
-                match u.call::<SendAnswer>(&c).await {
-                    Ok(_) => sent.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
-                        if errs.fetch_add(1, Ordering::Relaxed) < 3 {
-                            eprintln!("relay-load: send failed: {e}");
-                        }
-                        0
-                    }
-                };
-            }
-            Ok::<(), String>(())
-        }));
-        if !poll {
-            continue;
+        tasks.push(tokio::spawn(send_loop(
+            user.clone(),
+            target,
+            size,
+            deadline,
+            tally.clone(),
+        )));
+        if poll {
+            tasks.push(tokio::spawn(poll_loop(user.clone(), deadline, tally.clone())));
         }
-        let (user, latencies, errors) = (user.clone(), latencies.clone(), errors.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut ack = Vec::new();
-            // Keep draining a little past the deadline so messages sent at the end are counted.
-            while Instant::now() < deadline + Duration::from_millis(500) {
-                let c = Call::PollMessages {
-                    ack: std::mem::take(&mut ack),
-                    timeout_ms: Some(500),
-                    limit: None,
-                };
-                match user.call::<PollAnswer>(&c).await {
-                    Ok(v) => {
-                        let now = unix_micros();
-                        let mut lat = Vec::new();
-                        for m in v.messages {
-                            ack.push(m.ack());
-                            let ts = m
-                                .payload
-                                .0
-                                .get(..8)
-                                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                                .map(u64::from_le_bytes)
-                                .unwrap_or(now);
-                            lat.push(now.saturating_sub(ts));
-                        }
-                        latencies.lock().map_err(fail)?.extend(lat);
-                    }
-                    Err(e) => {
-                        if errors.fetch_add(1, Ordering::Relaxed) < 3 {
-                            eprintln!("relay-load: poll failed: {e}");
-                        }
-                    }
-                }
-            }
-            Ok::<(), String>(())
-        }));
     }
     for t in tasks {
         t.await.map_err(fail)??;
     }
     let secs = args.duration_secs as f64;
-    let mut lat = latencies.lock().map_err(fail)?.clone();
+    let mut lat = tally.latencies.lock().map_err(fail)?.clone();
     lat.sort_unstable();
-    let sends = sent.load(Ordering::Relaxed);
+    let sends = tally.sent.load(Ordering::Relaxed);
     println!(
         "{}: users={} payload={}B sends={} ({:.0}/s) deliveries={} ({:.0}/s) errors={} latency_ms p50={:.2} p90={:.2} p99={:.2} max={:.2}",
         if poll { "relay" } else { "send-only" },
@@ -267,7 +291,7 @@ async fn relay_mode(http: reqwest::Client, args: Args, poll: bool) -> Result<(),
         sends as f64 / secs,
         lat.len(),
         lat.len() as f64 / secs,
-        errors.load(Ordering::Relaxed),
+        tally.errors.load(Ordering::Relaxed),
         percentile(&lat, 0.5),
         percentile(&lat, 0.9),
         percentile(&lat, 0.99),

@@ -80,24 +80,8 @@ pub async fn run_with_limits(
     let trusted = TrustedProxies(Arc::new(limits.trusted_proxies.clone()));
     let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let draining = in_flight.clone();
-    let certs = match &limits.tls {
-        Some(files) => Some(Arc::new(
-            tls::CertStore::load(files.clone()).map_err(|e| std::io::Error::other(e.to_string()))?,
-        )),
-        None => None,
-    };
-    let tls_config = match &certs {
-        Some(store) => Some(
-            store
-                .server_config()
-                .map_err(|e| std::io::Error::other(e.to_string()))?,
-        ),
-        None => None,
-    };
-    if let Some(store) = certs.clone() {
-        tokio::spawn(reload_on_sighup(store));
-    }
-    let hsts = certs.is_some();
+    let tls_config = start_tls(&limits)?;
+    let hsts = tls_config.is_some();
     let server = conn::serve(listener, workers, &limits, tls_config, move || {
         let mut headers = actix_web::middleware::DefaultHeaders::new()
             .add((actix_web::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
@@ -137,41 +121,66 @@ pub async fn run_with_limits(
             }))
     })?;
     let handle = server.handle();
-    let purge_relay = relay.clone();
-    let purger = tokio::spawn(async move {
-        for round in 0u64.. {
-            tokio::time::sleep(purge_relay.config().purge_interval).await;
-            if let Err(e) = purge_relay.purge().await {
-                tracing::warn!(error = %e, "purge failed");
-            }
-            // Unused accounts: every tenth run (5 minutes by default), a bounded batch.
-            if round % 10 == 0 {
-                if let Err(e) = purge_relay.purge_accounts(1_000).await {
-                    tracing::warn!(error = %e, "account purge failed");
-                }
-            }
-        }
-    });
-    let stopping = relay.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            () = shutdown => {}
-            () = termination_signal() => {}
-        }
-        tracing::info!("stopping: no new connections, long-polls answered now, in-flight requests finish");
-        handle.pause().await;
-        stopping.end_long_polls();
-        // actix's graceful stop looks at its connections once a second; we know when the last
-        // request was answered, so wait for that (at most the 10 s grace), give the answer a
-        // moment to leave, then close what is left (idle kept-alive connections).
-        let grace = std::time::Instant::now() + Duration::from_secs(10);
-        while draining.load(Ordering::Acquire) > 0 && std::time::Instant::now() < grace {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        handle.stop(false).await;
-    });
+    let purger = tokio::spawn(purge_forever(relay.clone()));
+    tokio::spawn(stop_when(shutdown, handle, relay, draining));
     let result = server.await;
     purger.abort();
     result
+}
+
+/// The TLS configuration `limits` ask for (certificates loaded, reloaded on SIGHUP), or `None`
+/// for plain HTTP.
+fn start_tls(limits: &ConnLimits) -> std::io::Result<Option<rustls::ServerConfig>> {
+    let Some(files) = &limits.tls else {
+        return Ok(None);
+    };
+    let store =
+        Arc::new(tls::CertStore::load(files.clone()).map_err(|e| std::io::Error::other(e.to_string()))?);
+    let config = store
+        .server_config()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    tokio::spawn(reload_on_sighup(store));
+    Ok(Some(config))
+}
+
+/// Expired mailbox entries and stale state every purge interval; unused accounts every tenth
+/// run (5 minutes by default), a bounded batch.
+async fn purge_forever(relay: Arc<Relay>) {
+    for round in 0u64.. {
+        tokio::time::sleep(relay.config().purge_interval).await;
+        if let Err(e) = relay.purge().await {
+            tracing::warn!(error = %e, "purge failed");
+        }
+        if round % 10 == 0 {
+            if let Err(e) = relay.purge_accounts(1_000).await {
+                tracing::warn!(error = %e, "account purge failed");
+            }
+        }
+    }
+}
+
+/// On `shutdown` or SIGINT/SIGTERM: no new connections, long-polls answered now, in-flight
+/// requests finish (`draining` counts them). actix's graceful stop looks at its connections
+/// once a second; we know when the last request was answered, so wait for that (at most the
+/// 10 s grace), give the answer a moment to leave, then close what is left (idle kept-alive
+/// connections).
+async fn stop_when(
+    shutdown: impl Future<Output = ()>,
+    handle: actix_web::dev::ServerHandle,
+    relay: Arc<Relay>,
+    draining: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    tokio::select! {
+        () = shutdown => {}
+        () = termination_signal() => {}
+    }
+    tracing::info!("stopping: no new connections, long-polls answered now, in-flight requests finish");
+    handle.pause().await;
+    relay.end_long_polls();
+    let grace = std::time::Instant::now() + Duration::from_secs(10);
+    while draining.load(Ordering::Acquire) > 0 && std::time::Instant::now() < grace {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    handle.stop(false).await;
 }

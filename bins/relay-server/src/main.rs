@@ -10,19 +10,18 @@ use relay_server::{
     build_relay, raise_open_file_limit, run_with_limits, Config, ConnLimits, EngineKind, LogFormat,
 };
 
-/// mimalloc gives the memory of connections that have gone back to the system (glibc's
+/// jemalloc gives the memory of connections that have gone back to the system (glibc's
 /// allocator kept all of it: docs/benchmarks.md, "Memory per waiting long-poll").
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let config = Config::parse();
+/// Logs to stderr, as text or as JSON lines; `RUST_LOG` filters.
+fn init_logging(format: LogFormat) {
     let filter = || {
         tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| "info,actix_server=warn".into())
     };
-    match config.log_format {
+    match format {
         LogFormat::Text => tracing_subscriber::fmt()
             .with_env_filter(filter())
             .with_writer(std::io::stderr)
@@ -34,21 +33,11 @@ async fn main() -> ExitCode {
             .with_writer(std::io::stderr)
             .init(),
     }
-    if let Some(command) = &config.command {
-        return match relay_server::run_command(&config, command) {
-            Ok(line) => {
-                println!("{line}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("relay-server: {e}");
-                ExitCode::from(2)
-            }
-        };
-    }
-    let mut limits = ConnLimits::from_config(&config);
-    // Every connection is an open file: take all the system allows, and keep the connection cap
-    // under it.
+}
+
+/// Every connection is an open file: takes all the system allows, and keeps the connection
+/// cap under it.
+fn fit_open_files(limits: &mut ConnLimits) {
     match raise_open_file_limit() {
         Ok(l) => {
             if l.now > l.before {
@@ -66,28 +55,62 @@ async fn main() -> ExitCode {
         }
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
+}
+
+/// Binds `bind` for a listener besides the main one (`flag` names it in the error); with the
+/// address it got.
+fn bind_extra(bind: &str, flag: &str) -> Result<(std::net::TcpListener, String), String> {
+    let listener =
+        std::net::TcpListener::bind(bind).map_err(|e| format!("cannot listen on {bind} ({flag}): {e}"))?;
+    let at = listener
+        .local_addr()
+        .map_or_else(|_| bind.to_owned(), |a| a.to_string());
+    Ok((listener, at))
+}
+
+/// Runs `serve` on a thread and runtime of its own (actix's server future is not `Send`).
+fn spawn_listener<F, Fut>(what: &'static str, serve: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = std::io::Result<()>>,
+{
+    std::thread::spawn(move || {
+        let served = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .and_then(|rt| rt.block_on(serve()));
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the {what} listener stopped");
+        }
+    });
+}
+
+/// Why the server stopped with an error: a sentence for the operator and the exit code (2: it
+/// could not start; 1: it failed while serving).
+struct Stop {
+    code: u8,
+    why: String,
+}
+
+impl From<String> for Stop {
+    fn from(why: String) -> Self {
+        Self { code: 2, why }
+    }
+}
+
+/// Checks, binds and prints what the server will do, starts the side listeners, then serves
+/// until SIGINT/SIGTERM.
+async fn serve(config: Config) -> Result<(), Stop> {
+    let mut limits = ConnLimits::from_config(&config);
+    fit_open_files(&mut limits);
     if let Some(files) = &limits.tls {
         // Checked before anything starts: a bad certificate is a clear message, not a dead port.
-        if let Err(e) = relay_server::tls::CertStore::load(files.clone()) {
-            eprintln!("relay-server: TLS: {e}");
-            return ExitCode::from(2);
-        }
+        relay_server::tls::CertStore::load(files.clone()).map_err(|e| format!("TLS: {e}"))?;
     }
     let scheme = if limits.tls.is_some() { "https" } else { "http" };
-    let relay = match build_relay(&config).await {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("relay-server: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let listener = match std::net::TcpListener::bind(&config.bind) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("relay-server: cannot listen on {}: {e}", config.bind);
-            return ExitCode::from(2);
-        }
-    };
+    let relay = build_relay(&config).await.map_err(|e| e.to_string())?;
+    let listener = std::net::TcpListener::bind(&config.bind)
+        .map_err(|e| format!("cannot listen on {}: {e}", config.bind))?;
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())
@@ -105,54 +128,21 @@ async fn main() -> ExitCode {
         relay.server_key().public().fingerprint()
     );
     if let Some(bind) = &config.metrics_bind {
-        let metrics = match std::net::TcpListener::bind(bind) {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("relay-server: cannot listen on {bind} (--metrics-bind): {e}");
-                return ExitCode::from(2);
-            }
-        };
-        let at = metrics
-            .local_addr()
-            .map_or_else(|_| bind.clone(), |a| a.to_string());
+        let (metrics, at) = bind_extra(bind, "--metrics-bind")?;
         println!("  metrics:     http://{at}/stats (operator only)");
         let r = relay.clone();
-        // actix's server future is not `Send`: it runs on a thread and runtime of its own.
-        std::thread::spawn(move || {
-            let served = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .and_then(|rt| rt.block_on(relay_server::serve_stats(r, metrics)));
-            if let Err(e) = served {
-                tracing::error!(error = %e, "the metrics listener stopped");
-            }
-        });
+        spawn_listener("metrics", move || relay_server::serve_stats(r, metrics));
     }
     if let Some(bind) = &config.tls_redirect_bind {
-        let plain = match std::net::TcpListener::bind(bind) {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("relay-server: cannot listen on {bind} (--tls-redirect-bind): {e}");
-                return ExitCode::from(2);
-            }
-        };
-        let at = plain
-            .local_addr()
-            .map_or_else(|_| bind.clone(), |a| a.to_string());
+        let (plain, at) = bind_extra(bind, "--tls-redirect-bind")?;
         let port = listener.local_addr().map_or(443, |a| a.port());
         println!("  redirect:    http://{at} -> https (308)");
-        std::thread::spawn(move || {
-            let served = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .and_then(|rt| rt.block_on(relay_server::serve_https_redirect(plain, port)));
-            if let Err(e) = served {
-                tracing::error!(error = %e, "the redirect listener stopped");
-            }
+        spawn_listener("redirect", move || {
+            relay_server::serve_https_redirect(plain, port)
         });
     }
     println!("  web clients: {scheme}://{addr}/client_ui.html  {scheme}://{addr}/chat_ui_multiuser.html");
-    match run_with_limits(
+    run_with_limits(
         relay,
         listener,
         config.workers,
@@ -161,14 +151,36 @@ async fn main() -> ExitCode {
         std::future::pending(),
     )
     .await
-    {
+    .map_err(|e| Stop {
+        code: 1,
+        why: e.to_string(),
+    })
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = Config::parse();
+    init_logging(config.log_format);
+    if let Some(command) = &config.command {
+        return match relay_server::run_command(&config, command) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("relay-server: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    match serve(config).await {
         Ok(()) => {
             println!("relay-server stopped");
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("relay-server: {e}");
-            ExitCode::FAILURE
+        Err(Stop { code, why }) => {
+            eprintln!("relay-server: {why}");
+            ExitCode::from(code)
         }
     }
 }

@@ -8,6 +8,7 @@ use futures::Stream;
 use mtproto_session::Delivery;
 use relay_api::{AckRef, Call, EntryKind, ErrorCode, PollAnswer};
 
+use crate::conversations::Opened;
 use crate::{
     Client, ClientError, KeptMessage, KeyStatus, Receipt, SendState, State, MAX_OUTBOX, ONE_TIME_PREKEYS_LOW,
 };
@@ -212,6 +213,10 @@ impl Client {
     /// decision to acknowledge the entry or leave it on the relay (see [`Client::poll`]).
     pub(crate) async fn open_entry(&self, from: &str, entry: AckRef, packet: &[u8]) -> Vec<Event> {
         let seq = entry.seq;
+        let held = |reason: String| Event::Held {
+            from: from.into(),
+            reason,
+        };
         match self.ensure_chat(from).await {
             Ok(()) => {}
             Err(ClientError::PeerKeyChanged { .. }) => {
@@ -222,136 +227,27 @@ impl Client {
                 tracing::debug!(from, error = %e, "cannot check the sender's key yet");
                 return Vec::new();
             }
-            Err(e) => {
-                let reason = e.to_string();
-                return self
-                    .hold(
-                        seq,
-                        Event::Held {
-                            from: from.into(),
-                            reason,
-                        },
-                    )
-                    .await;
-            }
+            Err(e) => return self.hold(seq, held(e.to_string())).await,
         }
         let mut guard = self.state.lock().await;
         let st = &mut *guard;
         if !st.chats.contains_key(from) {
             drop(guard);
-            let reason = "no conversation with this sender".to_owned();
             return self
-                .hold(
-                    seq,
-                    Event::Held {
-                        from: from.into(),
-                        reason,
-                    },
-                )
+                .hold(seq, held("no conversation with this sender".to_owned()))
                 .await;
         }
         let events = match self.open_packet(st, from, packet) {
-            Ok(opened) => {
-                let r = opened.received;
-                if let Some(moved) = &r.own_counter_moved {
-                    // Our profile went back (restored from an older copy): the chat skipped
-                    // the numbers the peer had already received from us.
-                    tracing::warn!(
-                        peer = from,
-                        ?moved,
-                        "the conversation's counter was behind the peer's; moved up"
-                    );
-                }
-                let mut events = Vec::new();
-                if let Some(one_time_prekey) = opened.accepted {
-                    if !one_time_prekey {
-                        events.push(Event::StartedWithoutOneTimePrekey {
-                            peer: from.into(),
-                            initiated: false,
-                        });
-                    }
-                    // Any accepted start makes the client ask the relay how many one-time
-                    // prekeys it holds: one that used none means the relay ran out (drained by
-                    // others, perhaps), and only a check tops it up before the next connect.
-                    if self.prekeys_on {
-                        st.prekeys_due = Some(
-                            st.prekeys_due
-                                .map_or(ONE_TIME_PREKEYS_LOW, |b| b.max(ONE_TIME_PREKEYS_LOW)),
-                        );
-                    }
-                }
-                // Kept until acknowledged: after a crash, the relay's copy of a ratchet
-                // message cannot be opened again.
-                let kept = KeptMessage {
-                    entry_seq: entry.seq,
-                    entry_ts: entry.ts,
-                    from: from.into(),
-                    seq: r.seq,
-                    body: mtproto_session::wire::Bytes(r.body.clone()),
-                    sent_at_ms: r.sent_at_ms,
-                    delivery: r.delivery.clone(),
-                };
-                st.kept.insert(kept.key(), kept);
-                events.extend(self.hand_out(st, from, r));
-                events
-            }
+            Ok(opened) => self.opened(st, from, entry, opened),
             Err(mtproto_session::E2eError::Decrypt | mtproto_session::E2eError::PeerIdentityMismatch) => {
                 // Under another key: perhaps the peer rotated. Hold it and say so once.
                 let opened_with = st.chats.get(from).map(|c| *c.peer().as_bytes());
                 drop(guard);
-                let changed = match self.lookup(&[from]).await {
-                    Ok(peers) => peers
-                        .iter()
-                        .any(|p| p.client_id == from && p.key_status == KeyStatus::Changed),
-                    Err(e) => {
-                        tracing::debug!(from, error = %e, "cannot check the sender's key yet");
-                        return Vec::new();
-                    }
-                };
-                if changed {
-                    return self.hold(seq, Event::PeerKeyChanged { from: from.into() }).await;
-                }
-                let mut st = self.state.lock().await;
-                if st.chats.get(from).map(|c| *c.peer().as_bytes()) != opened_with {
-                    // The user accepted a new key for the sender meanwhile (between the open and
-                    // this check): it may be sealed for that key. Left on the relay, not
-                    // reported: the next poll opens it under the accepted key.
-                    return Vec::new();
-                }
-                st.to_ack.push(entry);
-                return vec![Event::Rejected {
-                    from: from.into(),
-                    reason: "message failed authentication".into(),
-                }];
+                return self.not_authentic(from, entry, opened_with).await;
             }
             Err(
                 mtproto_session::E2eError::Replay { .. } | mtproto_session::E2eError::MessageKeyGone { .. },
-            ) => {
-                // Handed out by an earlier run that did not acknowledge it (it may have died
-                // before the application kept it): the kept copy is handed out again (for a
-                // static packet of an older profile without copies, it is opened again).
-                let key = (entry.seq, entry.ts);
-                let again = if st.redeliver.remove(&key) {
-                    st.kept.get(&key).map(KeptMessage::received).or_else(|| {
-                        let static_packet =
-                            mtproto_session::packet_kind(packet) == Some(mtproto_session::PacketKind::Static);
-                        st.chats
-                            .get(from)
-                            .filter(|_| static_packet)
-                            .and_then(|chat| chat.open_again(packet).ok())
-                    })
-                } else {
-                    None
-                };
-                let events = match again {
-                    Some(r) => self.hand_out(st, from, r),
-                    // A copy of a message handed out before (our ack did not reach the relay,
-                    // or the sender's outbox resent it in a new envelope): not shown.
-                    None => Vec::new(),
-                };
-                st.to_ack.push(entry);
-                return events;
-            }
+            ) => self.seen_before(st, from, entry, packet),
             Err(e) => vec![Event::Rejected {
                 from: from.into(),
                 reason: e.to_string(),
@@ -359,6 +255,108 @@ impl Client {
         };
         st.to_ack.push(entry);
         events
+    }
+
+    /// A message that opened: kept until acknowledged (after a crash the relay's copy of a
+    /// ratchet message cannot be opened again), and handed out; a start accepted makes the
+    /// client check the relay's one-time prekeys.
+    fn opened(&self, st: &mut State, from: &str, entry: AckRef, opened: Opened) -> Vec<Event> {
+        let r = opened.received;
+        if let Some(moved) = &r.own_counter_moved {
+            // Our profile went back (restored from an older copy): the chat skipped
+            // the numbers the peer had already received from us.
+            tracing::warn!(
+                peer = from,
+                ?moved,
+                "the conversation's counter was behind the peer's; moved up"
+            );
+        }
+        let mut events = Vec::new();
+        if let Some(one_time_prekey) = opened.accepted {
+            if !one_time_prekey {
+                events.push(Event::StartedWithoutOneTimePrekey {
+                    peer: from.into(),
+                    initiated: false,
+                });
+            }
+            // Any accepted start makes the client ask the relay how many one-time
+            // prekeys it holds: one that used none means the relay ran out (drained by
+            // others, perhaps), and only a check tops it up before the next connect.
+            if self.prekeys_on {
+                st.prekeys_due = Some(
+                    st.prekeys_due
+                        .map_or(ONE_TIME_PREKEYS_LOW, |b| b.max(ONE_TIME_PREKEYS_LOW)),
+                );
+            }
+        }
+        let kept = KeptMessage {
+            entry_seq: entry.seq,
+            entry_ts: entry.ts,
+            from: from.into(),
+            seq: r.seq,
+            body: mtproto_session::wire::Bytes(r.body.clone()),
+            sent_at_ms: r.sent_at_ms,
+            delivery: r.delivery.clone(),
+        };
+        st.kept.insert(kept.key(), kept);
+        events.extend(self.hand_out(st, from, r));
+        events
+    }
+
+    /// A packet that failed authentication under the conversation opened with `opened_with`:
+    /// held if the sender's key changed in the directory; left on the relay if the user
+    /// accepted a new key meanwhile; else rejected (and acknowledged).
+    async fn not_authentic(&self, from: &str, entry: AckRef, opened_with: Option<[u8; 32]>) -> Vec<Event> {
+        let changed = match self.lookup(&[from]).await {
+            Ok(peers) => peers
+                .iter()
+                .any(|p| p.client_id == from && p.key_status == KeyStatus::Changed),
+            Err(e) => {
+                tracing::debug!(from, error = %e, "cannot check the sender's key yet");
+                return Vec::new();
+            }
+        };
+        if changed {
+            return self
+                .hold(entry.seq, Event::PeerKeyChanged { from: from.into() })
+                .await;
+        }
+        let mut st = self.state.lock().await;
+        if st.chats.get(from).map(|c| *c.peer().as_bytes()) != opened_with {
+            // The user accepted a new key for the sender meanwhile (between the open and
+            // this check): it may be sealed for that key. Left on the relay, not
+            // reported: the next poll opens it under the accepted key.
+            return Vec::new();
+        }
+        st.to_ack.push(entry);
+        vec![Event::Rejected {
+            from: from.into(),
+            reason: "message failed authentication".into(),
+        }]
+    }
+
+    /// A packet this client opened before. Handed out by an earlier run that did not
+    /// acknowledge it (it may have died before the application kept it): the kept copy is
+    /// handed out again (for a static packet of an older profile without copies, it is opened
+    /// again). Otherwise a copy of a message handed out before (our ack did not reach the
+    /// relay, or the sender's outbox resent it in a new envelope): not shown.
+    fn seen_before(&self, st: &mut State, from: &str, entry: AckRef, packet: &[u8]) -> Vec<Event> {
+        let key = (entry.seq, entry.ts);
+        if !st.redeliver.remove(&key) {
+            return Vec::new();
+        }
+        let again = st.kept.get(&key).map(KeptMessage::received).or_else(|| {
+            let static_packet =
+                mtproto_session::packet_kind(packet) == Some(mtproto_session::PacketKind::Static);
+            st.chats
+                .get(from)
+                .filter(|_| static_packet)
+                .and_then(|chat| chat.open_again(packet).ok())
+        });
+        match again {
+            Some(r) => self.hand_out(st, from, r),
+            None => Vec::new(),
+        }
     }
 
     /// The events for an opened message: a control message (0x00 then a JSON object) becomes

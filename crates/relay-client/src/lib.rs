@@ -164,6 +164,96 @@ impl std::fmt::Debug for Client {
 }
 
 impl State {
+    /// A new identity, signing key and prekeys for `client_id`; `recover` moves the name here
+    /// with the first handshake.
+    fn new(client_id: ClientId, recover: Option<RecoveryCode>) -> Self {
+        let identity = IdentitySecret::generate(&mut OsRng);
+        let signing = IdentitySigningKey::generate(&mut OsRng);
+        let prekeys = Prekeys::new(&identity, &signing, now(), &mut OsRng);
+        State {
+            client_id,
+            identity,
+            server_key: None,
+            session: None,
+            peers: BTreeMap::new(),
+            chats: BTreeMap::new(),
+            signing,
+            prekeys,
+            ratchets: BTreeMap::new(),
+            no_prekeys_until: BTreeMap::new(),
+            kept: BTreeMap::new(),
+            notices: Vec::new(),
+            prekeys_due: None,
+            to_ack: Vec::new(),
+            held: BTreeSet::new(),
+            outbox: BTreeMap::new(),
+            next_outbox_id: 1,
+            settled: Vec::new(),
+            awaited: BTreeSet::new(),
+            relay_lost_data: false,
+            redeliver: BTreeSet::new(),
+            receipts_due: BTreeMap::new(),
+            recovery_code: None,
+            key_changed: BTreeMap::new(),
+            recover_with: recover,
+        }
+    }
+
+    /// Takes what a saved profile holds (of this client's name): keys, session, peers,
+    /// conversations, the outbox and the copies of what was handed out.
+    fn restore(&mut self, p: Profile) -> Result<(), ClientError> {
+        let secret: [u8; 32] = p
+            .identity
+            .expose()
+            .try_into()
+            .map_err(|_| ClientError::Profile("identity key".into()))?;
+        self.identity = IdentitySecret::from_bytes(secret);
+        self.server_key = p.server_key.map(ServerPublicKey::from_bytes);
+        self.session = p.session.map(ClientSession::restore).transpose()?;
+        self.peers = p.peers;
+        for (peer, data) in p.chats {
+            self.chats.insert(peer, ChatState::restore(data)?);
+        }
+        if let Some(seed) = &p.signing_key {
+            let seed: [u8; 32] = seed
+                .expose()
+                .try_into()
+                .map_err(|_| ClientError::Profile("identity signing key".into()))?;
+            self.signing = IdentitySigningKey::from_seed(seed);
+        }
+        // Prekeys for this identity and signing key; new ones otherwise (older profiles).
+        let own = self.identity.public();
+        self.prekeys = p
+            .prekeys
+            .filter(|k| {
+                let b = k.bundle(None);
+                b.identity == *own.as_bytes() && b.signing_key == *self.signing.public().as_bytes()
+            })
+            .unwrap_or_else(|| Prekeys::new(&self.identity, &self.signing, now(), &mut OsRng));
+        for (peer, data) in p.ratchets {
+            if let Some(window) = self.chats.get(&peer) {
+                let r = PeerRatchets::restore(data, window.peer())?;
+                self.ratchets.insert(peer, r);
+            }
+        }
+        // A profile over the client-wide bound (an older version's) is trimmed, not refused.
+        conversations::cap_skipped_keys(&mut self.ratchets);
+        self.no_prekeys_until = p.no_prekeys_until;
+        for entry in p.outbox {
+            self.next_outbox_id = self.next_outbox_id.max(entry.id.0 + 1);
+            self.outbox.insert(entry.id, entry);
+        }
+        self.redeliver = p.handed_out.iter().map(|a| (a.seq, a.ts)).collect();
+        // Kept copies of what was handed out and not acknowledged; no more.
+        self.kept = p
+            .kept
+            .into_iter()
+            .map(|k| (k.key(), k))
+            .filter(|(key, _)| self.redeliver.contains(key))
+            .collect();
+        Ok(())
+    }
+
     /// The settled receipts no `send` or `retry` call waits for: reported as events.
     fn take_unawaited_receipts(&mut self) -> Vec<Receipt> {
         let (mine, rest): (Vec<Receipt>, Vec<Receipt>) = std::mem::take(&mut self.settled)
@@ -198,36 +288,7 @@ impl Client {
             Some(p) => Profile::load(p)?,
             None => None,
         };
-        let identity = IdentitySecret::generate(&mut OsRng);
-        let signing = IdentitySigningKey::generate(&mut OsRng);
-        let prekeys = Prekeys::new(&identity, &signing, now(), &mut OsRng);
-        let mut state = State {
-            client_id,
-            identity,
-            server_key: None,
-            session: None,
-            peers: BTreeMap::new(),
-            chats: BTreeMap::new(),
-            signing,
-            prekeys,
-            ratchets: BTreeMap::new(),
-            no_prekeys_until: BTreeMap::new(),
-            kept: BTreeMap::new(),
-            notices: Vec::new(),
-            prekeys_due: None,
-            to_ack: Vec::new(),
-            held: BTreeSet::new(),
-            outbox: BTreeMap::new(),
-            next_outbox_id: 1,
-            settled: Vec::new(),
-            awaited: BTreeSet::new(),
-            relay_lost_data: false,
-            redeliver: BTreeSet::new(),
-            receipts_due: BTreeMap::new(),
-            recovery_code: None,
-            key_changed: BTreeMap::new(),
-            recover_with: config.recovery.clone(),
-        };
+        let mut state = State::new(client_id, config.recovery.clone());
         if let Some(p) = profile {
             if p.client_id != config.name {
                 return Err(ClientError::Profile(format!(
@@ -235,55 +296,7 @@ impl Client {
                     p.client_id, config.name
                 )));
             }
-            let secret: [u8; 32] = p
-                .identity
-                .expose()
-                .try_into()
-                .map_err(|_| ClientError::Profile("identity key".into()))?;
-            state.identity = IdentitySecret::from_bytes(secret);
-            state.server_key = p.server_key.map(ServerPublicKey::from_bytes);
-            state.session = p.session.map(ClientSession::restore).transpose()?;
-            state.peers = p.peers;
-            for (peer, data) in p.chats {
-                state.chats.insert(peer, ChatState::restore(data)?);
-            }
-            if let Some(seed) = &p.signing_key {
-                let seed: [u8; 32] = seed
-                    .expose()
-                    .try_into()
-                    .map_err(|_| ClientError::Profile("identity signing key".into()))?;
-                state.signing = IdentitySigningKey::from_seed(seed);
-            }
-            // Prekeys for this identity and signing key; new ones otherwise (older profiles).
-            let own = state.identity.public();
-            state.prekeys = p
-                .prekeys
-                .filter(|k| {
-                    let b = k.bundle(None);
-                    b.identity == *own.as_bytes() && b.signing_key == *state.signing.public().as_bytes()
-                })
-                .unwrap_or_else(|| Prekeys::new(&state.identity, &state.signing, now(), &mut OsRng));
-            for (peer, data) in p.ratchets {
-                if let Some(window) = state.chats.get(&peer) {
-                    let r = PeerRatchets::restore(data, window.peer())?;
-                    state.ratchets.insert(peer, r);
-                }
-            }
-            // A profile over the client-wide bound (an older version's) is trimmed, not refused.
-            conversations::cap_skipped_keys(&mut state.ratchets);
-            state.no_prekeys_until = p.no_prekeys_until;
-            for entry in p.outbox {
-                state.next_outbox_id = state.next_outbox_id.max(entry.id.0 + 1);
-                state.outbox.insert(entry.id, entry);
-            }
-            state.redeliver = p.handed_out.iter().map(|a| (a.seq, a.ts)).collect();
-            // Kept copies of what was handed out and not acknowledged; no more.
-            state.kept = p
-                .kept
-                .into_iter()
-                .map(|k| (k.key(), k))
-                .filter(|(key, _)| state.redeliver.contains(key))
-                .collect();
+            state.restore(p)?;
         }
         let transport = Transport::new(&config)?;
         let client = Self {

@@ -6,8 +6,8 @@ use relay_api::{Call, EnvelopeRequest, EnvelopeResponse, ErrorCode, SendAnswer, 
 
 use crate::connection::SessionHost;
 use crate::{
-    now, outbox, peer_name, Client, ClientError, OutboxEntry, OutboxId, PostedEnvelope, Receipt, SendState,
-    State, MAX_OUTBOX,
+    now, outbox, peer_name, Client, ClientError, OutboxEntry, OutboxId, PostedEnvelope, Receipt, Refusal,
+    SendState, State, MAX_OUTBOX,
 };
 
 /// How old (seconds, server time) an envelope may be and still be resent as is: the relay
@@ -16,6 +16,27 @@ use crate::{
 /// window); ten minutes are kept for clock drift. Past it a new envelope carries the same
 /// end-to-end packet.
 const REUSE_ENVELOPE_SECS: u64 = OUTCOME_TTL_SECS - 600;
+
+/// What became of a posted envelope.
+enum Posted {
+    /// The relay's answer (stored).
+    Answered(Vec<u8>),
+    /// Refused for good: the code and the relay's message.
+    Refused(ErrorCode, String),
+    /// No answer, or a refusal that leaves the message sending: why.
+    Unanswered(String),
+}
+
+/// What to do after the relay refused an envelope.
+enum AfterRefusal {
+    /// Post again in a new envelope (a notice applied, a new handshake, an envelope the relay
+    /// cannot place).
+    Again,
+    /// Leave the message sending, with this reason.
+    LeaveSending(String),
+    /// Record this.
+    Posted(Posted),
+}
 
 impl Client {
     /// Encrypts `body` end to end for `peer` (once), puts it in the outbox (saved in the
@@ -260,160 +281,178 @@ impl Client {
     pub(crate) async fn transmit(&self, id: OutboxId) -> Result<Option<SendState>, ClientError> {
         // A handful of fresh envelopes at most: a stale salt or clock, a new handshake.
         for _ in 0..4 {
-            let packet = {
-                let mut st = self.state.lock().await;
-                let st = &mut *st;
-                let Some(entry) = st.outbox.get_mut(&id) else {
-                    return Ok(None);
-                };
-                let session = st
-                    .session
-                    .as_mut()
-                    .ok_or_else(|| ClientError::Invalid("no session".into()))?;
-                let server_now = now().offset_secs(session.time_offset()).as_secs();
-                // docs/protocol.md §3 "The sender's outbox": the same envelope while the relay
-                // can still recognise its msg_id (same session, within the msg_id window, with
-                // a minute to spare), else a new envelope around the same end-to-end packet.
-                let reusable = entry.envelope.as_ref().is_some_and(|env| {
-                    env.session_id == session.session_id()
-                        && MsgId(env.msg_id).secs() + REUSE_ENVELOPE_SECS >= server_now
-                });
-                if !reusable {
-                    entry.drop_envelope();
-                    let target = ClientId::new(&entry.to).map_err(|e| ClientError::Invalid(e.to_string()))?;
-                    let call = Call::SendMessage {
-                        target_peer: target,
-                        payload: entry.packet.clone(),
-                        key_version: entry.key_version,
-                    };
-                    let body = serde_json::to_vec(&call).map_err(|e| ClientError::Invalid(e.to_string()))?;
-                    let out = session.encode_request(&body, now(), &mut OsRng)?;
-                    entry.envelope = Some(PostedEnvelope {
-                        msg_id: out.msg_id.0,
-                        session_id: session.session_id(),
-                        packet: Bytes(out.packet),
-                        uncertain: true,
-                    });
-                }
-                // Saved as "may be stored" before it leaves: if this process dies before the
-                // answer, the envelope may have been stored, so its sequence number must never
-                // be given back. Only a definitive refusal of this envelope clears it.
-                if let Some(env) = entry.envelope.as_mut() {
-                    env.uncertain = true;
-                }
-                let packet = entry
-                    .envelope
-                    .as_ref()
-                    .map(|e| e.packet.0.clone())
-                    .unwrap_or_default();
-                // Saved before it leaves: a restarted client resends these very bytes.
-                self.save(st).await?;
-                packet
+            let Some(packet) = self.envelope_for(id).await? else {
+                return Ok(None);
             };
             let req = EnvelopeRequest::packet(packet);
             let answer = self
                 .transport
                 .post_raw(relay_api::Endpoint::SecureMessage.path(), &req)
                 .await;
+            let posted = match answer {
+                Err(e) => Posted::Unanswered(e.to_string()),
+                Ok(Ok(raw)) => Posted::Answered(raw),
+                Ok(Err(refusal)) => match self.after_refusal(id, refusal).await? {
+                    AfterRefusal::Again => continue,
+                    AfterRefusal::LeaveSending(why) => return self.leave_sending(id, why).await,
+                    AfterRefusal::Posted(posted) => posted,
+                },
+            };
             let mut st = self.state.lock().await;
-            let outcome = match answer {
-                Err(e) => Err(e.to_string()),
-                Ok(Ok(raw)) => Self::read_send_answer(&mut st, &raw).map(Ok),
-                Ok(Err(refusal)) => {
-                    if let Some(notice) = &refusal.body.notice {
-                        // A stale salt or clock (checked before anything is stored): apply the
-                        // notice and make a new envelope.
-                        drop(st);
-                        if SessionHost::apply_notice(self, &notice.0).await? {
-                            if let Some(e) = self.state.lock().await.outbox.get_mut(&id) {
-                                e.drop_envelope();
-                            }
-                            continue;
-                        }
-                        if refusal.body.error != ErrorCode::BadMsg {
-                            let why = format!("{}: {}", refusal.body.error, refusal.body.message);
-                            return self.leave_sending(id, why).await;
-                        }
-                        // A bad_msg notice with nothing to apply (20: this envelope fell below
-                        // the relay's replay window): a new envelope, below; resending this one
-                        // would be refused the same way every time.
-                        st = self.state.lock().await;
-                    }
-                    let code = refusal.body.error;
-                    if code == ErrorCode::UnknownAuthKey {
-                        drop(st);
-                        self.handshake_again(true).await?;
-                        continue;
-                    }
-                    if matches!(code, ErrorCode::BadMsg | ErrorCode::MsgIdReused) {
-                        // The relay cannot tell whether it saw this envelope: a new one; the
-                        // first may have been stored (then the peer drops the copy).
-                        if let Some(e) = st.outbox.get_mut(&id) {
-                            if let Some(env) = e.envelope.as_mut() {
-                                env.uncertain = true;
-                            }
-                            e.drop_envelope();
-                        }
-                        drop(st);
-                        continue;
-                    }
-                    if outbox::is_final_refusal(code) {
-                        Ok(Err((code, refusal.body.message)))
-                    } else {
-                        Err(format!("{code}: {}", refusal.body.message))
-                    }
-                }
-            };
-            let st = &mut *st;
-            let Some(entry) = st.outbox.get_mut(&id) else {
-                return Ok(None);
-            };
-            let state = match outcome {
-                Ok(Ok(stored)) => stored,
-                Ok(Err((code, message))) => {
-                    // This envelope was refused, so it is stored nowhere; if no earlier one can
-                    // be either, and nothing was sealed after it, its number is given back.
-                    if let Some(env) = entry.envelope.as_mut() {
-                        env.uncertain = false;
-                    }
-                    entry.drop_envelope();
-                    if !entry.maybe_stored {
-                        if let Some(chat) = st.chats.get_mut(&entry.to) {
-                            entry.released = chat.release_unsent(entry.seq);
-                        }
-                    }
-                    SendState::Refused { code, message }
-                }
-                Err(why) => {
-                    if let Some(env) = entry.envelope.as_mut() {
-                        env.uncertain = true;
-                    }
-                    SendState::Sending {
-                        last_error: Some(why),
-                    }
-                }
-            };
-            entry.state = state.clone();
-            let control = entry.control;
-            if matches!(state, SendState::Stored { .. }) {
-                if let Some(done) = st.outbox.remove(&id) {
-                    if !control {
-                        st.settled.push(done.receipt());
-                    }
-                }
-            } else if matches!(state, SendState::Refused { .. }) {
-                if !control {
-                    st.settled.push(entry.receipt());
-                } else if entry.released {
-                    // A receipt stored nowhere whose number was given back: no hole, dropped.
-                    st.outbox.remove(&id);
-                }
-            }
-            self.save(st).await?;
-            return Ok(Some(state));
+            let state = Self::record(&mut st, id, posted);
+            self.save(&st).await?;
+            return Ok(state);
         }
         self.leave_sending(id, "gave up after repeated refusals".into())
             .await
+    }
+
+    /// The envelope entry `id` goes in, saved before it leaves (None if it is no longer in the
+    /// outbox).
+    async fn envelope_for(&self, id: OutboxId) -> Result<Option<Vec<u8>>, ClientError> {
+        let mut st = self.state.lock().await;
+        let st = &mut *st;
+        let Some(entry) = st.outbox.get_mut(&id) else {
+            return Ok(None);
+        };
+        let session = st
+            .session
+            .as_mut()
+            .ok_or_else(|| ClientError::Invalid("no session".into()))?;
+        let server_now = now().offset_secs(session.time_offset()).as_secs();
+        // docs/protocol.md §3 "The sender's outbox": the same envelope while the relay
+        // can still recognise its msg_id (same session, within the msg_id window, with
+        // a minute to spare), else a new envelope around the same end-to-end packet.
+        let reusable = entry.envelope.as_ref().is_some_and(|env| {
+            env.session_id == session.session_id()
+                && MsgId(env.msg_id).secs() + REUSE_ENVELOPE_SECS >= server_now
+        });
+        if !reusable {
+            entry.drop_envelope();
+            let target = ClientId::new(&entry.to).map_err(|e| ClientError::Invalid(e.to_string()))?;
+            let call = Call::SendMessage {
+                target_peer: target,
+                payload: entry.packet.clone(),
+                key_version: entry.key_version,
+            };
+            let body = serde_json::to_vec(&call).map_err(|e| ClientError::Invalid(e.to_string()))?;
+            let out = session.encode_request(&body, now(), &mut OsRng)?;
+            entry.envelope = Some(PostedEnvelope {
+                msg_id: out.msg_id.0,
+                session_id: session.session_id(),
+                packet: Bytes(out.packet),
+                uncertain: true,
+            });
+        }
+        // Saved as "may be stored" before it leaves: if this process dies before the
+        // answer, the envelope may have been stored, so its sequence number must never
+        // be given back. Only a definitive refusal of this envelope clears it.
+        if let Some(env) = entry.envelope.as_mut() {
+            env.uncertain = true;
+        }
+        let packet = entry
+            .envelope
+            .as_ref()
+            .map(|e| e.packet.0.clone())
+            .unwrap_or_default();
+        // Saved before it leaves: a restarted client resends these very bytes.
+        self.save(st).await?;
+        Ok(Some(packet))
+    }
+
+    /// What a refusal of entry `id`'s envelope means.
+    async fn after_refusal(&self, id: OutboxId, refusal: Refusal) -> Result<AfterRefusal, ClientError> {
+        if let Some(notice) = &refusal.body.notice {
+            // A stale salt or clock (checked before anything is stored): apply the
+            // notice and make a new envelope.
+            if SessionHost::apply_notice(self, &notice.0).await? {
+                if let Some(e) = self.state.lock().await.outbox.get_mut(&id) {
+                    e.drop_envelope();
+                }
+                return Ok(AfterRefusal::Again);
+            }
+            if refusal.body.error != ErrorCode::BadMsg {
+                let why = format!("{}: {}", refusal.body.error, refusal.body.message);
+                return Ok(AfterRefusal::LeaveSending(why));
+            }
+            // A bad_msg notice with nothing to apply (20: this envelope fell below
+            // the relay's replay window): a new envelope, below; resending this one
+            // would be refused the same way every time.
+        }
+        let code = refusal.body.error;
+        if code == ErrorCode::UnknownAuthKey {
+            self.handshake_again(true).await?;
+            return Ok(AfterRefusal::Again);
+        }
+        if matches!(code, ErrorCode::BadMsg | ErrorCode::MsgIdReused) {
+            // The relay cannot tell whether it saw this envelope: a new one; the
+            // first may have been stored (then the peer drops the copy).
+            if let Some(e) = self.state.lock().await.outbox.get_mut(&id) {
+                if let Some(env) = e.envelope.as_mut() {
+                    env.uncertain = true;
+                }
+                e.drop_envelope();
+            }
+            return Ok(AfterRefusal::Again);
+        }
+        Ok(AfterRefusal::Posted(if outbox::is_final_refusal(code) {
+            Posted::Refused(code, refusal.body.message)
+        } else {
+            Posted::Unanswered(format!("{code}: {}", refusal.body.message))
+        }))
+    }
+
+    /// Records what became of entry `id`'s envelope; its state after (None if it is no longer
+    /// in the outbox). A stored or refused message is settled (its receipt reported).
+    fn record(st: &mut State, id: OutboxId, posted: Posted) -> Option<SendState> {
+        let outcome = match posted {
+            Posted::Answered(raw) => Self::read_send_answer(st, &raw).map(Ok),
+            Posted::Refused(code, message) => Ok(Err((code, message))),
+            Posted::Unanswered(why) => Err(why),
+        };
+        let entry = st.outbox.get_mut(&id)?;
+        let state = match outcome {
+            Ok(Ok(stored)) => stored,
+            Ok(Err((code, message))) => {
+                // This envelope was refused, so it is stored nowhere; if no earlier one can
+                // be either, and nothing was sealed after it, its number is given back.
+                if let Some(env) = entry.envelope.as_mut() {
+                    env.uncertain = false;
+                }
+                entry.drop_envelope();
+                if !entry.maybe_stored {
+                    if let Some(chat) = st.chats.get_mut(&entry.to) {
+                        entry.released = chat.release_unsent(entry.seq);
+                    }
+                }
+                SendState::Refused { code, message }
+            }
+            Err(why) => {
+                if let Some(env) = entry.envelope.as_mut() {
+                    env.uncertain = true;
+                }
+                SendState::Sending {
+                    last_error: Some(why),
+                }
+            }
+        };
+        entry.state = state.clone();
+        let control = entry.control;
+        if matches!(state, SendState::Stored { .. }) {
+            if let Some(done) = st.outbox.remove(&id) {
+                if !control {
+                    st.settled.push(done.receipt());
+                }
+            }
+        } else if matches!(state, SendState::Refused { .. }) {
+            if !control {
+                st.settled.push(entry.receipt());
+            } else if entry.released {
+                // A receipt stored nowhere whose number was given back: no hole, dropped.
+                st.outbox.remove(&id);
+            }
+        }
+        Some(state)
     }
 
     pub(crate) async fn leave_sending(

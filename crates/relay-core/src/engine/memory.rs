@@ -64,6 +64,93 @@ struct State {
     accounts: BTreeMap<ClientId, Account>,
 }
 
+impl State {
+    /// Runs `c`'s operation on the accounts and mailboxes (the session and the outcome are
+    /// stored by the caller); nothing changes on error.
+    fn apply(&mut self, c: &Commit) -> Result<Outcome, EngineError> {
+        let now_s = c.now.as_secs();
+        Ok(match &c.op {
+            Op::Touch => Outcome::Done,
+            Op::Send {
+                to,
+                payload,
+                quota,
+                ttl_secs,
+                key_version,
+            } => {
+                let from = c.client.to_string();
+                let account = self.accounts.get_mut(to).ok_or(EngineError::UnknownPeer)?;
+                let current = account.peer.as_ref().ok_or(EngineError::UnknownPeer)?.key_version;
+                if key_version.is_some_and(|v| v != current) {
+                    return Err(EngineError::PeerKeyChanged { current });
+                }
+                let mine = account.senders.get(&from).copied().unwrap_or_default();
+                quota.admit((account.mailbox.len(), account.bytes), mine, payload.len())?;
+                account.next_seq += 1;
+                let seq = account.next_seq;
+                let timestamp_ms = millis(c.now);
+                account.insert(MailboxEntry {
+                    seq,
+                    from,
+                    kind: EntryKind::Message,
+                    payload: Bytes(payload.clone()),
+                    timestamp_ms,
+                    expires_at: now_s.saturating_add(*ttl_secs),
+                });
+                Outcome::Sent { seq, timestamp_ms }
+            }
+            Op::Ack { seqs } => {
+                let account = self.accounts.entry(c.client.clone()).or_default();
+                let removed = seqs
+                    .iter()
+                    .filter(|a| {
+                        let named = account
+                            .mailbox
+                            .get(&a.seq)
+                            .is_some_and(|e| a.matches(e.seq, e.timestamp_ms));
+                        named && account.remove(a.seq).is_some()
+                    })
+                    .count();
+                Outcome::Acked { removed }
+            }
+            Op::PublishKey { key } => {
+                let account = self.accounts.get_mut(&c.client).ok_or(EngineError::UnknownPeer)?;
+                let peer = account.peer.as_mut().ok_or(EngineError::UnknownPeer)?;
+                let changed = peer.identity_key != Some(*key);
+                if changed {
+                    peer.identity_key = Some(*key);
+                    peer.key_version += 1;
+                }
+                Outcome::KeyPublished {
+                    changed,
+                    key_version: peer.key_version,
+                }
+            }
+            Op::PublishPrekeys { key_version, prekeys } => {
+                let account = self.accounts.get_mut(&c.client).ok_or(EngineError::UnknownPeer)?;
+                let peer = account.peer.as_ref().ok_or(EngineError::UnknownPeer)?;
+                let identity = peer.identity_key.ok_or(EngineError::NoIdentityKey)?;
+                if peer.key_version != *key_version {
+                    return Err(EngineError::Conflict);
+                }
+                let stored =
+                    StoredPrekeys::publish(account.prekeys.clone(), (identity, *key_version), prekeys)?;
+                let one_time_prekeys = stored.one_time.len();
+                account.prekeys = Some(stored);
+                Outcome::PrekeysPublished { one_time_prekeys }
+            }
+            Op::TakePrekeyBundle { peer, one_time } => {
+                let account = self.accounts.get_mut(peer).ok_or(EngineError::UnknownPeer)?;
+                let owner = account.peer.clone().ok_or(EngineError::UnknownPeer)?;
+                let mut stored = account.prekeys.clone().ok_or(EngineError::NoPrekeys)?;
+                let (bundle, key_version) = stored.hand_out(&owner, *one_time)?;
+                account.prekeys = Some(stored);
+                Outcome::PrekeyBundle { bundle, key_version }
+            }
+        })
+    }
+}
+
 /// Everything in one mutex-guarded map set.
 #[derive(Default)]
 pub struct MemoryEngine {
@@ -212,85 +299,7 @@ impl Engine for MemoryEngine {
             return Err(EngineError::Conflict);
         }
         let now_s = c.now.as_secs();
-        let outcome = match &c.op {
-            Op::Touch => Outcome::Done,
-            Op::Send {
-                to,
-                payload,
-                quota,
-                ttl_secs,
-                key_version,
-            } => {
-                let from = c.client.to_string();
-                let account = s.accounts.get_mut(to).ok_or(EngineError::UnknownPeer)?;
-                let current = account.peer.as_ref().ok_or(EngineError::UnknownPeer)?.key_version;
-                if key_version.is_some_and(|v| v != current) {
-                    return Err(EngineError::PeerKeyChanged { current });
-                }
-                let mine = account.senders.get(&from).copied().unwrap_or_default();
-                quota.admit((account.mailbox.len(), account.bytes), mine, payload.len())?;
-                account.next_seq += 1;
-                let seq = account.next_seq;
-                let timestamp_ms = millis(c.now);
-                account.insert(MailboxEntry {
-                    seq,
-                    from,
-                    kind: EntryKind::Message,
-                    payload: Bytes(payload.clone()),
-                    timestamp_ms,
-                    expires_at: now_s.saturating_add(*ttl_secs),
-                });
-                Outcome::Sent { seq, timestamp_ms }
-            }
-            Op::Ack { seqs } => {
-                let account = s.accounts.entry(c.client.clone()).or_default();
-                let removed = seqs
-                    .iter()
-                    .filter(|a| {
-                        let named = account
-                            .mailbox
-                            .get(&a.seq)
-                            .is_some_and(|e| a.matches(e.seq, e.timestamp_ms));
-                        named && account.remove(a.seq).is_some()
-                    })
-                    .count();
-                Outcome::Acked { removed }
-            }
-            Op::PublishKey { key } => {
-                let account = s.accounts.get_mut(&c.client).ok_or(EngineError::UnknownPeer)?;
-                let peer = account.peer.as_mut().ok_or(EngineError::UnknownPeer)?;
-                let changed = peer.identity_key != Some(*key);
-                if changed {
-                    peer.identity_key = Some(*key);
-                    peer.key_version += 1;
-                }
-                Outcome::KeyPublished {
-                    changed,
-                    key_version: peer.key_version,
-                }
-            }
-            Op::PublishPrekeys { key_version, prekeys } => {
-                let account = s.accounts.get_mut(&c.client).ok_or(EngineError::UnknownPeer)?;
-                let peer = account.peer.as_ref().ok_or(EngineError::UnknownPeer)?;
-                let identity = peer.identity_key.ok_or(EngineError::NoIdentityKey)?;
-                if peer.key_version != *key_version {
-                    return Err(EngineError::Conflict);
-                }
-                let stored =
-                    StoredPrekeys::publish(account.prekeys.clone(), (identity, *key_version), prekeys)?;
-                let one_time_prekeys = stored.one_time.len();
-                account.prekeys = Some(stored);
-                Outcome::PrekeysPublished { one_time_prekeys }
-            }
-            Op::TakePrekeyBundle { peer, one_time } => {
-                let account = s.accounts.get_mut(peer).ok_or(EngineError::UnknownPeer)?;
-                let owner = account.peer.clone().ok_or(EngineError::UnknownPeer)?;
-                let mut stored = account.prekeys.clone().ok_or(EngineError::NoPrekeys)?;
-                let (bundle, key_version) = stored.hand_out(&owner, *one_time)?;
-                account.prekeys = Some(stored);
-                Outcome::PrekeyBundle { bundle, key_version }
-            }
-        };
+        let outcome = s.apply(&c)?;
         if let Some(peer) = s.accounts.get_mut(&c.client).and_then(|a| a.peer.as_mut()) {
             peer.last_seen = now_s;
         }

@@ -82,27 +82,7 @@ impl Relay {
             });
         }
         let sn = nonce16("server_nonce", &req.server_nonce)?;
-        let recovery_key = req
-            .recovery_key
-            .as_ref()
-            .map(|k| mtproto_crypto::RecoveryPublic::from_slice(&k.0))
-            .transpose()
-            .map_err(|_| RelayError::InvalidField {
-                field: "recovery_key".into(),
-                reason: "must be 32 bytes".into(),
-            })?;
-        if recovery_key.is_some_and(|k| !k.is_usable()) {
-            return Err(RelayError::InvalidField {
-                field: "recovery_key".into(),
-                reason: "not a usable Ed25519 public key".into(),
-            });
-        }
-        if req.recovery_proof.as_ref().is_some_and(|p| p.0.len() != 64) {
-            return Err(RelayError::InvalidField {
-                field: "recovery_proof".into(),
-                reason: "must be 64 bytes".into(),
-            });
-        }
+        let recovery_key = recovery_fields(req)?;
         let mut pending = self
             .engine
             .get_pending(sn.into())
@@ -166,4 +146,30 @@ impl Relay {
         tracing::info!(client_id = %est.client_id, auth_key_id = %est.auth_key.id().to_hex(), "auth key established");
         Ok(res)
     }
+}
+
+/// The recovery key a handshake registers (checked usable), with the proof's length checked.
+fn recovery_fields(req: &SetClientDhParams) -> Result<Option<mtproto_crypto::RecoveryPublic>, RelayError> {
+    let recovery_key = req
+        .recovery_key
+        .as_ref()
+        .map(|k| mtproto_crypto::RecoveryPublic::from_slice(&k.0))
+        .transpose()
+        .map_err(|_| RelayError::InvalidField {
+            field: "recovery_key".into(),
+            reason: "must be 32 bytes".into(),
+        })?;
+    if recovery_key.is_some_and(|k| !k.is_usable()) {
+        return Err(RelayError::InvalidField {
+            field: "recovery_key".into(),
+            reason: "not a usable Ed25519 public key".into(),
+        });
+    }
+    if req.recovery_proof.as_ref().is_some_and(|p| p.0.len() != 64) {
+        return Err(RelayError::InvalidField {
+            field: "recovery_proof".into(),
+            reason: "must be 64 bytes".into(),
+        });
+    }
+    Ok(recovery_key)
 }

@@ -313,44 +313,10 @@ pub(super) fn commit_in(c: &Connection, cm: &Commit) -> Result<Outcome, EngineEr
                 timestamp_ms: cm.now.as_nanos() / 1_000_000,
             }
         }
-        (Op::Ack { seqs }, _) => {
-            let mut delete = c
-                .prepare_cached(
-                    "DELETE FROM mailbox WHERE recipient = ?1 AND seq = ?2 AND (?4 IS NULL OR ts = ?4) \
-                     RETURNING sender, LENGTH(payload), kind = ?3",
-                )
-                .map_err(storage)?;
-            let message_kind = to_json(&EntryKind::Message)?;
-            let mut gone = Vec::new();
-            for s in seqs {
-                let row: Option<(String, i64, bool)> = delete
-                    .query_row(
-                        params![me, as_i64(s.seq), message_kind.as_str(), s.ts.map(as_i64)],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                    )
-                    .optional()
-                    .map_err(storage)?;
-                gone.extend(row);
-            }
-            drop(delete);
-            uncount(c, me, &gone)?;
-            Outcome::Acked { removed: gone.len() }
-        }
-        (Op::PublishKey { key }, _) => {
-            let (peer, _) = get_peer(c, me)?
-                .ok_or_else(|| EngineError::Storage("peer vanished during its commit".into()))?;
-            let changed = peer.identity_key != Some(*key);
-            let version = peer.key_version + u32::from(changed);
-            c.execute(
-                "UPDATE peers SET identity_key = ?2, key_version = ?3 WHERE client_id = ?1",
-                params![me, key.to_vec(), i64::from(version)],
-            )
-            .map_err(storage)?;
-            Outcome::KeyPublished {
-                changed,
-                key_version: version,
-            }
-        }
+        (Op::Ack { seqs }, _) => Outcome::Acked {
+            removed: delete_acked(c, me, seqs)?,
+        },
+        (Op::PublishKey { key }, _) => publish_key(c, me, key)?,
         (Op::PublishPrekeys { .. } | Op::TakePrekeyBundle { .. }, _) => {
             let (write, outcome) =
                 prekeys.ok_or_else(|| EngineError::Storage("prekey op without its plan".into()))?;
@@ -373,6 +339,49 @@ pub(super) fn commit_in(c: &Connection, cm: &Commit) -> Result<Outcome, EngineEr
             .map_err(storage)?;
     }
     Ok(outcome)
+}
+
+/// Deletes the entries of `me`'s mailbox that `seqs` name (with their store time when given)
+/// and uncounts them from their senders' quotas; how many went.
+fn delete_acked(c: &Connection, me: &str, seqs: &[relay_api::AckRef]) -> Result<usize, EngineError> {
+    let mut delete = c
+        .prepare_cached(
+            "DELETE FROM mailbox WHERE recipient = ?1 AND seq = ?2 AND (?4 IS NULL OR ts = ?4) \
+             RETURNING sender, LENGTH(payload), kind = ?3",
+        )
+        .map_err(storage)?;
+    let message_kind = to_json(&EntryKind::Message)?;
+    let mut gone = Vec::new();
+    for s in seqs {
+        let row: Option<(String, i64, bool)> = delete
+            .query_row(
+                params![me, as_i64(s.seq), message_kind.as_str(), s.ts.map(as_i64)],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(storage)?;
+        gone.extend(row);
+    }
+    drop(delete);
+    uncount(c, me, &gone)?;
+    Ok(gone.len())
+}
+
+/// `me`'s identity key set to `key`; its key version goes up when the key changed.
+fn publish_key(c: &Connection, me: &str, key: &[u8; 32]) -> Result<Outcome, EngineError> {
+    let (peer, _) =
+        get_peer(c, me)?.ok_or_else(|| EngineError::Storage("peer vanished during its commit".into()))?;
+    let changed = peer.identity_key != Some(*key);
+    let version = peer.key_version + u32::from(changed);
+    c.execute(
+        "UPDATE peers SET identity_key = ?2, key_version = ?3 WHERE client_id = ?1",
+        params![me, key.to_vec(), i64::from(version)],
+    )
+    .map_err(storage)?;
+    Ok(Outcome::KeyPublished {
+        changed,
+        key_version: version,
+    })
 }
 
 /// Up to `limit` unexpired entries of `client`'s mailbox, oldest first.
