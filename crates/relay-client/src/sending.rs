@@ -300,7 +300,9 @@ impl Client {
             };
             let mut st = self.state.lock().await;
             let state = Self::record(&mut st, id, posted);
-            self.save(&st).await?;
+            if state.is_some() {
+                self.save(&st).await?;
+            }
             return Ok(state);
         }
         self.leave_sending(id, "gave up after repeated refusals".into())
