@@ -483,3 +483,29 @@ test('(m) a tap on a contact that a message re-renders mid-press still opens it;
     await shoot(page, 'client_ui_contacts_kept');
   } finally { await ctx.close(); await one.close(); await two.close(); }
 });
+
+test('(n) a tap on a contact that a new message would move keeps its row until the release: the pressed contact opens, then the list re-orders', async () => {
+  // F5 of the fourth review: a row moved from under the finger between press and release; the
+  // tap was lost or opened the row that moved there.
+  const ctx = await newContext();
+  const one = await scripted(browser, server, 'mv-one'), two = await scripted(browser, server, 'mv-two');
+  const order = (page) => page.locator('.peer').evaluateAll((bs) => bs.map((b) => b.dataset.peer));
+  try {
+    const page = await connect(ctx, 'mv-user', server.url);
+    await two.evaluate(() => c.send('mv-user', 'first from two'));
+    await page.waitForSelector('.peer[data-peer="mv-two"]', { timeout: 20000 });
+    await one.evaluate(() => c.send('mv-user', 'first from one'));
+    await until(async () => (await order(page))[0] === 'mv-one', 'mv-one on top');
+    // Pressed on mv-two (second); a message from mv-two would put it on top before the release.
+    const box = await page.locator('.peer[data-peer="mv-two"]').boundingBox();
+    await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+    await page.mouse.down();
+    await two.evaluate(() => c.send('mv-user', 'second from two'));
+    await until(async () => (await page.locator('.peer[data-peer="mv-two"] .preview').textContent()) === 'second from two', 'the pressed row updated');
+    assert.deepEqual(await order(page), ['mv-one', 'mv-two'], 'the rows keep their places while pressed');
+    await page.mouse.up();
+    await until(async () => (await page.textContent('#conv-title')) === 'mv-two', 'the pressed conversation to open');
+    await until(async () => (await order(page))[0] === 'mv-two', 'the list re-ordered after the release');
+    await shoot(page, 'client_ui_contacts_pressed_row');
+  } finally { await ctx.close(); await one.close(); await two.close(); }
+});

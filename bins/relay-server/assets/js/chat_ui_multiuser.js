@@ -56,7 +56,7 @@ newestFirst.addEventListener('change', () => {
  * 'decrypt' when the key does not open it.
  */
 async function openE2e(client, peer, payloadB64, outgoing) {
-  const chat = client.chats.get(peer);
+  const chat = client.staticChat(peer);
   const packet = fromB64(payloadB64);
   if (!chat || packetKind(packet) !== 'static') return null;
   // The sender seals with its own side's x; the recipient opens with the sender's.

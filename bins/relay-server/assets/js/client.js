@@ -377,6 +377,25 @@ export class RelayClient extends Outbox {
     if (seq < chat.recvLow) return chat.givenUp.some(([a, b]) => seq >= a && seq < b);
     return !chat.recvAbove.has(seq);
   }
+  /** Whether `name` is one of the contacts. */
+  isContact(name) { return this.contacts.has(name); }
+  /** The contacts' names. */
+  contactNames() { return [...this.contacts]; }
+  /** Whether sending to `name` waits until the user accepts its new key (acceptPeerKey). */
+  isBlocked(name) { return this.blocked.has(name); }
+  /** Whether the user marked `name`'s current key as verified (setVerified). */
+  isVerified(name) { return !!this.peers.get(name)?.verified; }
+  /**
+   * The keys the conversation with `peer` is numbered under, as a short tag: its seqs start
+   * again whenever either side's identity key changes.
+   */
+  keyEpoch(peer) { return `${this.peers.get(peer)?.version ?? 0}:${Array.from(this.identity.pub.slice(0, 6)).join('.')}`; }
+  /** The ids of the messages in the outbox (sending or refused, receipts included). */
+  outboxIds() { return this.outbox.map((e) => e.id); }
+  /** Seconds to add to this machine's clock for the relay's (learned from its notices). */
+  clockOffset() { return this.session?.timeOffset || 0; }
+  /** The static conversation with `name` (its chat key and receive window), or null: for tools that show the wire. */
+  staticChat(name) { return this.chats.get(name) || null; }
   async fingerprint(peer) { return (await this.chatWith(peer)).fingerprint(); }
   async poll(waitMs) {
     // At most the relay's limit (--max-acks, 1024) per poll; the rest go with the next one.

@@ -46,7 +46,7 @@ $('rotate-ok').addEventListener('click', async () => {
     showError('');
     showInfo(ui.standingNotice = `Your key was reset: your new key is ${fp}. Your contacts are asked to accept it before you can talk again, and your safety numbers changed: compare them again with the people you had verified.`);
     // Each conversation says it waits for them, until a word (a message, a receipt) under the new key.
-    for (const peer of ui.client.contacts) { awaiting.add(peer); remember(peer); }
+    for (const peer of ui.client.contactNames()) { awaiting.add(peer); remember(peer); }
     renderPeers(); renderHead();
   } catch (e) { showError(`could not reset your key: ${sayError(e)}`); }
 });
@@ -387,7 +387,7 @@ async function start(notice = '') {
     if (n) unread.set(peer, n);
     if (draft) drafts.set(peer, draft);
     if (waits) awaiting.add(peer);
-    const pending = new Set(ui.client.outbox.map((e) => e.id));
+    const pending = new Set(ui.client.outboxIds());
     for (const m of list) {
       if (m.dir === 'out' && m.id !== undefined) {
         // Left the outbox while the page was away from it: the relay stored it.
@@ -469,7 +469,7 @@ async function start(notice = '') {
   on('recovery_code', () => { const code = ui.client.takeRecoveryCode(); if (code) showRecoveryCode(code, ui.client.recoveryCodeReason); });
   renderPeers(); renderHead();
   // A reload in an open conversation at phone width (its history entry stays): it opens again.
-  if (history.state?.conv && onePane() && ui.client.contacts.has(history.state.conv)) openConversation(history.state.conv, { fromHistory: true });
+  if (history.state?.conv && onePane() && ui.client.isContact(history.state.conv)) openConversation(history.state.conv, { fromHistory: true });
   if (!$('code-dialog').open) $('search').focus();
   await refreshContacts();
   clearInterval(refreshTimer);

@@ -193,9 +193,10 @@ export class Outbox extends EventTarget {
         return r;
       }
       if (err instanceof RelayError) {
-        // Below, the envelope stays counted as possibly stored (as relay-client does): an honest
-        // relay checks salt, clock and key before it stores anything, but a relay that stored it
-        // anyway and refused must never get its number given back (the retry would reuse it).
+        // After a notice, unknown_auth_key or a bad_msg the envelope stays counted as possibly
+        // stored (as in relay-client): an honest relay checks salt, clock and key before it stores
+        // anything, but a relay that stored it anyway and refused must never get its number given
+        // back (the retry would reuse it).
         if (err.body.notice) {
           // A stale salt or clock: a new envelope.
           if (await s.applyNotice(err.body.notice)) { dropEnvelope(entry); continue; }

@@ -55,7 +55,7 @@ $('keychange-dialog').addEventListener('close', () => { rerender(ui.current); if
 $('blocked-review').addEventListener('click', () => warnKeyChange(ui.current));
 
 $('verify').addEventListener('click', async () => {
-  if (ui.client.blocked.has(ui.current)) { await warnKeyChange(ui.current); return; }
+  if (ui.client.isBlocked(ui.current)) { await warnKeyChange(ui.current); return; }
   try {
     $('verify-peer').textContent = ui.current;
     $('safety-number').textContent = await ui.client.fingerprint(ui.current);
@@ -128,6 +128,6 @@ addEventListener('popstate', (ev) => {
   if (popped) { popped(); return; } // the ← Chats above
   if (!$('main-view').classList.contains('on')) return;
   const conv = ev.state?.conv;
-  if (conv && conv !== ui.current && ui.client.contacts.has(conv)) openConversation(conv, { fromHistory: true });
+  if (conv && conv !== ui.current && ui.client.isContact(conv)) openConversation(conv, { fromHistory: true });
   else if (!conv && ui.current) backToList();
 });

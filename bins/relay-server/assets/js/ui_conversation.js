@@ -118,7 +118,7 @@ export function renderHead() {
   $('presence').textContent = ui.current ? presence(p).text : '';
   const badge = ui.current ? badgeFor(ui.current) : null;
   $('conv-badge').replaceChildren(...(badge ? [badge] : []));
-  const blocked = !!ui.current && ui.client.blocked.has(ui.current);
+  const blocked = !!ui.current && ui.client.isBlocked(ui.current);
   $('blocked-bar').hidden = !blocked;
   if (blocked) $('blocked-text').textContent = `${ui.current}'s security key changed. Nothing goes to or comes from them until you accept or verify the new key.`;
   // After our key reset: what we send waits with the relay until they accept the new key.
@@ -127,7 +127,7 @@ export function renderHead() {
   if (waits) $('await-bar').textContent = `Waiting for ${ui.current} to accept your new key. What you send now reaches them once they do.`;
   for (const id of ['text', 'send']) $(id).disabled = !ui.current || blocked;
   $('verify').disabled = !ui.current;
-  const verified = !!ui.current && !blocked && !!ui.client.peers.get(ui.current)?.verified;
+  const verified = !!ui.current && !blocked && ui.client.isVerified(ui.current);
   $('verify').classList.toggle('done', verified);
   if (verified) {
     const more = document.createElement('span'); more.className = 'wide'; more.textContent = ' — view safety number';
@@ -148,7 +148,7 @@ export function rerender(peer) {
  * The key generation of the conversation with `peer`: seqs start again at 0 whenever either
  * side's key changes — the peer's (its directory version) or ours (a reset) — so both are in it.
  */
-export const epochOf = (peer) => `${ui.client.peers.get(peer)?.version ?? 0}:${Array.from(ui.client.identity.pub.slice(0, 6)).join('.')}`;
+export const epochOf = (peer) => ui.client.keyEpoch(peer);
 
 /** Adds a message: received ones in the sender's order (seq), the rest at the end. */
 export function push(peer, m) {
@@ -252,7 +252,7 @@ let refreshing = null;
 export function refreshContacts() {
   refreshing = refreshing || (async () => {
     await null; // `refreshing` is set before the body can clear it
-    const names = [...ui.client.contacts];
+    const names = ui.client.contactNames();
     try {
       const found = names.length ? await ui.client.lookupPeers(names) : [];
       info.clear(); looked.clear();
@@ -303,10 +303,10 @@ export async function openConversation(name, { fromHistory = false } = {}) {
   if (search.prefix) clearSearch();
   renderPeers(); renderMessages(); renderHead();
   // The composer, or while the conversation is blocked the bar's Review button.
-  (ui.client.blocked.has(peer) ? $('blocked-review') : $('text')).focus();
+  (ui.client.isBlocked(peer) ? $('blocked-review') : $('text')).focus();
   if (added || !info.has(peer)) await refreshContacts();
   // Asked once per new key: after "Keep blocked" the bar and its Review button say it.
-  if (ui.client.blocked.has(peer) && !keptBlocked(peer)) await warnKeyChange(peer);
+  if (ui.client.isBlocked(peer) && !keptBlocked(peer)) await warnKeyChange(peer);
 }
 
 export function backToList() {

@@ -26,10 +26,10 @@ function peerRow(cls, name, extra = []) {
 
 export function badgeFor(name) {
   const p = info.get(name);
-  if (ui.client.blocked.has(name) || (p && p.status === 'changed')) { const w = document.createElement('span'); w.className = 'badge changed'; w.textContent = 'key changed'; return w; }
+  if (ui.client.isBlocked(name) || (p && p.status === 'changed')) { const w = document.createElement('span'); w.className = 'badge changed'; w.textContent = 'key changed'; return w; }
   // Verified means: the safety number of this key and ours was compared. A key change on either
   // side clears it (RelayClient.block, rotateIdentity).
-  if (ui.client.peers.get(name)?.verified) { const v = document.createElement('span'); v.className = 'badge verified'; v.textContent = '✓ verified'; v.title = 'You compared safety numbers'; return v; }
+  if (ui.client.isVerified(name)) { const v = document.createElement('span'); v.className = 'badge verified'; v.textContent = '✓ verified'; v.title = 'You compared safety numbers'; return v; }
   return null;
 }
 
@@ -62,12 +62,34 @@ function placeRows(ul, rows) {
   if (had && had !== document.activeElement && ul.contains(had)) had.focus({ preventScroll: true });
 }
 
+/**
+ * While a pointer is down on the list, the rows keep their places: a row that a new message moved
+ * from under the finger lost the tap (the release landed on another row), or opened the row that
+ * moved there. The order catches up after the release (after its click).
+ */
+let pressing = false, reorderDue = false;
+$('peers').addEventListener('pointerdown', () => { pressing = true; });
+for (const type of ['pointerup', 'pointercancel']) {
+  addEventListener(type, () => {
+    if (!pressing) return;
+    pressing = false;
+    if (reorderDue) { reorderDue = false; setTimeout(renderPeers, 0); }
+  }, true);
+}
+
 export function renderPeers() {
   if (!ui.client) return;
-  const names = [...ui.client.contacts];
-  for (const n of peerRows.keys()) if (!ui.client.contacts.has(n)) peerRows.delete(n);
+  const names = ui.client.contactNames();
+  for (const n of peerRows.keys()) if (!ui.client.isContact(n)) peerRows.delete(n);
   // Most recent conversation first; then by name.
   names.sort((a, b) => ((last(b)?.at || 0) - (last(a)?.at || 0)) || a.localeCompare(b));
+  if (pressing) {
+    // The rows on screen stay where they are (new ones go last) until the release.
+    const shown = new Map([...$('peers').querySelectorAll('.peer')].map((b, i) => [b.dataset.peer, i]));
+    const place = (n) => (shown.has(n) ? shown.get(n) : shown.size);
+    names.sort((a, b) => place(a) - place(b));
+    reorderDue = true;
+  }
   placeRows($('peers'), names.map((name) => {
     const side = document.createElement('span'); side.className = 'side';
     const m = last(name);
@@ -92,7 +114,7 @@ function renderSearch() {
   $('search-box').hidden = !search.prefix;
   $('search-results').replaceChildren(...search.results.map((p) => {
     const tag = document.createElement('span'); tag.className = 'tag';
-    tag.textContent = ui.client.contacts.has(p.client_id) ? 'contact' : 'add';
+    tag.textContent = ui.client.isContact(p.client_id) ? 'contact' : 'add';
     info.set(p.client_id, info.get(p.client_id) || p);
     return peerRow('result', p.client_id, [tag]).li;
   }));

@@ -125,7 +125,7 @@ export function dayLabel(ms) {
   return new Date(ms).toLocaleDateString([], { weekday: 'long', day: 'numeric', month: 'long', year: now.getFullYear() === new Date(ms).getFullYear() ? undefined : 'numeric' });
 }
 export function shortWhen(ms) { return dayKey(ms) === dayKey(Date.now()) ? hm(ms) : new Date(ms).toLocaleDateString([], { day: 'numeric', month: 'short' }); }
-const serverNow = () => Date.now() / 1000 + (ui.client?.session?.timeOffset || 0);
+const serverNow = () => Date.now() / 1000 + (ui.client ? ui.client.clockOffset() : 0);
 /** {online, text} for a directory entry: unknown while our own link is down. */
 export function presence(p) {
   if (!p || !p.last_seen) return { online: false, text: '' };
@@ -137,7 +137,7 @@ function ago(secs) {
   const d = Math.max(0, serverNow() - secs);
   if (d < 60) return 'just now';
   if (d < 3600) return `${Math.floor(d / 60)} min ago`;
-  const ms = (secs - (ui.client?.session?.timeOffset || 0)) * 1000;
+  const ms = (secs - (ui.client ? ui.client.clockOffset() : 0)) * 1000;
   if (d < 86400 && dayKey(ms) === dayKey(Date.now())) return `today at ${hm(ms)}`;
   return `${dayLabel(ms).toLowerCase()} at ${hm(ms)}`;
 }
