@@ -11,7 +11,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { launchBrowser, startServer, until, artifacts } from './helpers.mjs';
-import { DESKTOP, PHONE, connect, openPeer, say, inbound, received, mine, scripted, shoot, signIn, sleep, storedText } from './pages.mjs';
+import { DESKTOP, PHONE, connect, openPeer, say, inbound, received, mine, scripted, shoot, signIn, sleep, storedText, pollNow as poll, sendNow as send, gotTexts as texts, wireOf } from './pages.mjs';
 
 let server, browser;
 before(async () => {
@@ -22,10 +22,6 @@ after(async () => { await browser?.close(); await server?.stop(); });
 
 /** A scripted client (pages.mjs: it records `got`, `wire`, `starts`, `rejected`). */
 const client = (name, relay = server, opts = {}) => scripted(browser, relay, name, opts);
-const poll = (p) => p.evaluate(() => c.poll(0));
-const send = (p, to, text) => p.evaluate(([to, text]) => c.send(to, text).then((r) => r.state), [to, text]);
-const texts = (p) => p.evaluate(() => got.map((g) => g.text));
-const wireOf = (p) => p.evaluate(() => wire);
 
 test('two users converse under the ratchet: the relay stores their starts, then ratchet packets, receipts included; nothing static', async () => {
   const a = await client('fs-ann'), b = await client('fs-ben');

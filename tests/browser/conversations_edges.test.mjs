@@ -6,7 +6,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { launchBrowser, startServer, until } from './helpers.mjs';
-import { scripted, scriptIn, sleep } from './pages.mjs';
+import { scripted, scriptIn, sleep, pollNow as poll, sendNow as send, gotTexts as texts, wireOf } from './pages.mjs';
 
 let server, browser;
 before(async () => {
@@ -17,10 +17,6 @@ after(async () => { await browser?.close(); await server?.stop(); });
 
 /** A scripted client (pages.mjs: it records `got`, `wire`, `starts`, `rejected`). */
 const client = (name, relay = server, opts = {}) => scripted(browser, relay, name, opts);
-const poll = (p) => p.evaluate(() => c.poll(0));
-const send = (p, to, text) => p.evaluate(([to, text]) => c.send(to, text).then((r) => r.state), [to, text]);
-const texts = (p) => p.evaluate(() => got.map((g) => g.text));
-const wireOf = (p) => p.evaluate(() => wire);
 
 test('a late copy of the peer\'s first start (refused once, retried after the other conversation heard back) retires ours, which still opens: nothing is lost either way', async () => {
   // Found by the fourth review: dropping ours there (the fix for the restored copy) lost every

@@ -105,6 +105,15 @@ export async function scripted(browser, relay, name, { beforeConnect = null, per
   return page;
 }
 
+/** A scripted client's poll, answered at once. */
+export const pollNow = (p) => p.evaluate(() => c.poll(0));
+/** A scripted client's send to `to`; resolves to the receipt's state. */
+export const sendNow = (p, to, text) => p.evaluate(([to, text]) => c.send(to, text).then((r) => r.state), [to, text]);
+/** The texts a scripted client received, in order. */
+export const gotTexts = (p) => p.evaluate(() => got.map((g) => g.text));
+/** The end-to-end layer of every packet a scripted client sealed or opened. */
+export const wireOf = (p) => p.evaluate(() => wire);
+
 /** Connects `name` in `page` (already on the relay) as `scripted` does: after a reload, again. */
 export async function scriptIn(page, relay, name, { persist = false } = {}) {
   await page.evaluate(async ({ name, pin, persist }) => {
