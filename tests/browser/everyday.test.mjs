@@ -509,3 +509,32 @@ test('(n) a tap on a contact that a new message would move keeps its row until t
     await shoot(page, 'client_ui_contacts_pressed_row');
   } finally { await ctx.close(); await one.close(); await two.close(); }
 });
+
+test('(o) the same with a finger at phone width: the tap\'s click comes after the release, and still opens the pressed contact', async () => {
+  // Found by the phone-width review of (n): a touch's click comes a task or more after the
+  // release, and the re-order made after the release put another row under it.
+  const ctx = await browser.newContext({ viewport: PHONE, hasTouch: true, isMobile: true });
+  await pageFromRevision(ctx);
+  const one = await scripted(browser, server, 'tc-one'), two = await scripted(browser, server, 'tc-two');
+  const order = (page) => page.locator('.peer').evaluateAll((bs) => bs.map((b) => b.dataset.peer));
+  try {
+    const page = await connect(ctx, 'tc-user', server.url);
+    await two.evaluate(() => c.send('tc-user', 'first from two'));
+    await page.waitForSelector('.peer[data-peer="tc-two"]', { timeout: 20000 });
+    await one.evaluate(() => c.send('tc-user', 'first from one'));
+    await until(async () => (await order(page))[0] === 'tc-one', 'tc-one on top');
+    const box = await page.locator('.peer[data-peer="tc-two"]').boundingBox();
+    const at = { x: box.x + box.width / 2, y: box.y + box.height / 2 };
+    const cdp = await ctx.newCDPSession(page);
+    await cdp.send('Input.dispatchTouchEvent', { type: 'touchStart', touchPoints: [at] });
+    await two.evaluate(() => c.send('tc-user', 'second from two'));
+    await until(async () => (await page.locator('.peer[data-peer="tc-two"] .preview').textContent()) === 'second from two', 'the pressed row updated');
+    assert.deepEqual(await order(page), ['tc-one', 'tc-two'], 'the rows keep their places under the finger');
+    await cdp.send('Input.dispatchTouchEvent', { type: 'touchEnd', touchPoints: [] });
+    await until(async () => (await page.textContent('#conv-title')) === 'tc-two', 'the pressed conversation to open');
+    assert.equal(await page.isVisible('#conv-title'), true);
+    await page.click('#back');
+    await until(async () => (await order(page))[0] === 'tc-two', 'the list re-ordered after the tap');
+    await shoot(page, 'client_ui_contacts_touched_row');
+  } finally { await ctx.close(); await one.close(); await two.close(); }
+});

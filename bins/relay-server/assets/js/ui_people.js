@@ -65,17 +65,24 @@ function placeRows(ul, rows) {
 /**
  * While a pointer is down on the list, the rows keep their places: a row that a new message moved
  * from under the finger lost the tap (the release landed on another row), or opened the row that
- * moved there. The order catches up after the release (after its click).
+ * moved there. The order catches up once the tap's click has landed — for a touch that click comes
+ * a task or more after the release — or 500 ms after a release that makes none (a drag, a long
+ * press, a scroll).
  */
-let pressing = false, reorderDue = false;
-$('peers').addEventListener('pointerdown', () => { pressing = true; });
+let pressing = false, reorderDue = false, settle = null;
+function released() {
+  clearTimeout(settle); settle = null;
+  pressing = false;
+  if (reorderDue) { reorderDue = false; renderPeers(); }
+}
+$('peers').addEventListener('pointerdown', () => { clearTimeout(settle); settle = null; pressing = true; });
 for (const type of ['pointerup', 'pointercancel']) {
   addEventListener(type, () => {
-    if (!pressing) return;
-    pressing = false;
-    if (reorderDue) { reorderDue = false; setTimeout(renderPeers, 0); }
+    if (pressing && !settle) settle = setTimeout(released, 500);
   }, true);
 }
+// After the row's own click handler (this one is on the list, the event bubbles up to it).
+$('peers').addEventListener('click', () => { if (settle) setTimeout(released, 0); });
 
 export function renderPeers() {
   if (!ui.client) return;
