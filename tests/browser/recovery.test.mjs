@@ -97,6 +97,17 @@ test('recovery: the code shown once, a taken name explained, a wrong code refuse
     assert.equal(await alice2.locator('#main-view.on').count(), 0, 'not signed in');
     assert.deepEqual(await axeViolations(alice2), [], 'axe: the recovery form with its error');
     await shoot(alice2, 'recovery_wrong_code');
+    // A phone with its keyboard open (390×500): the form scrolls, so its buttons can be reached
+    // (the page did not scroll, and "This is my name" sat below the screen — phone-width review).
+    await alice2.setViewportSize({ width: 390, height: 500 });
+    await alice2.evaluate(() => { for (const e of [document.scrollingElement, document.querySelector('main')]) e.scrollTop = 0; });
+    await alice2.mouse.move(195, 300);
+    for (let i = 0; i < 6; i++) await alice2.mouse.wheel(0, 200);
+    await until(async () => {
+      const box = await alice2.locator('#recover').boundingBox();
+      return box && box.y >= 0 && box.y + box.height <= 500;
+    }, '"This is my name" to scroll into view at 390×500');
+    await alice2.setViewportSize({ width: 1280, height: 800 });
     await say(alice, 'still mine');
     await inbound(bob, 'still mine');
 
