@@ -43,6 +43,10 @@ export async function keepRecoveryCode(page) {
   await page.check('#code-saved');
   await page.click('#code-done');
   await page.waitForSelector('#code-dialog:not([open])', { state: 'attached' });
+  // The dialog's 'close' event, which puts the focus where the user works (the search box, or the
+  // message box of an open conversation), comes a task after close(): wait for it, or a check of
+  // the focus races it (a CI run saw the focus still on Done).
+  await page.waitForFunction(() => ['search', 'text'].includes(document.activeElement?.id));
   return code;
 }
 
