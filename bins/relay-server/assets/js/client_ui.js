@@ -377,13 +377,15 @@ async function start(notice = '') {
   $('own-fp').textContent = `key ${fp}`;
   $('me').textContent = `You are ${ui.client.name} · key ${fp}`;
   document.body.dataset.user = ui.client.name;
+  // The history is read before the page appears: a conversation opened at once shows all of it.
+  const saved = await loadHistory(ui.client.name);
   $('connect-view').hidden = true;
   $('main-view').classList.add('on');
   // A new account: its recovery code, once, in the same task as the page appears.
   const code = ui.client.takeRecoveryCode();
   if (code) showRecoveryCode(code, ui.client.recoveryCodeReason);
   // The history first, then what waited in the outbox (from before a reload) on top of it.
-  for (const [peer, { items: list, unread: n, draft, awaiting: waits }] of await loadHistory(ui.client.name)) {
+  for (const [peer, { items: list, unread: n, draft, awaiting: waits }] of saved) {
     if (n) unread.set(peer, n);
     if (draft) drafts.set(peer, draft);
     if (waits) awaiting.add(peer);

@@ -294,6 +294,8 @@ export async function openConversation(name, { fromHistory = false } = {}) {
   ui.newBelow = 0;
   $('conv-title').textContent = peer;
   $('main-view').classList.add('conv-open');
+  // The title and the messages change together: never the last conversation under this name.
+  renderMessages(); renderHead();
   // One pane: the browser's Back returns to the list (popstate), not away from the page.
   if (!fromHistory && onePane()) {
     if (history.state?.conv) history.replaceState({ conv: peer }, '');
@@ -301,7 +303,7 @@ export async function openConversation(name, { fromHistory = false } = {}) {
   }
   const added = await ui.client.addContact(peer);
   if (search.prefix) clearSearch();
-  renderPeers(); renderMessages(); renderHead();
+  renderPeers(); renderHead();
   // The composer, or while the conversation is blocked the bar's Review button.
   (ui.client.isBlocked(peer) ? $('blocked-review') : $('text')).focus();
   if (added || !info.has(peer)) await refreshContacts();
