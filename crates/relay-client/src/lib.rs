@@ -288,7 +288,9 @@ impl Client {
             Some(p) => Profile::load(p)?,
             None => None,
         };
-        let mut state = State::new(client_id, config.recovery.clone());
+        // Built first: a bad root certificate is refused before the profile is read.
+        let transport = Transport::new(&config)?;
+        let mut state = State::new(client_id, config.recovery);
         if let Some(p) = profile {
             if p.client_id != config.name {
                 return Err(ClientError::Profile(format!(
@@ -298,7 +300,6 @@ impl Client {
             }
             state.restore(p)?;
         }
-        let transport = Transport::new(&config)?;
         let client = Self {
             transport,
             pin: config.pin,
