@@ -76,7 +76,7 @@ pub use profile::{KnownPeer, Profile};
 /// The wire contract (relay-api): the calls a [`Connection`] makes and their answers.
 pub use relay_api as api;
 pub use relay_api::ErrorCode;
-pub use transport::Transport;
+pub use transport::{Transport, MAX_ANSWER_BYTES};
 
 use conversations::{KeptKey, PeerRatchets};
 use error::Refusal;

@@ -71,7 +71,8 @@ impl Transport {
     }
 
     /// A transport over an HTTP client the caller built (its own headers, proxy or timeouts):
-    /// `config` gives only the relay's address and the retry policy.
+    /// `config` gives only the relay's address and the retry policy. Give that client a request
+    /// timeout: without one a relay that never answers holds a call for ever.
     pub fn with_http_client(http: reqwest::Client, config: &ClientConfig) -> Self {
         Self {
             http,
@@ -97,8 +98,10 @@ impl Transport {
 
     /// POSTs JSON; with retries on, retries transport failures and 503 answers (the same bytes
     /// each time: the relay answers a resent envelope from its stored outcome, never running it
-    /// twice) and waits out rate limits. The outer error is the transport's, the inner one the
-    /// server's refusal.
+    /// twice) — [`RETRIES`] attempts in all, however many rate limits come between them — and
+    /// waits out rate limits within [`RATE_LIMIT_PATIENCE`]. The outer error is the transport's
+    /// (an answer over [`MAX_ANSWER_BYTES`] is one, not retried), the inner one the server's
+    /// refusal.
     pub(crate) async fn post_raw(
         &self,
         path: &str,
@@ -108,16 +111,20 @@ impl Transport {
         let attempts = if self.retries { RETRIES } else { 1 };
         let mut last = String::new();
         let mut rate_limited = Duration::ZERO;
-        let mut attempt = 0;
-        while attempt < attempts {
-            if attempt > 0 {
-                tokio::time::sleep(backoff(attempt)).await;
+        // Transport failures and 503s so far; never reset (a rate limit between them included).
+        let mut failures = 0;
+        loop {
+            if failures >= attempts {
+                return Err(ClientError::Transport(last));
             }
-            attempt += 1;
+            if failures > 0 {
+                tokio::time::sleep(backoff(failures)).await;
+            }
             let resp = match self.http.post(&url).json(body).send().await {
                 Ok(r) => r,
                 Err(e) => {
                     last = e.to_string();
+                    failures += 1;
                     continue;
                 }
             };
@@ -127,10 +134,16 @@ impl Transport {
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok());
-            let bytes = match resp.bytes().await {
-                Ok(b) => b.to_vec(),
-                Err(e) => {
-                    last = e.to_string();
+            let bytes = match read_capped(resp).await {
+                Ok(b) => b,
+                Err(Read::TooLarge) => {
+                    return Err(ClientError::Transport(format!(
+                        "{path}: the answer is over {MAX_ANSWER_BYTES} bytes"
+                    )))
+                }
+                Err(Read::Failed(e)) => {
+                    last = e;
+                    failures += 1;
                     continue;
                 }
             };
@@ -139,8 +152,9 @@ impl Transport {
             }
             let body: ErrorBody = serde_json::from_slice(&bytes)
                 .unwrap_or_else(|_| ErrorBody::new(ErrorCode::Unknown, status.to_string()));
-            if status == reqwest::StatusCode::SERVICE_UNAVAILABLE && attempt < attempts {
+            if status == reqwest::StatusCode::SERVICE_UNAVAILABLE && failures + 1 < attempts {
                 tracing::debug!(path, code = %body.error, "relay unavailable; retrying");
+                failures += 1;
                 continue;
             }
             if self.retries
@@ -153,7 +167,6 @@ impl Transport {
                     tracing::info!(path, wait_secs = wait.as_secs(), "relay rate limit; waiting");
                     rate_limited += wait;
                     tokio::time::sleep(wait).await;
-                    attempt = 0;
                     continue;
                 }
             }
@@ -162,6 +175,33 @@ impl Transport {
                 body,
             }));
         }
-        Err(ClientError::Transport(last))
     }
+}
+
+/// The largest answer the client reads (4 MiB): a poll's answer is at most the relay's 256 KiB
+/// of payloads, encoded twice in base64 and sealed; a relay (or, before the key is pinned,
+/// anyone on the path) cannot make the client buffer more.
+pub const MAX_ANSWER_BYTES: usize = 4 << 20;
+
+/// Why an answer's body could not be read.
+enum Read {
+    /// Over [`MAX_ANSWER_BYTES`].
+    TooLarge,
+    /// The connection failed while reading.
+    Failed(String),
+}
+
+/// The body of `resp`, at most [`MAX_ANSWER_BYTES`], read as it arrives.
+async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, Read> {
+    if resp.content_length().is_some_and(|n| n > MAX_ANSWER_BYTES as u64) {
+        return Err(Read::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| Read::Failed(e.to_string()))? {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(Read::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
