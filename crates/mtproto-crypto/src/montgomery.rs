@@ -7,11 +7,15 @@
 //! every entry and keeping one with `subtle`'s constant-time select. Only the exponent's bit
 //! length (public: 256 for fresh exponents) shapes the work.
 //!
-//! Montgomery multiplication is the "coarsely integrated operand scanning" form (Koç, Acar and
-//! Kaliski, "Analyzing and Comparing Montgomery Multiplication Algorithms", IEEE Micro 1996,
-//! §CIOS) with the multiplication and reduction carry chains run side by side in one inner loop,
-//! so that the CPU overlaps them; squaring computes each cross product once (HAC 14.16) and
-//! reduces afterwards (HAC 14.32).
+//! Multiplication and squaring are product scanning with the reduction interleaved ("finely
+//! integrated product scanning", Koç, Acar and Kaliski, "Analyzing and Comparing Montgomery
+//! Multiplication Algorithms", IEEE Micro 1996, §FIPS): column `k` of the result sums every
+//! `a[i]·b[k-i]` and `m[j]·p[k-j]` into a three-limb accumulator, so each product costs one
+//! multiplication and three additions with carry, and no limb is stored and reloaded between
+//! products. Squaring sums each cross product once and doubles the column (HAC 14.16). The column
+//! code is written out product by product by `build.rs`: as loops, the 64 columns' 1 to 32
+//! products each ended in a loop exit the branch predictor missed, about a third of the time of a
+//! squaring (docs/benchmarks.md, "DH in straight-line code").
 #![allow(clippy::indexing_slicing)] // fixed-size arrays indexed by counters bounded by their length
 
 use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
@@ -28,18 +32,12 @@ const WINDOW: usize = 4;
 /// Entries in one window's table.
 const TABLE: usize = 1 << WINDOW;
 
-/// `a + b·c + carry` as (low, high) limbs; cannot overflow 128 bits.
+/// `a + b + carry` as (sum, carry out); `u64::carrying_add` of Rust 1.91, for our 1.89.
 #[inline(always)]
-fn mac(a: u64, b: u64, c: u64, carry: u64) -> (u64, u64) {
-    let t = u128::from(a) + u128::from(b) * u128::from(c) + u128::from(carry);
-    (t as u64, (t >> 64) as u64)
-}
-
-/// `a + b + carry` as (sum, carry out).
-#[inline(always)]
-fn adc(a: u64, b: u64, carry: u64) -> (u64, u64) {
-    let t = u128::from(a) + u128::from(b) + u128::from(carry);
-    (t as u64, (t >> 64) as u64)
+fn carrying_add(a: u64, b: u64, carry: bool) -> (u64, bool) {
+    let (s, c1) = a.overflowing_add(b);
+    let (s, c2) = s.overflowing_add(u64::from(carry));
+    (s, c1 | c2)
 }
 
 /// `a - b - borrow` as (difference, borrow out: 0 or 1).
@@ -129,91 +127,39 @@ impl Modulus {
     fn reduce_once(&self, t: Limbs, top: u64) -> Limbs {
         let mut d = [0u64; LIMBS];
         let mut borrow = 0;
-        for ((di, &ti), &pi) in d.iter_mut().zip(&t).zip(&self.p) {
-            (*di, borrow) = sbb(ti, pi, borrow);
+        for i in 0..LIMBS {
+            (d[i], borrow) = sbb(t[i], self.p[i], borrow);
         }
         // Keep t only when the subtraction went below zero: borrow out of the limbs not covered
         // by the top word.
         let (_, keep_t) = sbb(top, 0, borrow);
         let keep_t = Choice::from(keep_t as u8);
-        for (di, &ti) in d.iter_mut().zip(&t) {
-            di.conditional_assign(&ti, keep_t);
+        for i in 0..LIMBS {
+            d[i].conditional_assign(&t[i], keep_t);
         }
         d
     }
 
     /// Montgomery product `a·b·R^-1 mod p` for `a, b < p`; the result is `< p`.
     pub(crate) fn mul(&self, a: &Limbs, b: &Limbs) -> Limbs {
-        let p = &self.p;
-        // t holds LIMBS + 1 limbs; t[LIMBS] is `top`.
-        let mut t = [0u64; LIMBS];
-        let mut top = 0u64;
-        for &bi in b {
-            // t = (t + a·bi + m·p) / 2^64 with m chosen so the low limb vanishes; the two carry
-            // chains (a·bi and m·p) run side by side.
-            let (t0, mut c1) = mac(t[0], a[0], bi, 0);
-            let m = t0.wrapping_mul(self.p_inv);
-            let (_, mut c2) = mac(t0, m, p[0], 0);
-            for j in 1..LIMBS {
-                let x;
-                (x, c1) = mac(t[j], a[j], bi, c1);
-                (t[j - 1], c2) = mac(x, m, p[j], c2);
-            }
-            let (s, hi) = adc(top, c1, 0);
-            let (s, hi2) = adc(s, c2, 0);
-            t[LIMBS - 1] = s;
-            top = hi + hi2;
-        }
-        self.reduce_once(t, top)
+        let mut m = [0u64; LIMBS];
+        let mut r = [0u64; LIMBS];
+        let top = mul_columns(a, b, &self.p, self.p_inv, &mut m, &mut r);
+        let out = self.reduce_once(r, top);
+        m.zeroize();
+        r.zeroize();
+        out
     }
 
-    /// `a·a·R^-1 mod p` for `a < p`: each cross product once, doubled, plus the squares, then one
-    /// Montgomery reduction of the 4096-bit result.
+    /// `a·a·R^-1 mod p` for `a < p`; the result is `< p`.
     pub(crate) fn square(&self, a: &Limbs) -> Limbs {
-        // Cross products a[i]·a[j], i < j, into w = lo ‖ hi (row i starts at limb 2i + 1).
-        let mut w = [0u64; 2 * LIMBS];
-        for i in 0..LIMBS - 1 {
-            let ai = a[i];
-            let mut c = 0;
-            for j in i + 1..LIMBS {
-                (w[i + j], c) = mac(w[i + j], ai, a[j], c);
-            }
-            w[i + LIMBS] = c;
-        }
-        // Double, and add the squares a[i]^2 at limb 2i.
-        let mut shifted_out = 0;
-        let mut carry = 0;
-        for i in 0..LIMBS {
-            let (l, h) = (w[2 * i], w[2 * i + 1]);
-            let l2 = (l << 1) | shifted_out;
-            let h2 = (h << 1) | (l >> 63);
-            shifted_out = h >> 63;
-            let sq = u128::from(a[i]) * u128::from(a[i]);
-            let (s0, c0) = adc(l2, sq as u64, carry);
-            let (s1, c1) = adc(h2, (sq >> 64) as u64, c0);
-            w[2 * i] = s0;
-            w[2 * i + 1] = s1;
-            carry = c1;
-        }
-        // Reduce (HAC 14.32): add m·p·2^(64i) for i = 0..LIMBS, keeping the carry in `top`.
-        let p = &self.p;
-        let mut top = 0u64;
-        for i in 0..LIMBS {
-            let m = w[i].wrapping_mul(self.p_inv);
-            let mut c = 0;
-            for j in 0..LIMBS {
-                (w[i + j], c) = mac(w[i + j], m, p[j], c);
-            }
-            let (s, c1) = adc(w[i + LIMBS], c, top);
-            w[i + LIMBS] = s;
-            top = c1;
-        }
-        let mut high = [0u64; LIMBS];
-        high.copy_from_slice(&w[LIMBS..]);
-        let r = self.reduce_once(high, top);
-        w.zeroize();
-        high.zeroize();
-        r
+        let mut m = [0u64; LIMBS];
+        let mut r = [0u64; LIMBS];
+        let top = square_columns(a, &self.p, self.p_inv, &mut m, &mut r);
+        let out = self.reduce_once(r, top);
+        m.zeroize();
+        r.zeroize();
+        out
     }
 
     /// `x·R mod p` for `x < p`.
@@ -229,9 +175,13 @@ impl Modulus {
     }
 
     /// `base^exp` in Montgomery form (`base` in Montgomery form), reading the low `bits` bits of
-    /// `exp` (`bits` ≤ 2048) with a fixed 4-bit window: `bits/4` rounds of four squarings and one
-    /// multiplication by a table entry chosen in constant time, whatever the window's value.
+    /// `exp` (`bits` ≤ 2048) with fixed 4-bit windows: the top window's table entry starts the
+    /// product, and each further window costs four squarings and one multiplication by a table
+    /// entry chosen in constant time, whatever the window's value.
     pub(crate) fn pow(&self, base: &Limbs, exp: &Limbs, bits: usize) -> Limbs {
+        let Some(top) = bits.div_ceil(WINDOW).checked_sub(1) else {
+            return self.one;
+        };
         let mut table = [self.one; TABLE];
         table[1] = *base;
         for i in 2..TABLE {
@@ -241,10 +191,11 @@ impl Modulus {
                 self.mul(&table[i - 1], base)
             };
         }
-        let windows = bits.div_ceil(WINDOW);
-        let mut acc = self.one;
+        // No squarings of one, no multiplication by it.
+        let mut acc = [0u64; LIMBS];
+        select(&mut acc, &table, window(exp, top));
         let mut entry = [0u64; LIMBS];
-        for w in (0..windows).rev() {
+        for w in (0..top).rev() {
             for _ in 0..WINDOW {
                 acc = self.square(&acc);
             }
@@ -256,6 +207,63 @@ impl Modulus {
         acc
     }
 }
+
+/// The running sum of one column of a product: `lo + hi·2^64 + top·2^128`. A column of 2048-bit
+/// operands adds at most 65 products below 2^128 and a carry below 2^72, so `top` stays below 2^8.
+#[derive(Default, Clone, Copy)]
+struct Column {
+    lo: u64,
+    hi: u64,
+    top: u64,
+}
+
+impl Column {
+    /// Adds `a·b`.
+    #[inline(always)]
+    fn add_product(&mut self, a: u64, b: u64) {
+        let p = u128::from(a) * u128::from(b);
+        let (lo, c) = self.lo.overflowing_add(p as u64);
+        let (hi, c) = carrying_add(self.hi, (p >> 64) as u64, c);
+        self.lo = lo;
+        self.hi = hi;
+        self.top += u64::from(c);
+    }
+
+    /// The lowest limb of the sum.
+    #[inline(always)]
+    fn low(&self) -> u64 {
+        self.lo
+    }
+
+    /// Doubles the sum (the cross products of a square).
+    #[inline(always)]
+    fn double(&mut self) {
+        self.top = (self.top << 1) | (self.hi >> 63);
+        self.hi = (self.hi << 1) | (self.lo >> 63);
+        self.lo <<= 1;
+    }
+
+    /// Adds another column's sum.
+    #[inline(always)]
+    fn add(&mut self, other: &Column) {
+        let (lo, c) = self.lo.overflowing_add(other.lo);
+        let (hi, c) = carrying_add(self.hi, other.hi, c);
+        self.lo = lo;
+        self.hi = hi;
+        self.top += other.top + u64::from(c);
+    }
+
+    /// Moves the sum one limb down, dropping the lowest (written out or reduced to zero).
+    #[inline(always)]
+    fn shift(&mut self) {
+        self.lo = self.hi;
+        self.hi = self.top;
+        self.top = 0;
+    }
+}
+
+// `square_columns` and `mul_columns`, written by build.rs.
+include!(concat!(env!("OUT_DIR"), "/montgomery_columns.rs"));
 
 /// Exponent window `w`: bits `4w .. 4w+4` of `exp` (0 past the end).
 #[inline(always)]
@@ -310,9 +318,14 @@ impl FixedBaseTable {
     /// `g^exp` in Montgomery form, for `exp < 2^256` (higher limbs are not read): one
     /// constant-time selection per row and a multiplication, whatever the exponent.
     pub(crate) fn pow(&self, m: &Modulus, exp: &Limbs) -> Limbs {
+        // Row 0's entry starts the product (no multiplication by one).
         let mut acc = m.one;
         let mut entry = [0u64; LIMBS];
-        for (w, row) in self.rows.iter().enumerate() {
+        let mut rows = self.rows.iter().enumerate();
+        if let Some((w, row)) = rows.next() {
+            select(&mut acc, row, window(exp, w));
+        }
+        for (w, row) in rows {
             select(&mut entry, row, window(exp, w));
             acc = m.mul(&acc, &entry);
         }
@@ -376,6 +389,15 @@ mod tests {
             );
             edge = b;
         }
+        // The largest column sums: every limb of both operands as large as a value below p allows.
+        let top = p_big.clone() - BigUint::from(1u8);
+        let near_r = limbs(&top);
+        assert_eq!(big(&m.mul(&near_r, &near_r)), (&top * &top * &r_inv) % &p_big);
+        assert_eq!(big(&m.square(&near_r)), (&top * &top * &r_inv) % &p_big);
+        // One in Montgomery form: R·1·R^-1 = 1 and R·R·R^-1 = R mod p.
+        let one = limbs(&BigUint::from(1u8));
+        assert_eq!(big(&m.mul(&m.one, &one)), BigUint::from(1u8));
+        assert_eq!(big(&m.square(&m.one)), &r % &p_big);
     }
 
     #[test]
