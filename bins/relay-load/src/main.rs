@@ -478,6 +478,12 @@ async fn flood_mode(args: Args) -> Result<(), String> {
     Ok(())
 }
 
+/// jemalloc instead of glibc's malloc: the generator allocates and frees from two threads
+/// for every request, and glibc's arena locks and frees were ~12 % of its CPU
+/// (docs/benchmarks.md, "How much of the machine the generator takes").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
