@@ -118,13 +118,13 @@ impl Modulus {
             *yi = (xi << 1) | carry;
             carry = xi >> 63;
         }
-        self.reduce_once(y, carry)
+        self.reduce_once(&y, carry)
     }
 
     /// `t + 2^2048·top - p` if that is not negative, else `t + 2^2048·top`, in constant time
     /// (`t + 2^2048·top < 2p`).
     #[inline(always)]
-    fn reduce_once(&self, t: Limbs, top: u64) -> Limbs {
+    fn reduce_once(&self, t: &Limbs, top: u64) -> Limbs {
         let mut d = [0u64; LIMBS];
         let mut borrow = 0;
         for i in 0..LIMBS {
@@ -145,7 +145,7 @@ impl Modulus {
         let mut m = [0u64; LIMBS];
         let mut r = [0u64; LIMBS];
         let top = mul_columns(a, b, &self.p, self.p_inv, &mut m, &mut r);
-        let out = self.reduce_once(r, top);
+        let out = self.reduce_once(&r, top);
         m.zeroize();
         r.zeroize();
         out
@@ -156,7 +156,7 @@ impl Modulus {
         let mut m = [0u64; LIMBS];
         let mut r = [0u64; LIMBS];
         let top = square_columns(a, &self.p, self.p_inv, &mut m, &mut r);
-        let out = self.reduce_once(r, top);
+        let out = self.reduce_once(&r, top);
         m.zeroize();
         r.zeroize();
         out
@@ -209,7 +209,9 @@ impl Modulus {
 }
 
 /// The running sum of one column of a product: `lo + hi·2^64 + top·2^128`. A column of 2048-bit
-/// operands adds at most 65 products below 2^128 and a carry below 2^72, so `top` stays below 2^8.
+/// operands adds at most 64 products below 2^128 (column 31: 32 of the operands, 32 of the
+/// reduction; a square's 16 cross products count twice) and a carry below 2^71, so `top` stays
+/// below 2^7.
 #[derive(Default, Clone, Copy)]
 struct Column {
     lo: u64,
@@ -361,6 +363,86 @@ mod tests {
             *b = s as u8;
         }
         BigUint::from_bytes_be(&bytes) % p
+    }
+
+    /// RFC 7919's ffdhe2048 prime: 64 one bits at each end, so `p_inv` = 1 and the reduction's
+    /// column sums are as large as a 2048-bit modulus makes them. The generated columns do not
+    /// depend on the modulus; `DhGroup::from_received` accepts this group (g = 2).
+    const FFDHE2048: &str = "FFFFFFFFFFFFFFFFADF85458A2BB4A9AAFDC5620273D3CF1D8B9C583CE2D3695A9E13641146433FBCC939DCE249B3EF97D2FE363630C75D8F681B202AEC4617AD3DF1ED5D5FD65612433F51F5F066ED0856365553DED1AF3B557135E7F57C935984F0C70E0E68B77E2A689DAF3EFE8721DF158A136ADE73530ACCA4F483A797ABC0AB182B324FB61D108A94BB2C8E3FBB96ADAB760D7F4681D4F42A3DE394DF4AE56EDE76372BB190B07A7C8EE0A6D709E02FCE1CDF7E2ECC03404CD28342F619172FE9CE98583FF8E4F1232EEF28183C3FE3B1B4C6FAD733BB5FCBC2EC22005C58EF1837D1683B2C6F34A26C1B2EFFA886B423861285C97FFFFFFFFFFFFFFFF";
+
+    fn r_inv(p: &BigUint) -> BigUint {
+        let r = BigUint::from(1u8) << 2048usize;
+        r.modpow(&(p - BigUint::from(2u8)), p)
+    }
+
+    #[test]
+    fn a_modulus_with_all_ones_limbs() {
+        let p_big = BigUint::parse_bytes(FFDHE2048.as_bytes(), 16).unwrap();
+        let m = Modulus::new(&limbs(&p_big));
+        assert_eq!(m.p_inv, 1);
+        let r_inv = r_inv(&p_big);
+        let top = &p_big - BigUint::from(1u8);
+        for seed in 1..20u64 {
+            let a = if seed == 1 {
+                top.clone()
+            } else {
+                random_below(&p_big, seed)
+            };
+            let b = if seed == 2 {
+                top.clone()
+            } else {
+                random_below(&p_big, seed * 31)
+            };
+            let (la, lb) = (limbs(&a), limbs(&b));
+            assert_eq!(big(&m.mul(&la, &lb)), (&a * &b * &r_inv) % &p_big, "mul {seed}");
+            assert_eq!(big(&m.square(&la)), (&a * &a * &r_inv) % &p_big, "square {seed}");
+        }
+        let e = random_below(&p_big, 77) % (BigUint::from(1u8) << 256usize);
+        let base = random_below(&p_big, 78);
+        let got = m.leave_montgomery(&m.pow(&m.enter_montgomery(&limbs(&base)), &limbs(&e), 256));
+        assert_eq!(big(&got), base.modpow(&e, &p_big));
+    }
+
+    /// Column 1 of this square has `hi` = 2^64 − 1 after doubling and a carry whose `hi` is 1:
+    /// the carry out of `hi` in `Column::add` must reach `top` (random operands reach it with
+    /// a chance of about 2^-58 per column). Found by the session-12 review, which removed that
+    /// carry and saw every other test pass.
+    #[test]
+    fn a_square_whose_column_add_carries_out_of_hi() {
+        let p_big = BigUint::from_bytes_be(&crate::MTPROTO_DH_PRIME);
+        let m = Modulus::new(&from_be_bytes(&crate::MTPROTO_DH_PRIME));
+        let mut a = [0u64; LIMBS];
+        a[0] = 0xfa1e_b92d_9059_129e;
+        a[1] = 0x8302_54f3_c14b_2152;
+        let x = big(&a);
+        let want = (&x * &x * r_inv(&p_big)) % &p_big;
+        assert_eq!(big(&m.square(&a)), want);
+        assert_eq!(big(&m.mul(&a, &a)), want);
+    }
+
+    #[test]
+    fn column_sums_at_their_limits() {
+        let max = u64::MAX;
+        // 64 products of (2^64 − 1)², the most a column adds: lo, hi, top exact.
+        let mut c = Column::default();
+        for _ in 0..64 {
+            c.add_product(max, max);
+        }
+        let want = BigUint::from(64u8) * BigUint::from(max) * BigUint::from(max);
+        let got = BigUint::from(c.lo) + (BigUint::from(c.hi) << 64usize) + (BigUint::from(c.top) << 128usize);
+        assert_eq!(got, want);
+        // Doubling, then adding a sum whose low limbs carry through both words.
+        let mut d = Column {
+            lo: max,
+            hi: max >> 1,
+            top: 3,
+        };
+        d.double();
+        assert_eq!((d.lo, d.hi, d.top), (max - 1, max, 6));
+        d.add(&Column { lo: 2, hi: 0, top: 0 });
+        assert_eq!((d.lo, d.hi, d.top), (0, 0, 7));
+        d.shift();
+        assert_eq!((d.lo, d.hi, d.top), (0, 7, 0));
     }
 
     #[test]

@@ -138,28 +138,37 @@ proptest! {
     #[test]
     fn dh_matches_an_independent_modpow(
         peer in proptest::collection::vec(any::<u8>(), 256),
-        secret in proptest::collection::vec(any::<u8>(), 1..=256),
+        // Fresh secrets are 32 bytes (the generator table's size); replayed ones up to 256.
+        secret in prop_oneof![
+            proptest::collection::vec(any::<u8>(), 32),
+            proptest::collection::vec(any::<u8>(), 1..=256),
+        ],
     ) {
         use mtproto_crypto::{DhGroup, DhSecret};
         use num_bigint_dig::BigUint;
         let group = DhGroup::mtproto();
         let p = BigUint::from_bytes_be(group.prime());
-        let Ok(peer) = group.check_public(&peer) else {
-            // Out of the safe range (about 2^-63 of random values): not a peer value.
-            return Ok(());
-        };
-        let Ok(s) = DhSecret::from_be_bytes(&secret) else {
-            return Ok(());
-        };
+        // A value below p, as big-endian bytes of 256.
+        let below_p = (BigUint::from_bytes_be(&peer) % &p).to_bytes_be();
+        let mut peer = [0u8; 256];
+        peer[256 - below_p.len()..].copy_from_slice(&below_p);
+        // Outside the safe range only with a chance of about 2^-63.
+        prop_assume!(group.check_public(&peer).is_ok());
+        let peer = group.check_public(&peer).unwrap();
+        let s = DhSecret::from_be_bytes(&secret).unwrap();
         let e = BigUint::from_bytes_be(&secret);
         let want = BigUint::from_bytes_be(peer.as_bytes()).modpow(&e, &p);
         let got = group.agree(&s, &peer);
         prop_assert_eq!(BigUint::from_bytes_be(got.expose_secret()), want);
         // g^secret, with and without the relay's table of g's powers (it covers 256-bit secrets).
         let g_e = BigUint::from(group.g()).modpow(&e, &p);
+        // A public value outside 2^(2048-64) .. p - 2^(2048-64) is refused (a tiny secret's).
+        let margin = BigUint::from(1u8) << (2048usize - 64);
+        let in_range = g_e > margin && g_e < &p - &margin;
         for group in [DhGroup::mtproto(), DhGroup::mtproto().with_generator_table()] {
-            if let Ok(public) = group.public_value(&s) {
-                prop_assert_eq!(BigUint::from_bytes_be(public.as_bytes()), g_e.clone());
+            match group.public_value(&s) {
+                Ok(public) => prop_assert_eq!(BigUint::from_bytes_be(public.as_bytes()), g_e.clone()),
+                Err(_) => prop_assert!(!in_range),
             }
         }
     }
