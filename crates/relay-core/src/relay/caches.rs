@@ -11,7 +11,8 @@ use super::{Relay, LEGACY_AUTH_KEY_LEN, SEAL_AUTH_KEY, TOUCH_EVERY_SECS};
 use crate::{api::PeerInfo, RelayError};
 
 /// An auth key as the relay uses it on every request: parsed once, cached (auth keys never
-/// change once created, so a cache is safe on every node).
+/// change once created, so a cache is safe on every node; a recovery on another node, which
+/// deletes the old key there, is caught before mail is handed out: see `Relay::long_poll`).
 pub(crate) struct CachedKey {
     pub(crate) key: AuthKey,
     pub(crate) client_id: ClientId,
@@ -93,6 +94,16 @@ impl Relay {
             map.clear();
         }
         map.insert(key_id, record);
+    }
+
+    /// Drops an auth key and its session from this node's caches (the key no longer holds its
+    /// name: the next request reads storage, which no longer has it).
+    pub(crate) fn forget_key(&self, key_id: AuthKeyId) {
+        self.keys
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key_id);
+        self.forget_session(key_id);
     }
 
     pub(crate) fn forget_session(&self, key_id: AuthKeyId) {

@@ -35,7 +35,6 @@ impl Relay {
         let deadline = tokio::time::Instant::now() + wait;
         let notify = self.notifier.subscribe(client.as_str());
         let mut closing = self.closing.subscribe();
-        let mut waited = false;
         loop {
             let mut notified = match armed.take() {
                 Some(n) => n,
@@ -43,15 +42,18 @@ impl Relay {
                     let n = arm(notify.clone());
                     let entries = self.engine.fetch(client, limit, self.clock.now()).await?;
                     if !entries.is_empty() {
-                        // Mail that arrived while this poll waited goes only to the key that
-                        // still holds the name: a recovery may have moved it meanwhile.
-                        if waited
-                            && self
-                                .engine
-                                .owner(client)
-                                .await?
-                                .is_none_or(|o| o.key_id != key_id)
+                        // Entries go only to the key that holds the name now. This read is
+                        // not the commit's (whose session compare-and-swap proves that): a
+                        // recovery may have moved the name while this poll waited, or — for a
+                        // poll that acknowledged nothing and was checked against this node's
+                        // cached session — on another node before it came.
+                        if self
+                            .engine
+                            .owner(client)
+                            .await?
+                            .is_none_or(|o| o.key_id != key_id)
                         {
+                            self.forget_key(key_id);
                             return Err(RelayError::UnknownAuthKey);
                         }
                         return Ok(entries);
@@ -59,7 +61,6 @@ impl Relay {
                     n
                 }
             };
-            waited = true;
             if tokio::time::Instant::now() >= deadline || *closing.borrow_and_update() {
                 return Ok(Vec::new());
             }

@@ -198,13 +198,8 @@ impl Relay {
             .purge_accounts(self.clock.now(), self.config.accounts, max)
             .await?;
         if !keys.is_empty() {
-            let mut cache = self.keys.write().unwrap_or_else(|p| p.into_inner());
             for k in &keys {
-                cache.remove(k);
-            }
-            drop(cache);
-            for k in &keys {
-                self.forget_session(*k);
+                self.forget_key(*k);
             }
             tracing::info!(
                 removed = keys.len(),
