@@ -182,6 +182,19 @@ impl RedisEngine {
         else {
             return Err(storage("cluster_send without a send"));
         };
+        // The relay checked this send against a session that may be this node's cached copy, and
+        // the delivery below does not look at the sender: after a recovery through another node
+        // (which deletes the old key's session), the device the name moved away from would still
+        // deliver one message as the name. So the stored session's version is read first (the
+        // sender's slot); the commit's compare-and-swap after the delivery still decides.
+        let stored: Option<String> = self
+            .trip()
+            .hget(self.sess(c.client.as_str(), &c.key_id), "version")
+            .await
+            .map_err(storage)?;
+        if stored.as_deref() != Some(c.expected_version.to_string().as_str()) {
+            return Err(EngineError::Conflict);
+        }
         let to = to.as_str();
         let marker = self.marker(to, &c.key_id, c.msg_id);
         let seq = self
