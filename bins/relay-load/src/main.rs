@@ -227,10 +227,12 @@ async fn poll_loop(user: Arc<Connection>, deadline: Instant, tally: Arc<Tally>) 
     Ok(())
 }
 
-/// Waits (bounded) until the other generator's user `want` exists.
+/// Waits (bounded) until the other generator's user `want` exists. Asked by name: the first
+/// page of the directory (50 names) does not reach it once both generators' users are listed.
 async fn await_peer(probe: &Connection, want: &str) -> Result<(), String> {
+    let asked = Call::lookup_peers(vec![ClientId::new(want).map_err(fail)?]);
     for _ in 0..300 {
-        let v: PeersAnswer = probe.call(&Call::list_peers()).await.map_err(fail)?;
+        let v: PeersAnswer = probe.call(&asked).await.map_err(fail)?;
         if v.peers.iter().any(|p| p.client_id.as_str() == want) {
             return Ok(());
         }
