@@ -12,7 +12,7 @@ use std::sync::{atomic::AtomicU64, Arc};
 
 use common::{client, envelope, Manual};
 use mtproto_crypto::{rand_core::OsRng, IdentitySecret, IdentitySigningKey, RecoveryCode, ServerSigningKey};
-use mtproto_session::{wire::Bytes, x3dh, ClientHandshake, ClientId, ClientSession, ServerPin, UnixTime};
+use mtproto_session::{wire::Bytes, x3dh, ClientId, ClientSession, UnixTime};
 use relay_core::api::{
     Call, OneTimePrekeyUpload, PrekeyBundleAnswer, PublishAnswer, PublishPrekeysAnswer, SignedPrekeyUpload,
 };
@@ -291,15 +291,7 @@ async fn register(
     register: Option<&RecoveryCode>,
     recover: Option<&RecoveryCode>,
 ) -> ClientSession {
-    let pin = ServerPin::Key(relay.server_key().public());
-    let (c, req) = ClientHandshake::start(pin, ClientId::new(name).unwrap(), &mut OsRng);
-    let res = relay.req_pq(&req).await.unwrap();
-    let (c, req) = c.handle_res_pq(&res).unwrap();
-    let res = relay.req_dh_params(&req).await.unwrap();
-    let (c, mut req) = c.handle_server_dh_params(&res, at(), &mut OsRng).unwrap();
-    c.prove_recovery(&mut req, register.map(RecoveryCode::public), recover);
-    let res = relay.set_client_dh_params(&req).await.unwrap();
-    c.handle_dh_gen_ok(&res).unwrap()
+    common::register(relay, name, at(), register, recover).await
 }
 
 fn peers_call() -> Call {

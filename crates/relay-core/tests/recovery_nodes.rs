@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use common::{envelope, Manual};
 use mtproto_crypto::{rand_core::OsRng, RecoveryCode, ServerSigningKey};
-use mtproto_session::{wire::Bytes, ClientHandshake, ClientId, ClientSession, ServerPin, UnixTime};
+use mtproto_session::{wire::Bytes, ClientId, ClientSession, UnixTime};
 use relay_core::api::{Call, Endpoint};
 use relay_core::{Relay, RelayConfig, RelayError};
 
@@ -36,15 +36,7 @@ async fn register(
     register: &RecoveryCode,
     recover: Option<&RecoveryCode>,
 ) -> ClientSession {
-    let pin = ServerPin::Key(relay.server_key().public());
-    let (c, req) = ClientHandshake::start(pin, ClientId::new(name).unwrap(), &mut OsRng);
-    let res = relay.req_pq(&req).await.unwrap();
-    let (c, req) = c.handle_res_pq(&res).unwrap();
-    let res = relay.req_dh_params(&req).await.unwrap();
-    let (c, mut req) = c.handle_server_dh_params(&res, at(), &mut OsRng).unwrap();
-    c.prove_recovery(&mut req, Some(register.public()), recover);
-    let res = relay.set_client_dh_params(&req).await.unwrap();
-    c.handle_dh_gen_ok(&res).unwrap()
+    common::register(relay, name, at(), Some(register), recover).await
 }
 
 /// `call` from `c` on `relay`: the decoded answer's body, or the relay's refusal.

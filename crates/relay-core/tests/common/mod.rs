@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use mtproto_crypto::{rand_core::OsRng, ServerSigningKey};
+use mtproto_crypto::{rand_core::OsRng, RecoveryCode, ServerSigningKey};
 use mtproto_session::{wire::Bytes, ClientHandshake, ClientId, ClientSession, ServerPin, UnixTime};
 use relay_core::api::{Call, Endpoint, EnvelopeRequest};
 use relay_core::{Clock, MemoryEngine, Relay, RelayConfig, RelayError};
@@ -40,12 +40,25 @@ pub fn relay_at(t0: u64) -> (Relay, Arc<Manual>) {
 
 /// A client named `name`, registered by a full handshake at `now`.
 pub async fn client(relay: &Relay, name: &str, now: UnixTime) -> ClientSession {
+    register(relay, name, now, None, None).await
+}
+
+/// A client named `name`, registered by a full handshake at `now` with `register` as its
+/// recovery key, taking the name over with `recover` when given.
+pub async fn register(
+    relay: &Relay,
+    name: &str,
+    now: UnixTime,
+    register: Option<&RecoveryCode>,
+    recover: Option<&RecoveryCode>,
+) -> ClientSession {
     let pin = ServerPin::Key(relay.server_key().public());
     let (c, req) = ClientHandshake::start(pin, ClientId::new(name).unwrap(), &mut OsRng);
     let res = relay.req_pq(&req).await.unwrap();
     let (c, req) = c.handle_res_pq(&res).unwrap();
     let res = relay.req_dh_params(&req).await.unwrap();
-    let (c, req) = c.handle_server_dh_params(&res, now, &mut OsRng).unwrap();
+    let (c, mut req) = c.handle_server_dh_params(&res, now, &mut OsRng).unwrap();
+    c.prove_recovery(&mut req, register.map(RecoveryCode::public), recover);
     let res = relay.set_client_dh_params(&req).await.unwrap();
     c.handle_dh_gen_ok(&res).unwrap()
 }
