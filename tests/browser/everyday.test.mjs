@@ -25,6 +25,21 @@ const headBadge = (page) => page.evaluate(() => document.querySelector('#conv-ba
 /** What a profile stored says of `peer` (`peers[peer]`), read as the page reads it. */
 const storedProfile = (page, me) => page.evaluate(async (me) => (await import('/js/mtproto.js')).loadProfile(me), me);
 const storedPeer = (page, me, peer) => page.evaluate(async ({ me, peer }) => (await (await import('/js/mtproto.js')).loadProfile(me)).peers[peer], { me, peer });
+/** The contact list's order, top first. */
+const order = (page) => page.locator('.peer').evaluateAll((bs) => bs.map((b) => b.dataset.peer));
+/**
+ * `${p}-user` signed in on `ctx`, with two contacts that wrote to it: `${p}-two` first, then
+ * `${p}-one` (on top). The scripted peers are the caller's to close.
+ */
+async function twoWriters(ctx, p) {
+  const one = await scripted(browser, server, `${p}-one`), two = await scripted(browser, server, `${p}-two`);
+  const page = await connect(ctx, `${p}-user`, server.url);
+  await two.evaluate((to) => c.send(to, 'first from two'), `${p}-user`);
+  await page.waitForSelector(`.peer[data-peer="${p}-two"]`, { timeout: 20000 });
+  await one.evaluate((to) => c.send(to, 'first from one'), `${p}-user`);
+  await until(async () => (await order(page))[0] === `${p}-one`, `${p}-one on top`);
+  return { page, one, two };
+}
 
 test('(a) a key reset on either side ends a verification: "verified" drops at once where the reset was made; the peer gets the warning, stays unverified after a reload and after accepting', async () => {
   const ctxA = await newContext(), ctxB = await newContext();
@@ -488,14 +503,8 @@ test('(n) a tap on a contact that a new message would move keeps its row until t
   // F5 of the fourth review: a row moved from under the finger between press and release; the
   // tap was lost or opened the row that moved there.
   const ctx = await newContext();
-  const one = await scripted(browser, server, 'mv-one'), two = await scripted(browser, server, 'mv-two');
-  const order = (page) => page.locator('.peer').evaluateAll((bs) => bs.map((b) => b.dataset.peer));
+  const { page, one, two } = await twoWriters(ctx, 'mv');
   try {
-    const page = await connect(ctx, 'mv-user', server.url);
-    await two.evaluate(() => c.send('mv-user', 'first from two'));
-    await page.waitForSelector('.peer[data-peer="mv-two"]', { timeout: 20000 });
-    await one.evaluate(() => c.send('mv-user', 'first from one'));
-    await until(async () => (await order(page))[0] === 'mv-one', 'mv-one on top');
     // Pressed on mv-two (second); a message from mv-two would put it on top before the release.
     const box = await page.locator('.peer[data-peer="mv-two"]').boundingBox();
     await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
@@ -515,14 +524,8 @@ test('(o) the same with a finger at phone width: the tap\'s click comes after th
   // release, and the re-order made after the release put another row under it.
   const ctx = await browser.newContext({ viewport: PHONE, hasTouch: true, isMobile: true });
   await pageFromRevision(ctx);
-  const one = await scripted(browser, server, 'tc-one'), two = await scripted(browser, server, 'tc-two');
-  const order = (page) => page.locator('.peer').evaluateAll((bs) => bs.map((b) => b.dataset.peer));
+  const { page, one, two } = await twoWriters(ctx, 'tc');
   try {
-    const page = await connect(ctx, 'tc-user', server.url);
-    await two.evaluate(() => c.send('tc-user', 'first from two'));
-    await page.waitForSelector('.peer[data-peer="tc-two"]', { timeout: 20000 });
-    await one.evaluate(() => c.send('tc-user', 'first from one'));
-    await until(async () => (await order(page))[0] === 'tc-one', 'tc-one on top');
     const box = await page.locator('.peer[data-peer="tc-two"]').boundingBox();
     const at = { x: box.x + box.width / 2, y: box.y + box.height / 2 };
     const cdp = await ctx.newCDPSession(page);

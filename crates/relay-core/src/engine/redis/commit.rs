@@ -187,12 +187,12 @@ impl RedisEngine {
         // (which deletes the old key's session), the device the name moved away from would still
         // deliver one message as the name. So the stored session's version is read first (the
         // sender's slot); the commit's compare-and-swap after the delivery still decides.
-        let stored: Option<String> = self
+        let stored: Option<u64> = self
             .trip()
             .hget(self.sess(c.client.as_str(), &c.key_id), "version")
             .await
             .map_err(storage)?;
-        if stored.as_deref() != Some(c.expected_version.to_string().as_str()) {
+        if stored != Some(c.expected_version) {
             return Err(EngineError::Conflict);
         }
         let to = to.as_str();
