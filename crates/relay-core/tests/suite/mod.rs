@@ -313,8 +313,9 @@ pub async fn session_versions_detect_concurrent_commits(e: &dyn Engine) {
     assert_eq!(e.commit(c(8, rec.version)).await, Err(EngineError::Conflict));
     // A Cluster send delivers (under a marker keyed by the sender's key and msg_id) before the
     // sender's compare-and-swap, but reads the session's version first (session 12): a stale
-    // version stores nothing there either. (A commit between that read and the delivery can
-    // still leave the losing request's entry; the retry then finds its marker.)
+    // version stores nothing there either. (A commit of the same key between that read and the
+    // delivery can still leave the losing request's entry, which its retry finds by the marker;
+    // a recovery in that window leaves it with no outcome — docs/security.md.)
     let held = e.fetch(&bob, 10, t0()).await.unwrap().len();
     assert_eq!(held, 1, "a lost compare-and-swap stores nothing");
     assert!(e.outcome(alice.key_id, &alice.client, 8).await.unwrap().is_none());

@@ -1,4 +1,5 @@
-//! Commits: one script on a single Redis; on Cluster a send is a delivery then the commit.
+//! Commits: one script on a single Redis; on Cluster a send is a read of the sender's session
+//! version, a delivery, then the commit.
 
 #[allow(clippy::wildcard_imports)] // the engine's own imports and its other parts
 use super::*;
@@ -186,7 +187,9 @@ impl RedisEngine {
         // the delivery below does not look at the sender: after a recovery through another node
         // (which deletes the old key's session), the device the name moved away from would still
         // deliver one message as the name. So the stored session's version is read first (the
-        // sender's slot); the commit's compare-and-swap after the delivery still decides.
+        // sender's slot). A commit or a recovery landing between this read and the delivery
+        // still leaves the entry: the compare-and-swap then refuses the send, and its retry
+        // completes it (a commit of the same key) or is refused (a recovery).
         let stored: Option<u64> = self
             .trip()
             .hget(self.sess(c.client.as_str(), &c.key_id), "version")

@@ -33,9 +33,10 @@
 //! On a single Redis a send is one script over both. On Cluster it is a read and two scripts:
 //! the sender's stored session version (a node's cached session may be stale: after a recovery
 //! elsewhere it would let the old key deliver as the name), then the recipient's script, which
-//! refuses without writing (unknown recipient, full mailbox) or appends the entry with a marker keyed by the sender's key and msg_id — run twice, it appends
-//! once and returns the first sequence number; then the sender's script (session
-//! compare-and-swap, outcome `sent` with that number). A send interrupted between the two is
+//! refuses without writing (unknown recipient, full mailbox) or appends the entry with a marker
+//! keyed by the sender's key and msg_id — run twice, it appends once and returns the first
+//! sequence number; then the sender's script (session compare-and-swap, outcome `sent` with that
+//! number). A send interrupted between the two is
 //! completed by its resend, which finds the marker. See `docs/deployment.md`.
 //!
 //! Quotas ([`crate::SendQuota`]) are checked inside the script that appends, against counters
